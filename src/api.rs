@@ -1,0 +1,287 @@
+//! The Rust library API: a builder for whole jobs ([`ParallelRun`]) and an extension on
+//! DataFusion's `DataFrame` ([`ParallelRunDataFrameExt`]) that returns run()'s results as a
+//! `DataFrame`, so users keep composing in DataFusion.
+
+use std::future::{Future, IntoFuture};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{DataFrame, SessionContext};
+
+use crate::batch::ItemKind;
+use crate::config::{InputSpec, OutputFormat, ParallelRunConfig};
+use crate::error::{PrsError, Result};
+use crate::exec::{
+    InputInfo, NoopObserver, OperatorSpec, ParallelRunNode, ParallelRunQueryPlanner, RunSettings,
+};
+use crate::input::{job_session, register_inputs};
+use crate::job::{execute, factory_for, worker_env, JobOptions, JobReport, Progress};
+use crate::worker::python::MiniBatchFormat;
+use crate::worker::rust::RustWorkerFactory;
+use crate::worker::{EntryScript, ScriptRegistry, WorkerFactoryRef};
+
+enum JobInput {
+    Frame { name: String, df: DataFrame },
+    Spec(InputSpec),
+}
+
+/// A job built in code. Await it to run it:
+///
+/// ```no_run
+/// # use parallel_run::{ParallelRun, config::{ParallelRunConfig, OutputAction}};
+/// # async fn demo(df: datafusion::prelude::DataFrame) -> parallel_run::Result<()> {
+/// let config = ParallelRunConfig::new("score.py", 10, OutputAction::AppendRow);
+/// let report = ParallelRun::new(config).input("reviews", df).output("out/").await?;
+/// assert!(report.succeeded());
+/// # Ok(()) }
+/// ```
+pub struct ParallelRun {
+    config: ParallelRunConfig,
+    inputs: Vec<JobInput>,
+    script: Option<(String, crate::worker::rust::ScriptConstructor)>,
+    registry: ScriptRegistry,
+    output: Option<PathBuf>,
+    output_format: OutputFormat,
+    preserve_order: bool,
+    arguments: Vec<String>,
+    mini_batch_format: MiniBatchFormat,
+    progress: Progress,
+}
+
+impl ParallelRun {
+    /// A job with `config` (its `entry_script` is used unless [`ParallelRun::entry_script`] is
+    /// called).
+    pub fn new(config: ParallelRunConfig) -> Self {
+        ParallelRun {
+            config,
+            inputs: Vec::new(),
+            script: None,
+            registry: ScriptRegistry::new(),
+            output: None,
+            output_format: OutputFormat::Txt,
+            preserve_order: false,
+            arguments: Vec::new(),
+            mini_batch_format: MiniBatchFormat::default(),
+            progress: Progress::Quiet,
+        }
+    }
+
+    /// Adds a DataFrame as an input named `name` (its rows are the items).
+    pub fn input(mut self, name: impl Into<String>, df: DataFrame) -> Self {
+        self.inputs.push(JobInput::Frame {
+            name: name.into(),
+            df,
+        });
+        self
+    }
+
+    /// Adds an input described as in a job file (a path with a format, or SQL over earlier
+    /// inputs).
+    pub fn input_spec(mut self, spec: InputSpec) -> Self {
+        self.inputs.push(JobInput::Spec(spec));
+        self
+    }
+
+    /// Runs the in-process Rust entry script built by `constructor` (one instance per worker).
+    pub fn entry_script<F, S>(mut self, constructor: F) -> Self
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: EntryScript,
+    {
+        let name = std::any::type_name::<S>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("script")
+            .to_string();
+        self.script = Some((
+            name,
+            Arc::new(move || Box::new(constructor()) as Box<dyn EntryScript>),
+        ));
+        self
+    }
+
+    /// Rust scripts that `rust:NAME` entry scripts refer to.
+    pub fn registry(mut self, registry: ScriptRegistry) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The output folder (required).
+    pub fn output(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.output = Some(dir.into());
+        self
+    }
+
+    /// Format of the append_row file (default `txt`).
+    pub fn output_format(mut self, format: OutputFormat) -> Self {
+        self.output_format = format;
+        self
+    }
+
+    /// Write output in mini-batch order instead of completion order.
+    pub fn preserve_order(mut self, on: bool) -> Self {
+        self.preserve_order = on;
+        self
+    }
+
+    /// Extra arguments for the entry script's argv.
+    pub fn arguments(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.arguments = args.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// What a Python run() receives for tables (default: pandas DataFrame).
+    pub fn mini_batch_format(mut self, format: MiniBatchFormat) -> Self {
+        self.mini_batch_format = format;
+        self
+    }
+
+    /// Show progress on the console.
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// Runs the job.
+    pub async fn run(self) -> Result<JobReport> {
+        self.config.validate()?;
+        let output = self.output.ok_or_else(|| {
+            PrsError::missing("output", "call .output(\"dir\") on the ParallelRun builder")
+        })?;
+        if self.inputs.is_empty() {
+            return Err(PrsError::missing(
+                "inputs",
+                "add at least one input with .input(name, df) or .input_spec(spec)",
+            ));
+        }
+        let options = JobOptions {
+            output,
+            output_format: self.output_format,
+            arguments: self.arguments,
+            preserve_order: self.preserve_order,
+            mini_batch_format: self.mini_batch_format,
+            progress: self.progress,
+        };
+        let ctx = job_session();
+        let mut specs = Vec::new();
+        let mut plans = Vec::new();
+        for input in self.inputs {
+            match input {
+                JobInput::Frame { name, df } => {
+                    let plan = df.create_physical_plan().await?;
+                    plans.push((
+                        plan,
+                        InputInfo {
+                            name,
+                            kind: ItemKind::Rows,
+                        },
+                    ));
+                }
+                JobInput::Spec(spec) => specs.push(spec),
+            }
+        }
+        if !specs.is_empty() {
+            for p in register_inputs(&ctx, &specs).await? {
+                let plan = ctx.state().create_physical_plan(&p.plan).await?;
+                plans.push((plan, p.info));
+            }
+        }
+        let factory: WorkerFactoryRef = match self.script {
+            Some((name, constructor)) => Arc::new(
+                RustWorkerFactory::new(
+                    name,
+                    constructor,
+                    worker_env(&self.config, &options).keep_results,
+                )
+                .with_arguments(options.arguments.clone()),
+            ),
+            None => factory_for(&self.config, &options, &self.registry)?,
+        };
+        execute(&self.config, &options, plans, factory, ctx.task_ctx()).await
+    }
+}
+
+impl IntoFuture for ParallelRun {
+    type Output = Result<JobReport>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+/// Runs an entry script over a DataFrame's rows and returns the results as a DataFrame.
+///
+/// Thresholds and retries apply as in a job; a threshold exceeded ends the result stream with
+/// an error. No report files are written (use [`ParallelRun`] for that).
+pub trait ParallelRunDataFrameExt {
+    /// Runs the Rust `script` over the rows of `self` with `config`; run()'s results must have
+    /// `output_schema` (columns are matched by name and cast).
+    fn parallel_run<F, S>(
+        self,
+        config: &ParallelRunConfig,
+        output_schema: SchemaRef,
+        script: F,
+    ) -> Result<DataFrame>
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: EntryScript;
+}
+
+impl ParallelRunDataFrameExt for DataFrame {
+    fn parallel_run<F, S>(
+        self,
+        config: &ParallelRunConfig,
+        output_schema: SchemaRef,
+        script: F,
+    ) -> Result<DataFrame>
+    where
+        F: Fn() -> S + Send + Sync + 'static,
+        S: EntryScript,
+    {
+        config.validate()?;
+        let name = std::any::type_name::<S>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("script")
+            .to_string();
+        let factory = Arc::new(RustWorkerFactory::new(
+            name,
+            Arc::new(move || Box::new(script()) as Box<dyn EntryScript>),
+            true,
+        ));
+        let spec = Arc::new(OperatorSpec {
+            settings: RunSettings::from_config(config, false)?,
+            entry_script: config.entry_script.clone(),
+            factory,
+            output_schema: Some(output_schema),
+            observer: Arc::new(NoopObserver),
+        });
+        let (state, plan) = self.into_parts();
+        let node = ParallelRunNode::try_new(
+            vec![plan],
+            vec![InputInfo {
+                name: "input".into(),
+                kind: ItemKind::Rows,
+            }],
+            spec,
+        )?;
+        // The DataFrame's own session plans it, with our planner added.
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_query_planner(Arc::new(ParallelRunQueryPlanner))
+            .build();
+        Ok(DataFrame::new(state, node.into_plan()))
+    }
+}
+
+/// A session whose planner knows parallel-run's operator (needed to execute plans that
+/// contain a [`ParallelRunNode`]).
+pub fn session_with_parallel_run(ctx: &SessionContext) -> SessionContext {
+    let state = SessionStateBuilder::new_from_existing(ctx.state())
+        .with_query_planner(Arc::new(ParallelRunQueryPlanner))
+        .build();
+    SessionContext::new_with_state(state)
+}

@@ -1,0 +1,103 @@
+//! Mini-batches: what they are ([`MiniBatch`], [`MiniBatchId`], [`Lineage`]) and how they are cut
+//! from record-batch streams ([`ByteChunker`] for tables, [`FileChunker`] for file datasets).
+//!
+//! # How ids are derived
+//! Each processed input has an ordinal (its position among the job's processed inputs) and is
+//! read as one stream in a fixed order (files sorted by path, rows in file order). Mini-batches
+//! are cut from that stream front to back, so the n-th mini-batch of input i is always the same
+//! rows, whatever the number of workers or their timing. Its id is `"{i}-{n}"` (both decimal,
+//! from 0). The lineage records the input and the row range `[start, end)` of the mini-batch
+//! within that ordered stream (for file datasets: the file paths themselves).
+
+mod chunker;
+
+pub use chunker::{slice_memory_size, ByteChunker, FileChunker};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+
+/// Stable identity of a mini-batch: input ordinal and sequence number within that input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MiniBatchId {
+    /// Ordinal of the input among the job's processed inputs.
+    pub input: u32,
+    /// Position of the mini-batch within its input (0-based).
+    pub seq: u64,
+}
+
+impl fmt::Display for MiniBatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.input, self.seq)
+    }
+}
+
+impl std::str::FromStr for MiniBatchId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (i, n) = s
+            .split_once('-')
+            .ok_or_else(|| format!("mini-batch id {s:?}: expected INPUT-SEQ, e.g. 0-17"))?;
+        Ok(MiniBatchId {
+            input: i
+                .parse()
+                .map_err(|_| format!("mini-batch id {s:?}: bad input ordinal"))?,
+            seq: n
+                .parse()
+                .map_err(|_| format!("mini-batch id {s:?}: bad sequence number"))?,
+        })
+    }
+}
+
+/// What kind of items a mini-batch holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ItemKind {
+    /// Table rows: run() receives a DataFrame / RecordBatch.
+    Rows,
+    /// Files: the batch has columns `path`, `size`, `modified`; run() receives local paths.
+    Files,
+}
+
+/// Where a mini-batch's items came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// The input's name.
+    pub input: Arc<str>,
+    /// Row range `[start, end)` within the input's ordered row stream.
+    pub rows: std::ops::Range<u64>,
+}
+
+impl fmt::Display for Lineage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}[{}..{}]", self.input, self.rows.start, self.rows.end)
+    }
+}
+
+/// One unit of work: the rows (or file entries) one run() call receives.
+#[derive(Debug, Clone)]
+pub struct MiniBatch {
+    /// Stable id.
+    pub id: MiniBatchId,
+    /// Rows or files.
+    pub kind: ItemKind,
+    /// The items: only the rows of this mini-batch (compacted, never a view of a larger batch).
+    pub data: RecordBatch,
+    /// Where the items came from.
+    pub lineage: Lineage,
+    /// Key values of this mini-batch when partition_keys are set (empty otherwise).
+    pub partition_key_value: BTreeMap<String, serde_json::Value>,
+}
+
+impl MiniBatch {
+    /// Number of items (rows or files).
+    pub fn items(&self) -> u64 {
+        self.data.num_rows() as u64
+    }
+
+    /// Bytes of the data held.
+    pub fn memory_size(&self) -> usize {
+        slice_memory_size(&self.data)
+    }
+}

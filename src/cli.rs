@@ -1,0 +1,171 @@
+//! The command line: `parallel-run run | validate | show-config JOB.yaml`.
+//!
+//! Exit codes: 0 success, 42 the job ran and failed (PRS's code), 2 usage or configuration
+//! error.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{JobSpec, LoadedJob, LoggingLevel};
+use crate::error::Result;
+use crate::input::{job_session, register_inputs};
+use crate::job::{factory_for, run_job_spec, JobOptions, Progress};
+use crate::worker::python::MiniBatchFormat;
+use crate::worker::ScriptRegistry;
+
+/// Exit code of a job that ran and failed.
+pub const EXIT_JOB_FAILED: i32 = 42;
+/// Exit code of a usage or configuration error.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs ParallelRunStep-style batch jobs.
+#[derive(Debug, Parser)]
+#[command(name = "parallel-run", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by the subcommands that read a job file.
+#[derive(Debug, clap::Args)]
+pub struct JobArgs {
+    /// The job file (YAML, Azure's `parallel_run_config:` layout plus inputs and output).
+    pub job: PathBuf,
+    /// Override a parallel_run_config key (or output, output_format, preserve_order), e.g.
+    /// `--set mini_batch_size=10MB`. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// The output folder (overrides `output:` in the job file).
+    #[arg(long, value_name = "DIR")]
+    pub output: Option<PathBuf>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job.
+    Run {
+        /// The job.
+        #[command(flatten)]
+        args: JobArgs,
+        /// No progress output on the console.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a job file, its inputs and its entry script without running anything.
+    Validate {
+        /// The job.
+        #[command(flatten)]
+        args: JobArgs,
+    },
+    /// Print the effective job (every key, defaults filled in) as YAML.
+    ShowConfig {
+        /// The job.
+        #[command(flatten)]
+        args: JobArgs,
+    },
+}
+
+fn load(args: &JobArgs) -> Result<LoadedJob> {
+    let mut loaded = JobSpec::load_yaml(&args.job, &args.set)?;
+    if let Some(out) = &args.output {
+        loaded.spec.output = Some(out.clone());
+    }
+    for w in &loaded.warnings {
+        eprintln!("parallel-run: warning: {w}");
+    }
+    Ok(loaded)
+}
+
+/// Runs the CLI and returns the process exit code.
+pub async fn main_with(cli: Cli, registry: ScriptRegistry) -> i32 {
+    match dispatch(cli, registry).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("parallel-run: error: {e}");
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
+    match cli.command {
+        Command::Run { args, quiet } => {
+            let loaded = load(&args)?;
+            init_tracing(loaded.spec.config.logging_level);
+            let progress = if quiet {
+                Progress::Quiet
+            } else {
+                Progress::Console
+            };
+            let report = run_job_spec(&loaded.spec, &registry, progress).await?;
+            if report.succeeded() {
+                println!("{}", report.sentence());
+                if let Some(out) = &report.output {
+                    println!("Output: {} ({} rows)", out.display(), report.output_rows);
+                }
+                println!("Logs: {}", report.logs.display());
+                Ok(0)
+            } else {
+                eprintln!("parallel-run: the job failed: {}", report.reason);
+                eprintln!("{}", report.sentence());
+                eprintln!("See {}", report.logs.join("job_result.txt").display());
+                Ok(EXIT_JOB_FAILED)
+            }
+        }
+        Command::Validate { args } => {
+            let loaded = load(&args)?;
+            let spec = &loaded.spec;
+            let ctx = job_session();
+            let inputs = register_inputs(&ctx, &spec.inputs).await?;
+            let output = spec
+                .output
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("parallel-run-validate"));
+            let options = JobOptions {
+                output,
+                output_format: spec.output_format,
+                arguments: spec.arguments.clone(),
+                preserve_order: spec.preserve_order,
+                mini_batch_format: MiniBatchFormat::default(),
+                progress: Progress::Quiet,
+            };
+            let factory = factory_for(&spec.config, &options, &registry)?;
+            println!(
+                "{} is valid: {} processed input(s) [{}], entry script {}, {} workers.",
+                args.job.display(),
+                inputs.len(),
+                inputs
+                    .iter()
+                    .map(|i| i.info.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                factory.describe(),
+                spec.config.worker_count()
+            );
+            Ok(0)
+        }
+        Command::ShowConfig { args } => {
+            let loaded = load(&args)?;
+            print!("{}", loaded.spec.to_yaml()?);
+            Ok(0)
+        }
+    }
+}
+
+fn init_tracing(level: LoggingLevel) {
+    let default = match level {
+        LoggingLevel::Debug => "parallel_run=debug,warn",
+        LoggingLevel::Info => "parallel_run=info,warn",
+        LoggingLevel::Warning => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,1842 @@
+//! The YAML job file: Azure's `parallel_run_config:` mapping plus the inputs, output and
+//! arguments around it. Relative paths are relative to the job file's folder.
+
+use std::collections::btree_map::Entry;
+use std::path::{Component, Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+use crate::config::environment::{environment_to_yaml, parse_environment};
+use crate::config::yaml::{show, unknown_key, Section};
+use crate::config::{
+    ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
+};
+use crate::error::{PrsError, Result};
+
+/// Data format of a path input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InputFormat {
+    /// Parquet file(s).
+    Parquet,
+    /// CSV file(s) with a header row.
+    Csv,
+    /// Newline-delimited JSON file(s).
+    Json,
+    /// A file dataset: each file is one item; run() gets local paths.
+    Files,
+}
+
+/// Where an input's data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputSource {
+    /// A file, folder or glob (already resolved against the job file's folder when relative;
+    /// URLs such as `s3://...` are kept as written).
+    Path {
+        /// The file, folder or glob.
+        path: String,
+        /// Its format.
+        format: InputFormat,
+    },
+    /// A SQL query over the other inputs (by name).
+    Sql(String),
+}
+
+/// One entry of `inputs:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputSpec {
+    /// Table name (unique within the job).
+    pub name: String,
+    /// Where its data comes from.
+    pub source: InputSource,
+}
+
+/// Format of the append_row output file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OutputFormat {
+    /// PRS's exact text format: one line per list element, table rows space-separated, no header.
+    #[default]
+    Txt,
+    /// CSV with a header row.
+    Csv,
+    /// Parquet, typed with run()'s result schema.
+    Parquet,
+}
+
+/// A whole job: the PRS parameters and what surrounds them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobSpec {
+    /// The PRS parameters.
+    pub config: ParallelRunConfig,
+    /// The inputs, in order (at least one).
+    pub inputs: Vec<InputSpec>,
+    /// The output folder (logs and the append_row file go here). `None` until set (by the
+    /// file or by `--output`); running requires it.
+    pub output: Option<PathBuf>,
+    /// Format of the append_row file.
+    pub output_format: OutputFormat,
+    /// Extra arguments appended to the entry script's argv.
+    pub arguments: Vec<String>,
+    /// Write output in mini-batch order instead of completion order.
+    pub preserve_order: bool,
+}
+
+/// A job file after loading: the spec plus the warnings worth showing the user
+/// (e.g. Azure environment settings that do not apply here).
+#[derive(Debug, Clone)]
+pub struct LoadedJob {
+    /// The validated job.
+    pub spec: JobSpec,
+    /// Human-readable warnings.
+    pub warnings: Vec<String>,
+}
+
+/// The `parallel_run_config` key.
+const CONFIG: &str = "parallel_run_config";
+
+/// Keys allowed at the top level of a job file.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    CONFIG,
+    "inputs",
+    "output",
+    "output_format",
+    "arguments",
+    "preserve_order",
+];
+
+/// Top-level keys that `--set` may override (the rest of `--set` goes to `parallel_run_config`).
+const JOB_OVERRIDE_KEYS: &[&str] = &["output", "output_format", "preserve_order"];
+
+/// Keys allowed in `parallel_run_config`: Azure's, ours, and the v2 names (the last four).
+const CONFIG_KEYS: &[&str] = &[
+    "entry_script",
+    "error_threshold",
+    "output_action",
+    "node_count",
+    "process_count_per_node",
+    "mini_batch_size",
+    "source_directory",
+    "description",
+    "logging_level",
+    "run_invocation_timeout",
+    "run_max_try",
+    "append_row_file_name",
+    "allowed_failed_count",
+    "allowed_failed_percent",
+    "partition_keys",
+    "environment_variables",
+    "compute_target_name",
+    "compute_target",
+    "environment",
+    "mini_batch_error_threshold",
+    "retry_settings",
+    "max_concurrency_per_instance",
+    "instance_count",
+];
+
+/// Keys of the v2 `retry_settings` mapping.
+const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
+
+/// Keys of one `inputs:` entry.
+const INPUT_KEYS: &[&str] = &["name", "path", "sql", "format"];
+
+/// What each parameter allows, shared by the type and missing-value errors.
+mod rule {
+    pub(super) const ENTRY_SCRIPT: &str =
+        "the Python script with init() and run() (or rust:NAME for a Rust entry script)";
+    pub(super) const ERROR_THRESHOLD: &str =
+        "an integer >= -1 (-1 ignores all failures): failed items allowed over the job";
+    pub(super) const OUTPUT_ACTION: &str = "append_row or summary_only";
+    pub(super) const NODE_COUNT: &str = "an integer >= 1 (1 on this machine)";
+    pub(super) const PROCESSES: &str =
+        "must be an integer >= 1, or left out to use one process per core";
+    pub(super) const TEXT: &str = "must be a text";
+    pub(super) const TIMEOUT: &str = "must be a number of seconds > 0 (default 60)";
+    pub(super) const MAX_TRY: &str = "must be an integer >= 1 (total tries, default 3)";
+    pub(super) const MAX_RETRIES: &str = "must be an integer >= 0 (retries after the first try)";
+    pub(super) const FAILED_COUNT: &str = "must be an integer >= -1 (-1 ignores all failures)";
+    pub(super) const FAILED_PERCENT: &str = "must be a number between 0 and 100, or -1";
+    pub(super) const PARTITION_KEYS: &str = "must be a list of column names, e.g. [a, b]";
+    pub(super) const ENV_VARS: &str =
+        "must map variable names to values, e.g. {OMP_NUM_THREADS: 1}";
+    pub(super) const COMPUTE: &str = "must be local (or a cluster address such as df://host:50050)";
+    pub(super) const INPUT_FORMAT: &str =
+        "must be parquet, csv, json (also jsonl, ndjson) or files";
+    pub(super) const OUTPUT_FORMAT: &str = "must be txt, csv or parquet";
+    pub(super) const ARGUMENTS: &str = "must be a list of arguments, e.g. [\"--model\", m.bin]";
+    pub(super) const BOOLEAN: &str = "must be true or false";
+}
+
+impl InputFormat {
+    /// The name used in YAML (`parquet`, `csv`, `json`, `files`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputFormat::Parquet => "parquet",
+            InputFormat::Csv => "csv",
+            InputFormat::Json => "json",
+            InputFormat::Files => "files",
+        }
+    }
+
+    /// Parses a name case-insensitively (`jsonl` and `ndjson` mean `json`).
+    fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "parquet" => Some(InputFormat::Parquet),
+            "csv" => Some(InputFormat::Csv),
+            "json" | "jsonl" | "ndjson" => Some(InputFormat::Json),
+            "files" => Some(InputFormat::Files),
+            _ => None,
+        }
+    }
+
+    /// The format a path's extension implies (`data/*.parquet` -> parquet), if any.
+    fn from_extension(path: &str) -> Option<Self> {
+        let file = path.trim_end_matches('/').rsplit('/').next()?;
+        let (_, extension) = file.rsplit_once('.')?;
+        match extension.to_ascii_lowercase().as_str() {
+            "pq" => Some(InputFormat::Parquet),
+            "files" => None,
+            other => InputFormat::from_name(other),
+        }
+    }
+}
+
+impl std::str::FromStr for InputFormat {
+    type Err = PrsError;
+
+    /// Parses `parquet`, `csv`, `json` (`jsonl`, `ndjson`) or `files`, case-insensitively.
+    fn from_str(text: &str) -> Result<Self> {
+        InputFormat::from_name(text)
+            .ok_or_else(|| PrsError::config("format", text, rule::INPUT_FORMAT))
+    }
+}
+
+impl OutputFormat {
+    /// The name used in YAML (`txt`, `csv`, `parquet`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::Txt => "txt",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Parquet => "parquet",
+        }
+    }
+}
+
+impl std::str::FromStr for OutputFormat {
+    type Err = PrsError;
+
+    /// Parses `txt`, `csv` or `parquet`, case-insensitively.
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "txt" => Ok(OutputFormat::Txt),
+            "csv" => Ok(OutputFormat::Csv),
+            "parquet" => Ok(OutputFormat::Parquet),
+            _ => Err(PrsError::config("output_format", text, rule::OUTPUT_FORMAT)),
+        }
+    }
+}
+
+impl JobSpec {
+    /// Loads and validates a job file. `overrides` are `key=value` pairs applied to the
+    /// `parallel_run_config` mapping (values parsed as YAML scalars) before validation, as the
+    /// CLI's `--set` does; unknown keys are errors. The job-level `output`, `output_format` and
+    /// `preserve_order` may be overridden too, and dotted keys reach into mappings
+    /// (`retry_settings.max_retries=2`, `environment.python=/usr/bin/python3`).
+    pub fn load_yaml(path: &Path, overrides: &[String]) -> Result<LoadedJob> {
+        let text = std::fs::read_to_string(path).map_err(|e| PrsError::io(path, e))?;
+        let folder = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        let base_dir = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
+        parse_job(&text, &base_dir, overrides, path)
+    }
+
+    /// Parses job YAML text; relative paths resolve against `base_dir`.
+    pub fn from_yaml_str(text: &str, base_dir: &Path, overrides: &[String]) -> Result<LoadedJob> {
+        parse_job(text, base_dir, overrides, Path::new("(job YAML text)"))
+    }
+
+    /// The effective job as YAML in Azure's layout (every key, defaults filled in), such that
+    /// `from_yaml_str(to_yaml())` gives an equal `JobSpec`.
+    pub fn to_yaml(&self) -> Result<String> {
+        let mut root = Mapping::new();
+        root.insert(CONFIG.into(), config_to_yaml(&self.config)?);
+        let inputs = self.inputs.iter().map(input_to_yaml).collect();
+        root.insert("inputs".into(), Value::Sequence(inputs));
+        let output = match &self.output {
+            Some(path) => Value::String(path_text("output", path)?),
+            None => Value::Null,
+        };
+        root.insert("output".into(), output);
+        root.insert("output_format".into(), self.output_format.as_str().into());
+        let arguments = self.arguments.iter().cloned().map(Value::String).collect();
+        root.insert("arguments".into(), Value::Sequence(arguments));
+        root.insert("preserve_order".into(), self.preserve_order.into());
+        serde_yaml::to_string(&root).map_err(|e| PrsError::Output {
+            path: "(job YAML)".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes [`JobSpec::to_yaml`] to `path`.
+    pub fn save_yaml(&self, path: &Path) -> Result<()> {
+        let text = self.to_yaml()?;
+        std::fs::write(path, text).map_err(|e| PrsError::io(path, e))
+    }
+
+    /// Checks the config and the job-level rules (unique input names, sql inputs reference
+    /// known names only loosely, reserved argument names, ...).
+    pub fn validate(&self) -> Result<()> {
+        self.config.validate()?;
+        self.validate_inputs()?;
+        validate_arguments(&self.arguments)
+    }
+
+    /// At least one input; names are unique SQL identifiers; paths and queries are non-empty.
+    fn validate_inputs(&self) -> Result<()> {
+        if self.inputs.is_empty() {
+            return Err(PrsError::missing(
+                "inputs",
+                "required: at least one input, e.g. inputs: [{name: reviews, path: \
+                 data/reviews.parquet, format: parquet}] (an Azure save_to_yaml file has only \
+                 parallel_run_config: add inputs: next to it)",
+            ));
+        }
+        let mut seen: Vec<String> = Vec::new();
+        for (i, input) in self.inputs.iter().enumerate() {
+            if !is_sql_identifier(&input.name) {
+                return Err(PrsError::config(
+                    format!("inputs[{i}].name"),
+                    &input.name,
+                    "must be a SQL identifier: a letter or _ followed by letters, digits or _",
+                ));
+            }
+            let folded = input.name.to_ascii_lowercase();
+            if let Some(j) = seen.iter().position(|name| *name == folded) {
+                return Err(PrsError::config(
+                    format!("inputs[{i}].name"),
+                    &input.name,
+                    format!("is already the name of inputs[{j}]; input names must be unique"),
+                ));
+            }
+            seen.push(folded);
+            match &input.source {
+                InputSource::Path { path, .. } if path.trim().is_empty() => {
+                    return Err(PrsError::config(
+                        format!("inputs[{i}].path"),
+                        path,
+                        "must not be empty: give a file, folder, glob or URL",
+                    ));
+                }
+                InputSource::Sql(sql) if sql.trim().is_empty() => {
+                    return Err(PrsError::config(
+                        format!("inputs[{i}].sql"),
+                        sql,
+                        "must not be empty: give a query over the other inputs",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses, applies the overrides, reads and validates a job; `source` names it in YAML errors.
+fn parse_job(
+    text: &str,
+    base_dir: &Path,
+    overrides: &[String],
+    source: &Path,
+) -> Result<LoadedJob> {
+    let job_file_error = |message: String| PrsError::JobFile {
+        path: source.to_path_buf(),
+        message,
+    };
+    let document: Value =
+        serde_yaml::from_str(text).map_err(|e| job_file_error(format!("not valid YAML: {e}")))?;
+    let mut root = match document {
+        Value::Null => Mapping::new(),
+        Value::Mapping(mapping) => mapping,
+        other => {
+            return Err(job_file_error(format!(
+                "the top level must be a mapping with the keys {}, not {}",
+                TOP_LEVEL_KEYS.join(", "),
+                show(&other)
+            )))
+        }
+    };
+    for text in overrides {
+        apply_override(&mut root, text)?;
+    }
+    let mut warnings = Vec::new();
+    let spec = read_job(Value::Mapping(root), base_dir, &mut warnings)?;
+    spec.validate()?;
+    Ok(LoadedJob { spec, warnings })
+}
+
+/// Reads the whole job from the (overridden) document.
+fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<JobSpec> {
+    let mut top = Section::new("", root, TOP_LEVEL_KEYS)?;
+    let config = top.take(CONFIG).ok_or_else(|| {
+        PrsError::missing(
+            CONFIG,
+            "required: the mapping of PRS parameters (entry_script, error_threshold, \
+             output_action, node_count, ...)",
+        )
+    })?;
+    let config = read_config(config, base_dir, warnings)?;
+    let inputs = read_inputs(top.take("inputs"), base_dir)?;
+    let output = top.string("output", "must be a folder path")?;
+    let output = output.map(|path| resolve(base_dir, &path));
+    let output_format = match top.string("output_format", rule::OUTPUT_FORMAT)? {
+        Some(text) => text.parse()?,
+        None => OutputFormat::default(),
+    };
+    Ok(JobSpec {
+        config,
+        inputs,
+        output,
+        output_format,
+        arguments: top
+            .string_list("arguments", rule::ARGUMENTS)?
+            .unwrap_or_default(),
+        preserve_order: top
+            .boolean("preserve_order", rule::BOOLEAN)?
+            .unwrap_or(false),
+    })
+}
+
+/// Reads `parallel_run_config` (Azure's names, ours and the v2 aliases).
+fn read_config(
+    value: Value,
+    base_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ParallelRunConfig> {
+    let mut s = Section::new(CONFIG, value, CONFIG_KEYS)?;
+    let entry_script = s.string("entry_script", rule::TEXT)?;
+    let entry_script = s.required("entry_script", rule::ENTRY_SCRIPT, entry_script)?;
+    let error_threshold = s.integer::<i64>("error_threshold", "must be an integer >= -1")?;
+    let error_threshold = s.required("error_threshold", rule::ERROR_THRESHOLD, error_threshold)?;
+    let output_action = s.string("output_action", rule::OUTPUT_ACTION)?;
+    let output_action = s.required("output_action", rule::OUTPUT_ACTION, output_action)?;
+    let output_action = output_action.parse::<OutputAction>().map_err(|_| {
+        let reason = format!("must be {}", rule::OUTPUT_ACTION);
+        PrsError::config(s.field("output_action"), &output_action, reason)
+    })?;
+    let mut config = ParallelRunConfig::new(entry_script, error_threshold, output_action);
+
+    let key = s.pick("node_count", "instance_count")?;
+    let node_count = s.integer::<u32>(key, "must be an integer >= 1")?;
+    config.node_count = s.required("node_count", rule::NODE_COUNT, node_count)?;
+    let key = s.pick("process_count_per_node", "max_concurrency_per_instance")?;
+    config.process_count_per_node = s.integer::<u32>(key, rule::PROCESSES)?;
+    let size = s.scalar(
+        "mini_batch_size",
+        "must be a number, or digits with KB, MB or GB",
+    )?;
+    config.mini_batch_size = size.as_deref().map(MiniBatchSize::parse).transpose()?;
+    let source_directory = s.string("source_directory", "must be a folder path")?;
+    config.source_directory = source_directory.map(|dir| resolve(base_dir, &dir));
+    config.description = s.scalar("description", rule::TEXT)?;
+    if let Some(level) = s.string("logging_level", "must be WARNING, INFO or DEBUG")? {
+        config.logging_level = level.parse::<LoggingLevel>().map_err(|_| {
+            PrsError::config(
+                s.field("logging_level"),
+                &level,
+                "must be WARNING, INFO or DEBUG",
+            )
+        })?;
+    }
+    read_tries(&mut s, &mut config)?;
+    if let Some(name) = s.string("append_row_file_name", rule::TEXT)? {
+        config.append_row_file_name = name;
+    }
+    let key = s.pick("allowed_failed_count", "mini_batch_error_threshold")?;
+    config.allowed_failed_count = s.integer::<i64>(key, rule::FAILED_COUNT)?;
+    config.allowed_failed_percent = s.number("allowed_failed_percent", rule::FAILED_PERCENT)?;
+    config.partition_keys = s
+        .string_list("partition_keys", rule::PARTITION_KEYS)?
+        .unwrap_or_default();
+    config.environment_variables = s
+        .string_map("environment_variables", rule::ENV_VARS)?
+        .unwrap_or_default();
+    let key = s.pick("compute_target_name", "compute_target")?;
+    if let Some(target) = s.string(key, rule::COMPUTE)? {
+        config.compute_target = parse_compute_target(&s.field(key), &target, warnings);
+    }
+    read_environment(&mut s, &mut config, base_dir, warnings)?;
+    config.entry_script = resolve_entry_script(&config, base_dir)?;
+    Ok(config)
+}
+
+/// run_invocation_timeout and run_max_try, or the v2 `retry_settings` (tries = retries + 1).
+fn read_tries(s: &mut Section, config: &mut ParallelRunConfig) -> Result<()> {
+    let (mut max_retries, mut retry_timeout) = (None, None);
+    if let Some(mut retry) = s.section("retry_settings", RETRY_KEYS)? {
+        for (key, original) in [
+            ("max_retries", "run_max_try"),
+            ("timeout", "run_invocation_timeout"),
+        ] {
+            if retry.has(key) && s.has(original) {
+                return Err(PrsError::config(
+                    retry.field(key),
+                    show(&retry.take(key).unwrap_or_default()),
+                    format!(
+                        "is the v2 form of {}, which is also given; remove one of them",
+                        s.field(original)
+                    ),
+                ));
+            }
+        }
+        max_retries = retry.integer::<u32>("max_retries", rule::MAX_RETRIES)?;
+        retry_timeout = retry.integer::<u64>("timeout", rule::TIMEOUT)?;
+    }
+    if let Some(timeout) = s
+        .integer::<u64>("run_invocation_timeout", rule::TIMEOUT)?
+        .or(retry_timeout)
+    {
+        config.run_invocation_timeout = timeout;
+    }
+    let tries = match max_retries {
+        Some(retries) => Some(retries.checked_add(1).ok_or_else(|| {
+            PrsError::config(
+                "parallel_run_config.retry_settings.max_retries",
+                retries,
+                "is too large",
+            )
+        })?),
+        None => s.integer::<u32>("run_max_try", rule::MAX_TRY)?,
+    };
+    if let Some(tries) = tries {
+        config.run_max_try = tries;
+    }
+    Ok(())
+}
+
+/// The environment, with Azure's environment variables merged into `environment_variables`
+/// (keys already set there win) and a python path resolved against the job folder.
+fn read_environment(
+    s: &mut Section,
+    config: &mut ParallelRunConfig,
+    base_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let field = s.field("environment");
+    let parsed = parse_environment(&field, s.take("environment"), warnings)?;
+    config.environment = parsed.environment;
+    if let Some(python) = &config.environment.python {
+        if python.contains('/') {
+            let resolved = resolve(base_dir, python);
+            config.environment.python = Some(path_text(&field, &resolved)?);
+        }
+    }
+    let mut merged = Vec::new();
+    for (name, value) in parsed.variables {
+        if let Entry::Vacant(entry) = config.environment_variables.entry(name.clone()) {
+            entry.insert(value);
+            merged.push(name);
+        }
+    }
+    if !merged.is_empty() {
+        warnings.push(format!(
+            "{field}.environmentVariables ({}) were merged into {}.environment_variables",
+            merged.join(", "),
+            CONFIG
+        ));
+    }
+    Ok(())
+}
+
+/// `local` (or nothing) is this machine; an address with `://` is a cluster; any other name is
+/// an Azure compute target, which means this machine here (with a warning).
+fn parse_compute_target(field: &str, target: &str, warnings: &mut Vec<String>) -> ComputeTarget {
+    let target = target.trim();
+    if target.is_empty() || target.eq_ignore_ascii_case("local") {
+        ComputeTarget::Local
+    } else if target.contains("://") {
+        ComputeTarget::Cluster(target.to_string())
+    } else {
+        warnings.push(format!(
+            "{field} {target:?} names an Azure compute target; the job runs on this machine \
+             (compute_target_name: local)"
+        ));
+        ComputeTarget::Local
+    }
+}
+
+/// The entry script path: relative to the job folder unless `source_directory` is given (it is
+/// then relative to that folder) or it names a Rust script.
+fn resolve_entry_script(config: &ParallelRunConfig, base_dir: &Path) -> Result<String> {
+    let script = &config.entry_script;
+    if config.source_directory.is_some() || script.starts_with("rust:") || script.trim().is_empty()
+    {
+        return Ok(script.clone());
+    }
+    path_text(
+        "parallel_run_config.entry_script",
+        &resolve(base_dir, script),
+    )
+}
+
+/// Reads `inputs:` (absent = none; `validate` then asks for one).
+fn read_inputs(value: Option<Value>, base_dir: &Path) -> Result<Vec<InputSpec>> {
+    match value {
+        None => Ok(Vec::new()),
+        Some(Value::Sequence(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| read_input(i, item, base_dir))
+            .collect(),
+        Some(other) => Err(PrsError::config(
+            "inputs",
+            show(&other),
+            "must be a list of {name, path, format} or {name, sql} entries",
+        )),
+    }
+}
+
+/// Reads one `inputs:` entry: a path with its format, or a SQL query.
+fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<InputSpec> {
+    let mut s = Section::new(format!("inputs[{index}]"), value, INPUT_KEYS)?;
+    let name = s.scalar("name", "must be a table name")?;
+    let name = s.required("name", "a table name for this input, e.g. reviews", name)?;
+    let path = s.string("path", "must be a file, folder, glob or URL")?;
+    let sql = s.string("sql", "must be a SQL query over the other inputs")?;
+    let format = s.string("format", rule::INPUT_FORMAT)?;
+    let source = match (path, sql) {
+        (Some(_), Some(sql)) => {
+            return Err(PrsError::config(
+                s.field("sql"),
+                sql,
+                "give either path or sql, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(PrsError::missing(
+                s.field("path"),
+                "required: path (a file, folder, glob or URL) or sql (a query over the other \
+                 inputs)",
+            ))
+        }
+        (None, Some(sql)) => {
+            if let Some(format) = format {
+                return Err(PrsError::config(
+                    s.field("format"),
+                    format,
+                    "applies to path inputs only; remove it from a sql input",
+                ));
+            }
+            InputSource::Sql(sql)
+        }
+        (Some(path), None) => {
+            let format = match format {
+                Some(text) => InputFormat::from_name(&text).ok_or_else(|| {
+                    PrsError::config(s.field("format"), &text, rule::INPUT_FORMAT)
+                })?,
+                None => InputFormat::from_extension(&path).ok_or_else(|| {
+                    PrsError::missing(
+                        s.field("format"),
+                        format!(
+                            "required: the path {path:?} does not tell the format; use parquet, \
+                             csv, json or files"
+                        ),
+                    )
+                })?,
+            };
+            let path = resolve_location(&s.field("path"), base_dir, &path)?;
+            InputSource::Path { path, format }
+        }
+    };
+    Ok(InputSpec { name, source })
+}
+
+/// An input location: URLs are kept, `file://` URLs become paths, relative paths resolve
+/// against the job folder (a trailing `/` is kept).
+fn resolve_location(field: &str, base_dir: &Path, location: &str) -> Result<String> {
+    if location.trim().is_empty() {
+        return Ok(location.to_string());
+    }
+    if location.starts_with("file://") {
+        let path = url::Url::parse(location)
+            .ok()
+            .and_then(|url| url.to_file_path().ok());
+        let path = path.ok_or_else(|| {
+            PrsError::config(
+                field,
+                location,
+                "is not a valid file URL; use file:///absolute/path or a plain path",
+            )
+        })?;
+        return path_text(field, &path);
+    }
+    if is_url(location) {
+        return Ok(location.to_string());
+    }
+    let mut text = path_text(field, &resolve(base_dir, location))?;
+    if location.ends_with('/') && !text.ends_with('/') {
+        text.push('/');
+    }
+    Ok(text)
+}
+
+/// Does this look like `scheme://...` (s3, az, abfss, gs, http, ...)?
+fn is_url(location: &str) -> bool {
+    match location.split_once("://") {
+        Some((scheme, _)) => {
+            scheme
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        }
+        None => false,
+    }
+}
+
+/// `path` resolved against `base_dir` when relative, without `.` components.
+fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+    let joined = base_dir.join(path);
+    let normal: PathBuf = joined
+        .components()
+        .filter(|c| *c != Component::CurDir)
+        .collect();
+    if normal.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        normal
+    }
+}
+
+/// A path as UTF-8 text (YAML and the rest of the engine need text).
+fn path_text(field: &str, path: &Path) -> Result<String> {
+    path.to_str().map(str::to_string).ok_or_else(|| {
+        PrsError::config(
+            field,
+            path.display(),
+            "is not valid UTF-8; use a UTF-8 path",
+        )
+    })
+}
+
+/// Applies one `--set key=value`: job-level keys (`output`, `output_format`, `preserve_order`)
+/// at the top, anything else inside `parallel_run_config` (dotted keys reach into mappings,
+/// e.g. `retry_settings.max_retries=2` or `environment_variables.OMP_NUM_THREADS=1`).
+fn apply_override(root: &mut Mapping, text: &str) -> Result<()> {
+    const USAGE: &str =
+        "expected key=value, e.g. run_max_try=5, mini_batch_size=10MB or partition_keys=[a,b]";
+    let (key, raw) = text
+        .split_once('=')
+        .ok_or_else(|| PrsError::config("--set", text, USAGE))?;
+    let key = key.trim();
+    let value: Value = serde_yaml::from_str(raw.trim()).map_err(|e| {
+        PrsError::config(
+            "--set",
+            text,
+            format!("the value is not valid YAML ({e}); quote it, e.g. description='a: b'"),
+        )
+    })?;
+    if JOB_OVERRIDE_KEYS.contains(&key) {
+        root.insert(key.into(), value);
+        return Ok(());
+    }
+    let inner = key.strip_prefix("parallel_run_config.").unwrap_or(key);
+    let path: Vec<&str> = std::iter::once(CONFIG).chain(inner.split('.')).collect();
+    if path.iter().any(|segment| segment.trim().is_empty()) {
+        return Err(PrsError::config("--set", text, USAGE));
+    }
+    if !CONFIG_KEYS.contains(&path[1]) {
+        let allowed: Vec<&str> = CONFIG_KEYS
+            .iter()
+            .chain(JOB_OVERRIDE_KEYS)
+            .copied()
+            .collect();
+        return Err(unknown_key("--set", path[1], &allowed));
+    }
+    set_nested(root, &path, value, text)
+}
+
+/// Sets `path` (non-empty) in nested mappings, creating missing or null ones on the way.
+fn set_nested(root: &mut Mapping, path: &[&str], value: Value, text: &str) -> Result<()> {
+    let Some((last, parents)) = path.split_last() else {
+        return Ok(());
+    };
+    let mut current = root;
+    for (depth, segment) in parents.iter().enumerate() {
+        let entry = current.entry(Value::from(*segment)).or_insert(Value::Null);
+        if entry.is_null() {
+            *entry = Value::Mapping(Mapping::new());
+        }
+        current = match entry {
+            Value::Mapping(mapping) => mapping,
+            other => {
+                return Err(PrsError::config(
+                    "--set",
+                    text,
+                    format!(
+                        "{} is {} in the job, not a mapping; set it as a whole instead",
+                        path[..=depth].join("."),
+                        show(other)
+                    ),
+                ))
+            }
+        };
+    }
+    current.insert(Value::from(*last), value);
+    Ok(())
+}
+
+/// `parallel_run_config` with every key (unset options as null).
+fn config_to_yaml(config: &ParallelRunConfig) -> Result<Value> {
+    let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
+    let number = |n: Option<i64>| n.map_or(Value::Null, Value::from);
+    let path = |field: &str, p: &Option<PathBuf>| -> Result<Value> {
+        Ok(match p {
+            Some(p) => Value::String(path_text(field, p)?),
+            None => Value::Null,
+        })
+    };
+    let strings =
+        |items: &[String]| Value::Sequence(items.iter().cloned().map(Value::String).collect());
+    let mut variables = Mapping::new();
+    for (name, value) in &config.environment_variables {
+        variables.insert(name.as_str().into(), value.as_str().into());
+    }
+    let compute = match &config.compute_target {
+        ComputeTarget::Local => "local".to_string(),
+        ComputeTarget::Cluster(address) => address.clone(),
+    };
+    let entries: Vec<(&str, Value)> = vec![
+        ("entry_script", config.entry_script.as_str().into()),
+        ("error_threshold", config.error_threshold.into()),
+        ("output_action", config.output_action.as_str().into()),
+        ("node_count", config.node_count.into()),
+        (
+            "process_count_per_node",
+            number(config.process_count_per_node.map(i64::from)),
+        ),
+        (
+            "mini_batch_size",
+            config
+                .mini_batch_size
+                .as_ref()
+                .map_or(Value::Null, size_to_yaml),
+        ),
+        (
+            "source_directory",
+            path("source_directory", &config.source_directory)?,
+        ),
+        ("description", text(&config.description)),
+        ("logging_level", config.logging_level.as_str().into()),
+        (
+            "run_invocation_timeout",
+            config.run_invocation_timeout.into(),
+        ),
+        ("run_max_try", config.run_max_try.into()),
+        (
+            "append_row_file_name",
+            config.append_row_file_name.as_str().into(),
+        ),
+        ("allowed_failed_count", number(config.allowed_failed_count)),
+        (
+            "allowed_failed_percent",
+            config
+                .allowed_failed_percent
+                .map_or(Value::Null, Value::from),
+        ),
+        ("partition_keys", strings(&config.partition_keys)),
+        ("environment_variables", Value::Mapping(variables)),
+        ("compute_target_name", compute.into()),
+        ("environment", environment_to_yaml(&config.environment)),
+    ];
+    Ok(Value::Mapping(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    ))
+}
+
+/// `mini_batch_size` as written: a plain count as a YAML integer (as Azure writes it), anything
+/// else as text.
+fn size_to_yaml(size: &MiniBatchSize) -> Value {
+    if !size.has_unit && size.raw == size.value.to_string() {
+        Value::from(size.value)
+    } else {
+        Value::String(size.raw.clone())
+    }
+}
+
+/// One `inputs:` entry: `{name, path, format}` or `{name, sql}`.
+fn input_to_yaml(input: &InputSpec) -> Value {
+    let mut mapping = Mapping::new();
+    mapping.insert("name".into(), input.name.as_str().into());
+    match &input.source {
+        InputSource::Path { path, format } => {
+            mapping.insert("path".into(), path.as_str().into());
+            mapping.insert("format".into(), format.as_str().into());
+        }
+        InputSource::Sql(sql) => {
+            mapping.insert("sql".into(), sql.as_str().into());
+        }
+    }
+    Value::Mapping(mapping)
+}
+
+/// Is `name` a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`)?
+fn is_sql_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Rejects user arguments that would shadow the system's own flags (`--mini_batch_size`,
+/// `--mini_batch_size=5`, `-mini_batch_size`, ...).
+fn validate_arguments(arguments: &[String]) -> Result<()> {
+    for argument in arguments {
+        let name = argument.trim_start_matches('-');
+        if name.len() == argument.len() {
+            continue;
+        }
+        let name = name.split('=').next().unwrap_or(name);
+        if RESERVED_ARGUMENTS.contains(&name) {
+            return Err(PrsError::config(
+                "arguments",
+                argument,
+                format!(
+                    "--{name} is reserved: the system passes it to the entry script itself; \
+                     rename your argument (reserved names: {})",
+                    RESERVED_ARGUMENTS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "/jobs/demo";
+
+    fn load(text: &str) -> LoadedJob {
+        load_with(text, &[])
+    }
+
+    fn load_with(text: &str, overrides: &[&str]) -> LoadedJob {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        match JobSpec::from_yaml_str(text, Path::new(BASE), &overrides) {
+            Ok(job) => job,
+            Err(e) => panic!("should load: {e}\n{text}"),
+        }
+    }
+
+    fn error(text: &str, overrides: &[&str]) -> String {
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        match JobSpec::from_yaml_str(text, Path::new(BASE), &overrides) {
+            Ok(job) => panic!("should be rejected: {:?}", job.spec),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn assert_mentions(message: &str, words: &[&str]) {
+        for word in words {
+            assert!(
+                message.contains(word),
+                "{message:?} should mention {word:?}"
+            );
+        }
+    }
+
+    /// The round trip: saved and loaded again (from another folder), the job is unchanged.
+    fn assert_round_trips(spec: &JobSpec) {
+        let yaml = spec.to_yaml().unwrap();
+        let again = JobSpec::from_yaml_str(&yaml, Path::new("/elsewhere"), &[])
+            .unwrap_or_else(|e| panic!("saved YAML should load: {e}\n{yaml}"));
+        assert_eq!(&again.spec, spec, "{yaml}");
+        assert!(again.warnings.is_empty(), "{:?}", again.warnings);
+    }
+
+    const MINIMAL: &str = r#"
+parallel_run_config:
+  entry_script: score.py
+  error_threshold: 10
+  output_action: append_row
+  node_count: 1
+inputs:
+  - {name: reviews, path: data/reviews.parquet, format: parquet}
+"#;
+
+    const FULL: &str = r#"
+parallel_run_config:
+  entry_script: score.py
+  error_threshold: -1
+  output_action: Summary_Only
+  node_count: 1
+  process_count_per_node: 2
+  mini_batch_size: 1MB
+  source_directory: scripts
+  description: nightly scoring
+  logging_level: debug
+  run_invocation_timeout: 120
+  run_max_try: 5
+  append_row_file_name: results.txt
+  allowed_failed_count: 5
+  allowed_failed_percent: 10
+  partition_keys: []
+  environment_variables: {OMP_NUM_THREADS: 1, MODE: fast}
+  compute_target_name: local
+  environment: {python: venv/bin/python, pip: [numpy, pandas, pyarrow], name: scoring}
+inputs:
+  - {name: reviews, path: data/reviews.parquet, format: PARQUET}
+  - {name: events, path: "s3://bucket/events/*.jsonl", format: ndjson}
+  - {name: en, sql: "SELECT * FROM reviews WHERE lang = 'en'"}
+output: out/
+output_format: csv
+arguments: ["--model", "m.bin", 3]
+preserve_order: true
+"#;
+
+    #[test]
+    fn minimal_job_gets_the_defaults() {
+        let job = load(MINIMAL);
+        assert!(job.warnings.is_empty(), "{:?}", job.warnings);
+        let spec = job.spec;
+        let mut expected =
+            ParallelRunConfig::new("/jobs/demo/score.py", 10, OutputAction::AppendRow);
+        expected.node_count = 1;
+        assert_eq!(spec.config, expected);
+        assert_eq!(
+            spec.inputs,
+            vec![InputSpec {
+                name: "reviews".into(),
+                source: InputSource::Path {
+                    path: "/jobs/demo/data/reviews.parquet".into(),
+                    format: InputFormat::Parquet,
+                },
+            }]
+        );
+        assert_eq!(spec.output, None);
+        assert_eq!(spec.output_format, OutputFormat::Txt);
+        assert!(spec.arguments.is_empty());
+        assert!(!spec.preserve_order);
+    }
+
+    #[test]
+    fn full_job_reads_every_key() {
+        let spec = load(FULL).spec;
+        let c = &spec.config;
+        assert_eq!(
+            c.entry_script, "score.py",
+            "kept relative to source_directory"
+        );
+        assert_eq!(
+            c.source_directory,
+            Some(PathBuf::from("/jobs/demo/scripts"))
+        );
+        assert_eq!(c.error_threshold, -1);
+        assert_eq!(c.output_action, OutputAction::SummaryOnly);
+        assert_eq!(c.process_count_per_node, Some(2));
+        assert_eq!(c.mini_batch_size.as_ref().map(|s| s.value), Some(1 << 20));
+        assert_eq!(c.description.as_deref(), Some("nightly scoring"));
+        assert_eq!(c.logging_level, LoggingLevel::Debug);
+        assert_eq!(c.run_invocation_timeout, 120);
+        assert_eq!(c.run_max_try, 5);
+        assert_eq!(c.append_row_file_name, "results.txt");
+        assert_eq!(c.allowed_failed_count, Some(5));
+        assert_eq!(c.allowed_failed_percent, Some(10.0));
+        assert_eq!(
+            c.environment_variables
+                .get("OMP_NUM_THREADS")
+                .map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(c.compute_target, ComputeTarget::Local);
+        assert_eq!(
+            c.environment.python.as_deref(),
+            Some("/jobs/demo/venv/bin/python")
+        );
+        assert_eq!(c.environment.pip, vec!["numpy", "pandas", "pyarrow"]);
+        assert_eq!(c.environment.name.as_deref(), Some("scoring"));
+        assert_eq!(spec.inputs.len(), 3);
+        assert_eq!(
+            spec.inputs[1].source,
+            InputSource::Path {
+                path: "s3://bucket/events/*.jsonl".into(),
+                format: InputFormat::Json
+            }
+        );
+        assert_eq!(
+            spec.inputs[2].source,
+            InputSource::Sql("SELECT * FROM reviews WHERE lang = 'en'".into())
+        );
+        assert_eq!(spec.output, Some(PathBuf::from("/jobs/demo/out")));
+        assert_eq!(spec.output_format, OutputFormat::Csv);
+        assert_eq!(spec.arguments, vec!["--model", "m.bin", "3"]);
+        assert!(spec.preserve_order);
+    }
+
+    #[test]
+    fn paths_resolve_against_the_job_folder() {
+        let spec = load(
+            r#"
+parallel_run_config:
+  entry_script: ./scripts/score.py
+  error_threshold: 0
+  output_action: append_row
+  node_count: 1
+  environment: python3
+inputs:
+  - {name: a, path: "../shared/a.csv"}
+  - {name: b, path: /abs/b.parquet}
+  - {name: c, path: "abfss://fs@acct.dfs.core.windows.net/c/", format: files}
+  - {name: d, path: "file:///data/d%20x.parquet"}
+  - {name: e, path: "images/", format: files}
+  - {name: f, path: "az://container/f.json"}
+output: /tmp/out
+"#,
+        )
+        .spec;
+        assert_eq!(spec.config.entry_script, "/jobs/demo/scripts/score.py");
+        assert_eq!(
+            spec.config.environment.python.as_deref(),
+            Some("python3"),
+            "a name stays a name"
+        );
+        let paths: Vec<(&str, InputFormat)> = spec
+            .inputs
+            .iter()
+            .map(|input| match &input.source {
+                InputSource::Path { path, format } => (path.as_str(), *format),
+                InputSource::Sql(_) => panic!("no sql input here"),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                ("/jobs/demo/../shared/a.csv", InputFormat::Csv),
+                ("/abs/b.parquet", InputFormat::Parquet),
+                (
+                    "abfss://fs@acct.dfs.core.windows.net/c/",
+                    InputFormat::Files
+                ),
+                ("/data/d x.parquet", InputFormat::Parquet),
+                ("/jobs/demo/images/", InputFormat::Files),
+                ("az://container/f.json", InputFormat::Json),
+            ]
+        );
+        assert_eq!(spec.output, Some(PathBuf::from("/tmp/out")));
+    }
+
+    #[test]
+    fn rust_entry_scripts_are_kept() {
+        let spec = load(&MINIMAL.replace("score.py", "rust:echo")).spec;
+        assert_eq!(spec.config.entry_script, "rust:echo");
+    }
+
+    #[test]
+    fn missing_required_keys_are_named() {
+        for (key, words) in [
+            (
+                "entry_script",
+                &["parallel_run_config.entry_script", "is missing", "required"][..],
+            ),
+            (
+                "error_threshold",
+                &["parallel_run_config.error_threshold", "is missing", ">= -1"][..],
+            ),
+            (
+                "output_action",
+                &[
+                    "parallel_run_config.output_action",
+                    "append_row or summary_only",
+                ][..],
+            ),
+            (
+                "node_count",
+                &["parallel_run_config.node_count", "is missing", ">= 1"][..],
+            ),
+        ] {
+            let text: String = MINIMAL
+                .lines()
+                .filter(|line| !line.trim_start().starts_with(key))
+                .collect::<Vec<_>>()
+                .join("\n");
+            assert_mentions(&error(&text, &[]), words);
+        }
+        assert_mentions(
+            &error("inputs: []", &[]),
+            &["parallel_run_config", "is missing"],
+        );
+        assert_mentions(&error("", &[]), &["parallel_run_config", "is missing"]);
+    }
+
+    #[test]
+    fn at_least_one_input_is_required() {
+        let text = MINIMAL.split("inputs:").next().unwrap_or_default();
+        assert_mentions(&error(text, &[]), &["inputs", "at least one input"]);
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let e = error(
+            &MINIMAL.replace("node_count: 1", "node_count: 1\n  run_max_try: many"),
+            &[],
+        );
+        assert_eq!(
+            e,
+            r#"parallel_run_config.run_max_try "many": must be an integer >= 1 (total tries, default 3)"#
+        );
+        let e = error(&MINIMAL.replace("node_count: 1", "node_count: -3"), &[]);
+        assert_mentions(&e, &["parallel_run_config.node_count", "\"-3\"", ">= 1"]);
+        let e = error(&MINIMAL.replace("append_row", "append"), &[]);
+        assert_mentions(
+            &e,
+            &[
+                "parallel_run_config.output_action",
+                "\"append\"",
+                "append_row or summary_only",
+            ],
+        );
+        let e = error(
+            &MINIMAL.replace("node_count: 1", "node_count: 1\n  partition_keys: a"),
+            &[],
+        );
+        assert_mentions(&e, &["parallel_run_config.partition_keys", "list"]);
+        let e = error(&format!("{MINIMAL}preserve_order: maybe\n"), &[]);
+        assert_mentions(&e, &["preserve_order", "maybe", "true or false"]);
+        let e = error(&format!("{MINIMAL}output_format: xml\n"), &[]);
+        assert_mentions(&e, &["output_format", "xml", "txt, csv or parquet"]);
+        let e = error(&MINIMAL.replace("format: parquet", "format: orc"), &[]);
+        assert_mentions(&e, &["inputs[0].format", "orc", "parquet, csv, json"]);
+    }
+
+    #[test]
+    fn yaml_syntax_errors_give_the_line() {
+        match JobSpec::from_yaml_str("parallel_run_config:\n  a: [1, 2\n", Path::new(BASE), &[]) {
+            Err(PrsError::JobFile { message, .. }) => assert_mentions(&message, &["line"]),
+            other => panic!("expected a JobFile error, got {other:?}"),
+        }
+        match JobSpec::from_yaml_str("- a\n- b\n", Path::new(BASE), &[]) {
+            Err(PrsError::JobFile { message, .. }) => assert_mentions(&message, &["mapping"]),
+            other => panic!("expected a JobFile error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_caught_everywhere() {
+        let e = error(
+            &MINIMAL.replace("node_count: 1", "node_count: 1\n  run_max_tries: 3"),
+            &[],
+        );
+        assert_mentions(
+            &e,
+            &[
+                "parallel_run_config",
+                "run_max_tries",
+                "unknown key",
+                "did you mean \"run_max_try\"",
+                "allowed keys",
+            ],
+        );
+        let e = error(&format!("{MINIMAL}outputs: out\n"), &[]);
+        assert_mentions(&e, &["job file", "outputs", "did you mean \"output\""]);
+        let e = error(&MINIMAL.replace("format: parquet", "fromat: parquet"), &[]);
+        assert_mentions(&e, &["inputs[0]", "fromat", "did you mean \"format\""]);
+        let e = error(
+            &MINIMAL.replace(
+                "node_count: 1",
+                "node_count: 1\n  environment: {python: python3, pips: [x]}",
+            ),
+            &[],
+        );
+        assert_mentions(
+            &e,
+            &[
+                "parallel_run_config.environment",
+                "pips",
+                "did you mean \"pip\"",
+            ],
+        );
+        let e = error(
+            &MINIMAL.replace(
+                "node_count: 1",
+                "node_count: 1\n  retry_settings: {max_retry: 2}",
+            ),
+            &[],
+        );
+        assert_mentions(&e, &["retry_settings", "max_retry", "max_retries"]);
+    }
+
+    #[test]
+    fn inputs_need_exactly_one_of_path_and_sql() {
+        let e = error(
+            &MINIMAL.replace(
+                "path: data/reviews.parquet, format: parquet",
+                "path: a.csv, sql: SELECT 1",
+            ),
+            &[],
+        );
+        assert_mentions(&e, &["inputs[0].sql", "either path or sql"]);
+        let e = error(
+            &MINIMAL.replace("path: data/reviews.parquet, format: parquet", "format: csv"),
+            &[],
+        );
+        assert_mentions(&e, &["inputs[0].path", "is missing", "sql"]);
+        let e = error(
+            &MINIMAL.replace(
+                "path: data/reviews.parquet, format: parquet",
+                "sql: SELECT 1, format: csv",
+            ),
+            &[],
+        );
+        assert_mentions(&e, &["inputs[0].format", "path inputs only"]);
+        let e = error(
+            &MINIMAL.replace("data/reviews.parquet, format: parquet", "data/"),
+            &[],
+        );
+        assert_mentions(
+            &e,
+            &[
+                "inputs[0].format",
+                "is missing",
+                "parquet, csv, json or files",
+            ],
+        );
+        let config = MINIMAL.split("inputs:").next().unwrap_or_default();
+        let e = error(&format!("{config}inputs: {{a: b}}\n"), &[]);
+        assert_mentions(&e, &["inputs", "list"]);
+    }
+
+    #[test]
+    fn input_names_must_be_unique_identifiers() {
+        let two = format!("{MINIMAL}  - {{name: Reviews, path: b.csv}}\n");
+        assert_mentions(
+            &error(&two, &[]),
+            &["inputs[1].name", "Reviews", "inputs[0]", "unique"],
+        );
+        let bad = MINIMAL.replace("name: reviews", "name: 2reviews");
+        assert_mentions(
+            &error(&bad, &[]),
+            &["inputs[0].name", "2reviews", "SQL identifier"],
+        );
+        let bad = MINIMAL.replace("name: reviews", "name: my-reviews");
+        assert_mentions(&error(&bad, &[]), &["inputs[0].name", "SQL identifier"]);
+        let empty = MINIMAL.replace(
+            "data/reviews.parquet, format: parquet",
+            "'', format: parquet",
+        );
+        assert_mentions(
+            &error(&empty, &[]),
+            &["inputs[0].path", "must not be empty"],
+        );
+    }
+
+    #[test]
+    fn reserved_arguments_are_rejected() {
+        for argument in [
+            "--mini_batch_size",
+            "--mini_batch_size=5",
+            "-mini_batch_size",
+            "--output",
+        ] {
+            let text = format!("{MINIMAL}arguments: [\"--model\", m.bin, \"{argument}\"]\n");
+            let e = error(&text, &[]);
+            assert_mentions(&e, &["arguments", argument, "reserved", "run_max_try"]);
+        }
+        let spec = load(&format!(
+            "{MINIMAL}arguments: [--output_dir, output, --batch, -5]\n"
+        ))
+        .spec;
+        assert_eq!(
+            spec.arguments,
+            vec!["--output_dir", "output", "--batch", "-5"]
+        );
+    }
+
+    #[test]
+    fn mini_batch_size_accepts_yaml_integers() {
+        let spec =
+            load(&MINIMAL.replace("node_count: 1", "node_count: 1\n  mini_batch_size: 1024")).spec;
+        let size = spec.config.mini_batch_size.unwrap();
+        assert_eq!(
+            (size.raw.as_str(), size.value, size.has_unit),
+            ("1024", 1024, false)
+        );
+        let e = error(
+            &MINIMAL.replace("node_count: 1", "node_count: 1\n  mini_batch_size: 10 MB"),
+            &[],
+        );
+        assert_mentions(&e, &["mini_batch_size", "10 MB", "no spaces"]);
+        let e = error(
+            &MINIMAL.replace("node_count: 1", "node_count: 1\n  mini_batch_size: 1.5"),
+            &[],
+        );
+        assert_mentions(&e, &["mini_batch_size", "no decimals"]);
+    }
+
+    #[test]
+    fn partition_keys_conflict_with_mini_batch_size_but_not_with_files() {
+        let both = MINIMAL.replace(
+            "node_count: 1",
+            "node_count: 1\n  mini_batch_size: 1MB\n  partition_keys: [a]",
+        );
+        assert_mentions(
+            &error(&both, &[]),
+            &["partition_keys", "[a]", "mini_batch_size", "remove one"],
+        );
+        let files = MINIMAL
+            .replace("node_count: 1", "node_count: 1\n  partition_keys: [year]")
+            .replace(
+                "data/reviews.parquet, format: parquet",
+                "images/, format: files",
+            );
+        assert_eq!(load(&files).spec.config.partition_keys, vec!["year"]);
+    }
+
+    #[test]
+    fn compute_targets() {
+        let with =
+            |target: &str| MINIMAL.replace("node_count: 1", &format!("node_count: 1\n  {target}"));
+        assert_eq!(
+            load(&with("compute_target_name: LOCAL"))
+                .spec
+                .config
+                .compute_target,
+            ComputeTarget::Local
+        );
+        assert_eq!(
+            load(&with("compute_target: local"))
+                .spec
+                .config
+                .compute_target,
+            ComputeTarget::Local
+        );
+        let azure = load(&with("compute_target_name: cpu-cluster"));
+        assert_eq!(azure.spec.config.compute_target, ComputeTarget::Local);
+        assert_mentions(&azure.warnings.join("\n"), &["cpu-cluster", "this machine"]);
+        let e = error(&with("compute_target: df://head:50050"), &[]);
+        assert_mentions(
+            &e,
+            &[
+                "compute_target",
+                "df://head:50050",
+                "not available yet",
+                "local",
+            ],
+        );
+        let e = error(
+            &with("compute_target: local\n  compute_target_name: local"),
+            &[],
+        );
+        assert_mentions(&e, &["compute_target", "compute_target_name", "remove one"]);
+    }
+
+    #[test]
+    fn v2_aliases() {
+        let text = MINIMAL.replace(
+            "node_count: 1",
+            "instance_count: 2\n  max_concurrency_per_instance: 4\n  mini_batch_error_threshold: 7\n  \
+             retry_settings: {max_retries: 2, timeout: 30}",
+        );
+        let c = load(&text).spec.config;
+        assert_eq!(
+            (
+                c.node_count,
+                c.process_count_per_node,
+                c.allowed_failed_count
+            ),
+            (2, Some(4), Some(7))
+        );
+        assert_eq!((c.run_max_try, c.run_invocation_timeout), (3, 30));
+        let c = load(&MINIMAL.replace(
+            "node_count: 1",
+            "node_count: 1\n  retry_settings: {max_retries: 0}",
+        ))
+        .spec
+        .config;
+        assert_eq!((c.run_max_try, c.run_invocation_timeout), (1, 60));
+    }
+
+    #[test]
+    fn an_alias_with_its_original_is_an_error() {
+        for (extra, words) in [
+            ("instance_count: 1", &["instance_count", "node_count"][..]),
+            (
+                "process_count_per_node: 1\n  max_concurrency_per_instance: 1",
+                &["max_concurrency_per_instance", "process_count_per_node"][..],
+            ),
+            (
+                "allowed_failed_count: 1\n  mini_batch_error_threshold: 1",
+                &["mini_batch_error_threshold", "allowed_failed_count"][..],
+            ),
+            (
+                "run_max_try: 2\n  retry_settings: {max_retries: 1}",
+                &["retry_settings.max_retries", "run_max_try"][..],
+            ),
+            (
+                "run_invocation_timeout: 2\n  retry_settings: {timeout: 1}",
+                &["retry_settings.timeout", "run_invocation_timeout"][..],
+            ),
+        ] {
+            let text = MINIMAL.replace("node_count: 1", &format!("node_count: 1\n  {extra}"));
+            let e = error(&text, &[]);
+            assert_mentions(&e, words);
+            assert_mentions(&e, &["remove one"]);
+        }
+    }
+
+    #[test]
+    fn overrides_apply_before_parsing() {
+        let spec = load_with(
+            MINIMAL,
+            &[
+                "run_max_try=5",
+                "partition_keys=[a,b]",
+                "parallel_run_config.logging_level=WARNING",
+                "output=results",
+                "output_format=parquet",
+                "preserve_order=true",
+                "environment.python=/opt/py/bin/python3",
+                "environment_variables.OMP_NUM_THREADS=1",
+                "retry_settings.timeout=90",
+                "description=",
+            ],
+        )
+        .spec;
+        let c = &spec.config;
+        assert_eq!(c.run_max_try, 5);
+        assert_eq!(c.partition_keys, vec!["a", "b"]);
+        assert_eq!(c.logging_level, LoggingLevel::Warning);
+        assert_eq!(c.environment.python.as_deref(), Some("/opt/py/bin/python3"));
+        assert_eq!(
+            c.environment_variables
+                .get("OMP_NUM_THREADS")
+                .map(String::as_str),
+            Some("1")
+        );
+        assert_eq!(c.run_invocation_timeout, 90);
+        assert_eq!(c.description, None);
+        assert_eq!(spec.output, Some(PathBuf::from("/jobs/demo/results")));
+        assert_eq!(spec.output_format, OutputFormat::Parquet);
+        assert!(spec.preserve_order);
+
+        let spec = load_with(MINIMAL, &["mini_batch_size=10MB", "error_threshold=-1"]).spec;
+        assert_eq!(spec.config.mini_batch_size.map(|s| s.value), Some(10 << 20));
+        assert_eq!(spec.config.error_threshold, -1);
+    }
+
+    #[test]
+    fn override_errors() {
+        assert_mentions(
+            &error(MINIMAL, &["run_max_try"]),
+            &["--set", "run_max_try", "key=value"],
+        );
+        assert_mentions(
+            &error(MINIMAL, &["run_max_tri=4"]),
+            &[
+                "--set",
+                "run_max_tri",
+                "unknown key",
+                "run_max_try",
+                "output",
+            ],
+        );
+        assert_mentions(
+            &error(MINIMAL, &["inputs=[]"]),
+            &["--set", "inputs", "unknown key"],
+        );
+        assert_mentions(
+            &error(MINIMAL, &["partition_keys=[a,"]),
+            &["--set", "not valid YAML"],
+        );
+        assert_mentions(
+            &error(MINIMAL, &["run_max_try=0"]),
+            &["run_max_try", "\"0\"", ">= 1"],
+        );
+        assert_mentions(
+            &error(MINIMAL, &["entry_script.x=1"]),
+            &["--set", "entry_script", "not a mapping"],
+        );
+        assert_mentions(
+            &error(MINIMAL, &["environment.=1"]),
+            &["--set", "key=value"],
+        );
+        // Overrides also create a missing parallel_run_config.
+        let spec = load_with(
+            "inputs: [{name: a, path: a.csv}]",
+            &[
+                "entry_script=rust:echo",
+                "error_threshold=0",
+                "output_action=summary_only",
+                "node_count=1",
+            ],
+        )
+        .spec;
+        assert_eq!(spec.config.entry_script, "rust:echo");
+    }
+
+    #[test]
+    fn to_yaml_writes_every_key() {
+        let yaml = load(MINIMAL).spec.to_yaml().unwrap();
+        for key in CONFIG_KEYS
+            .iter()
+            .take(17)
+            .filter(|k| **k != "compute_target")
+        {
+            assert!(
+                yaml.contains(&format!("  {key}:")),
+                "{key} missing from\n{yaml}"
+            );
+        }
+        for key in [
+            "compute_target_name:",
+            "environment:",
+            "inputs:",
+            "output:",
+            "output_format: txt",
+            "arguments:",
+            "preserve_order: false",
+            "run_max_try: 3",
+            "append_row_file_name: parallel_run_step.txt",
+        ] {
+            assert!(yaml.contains(key), "{key} missing from\n{yaml}");
+        }
+        assert!(
+            !yaml.contains("instance_count"),
+            "v2 names are not written:\n{yaml}"
+        );
+    }
+
+    #[test]
+    fn round_trips() {
+        assert_round_trips(&load(MINIMAL).spec);
+        assert_round_trips(&load(FULL).spec);
+        let mut spec =
+            load(&MINIMAL.replace("node_count: 1", "node_count: 1\n  mini_batch_size: 0010kb"))
+                .spec;
+        spec.config.description = Some("123".into());
+        spec.config.allowed_failed_percent = Some(12.5);
+        spec.config.partition_keys = Vec::new();
+        spec.arguments = vec!["--flag".into(), "true".into(), "7".into()];
+        assert_round_trips(&spec);
+    }
+
+    #[test]
+    fn round_trip_keeps_relative_paths_with_a_relative_base() {
+        let job = JobSpec::from_yaml_str(MINIMAL, Path::new("."), &[]).unwrap();
+        assert_eq!(job.spec.config.entry_script, "score.py");
+        let again =
+            JobSpec::from_yaml_str(&job.spec.to_yaml().unwrap(), Path::new("."), &[]).unwrap();
+        assert_eq!(again.spec, job.spec);
+    }
+
+    /// What Azure's `ParallelRunConfig.save_to_yaml` writes (with nulls, a Docker section and a
+    /// conda environment), plus the inputs next to it.
+    const AZURE_EXPORT: &str = r#"
+parallel_run_config:
+  mini_batch_size: 10
+  error_threshold: 5
+  output_action: append_row
+  logging_level: INFO
+  compute_target_name: cpu-cluster
+  node_count: 2
+  process_count_per_node: 2
+  entry_script: batch_scoring.py
+  source_directory: scripts
+  description: null
+  run_invocation_timeout: 600
+  run_max_try: 3
+  append_row_file_name: mnist_outputs.txt
+  environment:
+    name: batch_environment
+    version: '1'
+    python:
+      interpreterPath: python
+      userManagedDependencies: false
+      condaDependencies:
+        name: project_environment
+        dependencies:
+        - python=3.8.13
+        - pip=20.2.4
+        - scikit-learn
+        - pip:
+          - azureml-core
+          - pillow
+          - pandas
+        channels:
+        - anaconda
+        - conda-forge
+      baseCondaEnvironment: null
+    environmentVariables:
+      EXAMPLE_ENV_VAR: EXAMPLE_VALUE
+    docker:
+      enabled: true
+      baseImage: mcr.microsoft.com/azureml/openmpi3.1.2-ubuntu18.04:20220504.v1
+      platform:
+        os: Linux
+        architecture: amd64
+      baseDockerfile: null
+      baseImageRegistry:
+        address: null
+        username: null
+        password: null
+      arguments: []
+    spark:
+      repositories: []
+      packages: []
+      precachePackages: true
+    inferencingStackVersion: null
+    databricks:
+      mavenLibraries: []
+      pypiLibraries: []
+      rcranLibraries: []
+      jarLibraries: []
+      eggLibraries: []
+    r: null
+inputs:
+  - {name: mnist, path: data/mnist, format: files}
+"#;
+
+    #[test]
+    fn azure_exports_load_with_warnings() {
+        let job = load(AZURE_EXPORT);
+        let c = &job.spec.config;
+        assert_eq!(c.entry_script, "batch_scoring.py");
+        assert_eq!(
+            c.source_directory,
+            Some(PathBuf::from("/jobs/demo/scripts"))
+        );
+        assert_eq!((c.node_count, c.process_count_per_node), (2, Some(2)));
+        assert_eq!(c.mini_batch_files().unwrap(), 10);
+        assert_eq!(c.description, None);
+        assert_eq!(c.compute_target, ComputeTarget::Local);
+        assert_eq!(c.environment.python, None);
+        assert_eq!(c.environment.pip, vec!["azureml-core", "pillow", "pandas"]);
+        assert_eq!(c.environment.name.as_deref(), Some("batch_environment"));
+        assert_eq!(
+            c.environment_variables
+                .get("EXAMPLE_ENV_VAR")
+                .map(String::as_str),
+            Some("EXAMPLE_VALUE")
+        );
+        let warnings = job.warnings.join("\n");
+        assert_eq!(job.warnings.len(), 4, "{warnings}");
+        assert!(
+            !warnings.contains("pip=20.2.4"),
+            "pip itself is not worth a warning: {warnings}"
+        );
+        assert_mentions(
+            &warnings,
+            &[
+                "cpu-cluster",
+                "python=3.8.13",
+                "scikit-learn",
+                "environment.docker",
+                "openmpi",
+                "environmentVariables",
+            ],
+        );
+    }
+
+    #[test]
+    fn azure_export_round_trips_after_loading() {
+        let first = load(AZURE_EXPORT).spec;
+        let yaml = first.to_yaml().unwrap();
+        assert!(
+            yaml.contains("  mini_batch_size: 10\n"),
+            "a plain count stays an integer:\n{yaml}"
+        );
+        assert_round_trips(&first);
+        let again = load(&first.to_yaml().unwrap()).spec;
+        assert_eq!(again, first);
+    }
+
+    #[test]
+    fn azure_environment_variables_do_not_replace_ours() {
+        let text = AZURE_EXPORT.replace(
+            "  run_max_try: 3",
+            "  run_max_try: 3\n  environment_variables: {EXAMPLE_ENV_VAR: ours}",
+        );
+        let job = load(&text);
+        assert_eq!(
+            job.spec
+                .config
+                .environment_variables
+                .get("EXAMPLE_ENV_VAR")
+                .map(String::as_str),
+            Some("ours")
+        );
+        assert!(
+            !job.warnings.iter().any(|w| w.contains("merged")),
+            "{:?}",
+            job.warnings
+        );
+    }
+
+    #[test]
+    fn azure_export_without_inputs_says_what_to_add() {
+        let text = AZURE_EXPORT.split("inputs:").next().unwrap_or_default();
+        assert_mentions(
+            &error(text, &[]),
+            &["inputs", "at least one input", "save_to_yaml"],
+        );
+    }
+
+    #[test]
+    fn save_and_load_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.yml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let job = JobSpec::load_yaml(&path, &["run_max_try=4".to_string()]).unwrap();
+        let script = dir.path().join("score.py");
+        assert_eq!(job.spec.config.entry_script, script.to_str().unwrap());
+        assert_eq!(job.spec.config.run_max_try, 4);
+        let saved = dir.path().join("saved.yml");
+        job.spec.save_yaml(&saved).unwrap();
+        assert_eq!(JobSpec::load_yaml(&saved, &[]).unwrap().spec, job.spec);
+        let missing = JobSpec::load_yaml(&dir.path().join("nope.yml"), &[]).unwrap_err();
+        assert_mentions(&missing.to_string(), &["nope.yml"]);
+    }
+
+    #[test]
+    fn validate_checks_programmatic_specs() {
+        let mut spec = load(MINIMAL).spec;
+        spec.validate().unwrap();
+        spec.inputs[0].source = InputSource::Sql("  ".into());
+        assert_mentions(
+            &spec.validate().unwrap_err().to_string(),
+            &["inputs[0].sql", "must not be empty"],
+        );
+        spec.inputs.clear();
+        assert_mentions(
+            &spec.validate().unwrap_err().to_string(),
+            &["inputs", "at least one"],
+        );
+    }
+
+    #[test]
+    fn format_names() {
+        assert_eq!("JSONL".parse::<InputFormat>().unwrap(), InputFormat::Json);
+        assert_eq!("Files".parse::<InputFormat>().unwrap(), InputFormat::Files);
+        assert_eq!(
+            InputFormat::from_extension("a/b.PQ"),
+            Some(InputFormat::Parquet)
+        );
+        assert_eq!(
+            InputFormat::from_extension("a/*.ndjson"),
+            Some(InputFormat::Json)
+        );
+        assert_eq!(InputFormat::from_extension("a/b"), None);
+        assert_eq!("CSV".parse::<OutputFormat>().unwrap(), OutputFormat::Csv);
+        assert_mentions(
+            &"xml".parse::<OutputFormat>().unwrap_err().to_string(),
+            &["output_format", "xml"],
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! Configuration: the PRS parameters ([`ParallelRunConfig`]), the job file around them
+//! ([`JobSpec`]), and their validation.
+//!
+//! Configuration has one home: every other module receives these validated, typed values,
+//! never raw strings.
+
+mod environment;
+mod job;
+mod params;
+mod size;
+mod yaml;
+
+pub use job::{InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, OutputFormat};
+pub use params::{
+    ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
+};
+pub use size::MiniBatchSize;

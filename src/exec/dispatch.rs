@@ -1,0 +1,170 @@
+//! The shared queue: one dispatcher reads the inputs in order, cuts them into mini-batches and
+//! queues them; every partition's worker pulls from the same queue, so none idles while
+//! another has a backlog.
+
+use std::sync::Arc;
+
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use futures::StreamExt;
+use tokio::sync::{mpsc, Mutex};
+
+use crate::batch::{ByteChunker, FileChunker, ItemKind, MiniBatch};
+use crate::error::{PrsError, Result};
+use crate::exec::state::JobState;
+
+/// What the operator knows of each of its inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+pub struct InputInfo {
+    /// The input's name (for lineage and reports).
+    pub name: String,
+    /// Rows or files.
+    pub kind: ItemKind,
+}
+
+/// A queued mini-batch with its dispatch index and its share of the memory budget.
+#[derive(Debug)]
+pub struct Dispatched {
+    /// The mini-batch.
+    pub mini_batch: MiniBatch,
+    /// Dispatch order over the whole job (`minibatch_index`).
+    pub index: u64,
+    /// Memory held while the mini-batch is queued or running; released on drop.
+    _reservation: MemoryReservation,
+}
+
+/// The receiving end of the queue, shared by all partitions.
+pub type SharedQueue = Arc<Mutex<mpsc::Receiver<Dispatched>>>;
+
+/// Reads `inputs` (in order; each input's partitions in order) and queues their mini-batches.
+/// Returns when everything is queued, the queue is closed, or the job is cancelled. Errors are
+/// also recorded as the job's abort reason so every partition stops.
+pub async fn dispatch(
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    context: Arc<TaskContext>,
+    state: Arc<JobState>,
+    queue: mpsc::Sender<Dispatched>,
+) {
+    let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(context.memory_pool());
+    let result = dispatch_all(&inputs, &context, &state, &queue, &reservation).await;
+    match result {
+        Ok(()) => state.scheduling_finished(),
+        Err(e) => {
+            if !state.cancellation().is_cancelled() {
+                state.abort(format!("reading the input failed: {e}"));
+            }
+        }
+    }
+}
+
+async fn dispatch_all(
+    inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)],
+    context: &Arc<TaskContext>,
+    state: &Arc<JobState>,
+    queue: &mpsc::Sender<Dispatched>,
+    reservation: &MemoryReservation,
+) -> Result<()> {
+    let settings = state.settings().clone();
+    let mut index = 0u64;
+    for (ordinal, (plan, info)) in inputs.iter().enumerate() {
+        let name: Arc<str> = Arc::from(info.name.as_str());
+        let schema = plan.schema();
+        let mut chunker = match info.kind {
+            ItemKind::Rows => Chunker::Bytes(ByteChunker::new(
+                ordinal as u32,
+                name.clone(),
+                schema,
+                settings.mini_batch_bytes,
+            )),
+            ItemKind::Files => Chunker::Files(FileChunker::new(
+                ordinal as u32,
+                name.clone(),
+                schema,
+                settings.mini_batch_files,
+            )),
+        };
+        let partitions = plan.output_partitioning().partition_count();
+        for partition in 0..partitions {
+            let mut stream = plan.execute(partition, context.clone())?;
+            loop {
+                let next = tokio::select! {
+                    _ = state.cancellation().cancelled() => return Ok(()),
+                    next = stream.next() => next,
+                };
+                let Some(batch) = next else { break };
+                let batch = batch.map_err(|e| input_error(&info.name, e))?;
+                for mb in chunker.push(batch)? {
+                    if !enqueue(mb, &mut index, state, queue, reservation).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if let Some(mb) = chunker.finish()? {
+            if !enqueue(mb, &mut index, state, queue, reservation).await? {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Queues one mini-batch; `Ok(false)` when nobody listens any more or the job is cancelled.
+async fn enqueue(
+    mini_batch: MiniBatch,
+    index: &mut u64,
+    state: &Arc<JobState>,
+    queue: &mpsc::Sender<Dispatched>,
+    reservation: &MemoryReservation,
+) -> Result<bool> {
+    let bytes = mini_batch.memory_size();
+    let mb_reservation = reservation.new_empty();
+    mb_reservation.try_grow(bytes).map_err(|e| PrsError::Input {
+        input: mini_batch.lineage.input.to_string(),
+        location: format!("mini batch {}", mini_batch.id),
+        message: format!(
+            "the memory pool refused {bytes} bytes for the mini-batch: {e}. Lower mini_batch_size or raise the memory limit"
+        ),
+    })?;
+    state.mini_batch_scheduled(mini_batch.items());
+    let dispatched = Dispatched {
+        mini_batch,
+        index: *index,
+        _reservation: mb_reservation,
+    };
+    *index += 1;
+    tokio::select! {
+        _ = state.cancellation().cancelled() => Ok(false),
+        sent = queue.send(dispatched) => Ok(sent.is_ok()),
+    }
+}
+
+fn input_error(input: &str, e: datafusion::error::DataFusionError) -> PrsError {
+    PrsError::Input {
+        input: input.to_string(),
+        location: "scan".into(),
+        message: e.to_string(),
+    }
+}
+
+enum Chunker {
+    Bytes(ByteChunker),
+    Files(FileChunker),
+}
+
+impl Chunker {
+    fn push(&mut self, batch: arrow::record_batch::RecordBatch) -> Result<Vec<MiniBatch>> {
+        match self {
+            Chunker::Bytes(c) => c.push(batch),
+            Chunker::Files(c) => c.push(batch),
+        }
+    }
+
+    fn finish(&mut self) -> Result<Option<MiniBatch>> {
+        match self {
+            Chunker::Bytes(c) => c.finish(),
+            Chunker::Files(c) => c.finish(),
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! The operator: [`ParallelRunExec`], a DataFusion `ExecutionPlan` that runs the entry script
+//! over mini-batches of its inputs on `workers` worker slots (one per output partition), plus
+//! its logical node ([`ParallelRunNode`]) and planner ([`ParallelRunPlanner`]).
+//!
+//! Layout: `dispatch` (the shared queue), `stream` (one partition's retry/timeout loop),
+//! `state` (counters, thresholds, cancellation), `logical` and `planner`.
+
+pub mod dispatch;
+pub mod logical;
+pub mod planner;
+pub mod state;
+pub mod stream;
+
+pub use dispatch::InputInfo;
+pub use logical::ParallelRunNode;
+pub use planner::{ParallelRunPlanner, ParallelRunQueryPlanner};
+pub use state::{JobCounts, JobObserver, JobState, MiniBatchRecord, NoopObserver, RunSettings};
+pub use stream::CompletedMiniBatch;
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use arrow::compute::cast;
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+
+use crate::error::{PrsError, Result};
+use crate::worker::WorkerFactoryRef;
+
+/// A stream of succeeded mini-batches from one partition.
+pub type MiniBatchStream = Pin<Box<dyn Stream<Item = Result<CompletedMiniBatch>> + Send>>;
+
+/// What the operator runs: settings, the entry script (as configured, for display and later
+/// serialization), the factory that starts its workers, and who hears of its progress.
+#[derive(Clone)]
+pub struct OperatorSpec {
+    /// Validated settings.
+    pub settings: RunSettings,
+    /// The entry script as the user wrote it (`score.py`, `rust:NAME`).
+    pub entry_script: String,
+    /// Starts workers.
+    pub factory: WorkerFactoryRef,
+    /// Schema of run()'s results; `None` when unknown (job mode, where results go to the sink
+    /// with their own schema).
+    pub output_schema: Option<SchemaRef>,
+    /// Receives per-mini-batch events (reports, progress).
+    pub observer: Arc<dyn JobObserver>,
+}
+
+impl fmt::Debug for OperatorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperatorSpec")
+            .field("settings", &self.settings)
+            .field("entry_script", &self.entry_script)
+            .field("factory", &self.factory)
+            .field("output_schema", &self.output_schema)
+            .finish()
+    }
+}
+
+/// Runs an entry script over mini-batches of its inputs.
+///
+/// Output partition `p` is worker slot `p`. Its inputs are read one after the other (each
+/// input's partitions in order) by a single dispatcher that cuts them into mini-batches, so
+/// mini-batch ids do not depend on the number of workers. Only rows of succeeded mini-batches
+/// are emitted.
+pub struct ParallelRunExec {
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    spec: Arc<OperatorSpec>,
+    state: Arc<JobState>,
+    properties: Arc<PlanProperties>,
+    schema: SchemaRef,
+    execution: Mutex<Option<Arc<Execution>>>,
+}
+
+/// The dispatcher and queue of one execution; alive while any partition runs.
+struct Execution {
+    queue: dispatch::SharedQueue,
+    _dispatcher: SpawnedTask<()>,
+    claimed: Mutex<usize>,
+}
+
+impl fmt::Debug for ParallelRunExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParallelRunExec")
+            .field("spec", &self.spec)
+            .finish()
+    }
+}
+
+impl ParallelRunExec {
+    /// An operator over `inputs` that reports to `state`.
+    pub fn new(
+        inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+        spec: Arc<OperatorSpec>,
+        state: Arc<JobState>,
+    ) -> Self {
+        let schema = spec
+            .output_schema
+            .clone()
+            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(spec.settings.workers),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        ParallelRunExec {
+            inputs,
+            spec,
+            state,
+            properties,
+            schema,
+            execution: Mutex::new(None),
+        }
+    }
+
+    /// The spec.
+    pub fn spec(&self) -> &Arc<OperatorSpec> {
+        &self.spec
+    }
+
+    /// The job state (counters, cancellation).
+    pub fn state(&self) -> &Arc<JobState> {
+        &self.state
+    }
+
+    /// The inputs and what the operator knows of them.
+    pub fn inputs(&self) -> &[(Arc<dyn ExecutionPlan>, InputInfo)] {
+        &self.inputs
+    }
+
+    /// Runs partition `partition` and returns its succeeded mini-batches with their ids (the
+    /// job runner commits output per mini-batch from this).
+    pub fn execute_mini_batches(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<MiniBatchStream> {
+        if partition >= self.spec.settings.workers {
+            return Err(PrsError::DataFusion(
+                datafusion::error::DataFusionError::Internal(format!(
+                    "ParallelRunExec has {} partitions, partition {partition} requested",
+                    self.spec.settings.workers
+                )),
+            ));
+        }
+        let execution = self.claim_execution(&context);
+        let (tx, rx) = mpsc::channel(2);
+        let task = SpawnedTask::spawn(stream::run_partition(
+            partition,
+            execution.queue.clone(),
+            self.spec.factory.clone(),
+            self.state.clone(),
+            tx,
+        ));
+        // The stream owns the partition task (aborted when the stream is dropped) and a share of
+        // the execution (the dispatcher stops when no partition is left).
+        let guard = (task, execution);
+        Ok(Box::pin(futures::stream::unfold(
+            (rx, guard),
+            |(mut rx, guard)| async move { rx.recv().await.map(|item| (item, (rx, guard))) },
+        )))
+    }
+
+    fn claim_execution(&self, context: &Arc<TaskContext>) -> Arc<Execution> {
+        let mut slot = self.execution.lock().unwrap_or_else(|p| p.into_inner());
+        let execution = match slot.as_ref() {
+            Some(e) => e.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(self.spec.settings.queue_depth.max(1));
+                let dispatcher = SpawnedTask::spawn(dispatch::dispatch(
+                    self.inputs.clone(),
+                    context.clone(),
+                    self.state.clone(),
+                    tx,
+                ));
+                let e = Arc::new(Execution {
+                    queue: Arc::new(tokio::sync::Mutex::new(rx)),
+                    _dispatcher: dispatcher,
+                    claimed: Mutex::new(0),
+                });
+                *slot = Some(e.clone());
+                e
+            }
+        };
+        let mut claimed = execution.claimed.lock().unwrap_or_else(|p| p.into_inner());
+        *claimed += 1;
+        if *claimed >= self.spec.settings.workers {
+            // Every partition has its share: a later execute() starts a fresh execution.
+            *slot = None;
+        }
+        drop(claimed);
+        execution
+    }
+}
+
+impl DisplayAs for ParallelRunExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let s = &self.spec.settings;
+        let names: Vec<&str> = self.inputs.iter().map(|(_, i)| i.name.as_str()).collect();
+        write!(
+            f,
+            "ParallelRunExec: script={}, workers={}, mini_batch_size={} bytes / {} files, run_max_try={}, \
+             run_invocation_timeout={}s, error_threshold={}, allowed_failed_count={}, allowed_failed_percent={}, inputs=[{}]",
+            self.spec.factory.describe(),
+            s.workers,
+            s.mini_batch_bytes,
+            s.mini_batch_files,
+            s.run_max_try,
+            s.run_timeout.as_secs(),
+            s.error_threshold,
+            s.allowed_failed_count.map_or("none".to_string(), |v| v.to_string()),
+            s.allowed_failed_percent.map_or("none".to_string(), |v| v.to_string()),
+            names.join(", ")
+        )
+    }
+}
+
+impl ExecutionPlan for ParallelRunExec {
+    fn name(&self) -> &str {
+        "ParallelRunExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution; self.inputs.len()]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // Inputs are read in order by one dispatcher: splitting them gains nothing and would
+        // make mini-batch boundaries depend on the session's partitioning.
+        vec![false; self.inputs.len()]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![false; self.inputs.len()]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.inputs.iter().map(|(p, _)| p).collect()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::error::Result<TreeNodeRecursion>,
+    ) -> datafusion::error::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if children.len() != self.inputs.len() {
+            return Err(datafusion::error::DataFusionError::Internal(format!(
+                "ParallelRunExec has {} inputs, got {} children",
+                self.inputs.len(),
+                children.len()
+            )));
+        }
+        let inputs = children
+            .into_iter()
+            .zip(self.inputs.iter().map(|(_, i)| i.clone()))
+            .collect();
+        Ok(Arc::new(ParallelRunExec::new(
+            inputs,
+            self.spec.clone(),
+            self.state.clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<SendableRecordBatchStream> {
+        let schema = self.schema.clone();
+        let stream = self
+            .execute_mini_batches(partition, context)
+            .map_err(PrsError::into_datafusion)?;
+        let target = schema.clone();
+        let batches = stream.filter_map(move |item| {
+            let target = target.clone();
+            async move {
+                match item {
+                    Err(e) => Some(Err(e.into_datafusion())),
+                    Ok(done) => done.result.map(|b| {
+                        conform(b, &target, &done.id.to_string()).map_err(PrsError::into_datafusion)
+                    }),
+                }
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+}
+
+/// Casts a result batch to the declared output schema, by column name, naming the mini-batch
+/// when it does not fit.
+pub fn conform(batch: RecordBatch, schema: &SchemaRef, mini_batch: &str) -> Result<RecordBatch> {
+    if batch.schema_ref().fields() == schema.fields() {
+        return RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Into::into);
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = batch
+            .column_by_name(field.name())
+            .ok_or_else(|| PrsError::Output {
+                path: format!("mini batch {mini_batch}"),
+                message: format!(
+                    "run() returned columns [{}] but the declared output schema needs column {:?}",
+                    batch
+                        .schema_ref()
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    field.name()
+                ),
+            })?;
+        let column = if column.data_type() == field.data_type() {
+            column.clone()
+        } else {
+            cast(column, field.data_type()).map_err(|e| PrsError::Output {
+                path: format!("mini batch {mini_batch}"),
+                message: format!(
+                    "column {:?} cannot be cast to {}: {e}",
+                    field.name(),
+                    field.data_type()
+                ),
+            })?
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(Into::into)
+}

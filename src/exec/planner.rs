@@ -1,0 +1,61 @@
+//! Turns [`ParallelRunNode`] into [`ParallelRunExec`], and a `QueryPlanner` that knows it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::error::Result as DFResult;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+
+use crate::exec::{JobState, ParallelRunExec, ParallelRunNode};
+
+/// Plans [`ParallelRunNode`]s. Each planned operator gets a fresh [`JobState`] reporting to
+/// the spec's observer.
+#[derive(Debug, Default)]
+pub struct ParallelRunPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for ParallelRunPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<ParallelRunNode>() else {
+            return Ok(None);
+        };
+        let spec = node.spec().clone();
+        let state = JobState::new(spec.settings.clone(), spec.observer.clone());
+        let inputs = physical_inputs
+            .iter()
+            .cloned()
+            .zip(node.infos().iter().cloned())
+            .collect();
+        Ok(Some(Arc::new(ParallelRunExec::new(inputs, spec, state))))
+    }
+}
+
+/// A query planner: DataFusion's default planner plus [`ParallelRunPlanner`].
+#[derive(Debug, Default)]
+pub struct ParallelRunQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for ParallelRunQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(ParallelRunPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}

@@ -1,0 +1,415 @@
+//! Shared state of one job execution: counters, thresholds, cancellation, and the observer
+//! that turns events into reports. One `Arc<JobState>` is passed down to every partition; there
+//! is no process-global state.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Lineage, MiniBatchId};
+use crate::config::ParallelRunConfig;
+use crate::error::PrsError;
+
+/// The operator's validated settings, derived from [`ParallelRunConfig`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSettings {
+    /// Total workers (= output partitions).
+    pub workers: usize,
+    /// Workers per node (for node names and init-failure limits).
+    pub processes_per_node: usize,
+    /// Target bytes per tabular mini-batch.
+    pub mini_batch_bytes: u64,
+    /// Files per file-dataset mini-batch.
+    pub mini_batch_files: u64,
+    /// Limit for one run() call.
+    pub run_timeout: Duration,
+    /// Total tries per mini-batch.
+    pub run_max_try: u32,
+    /// Failed items allowed (-1: no limit).
+    pub error_threshold: i64,
+    /// Failed mini-batches allowed (`None` or -1: no limit).
+    pub allowed_failed_count: Option<i64>,
+    /// Failed mini-batches allowed, percent (`None` or -1: no limit).
+    pub allowed_failed_percent: Option<f64>,
+    /// Mini-batches queued ahead of the workers, in total.
+    pub queue_depth: usize,
+}
+
+impl RunSettings {
+    /// Settings for `config` (which must be validated). `has_file_inputs` says whether a file
+    /// dataset is among the inputs: then `mini_batch_size` must be a plain count.
+    pub fn from_config(config: &ParallelRunConfig, has_file_inputs: bool) -> crate::Result<Self> {
+        let workers = config.worker_count().max(1);
+        let mini_batch_files = match config.mini_batch_files() {
+            Ok(n) => n,
+            Err(e) if has_file_inputs => return Err(e),
+            // A size with a unit only concerns tabular inputs.
+            Err(_) => u64::MAX,
+        };
+        Ok(RunSettings {
+            workers,
+            processes_per_node: config.processes_per_node().max(1),
+            mini_batch_bytes: config.mini_batch_bytes(),
+            mini_batch_files,
+            run_timeout: config.run_timeout(),
+            run_max_try: config.run_max_try.max(1),
+            error_threshold: config.error_threshold,
+            allowed_failed_count: config.allowed_failed_count,
+            allowed_failed_percent: config.allowed_failed_percent,
+            queue_depth: workers * 2,
+        })
+    }
+}
+
+/// Final status of one mini-batch, as written to `processed_mini-batches.csv`.
+#[derive(Debug, Clone)]
+pub struct MiniBatchRecord {
+    /// Stable id.
+    pub id: MiniBatchId,
+    /// Dispatch order (`minibatch_index`).
+    pub index: u64,
+    /// Input name and row range.
+    pub lineage: Lineage,
+    /// Key values (partition_keys), empty otherwise.
+    pub partition_key_value: BTreeMap<String, serde_json::Value>,
+    /// Tries used.
+    pub tries: u32,
+    /// Agent name of the worker of the last try.
+    pub process: String,
+    /// When the first try started.
+    pub start_time: SystemTime,
+    /// Items in the mini-batch.
+    pub total_items: u64,
+    /// Items returned by run() (capped at total).
+    pub succeeded_items: u64,
+    /// Items not returned, or all items when the mini-batch failed.
+    pub failed_items: u64,
+    /// Wall time from first try to the end, seconds.
+    pub elapsed_seconds: f64,
+    /// Time inside the last run() call, seconds.
+    pub run_seconds: f64,
+    /// `SUCCEEDED`, `RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`.
+    pub status: String,
+    /// Last error message (empty on success), or the warning about extra returned rows.
+    pub error_message: String,
+    /// Traceback of the last failure, when known.
+    pub traceback: Option<String>,
+}
+
+impl MiniBatchRecord {
+    /// True when the mini-batch succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status == "SUCCEEDED"
+    }
+}
+
+/// Receives the events of a job (reports, progress bars). All methods must be cheap.
+pub trait JobObserver: Send + Sync {
+    /// A mini-batch reached its final status.
+    fn mini_batch_finished(&self, _record: &MiniBatchRecord) {}
+    /// One try of a mini-batch failed (it may be retried).
+    fn try_failed(&self, _id: MiniBatchId, _attempt: u32, _process: &str, _message: &str) {}
+    /// All mini-batches are cut and queued: the totals are known.
+    fn scheduling_done(&self, _mini_batches: u64, _items: u64) {}
+    /// A worker was started, replaced, or failed to initialise.
+    fn worker_event(&self, _process: &str, _message: &str) {}
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoopObserver;
+impl JobObserver for NoopObserver {}
+
+/// Counts over the whole job. Cheap to copy.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct JobCounts {
+    /// Mini-batches cut so far (all of them once `scheduling_done`).
+    pub mini_batches_total: u64,
+    /// Items in those mini-batches.
+    pub items_total: u64,
+    /// True once every mini-batch is cut and queued.
+    pub scheduling_done: bool,
+    /// Mini-batches with a final status.
+    pub mini_batches_processed: u64,
+    /// ... of which succeeded.
+    pub mini_batches_succeeded: u64,
+    /// ... of which failed (every try failed).
+    pub mini_batches_failed: u64,
+    /// Items in processed mini-batches.
+    pub items_processed: u64,
+    /// Items returned by run().
+    pub items_succeeded: u64,
+    /// Items failed.
+    pub items_failed: u64,
+    /// run() calls made, retries included.
+    pub tries: u64,
+    /// init() failures.
+    pub init_failures: u64,
+}
+
+/// State shared by all partitions of one job execution.
+pub struct JobState {
+    settings: RunSettings,
+    counts: Mutex<JobCounts>,
+    abort: Mutex<Option<String>>,
+    cancel: CancellationToken,
+    observer: Arc<dyn JobObserver>,
+    started: Instant,
+    init_failures_per_node: Mutex<BTreeMap<usize, u64>>,
+}
+
+impl std::fmt::Debug for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobState")
+            .field("counts", &self.counts())
+            .finish()
+    }
+}
+
+impl JobState {
+    /// A fresh state reporting to `observer`.
+    pub fn new(settings: RunSettings, observer: Arc<dyn JobObserver>) -> Arc<Self> {
+        Arc::new(JobState {
+            settings,
+            counts: Mutex::new(JobCounts::default()),
+            abort: Mutex::new(None),
+            cancel: CancellationToken::new(),
+            observer,
+            started: Instant::now(),
+            init_failures_per_node: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &RunSettings {
+        &self.settings
+    }
+
+    /// The observer.
+    pub fn observer(&self) -> &Arc<dyn JobObserver> {
+        &self.observer
+    }
+
+    /// Time since the state was created.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A snapshot of the counts.
+    pub fn counts(&self) -> JobCounts {
+        lock(&self.counts).clone()
+    }
+
+    /// Cancelled when the job must stop (threshold exceeded, fatal error, user cancel).
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Why the job was aborted, if it was.
+    pub fn abort_reason(&self) -> Option<String> {
+        lock(&self.abort).clone()
+    }
+
+    /// Aborts the job: records the first reason and cancels outstanding work.
+    pub fn abort(&self, reason: impl Into<String>) {
+        let mut abort = lock(&self.abort);
+        if abort.is_none() {
+            *abort = Some(reason.into());
+        }
+        drop(abort);
+        self.cancel.cancel();
+    }
+
+    /// The error to end streams with after an abort.
+    pub fn abort_error(&self) -> PrsError {
+        PrsError::ThresholdExceeded(
+            self.abort_reason()
+                .unwrap_or_else(|| "job cancelled".to_string()),
+        )
+    }
+
+    /// A mini-batch was cut and queued.
+    pub fn mini_batch_scheduled(&self, items: u64) {
+        let mut c = lock(&self.counts);
+        c.mini_batches_total += 1;
+        c.items_total += items;
+    }
+
+    /// Every mini-batch is cut and queued; checks the percent threshold from now on.
+    pub fn scheduling_finished(&self) {
+        let (total, items) = {
+            let mut c = lock(&self.counts);
+            c.scheduling_done = true;
+            (c.mini_batches_total, c.items_total)
+        };
+        self.observer.scheduling_done(total, items);
+        self.check_thresholds();
+    }
+
+    /// Counts one run() call.
+    pub fn try_started(&self) {
+        lock(&self.counts).tries += 1;
+    }
+
+    /// A try failed; tells the observer.
+    pub fn try_failed(&self, id: MiniBatchId, attempt: u32, process: &str, message: &str) {
+        self.observer.try_failed(id, attempt, process, message);
+    }
+
+    /// Records a mini-batch's final status and aborts the job if a threshold is now exceeded.
+    pub fn mini_batch_finished(&self, record: &MiniBatchRecord) {
+        {
+            let mut c = lock(&self.counts);
+            c.mini_batches_processed += 1;
+            if record.succeeded() {
+                c.mini_batches_succeeded += 1;
+            } else {
+                c.mini_batches_failed += 1;
+            }
+            c.items_processed += record.total_items;
+            c.items_succeeded += record.succeeded_items;
+            c.items_failed += record.failed_items;
+        }
+        self.observer.mini_batch_finished(record);
+        self.check_thresholds();
+    }
+
+    /// Records an init() failure on `node`; aborts the job once a node has failed
+    /// 3 x process_count_per_node times (PRS's rule). Returns true when the job was aborted.
+    pub fn init_failed(&self, node: usize, process: &str, message: &str) -> bool {
+        lock(&self.counts).init_failures += 1;
+        self.observer
+            .worker_event(process, &format!("init() failed: {message}"));
+        let limit = 3 * self.settings.processes_per_node as u64;
+        let failures = {
+            let mut per_node = lock(&self.init_failures_per_node);
+            let n = per_node.entry(node).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if failures >= limit {
+            self.abort(format!(
+                "init() failed {failures} times on node {node} (the limit is 3 x process_count_per_node = {limit}); \
+                 the job stops. Last failure ({process}):\n{message}"
+            ));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Checks the three thresholds against the counts; aborts the job with a message that says
+    /// which one was exceeded and by how much.
+    pub fn check_thresholds(&self) {
+        if let Some(reason) = threshold_violation(&self.settings, &self.counts()) {
+            self.abort(reason);
+        }
+    }
+}
+
+/// The first threshold `counts` exceeds, as a message; `None` when all are respected.
+pub fn threshold_violation(s: &RunSettings, c: &JobCounts) -> Option<String> {
+    if s.error_threshold >= 0 && c.items_failed as i64 > s.error_threshold {
+        return Some(format!(
+            "error_threshold exceeded: {} items failed, {} allowed (over by {})",
+            c.items_failed,
+            s.error_threshold,
+            c.items_failed as i64 - s.error_threshold
+        ));
+    }
+    if let Some(allowed) = s.allowed_failed_count.filter(|a| *a >= 0) {
+        if c.mini_batches_failed as i64 > allowed {
+            return Some(format!(
+                "allowed_failed_count exceeded: {} mini batches failed, {} allowed (over by {})",
+                c.mini_batches_failed,
+                allowed,
+                c.mini_batches_failed as i64 - allowed
+            ));
+        }
+    }
+    if let Some(percent) = s.allowed_failed_percent.filter(|p| *p >= 0.0) {
+        if c.scheduling_done && c.mini_batches_total > 0 {
+            let failed = c.mini_batches_failed as f64 * 100.0 / c.mini_batches_total as f64;
+            if failed > percent {
+                return Some(format!(
+                    "allowed_failed_percent exceeded: {} of {} mini batches failed ({failed:.2}%), {percent}% allowed (over by {:.2} points)",
+                    c.mini_batches_failed,
+                    c.mini_batches_total,
+                    failed - percent
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave the counters inconsistent: recover.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RunSettings {
+        RunSettings {
+            workers: 2,
+            processes_per_node: 2,
+            mini_batch_bytes: 1024,
+            mini_batch_files: 10,
+            run_timeout: Duration::from_secs(1),
+            run_max_try: 3,
+            error_threshold: 5,
+            allowed_failed_count: Some(2),
+            allowed_failed_percent: Some(50.0),
+            queue_depth: 4,
+        }
+    }
+
+    #[test]
+    fn thresholds_trigger_only_when_exceeded() {
+        let s = settings();
+        let mut c = JobCounts {
+            items_failed: 5,
+            mini_batches_failed: 2,
+            mini_batches_total: 4,
+            ..Default::default()
+        };
+        assert_eq!(threshold_violation(&s, &c), None);
+        c.items_failed = 6;
+        let m = threshold_violation(&s, &c).unwrap();
+        assert!(
+            m.contains("error_threshold") && m.contains("over by 1"),
+            "{m}"
+        );
+        c.items_failed = 0;
+        c.mini_batches_failed = 3;
+        let m = threshold_violation(&s, &c).unwrap();
+        assert!(
+            m.contains("allowed_failed_count") && m.contains("over by 1"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn percent_waits_for_scheduling() {
+        let mut s = settings();
+        s.allowed_failed_count = None;
+        s.error_threshold = -1;
+        let mut c = JobCounts {
+            mini_batches_failed: 3,
+            mini_batches_total: 4,
+            ..Default::default()
+        };
+        assert_eq!(threshold_violation(&s, &c), None);
+        c.scheduling_done = true;
+        assert!(threshold_violation(&s, &c)
+            .unwrap()
+            .contains("allowed_failed_percent"));
+        s.allowed_failed_percent = Some(-1.0);
+        assert_eq!(threshold_violation(&s, &c), None);
+    }
+}

@@ -1,0 +1,187 @@
+//! Inputs become DataFusion tables.
+//!
+//! - Tabular inputs (Parquet, CSV with a header, newline-delimited JSON; a file, folder or
+//!   glob) are registered as listing tables.
+//! - File datasets become a [`FileListingTable`] of `(path, size, modified)`.
+//! - `sql:` inputs are views over the others.
+//!
+//! Every input is read as ONE ordered stream: the job's session scans with one partition and
+//! no repartitioning, and listing tables visit their files sorted by path. That is what makes
+//! mini-batch ids independent of the number of workers.
+//!
+//! Which inputs are processed: every input that no `sql:` input reads from. (An input used by
+//! a query is a table for that query, not a job input of its own.)
+
+pub mod files;
+
+pub use files::{files_schema, FileListing, FileListingTable};
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{
+    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
+};
+
+use crate::batch::ItemKind;
+use crate::config::{InputFormat, InputSource, InputSpec};
+use crate::error::{PrsError, Result};
+use crate::exec::{InputInfo, ParallelRunQueryPlanner};
+
+/// An input ready to be processed: its logical plan and what the operator needs to know.
+#[derive(Debug, Clone)]
+pub struct PreparedInput {
+    /// Name and item kind.
+    pub info: InputInfo,
+    /// The plan producing its rows.
+    pub plan: LogicalPlan,
+}
+
+/// A session configured for deterministic input order, with parallel-run's planner.
+pub fn job_session() -> SessionContext {
+    let config = SessionConfig::new()
+        .with_target_partitions(1)
+        .with_repartition_file_scans(false)
+        .with_round_robin_repartition(false)
+        .with_batch_size(8192);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .with_query_planner(Arc::new(ParallelRunQueryPlanner))
+        .build();
+    SessionContext::new_with_state(state)
+}
+
+/// Registers every input as a table of `ctx` and returns the processed ones, in job order.
+pub async fn register_inputs(
+    ctx: &SessionContext,
+    specs: &[InputSpec],
+) -> Result<Vec<PreparedInput>> {
+    let mut kinds = Vec::with_capacity(specs.len());
+    for spec in specs {
+        kinds.push(match &spec.source {
+            InputSource::Path { path, format } => {
+                register_path(ctx, &spec.name, path, *format).await?;
+                Some(if *format == InputFormat::Files {
+                    ItemKind::Files
+                } else {
+                    ItemKind::Rows
+                })
+            }
+            InputSource::Sql(_) => None,
+        });
+    }
+    // Queries last, in order, so they can read path inputs and earlier queries.
+    let mut referenced = BTreeSet::new();
+    for spec in specs {
+        if let InputSource::Sql(query) = &spec.source {
+            let df = ctx.sql(query).await.map_err(|e| PrsError::Input {
+                input: spec.name.clone(),
+                location: "sql".into(),
+                message: format!("the query does not plan: {e}"),
+            })?;
+            referenced.extend(scanned_tables(df.logical_plan()));
+            ctx.register_table(spec.name.as_str(), df.into_view())?;
+        }
+    }
+    let mut prepared = Vec::new();
+    for (spec, kind) in specs.iter().zip(kinds) {
+        if referenced.contains(&spec.name) {
+            continue;
+        }
+        let plan = ctx.table(spec.name.as_str()).await?.into_unoptimized_plan();
+        prepared.push(PreparedInput {
+            info: InputInfo {
+                name: spec.name.clone(),
+                kind: kind.unwrap_or(ItemKind::Rows),
+            },
+            plan,
+        });
+    }
+    Ok(prepared)
+}
+
+/// Names of the tables a plan scans.
+fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            names.insert(scan.table_name.table().to_string());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    names
+}
+
+async fn register_path(
+    ctx: &SessionContext,
+    name: &str,
+    location: &str,
+    format: InputFormat,
+) -> Result<()> {
+    let input_error = |message: String| PrsError::Input {
+        input: name.to_string(),
+        location: location.to_string(),
+        message,
+    };
+    if format == InputFormat::Files {
+        let listing = FileListing::new(name, location)?;
+        ctx.register_table(name, Arc::new(FileListingTable::new(listing)))?;
+        return Ok(());
+    }
+    let local = location.strip_prefix("file://").unwrap_or(location);
+    let is_url = local.contains("://");
+    let mut table_path = local.to_string();
+    // A single file: accept whatever its extension is. A folder: files with the format's usual
+    // extension (use a glob for others).
+    let mut extension = None;
+    if !is_url && !local.contains(['*', '?', '[', '{']) {
+        let path = Path::new(local);
+        if !path.exists() {
+            return Err(input_error(format!(
+                "{local} does not exist; check the path (relative paths are relative to the job file)"
+            )));
+        }
+        if path.is_file() {
+            extension = Some(
+                path.extension()
+                    .map(|e| format!(".{}", e.to_string_lossy()))
+                    .unwrap_or_default(),
+            );
+        } else if !table_path.ends_with('/') {
+            table_path.push('/');
+        }
+    } else if !is_url {
+        extension = Some(String::new());
+    }
+    let result = match format {
+        InputFormat::Parquet => {
+            let mut opts = ParquetReadOptions::default();
+            if let Some(e) = &extension {
+                opts = opts.file_extension(e);
+            }
+            ctx.register_parquet(name, &table_path, opts).await
+        }
+        InputFormat::Csv => {
+            let mut opts = CsvReadOptions::new().has_header(true);
+            if let Some(e) = &extension {
+                opts = opts.file_extension(e);
+            }
+            ctx.register_csv(name, &table_path, opts).await
+        }
+        InputFormat::Json => {
+            let mut opts = JsonReadOptions::default();
+            if let Some(e) = &extension {
+                opts = opts.file_extension(e);
+            }
+            ctx.register_json(name, &table_path, opts).await
+        }
+        InputFormat::Files => unreachable!("handled above"),
+    };
+    result.map_err(|e| input_error(format!("cannot read it as {format:?}: {e}")))?;
+    Ok(())
+}

@@ -1,0 +1,352 @@
+//! Running a whole job: inputs -> operator -> exactly-once output -> report.
+//!
+//! Both the YAML/CLI path ([`run_job_spec`]) and the library builder
+//! ([`crate::ParallelRun`]) end in [`execute`].
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+
+use crate::config::{JobSpec, OutputAction, OutputFormat, ParallelRunConfig};
+use crate::error::{PrsError, Result};
+use crate::exec::{InputInfo, JobState, OperatorSpec, ParallelRunExec, RunSettings};
+use crate::input::{job_session, register_inputs};
+use crate::output::AppendRowSink;
+use crate::report::{self, JobSummary, ReportWriter};
+use crate::worker::python::{
+    resolve_interpreter, MiniBatchFormat, PythonWorkerFactory, PythonWorkerSpec,
+};
+use crate::worker::rust::RustWorkerFactory;
+use crate::worker::{ScriptRegistry, WorkerEnv, WorkerFactoryRef};
+
+/// The report of a finished job (also written to `logs/job_summary.json`).
+pub type JobReport = JobSummary;
+
+/// How the job shows progress on the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Progress {
+    /// Nothing on the console (the log files are still written).
+    #[default]
+    Quiet,
+    /// A live bar on a terminal; a plain line every few seconds otherwise.
+    Console,
+}
+
+/// Everything about a job besides its inputs and its entry script.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// Output folder (logs, append_row file).
+    pub output: PathBuf,
+    /// Format of the append_row file.
+    pub output_format: OutputFormat,
+    /// Extra argv for the entry script.
+    pub arguments: Vec<String>,
+    /// Write output in mini-batch order.
+    pub preserve_order: bool,
+    /// What run() receives for tabular data in Python.
+    pub mini_batch_format: MiniBatchFormat,
+    /// Console progress.
+    pub progress: Progress,
+}
+
+/// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
+pub async fn run_job_spec(
+    spec: &JobSpec,
+    registry: &ScriptRegistry,
+    progress: Progress,
+) -> Result<JobReport> {
+    spec.validate()?;
+    let output = spec.output.clone().ok_or_else(|| {
+        PrsError::missing(
+            "output",
+            "set `output:` in the job file or pass --output DIR",
+        )
+    })?;
+    let options = JobOptions {
+        output,
+        output_format: spec.output_format,
+        arguments: spec.arguments.clone(),
+        preserve_order: spec.preserve_order,
+        mini_batch_format: MiniBatchFormat::default(),
+        progress,
+    };
+    let ctx = job_session();
+    let prepared = register_inputs(&ctx, &spec.inputs).await?;
+    let state = ctx.state();
+    let mut inputs = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let plan = state.create_physical_plan(&p.plan).await?;
+        inputs.push((plan, p.info));
+    }
+    let factory = factory_for(&spec.config, &options, registry)?;
+    execute(&spec.config, &options, inputs, factory, ctx.task_ctx()).await
+}
+
+/// The worker environment for a job.
+pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv {
+    let logs = options.output.join("logs");
+    let mut system = vec![
+        (
+            "mini_batch_size",
+            config.mini_batch_size.as_ref().map(|m| m.raw.clone()),
+        ),
+        ("error_threshold", Some(config.error_threshold.to_string())),
+        ("output", Some(options.output.display().to_string())),
+        (
+            "output_action",
+            Some(match config.output_action {
+                OutputAction::AppendRow => "append_row".to_string(),
+                OutputAction::SummaryOnly => "summary_only".to_string(),
+            }),
+        ),
+        (
+            "logging_level",
+            Some(format!("{:?}", config.logging_level).to_uppercase()),
+        ),
+        (
+            "process_count_per_node",
+            Some(config.processes_per_node().to_string()),
+        ),
+        (
+            "run_invocation_timeout",
+            Some(config.run_invocation_timeout.to_string()),
+        ),
+        ("run_max_try", Some(config.run_max_try.to_string())),
+        (
+            "append_row_file_name",
+            Some(config.append_row_file_name.clone()),
+        ),
+        (
+            "allowed_failed_count",
+            config.allowed_failed_count.map(|v| v.to_string()),
+        ),
+        (
+            "allowed_failed_percent",
+            config.allowed_failed_percent.map(|v| v.to_string()),
+        ),
+    ];
+    if !config.partition_keys.is_empty() {
+        system.push(("partition_keys", Some(config.partition_keys.join(","))));
+    }
+    let system_arguments = system
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| [format!("--{k}"), v]))
+        .flatten()
+        .collect();
+    WorkerEnv {
+        output_dir: options.output.clone(),
+        log_dir: logs,
+        work_dir: options.output.join(".parallel_run").join("work"),
+        logging_level: config.logging_level,
+        arguments: options.arguments.clone(),
+        system_arguments,
+        environment_variables: config.environment_variables.clone(),
+        output_format: options.output_format,
+        keep_results: config.output_action == OutputAction::AppendRow,
+    }
+}
+
+/// The worker factory for `config.entry_script`: `rust:NAME` from `registry`, otherwise a
+/// Python script (relative to `source_directory` when given).
+pub fn factory_for(
+    config: &ParallelRunConfig,
+    options: &JobOptions,
+    registry: &ScriptRegistry,
+) -> Result<WorkerFactoryRef> {
+    let env = worker_env(config, options);
+    if let Some(name) = config.entry_script.strip_prefix("rust:") {
+        let constructor = registry.get(name).ok_or_else(|| PrsError::EntryScript {
+            script: config.entry_script.clone(),
+            message: format!(
+                "no Rust entry script is registered under {name:?}; registered: [{}]",
+                registry.names().join(", ")
+            ),
+        })?;
+        return Ok(Arc::new(
+            RustWorkerFactory::new(name, constructor, env.keep_results)
+                .with_arguments(env.arguments),
+        ));
+    }
+    let script = match &config.source_directory {
+        Some(dir) => dir.join(&config.entry_script),
+        None => PathBuf::from(&config.entry_script),
+    };
+    if !script.is_file() {
+        return Err(PrsError::EntryScript {
+            script: config.entry_script.clone(),
+            message: format!(
+                "{} is not a file; entry_script is relative to source_directory when that is set, otherwise to the job file",
+                script.display()
+            ),
+        });
+    }
+    let python = resolve_interpreter(&config.environment)?;
+    let factory = PythonWorkerFactory::new(PythonWorkerSpec {
+        python,
+        entry_script: script,
+        source_directory: config.source_directory.clone(),
+        env,
+        mini_batch_format: options.mini_batch_format,
+    })?;
+    Ok(Arc::new(factory))
+}
+
+/// Runs the operator over `inputs` with workers from `factory`, commits the output exactly
+/// once and writes the report. A job that ran and failed returns `Ok` with status `failed`.
+pub async fn execute(
+    config: &ParallelRunConfig,
+    options: &JobOptions,
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    factory: WorkerFactoryRef,
+    task_ctx: Arc<TaskContext>,
+) -> Result<JobReport> {
+    config.validate()?;
+    let has_files = inputs
+        .iter()
+        .any(|(_, info)| info.kind == crate::batch::ItemKind::Files);
+    let settings = RunSettings::from_config(config, has_files)?;
+    let log_dir = options.output.join("logs");
+    let reports = Arc::new(ReportWriter::create(&log_dir)?);
+    let spec = Arc::new(OperatorSpec {
+        settings: settings.clone(),
+        entry_script: config.entry_script.clone(),
+        factory,
+        output_schema: None,
+        observer: reports.clone(),
+    });
+    let state = JobState::new(settings.clone(), reports.clone());
+    let exec = ParallelRunExec::new(inputs, spec, state.clone());
+    let mut sink = match config.output_action {
+        OutputAction::AppendRow => Some(AppendRowSink::create(
+            &options.output,
+            &config.append_row_file_name,
+            options.output_format,
+        )?),
+        OutputAction::SummaryOnly => None,
+    };
+
+    let ticker = spawn_progress(state.clone(), reports.clone(), options.progress);
+    let mut streams = Vec::with_capacity(settings.workers);
+    for p in 0..settings.workers {
+        streams.push(exec.execute_mini_batches(p, task_ctx.clone())?);
+    }
+    let mut merged = futures::stream::select_all(streams);
+    let mut fatal: Option<PrsError> = None;
+    while let Some(item) = merged.next().await {
+        match item {
+            Ok(done) => {
+                if let Some(sink) = sink.as_mut() {
+                    if let Err(e) = sink.commit(&done) {
+                        state.abort(format!(
+                            "committing the output of mini batch {} failed: {e}",
+                            done.id
+                        ));
+                        fatal = Some(e);
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                // Every partition ends with the abort error; the first one is enough.
+                if state.abort_reason().is_none() {
+                    state.abort(e.to_string());
+                }
+                break;
+            }
+        }
+    }
+    drop(merged);
+    ticker.abort();
+    let counts = state.counts();
+    let elapsed = state.elapsed();
+    reports.write_progress(&counts, elapsed);
+    finish_progress(options.progress, &counts, elapsed);
+
+    let mut summary = JobSummary::from_counts(&counts, config.error_threshold, elapsed);
+    summary.logs = log_dir.clone();
+    let mut failure = state
+        .abort_reason()
+        .or_else(|| fatal.map(|e| e.to_string()));
+    if failure.is_none()
+        && config.output_action == OutputAction::AppendRow
+        && counts.items_total > 0
+        && counts.items_succeeded == 0
+    {
+        failure = Some(
+            "no succeeded mini-batch item returned from run(); append_row has nothing to write"
+                .to_string(),
+        );
+    }
+    match failure {
+        Some(reason) => {
+            summary.status = "failed".into();
+            summary.reason = reason;
+            if let Some(sink) = sink {
+                summary.partial_output = Some(sink.staging_dir().to_path_buf());
+            }
+        }
+        None => {
+            if let Some(sink) = sink {
+                let out = sink.finish(options.preserve_order)?;
+                summary.output = Some(out.path);
+                summary.output_rows = out.rows;
+            }
+        }
+    }
+    report::write_final(&log_dir, &summary, &reports.failures())?;
+    Ok(summary)
+}
+
+fn spawn_progress(
+    state: Arc<JobState>,
+    reports: Arc<ReportWriter>,
+    progress: Progress,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = (progress == Progress::Console && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} mini batches {msg} ETA {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        });
+        let mut tick = 0u64;
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            tick += 1;
+            let counts = state.counts();
+            let elapsed = state.elapsed();
+            if let Some(bar) = &bar {
+                bar.set_length(counts.mini_batches_total);
+                bar.set_position(counts.mini_batches_processed);
+                let rate = counts.items_processed as f64 / elapsed.as_secs_f64().max(0.001);
+                bar.set_message(format!(
+                    "{rate:.0} items/s, {} failed",
+                    counts.mini_batches_failed
+                ));
+            } else if progress == Progress::Console && tick % 20 == 0 {
+                eprintln!("parallel-run: {}", report::progress_line(&counts, elapsed));
+            }
+            if tick % 4 == 0 {
+                reports.write_progress(&counts, elapsed);
+            }
+        }
+    })
+}
+
+fn finish_progress(progress: Progress, counts: &crate::exec::JobCounts, elapsed: Duration) {
+    if progress == Progress::Console {
+        eprintln!("parallel-run: {}", report::progress_line(counts, elapsed));
+    }
+}
+
+/// The output folder's log directory.
+pub fn log_dir(output: &Path) -> PathBuf {
+    output.join("logs")
+}

@@ -1,0 +1,361 @@
+//! append_row output, exactly once.
+//!
+//! Each succeeded mini-batch's rows are written to their own part file in a staging folder
+//! (`<output>/.parallel_run/staging/parts/<id>.arrow`, Arrow IPC, written under a temporary
+//! name and renamed when complete) and recorded in `committed.jsonl`. Rows of a failed try
+//! never get there, so a retried mini-batch cannot duplicate rows. When the job succeeds the
+//! parts are merged into the final file (temporary name, then an atomic rename) in completion
+//! order, or in mini-batch id order with `preserve_order`, and the staging folder is removed.
+//! When the job fails, no final file appears and the staging folder is kept and named.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::ipc::reader::FileReader;
+use arrow::ipc::writer::FileWriter;
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::ArrowWriter;
+
+use crate::batch::MiniBatchId;
+use crate::config::OutputFormat;
+use crate::error::{PrsError, Result};
+use crate::exec::{conform, CompletedMiniBatch};
+use crate::worker::{ResultShape, RESULT_SHAPE_KEY};
+
+/// The default append_row file name (PRS's).
+pub const DEFAULT_FILE_NAME: &str = "parallel_run_step.txt";
+
+/// The final file name for `file_name` in `format`: PRS's default name gets the format's
+/// extension (`parallel_run_step.csv`); a name the user chose is kept as is.
+pub fn final_file_name(file_name: &str, format: OutputFormat) -> String {
+    if file_name == DEFAULT_FILE_NAME {
+        match format {
+            OutputFormat::Txt => DEFAULT_FILE_NAME.to_string(),
+            OutputFormat::Csv => "parallel_run_step.csv".to_string(),
+            OutputFormat::Parquet => "parallel_run_step.parquet".to_string(),
+        }
+    } else {
+        file_name.to_string()
+    }
+}
+
+struct Part {
+    id: MiniBatchId,
+    path: PathBuf,
+}
+
+/// Writes committed mini-batches and, at the end, the final output file.
+pub struct AppendRowSink {
+    final_path: PathBuf,
+    staging: PathBuf,
+    format: OutputFormat,
+    ledger: BufWriter<File>,
+    parts: Vec<Part>,
+    rows: u64,
+}
+
+/// What the sink produced.
+#[derive(Debug, Clone)]
+pub struct OutputSummary {
+    /// The final file.
+    pub path: PathBuf,
+    /// Rows written.
+    pub rows: u64,
+}
+
+impl AppendRowSink {
+    /// A sink writing `<output_dir>/<file_name>` in `format`. A staging folder left by an
+    /// earlier, failed run of the same output is replaced.
+    pub fn create(output_dir: &Path, file_name: &str, format: OutputFormat) -> Result<Self> {
+        let staging = output_dir.join(".parallel_run").join("staging");
+        if staging.exists() {
+            fs::remove_dir_all(&staging).map_err(|e| PrsError::io(&staging, e))?;
+        }
+        let parts_dir = staging.join("parts");
+        fs::create_dir_all(&parts_dir).map_err(|e| PrsError::io(&parts_dir, e))?;
+        let ledger_path = staging.join("committed.jsonl");
+        let ledger = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&ledger_path)
+            .map_err(|e| PrsError::io(&ledger_path, e))?;
+        Ok(AppendRowSink {
+            final_path: output_dir.join(final_file_name(file_name, format)),
+            staging,
+            format,
+            ledger: BufWriter::new(ledger),
+            parts: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    /// The folder holding the committed parts.
+    pub fn staging_dir(&self) -> &Path {
+        &self.staging
+    }
+
+    /// The final file (once [`AppendRowSink::finish`] succeeded).
+    pub fn final_path(&self) -> &Path {
+        &self.final_path
+    }
+
+    /// Commits a succeeded mini-batch: its part file appears complete or not at all.
+    pub fn commit(&mut self, done: &CompletedMiniBatch) -> Result<()> {
+        let Some(batch) = &done.result else {
+            return Ok(());
+        };
+        let name = format!("{}.arrow", done.id);
+        let path = self.staging.join("parts").join(&name);
+        let tmp = self.staging.join("parts").join(format!(".{name}.tmp"));
+        write_ipc(&tmp, batch)?;
+        fs::rename(&tmp, &path).map_err(|e| PrsError::io(&path, e))?;
+        let line = serde_json::json!({
+            "id": done.id.to_string(),
+            "index": done.index,
+            "input": done.lineage.input.as_ref(),
+            "rows_in": [done.lineage.rows.start, done.lineage.rows.end],
+            "rows_out": batch.num_rows(),
+            "part": format!("parts/{name}"),
+        });
+        writeln!(self.ledger, "{line}").map_err(|e| PrsError::io(&self.staging, e))?;
+        self.ledger
+            .flush()
+            .map_err(|e| PrsError::io(&self.staging, e))?;
+        self.rows += batch.num_rows() as u64;
+        self.parts.push(Part { id: done.id, path });
+        Ok(())
+    }
+
+    /// Merges the parts into the final file (in completion order, or id order when
+    /// `preserve_order`), makes it visible atomically and removes the staging folder.
+    pub fn finish(mut self, preserve_order: bool) -> Result<OutputSummary> {
+        if preserve_order {
+            self.parts.sort_by_key(|p| p.id);
+        }
+        let name = self
+            .final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let tmp = self.final_path.with_file_name(format!(".{name}.tmp"));
+        let out_err = |e: std::io::Error| PrsError::io(&tmp, e);
+        let file = File::create(&tmp).map_err(out_err)?;
+        let mut writer = FinalWriter::new(self.format, BufWriter::with_capacity(1 << 20, file));
+        for part in &self.parts {
+            let reader = File::open(&part.path).map_err(|e| PrsError::io(&part.path, e))?;
+            let reader = FileReader::try_new(reader, None)?;
+            for batch in reader {
+                writer.write(&batch?, &part.id)?;
+            }
+        }
+        writer.close(&tmp)?;
+        fs::rename(&tmp, &self.final_path).map_err(|e| PrsError::io(&self.final_path, e))?;
+        fs::remove_dir_all(&self.staging).map_err(|e| PrsError::io(&self.staging, e))?;
+        if let Some(parent) = self.staging.parent() {
+            // Only removes `.parallel_run` when nothing else lives there.
+            let _ = fs::remove_dir(parent);
+        }
+        Ok(OutputSummary {
+            path: self.final_path,
+            rows: self.rows,
+        })
+    }
+}
+
+fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<()> {
+    let file = File::create(path).map_err(|e| PrsError::io(path, e))?;
+    let mut writer = FileWriter::try_new(BufWriter::new(file), batch.schema_ref())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    let mut inner = writer.into_inner()?;
+    inner.flush().map_err(|e| PrsError::io(path, e))?;
+    Ok(())
+}
+
+/// Writes result batches in the output format.
+enum FinalWriter {
+    Txt(BufWriter<File>),
+    Csv {
+        out: Option<BufWriter<File>>,
+        writer: Option<arrow::csv::Writer<BufWriter<File>>>,
+        schema: Option<SchemaRef>,
+    },
+    Parquet {
+        out: Option<BufWriter<File>>,
+        writer: Option<ArrowWriter<BufWriter<File>>>,
+        schema: Option<SchemaRef>,
+    },
+}
+
+impl FinalWriter {
+    fn new(format: OutputFormat, out: BufWriter<File>) -> Self {
+        match format {
+            OutputFormat::Txt => FinalWriter::Txt(out),
+            OutputFormat::Csv => FinalWriter::Csv {
+                out: Some(out),
+                writer: None,
+                schema: None,
+            },
+            OutputFormat::Parquet => FinalWriter::Parquet {
+                out: Some(out),
+                writer: None,
+                schema: None,
+            },
+        }
+    }
+
+    fn write(&mut self, batch: &RecordBatch, id: &MiniBatchId) -> Result<()> {
+        match self {
+            FinalWriter::Txt(out) => write_txt(out, batch).map_err(|e| PrsError::Output {
+                path: "append_row file".into(),
+                message: format!("writing the rows of mini batch {id}: {e}"),
+            }),
+            FinalWriter::Csv {
+                out,
+                writer,
+                schema,
+            } => {
+                let target = schema
+                    .get_or_insert_with(|| output_schema(batch.schema_ref()))
+                    .clone();
+                let batch = conform(batch.clone(), &target, &id.to_string())?;
+                if writer.is_none() {
+                    let file = out.take().ok_or_else(|| closed())?;
+                    *writer = Some(
+                        arrow::csv::WriterBuilder::new()
+                            .with_header(true)
+                            .build(file),
+                    );
+                }
+                writer.as_mut().ok_or_else(closed)?.write(&batch)?;
+                Ok(())
+            }
+            FinalWriter::Parquet {
+                out,
+                writer,
+                schema,
+            } => {
+                let target = schema
+                    .get_or_insert_with(|| output_schema(batch.schema_ref()))
+                    .clone();
+                let batch = conform(batch.clone(), &target, &id.to_string())?;
+                if writer.is_none() {
+                    let file = out.take().ok_or_else(closed)?;
+                    *writer = Some(ArrowWriter::try_new(file, target, None).map_err(parquet_err)?);
+                }
+                writer
+                    .as_mut()
+                    .ok_or_else(closed)?
+                    .write(&batch)
+                    .map_err(parquet_err)?;
+                Ok(())
+            }
+        }
+    }
+
+    fn close(self, path: &Path) -> Result<()> {
+        let io = |e: std::io::Error| PrsError::io(path, e);
+        match self {
+            FinalWriter::Txt(mut out) => out.flush().map_err(io),
+            FinalWriter::Csv { out, writer, .. } => {
+                if let Some(w) = writer {
+                    w.into_inner().flush().map_err(io)?;
+                } else if let Some(mut out) = out {
+                    out.flush().map_err(io)?;
+                }
+                Ok(())
+            }
+            FinalWriter::Parquet { out, writer, .. } => {
+                match writer {
+                    Some(w) => {
+                        w.close().map_err(parquet_err)?;
+                    }
+                    // No rows at all: still a valid (empty) Parquet file.
+                    None => {
+                        if let Some(out) = out {
+                            ArrowWriter::try_new(out, Arc::new(Schema::empty()), None)
+                                .and_then(|w| w.close().map(|_| ()))
+                                .map_err(parquet_err)?;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn closed() -> PrsError {
+    PrsError::Output {
+        path: "append_row file".into(),
+        message: "writer already closed".into(),
+    }
+}
+
+fn parquet_err(e: parquet::errors::ParquetError) -> PrsError {
+    PrsError::Output {
+        path: "append_row file".into(),
+        message: e.to_string(),
+    }
+}
+
+/// The schema written to csv/parquet: the first result's columns, nullable, without our
+/// metadata.
+fn output_schema(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<_> = schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone().with_nullable(true))
+        .collect();
+    let mut metadata = schema.metadata().clone();
+    metadata.remove(RESULT_SHAPE_KEY);
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// PRS's text format: list elements one per line (`str(x)`), table rows space-separated with
+/// no header and CSV quoting, pre-formatted lines verbatim.
+fn write_txt(out: &mut BufWriter<File>, batch: &RecordBatch) -> std::result::Result<(), String> {
+    match ResultShape::of(batch) {
+        ResultShape::Lines => {
+            let col = batch.column(0);
+            match col.data_type() {
+                DataType::Utf8 => write_strings(out, col.as_string::<i32>().iter()),
+                DataType::LargeUtf8 => write_strings(out, col.as_string::<i64>().iter()),
+                DataType::Utf8View => write_strings(out, col.as_string_view().iter()),
+                other => Err(format!("text lines must be strings, got {other}")),
+            }
+        }
+        ResultShape::List => {
+            let col = batch.column(0);
+            let options = FormatOptions::default().with_null("None");
+            let formatter =
+                ArrayFormatter::try_new(col.as_ref(), &options).map_err(|e| e.to_string())?;
+            for i in 0..col.len() {
+                writeln!(out, "{}", formatter.value(i)).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        ResultShape::Table => {
+            let mut writer = arrow::csv::WriterBuilder::new()
+                .with_header(false)
+                .with_delimiter(b' ')
+                .build(&mut *out);
+            writer.write(batch).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn write_strings<'a>(
+    out: &mut BufWriter<File>,
+    values: impl Iterator<Item = Option<&'a str>>,
+) -> std::result::Result<(), String> {
+    for v in values.flatten() {
+        out.write_all(v.as_bytes()).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! The job report, in PRS's layout under `<output>/logs/`:
+//! - `sys/job_report/processed_mini-batches.csv`: one row per mini-batch as it finishes;
+//! - `sys/events.txt`: failed tries and worker starts/replacements, as they happen;
+//! - `job_progress_overview.txt`: "Processed P of T mini batches in h:mm:ss. ...", refreshed;
+//! - `job_result.txt`: the outcome, the PRS summary sentence and where to look;
+//! - `job_summary.json`: the same, machine-readable.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::batch::MiniBatchId;
+use crate::error::{PrsError, Result};
+use crate::exec::{JobCounts, JobObserver, MiniBatchRecord};
+
+/// Header of `processed_mini-batches.csv`.
+pub const PROCESSED_HEADER: &str = "mini_batch_id,input,rows,partition_key_value,tries,process,start_time,total_items,succeeded_items,failed_items,elapsed_seconds,run_seconds,status,error_message";
+
+/// Writes the report files that grow while the job runs.
+pub struct ReportWriter {
+    log_dir: PathBuf,
+    processed: Mutex<BufWriter<File>>,
+    events: Mutex<BufWriter<File>>,
+    /// Failed mini-batches' messages, kept for job_result.txt (bounded).
+    failures: Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for ReportWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReportWriter({})", self.log_dir.display())
+    }
+}
+
+/// How many failure messages job_result.txt lists.
+const LISTED_FAILURES: usize = 20;
+
+impl ReportWriter {
+    /// Creates `<log_dir>` and the growing report files (replacing those of an earlier run).
+    pub fn create(log_dir: &Path) -> Result<Self> {
+        let report_dir = log_dir.join("sys").join("job_report");
+        fs::create_dir_all(&report_dir).map_err(|e| PrsError::io(&report_dir, e))?;
+        let processed_path = report_dir.join("processed_mini-batches.csv");
+        let mut processed = BufWriter::new(
+            File::create(&processed_path).map_err(|e| PrsError::io(&processed_path, e))?,
+        );
+        writeln!(processed, "{PROCESSED_HEADER}").map_err(|e| PrsError::io(&processed_path, e))?;
+        processed
+            .flush()
+            .map_err(|e| PrsError::io(&processed_path, e))?;
+        let events_path = log_dir.join("sys").join("events.txt");
+        let events =
+            BufWriter::new(File::create(&events_path).map_err(|e| PrsError::io(&events_path, e))?);
+        Ok(ReportWriter {
+            log_dir: log_dir.to_path_buf(),
+            processed: Mutex::new(processed),
+            events: Mutex::new(events),
+            failures: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The log folder.
+    pub fn log_dir(&self) -> &Path {
+        &self.log_dir
+    }
+
+    /// Messages of failed mini-batches (the first few).
+    pub fn failures(&self) -> Vec<String> {
+        lock(&self.failures).clone()
+    }
+
+    fn event(&self, text: &str) {
+        let mut events = lock(&self.events);
+        let _ = writeln!(events, "{} {text}", timestamp(SystemTime::now()));
+        let _ = events.flush();
+    }
+
+    /// Rewrites `job_progress_overview.txt`.
+    pub fn write_progress(&self, counts: &JobCounts, elapsed: Duration) {
+        let path = self.log_dir.join("job_progress_overview.txt");
+        let _ = fs::write(path, progress_line(counts, elapsed) + "\n");
+    }
+}
+
+impl JobObserver for ReportWriter {
+    fn mini_batch_finished(&self, r: &MiniBatchRecord) {
+        let keys = if r.partition_key_value.is_empty() {
+            String::new()
+        } else {
+            serde_json::to_string(&r.partition_key_value).unwrap_or_default()
+        };
+        let row = [
+            r.id.to_string(),
+            r.lineage.input.to_string(),
+            format!("{}..{}", r.lineage.rows.start, r.lineage.rows.end),
+            keys,
+            r.tries.to_string(),
+            r.process.clone(),
+            timestamp(r.start_time),
+            r.total_items.to_string(),
+            r.succeeded_items.to_string(),
+            r.failed_items.to_string(),
+            format!("{:.3}", r.elapsed_seconds),
+            format!("{:.3}", r.run_seconds),
+            r.status.clone(),
+            r.error_message.clone(),
+        ];
+        let line = row
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(",");
+        {
+            let mut processed = lock(&self.processed);
+            let _ = writeln!(processed, "{line}");
+            let _ = processed.flush();
+        }
+        if !r.succeeded() {
+            let mut text = format!(
+                "mini batch {} ({}) failed after {} tries: {} ({})",
+                r.id, r.lineage, r.tries, r.error_message, r.status
+            );
+            if let Some(tb) = &r.traceback {
+                text.push('\n');
+                text.push_str(tb.trim_end());
+            }
+            self.event(&text);
+            let mut failures = lock(&self.failures);
+            if failures.len() < LISTED_FAILURES {
+                failures.push(text);
+            }
+        }
+    }
+
+    fn try_failed(&self, id: MiniBatchId, attempt: u32, process: &str, message: &str) {
+        self.event(&format!(
+            "mini batch {id} try {attempt} on {process} failed: {message}"
+        ));
+    }
+
+    fn worker_event(&self, process: &str, message: &str) {
+        self.event(&format!("{process}: {message}"));
+    }
+}
+
+/// The job's outcome, as written to `job_summary.json`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobSummary {
+    /// `succeeded` or `failed`.
+    pub status: String,
+    /// Why the job failed (empty on success).
+    pub reason: String,
+    /// All mini-batches.
+    pub mini_batches_total: u64,
+    /// Mini-batches with a final status.
+    pub mini_batches_processed: u64,
+    /// ... succeeded.
+    pub mini_batches_succeeded: u64,
+    /// ... failed.
+    pub mini_batches_failed: u64,
+    /// All items (rows or files).
+    pub items_total: u64,
+    /// Items in processed mini-batches.
+    pub items_processed: u64,
+    /// Items returned by run().
+    pub items_succeeded: u64,
+    /// Items failed.
+    pub items_failed: u64,
+    /// run() calls, retries included.
+    pub tries: u64,
+    /// init() failures.
+    pub init_failures: u64,
+    /// Wall time, seconds.
+    pub elapsed_seconds: f64,
+    /// The append_row file (absent for summary_only or a failed job).
+    pub output: Option<PathBuf>,
+    /// Rows in the output file.
+    pub output_rows: u64,
+    /// The error_threshold in force.
+    pub error_threshold: i64,
+    /// Where committed parts are kept when the job failed.
+    pub partial_output: Option<PathBuf>,
+    /// The log folder.
+    pub logs: PathBuf,
+}
+
+impl JobSummary {
+    /// True when the job succeeded.
+    pub fn succeeded(&self) -> bool {
+        self.status == "succeeded"
+    }
+
+    /// PRS's summary sentence.
+    pub fn sentence(&self) -> String {
+        format!(
+            "There are {} mini batches with {} items. Processed {} mini batches containing {} items, {} succeeded, {} failed. The error threshold is {}.",
+            self.mini_batches_total,
+            self.items_total,
+            self.mini_batches_processed,
+            self.items_processed,
+            self.items_succeeded,
+            self.items_failed,
+            self.error_threshold
+        )
+    }
+
+    /// Builds the summary from the final counts.
+    pub fn from_counts(c: &JobCounts, error_threshold: i64, elapsed: Duration) -> Self {
+        JobSummary {
+            status: "succeeded".into(),
+            reason: String::new(),
+            mini_batches_total: c.mini_batches_total,
+            mini_batches_processed: c.mini_batches_processed,
+            mini_batches_succeeded: c.mini_batches_succeeded,
+            mini_batches_failed: c.mini_batches_failed,
+            items_total: c.items_total,
+            items_processed: c.items_processed,
+            items_succeeded: c.items_succeeded,
+            items_failed: c.items_failed,
+            tries: c.tries,
+            init_failures: c.init_failures,
+            elapsed_seconds: elapsed.as_secs_f64(),
+            output: None,
+            output_rows: 0,
+            error_threshold,
+            partial_output: None,
+            logs: PathBuf::new(),
+        }
+    }
+}
+
+/// Writes `job_result.txt` and `job_summary.json`, and a last progress overview.
+pub fn write_final(log_dir: &Path, summary: &JobSummary, failures: &[String]) -> Result<()> {
+    let mut text = String::new();
+    if summary.succeeded() {
+        text.push_str("The job succeeded.\n");
+    } else {
+        text.push_str(&format!("The job failed: {}\n", summary.reason));
+    }
+    text.push_str(&summary.sentence());
+    text.push('\n');
+    if let Some(out) = &summary.output {
+        text.push_str(&format!(
+            "Output: {} ({} rows)\n",
+            out.display(),
+            summary.output_rows
+        ));
+    }
+    if let Some(partial) = &summary.partial_output {
+        text.push_str(&format!(
+            "No output file was written. Rows of the mini batches that succeeded are kept in {}\n",
+            partial.display()
+        ));
+    }
+    if !failures.is_empty() {
+        text.push_str("\nFailed mini batches (first ones):\n");
+        for f in failures {
+            text.push_str(f);
+            text.push('\n');
+        }
+    }
+    text.push_str(&format!(
+        "\nDetails: {} (one row per mini batch), {} (tries and workers), {} (entry script output).\n",
+        log_dir.join("sys/job_report/processed_mini-batches.csv").display(),
+        log_dir.join("sys/events.txt").display(),
+        log_dir.join("user").display()
+    ));
+    let result_path = log_dir.join("job_result.txt");
+    fs::write(&result_path, text).map_err(|e| PrsError::io(&result_path, e))?;
+    let json_path = log_dir.join("job_summary.json");
+    let json = serde_json::to_string_pretty(summary).map_err(|e| PrsError::Output {
+        path: json_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    fs::write(&json_path, json + "\n").map_err(|e| PrsError::io(&json_path, e))?;
+    Ok(())
+}
+
+/// "Processed P of T mini batches in h:mm:ss. Estimate remaining ...".
+pub fn progress_line(c: &JobCounts, elapsed: Duration) -> String {
+    let total = if c.scheduling_done {
+        c.mini_batches_total.to_string()
+    } else {
+        format!("{}+", c.mini_batches_total)
+    };
+    let mut line = format!(
+        "Processed {} of {} mini batches in {}.",
+        c.mini_batches_processed,
+        total,
+        hms(elapsed)
+    );
+    if c.scheduling_done
+        && c.mini_batches_processed > 0
+        && c.mini_batches_processed < c.mini_batches_total
+    {
+        let per = elapsed.as_secs_f64() / c.mini_batches_processed as f64;
+        let left = per * (c.mini_batches_total - c.mini_batches_processed) as f64;
+        line.push_str(&format!(
+            " Estimate remaining {}.",
+            hms(Duration::from_secs_f64(left))
+        ));
+    }
+    line.push_str(&format!(
+        " {} items succeeded, {} failed, {} mini batches failed.",
+        c.items_succeeded, c.items_failed, c.mini_batches_failed
+    ));
+    line
+}
+
+fn hms(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+fn timestamp(t: SystemTime) -> String {
+    let dt: DateTime<Utc> = t.into();
+    dt.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentence_matches_prs() {
+        let c = JobCounts {
+            mini_batches_total: 3,
+            items_total: 30,
+            mini_batches_processed: 3,
+            items_processed: 30,
+            items_succeeded: 28,
+            items_failed: 2,
+            ..Default::default()
+        };
+        let s = JobSummary::from_counts(&c, 5, Duration::from_secs(1));
+        assert_eq!(
+            s.sentence(),
+            "There are 3 mini batches with 30 items. Processed 3 mini batches containing 30 items, 28 succeeded, 2 failed. The error threshold is 5."
+        );
+    }
+
+    #[test]
+    fn csv_quotes_when_needed() {
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"x\""), "\"say \"\"x\"\"\"");
+        assert_eq!(csv_field("plain"), "plain");
+    }
+}

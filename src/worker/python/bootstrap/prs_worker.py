@@ -1,0 +1,505 @@
+"""parallel-run worker: runs one ParallelRunStep entry script in this process.
+
+Started by the parallel-run engine as
+
+    python -u prs_worker.py <system arguments> <user arguments>
+
+with its settings in the environment variable PARALLEL_RUN_WORKER (JSON) and two protocol pipes
+(file descriptors named there, normally 3 = from the engine, 4 = to the engine). stdin, stdout
+and stderr are not used by the protocol: whatever the entry script prints goes to the log files.
+
+Frames, both ways: a 12-byte prefix (u32 little-endian header length, u64 little-endian payload
+length), a UTF-8 JSON header with a "type", then the payload (an Arrow IPC stream, or nothing).
+The engine's module documentation (src/worker/python/mod.rs) describes every message.
+"""
+
+import faulthandler
+import inspect
+import json
+import logging
+import os
+import struct
+import sys
+import threading
+import time
+import traceback
+
+CONFIG_ENV = "PARALLEL_RUN_WORKER"
+RESULT_SHAPE_KEY = "parallel_run.result_shape"
+PREFIX = struct.Struct("<IQ")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+pa = None  # pyarrow, imported in main()
+
+
+def clean(text):
+    """Text that survives JSON and UTF-8 on the engine side (no lone surrogates)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def one_line(exc):
+    """'ValueError: bad id 7' on one line."""
+    text = str(exc)
+    name = type(exc).__name__
+    message = "%s: %s" % (name, text) if text else name
+    return clean(" ".join(message.splitlines()))
+
+
+class Channel:
+    """The two protocol pipes."""
+
+    def __init__(self, read_fd, write_fd):
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+
+    def _read_bytes(self, n):
+        chunks = []
+        while n > 0:
+            chunk = os.read(self.read_fd, n)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            n -= len(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _read_payload(self, n):
+        # Read straight into an aligned Arrow buffer: the IPC reader then uses it without copies.
+        buf = pa.allocate_buffer(n)
+        view = memoryview(buf)
+        pos = 0
+        while pos < n:
+            got = os.readv(self.read_fd, [view[pos:]])
+            if got == 0:
+                raise EOFError
+            pos += got
+        return buf
+
+    def recv(self):
+        """The next (header, payload) from the engine; None when the engine has gone."""
+        try:
+            header_len, payload_len = PREFIX.unpack(self._read_bytes(PREFIX.size))
+            header = json.loads(self._read_bytes(header_len)) if header_len else {}
+            payload = self._read_payload(payload_len) if payload_len else None
+        except EOFError:
+            return None
+        return header, payload
+
+    def send(self, header, payload=None):
+        """Sends one frame with (nearly) one system call."""
+        head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        size = payload.size if payload is not None else 0
+        parts = [memoryview(PREFIX.pack(len(head), size) + head)]
+        if size:
+            parts.append(memoryview(payload))
+        while parts:
+            written = os.writev(self.write_fd, parts)
+            while parts and written >= parts[0].nbytes:
+                written -= parts.pop(0).nbytes
+            if parts and written:
+                parts[0] = parts[0][written:]
+
+
+class MiniBatchContext:
+    """The second argument of a two-argument run(mini_batch, mini_batch_context)."""
+
+    __slots__ = ("partition_key_value", "minibatch_index", "mini_batch_id", "input_name", "attempt")
+
+    def __init__(self, header):
+        self.partition_key_value = dict(header.get("partition_key_value") or {})
+        self.minibatch_index = header.get("minibatch_index", 0)
+        self.mini_batch_id = header.get("id", "")
+        self.input_name = header.get("input_name", "")
+        self.attempt = header.get("attempt", 1)
+
+    def __getitem__(self, key):
+        if key in self.__slots__:
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        return getattr(self, key, default) if key in self.__slots__ else default
+
+    def keys(self):
+        return list(self.__slots__)
+
+    def __repr__(self):
+        return "MiniBatchContext(%s)" % ", ".join(
+            "%s=%r" % (key, getattr(self, key)) for key in self.__slots__
+        )
+
+
+class BadResult(Exception):
+    """run() returned something that cannot be used."""
+
+
+def wants_context(fn):
+    """True when run() takes a second positional argument (the mini-batch context)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = 0
+    for p in parameters:
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+        elif p.kind == p.VAR_POSITIONAL:
+            return positional >= 1
+    return positional >= 2
+
+
+def with_shape(table, shape):
+    return table.replace_schema_metadata({RESULT_SHAPE_KEY: shape})
+
+
+def lines_table(text):
+    values = [text] if text else []
+    return with_shape(pa.table({"line": pa.array(values, type=pa.string())}), "lines")
+
+
+def list_table(values):
+    """A list-like result as one column named "result"."""
+    np = sys.modules.get("numpy")
+    pd = sys.modules.get("pandas")
+    if np is not None and isinstance(values, np.ndarray) and values.ndim > 1:
+        values = list(values)
+    try:
+        if pd is not None and isinstance(values, pd.Series):
+            array = pa.Array.from_pandas(values)
+        elif isinstance(values, (pa.Array, pa.ChunkedArray)):
+            array = values
+        else:
+            array = pa.array(values if not isinstance(values, tuple) else list(values))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
+        # Mixed or exotic elements: keep them as text, like the txt output would.
+        array = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    return with_shape(pa.table({"result": array}), "list")
+
+
+def classify(result):
+    """(kind, count) of a run() result; kind is 'frame', 'table', 'list'."""
+    pd = sys.modules.get("pandas")
+    np = sys.modules.get("numpy")
+    if pd is not None and isinstance(result, pd.DataFrame):
+        return "frame", len(result)
+    if isinstance(result, pa.Table):
+        return "table", result.num_rows
+    if isinstance(result, pa.RecordBatch):
+        return "table", result.num_rows
+    if isinstance(result, (list, tuple)):
+        return "list", len(result)
+    if np is not None and isinstance(result, np.ndarray):
+        if result.ndim == 0:
+            raise BadResult("run() returned a 0-dimensional numpy array; return a list, an array or a DataFrame")
+        return "list", len(result)
+    if pd is not None and isinstance(result, pd.Series):
+        return "list", len(result)
+    if isinstance(result, (pa.Array, pa.ChunkedArray)):
+        return "list", len(result)
+    raise BadResult(
+        "run() returned %s; return a pandas DataFrame, a list, a tuple, a numpy array or a "
+        "pyarrow Table (one element or row per succeeded item)" % type(result).__name__
+    )
+
+
+def convert(result, kind, txt):
+    """The Arrow table sent back for a kept result."""
+    if kind == "frame":
+        if txt:
+            # PRS's own text format: space-separated, no header, no index, pandas quoting.
+            try:
+                text = result.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
+            except TypeError:  # pandas < 1.5
+                text = result.to_csv(sep=" ", header=False, index=False, line_terminator="\n")
+            return lines_table(text)
+        try:
+            table = pa.Table.from_pandas(result, preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise BadResult("run() returned a DataFrame that cannot be converted to Arrow: %s" % one_line(e))
+        return with_shape(table, "table")
+    if kind == "table":
+        table = result if isinstance(result, pa.Table) else pa.Table.from_batches([result])
+        return with_shape(table, "table")
+    if txt:
+        if isinstance(result, (pa.Array, pa.ChunkedArray)):
+            result = result.to_pylist()
+        return lines_table("".join([str(v) + "\n" for v in result]))
+    return list_table(result)
+
+
+def to_ipc(table):
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+class Worker:
+    def __init__(self, config, channel):
+        self.config = config
+        self.channel = channel
+        self.pandas_format = config.get("mini_batch_format", "pandas") != "pyarrow"
+        self.module = None
+        self.run_fn = None
+        self.pass_context = False
+
+    # --- start -----------------------------------------------------------------------------
+
+    def import_packages(self):
+        """Imports pyarrow (and pandas); returns an error message saying how to fix a failure."""
+        global pa
+        python = sys.executable or "python"
+        needed = ["pandas", "pyarrow"] if self.pandas_format else ["pyarrow"]
+        missing = []
+        for name in needed:
+            try:
+                __import__(name)
+            except ModuleNotFoundError as e:
+                if e.name != name:
+                    return "%s cannot be imported with %s: %s" % (name, python, one_line(e))
+                missing.append(name)
+            except Exception as e:
+                return "%s cannot be imported with %s: %s" % (name, python, one_line(e))
+        if missing:
+            return (
+                "%s %s not installed for %s: add \"pip: [%s]\" to environment in the job "
+                "file, or run: %s -m pip install %s"
+                % (
+                    " and ".join(missing),
+                    "is" if len(missing) == 1 else "are",
+                    python,
+                    ", ".join(needed),
+                    python,
+                    " ".join(needed),
+                )
+            )
+        import pyarrow
+        import pyarrow.ipc  # noqa: F401
+
+        pa = pyarrow
+        return None
+
+    def import_entry_script(self):
+        import importlib.util
+
+        path = self.config["entry_script"]
+        stem = os.path.splitext(os.path.basename(path))[0] or "entry_script"
+        # The script is importable under its own name unless that name is taken already (a
+        # standard module, or one of ours).
+        name = stem if stem not in sys.modules else "__parallel_run_entry_%s" % stem
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError("cannot import %s as a Python module" % path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
+        self.module = module
+        run = getattr(module, "run", None)
+        if not callable(run):
+            raise AttributeError("entry script %s has no run(mini_batch) function" % path)
+        self.run_fn = run
+        self.pass_context = wants_context(run)
+
+    def start(self):
+        """Imports and init(); sends READY or INIT_ERROR. Returns False when init failed."""
+        error = self.import_packages()
+        if error is not None:
+            self.init_error("packages", error, None)
+            return False
+        try:
+            self.import_entry_script()
+        except BaseException as e:  # noqa: B902 - SystemExit at import is a failure too
+            self.init_error("import", one_line(e), traceback.format_exc())
+            return False
+        init = getattr(self.module, "init", None)
+        if callable(init):
+            try:
+                init()
+            except BaseException as e:  # noqa: B902
+                self.init_error("init", one_line(e), traceback.format_exc())
+                return False
+        flush_std()
+        self.channel.send(
+            {
+                "type": "READY",
+                "pid": os.getpid(),
+                "python": clean(sys.version.split()[0]),
+                "pyarrow": pa.__version__,
+                "context": self.pass_context,
+            }
+        )
+        return True
+
+    def init_error(self, stage, message, tb):
+        if tb:
+            sys.stderr.write(tb)
+        else:
+            sys.stderr.write(message + "\n")
+        flush_std()
+        header = {"type": "INIT_ERROR", "stage": stage, "message": clean(message)}
+        if tb:
+            header["traceback"] = clean(tb)
+        self.channel.send(header)
+
+    # --- mini-batches ------------------------------------------------------------------------
+
+    def mini_batch(self, header, payload):
+        if payload is None:
+            raise ValueError("the engine sent a RUN without data")
+        table = pa.ipc.open_stream(payload).read_all()
+        if header.get("kind") == "files":
+            return table.column("path").to_pylist()
+        if self.pandas_format:
+            return table.to_pandas()
+        return table
+
+    def run(self, header, payload):
+        mb_id = header.get("id", "?")
+        try:
+            mini_batch = self.mini_batch(header, payload)
+        except Exception as e:
+            return {"type": "ERROR", "kind": "exception",
+                    "message": "could not read mini batch %s: %s" % (mb_id, one_line(e)),
+                    "traceback": clean(traceback.format_exc())}, None
+        try:
+            if self.pass_context:
+                result = self.run_fn(mini_batch, MiniBatchContext(header))
+            else:
+                result = self.run_fn(mini_batch)
+        except Exception as e:
+            tb = traceback.format_exc()
+            sys.stderr.write(
+                "run() failed on mini batch %s (try %s):\n%s" % (mb_id, header.get("attempt", 1), tb)
+            )
+            return {"type": "ERROR", "kind": "exception", "message": one_line(e),
+                    "traceback": clean(tb)}, None
+        finally:
+            flush_std()
+        del mini_batch
+        try:
+            kind, count = classify(result)
+            if not header.get("keep_results", True):
+                return {"type": "RESULT", "returned": count}, None
+            table = convert(result, kind, header.get("output_format") == "txt")
+        except BadResult as e:
+            message = clean(str(e))
+            sys.stderr.write("mini batch %s: %s\n" % (mb_id, message))
+            return {"type": "ERROR", "kind": "bad_result", "message": message}, None
+        except Exception as e:
+            tb = traceback.format_exc()
+            sys.stderr.write("mini batch %s: converting run()'s result failed:\n%s" % (mb_id, tb))
+            return {"type": "ERROR", "kind": "bad_result",
+                    "message": "run() returned a %s that cannot be converted: %s"
+                    % (type(result).__name__, one_line(e)),
+                    "traceback": clean(tb)}, None
+        shape = table.schema.metadata[RESULT_SHAPE_KEY.encode()].decode()
+        return {"type": "RESULT", "returned": count, "shape": shape}, to_ipc(table)
+
+    def shutdown(self):
+        header = {"type": "SHUTDOWN_DONE"}
+        fn = getattr(self.module, "shutdown", None) if self.module is not None else None
+        if callable(fn):
+            try:
+                fn()
+            except Exception as e:
+                tb = traceback.format_exc()
+                sys.stderr.write("shutdown() failed:\n%s" % tb)
+                header["error"] = one_line(e)
+                header["traceback"] = clean(tb)
+        flush_std()
+        self.channel.send(header)
+
+    def serve(self):
+        while True:
+            frame = self.channel.recv()
+            if frame is None:
+                return  # the engine has gone
+            header, payload = frame
+            del frame
+            kind = header.get("type")
+            if kind == "RUN":
+                reply, data = self.run(header, payload)
+                del payload
+                self.channel.send(reply, data)
+                del data
+            elif kind == "SHUTDOWN":
+                self.shutdown()
+                return
+            else:
+                self.channel.send({"type": "ERROR", "kind": "protocol",
+                                   "message": "unknown message %r" % (kind,)})
+
+
+def flush_std():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def watch_parent(parent_pid):
+    """Ends this worker (and its process group) if the engine dies while run() is busy."""
+    import signal
+
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent_pid:
+            try:
+                os.killpg(os.getpgid(0), signal.SIGKILL)
+            finally:
+                os._exit(70)
+
+
+def setup_sys_path(config):
+    bootstrap_dir = os.path.dirname(os.path.abspath(__file__))
+    script_dir = os.path.dirname(os.path.abspath(config["entry_script"]))
+    # The bootstrap's folder was put first by Python; it goes after the user's folders, so
+    # the user's own modules win, and our helper packages are still found.
+    front = []
+    for d in (config.get("source_directory"), script_dir, bootstrap_dir):
+        if d and d not in front:
+            front.append(d)
+    rest = [p for p in sys.path if p not in front and os.path.abspath(p or ".") != bootstrap_dir]
+    sys.path[:] = front + rest
+
+
+def setup_logging(level):
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def main():
+    config = json.loads(os.environ[CONFIG_ENV])
+    read_fd, write_fd = config.get("fds", [3, 4])
+    channel = Channel(read_fd, write_fd)
+    os.set_inheritable(read_fd, False)
+    os.set_inheritable(write_fd, False)
+    faulthandler.enable()
+    # The entry script sees its own path as argv[0] and the system's then the user's arguments.
+    sys.argv = [config["entry_script"]] + sys.argv[1:]
+    setup_sys_path(config)
+    setup_logging(config.get("logging_level") or "INFO")
+    parent = config.get("parent_pid")
+    if parent:
+        threading.Thread(target=watch_parent, args=(parent,), name="parallel-run-watchdog",
+                         daemon=True).start()
+    worker = Worker(config, channel)
+    if not worker.start():
+        logging.shutdown()
+        os._exit(1)
+    worker.serve()
+    flush_std()
+    logging.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+//! The Rust library API: the job builder and the DataFrame extension.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::prelude::{col, SessionContext};
+use parallel_run::config::{OutputAction, ParallelRunConfig};
+use parallel_run::worker::rust::{RunOutput, ScriptError, WorkerInfo};
+use parallel_run::worker::{EntryScript, MiniBatchContext};
+use parallel_run::{ParallelRun, ParallelRunDataFrameExt};
+
+use crate::common::*;
+
+/// Doubles f0; counts its init() calls.
+struct Double {
+    factor: f64,
+}
+
+impl EntryScript for Double {
+    fn init(&mut self, _worker: &WorkerInfo) -> Result<(), ScriptError> {
+        self.factor = 2.0;
+        Ok(())
+    }
+
+    fn run(
+        &mut self,
+        batch: &RecordBatch,
+        _ctx: &MiniBatchContext,
+    ) -> Result<RunOutput, ScriptError> {
+        let f0 = batch
+            .column_by_name("f0")
+            .ok_or("no f0")?
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        let doubled: Float64Array = f0.iter().map(|v| v.map(|v| v * self.factor)).collect();
+        let schema = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("doubled", DataType::Float64, true),
+        ]);
+        Ok(RunOutput::Rows(RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                batch.column_by_name("id").ok_or("no id")?.clone(),
+                Arc::new(doubled),
+            ],
+        )?))
+    }
+}
+
+fn config() -> ParallelRunConfig {
+    let mut c = ParallelRunConfig::new("double", 0, OutputAction::AppendRow);
+    c.process_count_per_node = Some(2);
+    c.mini_batch_size = Some(parallel_run::config::MiniBatchSize::parse("16KB").unwrap());
+    c
+}
+
+#[tokio::test]
+async fn builder_runs_a_job_over_a_dataframe() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 5_000, 1_000);
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(
+            d.path().join("in.parquet").to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let report = ParallelRun::new(config())
+        .input("rows", df)
+        .entry_script(|| Double { factor: 0.0 })
+        .output(d.path().join("out"))
+        .output_format(parallel_run::config::OutputFormat::Parquet)
+        .preserve_order(true)
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.items_succeeded, 5_000);
+    assert_eq!(report.output_rows, 5_000);
+    assert_eq!(
+        parquet_ids(report.output.as_ref().unwrap()),
+        (0..5_000).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn dataframe_extension_composes_with_datafusion() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 3_000, 500);
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(
+            d.path().join("in.parquet").to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("doubled", DataType::Float64, true),
+    ]));
+    let results = df
+        .parallel_run(&config(), schema, || Double { factor: 0.0 })
+        .unwrap();
+    let batches = results
+        .filter(col("id").lt(datafusion::prelude::lit(100i64)))
+        .unwrap()
+        .aggregate(
+            vec![],
+            vec![datafusion::functions_aggregate::expr_fn::sum(col("doubled")).alias("total")],
+        )
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let total = batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Float64Type>()
+        .value(0);
+    // sum(2 * 0.5 * id) for id < 100
+    assert_eq!(total, (0..100).map(|i| i as f64).sum::<f64>());
+    assert_eq!(batches[0].column(0).len(), 1);
+}

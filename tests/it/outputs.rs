@@ -1,0 +1,166 @@
+//! The three output formats, summary_only, file names and order.
+
+use crate::common::*;
+
+fn job(dir: &std::path::Path, config: &str, rest: &str) -> std::path::PathBuf {
+    write_parquet(&dir.join("in.parquet"), 0, 2_000, 300);
+    write_job(
+        dir,
+        &format!("entry_script: rust:echo\nerror_threshold: 0\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 8KB\n{config}"),
+        &format!("inputs:\n  - {{name: rows, path: in.parquet, format: parquet}}\noutput: out\n{rest}"),
+    )
+}
+
+#[test]
+fn txt_is_prs_format() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(&job(d.path(), "output_action: append_row", ""), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = lines(&d.path().join("out/parallel_run_step.txt"));
+    assert_eq!(lines.len(), 2_000);
+    let row7 = lines.iter().find(|l| l.starts_with("7 ")).unwrap();
+    // Space-separated, no header, text with spaces quoted like pandas' to_csv(sep=" ").
+    assert_eq!(row7, "7 k0 3.5 \"row number 7 with some text\"");
+}
+
+#[test]
+fn txt_list_results_are_one_line_each() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(
+        &job(
+            d.path(),
+            "output_action: append_row",
+            "arguments: [--as-list]\n",
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut ids: Vec<i64> = lines(&d.path().join("out/parallel_run_step.txt"))
+        .iter()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..2000).collect::<Vec<_>>());
+}
+
+#[test]
+fn csv_has_a_header_and_parquet_is_typed_and_ordered() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(
+        &job(
+            d.path(),
+            "output_action: append_row",
+            "output_format: csv\n",
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = lines(&d.path().join("out/parallel_run_step.csv"));
+    assert_eq!(lines[0], "id,key,f0,text");
+    assert_eq!(lines.len(), 2_001);
+
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(
+        &job(
+            d.path(),
+            "output_action: append_row",
+            "output_format: parquet\npreserve_order: true\n",
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let path = d.path().join("out/parallel_run_step.parquet");
+    assert_eq!(
+        parquet_ids(&path),
+        (0..2000).collect::<Vec<_>>(),
+        "preserve_order writes mini-batch order"
+    );
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+        std::fs::File::open(&path).unwrap(),
+    )
+    .unwrap();
+    let schema = reader.schema().clone();
+    assert_eq!(
+        schema.field_with_name("f0").unwrap().data_type(),
+        &arrow::datatypes::DataType::Float64
+    );
+}
+
+#[test]
+fn append_row_file_name_is_used() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(
+        &job(
+            d.path(),
+            "output_action: append_row\nappend_row_file_name: scores.txt",
+            "",
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lines(&d.path().join("out/scores.txt")).len(), 2_000);
+    assert!(
+        !d.path().join("out/.parallel_run/staging").exists(),
+        "staging is removed after commit"
+    );
+}
+
+#[test]
+fn summary_only_writes_no_output_but_counts() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(
+        &job(
+            d.path(),
+            "output_action: summary_only",
+            "arguments: [--drop-ids, '3']\n",
+        ),
+        &[],
+    );
+    // error_threshold 0 with one dropped row: exceeded.
+    assert_eq!(run.code, 42, "{run:?}");
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(&job(d.path(), "output_action: SUMMARY_ONLY", ""), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!d.path().join("out/parallel_run_step.txt").exists());
+    let s = summary(&d.path().join("out"));
+    assert_eq!(s["items_succeeded"], 2000);
+    assert_eq!(s["status"], "succeeded");
+    assert!(s["output"].is_null());
+}
+
+#[test]
+fn report_files_follow_prs() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_job(&job(d.path(), "output_action: append_row", ""), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = d.path().join("out");
+    let s = summary(&out);
+    for key in [
+        "status",
+        "reason",
+        "mini_batches_total",
+        "mini_batches_succeeded",
+        "mini_batches_failed",
+        "items_total",
+        "items_succeeded",
+        "items_failed",
+        "tries",
+        "elapsed_seconds",
+        "output",
+    ] {
+        assert!(s.get(key).is_some(), "job_summary.json lacks {key}: {s}");
+    }
+    let result = std::fs::read_to_string(out.join("logs/job_result.txt")).unwrap();
+    let total = s["mini_batches_total"].as_u64().unwrap();
+    assert!(
+        result.contains(&format!("There are {total} mini batches with 2000 items. Processed {total} mini batches containing 2000 items, 2000 succeeded, 0 failed. The error threshold is 0.")),
+        "{result}"
+    );
+    let progress = std::fs::read_to_string(out.join("logs/job_progress_overview.txt")).unwrap();
+    assert!(
+        progress.starts_with(&format!("Processed {total} of {total} mini batches in ")),
+        "{progress}"
+    );
+    assert_eq!(processed(&out).len() as u64, total);
+    assert!(run.stdout.contains("There are"), "{run:?}");
+}
