@@ -1,4 +1,50 @@
 //! parallel-run: ParallelRunStep-style batch jobs on Apache Arrow and DataFusion.
+//!
+//! A job runs an entry script (`init()`, `run(mini_batch)`, `shutdown()`) over mini-batches of
+//! its inputs on `node_count x process_count_per_node` workers, with retries, timeouts, error
+//! budgets, exactly-once output and PRS's report files.
+//!
+//! A tour, following the data:
+//! - [`config`]: the PRS parameters ([`config::ParallelRunConfig`]) and YAML job files;
+//! - [`input`]: inputs as DataFusion tables, file datasets as listings;
+//! - [`batch`]: mini-batches, their stable ids and lineage, and how they are cut;
+//! - [`exec`]: the operator [`exec::ParallelRunExec`], its logical node and planner;
+//! - [`worker`]: the worker interface, in-process Rust scripts, Python worker processes;
+//! - [`output`] and [`report`]: exactly-once output and the report files;
+//! - [`job`], [`api`] and [`cli`]: ways in.
+//!
+//! Running a Rust entry script over a DataFrame and getting the results as a DataFrame:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arrow::array::{Int64Array, RecordBatch};
+//! use arrow::datatypes::{DataType, Field, Schema};
+//! use parallel_run::config::{OutputAction, ParallelRunConfig};
+//! use parallel_run::worker::rust::{RunOutput, ScriptError};
+//! use parallel_run::worker::{EntryScript, MiniBatchContext};
+//! use parallel_run::ParallelRunDataFrameExt;
+//!
+//! /// Returns each row's id times ten.
+//! struct TimesTen;
+//! impl EntryScript for TimesTen {
+//!     fn run(&mut self, batch: &RecordBatch, _: &MiniBatchContext) -> Result<RunOutput, ScriptError> {
+//!         let ids = batch.column(0).as_any().downcast_ref::<Int64Array>().ok_or("id")?;
+//!         let out: Int64Array = ids.iter().map(|v| v.map(|v| v * 10)).collect();
+//!         Ok(RunOutput::List(Arc::new(out)))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let ctx = datafusion::prelude::SessionContext::new();
+//! let df = ctx.sql("SELECT * FROM (VALUES (1), (2), (3)) AS t(id)").await?;
+//! let schema = Arc::new(Schema::new(vec![Field::new("result", DataType::Int64, true)]));
+//! let config = ParallelRunConfig::new("rust:times_ten", 0, OutputAction::AppendRow);
+//! let results = df.parallel_run(&config, schema, || TimesTen)?.collect().await?;
+//! let total: usize = results.iter().map(|b| b.num_rows()).sum();
+//! assert_eq!(total, 3);
+//! # Ok(()) }
+//! ```
 
 #![warn(missing_docs)]
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, RecordBatch};
+use arrow::array::{make_array, Array, ArrayData, MutableArrayData, RecordBatch};
 use arrow::compute::concat_batches;
 use arrow::datatypes::{DataType, SchemaRef};
 
@@ -60,6 +60,56 @@ fn null_bytes(len: usize, has_nulls: bool) -> usize {
     } else {
         0
     }
+}
+
+/// Concatenates `pieces` into one batch that owns exactly their rows (always a copy, also for a
+/// single piece, which `concat_batches` would return as is, parent buffers and all).
+fn compact_concat(schema: &SchemaRef, pieces: &[RecordBatch]) -> Result<RecordBatch> {
+    let rows: usize = pieces.iter().map(|p| p.num_rows()).sum();
+    if pieces.len() > 1 {
+        return Ok(gc_views(concat_batches(schema, pieces)?));
+    }
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for i in 0..schema.fields().len() {
+        let datas: Vec<ArrayData> = pieces.iter().map(|p| p.column(i).to_data()).collect();
+        let refs: Vec<&ArrayData> = datas.iter().collect();
+        let mut copy = MutableArrayData::new(refs, false, rows);
+        for (n, d) in datas.iter().enumerate() {
+            copy.try_extend(n, 0, d.len())?;
+        }
+        columns.push(make_array(copy.freeze()));
+    }
+    let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
+    Ok(gc_views(RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &options,
+    )?))
+}
+
+/// View arrays keep referencing their source's data buffers after a copy: compact them.
+fn gc_views(batch: RecordBatch) -> RecordBatch {
+    use arrow::array::AsArray;
+    if !batch
+        .schema_ref()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::Utf8View | DataType::BinaryView))
+    {
+        return batch;
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| -> arrow::array::ArrayRef {
+            match c.data_type() {
+                DataType::Utf8View => Arc::new(c.as_string_view().gc()),
+                DataType::BinaryView => Arc::new(c.as_binary_view().gc()),
+                _ => c.clone(),
+            }
+        })
+        .collect();
+    RecordBatch::try_new(batch.schema(), columns).unwrap_or(batch)
 }
 
 /// Cuts a stream of record batches into contiguous mini-batches of about `target_bytes` each.
@@ -134,7 +184,7 @@ impl ByteChunker {
     fn emit(&mut self) -> Result<MiniBatch> {
         // concat copies exactly the pending rows: the mini-batch never drags the parent
         // buffers of a sliced batch along (which would make IPC send them all).
-        let data = concat_batches(&self.schema, &self.pending)?;
+        let data = compact_concat(&self.schema, &self.pending)?;
         let end = self.start_row + self.pending_rows;
         let mb = MiniBatch {
             id: MiniBatchId {
@@ -219,5 +269,137 @@ impl RowCountChunker {
             mb.kind = ItemKind::Files;
             mb
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn batch(start: i64, n: usize) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("text", DataType::Utf8, false),
+        ]));
+        let ids: Vec<i64> = (start..start + n as i64).collect();
+        RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(ids.clone())),
+                Arc::new(StringArray::from_iter_values(
+                    ids.iter().map(|i| format!("text of row {i:08}")),
+                )),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn cut(batches: Vec<RecordBatch>, target: u64) -> Vec<MiniBatch> {
+        let mut c = ByteChunker::new(0, Arc::from("t"), batches[0].schema(), target);
+        let mut out = Vec::new();
+        for b in batches {
+            out.extend(c.push(b).unwrap());
+        }
+        out.extend(c.finish().unwrap());
+        out
+    }
+
+    #[test]
+    fn slices_count_only_their_rows() {
+        let b = batch(0, 10_000);
+        let whole = slice_memory_size(&b);
+        let tenth = slice_memory_size(&b.slice(0, 1_000));
+        assert!(
+            tenth * 9 < whole && tenth * 11 > whole,
+            "tenth={tenth} whole={whole}"
+        );
+        assert!(tenth < b.slice(0, 1_000).get_array_memory_size() / 5);
+    }
+
+    #[test]
+    fn mini_batches_are_about_the_target_size() {
+        let target = 16 * 1024;
+        let mbs = cut(vec![batch(0, 50_000)], target);
+        assert!(mbs.len() > 50);
+        for mb in &mbs[..mbs.len() - 1] {
+            let size = mb.memory_size() as f64;
+            assert!(
+                size >= target as f64 * 0.9 && size <= target as f64 * 1.1,
+                "size {size}"
+            );
+        }
+        assert!(
+            mbs.iter().all(|m| m.items() > 0),
+            "never an empty mini-batch"
+        );
+    }
+
+    #[test]
+    fn rows_are_contiguous_and_complete_across_batch_boundaries() {
+        let batches: Vec<_> = (0..7).map(|i| batch(i * 333, 333)).collect();
+        let mbs = cut(batches, 4096);
+        let mut next = 0u64;
+        for (seq, mb) in mbs.iter().enumerate() {
+            assert_eq!(
+                mb.id,
+                MiniBatchId {
+                    input: 0,
+                    seq: seq as u64
+                }
+            );
+            assert_eq!(mb.lineage.rows.start, next);
+            let ids = mb
+                .data
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            assert_eq!(ids.value(0) as u64, next);
+            next = mb.lineage.rows.end;
+            assert_eq!(mb.items(), mb.lineage.rows.end - mb.lineage.rows.start);
+        }
+        assert_eq!(next, 7 * 333);
+    }
+
+    #[test]
+    fn a_row_bigger_than_the_target_is_its_own_mini_batch() {
+        let mbs = cut(vec![batch(0, 5)], 1);
+        assert_eq!(mbs.len(), 5);
+    }
+
+    #[test]
+    fn mini_batches_do_not_keep_parent_buffers() {
+        let mbs = cut(vec![batch(0, 100_000)], 8 * 1024);
+        let mb = &mbs[3];
+        // Compacted: the batch's buffers hold about its own rows, not the 100k-row parent.
+        assert!(
+            mb.data.get_array_memory_size() < 4 * mb.memory_size(),
+            "{} vs {}",
+            mb.data.get_array_memory_size(),
+            mb.memory_size()
+        );
+    }
+
+    #[test]
+    fn file_chunker_counts_files() {
+        let schema = batch(0, 1).schema();
+        let mut c = FileChunker::new(1, Arc::from("f"), schema, 10);
+        let mut out = c.push(batch(0, 25)).unwrap();
+        out.extend(c.finish().unwrap());
+        let sizes: Vec<u64> = out.iter().map(|m| m.items()).collect();
+        assert_eq!(sizes, [10, 10, 5]);
+        assert!(out
+            .iter()
+            .all(|m| m.kind == ItemKind::Files && m.id.input == 1));
+    }
+
+    #[test]
+    fn ids_round_trip_through_text() {
+        let id = MiniBatchId { input: 2, seq: 17 };
+        assert_eq!(id.to_string(), "2-17");
+        assert_eq!("2-17".parse::<MiniBatchId>().unwrap(), id);
+        assert!("17".parse::<MiniBatchId>().is_err());
     }
 }

@@ -47,7 +47,13 @@ pub fn job_session() -> SessionContext {
         .with_target_partitions(1)
         .with_repartition_file_scans(false)
         .with_round_robin_repartition(false)
-        .with_batch_size(8192);
+        .with_batch_size(8192)
+        // Plain Utf8 strings: what pandas and every writer handle best, and no view buffers
+        // shared between mini-batches.
+        .set_bool(
+            "datafusion.execution.parquet.schema_force_view_types",
+            false,
+        );
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()

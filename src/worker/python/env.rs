@@ -86,11 +86,8 @@ pub(crate) fn base_interpreter(python: Option<&str>) -> Result<Interpreter> {
             name,
             if name.contains('/') {
                 "no such interpreter; set environment.python in the job file to the path of a Python 3 interpreter (e.g. /usr/bin/python3 or a virtual environment's bin/python)"
-                    .to_string()
             } else {
-                format!(
-                    "not found on PATH; install Python 3, or set environment.python in the job file to an interpreter's path (e.g. /usr/bin/python3 or a virtual environment's bin/python)"
-                )
+                "not found on PATH; install Python 3, or set environment.python in the job file to an interpreter's path (e.g. /usr/bin/python3 or a virtual environment's bin/python)"
             },
         )
     })?;

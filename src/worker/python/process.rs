@@ -69,7 +69,21 @@ pub(crate) fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let ends = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // Larger pipes cut the wake-ups per mini-batch (a 1 MiB round trip: ~0.95 ms with the
+    // default 64 KiB, ~0.7 ms with 1 MiB). Unprivileged users share a budget of pipe memory
+    // (fs/pipe-user-pages-soft, 64 MiB), so they get less. Best effort: errors are ignored.
+    // SAFETY: geteuid has no preconditions.
+    let size: libc::c_int = if unsafe { libc::geteuid() } == 0 {
+        1 << 20
+    } else {
+        256 << 10
+    };
+    // SAFETY: fcntl on a descriptor we own.
+    unsafe {
+        libc::fcntl(ends.0.as_raw_fd(), libc::F_SETPIPE_SZ, size);
+    }
+    Ok(ends)
 }
 
 /// Installs the child's protocol pipes as fds 3 (read) and 4 (write) between fork and exec.

@@ -473,6 +473,16 @@ async fn init_failures_carry_the_traceback_or_the_fix() {
         init(&factories[1]),
         init(&factories[2])
     );
+    let mut strict = Job::new(
+        "import argparse\n\ndef init():\n    argparse.ArgumentParser().parse_args()\n\ndef run(mb):\n    return []\n",
+    );
+    strict.spec.env.arguments = vec!["--unknown".into()];
+    let d = init(&strict.factory()).await;
+    assert!(
+        d.contains("init() failed: SystemExit: 2")
+            && d.contains("unrecognized arguments: --unknown"),
+        "{d}"
+    );
     assert!(
         a.starts_with("worker process000: init() failed: RuntimeError: no model here"),
         "{a}"
@@ -623,7 +633,16 @@ def run(mini_batch, mini_batch_context):
 
 #[tokio::test]
 async fn file_datasets_get_a_list_of_paths() {
-    let job = Job::new("def run(mini_batch):\n    return ['%s %s' % (type(mini_batch).__name__, p) for p in mini_batch]\n");
+    let job = Job::new(
+        r#"
+import os, subprocess
+with open("pids.txt", "w") as f:
+    f.write("%d %d" % (os.getpid(), subprocess.Popen(["sleep", "30"]).pid))
+
+def run(mini_batch):
+    return ["%s %s" % (type(mini_batch).__name__, p) for p in mini_batch]
+"#,
+    );
     let factory = job.factory();
     let mut w = ready(&factory, 0).await;
     let r = run_ok(&mut w, &files(&["/data/a.txt", "/data/b c.txt"])).await;
@@ -631,6 +650,15 @@ async fn file_datasets_get_a_list_of_paths() {
         (r.returned, lines(&r)),
         (2, "list /data/a.txt\nlist /data/b c.txt\n".to_string())
     );
+    // Dropping a worker kills its process group.
+    drop(w);
+    let pids = std::fs::read_to_string(job.spec.env.work_dir.join("process000/pids.txt")).unwrap();
+    for pid in pids.split_whitespace() {
+        assert!(
+            wait_gone(pid.parse().unwrap()).await,
+            "process {pid} survived the drop"
+        );
+    }
 }
 
 #[tokio::test]

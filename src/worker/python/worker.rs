@@ -100,7 +100,10 @@ impl PythonWorker {
                     detail: "the worker process is gone".into(),
                 });
             };
+            // Reading first: a worker that sends a frame and exits (INIT_ERROR) has written
+            // all of it before its exit can be seen, so the frame is never lost to the race.
             tokio::select! {
+                biased;
                 frame = protocol::read_frame(&mut self.from_child) => Ok(frame),
                 status = child.wait() => Err(status),
             }
@@ -219,9 +222,21 @@ impl PythonWorker {
                 None => format!("init() failed: {message}"),
             },
         };
+        let mut text = text.trim_end().to_string();
+        if message.starts_with("SystemExit") {
+            // The script exited by itself (argparse does on bad arguments): what it printed
+            // says why.
+            let tail = log_tail(&self.logs.stderr, self.stderr_start, STDERR_TAIL_BYTES);
+            if !tail.is_empty() {
+                text.push_str(&format!(
+                    "\nthe worker's stderr ({}) ends with:\n{tail}",
+                    self.logs.stderr.display()
+                ));
+            }
+        }
         PrsError::Worker {
             worker: self.agent(),
-            message: text.trim_end().to_string(),
+            message: text,
         }
     }
 

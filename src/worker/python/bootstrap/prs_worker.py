@@ -212,7 +212,8 @@ def convert(result, kind, txt):
                 text = result.to_csv(sep=" ", header=False, index=False, line_terminator="\n")
             return lines_table(text)
         try:
-            table = pa.Table.from_pandas(result, preserve_index=False)
+            # One thread: the workers are the parallelism (and threads cost more here).
+            table = pa.Table.from_pandas(result, preserve_index=False, nthreads=1)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
             raise BadResult("run() returned a DataFrame that cannot be converted to Arrow: %s" % one_line(e))
         return with_shape(table, "table")
@@ -353,7 +354,8 @@ class Worker:
         if header.get("kind") == "files":
             return table.column("path").to_pylist()
         if self.pandas_format:
-            return table.to_pandas()
+            # One block per column: about half the cost of consolidating them.
+            return table.to_pandas(split_blocks=True)
         return table
 
     def run(self, header, payload):
