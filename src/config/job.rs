@@ -696,13 +696,21 @@ fn is_url(location: &str) -> bool {
     }
 }
 
-/// `path` resolved against `base_dir` when relative, without `.` components.
+/// `path` resolved against `base_dir` when relative, without `.` components and with `..`
+/// folded into the folder before it (lexically, so `data/sample/../../out` becomes `out`).
 fn resolve(base_dir: &Path, path: &str) -> PathBuf {
     let joined = base_dir.join(path);
-    let normal: PathBuf = joined
-        .components()
-        .filter(|c| *c != Component::CurDir)
-        .collect();
+    let mut parts: Vec<Component> = Vec::new();
+    for c in joined.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
+                parts.pop();
+            }
+            other => parts.push(other),
+        }
+    }
+    let normal: PathBuf = parts.into_iter().collect();
     if normal.as_os_str().is_empty() {
         PathBuf::from(".")
     } else {

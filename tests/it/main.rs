@@ -7,3 +7,4 @@ mod batching;
 mod cli;
 mod faults;
 mod outputs;
+mod python;

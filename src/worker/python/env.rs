@@ -385,17 +385,25 @@ w.close()
             std::fs::metadata(&marker).unwrap().modified().unwrap(),
             before
         );
-        // A failing install says what pip said.
-        let err = cached_venv(
-            &base,
-            &["/nowhere/none-0.1-py3-none-any.whl".into()],
-            &cache,
-        )
-        .unwrap_err()
-        .to_string();
+    }
+
+    /// A failing install names the package and quotes pip (builds a second environment, so
+    /// it is slow: `cargo test --lib worker::python::env -- --ignored`).
+    #[test]
+    #[ignore]
+    fn a_failing_pip_install_quotes_pip() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_interpreter(Some(&test_python().to_string_lossy())).unwrap();
+        let pip = vec!["/nowhere/none-0.1-py3-none-any.whl".to_string()];
+        let err = cached_venv(&base, &pip, dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("pip install failed") && err.contains("none-0.1"),
             "{err}"
         );
+        // Nothing half-built is left to be reused.
+        let key = venv_key(&base, &pip);
+        assert!(!dir.path().join("venvs").join(key).exists());
     }
 }
