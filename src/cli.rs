@@ -11,7 +11,6 @@ use crate::config::{JobSpec, LoadedJob, LoggingLevel};
 use crate::error::Result;
 use crate::input::{job_session, register_inputs};
 use crate::job::{factory_for, run_job_spec, JobOptions, Progress};
-use crate::worker::python::MiniBatchFormat;
 use crate::worker::ScriptRegistry;
 
 /// Exit code of a job that ran and failed.
@@ -129,7 +128,7 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
                 output_format: spec.output_format,
                 arguments: spec.arguments.clone(),
                 preserve_order: spec.preserve_order,
-                mini_batch_format: MiniBatchFormat::default(),
+                mini_batch_format: spec.mini_batch_format,
                 progress: Progress::Quiet,
             };
             let factory = factory_for(&spec.config, &options, &registry)?;

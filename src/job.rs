@@ -72,7 +72,7 @@ pub async fn run_job_spec(
         output_format: spec.output_format,
         arguments: spec.arguments.clone(),
         preserve_order: spec.preserve_order,
-        mini_batch_format: MiniBatchFormat::default(),
+        mini_batch_format: spec.mini_batch_format,
         progress,
     };
     let ctx = job_session();

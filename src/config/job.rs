@@ -78,6 +78,48 @@ pub struct JobSpec {
     pub arguments: Vec<String>,
     /// Write output in mini-batch order instead of completion order.
     pub preserve_order: bool,
+    /// What a Python run() receives for tabular mini-batches.
+    pub mini_batch_format: MiniBatchFormat,
+}
+
+/// What a Python `run()` receives for tabular mini-batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum MiniBatchFormat {
+    /// A pandas DataFrame (PRS's behaviour); pandas must be installed.
+    #[default]
+    Pandas,
+    /// A `pyarrow.Table` (no conversion; pandas not needed).
+    PyArrow,
+}
+
+const MINI_BATCH_FORMAT_RULE: &str =
+    "must be pandas (a DataFrame, the default) or pyarrow (a pyarrow.Table)";
+
+impl MiniBatchFormat {
+    /// The name used in job files and on the wire: `pandas` or `pyarrow`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MiniBatchFormat::Pandas => "pandas",
+            MiniBatchFormat::PyArrow => "pyarrow",
+        }
+    }
+}
+
+impl std::str::FromStr for MiniBatchFormat {
+    type Err = PrsError;
+
+    /// Parses `pandas` or `pyarrow`, case-insensitively.
+    fn from_str(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "pandas" => Ok(MiniBatchFormat::Pandas),
+            "pyarrow" | "arrow" => Ok(MiniBatchFormat::PyArrow),
+            _ => Err(PrsError::config(
+                "mini_batch_format",
+                text,
+                MINI_BATCH_FORMAT_RULE,
+            )),
+        }
+    }
 }
 
 /// A job file after loading: the spec plus the warnings worth showing the user
@@ -101,10 +143,16 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "output_format",
     "arguments",
     "preserve_order",
+    "mini_batch_format",
 ];
 
 /// Top-level keys that `--set` may override (the rest of `--set` goes to `parallel_run_config`).
-const JOB_OVERRIDE_KEYS: &[&str] = &["output", "output_format", "preserve_order"];
+const JOB_OVERRIDE_KEYS: &[&str] = &[
+    "output",
+    "output_format",
+    "preserve_order",
+    "mini_batch_format",
+];
 
 /// Keys allowed in `parallel_run_config`: Azure's, ours, and the v2 names (the last four).
 const CONFIG_KEYS: &[&str] = &[
@@ -272,6 +320,10 @@ impl JobSpec {
         let arguments = self.arguments.iter().cloned().map(Value::String).collect();
         root.insert("arguments".into(), Value::Sequence(arguments));
         root.insert("preserve_order".into(), self.preserve_order.into());
+        root.insert(
+            "mini_batch_format".into(),
+            self.mini_batch_format.as_str().into(),
+        );
         serde_yaml::to_string(&root).map_err(|e| PrsError::Output {
             path: "(job YAML)".into(),
             message: e.to_string(),
@@ -404,6 +456,10 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
         preserve_order: top
             .boolean("preserve_order", rule::BOOLEAN)?
             .unwrap_or(false),
+        mini_batch_format: match top.string("mini_batch_format", MINI_BATCH_FORMAT_RULE)? {
+            Some(text) => text.parse()?,
+            None => MiniBatchFormat::default(),
+        },
     })
 }
 
@@ -1127,7 +1183,7 @@ output: /tmp/out
         assert_eq!(
             paths,
             vec![
-                ("/jobs/demo/../shared/a.csv", InputFormat::Csv),
+                ("/jobs/shared/a.csv", InputFormat::Csv),
                 ("/abs/b.parquet", InputFormat::Parquet),
                 (
                     "abfss://fs@acct.dfs.core.windows.net/c/",

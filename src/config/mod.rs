@@ -10,7 +10,9 @@ mod params;
 mod size;
 mod yaml;
 
-pub use job::{InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, OutputFormat};
+pub use job::{
+    InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
+};
 pub use params::{
     ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
 };

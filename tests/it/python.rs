@@ -520,3 +520,67 @@ fn returning_none_is_an_error_that_names_the_type() {
         rows[0]
     );
 }
+
+#[test]
+fn pyarrow_mini_batch_format_hands_a_table() {
+    let script = r#"
+import pyarrow as pa
+def run(mini_batch):
+    assert isinstance(mini_batch, pa.Table), type(mini_batch)
+    return mini_batch.select(["id"])
+"#;
+    let d = tempfile::tempdir().unwrap();
+    let job = python_job(
+        d.path(),
+        script,
+        "error_threshold: 0\noutput_action: append_row",
+        "mini_batch_format: pyarrow\noutput_format: parquet\n",
+        1_000,
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut ids = parquet_ids(&out(d.path()).join("parallel_run_step.parquet"));
+    ids.sort();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_python_without_pyarrow_gets_an_error_that_says_how_to_fix_it() {
+    let d = tempfile::tempdir().unwrap();
+    let base = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys; print(getattr(sys, 'base_prefix', sys.prefix))",
+        ])
+        .output()
+        .unwrap();
+    let prefix = String::from_utf8_lossy(&base.stdout).trim().to_string();
+    let bare_python = ["bin/python3", "bin/python"]
+        .iter()
+        .map(|b| Path::new(&prefix).join(b))
+        .find(|p| p.exists())
+        .unwrap();
+    let venv = d.path().join("bare");
+    let made = std::process::Command::new(&bare_python)
+        .args(["-m", "venv", venv.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::write(d.path().join("entry.py"), ECHO_DF).unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 100, 100);
+    let job = write_job(
+        d.path(),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1", venv.join("bin/python").display()),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let reason = summary(&out(d.path()))["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("pip") && reason.contains("pyarrow"),
+        "{reason}"
+    );
+}

@@ -49,7 +49,7 @@
 //!
 //! Worker → engine:
 //! - `READY` `{pid, python}` once the script is imported and init() returned. The worker starts
-//!   importing and running init() as soon as it is spawned; [`Worker::init`](crate::worker::Worker::init) waits for this.
+//!   importing and running init() as soon as it is spawned; [`Worker::init`] waits for this.
 //! - `INIT_ERROR` `{stage: packages|import|init, message, traceback}`; the worker then exits.
 //!   `packages` means pyarrow (or pandas) is missing, and the message says how to install it.
 //! - `RESULT` `{returned, shape: table|list|lines}` + the result when `keep_results`: a DataFrame
@@ -69,7 +69,7 @@
 //!
 //! # Interpreters
 //! [`resolve_interpreter`] turns a job's `environment` into an interpreter path, building a
-//! cached virtual environment for a `pip` list (see [`env`]).
+//! cached virtual environment for a `pip` list (see [`mod@env`]).
 
 pub mod env;
 mod process;
@@ -119,25 +119,7 @@ const BOOTSTRAP_FILES: &[(&str, &str)] = &[
 /// Environment variable carrying the worker's settings (JSON) to the bootstrap.
 const CONFIG_ENV: &str = "PARALLEL_RUN_WORKER";
 
-/// What run() receives for tabular mini-batches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum MiniBatchFormat {
-    /// A pandas DataFrame (PRS's behaviour); pandas must be installed.
-    #[default]
-    Pandas,
-    /// A `pyarrow.Table` (no conversion; pandas not needed).
-    PyArrow,
-}
-
-impl MiniBatchFormat {
-    /// The name used in job files and on the wire: `pandas` or `pyarrow`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            MiniBatchFormat::Pandas => "pandas",
-            MiniBatchFormat::PyArrow => "pyarrow",
-        }
-    }
-}
+pub use crate::config::MiniBatchFormat;
 
 /// Everything needed to start Python workers for one job.
 #[derive(Debug, Clone)]

@@ -671,6 +671,9 @@ import pyarrow.compute as pc
 
 def run(mini_batch):
     assert isinstance(mini_batch, pa.Table), type(mini_batch)
+    if mini_batch["name"][0].as_py() == "reader":
+        # Any object with __arrow_c_stream__ (polars, DuckDB, a RecordBatchReader) works.
+        return pa.RecordBatchReader.from_batches(mini_batch.schema, mini_batch.to_batches())
     return mini_batch.append_column("double", pc.multiply(mini_batch["x"], 2))
 
 def shutdown():
@@ -690,6 +693,8 @@ def shutdown():
     let batch = result(&r);
     assert_eq!(ResultShape::of(batch), ResultShape::Table);
     assert_eq!(batch.num_columns(), 4);
+    let r = run_ok(&mut w, &named("reader")).await;
+    assert_eq!((r.returned, result(&r).num_columns()), (2, 3));
     w.shutdown().await.unwrap();
     assert_eq!(std::fs::read_to_string(&done).unwrap(), "shutdown called");
     // A stopped worker is not usable any more.

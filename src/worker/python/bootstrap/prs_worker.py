@@ -39,7 +39,10 @@ def clean(text):
 
 def one_line(exc):
     """'ValueError: bad id 7' on one line."""
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception:
+        text = "<unprintable>"
     name = type(exc).__name__
     message = "%s: %s" % (name, text) if text else name
     return clean(" ".join(message.splitlines()))
@@ -175,29 +178,40 @@ def list_table(values):
     return with_shape(pa.table({"result": array}), "list")
 
 
+def type_name(value):
+    t = type(value)
+    return t.__qualname__ if t.__module__ == "builtins" else "%s.%s" % (t.__module__, t.__qualname__)
+
+
 def classify(result):
-    """(kind, count) of a run() result; kind is 'frame', 'table', 'list'."""
+    """(kind, count, result) of a run() result; kind is 'frame', 'table' or 'list'."""
     pd = sys.modules.get("pandas")
     np = sys.modules.get("numpy")
     if pd is not None and isinstance(result, pd.DataFrame):
-        return "frame", len(result)
+        return "frame", len(result), result
     if isinstance(result, pa.Table):
-        return "table", result.num_rows
+        return "table", result.num_rows, result
     if isinstance(result, pa.RecordBatch):
-        return "table", result.num_rows
+        return "table", result.num_rows, pa.Table.from_batches([result])
     if isinstance(result, (list, tuple)):
-        return "list", len(result)
+        return "list", len(result), result
     if np is not None and isinstance(result, np.ndarray):
         if result.ndim == 0:
-            raise BadResult("run() returned a 0-dimensional numpy array; return a list, an array or a DataFrame")
-        return "list", len(result)
+            raise BadResult(
+                "run() returned a 0-dimensional numpy array; return a list, an array or a DataFrame"
+            )
+        return "list", len(result), result
     if pd is not None and isinstance(result, pd.Series):
-        return "list", len(result)
+        return "list", len(result), result
     if isinstance(result, (pa.Array, pa.ChunkedArray)):
-        return "list", len(result)
+        return "list", len(result), result
+    if hasattr(result, "__arrow_c_stream__"):
+        # Any Arrow-native table (polars, DuckDB, ...) through the Arrow PyCapsule interface.
+        table = pa.table(result)
+        return "table", table.num_rows, table
     raise BadResult(
         "run() returned %s; return a pandas DataFrame, a list, a tuple, a numpy array or a "
-        "pyarrow Table (one element or row per succeeded item)" % type(result).__name__
+        "pyarrow Table (one element or row per succeeded item)" % type_name(result)
     )
 
 
@@ -218,8 +232,7 @@ def convert(result, kind, txt):
             raise BadResult("run() returned a DataFrame that cannot be converted to Arrow: %s" % one_line(e))
         return with_shape(table, "table")
     if kind == "table":
-        table = result if isinstance(result, pa.Table) else pa.Table.from_batches([result])
-        return with_shape(table, "table")
+        return with_shape(result, "table")
     if txt:
         if isinstance(result, (pa.Array, pa.ChunkedArray)):
             result = result.to_pylist()
@@ -382,7 +395,7 @@ class Worker:
             flush_std()
         del mini_batch
         try:
-            kind, count = classify(result)
+            kind, count, result = classify(result)
             if not header.get("keep_results", True):
                 return {"type": "RESULT", "returned": count}, None
             table = convert(result, kind, header.get("output_format") == "txt")
@@ -395,7 +408,7 @@ class Worker:
             sys.stderr.write("mini batch %s: converting run()'s result failed:\n%s" % (mb_id, tb))
             return {"type": "ERROR", "kind": "bad_result",
                     "message": "run() returned a %s that cannot be converted: %s"
-                    % (type(result).__name__, one_line(e)),
+                    % (type_name(result), one_line(e)),
                     "traceback": clean(tb)}, None
         shape = table.schema.metadata[RESULT_SHAPE_KEY.encode()].decode()
         return {"type": "RESULT", "returned": count, "shape": shape}, to_ipc(table)
@@ -498,7 +511,10 @@ def main():
     if not worker.start():
         logging.shutdown()
         os._exit(1)
-    worker.serve()
+    try:
+        worker.serve()
+    except BrokenPipeError:
+        pass  # the engine has gone
     flush_std()
     logging.shutdown()
 
