@@ -1,16 +1,18 @@
-//! The command line: `parallel-run run | validate | show-config JOB.yaml`.
+//! The command line: `parallel-run run | validate | show-config JOB.yaml` and
+//! `parallel-run sql JOB.sql` ([`crate::sql::runner`]).
 //!
 //! Exit codes: 0 success, 42 the job ran and failed (PRS's code), 2 usage or configuration
 //! error.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
 use crate::config::{JobSpec, LoadedJob, LoggingLevel};
 use crate::error::Result;
-use crate::input::{job_session, register_inputs};
+use crate::input::{job_session, register_inputs_with};
 use crate::job::{factory_for, run_job_spec, JobOptions, Progress};
+use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
 
 /// Exit code of a job that ran and failed.
@@ -65,6 +67,9 @@ pub enum Command {
         #[command(flatten)]
         args: JobArgs,
     },
+    /// Run a file of SQL statements with parallel_run(...) (or -e "..."): CREATE EXTERNAL
+    /// TABLE for inputs, SET parallel_run.KEY for parameters, SELECT / COPY to run jobs.
+    Sql(crate::sql::runner::SqlArgs),
 }
 
 fn load(args: &JobArgs) -> Result<LoadedJob> {
@@ -117,14 +122,16 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
         Command::Validate { args } => {
             let loaded = load(&args)?;
             let spec = &loaded.spec;
-            let ctx = job_session();
-            let inputs = register_inputs(&ctx, &spec.inputs).await?;
             let output = spec
                 .output
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("parallel-run-validate"));
+            // Object storage: checks the output and every input (HEAD / first listing page).
+            let storage = StorageContext::prepare(spec, &output).await?;
+            let ctx = job_session();
+            let inputs = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
             let options = JobOptions {
-                output,
+                output: storage.local_output().map_or(output, Path::to_path_buf),
                 output_format: spec.output_format,
                 arguments: spec.arguments.clone(),
                 preserve_order: spec.preserve_order,
@@ -146,6 +153,7 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             );
             Ok(0)
         }
+        Command::Sql(args) => crate::sql::runner::run_cli(&args, registry).await,
         Command::ShowConfig { args } => {
             let loaded = load(&args)?;
             print!("{}", loaded.spec.to_yaml()?);

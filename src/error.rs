@@ -103,6 +103,20 @@ pub enum PrsError {
     /// An error from the object store.
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
+
+    /// An object-storage operation failed (after the store's retries): which store, which
+    /// object and which operation, with secrets masked.
+    #[error("{operation} {object} failed (store {store}): {message}")]
+    Storage {
+        /// The store, e.g. `s3://bucket` or `az://container`.
+        store: String,
+        /// The object or prefix (a full URL), empty when the store itself is concerned.
+        object: String,
+        /// The operation: `GET`, `LIST`, `HEAD`, `multipart upload (complete)`, `configure`...
+        operation: String,
+        /// What went wrong and what to do.
+        message: String,
+    },
 }
 
 impl PrsError {
@@ -209,6 +223,17 @@ impl PrsError {
                 field: field.clone(),
                 value: value.clone(),
                 reason: reason.clone(),
+            },
+            PrsError::Storage {
+                store,
+                object,
+                operation,
+                message,
+            } => PrsError::Storage {
+                store: store.clone(),
+                object: object.clone(),
+                operation: operation.clone(),
+                message: message.clone(),
             },
             other => PrsError::Output {
                 path: String::new(),

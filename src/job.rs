@@ -14,10 +14,11 @@ use futures::StreamExt;
 
 use crate::config::{JobSpec, OutputAction, OutputFormat, ParallelRunConfig};
 use crate::error::{PrsError, Result};
-use crate::exec::{InputInfo, JobState, OperatorSpec, ParallelRunExec, RunSettings};
-use crate::input::{job_session, register_inputs};
+use crate::exec::{InputInfo, JobObserver, JobState, OperatorSpec, ParallelRunExec, RunSettings};
+use crate::input::{job_session_with, register_inputs_with};
 use crate::output::AppendRowSink;
 use crate::report::{self, JobSummary, ReportWriter};
+use crate::storage::StorageContext;
 use crate::worker::python::{
     resolve_interpreter, MiniBatchFormat, PythonWorkerFactory, PythonWorkerSpec,
 };
@@ -67,6 +68,9 @@ pub async fn run_job_spec(
             "set `output:` in the job file or pass --output DIR",
         )
     })?;
+    // Object storage: an output URL gets a local mirror folder; stores are checked first.
+    let storage = StorageContext::prepare(spec, &output).await?;
+    let output = storage.local_output().map_or(output, Path::to_path_buf);
     let options = JobOptions {
         output,
         output_format: spec.output_format,
@@ -75,8 +79,8 @@ pub async fn run_job_spec(
         mini_batch_format: spec.mini_batch_format,
         progress,
     };
-    let ctx = job_session();
-    let prepared = register_inputs(&ctx, &spec.inputs).await?;
+    let ctx = job_session_with(spec.memory_limit.as_ref().map(|m| m.value));
+    let prepared = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
     let state = ctx.state();
     let mut inputs = Vec::with_capacity(prepared.len());
     for p in prepared {
@@ -84,7 +88,15 @@ pub async fn run_job_spec(
         inputs.push((plan, p.info));
     }
     let factory = factory_for(&spec.config, &options, registry)?;
-    execute(&spec.config, &options, inputs, factory, ctx.task_ctx()).await
+    execute_with_storage(
+        &spec.config,
+        &options,
+        inputs,
+        factory,
+        ctx.task_ctx(),
+        Some(&storage),
+    )
+    .await
 }
 
 /// The worker environment for a job.
@@ -158,7 +170,22 @@ pub fn factory_for(
     options: &JobOptions,
     registry: &ScriptRegistry,
 ) -> Result<WorkerFactoryRef> {
-    let env = worker_env(config, options);
+    factory_with_env(
+        config,
+        worker_env(config, options),
+        options.mini_batch_format,
+        registry,
+    )
+}
+
+/// [`factory_for`] with a worker environment of the caller's making (the SQL relation puts the
+/// workers' logs in its own report folder and asks for typed results).
+pub fn factory_with_env(
+    config: &ParallelRunConfig,
+    env: WorkerEnv,
+    mini_batch_format: MiniBatchFormat,
+    registry: &ScriptRegistry,
+) -> Result<WorkerFactoryRef> {
     if let Some(name) = config.entry_script.strip_prefix("rust:") {
         let constructor = registry.get(name).ok_or_else(|| PrsError::EntryScript {
             script: config.entry_script.clone(),
@@ -191,7 +218,7 @@ pub fn factory_for(
         entry_script: script,
         source_directory: config.source_directory.clone(),
         env,
-        mini_batch_format: options.mini_batch_format,
+        mini_batch_format,
     })?;
     Ok(Arc::new(factory))
 }
@@ -205,10 +232,27 @@ pub async fn execute(
     factory: WorkerFactoryRef,
     task_ctx: Arc<TaskContext>,
 ) -> Result<JobReport> {
+    execute_with_storage(config, options, inputs, factory, task_ctx, None).await
+}
+
+/// [`execute`] with the job's object storage: download caches are freed as mini-batches
+/// finish, and an output on object storage is uploaded when the job commits (the final file
+/// with a multipart upload, then the logs).
+pub async fn execute_with_storage(
+    config: &ParallelRunConfig,
+    options: &JobOptions,
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    factory: WorkerFactoryRef,
+    task_ctx: Arc<TaskContext>,
+    storage: Option<&Arc<StorageContext>>,
+) -> Result<JobReport> {
     config.validate()?;
     let has_files = inputs
         .iter()
         .any(|(_, info)| info.kind == crate::batch::ItemKind::Files);
+    for (plan, info) in &inputs {
+        crate::exec::keyed::check_keys(&info.name, &plan.schema(), &config.partition_keys)?;
+    }
     let settings = RunSettings::from_config(config, has_files)?;
     let log_dir = options.output.join("logs");
     let reports = Arc::new(ReportWriter::create(&log_dir)?);
@@ -219,7 +263,11 @@ pub async fn execute(
         output_schema: None,
         observer: reports.clone(),
     });
-    let state = JobState::new(settings.clone(), reports.clone());
+    let observer: Arc<dyn JobObserver> = match storage {
+        Some(storage) => storage.observer(reports.clone()),
+        None => reports.clone(),
+    };
+    let state = JobState::new(settings.clone(), observer);
     let exec = ParallelRunExec::new(inputs, spec, state.clone());
     let mut sink = match config.output_action {
         OutputAction::AppendRow => Some(AppendRowSink::create(
@@ -267,11 +315,42 @@ pub async fn execute(
     reports.write_progress(&counts, elapsed);
     finish_progress(options.progress, &counts, elapsed);
 
-    let mut summary = JobSummary::from_counts(&counts, config.error_threshold, elapsed);
-    summary.logs = log_dir.clone();
-    let mut failure = state
-        .abort_reason()
-        .or_else(|| fatal.map(|e| e.to_string()));
+    let mut summary = final_summary(config, &state, fatal.map(|e| e.to_string()), &log_dir);
+    if summary.succeeded() {
+        if let Some(sink) = sink {
+            let out = sink.finish(options.preserve_order)?;
+            summary.output = Some(out.path);
+            summary.output_rows = out.rows;
+        }
+        if let Some(storage) = storage {
+            storage.commit_output(&mut summary).await;
+        }
+    } else if let Some(sink) = sink {
+        summary.partial_output = Some(sink.staging_dir().to_path_buf());
+    }
+    report::write_final(&log_dir, &summary, &reports.failures())?;
+    if let Some(storage) = storage {
+        if let Some(warning) = storage.upload_logs(&summary).await {
+            tracing::warn!("{warning}");
+        }
+    }
+    Ok(summary)
+}
+
+/// The summary of a finished run, from its state: the counts, and the failure when there is one
+/// (the abort reason, else `fatal`, else PRS's rule that append_row needs at least one
+/// succeeded item). `log_dir` is recorded as the report's folder. Shared by [`execute`] and
+/// the SQL relation ([`crate::sql`]).
+pub fn final_summary(
+    config: &ParallelRunConfig,
+    state: &JobState,
+    fatal: Option<String>,
+    log_dir: &Path,
+) -> JobSummary {
+    let counts = state.counts();
+    let mut summary = JobSummary::from_counts(&counts, config.error_threshold, state.elapsed());
+    summary.logs = log_dir.to_path_buf();
+    let mut failure = state.abort_reason().or(fatal);
     if failure.is_none()
         && config.output_action == OutputAction::AppendRow
         && counts.items_total > 0
@@ -282,24 +361,11 @@ pub async fn execute(
                 .to_string(),
         );
     }
-    match failure {
-        Some(reason) => {
-            summary.status = "failed".into();
-            summary.reason = reason;
-            if let Some(sink) = sink {
-                summary.partial_output = Some(sink.staging_dir().to_path_buf());
-            }
-        }
-        None => {
-            if let Some(sink) = sink {
-                let out = sink.finish(options.preserve_order)?;
-                summary.output = Some(out.path);
-                summary.output_rows = out.rows;
-            }
-        }
+    if let Some(reason) = failure {
+        summary.status = "failed".into();
+        summary.reason = reason;
     }
-    report::write_final(&log_dir, &summary, &reports.failures())?;
-    Ok(summary)
+    summary
 }
 
 fn spawn_progress(
@@ -330,10 +396,10 @@ fn spawn_progress(
                     "{rate:.0} items/s, {} failed",
                     counts.mini_batches_failed
                 ));
-            } else if progress == Progress::Console && tick % 20 == 0 {
+            } else if progress == Progress::Console && tick.is_multiple_of(20) {
                 eprintln!("parallel-run: {}", report::progress_line(&counts, elapsed));
             }
-            if tick % 4 == 0 {
+            if tick.is_multiple_of(4) {
                 reports.write_progress(&counts, elapsed);
             }
         }

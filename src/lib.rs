@@ -11,7 +11,8 @@
 //! - [`exec`]: the operator [`exec::ParallelRunExec`], its logical node and planner;
 //! - [`worker`]: the worker interface, in-process Rust scripts, Python worker processes;
 //! - [`output`] and [`report`]: exactly-once output and the report files;
-//! - [`job`], [`api`] and [`cli`]: ways in.
+//! - [`storage`]: inputs and outputs on S3 and Azure Blob through object_store;
+//! - [`job`], [`api`], [`sql`] and [`cli`]: ways in.
 //!
 //! Running a Rust entry script over a DataFrame and getting the results as a DataFrame:
 //!
@@ -60,8 +61,10 @@ pub mod input;
 pub mod job;
 pub mod output;
 pub mod report;
+pub mod storage;
 
 pub use api::{ParallelRun, ParallelRunDataFrameExt};
 pub use job::{JobReport, Progress};
 pub mod cli;
 pub mod scripts;
+pub mod sql;

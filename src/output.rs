@@ -225,7 +225,7 @@ impl FinalWriter {
                     .clone();
                 let batch = conform(batch.clone(), &target, &id.to_string())?;
                 if writer.is_none() {
-                    let file = out.take().ok_or_else(|| closed())?;
+                    let file = out.take().ok_or_else(closed)?;
                     *writer = Some(
                         arrow::csv::WriterBuilder::new()
                             .with_header(true)

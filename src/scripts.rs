@@ -8,7 +8,9 @@
 //!   `--drop-ids 4,5` leave these rows out of the result (fewer returned rows = failed items);
 //!   `--sleep-ms N` sleep N ms in every run(); `--sleep-ids 9` ... only for these ids;
 //!   `--panic-ids 2` panic (like a crashed worker) for these ids;
-//!   `--init-fail` fail in init(); `--as-list` return the `id` column as a list.
+//!   `--init-fail` fail in init(); `--as-list` return the `id` column as a list;
+//!   `--read-files` (file datasets) return `file, size, content`: each local file's name,
+//!   the bytes read and its text.
 //! - `rust:score` scores the reference benchmark rows (`id`, `f0`..`f7`) like
 //!   `shared/bench/score_entry.py`: `score = 1 / (1 + exp(-(X @ W)))` with the same weights
 //!   (numpy's `default_rng(42).normal(size=8)`), returning `id, score`; init() sleeps 1 s.
@@ -43,6 +45,7 @@ pub struct EchoScript {
     sleep_ids: BTreeSet<i64>,
     panic_ids: BTreeSet<i64>,
     as_list: bool,
+    read_files: bool,
 }
 
 fn parse_ids(value: Option<&String>) -> Result<BTreeSet<i64>, ScriptError> {
@@ -82,6 +85,7 @@ impl EntryScript for EchoScript {
                 .unwrap_or(0),
         );
         self.as_list = args.iter().any(|a| a == "--as-list");
+        self.read_files = args.iter().any(|a| a == "--read-files");
         Ok(())
     }
 
@@ -106,6 +110,9 @@ impl EntryScript for EchoScript {
             .map(|id| Some(!id.is_some_and(|id| self.drop_ids.contains(&id))))
             .collect();
         let kept = filter_record_batch(batch, &keep)?;
+        if self.read_files {
+            return Ok(RunOutput::Rows(read_files(&kept)?));
+        }
         if self.as_list {
             let column = kept.column_by_name("id").cloned().ok_or("no id column")?;
             return Ok(RunOutput::List(column));
@@ -122,6 +129,36 @@ fn id_column(batch: &RecordBatch) -> Result<Int64Array, ScriptError> {
         // File datasets and tables without an id: use the row position.
         None => Ok(Int64Array::from_iter_values(0..batch.num_rows() as i64)),
     }
+}
+
+/// `file, size, content` of each local file named in the `path` column.
+fn read_files(batch: &RecordBatch) -> Result<RecordBatch, ScriptError> {
+    let paths = batch.column_by_name("path").ok_or("no path column")?;
+    let paths = cast(paths, &DataType::Utf8)?;
+    let (mut names, mut sizes, mut contents) = (Vec::new(), Vec::new(), Vec::new());
+    for path in paths.as_string::<i32>().iter().flatten() {
+        let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+        let name = std::path::Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        names.push(name);
+        sizes.push(bytes.len() as i64);
+        contents.push(String::from_utf8_lossy(&bytes).to_string());
+    }
+    let schema = Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("size", DataType::Int64, false),
+        Field::new("content", DataType::Utf8, false),
+    ]);
+    Ok(RecordBatch::try_new(
+        Arc::new(schema),
+        vec![
+            Arc::new(arrow::array::StringArray::from(names)),
+            Arc::new(Int64Array::from(sizes)),
+            Arc::new(arrow::array::StringArray::from(contents)),
+        ],
+    )?)
 }
 
 /// numpy's `np.random.default_rng(42).normal(size=8)`, the weights of `score_entry.py`.

@@ -64,7 +64,7 @@ fn null_bytes(len: usize, has_nulls: bool) -> usize {
 
 /// Concatenates `pieces` into one batch that owns exactly their rows (always a copy, also for a
 /// single piece, which `concat_batches` would return as is, parent buffers and all).
-fn compact_concat(schema: &SchemaRef, pieces: &[RecordBatch]) -> Result<RecordBatch> {
+pub(crate) fn compact_concat(schema: &SchemaRef, pieces: &[RecordBatch]) -> Result<RecordBatch> {
     let rows: usize = pieces.iter().map(|p| p.num_rows()).sum();
     if pieces.len() > 1 {
         return Ok(gc_views(concat_batches(schema, pieces)?));

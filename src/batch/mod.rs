@@ -8,10 +8,15 @@
 //! rows, whatever the number of workers or their timing. Its id is `"{i}-{n}"` (both decimal,
 //! from 0). The lineage records the input and the row range `[start, end)` of the mini-batch
 //! within that ordered stream (for file datasets: the file paths themselves).
+//!
+//! With `partition_keys`, a mini-batch is one key tuple: its id is `"{i}-{h}"` where `h` is
+//! derived from the key values ([`key_id`]), so it is stable across runs and worker counts.
 
 mod chunker;
+mod keyed;
 
 pub use chunker::{slice_memory_size, ByteChunker, FileChunker};
+pub use keyed::{json_value, key_id, KeyChunker};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -65,7 +70,9 @@ pub enum ItemKind {
 pub struct Lineage {
     /// The input's name.
     pub input: Arc<str>,
-    /// Row range `[start, end)` within the input's ordered row stream.
+    /// Row range `[start, end)` within the input's ordered row stream. For a partition_keys
+    /// mini-batch, whose rows are spread over the input, `start` is the position of its first
+    /// row and `end - start` its number of rows.
     pub rows: std::ops::Range<u64>,
 }
 

@@ -7,11 +7,12 @@ use std::path::{Component, Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 use crate::config::environment::{environment_to_yaml, parse_environment};
-use crate::config::yaml::{show, unknown_key, Section};
+use crate::config::yaml::{show, string_map, unknown_key, Section};
 use crate::config::{
     ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
 };
 use crate::error::{PrsError, Result};
+use crate::storage::{is_object_url, ObjectLocation, StorageOptions};
 
 /// Data format of a path input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +49,22 @@ pub struct InputSpec {
     pub name: String,
     /// Where its data comes from.
     pub source: InputSource,
+    /// For file datasets: Azure's FileDataset partition format, e.g. `{country}/{year}/*.jpg`,
+    /// whose `{key}` fields become columns (usable as partition_keys). Hive-style folders
+    /// (`country=fr/`) become columns without it.
+    pub partition_format: Option<String>,
+}
+
+impl InputSpec {
+    /// A path input.
+    pub fn path(name: impl Into<String>, path: impl Into<String>, format: InputFormat) -> Self {
+        InputSpec { name: name.into(), source: InputSource::Path { path: path.into(), format }, partition_format: None }
+    }
+
+    /// A SQL input over the other inputs.
+    pub fn sql(name: impl Into<String>, query: impl Into<String>) -> Self {
+        InputSpec { name: name.into(), source: InputSource::Sql(query.into()), partition_format: None }
+    }
 }
 
 /// Format of the append_row output file.
@@ -70,7 +87,8 @@ pub struct JobSpec {
     /// The inputs, in order (at least one).
     pub inputs: Vec<InputSpec>,
     /// The output folder (logs and the append_row file go here). `None` until set (by the
-    /// file or by `--output`); running requires it.
+    /// file or by `--output`); running requires it. An object-storage URL
+    /// (`s3://bucket/run1/`) is kept as written.
     pub output: Option<PathBuf>,
     /// Format of the append_row file.
     pub output_format: OutputFormat,
@@ -80,7 +98,15 @@ pub struct JobSpec {
     pub preserve_order: bool,
     /// What a Python run() receives for tabular mini-batches.
     pub mini_batch_format: MiniBatchFormat,
+    /// Object-storage settings (`storage_options:`): object_store keys and parallel-run's
+    /// retry, cache and local-folder keys. Secrets are masked when shown.
+    pub storage_options: StorageOptions,
+    /// Memory the engine may use for buffering and grouping (partition_keys spill to disk
+    /// beyond it); `None` = half of the machine's memory.
+    pub memory_limit: Option<MiniBatchSize>,
 }
+
+const MEMORY_LIMIT_RULE: &str = "must be a size such as 2GB or 512MB";
 
 /// What a Python `run()` receives for tabular mini-batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -144,6 +170,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "arguments",
     "preserve_order",
     "mini_batch_format",
+    "memory_limit",
+    "storage_options",
 ];
 
 /// Top-level keys that `--set` may override (the rest of `--set` goes to `parallel_run_config`).
@@ -152,7 +180,13 @@ const JOB_OVERRIDE_KEYS: &[&str] = &[
     "output_format",
     "preserve_order",
     "mini_batch_format",
+    "storage_options",
 ];
+
+/// What `storage_options` allows.
+const STORAGE_OPTIONS_RULE: &str = "must map object_store keys (e.g. aws_endpoint, \
+     azure_storage_account_name) or parallel-run's storage keys (retry_max_retries, cache_size, \
+     ...) to values";
 
 /// Keys allowed in `parallel_run_config`: Azure's, ours, and the v2 names (the last four).
 const CONFIG_KEYS: &[&str] = &[
@@ -185,7 +219,7 @@ const CONFIG_KEYS: &[&str] = &[
 const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
 
 /// Keys of one `inputs:` entry.
-const INPUT_KEYS: &[&str] = &["name", "path", "sql", "format"];
+const INPUT_KEYS: &[&str] = &["name", "path", "sql", "format", "partition_format"];
 
 /// What each parameter allows, shared by the type and missing-value errors.
 mod rule {
@@ -324,6 +358,14 @@ impl JobSpec {
             "mini_batch_format".into(),
             self.mini_batch_format.as_str().into(),
         );
+        // Secrets are masked: write them as ${ENV_VAR} references to keep them.
+        let storage: Mapping = self
+            .storage_options
+            .shown()
+            .into_iter()
+            .map(|(k, v)| (Value::String(k), Value::String(v)))
+            .collect();
+        root.insert("storage_options".into(), Value::Mapping(storage));
         serde_yaml::to_string(&root).map_err(|e| PrsError::Output {
             path: "(job YAML)".into(),
             message: e.to_string(),
@@ -341,6 +383,18 @@ impl JobSpec {
     pub fn validate(&self) -> Result<()> {
         self.config.validate()?;
         self.validate_inputs()?;
+        if let Some(output) = self.output.as_ref().and_then(|o| o.to_str()) {
+            if is_object_url(output) {
+                let location = ObjectLocation::parse("output", output)?;
+                if location.glob.is_some() {
+                    return Err(PrsError::config(
+                        "output",
+                        output,
+                        "must be a folder URL, e.g. s3://bucket/run1/, without glob characters",
+                    ));
+                }
+            }
+        }
         validate_arguments(&self.arguments)
     }
 
@@ -373,6 +427,9 @@ impl JobSpec {
             }
             seen.push(folded);
             match &input.source {
+                InputSource::Path { path, .. } if is_object_url(path) => {
+                    ObjectLocation::parse(&format!("inputs[{i}].path"), path)?;
+                }
                 InputSource::Path { path, .. } if path.trim().is_empty() => {
                     return Err(PrsError::config(
                         format!("inputs[{i}].path"),
@@ -439,8 +496,18 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
     })?;
     let config = read_config(config, base_dir, warnings)?;
     let inputs = read_inputs(top.take("inputs"), base_dir)?;
-    let output = top.string("output", "must be a folder path")?;
-    let output = output.map(|path| resolve(base_dir, &path));
+    let output = top.string("output", "must be a folder path or URL")?;
+    let output = output
+        .map(|path| resolve_output(base_dir, &path))
+        .transpose()?;
+    let storage_options = match top.take("storage_options") {
+        Some(value) => StorageOptions::from_map(
+            "storage_options",
+            string_map("storage_options", value, STORAGE_OPTIONS_RULE)?,
+            base_dir,
+        )?,
+        None => StorageOptions::default(),
+    };
     let output_format = match top.string("output_format", rule::OUTPUT_FORMAT)? {
         Some(text) => text.parse()?,
         None => OutputFormat::default(),
@@ -460,7 +527,21 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
             Some(text) => text.parse()?,
             None => MiniBatchFormat::default(),
         },
+        memory_limit: match top.scalar("memory_limit", MEMORY_LIMIT_RULE)? {
+            Some(text) => Some(MiniBatchSize::parse_for("memory_limit", &text)?),
+            None => None,
+        },
+        storage_options,
     })
+}
+
+/// The output: object-storage URLs are kept as written, `file://` URLs become paths, other
+/// paths resolve against the job folder.
+fn resolve_output(base_dir: &Path, output: &str) -> Result<PathBuf> {
+    if is_object_url(output) {
+        return Ok(PathBuf::from(output));
+    }
+    Ok(PathBuf::from(resolve_location("output", base_dir, output)?))
 }
 
 /// Reads `parallel_run_config` (Azure's names, ours and the v2 aliases).
@@ -469,7 +550,36 @@ fn read_config(
     base_dir: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<ParallelRunConfig> {
-    let mut s = Section::new(CONFIG, value, CONFIG_KEYS)?;
+    read_config_in(CONFIG, value, base_dir, warnings)
+}
+
+/// Reads PRS parameters given one by one (the SQL way in: `SET parallel_run.KEY` values and
+/// `parallel_run(...)` arguments) with the readers, rules and messages of `parallel_run_config:`;
+/// `section` names them in errors (e.g. `parallel_run.run_max_try "many": ...`). Keys are
+/// those of `parallel_run_config:`; a later entry replaces an earlier one. Text values stand
+/// for any scalar (numbers in text are read where numbers are expected). Relative paths resolve
+/// against `base_dir`. Not validated yet: call [`ParallelRunConfig::validate`].
+pub(crate) fn read_config_entries(
+    section: &str,
+    entries: Vec<(String, Value)>,
+    base_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ParallelRunConfig> {
+    let mapping: Mapping = entries
+        .into_iter()
+        .map(|(key, value)| (Value::String(key), value))
+        .collect();
+    read_config_in(section, Value::Mapping(mapping), base_dir, warnings)
+}
+
+/// [`read_config`] for a mapping named `section` in errors.
+fn read_config_in(
+    section: &str,
+    value: Value,
+    base_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<ParallelRunConfig> {
+    let mut s = Section::new(section, value, CONFIG_KEYS)?;
     let entry_script = s.string("entry_script", rule::TEXT)?;
     let entry_script = s.required("entry_script", rule::ENTRY_SCRIPT, entry_script)?;
     let error_threshold = s.integer::<i64>("error_threshold", "must be an integer >= -1")?;
@@ -660,6 +770,10 @@ fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<InputSpec> 
     let path = s.string("path", "must be a file, folder, glob or URL")?;
     let sql = s.string("sql", "must be a SQL query over the other inputs")?;
     let format = s.string("format", rule::INPUT_FORMAT)?;
+    let partition_format = s.string(
+        "partition_format",
+        "must be a path pattern with {key} fields, e.g. \"{country}/{year}/*.jpg\"",
+    )?;
     let source = match (path, sql) {
         (Some(_), Some(sql)) => {
             return Err(PrsError::config(
@@ -704,7 +818,24 @@ fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<InputSpec> 
             InputSource::Path { path, format }
         }
     };
-    Ok(InputSpec { name, source })
+    if let Some(pattern) = &partition_format {
+        let is_files = matches!(&source, InputSource::Path { format: InputFormat::Files, .. });
+        if !is_files {
+            return Err(PrsError::config(
+                s.field("partition_format"),
+                pattern,
+                "applies to file datasets (format: files) only",
+            ));
+        }
+        if !pattern.contains('{') {
+            return Err(PrsError::config(
+                s.field("partition_format"),
+                pattern,
+                "names no {key} field; e.g. \"{country}/{year}/*.jpg\"",
+            ));
+        }
+    }
+    Ok(InputSpec { name, source, partition_format })
 }
 
 /// An input location: URLs are kept, `file://` URLs become paths, relative paths resolve
@@ -805,6 +936,12 @@ fn apply_override(root: &mut Mapping, text: &str) -> Result<()> {
     if JOB_OVERRIDE_KEYS.contains(&key) {
         root.insert(key.into(), value);
         return Ok(());
+    }
+    if let Some(option) = key.strip_prefix("storage_options.") {
+        if option.trim().is_empty() {
+            return Err(PrsError::config("--set", text, USAGE));
+        }
+        return set_nested(root, &["storage_options", option], value, text);
     }
     let inner = key.strip_prefix("parallel_run_config.").unwrap_or(key);
     let path: Vec<&str> = std::iter::once(CONFIG).chain(inner.split('.')).collect();
@@ -946,6 +1083,9 @@ fn input_to_yaml(input: &InputSpec) -> Value {
             mapping.insert("sql".into(), sql.as_str().into());
         }
     }
+    if let Some(pattern) = &input.partition_format {
+        mapping.insert("partition_format".into(), pattern.as_str().into());
+    }
     Value::Mapping(mapping)
 }
 
@@ -960,7 +1100,7 @@ fn is_sql_identifier(name: &str) -> bool {
 
 /// Rejects user arguments that would shadow the system's own flags (`--mini_batch_size`,
 /// `--mini_batch_size=5`, `-mini_batch_size`, ...).
-fn validate_arguments(arguments: &[String]) -> Result<()> {
+pub(crate) fn validate_arguments(arguments: &[String]) -> Result<()> {
     for argument in arguments {
         let name = argument.trim_start_matches('-');
         if name.len() == argument.len() {
@@ -1083,6 +1223,7 @@ preserve_order: true
                     path: "/jobs/demo/data/reviews.parquet".into(),
                     format: InputFormat::Parquet,
                 },
+                partition_format: None,
             }]
         );
         assert_eq!(spec.output, None);

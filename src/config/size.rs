@@ -28,7 +28,13 @@ impl MiniBatchSize {
     /// Parses the PRS grammar. Errors name `mini_batch_size`, quote the value and say what is
     /// allowed, e.g. `mini_batch_size "10 MB": no spaces allowed; use e.g. "10MB"`.
     pub fn parse(text: &str) -> Result<Self> {
-        let fail = |reason: &str| PrsError::config(FIELD, text, reason);
+        Self::parse_for(FIELD, text)
+    }
+
+    /// Parses the same grammar for another parameter (e.g. `memory_limit`), naming `field` in
+    /// errors.
+    pub fn parse_for(field: &str, text: &str) -> Result<Self> {
+        let fail = |reason: &str| PrsError::config(field, text, reason);
         if text.trim().is_empty() {
             return Err(fail(&format!("must not be empty; {ALLOWED}")));
         }

@@ -2,16 +2,20 @@
 //! queues them; every partition's worker pulls from the same queue, so none idles while
 //! another has a backlog.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::common::runtime::SpawnedTask;
+
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::batch::{ByteChunker, FileChunker, ItemKind, MiniBatch};
+use crate::batch::{ByteChunker, FileChunker, ItemKind, KeyChunker, MiniBatch};
 use crate::error::{PrsError, Result};
+use crate::exec::keyed;
 use crate::exec::state::JobState;
 
 /// What the operator knows of each of its inputs.
@@ -34,6 +38,13 @@ pub struct Dispatched {
     _reservation: MemoryReservation,
 }
 
+/// The memory pool for the engine's own buffers (queued mini-batches, key groups being
+/// collected), kept apart from the pool DataFusion's operators spill against so that a sort
+/// cannot take all of it. Set as a session-config extension; without it the task's pool is
+/// used.
+#[derive(Debug)]
+pub struct EngineMemoryPool(pub Arc<dyn MemoryPool>);
+
 /// The receiving end of the queue, shared by all partitions.
 pub type SharedQueue = Arc<Mutex<mpsc::Receiver<Dispatched>>>;
 
@@ -46,7 +57,11 @@ pub async fn dispatch(
     state: Arc<JobState>,
     queue: mpsc::Sender<Dispatched>,
 ) {
-    let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(context.memory_pool());
+    let pool = match context.session_config().get_extension::<EngineMemoryPool>() {
+        Some(engine) => engine.0.clone(),
+        None => context.memory_pool().clone(),
+    };
+    let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(&pool);
     let result = dispatch_all(&inputs, &context, &state, &queue, &reservation).await;
     match result {
         Ok(()) => state.scheduling_finished(),
@@ -66,7 +81,10 @@ async fn dispatch_all(
     reservation: &MemoryReservation,
 ) -> Result<()> {
     let settings = state.settings().clone();
-    let mut index = 0u64;
+    let index = Arc::new(AtomicU64::new(0));
+    if !settings.partition_keys.is_empty() {
+        return dispatch_keyed(inputs, context, state, queue, reservation, &index).await;
+    }
     for (ordinal, (plan, info)) in inputs.iter().enumerate() {
         let name: Arc<str> = Arc::from(info.name.as_str());
         let schema = plan.schema();
@@ -95,16 +113,77 @@ async fn dispatch_all(
                 let Some(batch) = next else { break };
                 let batch = batch.map_err(|e| input_error(&info.name, e))?;
                 for mb in chunker.push(batch)? {
-                    if !enqueue(mb, &mut index, state, queue, reservation).await? {
+                    if !enqueue(mb, &index, state, queue, reservation).await? {
                         return Ok(());
                     }
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
-            if !enqueue(mb, &mut index, state, queue, reservation).await? {
+            if !enqueue(mb, &index, state, queue, reservation).await? {
                 return Ok(());
             }
+        }
+    }
+    Ok(())
+}
+
+/// partition_keys: each input becomes hash-partitioned, key-sorted partitions (see
+/// [`crate::exec::keyed`]); all partitions are cut at once, one task each, into one mini-batch
+/// per key tuple.
+async fn dispatch_keyed(
+    inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)],
+    context: &Arc<TaskContext>,
+    state: &Arc<JobState>,
+    queue: &mpsc::Sender<Dispatched>,
+    reservation: &MemoryReservation,
+    index: &Arc<AtomicU64>,
+) -> Result<()> {
+    let settings = state.settings().clone();
+    for (ordinal, (plan, info)) in inputs.iter().enumerate() {
+        keyed::check_keys(&info.name, &plan.schema(), &settings.partition_keys)?;
+        let sorted = keyed::keyed_plan(plan.clone(), &settings.partition_keys, settings.workers)?;
+        let schema = sorted.schema();
+        let name: Arc<str> = Arc::from(info.name.as_str());
+        let mut tasks = Vec::new();
+        for partition in 0..sorted.output_partitioning().partition_count() {
+            let mut stream = sorted.execute(partition, context.clone())?;
+            let mut chunker = KeyChunker::new(
+                ordinal as u32,
+                name.clone(),
+                info.kind,
+                &schema,
+                &settings.partition_keys,
+                reservation.new_empty(),
+            )?;
+            let (state, queue, reservation, index, input) =
+                (state.clone(), queue.clone(), reservation.new_empty(), index.clone(), info.name.clone());
+            tasks.push(SpawnedTask::spawn(async move {
+                loop {
+                    let next = tokio::select! {
+                        _ = state.cancellation().cancelled() => return Ok(()),
+                        next = stream.next() => next,
+                    };
+                    let Some(batch) = next else { break };
+                    let batch = batch.map_err(|e| input_error(&input, e))?;
+                    for mb in chunker.push(batch)? {
+                        if !enqueue(mb, &index, &state, &queue, &reservation).await? {
+                            return Ok(());
+                        }
+                    }
+                }
+                if let Some(mb) = chunker.finish()? {
+                    enqueue(mb, &index, &state, &queue, &reservation).await?;
+                }
+                Ok::<(), PrsError>(())
+            }));
+        }
+        for task in tasks {
+            task.join().await.map_err(|e| PrsError::Input {
+                input: info.name.clone(),
+                location: "partition_keys".into(),
+                message: format!("grouping task failed: {e}"),
+            })??;
         }
     }
     Ok(())
@@ -113,7 +192,7 @@ async fn dispatch_all(
 /// Queues one mini-batch; `Ok(false)` when nobody listens any more or the job is cancelled.
 async fn enqueue(
     mini_batch: MiniBatch,
-    index: &mut u64,
+    index: &AtomicU64,
     state: &Arc<JobState>,
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
@@ -130,10 +209,9 @@ async fn enqueue(
     state.mini_batch_scheduled(mini_batch.items());
     let dispatched = Dispatched {
         mini_batch,
-        index: *index,
+        index: index.fetch_add(1, Ordering::Relaxed),
         _reservation: mb_reservation,
     };
-    *index += 1;
     tokio::select! {
         _ = state.cancellation().cancelled() => Ok(false),
         sent = queue.send(dispatched) => Ok(sent.is_ok()),

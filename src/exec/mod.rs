@@ -6,6 +6,7 @@
 //! `state` (counters, thresholds, cancellation), `logical` and `planner`.
 
 pub mod dispatch;
+pub mod keyed;
 pub mod logical;
 pub mod planner;
 pub mod state;
@@ -213,12 +214,15 @@ impl DisplayAs for ParallelRunExec {
         let names: Vec<&str> = self.inputs.iter().map(|(_, i)| i.name.as_str()).collect();
         write!(
             f,
-            "ParallelRunExec: script={}, workers={}, mini_batch_size={} bytes / {} files, run_max_try={}, \
+            "ParallelRunExec: script={}, workers={}, {}, run_max_try={}, \
              run_invocation_timeout={}s, error_threshold={}, allowed_failed_count={}, allowed_failed_percent={}, inputs=[{}]",
             self.spec.factory.describe(),
             s.workers,
-            s.mini_batch_bytes,
-            s.mini_batch_files,
+            if s.partition_keys.is_empty() {
+                format!("mini_batch_size={} bytes / {} files", s.mini_batch_bytes, s.mini_batch_files)
+            } else {
+                format!("partition_keys=[{}]", s.partition_keys.join(", "))
+            },
             s.run_max_try,
             s.run_timeout.as_secs(),
             s.error_threshold,

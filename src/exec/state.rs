@@ -35,6 +35,8 @@ pub struct RunSettings {
     pub allowed_failed_percent: Option<f64>,
     /// Mini-batches queued ahead of the workers, in total.
     pub queue_depth: usize,
+    /// Columns whose distinct value tuples each form one mini-batch (empty: byte-sized).
+    pub partition_keys: Vec<String>,
 }
 
 impl RunSettings {
@@ -59,6 +61,7 @@ impl RunSettings {
             allowed_failed_count: config.allowed_failed_count,
             allowed_failed_percent: config.allowed_failed_percent,
             queue_depth: workers * 2,
+            partition_keys: config.partition_keys.clone(),
         })
     }
 }
@@ -366,6 +369,7 @@ mod tests {
             allowed_failed_count: Some(2),
             allowed_failed_percent: Some(50.0),
             queue_depth: 4,
+            partition_keys: Vec::new(),
         }
     }
 

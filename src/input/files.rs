@@ -49,39 +49,185 @@ pub fn files_schema() -> SchemaRef {
     FILES_SCHEMA.clone()
 }
 
-/// What to list: a single file, a folder (recursively), or a glob.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What to list: a single file, a folder (recursively), or a glob; plus key columns taken
+/// from the paths.
+#[derive(Debug, Clone)]
 pub struct FileListing {
     input: String,
     root: PathBuf,
     pattern: Option<String>,
+    keys: PathKeys,
+}
+
+/// Key columns read from file paths (relative to the listing's root).
+#[derive(Debug, Clone)]
+enum PathKeys {
+    /// No key columns.
+    None,
+    /// Hive-style folders `name=value/`: these names, in path order.
+    Hive(Vec<String>),
+    /// Azure's partition_format, e.g. `{country}/{year}/*.jpg`: a regex with one named group
+    /// per key; files that do not match are left out.
+    Format { names: Vec<String>, regex: regex::Regex },
+}
+
+impl PathKeys {
+    fn names(&self) -> &[String] {
+        match self {
+            PathKeys::None => &[],
+            PathKeys::Hive(names) | PathKeys::Format { names, .. } => names,
+        }
+    }
+
+    /// The key values of `relative` (None: the file does not match the format).
+    fn values(&self, relative: &str) -> Option<Vec<Option<String>>> {
+        match self {
+            PathKeys::None => Some(Vec::new()),
+            PathKeys::Hive(names) => {
+                let found = hive_pairs(relative);
+                Some(names.iter().map(|n| found.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())).collect())
+            }
+            PathKeys::Format { names, regex } => {
+                let caps = regex.captures(relative)?;
+                Some(names.iter().map(|n| caps.name(n).map(|m| m.as_str().to_string())).collect())
+            }
+        }
+    }
+}
+
+/// `name=value` folder components of a relative path, in order.
+fn hive_pairs(relative: &str) -> Vec<(String, String)> {
+    let mut parts: Vec<&str> = relative.split('/').collect();
+    parts.pop(); // the file name itself
+    parts
+        .into_iter()
+        .filter_map(|c| c.split_once('=').filter(|(k, _)| !k.is_empty()).map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+/// Turns a partition format such as `{country}/{year}/*.jpg` into an anchored regex and its
+/// key names.
+fn partition_format_regex(format: &str) -> std::result::Result<(Vec<String>, regex::Regex), String> {
+    let mut names = Vec::new();
+    let mut pattern = String::from("^");
+    let mut rest = format.trim_start_matches('/');
+    while !rest.is_empty() {
+        if let Some(after) = rest.strip_prefix('{') {
+            let end = after.find('}').ok_or_else(|| format!("partition_format {format:?}: unclosed {{"))?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("partition_format {format:?}: {{{name}}} is not a valid key name"));
+            }
+            pattern.push_str(&format!("(?P<{name}>[^/]+)"));
+            names.push(name.to_string());
+            rest = &after[end + 1..];
+        } else if let Some(after) = rest.strip_prefix("**") {
+            pattern.push_str(".*");
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix('*') {
+            pattern.push_str("[^/]*");
+            rest = after;
+        } else {
+            let c = rest.chars().next().unwrap_or_default();
+            pattern.push_str(&regex::escape(&c.to_string()));
+            rest = &rest[c.len_utf8()..];
+        }
+    }
+    pattern.push('$');
+    let regex = regex::Regex::new(&pattern).map_err(|e| format!("partition_format {format:?}: {e}"))?;
+    Ok((names, regex))
 }
 
 impl FileListing {
     /// A listing for input `input` at `location` (a local file, folder or glob). Errors when
     /// nothing exists at the location's fixed part.
-    pub fn new(input: &str, location: &str) -> Result<Self> {
+    ///
+    /// With `partition_format` (e.g. `{country}/{year}/*.jpg`, relative to the folder), its
+    /// fields become columns; without it, hive-style folders (`country=fr/`) of the first file
+    /// do.
+    pub fn new(input: &str, location: &str, partition_format: Option<&str>) -> Result<Self> {
         let location = location.strip_prefix("file://").unwrap_or(location);
         let (root, pattern) = split_glob(location);
+        let err = |message: String| PrsError::Input {
+            input: input.into(),
+            location: location.into(),
+            message,
+        };
         if !root.exists() {
-            return Err(PrsError::Input {
-                input: input.to_string(),
-                location: location.to_string(),
-                message: format!("{} does not exist; check the path (relative paths are relative to the job file)", root.display()),
-            });
+            return Err(err(format!(
+                "{} does not exist; check the path (relative paths are relative to the job file)",
+                root.display()
+            )));
         }
         if let Some(p) = &pattern {
-            glob_matcher(p).map_err(|message| PrsError::Input {
-                input: input.into(),
-                location: location.into(),
-                message,
-            })?;
+            glob_matcher(p).map_err(err)?;
         }
-        Ok(FileListing {
+        let mut listing = FileListing {
             input: input.to_string(),
             root,
             pattern,
-        })
+            keys: PathKeys::None,
+        };
+        listing.keys = match partition_format {
+            Some(format) => {
+                let (names, regex) = partition_format_regex(format).map_err(err)?;
+                PathKeys::Format { names, regex }
+            }
+            None => {
+                // The hive key names of the first files that have some (a README at the top
+                // of the folder must not hide them).
+                let mut names: Vec<String> = Vec::new();
+                let mut looked = 0;
+                listing.walk_paths(|relative| {
+                    looked += 1;
+                    for (k, _) in hive_pairs(relative) {
+                        if !names.contains(&k) {
+                            names.push(k);
+                        }
+                    }
+                    names.is_empty() && looked < 1000
+                })?;
+                if names.is_empty() {
+                    PathKeys::None
+                } else {
+                    PathKeys::Hive(names)
+                }
+            }
+        };
+        Ok(listing)
+    }
+
+    /// The table schema: `path`, `size`, `modified`, then one Utf8 column per path key.
+    pub fn schema(&self) -> SchemaRef {
+        let names = self.keys.names();
+        if names.is_empty() {
+            return files_schema();
+        }
+        let mut fields: Vec<Field> = files_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.extend(names.iter().map(|n| Field::new(n, DataType::Utf8, true)));
+        Arc::new(Schema::new(fields))
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().replace('\\', "/")
+    }
+
+    /// Walks matching file paths (relative to the root) until `f` returns false.
+    fn walk_paths(&self, mut f: impl FnMut(&str) -> bool) -> Result<()> {
+        let matcher = match &self.pattern {
+            Some(p) => Some(glob_matcher(p).map_err(|message| self.error(message))?),
+            None => None,
+        };
+        for entry in walkdir::WalkDir::new(&self.root).follow_links(true).sort_by_file_name() {
+            let entry = entry.map_err(|e| self.error(format!("listing failed: {e}")))?;
+            if !entry.file_type().is_file() || matcher.as_ref().is_some_and(|m| !m.is_match(entry.path())) {
+                continue;
+            }
+            if !f(&self.relative(entry.path())) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Walks the listing, calling `emit` with batches of entries in sorted path order until it
@@ -91,7 +237,7 @@ impl FileListing {
             Some(p) => Some(glob_matcher(p).map_err(|message| self.error(message))?),
             None => None,
         };
-        let mut batch = ListingBatch::default();
+        let mut batch = ListingBatch::new(self.schema(), self.keys.names().len());
         let walker = walkdir::WalkDir::new(&self.root)
             .follow_links(true)
             .sort_by_file_name();
@@ -106,10 +252,13 @@ impl FileListing {
                     continue;
                 }
             }
+            let Some(keys) = self.keys.values(&self.relative(path)) else {
+                continue;
+            };
             let meta = entry
                 .metadata()
                 .map_err(|e| self.error(format!("{}: {e}", path.display())))?;
-            batch.push(path, &meta);
+            batch.push(path, &meta, keys);
             if batch.len == LISTING_BATCH && !emit(batch.finish()?) {
                 return Ok(());
             }
@@ -165,16 +314,31 @@ fn glob_matcher(pattern: &str) -> std::result::Result<GlobMatcher, String> {
         .map_err(|e| format!("bad glob {pattern:?}: {e}"))
 }
 
-#[derive(Default)]
 struct ListingBatch {
+    schema: SchemaRef,
     paths: StringBuilder,
     sizes: UInt64Builder,
     modified: TimestampMillisecondBuilder,
+    keys: Vec<StringBuilder>,
     len: usize,
 }
 
 impl ListingBatch {
-    fn push(&mut self, path: &Path, meta: &std::fs::Metadata) {
+    fn new(schema: SchemaRef, keys: usize) -> Self {
+        ListingBatch {
+            schema,
+            paths: StringBuilder::new(),
+            sizes: UInt64Builder::new(),
+            modified: TimestampMillisecondBuilder::new(),
+            keys: (0..keys).map(|_| StringBuilder::new()).collect(),
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, path: &Path, meta: &std::fs::Metadata, keys: Vec<Option<String>>) {
+        for (builder, value) in self.keys.iter_mut().zip(keys) {
+            builder.append_option(value);
+        }
         self.paths.append_value(path.to_string_lossy());
         self.sizes.append_value(meta.len());
         let ms = meta
@@ -189,14 +353,17 @@ impl ListingBatch {
     fn finish(&mut self) -> Result<RecordBatch> {
         self.len = 0;
         let modified = self.modified.finish().with_timezone("UTC");
-        Ok(RecordBatch::try_new(
-            files_schema(),
-            vec![
-                Arc::new(self.paths.finish()),
-                Arc::new(self.sizes.finish()),
-                Arc::new(modified),
-            ],
-        )?)
+        let mut columns: Vec<arrow::array::ArrayRef> = vec![
+            Arc::new(self.paths.finish()),
+            Arc::new(self.sizes.finish()),
+            Arc::new(modified),
+        ];
+        columns.extend(
+            self.keys
+                .iter_mut()
+                .map(|b| Arc::new(b.finish()) as arrow::array::ArrayRef),
+        );
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
 }
 
@@ -218,7 +385,7 @@ impl FileListingTable {
 #[async_trait]
 impl TableProvider for FileListingTable {
     fn schema(&self) -> SchemaRef {
-        files_schema()
+        self.listing.schema()
     }
 
     fn table_type(&self) -> TableType {
@@ -254,13 +421,10 @@ impl fmt::Debug for FileListingExec {
 
 impl FileListingExec {
     fn new(listing: Arc<FileListing>, projection: Option<Vec<usize>>) -> Self {
+        let full = listing.schema();
         let schema = match &projection {
-            Some(p) => Arc::new(
-                files_schema()
-                    .project(p)
-                    .unwrap_or_else(|_| files_schema().as_ref().clone()),
-            ),
-            None => files_schema(),
+            Some(p) => Arc::new(full.project(p).unwrap_or_else(|_| full.as_ref().clone())),
+            None => full,
         };
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
@@ -382,7 +546,7 @@ mod tests {
             paths
         };
         let root = dir.path().to_str().unwrap();
-        let all = collect(FileListing::new("f", root).unwrap());
+        let all = collect(FileListing::new("f", root, None).unwrap());
         let rel: Vec<_> = all
             .iter()
             .map(|p| p.strip_prefix(root).unwrap().to_string())
@@ -391,8 +555,35 @@ mod tests {
             rel,
             ["/a.txt", "/b.txt", "/c.bin", "/sub/a.txt", "/sub/z.txt"]
         );
-        let txt = collect(FileListing::new("f", &format!("{root}/*.txt")).unwrap());
+        let txt = collect(FileListing::new("f", &format!("{root}/*.txt"), None).unwrap());
         assert_eq!(txt.len(), 2);
-        assert!(FileListing::new("f", &format!("{root}/missing")).is_err());
+        assert!(FileListing::new("f", &format!("{root}/missing"), None).is_err());
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::*;
+
+    #[test]
+    fn partition_format_becomes_a_regex() {
+        let (names, regex) = partition_format_regex("{country}/{year}/*.jpg").unwrap();
+        assert_eq!(names, ["country", "year"]);
+        let caps = regex.captures("fr/2024/a.jpg").unwrap();
+        assert_eq!(&caps["country"], "fr");
+        assert_eq!(&caps["year"], "2024");
+        assert!(regex.captures("fr/2024/a.png").is_none());
+        assert!(regex.captures("fr/a.jpg").is_none());
+        assert!(partition_format_regex("{bad key}/x").is_err());
+        assert!(partition_format_regex("{open/x").is_err());
+    }
+
+    #[test]
+    fn hive_folders_are_read() {
+        assert_eq!(
+            hive_pairs("country=fr/year=2024/img.jpg"),
+            vec![("country".to_string(), "fr".to_string()), ("year".to_string(), "2024".to_string())]
+        );
+        assert!(hive_pairs("a/b/c.txt").is_empty());
     }
 }

@@ -21,6 +21,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool};
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{
@@ -30,7 +32,9 @@ use datafusion::prelude::{
 use crate::batch::ItemKind;
 use crate::config::{InputFormat, InputSource, InputSpec};
 use crate::error::{PrsError, Result};
+use crate::exec::dispatch::EngineMemoryPool;
 use crate::exec::{InputInfo, ParallelRunQueryPlanner};
+use crate::storage::{is_object_url, StorageContext, StorageOptions};
 
 /// An input ready to be processed: its logical plan and what the operator needs to know.
 #[derive(Debug, Clone)]
@@ -43,6 +47,23 @@ pub struct PreparedInput {
 
 /// A session configured for deterministic input order, with parallel-run's planner.
 pub fn job_session() -> SessionContext {
+    job_session_with(None)
+}
+
+/// [`job_session`] with a memory limit for the engine's buffers and grouping (partition_keys
+/// spill to disk beyond it). `None`: half of the machine's memory.
+pub fn job_session_with(memory_limit: Option<u64>) -> SessionContext {
+    let limit = memory_limit.unwrap_or_else(default_memory_limit) as usize;
+    // What a sort keeps back for merging its spill files: DataFusion's 10 MB default would
+    // not fit small limits.
+    let sort_reserve = (limit / 32).clamp(64 * 1024, 10 * 1024 * 1024);
+    // Half for DataFusion's operators (sorts spill beyond it), half for the engine's own
+    // buffers (see EngineMemoryPool).
+    let engine_pool = EngineMemoryPool(Arc::new(GreedyMemoryPool::new(limit / 2)));
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(limit / 2)))
+        .build_arc()
+        .unwrap_or_else(|_| Arc::new(RuntimeEnv::default()));
     let config = SessionConfig::new()
         .with_target_partitions(1)
         .with_repartition_file_scans(false)
@@ -53,25 +74,71 @@ pub fn job_session() -> SessionContext {
         .set_bool(
             "datafusion.execution.parquet.schema_force_view_types",
             false,
-        );
+        )
+        .set_usize("datafusion.execution.sort_spill_reservation_bytes", sort_reserve)
+        .set_usize("datafusion.execution.sort_in_place_threshold_bytes", sort_reserve)
+        .with_extension(Arc::new(engine_pool));
     let state = SessionStateBuilder::new()
         .with_config(config)
+        .with_runtime_env(runtime)
         .with_default_features()
         .with_query_planner(Arc::new(ParallelRunQueryPlanner))
         .build();
     SessionContext::new_with_state(state)
 }
 
+/// Half of the machine's physical memory (4 GiB when it cannot be read).
+pub fn default_memory_limit() -> u64 {
+    // SAFETY: sysconf only reads system configuration values.
+    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages > 0 && page_size > 0 {
+        (pages as u64).saturating_mul(page_size as u64) / 2
+    } else {
+        4 << 30
+    }
+}
+
 /// Registers every input as a table of `ctx` and returns the processed ones, in job order.
+/// Inputs on object storage use the stores configured by the environment alone (see
+/// [`register_inputs_with`]).
 pub async fn register_inputs(
     ctx: &SessionContext,
     specs: &[InputSpec],
 ) -> Result<Vec<PreparedInput>> {
+    let storage = StorageContext::new(StorageOptions::default(), None);
+    register_inputs_with(ctx, specs, &storage).await
+}
+
+/// [`register_inputs`] with the job's object storage: inputs at `s3://`, `az://`, ... URLs are
+/// checked and registered through `storage` (tables read straight from the store, file
+/// datasets downloaded ahead into its cache).
+pub async fn register_inputs_with(
+    ctx: &SessionContext,
+    specs: &[InputSpec],
+    storage: &StorageContext,
+) -> Result<Vec<PreparedInput>> {
     let mut kinds = Vec::with_capacity(specs.len());
     for spec in specs {
         kinds.push(match &spec.source {
+            InputSource::Path { path, format } if is_object_url(path) => {
+                if spec.partition_format.is_some() {
+                    return Err(PrsError::Input {
+                        input: spec.name.clone(),
+                        location: path.clone(),
+                        message: "partition_format is not supported on object storage yet".into(),
+                    });
+                }
+                storage
+                    .register_input(ctx, &spec.name, path, *format)
+                    .await?;
+                Some(if *format == InputFormat::Files {
+                    ItemKind::Files
+                } else {
+                    ItemKind::Rows
+                })
+            }
             InputSource::Path { path, format } => {
-                register_path(ctx, &spec.name, path, *format).await?;
+                register_path(ctx, &spec.name, path, *format, spec.partition_format.as_deref()).await?;
                 Some(if *format == InputFormat::Files {
                     ItemKind::Files
                 } else {
@@ -128,6 +195,7 @@ async fn register_path(
     name: &str,
     location: &str,
     format: InputFormat,
+    partition_format: Option<&str>,
 ) -> Result<()> {
     let input_error = |message: String| PrsError::Input {
         input: name.to_string(),
@@ -135,7 +203,7 @@ async fn register_path(
         message,
     };
     if format == InputFormat::Files {
-        let listing = FileListing::new(name, location)?;
+        let listing = FileListing::new(name, location, partition_format)?;
         ctx.register_table(name, Arc::new(FileListingTable::new(listing)))?;
         return Ok(());
     }

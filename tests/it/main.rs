@@ -6,5 +6,8 @@ mod api;
 mod batching;
 mod cli;
 mod faults;
+mod object_store;
 mod outputs;
+mod partition;
 mod python;
+mod sql;

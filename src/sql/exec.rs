@@ -1,0 +1,601 @@
+//! Executing a SQL `parallel_run(...)`: the run's report ([`SqlRun`]), the operator that writes
+//! it ([`ParallelRunReportExec`], above [`ParallelRunExec`]) and the planners that put it there.
+//!
+//! A YAML job drives [`ParallelRunExec`] itself and writes the report when it is done
+//! ([`crate::job::execute`]). In SQL, DataFusion drives the operator, so the report is written
+//! by an operator placed right above it: the first `execute()` creates the report files (so
+//! EXPLAIN never touches them), and the run is finished when
+//! - every partition's stream has ended: the job succeeded (or PRS's rule that append_row needs a
+//!   succeeded item fails it, and the last stream ends with that error);
+//! - a partition's stream fails (a threshold exceeded, init() failing, a result that does not
+//!   fit the output schema): the job is aborted and the error goes on to the query;
+//! - the query stops reading (a LIMIT): the job stops where it is and the report says so.
+//!
+//! Either way `job_result.txt` and `job_summary.json` are written through the same
+//! [`crate::job::final_summary`] and [`crate::report::write_final`] as a YAML job's.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties,
+};
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+use futures::{Stream, StreamExt};
+
+use crate::batch::MiniBatchId;
+use crate::config::ParallelRunConfig;
+use crate::error::PrsError;
+use crate::exec::{
+    conform, JobObserver, JobState, MiniBatchRecord, ParallelRunExec, ParallelRunNode,
+    ParallelRunPlanner,
+};
+use crate::report::{self, JobSummary, ReportWriter};
+use crate::sql::SqlShared;
+
+/// How often `job_progress_overview.txt` is refreshed while a run executes.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// One `parallel_run(...)` of a query: its config, its report folder, and (once executed)
+/// its report. It is the operator's [`JobObserver`]: events go to the report files of the
+/// current execution.
+pub struct SqlRun {
+    label: String,
+    config: ParallelRunConfig,
+    report_dir: PathBuf,
+    preserve_order: bool,
+    writer: Mutex<Option<Arc<ReportWriter>>>,
+    summary: Mutex<Option<JobSummary>>,
+    started: AtomicBool,
+}
+
+impl fmt::Debug for SqlRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlRun")
+            .field("label", &self.label)
+            .field("report_dir", &self.report_dir)
+            .finish()
+    }
+}
+
+impl SqlRun {
+    /// A run of `config` reporting to `report_dir`.
+    pub(crate) fn new(
+        label: String,
+        config: ParallelRunConfig,
+        report_dir: PathBuf,
+        preserve_order: bool,
+    ) -> Self {
+        SqlRun {
+            label,
+            config,
+            report_dir,
+            preserve_order,
+            writer: Mutex::new(None),
+            summary: Mutex::new(None),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    /// A short name for messages, e.g. `parallel_run(rust:echo)`.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// The report folder (`job_result.txt`, `job_summary.json`, `sys/`, `user/`).
+    pub fn report_dir(&self) -> &Path {
+        &self.report_dir
+    }
+
+    /// The PRS parameters it runs with.
+    pub fn config(&self) -> &ParallelRunConfig {
+        &self.config
+    }
+
+    /// True once an execution started (the report files exist).
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
+    /// The summary of the last finished execution.
+    pub fn summary(&self) -> Option<JobSummary> {
+        lock(&self.summary).clone()
+    }
+
+    /// Marks a finished run as failed because the query around it failed (after the run
+    /// itself had nothing to report), and rewrites its final report.
+    pub(crate) fn fail_after(&self, reason: &str) {
+        let mut slot = lock(&self.summary);
+        let Some(summary) = slot.as_mut() else { return };
+        if !summary.succeeded() {
+            return;
+        }
+        summary.status = "failed".into();
+        summary.reason = format!("the query failed: {reason}");
+        let failures = self
+            .current_writer()
+            .map(|w| w.failures())
+            .unwrap_or_default();
+        if let Err(e) = report::write_final(&self.report_dir, summary, &failures) {
+            tracing::warn!("{}: writing the report failed: {e}", self.label);
+        }
+    }
+
+    fn current_writer(&self) -> Option<Arc<ReportWriter>> {
+        lock(&self.writer).clone()
+    }
+
+    /// Creates the report files for a new execution.
+    fn begin(&self) -> crate::Result<Arc<ReportWriter>> {
+        let writer = Arc::new(ReportWriter::create(&self.report_dir)?);
+        *lock(&self.writer) = Some(writer.clone());
+        *lock(&self.summary) = None;
+        self.started.store(true, Ordering::SeqCst);
+        Ok(writer)
+    }
+}
+
+impl JobObserver for SqlRun {
+    fn mini_batch_finished(&self, record: &MiniBatchRecord) {
+        if let Some(w) = self.current_writer() {
+            w.mini_batch_finished(record);
+        }
+    }
+
+    fn try_failed(&self, id: MiniBatchId, attempt: u32, process: &str, message: &str) {
+        if let Some(w) = self.current_writer() {
+            w.try_failed(id, attempt, process, message);
+        }
+    }
+
+    fn scheduling_done(&self, mini_batches: u64, items: u64) {
+        if let Some(w) = self.current_writer() {
+            w.scheduling_done(mini_batches, items);
+        }
+    }
+
+    fn worker_event(&self, process: &str, message: &str) {
+        if let Some(w) = self.current_writer() {
+            w.worker_event(process, message);
+        }
+    }
+}
+
+/// One execution of a run: counts partitions and rows, and finishes the report once.
+struct Tracker {
+    run: Arc<SqlRun>,
+    state: Arc<JobState>,
+    partitions: usize,
+    open: AtomicUsize,
+    ended: AtomicUsize,
+    rows: AtomicU64,
+    begun: Mutex<Option<Arc<ReportWriter>>>,
+    finished: AtomicBool,
+    ticker: Mutex<Option<SpawnedTask<()>>>,
+}
+
+impl Tracker {
+    fn new(run: Arc<SqlRun>, state: Arc<JobState>, partitions: usize) -> Self {
+        Tracker {
+            run,
+            state,
+            partitions,
+            open: AtomicUsize::new(partitions),
+            ended: AtomicUsize::new(0),
+            rows: AtomicU64::new(0),
+            begun: Mutex::new(None),
+            finished: AtomicBool::new(false),
+            ticker: Mutex::new(None),
+        }
+    }
+
+    /// Creates the report files and the progress ticker on the first call.
+    fn begin(&self) -> DFResult<()> {
+        let mut begun = lock(&self.begun);
+        if begun.is_some() {
+            return Ok(());
+        }
+        let writer = self.run.begin().map_err(PrsError::into_datafusion)?;
+        let (w, state) = (writer.clone(), self.state.clone());
+        *lock(&self.ticker) = Some(SpawnedTask::spawn(async move {
+            loop {
+                tokio::time::sleep(PROGRESS_EVERY).await;
+                w.write_progress(&state.counts(), state.elapsed());
+            }
+        }));
+        *begun = Some(writer);
+        Ok(())
+    }
+
+    /// A partition's stream failed: the job is aborted with that reason and finished.
+    fn failed(&self, error: &DataFusionError) {
+        if self.state.abort_reason().is_none() {
+            self.state.abort(crate::sql::error_text(error));
+        }
+        self.finish(true, None);
+    }
+
+    /// A partition's stream ended (`ended`: read to its end) or was dropped. Returns the error
+    /// the last stream must end with (PRS's rule that append_row needs a succeeded item).
+    fn partition_done(&self, ended: bool) -> Option<PrsError> {
+        if ended {
+            self.ended.fetch_add(1, Ordering::SeqCst);
+        }
+        if self.open.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return None;
+        }
+        let complete = self.ended.load(Ordering::SeqCst) == self.partitions;
+        let summary = self.finish(complete, None)?;
+        (complete && !summary.succeeded()).then(|| PrsError::NoOutput(summary.reason))
+    }
+
+    /// Writes the final report (once); returns the summary when this call wrote it.
+    fn finish(&self, complete: bool, fatal: Option<String>) -> Option<JobSummary> {
+        let writer = lock(&self.begun).clone()?;
+        if self.finished.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        drop(lock(&self.ticker).take());
+        let (counts, elapsed) = (self.state.counts(), self.state.elapsed());
+        let aborted = self.state.abort_reason().is_some() || fatal.is_some();
+        let mut summary =
+            crate::job::final_summary(&self.run.config, &self.state, fatal, &self.run.report_dir);
+        if !complete && !aborted {
+            summary.status = "succeeded".into();
+            summary.reason = format!(
+                "the query stopped reading before the end (e.g. a LIMIT): {} of {} mini batches \
+                 were processed",
+                counts.mini_batches_processed,
+                if counts.scheduling_done {
+                    counts.mini_batches_total.to_string()
+                } else {
+                    format!("{}+", counts.mini_batches_total)
+                }
+            );
+        }
+        summary.output_rows = self.rows.load(Ordering::SeqCst);
+        writer.write_progress(&counts, elapsed);
+        if let Err(e) = report::write_final(&self.run.report_dir, &summary, &writer.failures()) {
+            tracing::warn!("{}: writing the report failed: {e}", self.run.label);
+        }
+        *lock(&self.run.summary) = Some(summary.clone());
+        Some(summary)
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        // Partitions that were never executed, or a plan dropped mid-way: finish anyway.
+        self.finish(false, None);
+    }
+}
+
+/// Writes the report of the [`ParallelRunExec`] below it (see the module docs); otherwise
+/// passes its rows through. With `preserve_order` it has one partition and returns the rows
+/// in mini-batch order once the job is done.
+pub struct ParallelRunReportExec {
+    input: Arc<dyn ExecutionPlan>,
+    run: Arc<SqlRun>,
+    state: Arc<JobState>,
+    properties: Arc<PlanProperties>,
+    tracker: Arc<Tracker>,
+}
+
+impl fmt::Debug for ParallelRunReportExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParallelRunReportExec")
+            .field("run", &self.run)
+            .finish()
+    }
+}
+
+impl ParallelRunReportExec {
+    /// The report writer above `input` (a [`ParallelRunExec`] reporting to `state`).
+    pub fn new(input: Arc<dyn ExecutionPlan>, run: Arc<SqlRun>, state: Arc<JobState>) -> Self {
+        let partitions = if run.preserve_order {
+            1
+        } else {
+            input.output_partitioning().partition_count()
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(input.schema()),
+            Partitioning::UnknownPartitioning(partitions),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        let tracker = Arc::new(Tracker::new(run.clone(), state.clone(), partitions));
+        ParallelRunReportExec {
+            input,
+            run,
+            state,
+            properties,
+            tracker,
+        }
+    }
+
+    /// The run it reports on.
+    pub fn run(&self) -> &Arc<SqlRun> {
+        &self.run
+    }
+
+    /// All rows in mini-batch order, after the job is done.
+    fn execute_ordered(&self, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
+        let Some(exec) = self.input.downcast_ref::<ParallelRunExec>() else {
+            return Err(DataFusionError::Internal(
+                "preserve_order needs ParallelRunExec right below ParallelRunReportExec".into(),
+            ));
+        };
+        let mut streams = Vec::new();
+        for p in 0..exec.properties().output_partitioning().partition_count() {
+            streams.push(
+                exec.execute_mini_batches(p, context.clone())
+                    .map_err(PrsError::into_datafusion)?,
+            );
+        }
+        let schema = self.schema();
+        let target = schema.clone();
+        let ordered = futures::stream::once(async move {
+            let mut merged = futures::stream::select_all(streams);
+            let mut done = Vec::new();
+            while let Some(item) = merged.next().await {
+                let item = item.map_err(PrsError::into_datafusion)?;
+                if let Some(batch) = item.result {
+                    done.push((item.id, batch));
+                }
+            }
+            done.sort_by_key(|(id, _)| *id);
+            done.into_iter()
+                .map(|(id, batch)| {
+                    conform(batch, &target, &id.to_string()).map_err(PrsError::into_datafusion)
+                })
+                .collect::<DFResult<Vec<RecordBatch>>>()
+        })
+        .flat_map(|result| match result {
+            Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+            Err(e) => futures::stream::iter([Err(e)]).boxed(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            Tracked::new(ordered.boxed(), self.tracker.clone()),
+        )))
+    }
+}
+
+impl DisplayAs for ParallelRunReportExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "ParallelRunReportExec: report_dir={}, preserve_order={}",
+            self.run.report_dir.display(),
+            self.run.preserve_order
+        )
+    }
+}
+
+impl ExecutionPlan for ParallelRunReportExec {
+    fn name(&self) -> &str {
+        "ParallelRunReportExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::UnspecifiedDistribution]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // Nothing may come between this and the operator it reports on.
+        vec![false]
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![!self.run.preserve_order]
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children).map_err(|c| {
+            DataFusionError::Internal(format!(
+                "ParallelRunReportExec has one child, got {}",
+                c.len()
+            ))
+        })?;
+        Ok(Arc::new(ParallelRunReportExec::new(
+            input,
+            self.run.clone(),
+            self.state.clone(),
+        )))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        self.tracker.begin()?;
+        if self.run.preserve_order {
+            return self.execute_ordered(context);
+        }
+        let inner = match self.input.execute(partition, context) {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.tracker.failed(&e);
+                return Err(e);
+            }
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            Tracked::new(inner, self.tracker.clone()),
+        )))
+    }
+}
+
+/// A partition's stream, reporting its end (or drop) to the tracker.
+struct Tracked {
+    inner: Pin<Box<dyn Stream<Item = DFResult<RecordBatch>> + Send>>,
+    tracker: Arc<Tracker>,
+    done: bool,
+    pending_error: Option<PrsError>,
+}
+
+impl Tracked {
+    fn new(
+        inner: Pin<Box<dyn Stream<Item = DFResult<RecordBatch>> + Send>>,
+        tracker: Arc<Tracker>,
+    ) -> Self {
+        Tracked {
+            inner,
+            tracker,
+            done: false,
+            pending_error: None,
+        }
+    }
+}
+
+impl Stream for Tracked {
+    type Item = DFResult<RecordBatch>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(e) = self.pending_error.take() {
+            return Poll::Ready(Some(Err(e.into_datafusion())));
+        }
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(batch))) => {
+                self.tracker
+                    .rows
+                    .fetch_add(batch.num_rows() as u64, Ordering::SeqCst);
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                self.tracker.failed(&e);
+                self.tracker.partition_done(false);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                match self.tracker.partition_done(true) {
+                    Some(e) => Poll::Ready(Some(Err(e.into_datafusion()))),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.tracker.partition_done(false);
+        }
+    }
+}
+
+/// Plans the [`ParallelRunNode`]s that `parallel_run(...)` made into a [`ParallelRunExec`]
+/// under a [`ParallelRunReportExec`]; other nodes are left to the next planner.
+#[derive(Debug)]
+pub struct SqlRunPlanner {
+    shared: Arc<SqlShared>,
+}
+
+#[async_trait]
+impl ExtensionPlanner for SqlRunPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> DFResult<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(node) = node.as_any().downcast_ref::<ParallelRunNode>() else {
+            return Ok(None);
+        };
+        let spec = node.spec().clone();
+        let Some(run) = self.shared.run_for(&spec.observer) else {
+            return Ok(None);
+        };
+        let state = JobState::new(spec.settings.clone(), spec.observer.clone());
+        let inputs = physical_inputs
+            .iter()
+            .cloned()
+            .zip(node.infos().iter().cloned())
+            .collect();
+        let exec = Arc::new(ParallelRunExec::new(inputs, spec, state.clone()));
+        Ok(Some(Arc::new(ParallelRunReportExec::new(exec, run, state))))
+    }
+}
+
+/// DataFusion's planner with [`SqlRunPlanner`] and [`ParallelRunPlanner`].
+#[derive(Debug)]
+pub struct SqlQueryPlanner {
+    shared: Arc<SqlShared>,
+}
+
+impl SqlQueryPlanner {
+    pub(crate) fn new(shared: Arc<SqlShared>) -> Self {
+        SqlQueryPlanner { shared }
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for SqlQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![
+            Arc::new(SqlRunPlanner {
+                shared: self.shared.clone(),
+            }),
+            Arc::new(ParallelRunPlanner),
+        ])
+        .create_physical_plan(logical_plan, session)
+        .await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,548 @@
+//! File datasets on object storage: the listing as a table of `(path, size, modified)` whose
+//! `path` is a LOCAL file, downloaded ahead of the workers.
+//!
+//! The scan lists the prefix as a stream (S3 and Azure list keys in lexicographic order, so
+//! the order, and with it the mini-batch ids, is deterministic; the first mini-batch starts
+//! after its own files are listed and downloaded, not after the whole listing). Each listed
+//! object is downloaded by its own task, at most `prefetch` objects ahead of what the
+//! dispatcher has taken and `download_concurrency` at a time, within the cache's disk budget
+//! ([`FileCache`]). Rows come out in listing order, in small batches as downloads complete.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+
+use arrow::array::{RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::runtime::SpawnedTask;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use globset::{GlobBuilder, GlobMatcher};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use crate::error::{PrsError, Result};
+use crate::input::files_schema;
+use crate::storage::cache::FileCache;
+use crate::storage::named::NamedStore;
+use crate::storage::{local_path, storage_error, ObjectLocation, StorageOptions};
+
+/// Most rows per emitted batch.
+const MAX_ROWS: usize = 1024;
+
+/// A glob over keys relative to the listing prefix (`*` stays within one folder).
+pub fn glob_matcher(pattern: &str) -> std::result::Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("bad glob {pattern:?}: {e}"))
+}
+
+/// A file dataset on object storage and how it is downloaded.
+pub struct RemoteFiles {
+    input: String,
+    location: ObjectLocation,
+    store: Arc<NamedStore>,
+    cache: Arc<FileCache>,
+    /// Set when the location is one object.
+    single: Option<ObjectMeta>,
+    matcher: Option<GlobMatcher>,
+    prefetch: usize,
+    concurrency: usize,
+    options: StorageOptions,
+}
+
+impl fmt::Debug for RemoteFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteFiles")
+            .field("input", &self.input)
+            .field("location", &self.location.text)
+            .field("prefetch", &self.prefetch)
+            .field("concurrency", &self.concurrency)
+            .finish()
+    }
+}
+
+/// One downloaded file.
+struct Downloaded {
+    seq: u64,
+    local: String,
+    size: u64,
+    modified: i64,
+}
+
+impl RemoteFiles {
+    /// A dataset for input `input` at `location`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        input: &str,
+        location: ObjectLocation,
+        store: Arc<NamedStore>,
+        cache: Arc<FileCache>,
+        single: Option<ObjectMeta>,
+        prefetch: usize,
+        concurrency: usize,
+        options: StorageOptions,
+    ) -> std::result::Result<Self, String> {
+        let matcher = location.glob.as_deref().map(glob_matcher).transpose()?;
+        Ok(RemoteFiles {
+            input: input.to_string(),
+            location,
+            store,
+            cache,
+            single,
+            matcher,
+            prefetch: prefetch.max(1),
+            concurrency: concurrency.max(1),
+            options,
+        })
+    }
+
+    /// The download cache.
+    pub fn cache(&self) -> &Arc<FileCache> {
+        &self.cache
+    }
+
+    /// The objects of the dataset, in listing order (folder markers and non-matching keys
+    /// left out).
+    fn listing(self: &Arc<Self>) -> BoxStream<'static, Result<ObjectMeta>> {
+        if let Some(meta) = &self.single {
+            return futures::stream::once(futures::future::ready(Ok(meta.clone()))).boxed();
+        }
+        let this = self.clone();
+        let prefix = (!self.location.prefix.as_ref().is_empty()).then_some(&self.location.prefix);
+        let url = {
+            let mut u = self.location.url_of(&self.location.prefix);
+            if !u.ends_with('/') {
+                u.push('/');
+            }
+            u
+        };
+        let this_err = self.clone();
+        self.store
+            .list(prefix)
+            .map_err(move |e| {
+                storage_error(&this_err.location, "LIST", &url, &e, &this_err.options)
+            })
+            .try_filter(move |meta| {
+                let key = meta.location.as_ref();
+                let keep = !key.ends_with('/')
+                    && this
+                        .matcher
+                        .as_ref()
+                        .is_none_or(|m| m.is_match(this.location.relative(&meta.location)));
+                futures::future::ready(keep)
+            })
+            .boxed()
+    }
+
+    /// Downloads object `seq` into the cache (after reserving its size) and returns its local
+    /// path.
+    async fn download(
+        self: Arc<Self>,
+        seq: u64,
+        meta: ObjectMeta,
+        permits: Arc<Semaphore>,
+    ) -> Result<Downloaded> {
+        self.cache.reserve(seq, meta.size).await;
+        let result = self.fetch(&meta, &permits).await;
+        match result {
+            Ok(local) => {
+                self.cache.downloaded(seq, local.clone());
+                Ok(Downloaded {
+                    seq,
+                    local: local.to_string_lossy().to_string(),
+                    size: meta.size,
+                    modified: meta.last_modified.timestamp_millis(),
+                })
+            }
+            Err(e) => {
+                self.cache.failed(seq);
+                Err(e)
+            }
+        }
+    }
+
+    async fn fetch(&self, meta: &ObjectMeta, permits: &Semaphore) -> Result<std::path::PathBuf> {
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|_| PrsError::Cancelled("downloads stopped".into()))?;
+        let object = self.location.url_of(&meta.location);
+        let local = local_path(&self.cache.dir()?, &self.location.relative(&meta.location));
+        if let Some(parent) = local.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| PrsError::io(parent, e))?;
+        }
+        let name = local
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let part = local.with_file_name(format!(".{name}.part"));
+        let written = async {
+            let result =
+                self.store.get(&meta.location).await.map_err(|e| {
+                    storage_error(&self.location, "GET", &object, &e, &self.options)
+                })?;
+            let mut body = result.into_stream();
+            let mut file = tokio::fs::File::create(&part)
+                .await
+                .map_err(|e| PrsError::io(&part, e))?;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| {
+                    storage_error(&self.location, "GET", &object, &e, &self.options)
+                })?;
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| PrsError::io(&part, e))?;
+            }
+            file.flush().await.map_err(|e| PrsError::io(&part, e))?;
+            tokio::fs::rename(&part, &local)
+                .await
+                .map_err(|e| PrsError::io(&local, e))
+        }
+        .await;
+        if let Err(e) = written {
+            let _ = tokio::fs::remove_file(&part).await;
+            return Err(e);
+        }
+        Ok(local)
+    }
+
+    /// Lists, downloads ahead and emits rows with local paths, in listing order.
+    fn stream(self: Arc<Self>) -> impl Stream<Item = Result<RecordBatch>> + Send {
+        self.cache.reset();
+        let permits = Arc::new(Semaphore::new(self.concurrency));
+        let this = self.clone();
+        let downloads = self
+            .listing()
+            .enumerate()
+            .map(move |(seq, item)| {
+                let this = this.clone();
+                let permits = permits.clone();
+                // Its own task, so downloads go on while the dispatcher is busy.
+                let task = SpawnedTask::spawn(async move {
+                    let meta = item?;
+                    this.download(seq as u64, meta, permits).await
+                });
+                async move {
+                    task.join()
+                        .await
+                        .map_err(|e| PrsError::Cancelled(format!("a download task stopped: {e}")))?
+                }
+            })
+            .buffered(self.prefetch);
+        let state = Emitter {
+            downloads: Box::pin(downloads),
+            cache: self.cache.clone(),
+            done: false,
+        };
+        futures::stream::unfold(state, |mut state| async move {
+            state.next_batch().await.map(|item| (item, state))
+        })
+    }
+}
+
+type Downloads = Pin<Box<dyn Stream<Item = Result<Downloaded>> + Send>>;
+
+struct Emitter {
+    downloads: Downloads,
+    cache: Arc<FileCache>,
+    done: bool,
+}
+
+impl Emitter {
+    /// The next batch: every download already complete, in order (at least one).
+    async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
+        if self.done {
+            return None;
+        }
+        let mut rows: Vec<Downloaded> = Vec::new();
+        loop {
+            let next = if rows.is_empty() {
+                self.downloads.next().await
+            } else {
+                match futures::poll!(self.downloads.next()) {
+                    Poll::Ready(next) => next,
+                    Poll::Pending => break,
+                }
+            };
+            match next {
+                None => {
+                    self.done = true;
+                    break;
+                }
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+                Some(Ok(d)) => {
+                    self.cache.emitted(d.seq + 1);
+                    rows.push(d);
+                    if rows.len() >= MAX_ROWS {
+                        break;
+                    }
+                }
+            }
+        }
+        if rows.is_empty() {
+            return None;
+        }
+        Some(to_batch(&rows))
+    }
+}
+
+fn to_batch(rows: &[Downloaded]) -> Result<RecordBatch> {
+    let mut paths = StringBuilder::new();
+    let mut sizes = UInt64Builder::new();
+    let mut modified = TimestampMillisecondBuilder::new();
+    for r in rows {
+        paths.append_value(&r.local);
+        sizes.append_value(r.size);
+        modified.append_value(r.modified);
+    }
+    Ok(RecordBatch::try_new(
+        files_schema(),
+        vec![
+            Arc::new(paths.finish()),
+            Arc::new(sizes.finish()),
+            Arc::new(modified.finish().with_timezone("UTC")),
+        ],
+    )?)
+}
+
+/// A file dataset on object storage as a DataFusion table.
+#[derive(Debug)]
+pub struct RemoteFilesTable {
+    files: Arc<RemoteFiles>,
+}
+
+impl RemoteFilesTable {
+    /// A table over `files`.
+    pub fn new(files: RemoteFiles) -> Self {
+        RemoteFilesTable {
+            files: Arc::new(files),
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for RemoteFilesTable {
+    fn schema(&self) -> SchemaRef {
+        files_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(RemoteFilesExec::new(
+            self.files.clone(),
+            projection.cloned(),
+        )))
+    }
+}
+
+/// Streams a [`RemoteFiles`] dataset (one partition), downloading ahead.
+pub struct RemoteFilesExec {
+    files: Arc<RemoteFiles>,
+    projection: Option<Vec<usize>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for RemoteFilesExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RemoteFilesExec({})", self.files.location.text)
+    }
+}
+
+impl RemoteFilesExec {
+    fn new(files: Arc<RemoteFiles>, projection: Option<Vec<usize>>) -> Self {
+        let schema = match &projection {
+            Some(p) => Arc::new(
+                files_schema()
+                    .project(p)
+                    .unwrap_or_else(|_| files_schema().as_ref().clone()),
+            ),
+            None => files_schema(),
+        };
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        RemoteFilesExec {
+            files,
+            projection,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for RemoteFilesExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "RemoteFilesExec: location={}, prefetch={} files, download_concurrency={}, cache_size={} bytes",
+            self.files.location.text,
+            self.files.prefetch,
+            self.files.concurrency,
+            self.files.cache.budget()
+        )
+    }
+}
+
+impl ExecutionPlan for RemoteFilesExec {
+    fn name(&self) -> &str {
+        "RemoteFilesExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
+    ) -> DFResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
+        let projection = self.projection.clone();
+        let stream = self.files.clone().stream().map(move |batch| {
+            let batch = batch.map_err(PrsError::into_datafusion)?;
+            match &projection {
+                Some(p) => batch.project(p).map_err(DataFusionError::from),
+                None => Ok(batch),
+            }
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.properties.eq_properties.schema().clone(),
+            stream,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::path::Path as ObjectPath;
+    use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use std::time::{Duration, Instant};
+
+    /// 200 objects of 10 bytes listed at 5 ms per entry (1 s in all), a 50-byte budget and a
+    /// consumer that frees each batch once it has it: rows come out before the listing ends,
+    /// in order, as local files with the objects' bytes, and the cache never holds more than
+    /// a few files.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn streams_ahead_of_the_listing_within_the_budget() {
+        let memory = InMemory::new();
+        for i in 0..200 {
+            memory
+                .put(
+                    &ObjectPath::from(format!("data/f{i:03}.txt")),
+                    format!("{i:010}").into_bytes().into(),
+                )
+                .await
+                .unwrap();
+        }
+        let throttled = ThrottledStore::new(
+            memory,
+            ThrottleConfig {
+                wait_list_per_entry: Duration::from_millis(5),
+                ..Default::default()
+            },
+        );
+        let options = StorageOptions::default();
+        let store = Arc::new(NamedStore::new(
+            Arc::new(throttled),
+            "s3://b".into(),
+            options.clone(),
+        ));
+        let location = ObjectLocation::parse("p", "s3://b/data/").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(FileCache::new(dir.path().to_path_buf(), "in-", 50));
+        let files = Arc::new(
+            RemoteFiles::new("in", location, store, cache.clone(), None, 20, 4, options).unwrap(),
+        );
+        let t0 = Instant::now();
+        let mut stream = Box::pin(files.clone().stream());
+        let mut seen = 0u64;
+        let mut first_at = None;
+        while let Some(batch) = stream.next().await {
+            let batch = batch.unwrap();
+            first_at.get_or_insert(t0.elapsed());
+            let paths = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::StringArray>()
+                .unwrap();
+            for (i, path) in paths.iter().enumerate() {
+                let path = path.unwrap();
+                let n = seen + i as u64;
+                assert!(path.ends_with(&format!("f{n:03}.txt")), "{path}");
+                assert_eq!(std::fs::read_to_string(path).unwrap(), format!("{n:010}"));
+            }
+            let rows = batch.num_rows() as u64;
+            cache.release(seen..seen + rows);
+            seen += rows;
+        }
+        assert_eq!(seen, 200);
+        let first_at = first_at.unwrap();
+        assert!(
+            first_at < Duration::from_millis(500),
+            "first rows after {first_at:?}"
+        );
+        let stats = cache.stats();
+        assert_eq!(stats.downloaded, 200);
+        assert_eq!(stats.released, 200);
+        assert_eq!(stats.used, 0);
+        assert!(
+            stats.peak <= 100,
+            "peak {} bytes for a 50-byte budget",
+            stats.peak
+        );
+    }
+}
