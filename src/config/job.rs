@@ -868,7 +868,7 @@ fn resolve_location(field: &str, base_dir: &Path, location: &str) -> Result<Stri
 }
 
 /// Does this look like `scheme://...` (s3, az, abfss, gs, http, ...)?
-fn is_url(location: &str) -> bool {
+pub(crate) fn is_url(location: &str) -> bool {
     match location.split_once("://") {
         Some((scheme, _)) => {
             scheme
@@ -884,8 +884,9 @@ fn is_url(location: &str) -> bool {
 }
 
 /// `path` resolved against `base_dir` when relative, without `.` components and with `..`
-/// folded into the folder before it (lexically, so `data/sample/../../out` becomes `out`).
-fn resolve(base_dir: &Path, path: &str) -> PathBuf {
+/// folded into the folder before it (lexically, so `data/sample/../../out` becomes `out`;
+/// `..` above the root stays at the root).
+pub(crate) fn resolve(base_dir: &Path, path: &str) -> PathBuf {
     let joined = base_dir.join(path);
     let mut parts: Vec<Component> = Vec::new();
     for c in joined.components() {
@@ -894,6 +895,7 @@ fn resolve(base_dir: &Path, path: &str) -> PathBuf {
             Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
                 parts.pop();
             }
+            Component::ParentDir if matches!(parts.last(), Some(Component::RootDir)) => {}
             other => parts.push(other),
         }
     }

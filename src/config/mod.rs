@@ -13,7 +13,7 @@ mod yaml;
 pub use job::{
     InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
 };
-pub(crate) use job::{read_config_entries, validate_arguments};
+pub(crate) use job::{is_url, resolve as resolve_path, read_config_entries, validate_arguments};
 pub use params::{
     ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
 };

@@ -291,28 +291,9 @@ where
     })
 }
 
-/// `path` against `base` when relative, with `.` dropped and `..` folded into the folder
-/// before it (lexically, as job files resolve theirs).
+/// `path` resolved against `base` (see the job file's rule, which this shares).
 pub(crate) fn resolve_path(base: &Path, path: &str) -> PathBuf {
-    use std::path::Component;
-    let joined = base.join(path);
-    let mut parts: Vec<Component> = Vec::new();
-    for c in joined.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(parts.last(), Some(Component::Normal(_))) => {
-                parts.pop();
-            }
-            Component::ParentDir if matches!(parts.last(), Some(Component::RootDir)) => {}
-            other => parts.push(other),
-        }
-    }
-    let resolved: PathBuf = parts.into_iter().collect();
-    if resolved.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        resolved
-    }
+    crate::config::resolve_path(base, path)
 }
 
 /// The message of a DataFusion error, showing a wrapped [`PrsError`] as itself.

@@ -78,19 +78,10 @@ pub struct ObjectLocation {
 /// Does `location` look like `scheme://...` for a scheme other than `file`? (Such locations
 /// are object storage; [`ObjectLocation::parse`] says whether the scheme is supported.)
 pub fn is_object_url(location: &str) -> bool {
-    match location.split_once("://") {
-        Some((scheme, _)) => {
-            !scheme.eq_ignore_ascii_case("file")
-                && scheme
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        }
-        None => false,
-    }
+    crate::config::is_url(location)
+        && !location
+            .get(..7)
+            .is_some_and(|p| p.eq_ignore_ascii_case("file://"))
 }
 
 fn has_glob(text: &str) -> bool {
