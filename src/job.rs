@@ -270,11 +270,14 @@ pub async fn execute_with_storage(
     let state = JobState::new(settings.clone(), observer);
     let exec = ParallelRunExec::new(inputs, spec, state.clone());
     let mut sink = match config.output_action {
-        OutputAction::AppendRow => Some(AppendRowSink::create(
-            &options.output,
-            &config.append_row_file_name,
-            options.output_format,
-        )?),
+        OutputAction::AppendRow => Some(
+            AppendRowSink::create(
+                &options.output,
+                &config.append_row_file_name,
+                options.output_format,
+            )?
+            .merge_as_committed(!options.preserve_order),
+        ),
         OutputAction::SummaryOnly => None,
     };
 

@@ -57,6 +57,10 @@ pub struct AppendRowSink {
     ledger: BufWriter<File>,
     parts: Vec<Part>,
     rows: u64,
+    /// The final file's temporary copy and its writer, when merging as mini-batches commit.
+    live: Option<(PathBuf, FinalWriter)>,
+    merge_as_committed: bool,
+    finished: bool,
 }
 
 /// What the sink produced.
@@ -91,7 +95,27 @@ impl AppendRowSink {
             ledger: BufWriter::new(ledger),
             parts: Vec::new(),
             rows: 0,
+            live: None,
+            merge_as_committed: false,
+            finished: false,
         })
+    }
+
+    /// Also appends each committed mini-batch to the final file's temporary copy right away,
+    /// so `finish` only renames it (completion order only; `preserve_order` merges at the end).
+    /// The parts are still written: they are the record of what was committed.
+    pub fn merge_as_committed(mut self, on: bool) -> Self {
+        self.merge_as_committed = on;
+        self
+    }
+
+    fn temp_final_path(&self) -> PathBuf {
+        let name = self
+            .final_path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        self.final_path.with_file_name(format!(".{name}.tmp"))
     }
 
     /// The folder holding the committed parts.
@@ -128,42 +152,67 @@ impl AppendRowSink {
             .map_err(|e| PrsError::io(&self.staging, e))?;
         self.rows += batch.num_rows() as u64;
         self.parts.push(Part { id: done.id, path });
+        if self.merge_as_committed {
+            if self.live.is_none() {
+                let tmp = self.temp_final_path();
+                let file = File::create(&tmp).map_err(|e| PrsError::io(&tmp, e))?;
+                let writer = FinalWriter::new(self.format, BufWriter::with_capacity(1 << 20, file));
+                self.live = Some((tmp, writer));
+            }
+            if let Some((_, writer)) = self.live.as_mut() {
+                writer.write(batch, &done.id)?;
+            }
+        }
         Ok(())
     }
 
     /// Merges the parts into the final file (in completion order, or id order when
     /// `preserve_order`), makes it visible atomically and removes the staging folder.
     pub fn finish(mut self, preserve_order: bool) -> Result<OutputSummary> {
-        if preserve_order {
-            self.parts.sort_by_key(|p| p.id);
-        }
-        let name = self
-            .final_path
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let tmp = self.final_path.with_file_name(format!(".{name}.tmp"));
-        let out_err = |e: std::io::Error| PrsError::io(&tmp, e);
-        let file = File::create(&tmp).map_err(out_err)?;
-        let mut writer = FinalWriter::new(self.format, BufWriter::with_capacity(1 << 20, file));
-        for part in &self.parts {
-            let reader = File::open(&part.path).map_err(|e| PrsError::io(&part.path, e))?;
-            let reader = FileReader::try_new(reader, None)?;
-            for batch in reader {
-                writer.write(&batch?, &part.id)?;
+        let tmp = self.temp_final_path();
+        match self.live.take() {
+            Some((tmp, writer)) if !preserve_order => writer.close(&tmp)?,
+            live => {
+                drop(live);
+                if preserve_order {
+                    self.parts.sort_by_key(|p| p.id);
+                }
+                let file = File::create(&tmp).map_err(|e| PrsError::io(&tmp, e))?;
+                let mut writer =
+                    FinalWriter::new(self.format, BufWriter::with_capacity(1 << 20, file));
+                for part in &self.parts {
+                    let reader =
+                        File::open(&part.path).map_err(|e| PrsError::io(&part.path, e))?;
+                    let reader = FileReader::try_new(reader, None)?;
+                    for batch in reader {
+                        writer.write(&batch?, &part.id)?;
+                    }
+                }
+                writer.close(&tmp)?;
             }
         }
-        writer.close(&tmp)?;
         fs::rename(&tmp, &self.final_path).map_err(|e| PrsError::io(&self.final_path, e))?;
         fs::remove_dir_all(&self.staging).map_err(|e| PrsError::io(&self.staging, e))?;
         if let Some(parent) = self.staging.parent() {
             // Only removes `.parallel_run` when nothing else lives there.
             let _ = fs::remove_dir(parent);
         }
+        self.finished = true;
         Ok(OutputSummary {
-            path: self.final_path,
+            path: self.final_path.clone(),
             rows: self.rows,
         })
+    }
+}
+
+impl Drop for AppendRowSink {
+    /// A sink dropped before `finish` (the job failed) leaves no final file behind, not even
+    /// the temporary copy; the committed parts stay in the staging folder.
+    fn drop(&mut self) {
+        if !self.finished {
+            self.live = None;
+            let _ = fs::remove_file(self.temp_final_path());
+        }
     }
 }
 

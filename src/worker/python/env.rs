@@ -33,10 +33,12 @@ const PIP_TAIL_LINES: usize = 30;
 /// `env.pip` lists packages, the Python of a cached virtual environment with those packages
 /// (built on first use, with a message on stderr).
 pub fn resolve_interpreter(env: &Environment) -> Result<PathBuf> {
-    let base = base_interpreter(env.python.as_deref())?;
     if env.pip.is_empty() {
-        return Ok(base.executable);
+        // No environment to build: finding the program is enough (a broken interpreter fails
+        // the workers' start with its own message), and saves starting Python once more.
+        return find_interpreter(env.python.as_deref());
     }
+    let base = base_interpreter(env.python.as_deref())?;
     let cache = cache_dir()?;
     cached_venv(&base, &env.pip, &cache)
 }
@@ -73,14 +75,13 @@ pub(crate) struct Interpreter {
     pub(crate) version: String,
 }
 
-/// Finds `python` (a name on PATH or a path; default `python3`) and checks that it runs and
-/// is Python 3.8 or later.
-pub(crate) fn base_interpreter(python: Option<&str>) -> Result<Interpreter> {
+/// Finds `python` (a name on PATH or a path; default `python3`).
+fn find_interpreter(python: Option<&str>) -> Result<PathBuf> {
     let name = python
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .unwrap_or("python3");
-    let path = find_program(name).ok_or_else(|| {
+    find_program(name).ok_or_else(|| {
         PrsError::config(
             "environment.python",
             name,
@@ -90,7 +91,13 @@ pub(crate) fn base_interpreter(python: Option<&str>) -> Result<Interpreter> {
                 "not found on PATH; install Python 3, or set environment.python in the job file to an interpreter's path (e.g. /usr/bin/python3 or a virtual environment's bin/python)"
             },
         )
-    })?;
+    })
+}
+
+/// Finds `python` (see [`find_interpreter`]) and checks that it runs and is Python 3.8 or
+/// later.
+pub(crate) fn base_interpreter(python: Option<&str>) -> Result<Interpreter> {
+    let path = find_interpreter(python)?;
     let out = Command::new(&path)
         .args([
             "-c",
