@@ -181,8 +181,7 @@ impl AppendRowSink {
                 let mut writer =
                     FinalWriter::new(self.format, BufWriter::with_capacity(1 << 20, file));
                 for part in &self.parts {
-                    let reader =
-                        File::open(&part.path).map_err(|e| PrsError::io(&part.path, e))?;
+                    let reader = File::open(&part.path).map_err(|e| PrsError::io(&part.path, e))?;
                     let reader = FileReader::try_new(reader, None)?;
                     for batch in reader {
                         writer.write(&batch?, &part.id)?;

@@ -58,12 +58,23 @@ pub struct InputSpec {
 impl InputSpec {
     /// A path input.
     pub fn path(name: impl Into<String>, path: impl Into<String>, format: InputFormat) -> Self {
-        InputSpec { name: name.into(), source: InputSource::Path { path: path.into(), format }, partition_format: None }
+        InputSpec {
+            name: name.into(),
+            source: InputSource::Path {
+                path: path.into(),
+                format,
+            },
+            partition_format: None,
+        }
     }
 
     /// A SQL input over the other inputs.
     pub fn sql(name: impl Into<String>, query: impl Into<String>) -> Self {
-        InputSpec { name: name.into(), source: InputSource::Sql(query.into()), partition_format: None }
+        InputSpec {
+            name: name.into(),
+            source: InputSource::Sql(query.into()),
+            partition_format: None,
+        }
     }
 }
 
@@ -819,7 +830,13 @@ fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<InputSpec> 
         }
     };
     if let Some(pattern) = &partition_format {
-        let is_files = matches!(&source, InputSource::Path { format: InputFormat::Files, .. });
+        let is_files = matches!(
+            &source,
+            InputSource::Path {
+                format: InputFormat::Files,
+                ..
+            }
+        );
         if !is_files {
             return Err(PrsError::config(
                 s.field("partition_format"),
@@ -835,7 +852,11 @@ fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<InputSpec> 
             ));
         }
     }
-    Ok(InputSpec { name, source, partition_format })
+    Ok(InputSpec {
+        name,
+        source,
+        partition_format,
+    })
 }
 
 /// An input location: URLs are kept, `file://` URLs become paths, relative paths resolve

@@ -10,10 +10,10 @@ mod params;
 mod size;
 mod yaml;
 
+pub(crate) use job::{is_url, read_config_entries, resolve as resolve_path, validate_arguments};
 pub use job::{
     InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
 };
-pub(crate) use job::{is_url, resolve as resolve_path, read_config_entries, validate_arguments};
 pub use params::{
     ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
 };

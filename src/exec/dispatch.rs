@@ -156,8 +156,13 @@ async fn dispatch_keyed(
                 &settings.partition_keys,
                 reservation.new_empty(),
             )?;
-            let (state, queue, reservation, index, input) =
-                (state.clone(), queue.clone(), reservation.new_empty(), index.clone(), info.name.clone());
+            let (state, queue, reservation, index, input) = (
+                state.clone(),
+                queue.clone(),
+                reservation.new_empty(),
+                index.clone(),
+                info.name.clone(),
+            );
             tasks.push(SpawnedTask::spawn(async move {
                 loop {
                     let next = tokio::select! {

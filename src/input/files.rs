@@ -68,7 +68,10 @@ enum PathKeys {
     Hive(Vec<String>),
     /// Azure's partition_format, e.g. `{country}/{year}/*.jpg`: a regex with one named group
     /// per key; files that do not match are left out.
-    Format { names: Vec<String>, regex: regex::Regex },
+    Format {
+        names: Vec<String>,
+        regex: regex::Regex,
+    },
 }
 
 impl PathKeys {
@@ -85,11 +88,21 @@ impl PathKeys {
             PathKeys::None => Some(Vec::new()),
             PathKeys::Hive(names) => {
                 let found = hive_pairs(relative);
-                Some(names.iter().map(|n| found.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone())).collect())
+                Some(
+                    names
+                        .iter()
+                        .map(|n| found.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
+                        .collect(),
+                )
             }
             PathKeys::Format { names, regex } => {
                 let caps = regex.captures(relative)?;
-                Some(names.iter().map(|n| caps.name(n).map(|m| m.as_str().to_string())).collect())
+                Some(
+                    names
+                        .iter()
+                        .map(|n| caps.name(n).map(|m| m.as_str().to_string()))
+                        .collect(),
+                )
             }
         }
     }
@@ -101,22 +114,32 @@ fn hive_pairs(relative: &str) -> Vec<(String, String)> {
     parts.pop(); // the file name itself
     parts
         .into_iter()
-        .filter_map(|c| c.split_once('=').filter(|(k, _)| !k.is_empty()).map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|c| {
+            c.split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect()
 }
 
 /// Turns a partition format such as `{country}/{year}/*.jpg` into an anchored regex and its
 /// key names.
-fn partition_format_regex(format: &str) -> std::result::Result<(Vec<String>, regex::Regex), String> {
+fn partition_format_regex(
+    format: &str,
+) -> std::result::Result<(Vec<String>, regex::Regex), String> {
     let mut names = Vec::new();
     let mut pattern = String::from("^");
     let mut rest = format.trim_start_matches('/');
     while !rest.is_empty() {
         if let Some(after) = rest.strip_prefix('{') {
-            let end = after.find('}').ok_or_else(|| format!("partition_format {format:?}: unclosed {{"))?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("partition_format {format:?}: unclosed {{"))?;
             let name = &after[..end];
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!("partition_format {format:?}: {{{name}}} is not a valid key name"));
+                return Err(format!(
+                    "partition_format {format:?}: {{{name}}} is not a valid key name"
+                ));
             }
             pattern.push_str(&format!("(?P<{name}>[^/]+)"));
             names.push(name.to_string());
@@ -134,7 +157,8 @@ fn partition_format_regex(format: &str) -> std::result::Result<(Vec<String>, reg
         }
     }
     pattern.push('$');
-    let regex = regex::Regex::new(&pattern).map_err(|e| format!("partition_format {format:?}: {e}"))?;
+    let regex =
+        regex::Regex::new(&pattern).map_err(|e| format!("partition_format {format:?}: {e}"))?;
     Ok((names, regex))
 }
 
@@ -203,13 +227,20 @@ impl FileListing {
         if names.is_empty() {
             return files_schema();
         }
-        let mut fields: Vec<Field> = files_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut fields: Vec<Field> = files_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
         fields.extend(names.iter().map(|n| Field::new(n, DataType::Utf8, true)));
         Arc::new(Schema::new(fields))
     }
 
     fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root).unwrap_or(path).to_string_lossy().replace('\\', "/")
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .replace('\\', "/")
     }
 
     /// Walks matching file paths (relative to the root) until `f` returns false.
@@ -218,9 +249,14 @@ impl FileListing {
             Some(p) => Some(glob_matcher(p).map_err(|message| self.error(message))?),
             None => None,
         };
-        for entry in walkdir::WalkDir::new(&self.root).follow_links(true).sort_by_file_name() {
+        for entry in walkdir::WalkDir::new(&self.root)
+            .follow_links(true)
+            .sort_by_file_name()
+        {
             let entry = entry.map_err(|e| self.error(format!("listing failed: {e}")))?;
-            if !entry.file_type().is_file() || matcher.as_ref().is_some_and(|m| !m.is_match(entry.path())) {
+            if !entry.file_type().is_file()
+                || matcher.as_ref().is_some_and(|m| !m.is_match(entry.path()))
+            {
                 continue;
             }
             if !f(&self.relative(entry.path())) {
@@ -582,7 +618,10 @@ mod key_tests {
     fn hive_folders_are_read() {
         assert_eq!(
             hive_pairs("country=fr/year=2024/img.jpg"),
-            vec![("country".to_string(), "fr".to_string()), ("year".to_string(), "2024".to_string())]
+            vec![
+                ("country".to_string(), "fr".to_string()),
+                ("year".to_string(), "2024".to_string())
+            ]
         );
         assert!(hive_pairs("a/b/c.txt").is_empty());
     }

@@ -75,8 +75,14 @@ pub fn job_session_with(memory_limit: Option<u64>) -> SessionContext {
             "datafusion.execution.parquet.schema_force_view_types",
             false,
         )
-        .set_usize("datafusion.execution.sort_spill_reservation_bytes", sort_reserve)
-        .set_usize("datafusion.execution.sort_in_place_threshold_bytes", sort_reserve)
+        .set_usize(
+            "datafusion.execution.sort_spill_reservation_bytes",
+            sort_reserve,
+        )
+        .set_usize(
+            "datafusion.execution.sort_in_place_threshold_bytes",
+            sort_reserve,
+        )
         .with_extension(Arc::new(engine_pool));
     let state = SessionStateBuilder::new()
         .with_config(config)
@@ -90,7 +96,12 @@ pub fn job_session_with(memory_limit: Option<u64>) -> SessionContext {
 /// Half of the machine's physical memory (4 GiB when it cannot be read).
 pub fn default_memory_limit() -> u64 {
     // SAFETY: sysconf only reads system configuration values.
-    let (pages, page_size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, page_size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     if pages > 0 && page_size > 0 {
         (pages as u64).saturating_mul(page_size as u64) / 2
     } else {
@@ -138,7 +149,14 @@ pub async fn register_inputs_with(
                 })
             }
             InputSource::Path { path, format } => {
-                register_path(ctx, &spec.name, path, *format, spec.partition_format.as_deref()).await?;
+                register_path(
+                    ctx,
+                    &spec.name,
+                    path,
+                    *format,
+                    spec.partition_format.as_deref(),
+                )
+                .await?;
                 Some(if *format == InputFormat::Files {
                     ItemKind::Files
                 } else {

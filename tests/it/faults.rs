@@ -78,6 +78,10 @@ fn error_threshold_aborts_exactly_when_exceeded() {
         !d.path().join("out/parallel_run_step.csv").exists(),
         "no final file after an abort"
     );
+    assert!(
+        !d.path().join("out/.parallel_run_step.csv.tmp").exists(),
+        "not even its temporary copy"
+    );
     let result = std::fs::read_to_string(d.path().join("out/logs/job_result.txt")).unwrap();
     assert!(
         result.contains("staging"),
