@@ -143,14 +143,18 @@ impl AppendRowSink {
             "index": done.index,
             "input": done.lineage.input.as_ref(),
             "rows_in": [done.lineage.rows.start, done.lineage.rows.end],
-            "rows_out": batch.num_rows(),
+            "rows_out": done.returned,
             "part": format!("parts/{name}"),
         });
         writeln!(self.ledger, "{line}").map_err(|e| PrsError::io(&self.staging, e))?;
         self.ledger
             .flush()
             .map_err(|e| PrsError::io(&self.staging, e))?;
-        self.rows += batch.num_rows() as u64;
+        // Text lines arrive pre-formatted, several per value: count what run() returned.
+        self.rows += match ResultShape::of(batch) {
+            ResultShape::Lines => done.returned,
+            _ => batch.num_rows() as u64,
+        };
         self.parts.push(Part { id: done.id, path });
         if self.merge_as_committed {
             if self.live.is_none() {

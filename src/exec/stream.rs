@@ -25,6 +25,9 @@ pub struct CompletedMiniBatch {
     pub lineage: Lineage,
     /// The returned rows (absent when results are not kept, e.g. summary_only).
     pub result: Option<RecordBatch>,
+    /// Elements run() returned: the output rows (pre-formatted text lines may hold several in
+    /// one value).
+    pub returned: u64,
 }
 
 /// Runs partition `partition` until the queue is drained or the job is aborted, sending each
@@ -206,11 +209,13 @@ impl PartitionRunner {
                         traceback: None,
                     };
                     self.state.mini_batch_finished(&record);
+                    let returned = ret.returned;
                     return Ok(ret.result.map(|result| CompletedMiniBatch {
                         id: mb.id,
                         index: dispatched.index,
                         lineage: mb.lineage.clone(),
                         result: Some(result),
+                        returned,
                     }));
                 }
                 Err(e) => {

@@ -99,6 +99,11 @@ fn list_and_numpy_results() {
         "list elements are written with str(x)"
     );
     assert_eq!(lines.len(), 500);
+    assert_eq!(
+        summary(&out(d.path()))["output_rows"],
+        500,
+        "output_rows counts lines"
+    );
 
     let numpy =
         "import numpy as np\ndef run(mini_batch):\n    return mini_batch['id'].to_numpy() * 2\n";
