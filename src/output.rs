@@ -298,7 +298,10 @@ impl FinalWriter {
                 let batch = conform(batch.clone(), &target, &id.to_string())?;
                 if writer.is_none() {
                     let file = out.take().ok_or_else(closed)?;
-                    *writer = Some(ArrowWriter::try_new(file, target, None).map_err(parquet_err)?);
+                    *writer = Some(
+                        ArrowWriter::try_new(file, target, Some(parquet_properties()))
+                            .map_err(parquet_err)?,
+                    );
                 }
                 writer
                     .as_mut()
@@ -340,6 +343,14 @@ impl FinalWriter {
             }
         }
     }
+}
+
+/// Row groups of 128Ki rows: the writer buffers one row group, so this bounds its memory
+/// whatever the size of the output.
+fn parquet_properties() -> parquet::file::properties::WriterProperties {
+    parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(128 * 1024))
+        .build()
 }
 
 fn closed() -> PrsError {
