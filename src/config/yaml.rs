@@ -240,7 +240,6 @@ fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
         .map(|(_, candidate)| candidate)
 }
 
-
 /// A scalar's text: strings as is, numbers and booleans as written; `None` for the rest.
 pub(super) fn scalar_text(value: &Value) -> Option<String> {
     match value {

@@ -376,7 +376,6 @@ fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
