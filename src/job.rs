@@ -101,7 +101,7 @@ pub async fn run_job_spec(
 
 /// The worker environment for a job.
 pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv {
-    let logs = options.output.join("logs");
+    let logs = log_dir(&options.output);
     let mut system = vec![
         (
             "mini_batch_size",
@@ -254,7 +254,7 @@ pub async fn execute_with_storage(
         crate::exec::keyed::check_keys(&info.name, &plan.schema(), &config.partition_keys)?;
     }
     let settings = RunSettings::from_config(config, has_files)?;
-    let log_dir = options.output.join("logs");
+    let log_dir = log_dir(&options.output);
     let reports = Arc::new(ReportWriter::create(&log_dir)?);
     let spec = Arc::new(OperatorSpec {
         settings: settings.clone(),

@@ -14,7 +14,7 @@ pub mod stream;
 
 pub use dispatch::InputInfo;
 pub use logical::ParallelRunNode;
-pub use planner::{ParallelRunPlanner, ParallelRunQueryPlanner};
+pub use planner::{plan_node, ParallelRunPlanner, ParallelRunQueryPlanner};
 pub use state::{JobCounts, JobObserver, JobState, MiniBatchRecord, NoopObserver, RunSettings};
 pub use stream::CompletedMiniBatch;
 

@@ -32,15 +32,24 @@ impl ExtensionPlanner for ParallelRunPlanner {
         let Some(node) = node.as_any().downcast_ref::<ParallelRunNode>() else {
             return Ok(None);
         };
-        let spec = node.spec().clone();
-        let state = JobState::new(spec.settings.clone(), spec.observer.clone());
-        let inputs = physical_inputs
-            .iter()
-            .cloned()
-            .zip(node.infos().iter().cloned())
-            .collect();
-        Ok(Some(Arc::new(ParallelRunExec::new(inputs, spec, state))))
+        Ok(Some(Arc::new(plan_node(node, physical_inputs))))
     }
+}
+
+/// The operator for `node` over its planned inputs, with a fresh [`JobState`] reporting to the
+/// spec's observer (see [`ParallelRunExec::state`]).
+pub fn plan_node(
+    node: &ParallelRunNode,
+    physical_inputs: &[Arc<dyn ExecutionPlan>],
+) -> ParallelRunExec {
+    let spec = node.spec().clone();
+    let state = JobState::new(spec.settings.clone(), spec.observer.clone());
+    let inputs = physical_inputs
+        .iter()
+        .cloned()
+        .zip(node.infos().iter().cloned())
+        .collect();
+    ParallelRunExec::new(inputs, spec, state)
 }
 
 /// A query planner: DataFusion's default planner plus [`ParallelRunPlanner`].

@@ -46,7 +46,7 @@ use crate::batch::MiniBatchId;
 use crate::config::ParallelRunConfig;
 use crate::error::PrsError;
 use crate::exec::{
-    conform, JobObserver, JobState, MiniBatchRecord, ParallelRunExec, ParallelRunNode,
+    conform, plan_node, JobObserver, JobState, MiniBatchRecord, ParallelRunExec, ParallelRunNode,
     ParallelRunPlanner,
 };
 use crate::report::{self, JobSummary, ReportWriter};
@@ -551,17 +551,11 @@ impl ExtensionPlanner for SqlRunPlanner {
         let Some(node) = node.as_any().downcast_ref::<ParallelRunNode>() else {
             return Ok(None);
         };
-        let spec = node.spec().clone();
-        let Some(run) = self.shared.run_for(&spec.observer) else {
+        let Some(run) = self.shared.run_for(&node.spec().observer) else {
             return Ok(None);
         };
-        let state = JobState::new(spec.settings.clone(), spec.observer.clone());
-        let inputs = physical_inputs
-            .iter()
-            .cloned()
-            .zip(node.infos().iter().cloned())
-            .collect();
-        let exec = Arc::new(ParallelRunExec::new(inputs, spec, state.clone()));
+        let exec = Arc::new(plan_node(node, physical_inputs));
+        let state = exec.state().clone();
         Ok(Some(Arc::new(ParallelRunReportExec::new(exec, run, state))))
     }
 }

@@ -58,13 +58,6 @@ fn one_big_file_with_one_row_group_is_split() {
     }
     // Contiguous, complete, no empty mini-batch.
     let mut expected_start = 0;
-    for r in rows
-        .iter()
-        .map(|r| r["rows"].clone())
-        .collect::<std::collections::BTreeSet<_>>()
-    {
-        let _ = r;
-    }
     let mut ranges: Vec<(u64, u64)> = rows
         .iter()
         .map(|r| {
