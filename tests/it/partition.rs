@@ -132,21 +132,23 @@ fn key_ids_are_stable_across_worker_counts() {
 #[test]
 fn data_larger_than_the_memory_limit_spills() {
     let d = tempfile::tempdir().unwrap();
-    // About 38 MB of rows in 60 keys (about 600 KB each) under a 24 MB limit: the sort
-    // (12 MB of it) must spill.
-    write_keyed(&d.path().join("in"), 10, 40_000, 60, 80);
+    // About 76 MB of rows in 60 keys (about 1.3 MB each) under a 64 MB limit: the sort
+    // (32 MB of it) must spill. One worker, so one sort: with two, a partition's merge and the
+    // other's next batch can together exceed DataFusion's sort pool under load (a known
+    // limitation of tight limits, see the closing note of issue 4).
+    write_keyed(&d.path().join("in"), 20, 40_000, 60, 80);
     let run = run_job(
         &keyed_job(
             d.path(),
-            "process_count_per_node: 2",
-            "memory_limit: 24MB\n",
+            "process_count_per_node: 1",
+            "memory_limit: 64MB\n",
         ),
         &[],
     );
     assert_eq!(run.code, 0, "{run:?}");
     let s = summary(&d.path().join("out"));
     assert_eq!(s["mini_batches_total"], 60);
-    assert_eq!(s["items_succeeded"], 400_000);
+    assert_eq!(s["items_succeeded"], 800_000);
 }
 
 #[test]
