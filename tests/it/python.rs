@@ -481,9 +481,11 @@ fn file_datasets_get_local_paths() {
         .unwrap();
     }
     let script = r#"
-import os
+import os, sys
 def run(mini_batch):
     assert isinstance(mini_batch, list)
+    # Paths and text results travel without Arrow: the worker never pays pyarrow's import.
+    assert "--csv" in sys.argv or "pyarrow" not in sys.modules, "pyarrow was imported"
     return [f"{os.path.basename(p)} {len(open(p).read().split())}" for p in mini_batch]
 "#;
     std::fs::write(d.path().join("entry.py"), script).unwrap();
@@ -500,6 +502,19 @@ def run(mini_batch):
     assert_eq!(lines[0], "doc00.txt 3");
     assert_eq!(lines[22], "doc22.txt 69");
     assert_eq!(processed(&out(d.path())).len(), 5);
+
+    // Other output formats convert the same list results through pyarrow, imported on need.
+    let job = write_job(
+        d.path(),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 5", python()),
+        "inputs:\n  - {name: docs, path: docs, format: files}\noutput: out_csv\noutput_format: csv\npreserve_order: true\narguments: [--csv]\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let rows = csv_rows(&d.path().join("out_csv/parallel_run_step.csv"));
+    assert_eq!(rows.len(), 23, "{rows:?}");
+    assert_eq!(rows[0], vec!["doc00.txt 3".to_string()]);
+    assert_eq!(rows[22], vec!["doc22.txt 69".to_string()]);
 }
 
 #[test]

@@ -38,10 +38,13 @@
 //! u32 LE header length | u64 LE payload length | header (UTF-8 JSON, with "type") | payload
 //! ```
 //!
-//! The payload, when there is one, is one Arrow IPC stream. Engine → worker:
+//! The payload, when there is one, is one Arrow IPC stream (or, for the `text` result shape,
+//! UTF-8 text). Engine → worker:
 //! - `RUN` `{id, minibatch_index, attempt, input_name, partition_key_value, kind: rows|files,
 //!   keep_results, output_format: txt|csv|parquet}` + the mini-batch's rows (only those: a
-//!   [`MiniBatch`](crate::batch::MiniBatch)'s data is compact). run() receives a pandas DataFrame (`rows`, default), a
+//!   [`MiniBatch`](crate::batch::MiniBatch)'s data is compact); for `files` the header carries
+//!   `paths` instead and there is no payload, so a file-dataset worker never imports pyarrow
+//!   (0.1 to 0.25 s each; the bootstrap imports it on first need). run() receives a pandas DataFrame (`rows`, default), a
 //!   `pyarrow.Table` (`rows` with [`MiniBatchFormat::PyArrow`]) or the list of `path` strings
 //!   (`files`); a run() with two positional parameters also gets a context with
 //!   `partition_key_value`, `minibatch_index`, `mini_batch_id`, `input_name`, `attempt`.
@@ -56,7 +59,8 @@
 //!   as its columns (index dropped), a list/tuple/array/Series as one column `result`, a pyarrow
 //!   Table/RecordBatch as it is; for `txt` output lists and DataFrames arrive pre-formatted
 //!   exactly as PRS writes them (`str(x)` per element; `to_csv(sep=" ", header=False,
-//!   index=False)`) as one Utf8 column `line` whose values are written verbatim. The schema
+//!   index=False)`) with shape `text` and the UTF-8 text as the payload, which the engine turns
+//!   into one Utf8 column `line` written verbatim (shape `lines`). The schema
 //!   metadata [`RESULT_SHAPE_KEY`](crate::worker::RESULT_SHAPE_KEY) carries the shape. Without
 //!   `keep_results` (summary_only) only `returned` is sent.
 //! - `ERROR` `{kind: exception|bad_result, message, traceback}`: run() raised (one-line message

@@ -450,11 +450,12 @@ async fn init_failures_carry_the_traceback_or_the_fix() {
     );
     let broken = Job::new("def run(mb)\n    return []\n");
     let mut no_pyarrow = Job::new("def run(mb):\n    return []\n");
+    // A Python that finds no installed packages: site-packages leave sys.path at start-up.
     let fake = no_pyarrow.path("fake");
-    std::fs::create_dir_all(fake.join("pyarrow")).unwrap();
+    std::fs::create_dir_all(&fake).unwrap();
     std::fs::write(
-        fake.join("pyarrow/__init__.py"),
-        "raise ModuleNotFoundError('No module named pyarrow', name='pyarrow')\n",
+        fake.join("sitecustomize.py"),
+        "import sys\nsys.path[:] = [p for p in sys.path if 'site-packages' not in p]\n",
     )
     .unwrap();
     no_pyarrow

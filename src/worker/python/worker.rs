@@ -355,7 +355,7 @@ impl Worker for PythonWorker {
                 let result = match (self.keep_results, payload) {
                     (true, Some(payload)) => {
                         let shape = protocol::parse_shape(shape.as_deref());
-                        Some(protocol::decode_result(payload, shape).map_err(|e| {
+                        Some(protocol::decode_payload(payload, shape).map_err(|e| {
                             RunError::BadResult {
                                 message: format!("could not read run()'s result: {e}"),
                             }

@@ -29,7 +29,19 @@ RESULT_SHAPE_KEY = "parallel_run.result_shape"
 PREFIX = struct.Struct("<IQ")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-pa = None  # pyarrow, imported in main()
+pa = None  # pyarrow, imported by need_pyarrow() when a mini-batch or result needs it
+
+
+def need_pyarrow():
+    """Imports pyarrow on first use: a file dataset with text output never needs it (its import
+    costs 0.1 to 0.25 s), and pandas imports it anyway for tabular jobs."""
+    global pa
+    if pa is None:
+        import pyarrow
+        import pyarrow.ipc  # noqa: F401
+
+        pa = pyarrow
+    return pa
 
 
 def clean(text):
@@ -67,7 +79,7 @@ class Channel:
 
     def _read_payload(self, n):
         # Read straight into an aligned Arrow buffer: the IPC reader then uses it without copies.
-        buf = pa.allocate_buffer(n)
+        buf = need_pyarrow().allocate_buffer(n)
         view = memoryview(buf)
         pos = 0
         while pos < n:
@@ -90,7 +102,7 @@ class Channel:
     def send(self, header, payload=None):
         """Sends one frame with (nearly) one system call."""
         head = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        size = payload.size if payload is not None else 0
+        size = memoryview(payload).nbytes if payload is not None else 0
         parts = [memoryview(PREFIX.pack(len(head), size) + head)]
         if size:
             parts.append(memoryview(payload))
@@ -154,16 +166,6 @@ def with_shape(table, shape):
     return table.replace_schema_metadata({RESULT_SHAPE_KEY: shape})
 
 
-def lines_table(text):
-    """Pre-formatted text as one Utf8 value. Built from buffers: pa.array() on a Python list
-    makes pyarrow import pandas (about 0.2 s), which a file-dataset job never needs."""
-    data = text.encode("utf-8") if text else b""
-    count = 1 if text else 0
-    offsets = struct.pack("<%di" % (count + 1), *([0, len(data)] if count else [0]))
-    array = pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(data))
-    return with_shape(pa.Table.from_arrays([array], names=["line"]), "lines")
-
-
 def list_table(values):
     """A list-like result as one column named "result"."""
     np = sys.modules.get("numpy")
@@ -190,16 +192,17 @@ def type_name(value):
 
 def classify(result):
     """(kind, count, result) of a run() result; kind is 'frame', 'table' or 'list'."""
-    pd = sys.modules.get("pandas")
-    np = sys.modules.get("numpy")
-    if pd is not None and isinstance(result, pd.DataFrame):
-        return "frame", len(result), result
-    if isinstance(result, pa.Table):
-        return "table", result.num_rows, result
-    if isinstance(result, pa.RecordBatch):
-        return "table", result.num_rows, pa.Table.from_batches([result])
     if isinstance(result, (list, tuple)):
         return "list", len(result), result
+    pd = sys.modules.get("pandas")
+    np = sys.modules.get("numpy")
+    arrow = sys.modules.get("pyarrow")  # a result can only be Arrow if pyarrow is loaded
+    if pd is not None and isinstance(result, pd.DataFrame):
+        return "frame", len(result), result
+    if arrow is not None and isinstance(result, arrow.Table):
+        return "table", result.num_rows, result
+    if arrow is not None and isinstance(result, arrow.RecordBatch):
+        return "table", result.num_rows, arrow.Table.from_batches([result])
     if np is not None and isinstance(result, np.ndarray):
         if result.ndim == 0:
             raise BadResult(
@@ -208,11 +211,11 @@ def classify(result):
         return "list", len(result), result
     if pd is not None and isinstance(result, pd.Series):
         return "list", len(result), result
-    if isinstance(result, (pa.Array, pa.ChunkedArray)):
+    if arrow is not None and isinstance(result, (arrow.Array, arrow.ChunkedArray)):
         return "list", len(result), result
     if hasattr(result, "__arrow_c_stream__"):
         # Any Arrow-native table (polars, DuckDB, ...) through the Arrow PyCapsule interface.
-        table = pa.table(result)
+        table = need_pyarrow().table(result)
         return "table", table.num_rows, table
     raise BadResult(
         "run() returned %s; return a pandas DataFrame, a list, a tuple, a numpy array or a "
@@ -220,16 +223,26 @@ def classify(result):
     )
 
 
-def convert(result, kind, txt):
-    """The Arrow table sent back for a kept result."""
+def as_text(result, kind):
+    """PRS's own text format for a DataFrame or list result, or None for an Arrow table."""
     if kind == "frame":
-        if txt:
-            # PRS's own text format: space-separated, no header, no index, pandas quoting.
-            try:
-                text = result.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
-            except TypeError:  # pandas < 1.5
-                text = result.to_csv(sep=" ", header=False, index=False, line_terminator="\n")
-            return lines_table(text)
+        # Space-separated, no header, no index, pandas quoting.
+        try:
+            return result.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
+        except TypeError:  # pandas < 1.5
+            return result.to_csv(sep=" ", header=False, index=False, line_terminator="\n")
+    if kind == "list":
+        arrow = sys.modules.get("pyarrow")
+        if arrow is not None and isinstance(result, (arrow.Array, arrow.ChunkedArray)):
+            result = result.to_pylist()
+        return "".join([str(v) + "\n" for v in result])
+    return None
+
+
+def convert(result, kind):
+    """The Arrow table sent back for a kept result."""
+    need_pyarrow()
+    if kind == "frame":
         try:
             # One thread: the workers are the parallelism (and threads cost more here).
             table = pa.Table.from_pandas(result, preserve_index=False, nthreads=1)
@@ -238,10 +251,6 @@ def convert(result, kind, txt):
         return with_shape(table, "table")
     if kind == "table":
         return with_shape(result, "table")
-    if txt:
-        if isinstance(result, (pa.Array, pa.ChunkedArray)):
-            result = result.to_pylist()
-        return lines_table("".join([str(v) + "\n" for v in result]))
     return list_table(result)
 
 
@@ -264,26 +273,19 @@ class Worker:
     # --- start -----------------------------------------------------------------------------
 
     def import_packages(self):
-        """Imports pyarrow (and pandas); returns an error message saying how to fix a failure."""
-        global pa
+        """Checks that pyarrow (and pandas) are installed; returns an error message saying how
+        to fix it when not. Neither is imported here: pandas costs about 0.4 s and pyarrow 0.1
+        to 0.25 s, which a file dataset with text output never needs (need_pyarrow() imports
+        pyarrow on first use; the entry script, or pyarrow's to_pandas(), imports pandas)."""
+        import importlib.util
+
         python = sys.executable or "python"
         needed = ["pandas", "pyarrow"] if self.pandas_format else ["pyarrow"]
         missing = []
         for name in needed:
             try:
-                if name == "pandas":
-                    # Only look for pandas here: importing it costs about 0.4 s, which a file
-                    # dataset never needs (pyarrow imports it on the first tabular mini-batch).
-                    import importlib.util
-
-                    if importlib.util.find_spec("pandas") is None:
-                        raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
-                    continue
-                __import__(name)
-            except ModuleNotFoundError as e:
-                if e.name != name:
-                    return "%s cannot be imported with %s: %s" % (name, python, one_line(e))
-                missing.append(name)
+                if importlib.util.find_spec(name) is None:
+                    missing.append(name)
             except Exception as e:
                 return "%s cannot be imported with %s: %s" % (name, python, one_line(e))
         if missing:
@@ -299,10 +301,6 @@ class Worker:
                     " ".join(needed),
                 )
             )
-        import pyarrow
-        import pyarrow.ipc  # noqa: F401
-
-        pa = pyarrow
         return None
 
     def import_entry_script(self):
@@ -354,7 +352,7 @@ class Worker:
                 "type": "READY",
                 "pid": os.getpid(),
                 "python": clean(sys.version.split()[0]),
-                "pyarrow": pa.__version__,
+                "pyarrow": pa.__version__ if pa is not None else None,
                 "context": self.pass_context,
             }
         )
@@ -374,6 +372,8 @@ class Worker:
     # --- mini-batches ------------------------------------------------------------------------
 
     def mini_batch(self, header, payload):
+        if header.get("kind") == "files" and "paths" in header:
+            return header["paths"]
         if payload is None:
             raise ValueError("the engine sent a RUN without data")
         table = pa.ipc.open_stream(payload).read_all()
@@ -411,7 +411,11 @@ class Worker:
             kind, count, result = classify(result)
             if not header.get("keep_results", True):
                 return {"type": "RESULT", "returned": count}, None
-            table = convert(result, kind, header.get("output_format") == "txt")
+            text = as_text(result, kind) if header.get("output_format") == "txt" else None
+            if text is not None:
+                # Pre-formatted lines go back as plain UTF-8 (no pyarrow needed).
+                return {"type": "RESULT", "returned": count, "shape": "text"}, text.encode("utf-8")
+            table = convert(result, kind)
         except BadResult as e:
             message = clean(str(e))
             sys.stderr.write("mini batch %s: %s\n" % (mb_id, message))
