@@ -1,7 +1,8 @@
 //! Inputs become DataFusion tables.
 //!
 //! - Tabular inputs (Parquet, CSV with a header, newline-delimited JSON; a file, folder or
-//!   glob) are registered as listing tables.
+//!   glob) are registered as listing tables; local Parquet as a [`LocalParquetTable`], read
+//!   page by page so memory does not grow with the files' row groups.
 //! - File datasets become a [`FileListingTable`] of `(path, size, modified)`.
 //! - `sql:` inputs are views over the others.
 //!
@@ -13,8 +14,10 @@
 //! a query is a table for that query, not a job input of its own.)
 
 pub mod files;
+pub mod local_parquet;
 
 pub use files::{files_schema, FileListing, FileListingTable};
+pub use local_parquet::{LocalParquetExec, LocalParquetFactory, LocalParquetTable};
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -88,6 +91,7 @@ pub fn job_session_with(memory_limit: Option<u64>) -> SessionContext {
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
+        .with_table_factory("PARQUET".into(), Arc::new(LocalParquetFactory))
         .with_query_planner(Arc::new(ParallelRunQueryPlanner))
         .build();
     SessionContext::new_with_state(state)
@@ -251,6 +255,14 @@ async fn register_path(
         extension = Some(String::new());
     }
     let result = match format {
+        InputFormat::Parquet if !is_url => {
+            // Local files: read page by page, whatever their row groups (see local_parquet.rs).
+            let extension = extension.as_deref().unwrap_or(".parquet");
+            match LocalParquetTable::try_new(&ctx.state(), &table_path, extension).await {
+                Ok(table) => ctx.register_table(name, Arc::new(table)).map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }
         InputFormat::Parquet => {
             let mut opts = ParquetReadOptions::default();
             if let Some(e) = &extension {
