@@ -15,6 +15,15 @@ use crate::job::{factory_for, run_job_spec, JobOptions, Progress};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
 
+/// `println!` that ignores a closed stdout (`parallel-run run job.yaml | head -1` must not
+/// panic: the job has run, only its summary lines have nowhere to go).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// Exit code of a job that ran and failed.
 pub const EXIT_JOB_FAILED: i32 = 42;
 /// Exit code of a usage or configuration error.
@@ -106,11 +115,11 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             };
             let report = run_job_spec(&loaded.spec, &registry, progress).await?;
             if report.succeeded() {
-                println!("{}", report.sentence());
+                out!("{}", report.sentence());
                 if let Some(out) = &report.output {
-                    println!("Output: {} ({} rows)", out.display(), report.output_rows);
+                    out!("Output: {} ({} rows)", out.display(), report.output_rows);
                 }
-                println!("Logs: {}", report.logs.display());
+                out!("Logs: {}", report.logs.display());
                 Ok(0)
             } else {
                 eprintln!("parallel-run: the job failed: {}", report.reason);
@@ -139,7 +148,7 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
                 progress: Progress::Quiet,
             };
             let factory = factory_for(&spec.config, &options, &registry)?;
-            println!(
+            out!(
                 "{} is valid: {} processed input(s) [{}], entry script {}, {} workers.",
                 args.job.display(),
                 inputs.len(),

@@ -3,6 +3,7 @@
 //! Both the YAML/CLI path ([`run_job_spec`]) and the library builder
 //! ([`crate::ParallelRun`]) end in [`execute`].
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -157,10 +158,44 @@ pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv
         logging_level: config.logging_level,
         arguments: options.arguments.clone(),
         system_arguments,
-        environment_variables: config.environment_variables.clone(),
+        environment_variables: with_thread_limits(
+            &config.environment_variables,
+            config.processes_per_node(),
+            |name| std::env::var_os(name).is_some(),
+        ),
         output_format: options.output_format,
         keep_results: config.output_action == OutputAction::AppendRow,
     }
+}
+
+/// The variables that size the thread pools of numpy's BLAS, OpenMP, MKL and numexpr.
+pub const THREAD_LIMIT_VARIABLES: [&str; 5] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+];
+
+/// `variables` plus each of [`THREAD_LIMIT_VARIABLES`] the job does not set and the engine's
+/// own environment (which workers inherit) does not have, set to the node's cores divided by
+/// `processes_per_node` (at least 1). Without them every worker's BLAS starts one spinning
+/// thread per core: with 2 workers on 2 cores, 4 threads fight for 2 cores (Ray sets
+/// OMP_NUM_THREADS for its workers the same way).
+pub fn with_thread_limits(
+    variables: &BTreeMap<String, String>,
+    processes_per_node: usize,
+    inherited: impl Fn(&str) -> bool,
+) -> BTreeMap<String, String> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = (cores / processes_per_node.max(1)).max(1).to_string();
+    let mut all = variables.clone();
+    for name in THREAD_LIMIT_VARIABLES {
+        if !all.contains_key(name) && !inherited(name) {
+            all.insert(name.to_string(), threads.clone());
+        }
+    }
+    all
 }
 
 /// The worker factory for `config.entry_script`: `rust:NAME` from `registry`, otherwise a
@@ -418,4 +453,26 @@ fn finish_progress(progress: Progress, counts: &crate::exec::JobCounts, elapsed:
 /// The output folder's log directory.
 pub fn log_dir(output: &Path) -> PathBuf {
     output.join("logs")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_limits_split_the_cores_and_never_override_the_user() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut user = BTreeMap::new();
+        user.insert("OMP_NUM_THREADS".to_string(), "8".to_string());
+        let all = with_thread_limits(&user, 1, |name| name == "MKL_NUM_THREADS");
+        assert_eq!(all["OMP_NUM_THREADS"], "8", "the job's own value stays");
+        assert!(
+            !all.contains_key("MKL_NUM_THREADS"),
+            "inherited: left alone"
+        );
+        assert_eq!(all["OPENBLAS_NUM_THREADS"], cores.to_string());
+        let many = with_thread_limits(&BTreeMap::new(), cores * 4, |_| false);
+        assert_eq!(many["NUMEXPR_NUM_THREADS"], "1", "at least one thread");
+        assert_eq!(many.len(), THREAD_LIMIT_VARIABLES.len());
+    }
 }

@@ -406,13 +406,14 @@ def run(mini_batch):
     out["scaled"] = out["id"] * FACTOR
     out["var"] = os.environ["MY_SETTING"]
     out["agent"] = EntryScript().agent_name
+    out["threads"] = os.environ.get("OPENBLAS_NUM_THREADS", "-") + "/" + os.environ["OMP_NUM_THREADS"]
     return out
 "#;
     let d = tempfile::tempdir().unwrap();
     let job = python_job(
         d.path(),
         script,
-        "error_threshold: 0\noutput_action: append_row\nenvironment_variables: {MY_SETTING: hello}",
+        "error_threshold: 0\noutput_action: append_row\nenvironment_variables: {MY_SETTING: hello, OMP_NUM_THREADS: '5'}",
         "output_format: csv\narguments: [--factor, '3']\n",
         400,
     );
@@ -420,11 +421,15 @@ def run(mini_batch):
     assert_eq!(run.code, 0, "{run:?}");
     let rows = csv_rows(&out(d.path()).join("parallel_run_step.csv"));
     assert_eq!(rows.len(), 400);
+    // BLAS thread pools get the cores split between the 2 workers, unless already set.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let blas = std::env::var("OPENBLAS_NUM_THREADS").unwrap_or((cores / 2).max(1).to_string());
     for r in &rows {
         let id: i64 = r[0].parse().unwrap();
         assert_eq!(r[1], (id * 3).to_string());
         assert_eq!(r[2], "hello");
         assert!(r[3].starts_with("process00"), "{r:?}");
+        assert_eq!(r[4], format!("{blas}/5"), "{r:?}");
     }
     let logs: String = walk(&out(d.path()).join("logs/user/entry_script_log"))
         .iter()

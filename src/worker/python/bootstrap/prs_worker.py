@@ -14,6 +14,7 @@ The engine's module documentation (src/worker/python/mod.rs) describes every mes
 """
 
 import faulthandler
+import gc
 import inspect
 import json
 import logging
@@ -346,6 +347,10 @@ class Worker:
             except BaseException as e:  # noqa: B902
                 self.init_error("init", one_line(e), traceback.format_exc())
                 return False
+        # What exists now (modules, the model) lives until the worker exits: keep it out of
+        # the cyclic garbage collector's scans, which otherwise walk it again and again while
+        # mini-batches allocate.
+        gc.freeze()
         flush_std()
         self.channel.send(
             {
