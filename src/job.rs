@@ -316,6 +316,9 @@ pub async fn execute_with_storage(
         OutputAction::SummaryOnly => None,
     };
 
+    if let Some(storage) = storage {
+        storage.start_read_ahead();
+    }
     let ticker = spawn_progress(state.clone(), reports.clone(), options.progress);
     let mut streams = Vec::with_capacity(settings.workers);
     for p in 0..settings.workers {

@@ -18,6 +18,7 @@ pub mod files;
 pub mod named;
 pub mod options;
 pub mod output;
+pub mod read_ahead;
 
 pub use options::{CacheOptions, StorageOptions};
 
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::path::Path as ObjectPath;
@@ -46,6 +47,9 @@ use crate::storage::output::RemoteOutput;
 
 /// Files per mini-batch when the config does not say (PRS's default).
 const DEFAULT_FILES_PER_BATCH: u64 = 10;
+
+/// Objects of one tabular input planned for the read-ahead (the rest are read directly).
+const READ_AHEAD_OBJECTS: usize = 10_000;
 
 /// Which kind of store a URL addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -606,7 +610,7 @@ impl StorageContext {
             location: location.text.clone(),
             message,
         };
-        self.register_store(ctx, location)?;
+        let store = self.register_store(ctx, location)?;
         let default_extension = match format {
             InputFormat::Parquet => ".parquet",
             InputFormat::Csv => ".csv",
@@ -664,6 +668,29 @@ impl StorageContext {
             .infer_schema(&ctx.state(), &table_path)
             .await
             .map_err(|e| input_error(format!("cannot read it as {format:?}: {e}")))?;
+        // The objects DataFusion will read, in its order, for the read-ahead (the first
+        // READ_AHEAD_OBJECTS of them: more are read straight from the store).
+        let mut objects: Vec<ObjectMeta> = table_path
+            .list_all_files(
+                &ctx.state(),
+                store.as_ref(),
+                &listing_options.file_extension,
+            )
+            .await
+            .map_err(|e| input_error(format!("cannot list it: {e}")))?
+            .take(READ_AHEAD_OBJECTS)
+            .try_collect()
+            .await
+            .map_err(|e| input_error(format!("cannot list it: {e}")))?;
+        objects.sort_by(|a, b| a.location.cmp(&b.location));
+        let cache_options = self.options.cache();
+        store
+            .read_ahead(
+                self.cache_parent(),
+                cache_options.size,
+                cache_options.concurrency,
+            )
+            .plan(objects);
         let table_config = ListingTableConfig::new(table_path)
             .with_listing_options(listing_options)
             .with_schema(schema);
@@ -694,13 +721,8 @@ impl StorageContext {
             .await
             .map_err(|e| input_error(e.to_string()))?;
         let cache_options = self.options.cache();
-        let parent = match (&cache_options.dir, &self.local_output) {
-            (Some(dir), _) => dir.clone(),
-            (None, Some(out)) => out.join(".parallel_run").join("cache"),
-            (None, None) => std::env::temp_dir().join("parallel-run-cache"),
-        };
         let cache = Arc::new(FileCache::new(
-            parent,
+            self.cache_parent(),
             &format!("{}-", sanitize_segment(name)),
             cache_options.size,
         ));
@@ -729,6 +751,28 @@ impl StorageContext {
             .insert(name.to_string(), cache);
         ctx.register_table(name, Arc::new(files::RemoteFilesTable::new(dataset)))?;
         Ok(())
+    }
+
+    /// Where download caches and read-ahead copies go: `cache_dir`, else
+    /// `<output>/.parallel_run/cache`.
+    fn cache_parent(&self) -> PathBuf {
+        match (&self.options.cache().dir, &self.local_output) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(out)) => out.join(".parallel_run").join("cache"),
+            (None, None) => std::env::temp_dir().join("parallel-run-cache"),
+        }
+    }
+
+    /// Starts downloading the tabular inputs on object storage ahead of DataFusion (see
+    /// [`read_ahead`]); called when the job starts running, so the transfers overlap the
+    /// workers' start-up and init().
+    pub fn start_read_ahead(&self) {
+        let stores = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+        for store in stores.values() {
+            if let Some(ahead) = store.existing_read_ahead() {
+                ahead.start();
+            }
+        }
     }
 
     /// The download cache of file-dataset input `name`, if it is on object storage.

@@ -7,7 +7,8 @@
 
 use std::fmt;
 use std::ops::Range;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use object_store::{
 };
 
 use crate::storage::options::StorageOptions;
+use crate::storage::read_ahead::ReadAhead;
 
 /// Context added to an object_store error.
 #[derive(Debug)]
@@ -50,6 +52,8 @@ impl std::error::Error for StoreContext {}
 #[derive(Debug)]
 pub struct NamedStore {
     inner: Arc<dyn ObjectStore>,
+    /// Local copies of the job's tabular inputs, downloaded ahead (see [`ReadAhead`]).
+    read_ahead: OnceLock<Arc<ReadAhead>>,
     /// `scheme://authority`, e.g. `s3://bucket` or `az://container`.
     label: String,
     options: StorageOptions,
@@ -60,9 +64,30 @@ impl NamedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, label: String, options: StorageOptions) -> Self {
         NamedStore {
             inner,
+            read_ahead: OnceLock::new(),
             label,
             options,
         }
+    }
+
+    /// The read-ahead of this store, made on first use (downloads into a folder under
+    /// `parent`, within `budget` bytes, `concurrency` at a time; see [`ReadAhead`]).
+    pub fn read_ahead(&self, parent: PathBuf, budget: u64, concurrency: usize) -> Arc<ReadAhead> {
+        self.read_ahead
+            .get_or_init(|| {
+                Arc::new(ReadAhead::new(
+                    self.inner.clone(),
+                    parent,
+                    budget,
+                    concurrency,
+                ))
+            })
+            .clone()
+    }
+
+    /// The read-ahead, if one was made.
+    pub fn existing_read_ahead(&self) -> Option<&Arc<ReadAhead>> {
+        self.read_ahead.get()
     }
 
     /// The full URL of `path` in this store.
@@ -187,6 +212,11 @@ impl ObjectStore for NamedStore {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
+        if let Some(ahead) = self.read_ahead.get() {
+            if let Some(served) = ahead.get_opts(location, &options).await {
+                return served;
+            }
+        }
         let operation = if options.head { "HEAD" } else { "GET" };
         let mut result = self
             .inner
@@ -213,6 +243,11 @@ impl ObjectStore for NamedStore {
         location: &Path,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
+        if let Some(ahead) = self.read_ahead.get() {
+            if let Some(served) = ahead.get_ranges(location, ranges).await {
+                return served;
+            }
+        }
         self.inner
             .get_ranges(location, ranges)
             .await

@@ -952,7 +952,14 @@ fn s3_down_for_good_fails_the_job_clearly_and_commits_nothing() {
             "inputs:\n  - {{name: rows, path: \"{}\", format: parquet}}\noutput: \"{}\"\narguments: [--sleep-ms, \"120\"]\n{}",
             store.url("in/"),
             store.url("out/"),
-            store.storage_options(&format!("{}\nlocal_dir: {}", retries(2), mirror.display()))
+            // A read-ahead budget smaller than any object: DataFusion reads every object from
+            // the store itself (with the default budget the 16 objects would all be local
+            // before the server stops, and the job would fail at the output's upload instead).
+            store.storage_options(&format!(
+                "{}\nlocal_dir: {}\ncache_size: 1KB",
+                retries(2),
+                mirror.display()
+            ))
         ),
     );
     let child = spawn_job(&job, &[]);
@@ -970,6 +977,45 @@ fn s3_down_for_good_fails_the_job_clearly_and_commits_nothing() {
     assert!(result.contains(".parallel_run/staging"), "{result}");
     server.start();
     assert_eq!(store.get("out/parallel_run_step.txt"), None);
+}
+
+/// A tabular input is downloaded ahead from the moment the job starts (within the cache's
+/// budget): once the first mini-batches are done every object is local, so the S3 server
+/// stopping does not stop the job, and the rows equal the input.
+#[test]
+fn tabular_inputs_are_read_ahead_while_the_job_starts() {
+    let mut server = Server::start_new(Kind::S3);
+    let store = server.store();
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    for i in 0..16 {
+        write_parquet(&data.join(format!("p{i:02}.parquet")), i * 50, 50, 50);
+    }
+    store.upload_dir(&data, "in");
+    let job = echo_job(
+        d.path(),
+        "mini_batch_size: 1KB",
+        &format!(
+            "inputs:\n  - {{name: rows, path: \"{}\", format: parquet}}\noutput: out\narguments: [--sleep-ms, \"120\"]\n{}",
+            store.url("in/"),
+            store.storage_options(&retries(2))
+        ),
+    );
+    let child = spawn_job(&job, &[]);
+    wait_for_mini_batches(&d.path().join("out"), 2);
+    server.stop();
+    let run = finish(child);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut ids: Vec<i64> = lines(&d.path().join("out/parallel_run_step.txt"))
+        .iter()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..800).collect::<Vec<_>>());
+    // The copies went with the job.
+    let cache = d.path().join("out/.parallel_run/cache");
+    let left = std::fs::read_dir(&cache).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(left, 0, "read-ahead copies left in {}", cache.display());
 }
 
 /// Azurite stopped while a file dataset is being downloaded and started again: the
