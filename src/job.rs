@@ -24,7 +24,7 @@ use crate::worker::python::{
     resolve_interpreter, MiniBatchFormat, PythonWorkerFactory, PythonWorkerSpec,
 };
 use crate::worker::rust::RustWorkerFactory;
-use crate::worker::{ScriptRegistry, WorkerEnv, WorkerFactoryRef};
+use crate::worker::{ScriptRegistry, WorkerEnv, WorkerFactoryRef, WorkerSlot};
 
 /// The report of a finished job (also written to `logs/job_summary.json`).
 pub type JobReport = JobSummary;
@@ -80,6 +80,9 @@ pub async fn run_job_spec(
         mini_batch_format: spec.mini_batch_format,
         progress,
     };
+    // Workers first: they start (and run init()) while the inputs are listed and planned.
+    let factory = factory_for(&spec.config, &options, registry)?;
+    factory.prestart(&worker_slots(&spec.config)).await;
     let ctx = job_session_with(spec.memory_limit.as_ref().map(|m| m.value));
     let prepared = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
     let state = ctx.state();
@@ -88,7 +91,6 @@ pub async fn run_job_spec(
         let plan = state.create_physical_plan(&p.plan).await?;
         inputs.push((plan, p.info));
     }
-    let factory = factory_for(&spec.config, &options, registry)?;
     execute_with_storage(
         &spec.config,
         &options,
@@ -98,6 +100,14 @@ pub async fn run_job_spec(
         Some(&storage),
     )
     .await
+}
+
+/// The first-generation slots of a job's workers, as the operator's partitions use them.
+pub fn worker_slots(config: &ParallelRunConfig) -> Vec<WorkerSlot> {
+    let per_node = config.processes_per_node().max(1);
+    (0..config.worker_count())
+        .map(|p| WorkerSlot::new(p, p / per_node))
+        .collect()
 }
 
 /// The worker environment for a job.

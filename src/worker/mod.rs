@@ -233,6 +233,12 @@ pub trait WorkerFactory: Send + Sync + Debug {
 
     /// A short description for EXPLAIN and logs, e.g. `python:score.py`.
     fn describe(&self) -> String;
+
+    /// Starts the first workers of `slots` now, before the job has planned its inputs, so
+    /// their start-up (a Python interpreter importing pandas) and init() overlap that work;
+    /// [`WorkerFactory::start`] then hands them out. A worker that fails to start here is
+    /// started (and its error reported) by `start` as usual. The default does nothing.
+    async fn prestart(&self, _slots: &[WorkerSlot]) {}
 }
 
 /// Shared handle to a factory.

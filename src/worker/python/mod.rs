@@ -141,12 +141,25 @@ pub struct PythonWorkerSpec {
 }
 
 /// Starts Python worker processes for one entry script.
-#[derive(Debug)]
 pub struct PythonWorkerFactory {
     spec: PythonWorkerSpec,
     bootstrap_dir: PathBuf,
     /// GPU ids to spread over the slots (empty without GPUs).
     gpus: Vec<String>,
+    /// Workers started by [`WorkerFactory::prestart`], by slot index, until `start` takes them.
+    warm: std::sync::Mutex<std::collections::HashMap<usize, PythonWorker>>,
+}
+
+impl std::fmt::Debug for PythonWorkerFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let warm = self.warm.lock().map(|w| w.len()).unwrap_or(0);
+        f.debug_struct("PythonWorkerFactory")
+            .field("spec", &self.spec)
+            .field("bootstrap_dir", &self.bootstrap_dir)
+            .field("gpus", &self.gpus)
+            .field("warm", &warm)
+            .finish()
+    }
 }
 
 impl PythonWorkerFactory {
@@ -191,6 +204,7 @@ impl PythonWorkerFactory {
             spec,
             bootstrap_dir,
             gpus,
+            warm: Default::default(),
         })
     }
 
@@ -287,11 +301,37 @@ impl PythonWorkerFactory {
 #[async_trait]
 impl WorkerFactory for PythonWorkerFactory {
     async fn start(&self, slot: &WorkerSlot) -> Result<Box<dyn Worker>> {
+        if slot.generation == 0 {
+            let warm = self
+                .warm
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&slot.index);
+            if let Some(worker) = warm {
+                return Ok(Box::new(worker));
+            }
+        }
         let worker = self.spawn(slot).await.map_err(|e| PrsError::Worker {
             worker: slot.agent_name.clone(),
             message: format!("could not start {}: {e}", self.spec.python.display()),
         })?;
         Ok(Box::new(worker))
+    }
+
+    async fn prestart(&self, slots: &[WorkerSlot]) {
+        for slot in slots.iter().filter(|s| s.generation == 0) {
+            match self.spawn(slot).await {
+                Ok(worker) => {
+                    self.warm
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(slot.index, worker);
+                }
+                Err(e) => {
+                    tracing::debug!(worker = %slot.agent_name, "prestart failed: {e}");
+                }
+            }
+        }
     }
 
     fn describe(&self) -> String {

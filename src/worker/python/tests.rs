@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, StringArray, UInt64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
@@ -741,4 +741,53 @@ async fn round_trip() {
         }
         w.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn prestarted_workers_boot_before_start_and_are_handed_out_once() {
+    let mut job = Job::new(
+        r#"
+import os
+with open(os.path.join(os.environ["MARKS"], "%d" % os.getpid()), "w") as f:
+    f.write("imported")
+
+def run(mini_batch):
+    return [str(os.getpid())] * len(mini_batch)
+"#,
+    );
+    let marks = job.path("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    job.spec
+        .env
+        .environment_variables
+        .insert("MARKS".into(), marks.to_string_lossy().into_owned());
+    let factory = job.factory();
+    factory.prestart(&[WorkerSlot::new(0, 0)]).await;
+    // The script is imported before anyone asks for the worker.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let booted = loop {
+        let found: Vec<String> = std::fs::read_dir(&marks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(booted.len(), 1, "{booted:?}");
+    let mut first = ready(&factory, 0).await;
+    let r = run_ok(&mut first, &named("a")).await;
+    // (txt output: the lines come pre-formatted as one value)
+    let first_line = |r: &RunReturn| {
+        let text = result(r).column(0).as_string::<i32>().value(0).to_string();
+        text.lines().next().unwrap_or_default().to_string()
+    };
+    let pid = first_line(&r);
+    assert_eq!(pid, booted[0], "start() hands out the prestarted process");
+    // A second start of the same slot (a replacement) is a new process.
+    let mut second = ready(&factory, 0).await;
+    let r = run_ok(&mut second, &named("b")).await;
+    let other = first_line(&r);
+    assert_ne!(other, pid);
 }
