@@ -1303,6 +1303,9 @@ struct Machine {
     date: String,
     commit: String,
     python: String,
+    /// Median wall of `python -c "import numpy, pandas"`: what score_entry.py's own imports
+    /// cost before its init() can start.
+    import_floor: Option<f64>,
 }
 
 fn machine(ctx: &Ctx, python: String) -> Machine {
@@ -1363,7 +1366,29 @@ fn machine(ctx: &Ctx, python: String) -> Machine {
             .to_string(),
         commit,
         python,
+        import_floor: import_floor(ctx),
     }
+}
+
+/// Median wall of a bare `python -c "import numpy, pandas"` (the entry script's imports).
+fn import_floor(ctx: &Ctx) -> Option<f64> {
+    let mut walls = Vec::new();
+    for _ in 0..ctx.runs.max(3) {
+        let start = Instant::now();
+        let ok = Command::new(&ctx.python)
+            .args(["-c", "import numpy, pandas"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        if !ok {
+            return None;
+        }
+        walls.push(start.elapsed().as_secs_f64());
+    }
+    walls.sort_by(f64::total_cmp);
+    walls.get(walls.len() / 2).copied()
 }
 
 struct Report<'a> {
@@ -1500,6 +1525,24 @@ impl Report<'_> {
             );
         }
 
+        if let (Some(floor), Some(small)) = (
+            m.import_floor,
+            self.get(SCORE_SMALL).and_then(|o| stats(&o.a)),
+        ) {
+            let _ = writeln!(
+                s,
+                "\nStart-up floor of score-20k: score_entry.py imports numpy and pandas before its \
+                 init() sleeps 1 s, and `python -c \"import numpy, pandas\"` alone takes {floor:.2} s \
+                 here (median of {} runs, measured by this harness), so no engine running that \
+                 script in a fresh Python can finish under {:.2} s. parallel-run's own share of \
+                 the {:.2} s (its start, the 3 mini-batches, the output, the report and the \
+                 shutdown) is the rest: {:.0} ms.",
+                ctx.runs.max(3),
+                1.0 + floor,
+                small.wall,
+                (small.wall - 1.0 - floor) * 1000.0
+            );
+        }
         let _ = writeln!(s, "\n## Wall time\n");
         let _ = writeln!(
             s,
