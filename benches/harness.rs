@@ -1370,13 +1370,14 @@ fn machine(ctx: &Ctx, python: String) -> Machine {
     }
 }
 
-/// Median wall of a bare `python -c "import numpy, pandas"` (the entry script's imports).
+/// Median wall of a bare `python -c "import numpy, pandas, os; os._exit(0)"`: the entry
+/// script's imports (without the interpreter's teardown, which workers skip too).
 fn import_floor(ctx: &Ctx) -> Option<f64> {
     let mut walls = Vec::new();
     for _ in 0..ctx.runs.max(3) {
         let start = Instant::now();
         let ok = Command::new(&ctx.python)
-            .args(["-c", "import numpy, pandas"])
+            .args(["-c", "import numpy, pandas, os; os._exit(0)"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -1532,7 +1533,7 @@ impl Report<'_> {
             let _ = writeln!(
                 s,
                 "\nStart-up floor of score-20k: score_entry.py imports numpy and pandas before its \
-                 init() sleeps 1 s, and `python -c \"import numpy, pandas\"` alone takes {floor:.2} s \
+                 init() sleeps 1 s, and `python -c \"import numpy, pandas, os; os._exit(0)\"` alone takes {floor:.2} s \
                  here (median of {} runs, measured by this harness), so no engine running that \
                  script in a fresh Python can finish under {:.2} s. parallel-run's own share of \
                  the {:.2} s (its start, the 3 mini-batches, the output, the report and the \

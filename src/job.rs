@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
 
+use crate::batch::ItemKind;
 use crate::config::{JobSpec, OutputAction, OutputFormat, ParallelRunConfig};
 use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, JobState, OperatorSpec, ParallelRunExec, RunSettings};
@@ -88,7 +90,12 @@ pub async fn run_job_spec(
     let state = ctx.state();
     let mut inputs = Vec::with_capacity(prepared.len());
     for p in prepared {
-        let plan = state.create_physical_plan(&p.plan).await?;
+        let logical = if p.info.kind == ItemKind::Files && !factory.file_metadata() {
+            without_file_metadata(p.plan)?
+        } else {
+            p.plan
+        };
+        let plan = state.create_physical_plan(&logical).await?;
         inputs.push((plan, p.info));
     }
     execute_with_storage(
@@ -100,6 +107,19 @@ pub async fn run_job_spec(
         Some(&storage),
     )
     .await
+}
+
+/// A file dataset's plan without its `size` and `modified` columns (for workers that only
+/// see paths: the listing then stats no file).
+fn without_file_metadata(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let keep: Vec<Expr> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .filter(|c| c.name != "size" && c.name != "modified")
+        .map(Expr::Column)
+        .collect();
+    Ok(LogicalPlanBuilder::from(plan).project(keep)?.build()?)
 }
 
 /// The first-generation slots of a job's workers, as the operator's partitions use them.

@@ -267,8 +267,9 @@ impl FileListing {
     }
 
     /// Walks the listing, calling `emit` with batches of entries in sorted path order until it
-    /// returns false.
-    pub fn walk(&self, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
+    /// returns false. Without `metadata` no file is stat()ed (a third of the listing's time):
+    /// `size` is then 0 and `modified` null.
+    pub fn walk(&self, metadata: bool, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
         let matcher = match &self.pattern {
             Some(p) => Some(glob_matcher(p).map_err(|message| self.error(message))?),
             None => None,
@@ -291,10 +292,16 @@ impl FileListing {
             let Some(keys) = self.keys.values(&self.relative(path)) else {
                 continue;
             };
-            let meta = entry
-                .metadata()
-                .map_err(|e| self.error(format!("{}: {e}", path.display())))?;
-            batch.push(path, &meta, keys);
+            let meta = if metadata {
+                Some(
+                    entry
+                        .metadata()
+                        .map_err(|e| self.error(format!("{}: {e}", path.display())))?,
+                )
+            } else {
+                None
+            };
+            batch.push(path, meta.as_ref(), keys);
             if batch.len == LISTING_BATCH && !emit(batch.finish()?) {
                 return Ok(());
             }
@@ -371,15 +378,14 @@ impl ListingBatch {
         }
     }
 
-    fn push(&mut self, path: &Path, meta: &std::fs::Metadata, keys: Vec<Option<String>>) {
+    fn push(&mut self, path: &Path, meta: Option<&std::fs::Metadata>, keys: Vec<Option<String>>) {
         for (builder, value) in self.keys.iter_mut().zip(keys) {
             builder.append_option(value);
         }
         self.paths.append_value(path.to_string_lossy());
-        self.sizes.append_value(meta.len());
+        self.sizes.append_value(meta.map_or(0, |m| m.len()));
         let ms = meta
-            .modified()
-            .ok()
+            .and_then(|m| m.modified().ok())
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as i64);
         self.modified.append_option(ms);
@@ -517,10 +523,14 @@ impl ExecutionPlan for FileListingExec {
         let (tx, rx) = mpsc::channel::<DFResult<RecordBatch>>(2);
         let listing = self.listing.clone();
         let projection = self.projection.clone();
+        // size (1) and modified (2) need a stat() per file.
+        let metadata = projection
+            .as_ref()
+            .is_none_or(|p| p.iter().any(|&i| i == 1 || i == 2));
         // The walk blocks on the file system: run it on a blocking thread, feeding a small
         // channel (backpressure keeps at most a few batches of entries in memory).
         let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || {
-            let result = listing.walk(|batch| {
+            let result = listing.walk(metadata, |batch| {
                 let batch = match &projection {
                     Some(p) => batch.project(p).map_err(DataFusionError::from),
                     None => Ok(batch),
@@ -544,6 +554,7 @@ impl ExecutionPlan for FileListingExec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::UInt64Array;
 
     #[test]
     fn splits_globs() {
@@ -569,7 +580,7 @@ mod tests {
         let collect = |listing: FileListing| {
             let mut paths = Vec::new();
             listing
-                .walk(|b| {
+                .walk(true, |b| {
                     let col = b
                         .column(0)
                         .as_any()
@@ -582,6 +593,25 @@ mod tests {
             paths
         };
         let root = dir.path().to_str().unwrap();
+        // Sizes come from stat(), which is skipped when nobody needs them.
+        let sizes = |metadata: bool| {
+            let mut sizes = Vec::new();
+            FileListing::new("f", root, None)
+                .unwrap()
+                .walk(metadata, |b| {
+                    let col = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
+                    sizes.extend(col.values().iter().copied());
+                    true
+                })
+                .unwrap();
+            sizes
+        };
+        assert_eq!(
+            sizes(true),
+            vec![5, 5, 5, 9, 9],
+            "a.txt b.txt c.bin sub/a.txt sub/z.txt"
+        );
+        assert_eq!(sizes(false), vec![0; 5]);
         let all = collect(FileListing::new("f", root, None).unwrap());
         let rel: Vec<_> = all
             .iter()

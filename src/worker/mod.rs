@@ -234,6 +234,13 @@ pub trait WorkerFactory: Send + Sync + Debug {
     /// A short description for EXPLAIN and logs, e.g. `python:score.py`.
     fn describe(&self) -> String;
 
+    /// Whether run() sees a file dataset's `size` and `modified` columns. A Python run() gets
+    /// only the list of paths, so for it the listing skips the stat() of every file. The
+    /// default (in-process Rust scripts get the whole batch) is true.
+    fn file_metadata(&self) -> bool {
+        true
+    }
+
     /// Starts the first workers of `slots` now, before the job has planned its inputs, so
     /// their start-up (a Python interpreter importing pandas) and init() overlap that work;
     /// [`WorkerFactory::start`] then hands them out. A worker that fails to start here is

@@ -318,6 +318,10 @@ impl WorkerFactory for PythonWorkerFactory {
         Ok(Box::new(worker))
     }
 
+    fn file_metadata(&self) -> bool {
+        false // run() gets the paths only
+    }
+
     async fn prestart(&self, slots: &[WorkerSlot]) {
         for slot in slots.iter().filter(|s| s.generation == 0) {
             match self.spawn(slot).await {
