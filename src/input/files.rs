@@ -20,12 +20,10 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
 use globset::{GlobBuilder, GlobMatcher};
-use tokio::sync::mpsc;
 
 use crate::error::{PrsError, Result};
 
@@ -520,16 +518,14 @@ impl ExecutionPlan for FileListingExec {
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
-        let (tx, rx) = mpsc::channel::<DFResult<RecordBatch>>(2);
         let listing = self.listing.clone();
         let projection = self.projection.clone();
         // size (1) and modified (2) need a stat() per file.
         let metadata = projection
             .as_ref()
             .is_none_or(|p| p.iter().any(|&i| i == 1 || i == 2));
-        // The walk blocks on the file system: run it on a blocking thread, feeding a small
-        // channel (backpressure keeps at most a few batches of entries in memory).
-        let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || {
+        let schema = self.properties.eq_properties.schema().clone();
+        Ok(crate::input::blocking_stream(schema, move |tx| {
             let result = listing.walk(metadata, |batch| {
                 let batch = match &projection {
                     Some(p) => batch.project(p).map_err(DataFusionError::from),
@@ -540,14 +536,7 @@ impl ExecutionPlan for FileListingExec {
             if let Err(e) = result {
                 let _ = tx.blocking_send(Err(e.into_datafusion()));
             }
-        });
-        let stream = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
-            rx.recv().await.map(|item| (item, (rx, task)))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.properties.eq_properties.schema().clone(),
-            stream,
-        )))
+        }))
     }
 }
 

@@ -31,7 +31,6 @@ use datafusion::logical_expr::CreateExternalTable;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
@@ -286,12 +285,9 @@ impl ExecutionPlan for LocalParquetExec {
     ) -> DFResult<SendableRecordBatchStream> {
         let schema = self.properties.eq_properties.schema().clone();
         let batch_size = context.session_config().batch_size();
-        let (tx, rx) = mpsc::channel::<DFResult<RecordBatch>>(2);
         let files = self.files.clone();
         let out = schema.clone();
-        // Decoding blocks: a blocking thread feeds a small channel (backpressure keeps at most
-        // a few batches in memory).
-        let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || {
+        Ok(crate::input::blocking_stream(schema, move |tx| {
             for path in files.iter() {
                 match read_file(path, &out, batch_size, &tx) {
                     Ok(true) => {}
@@ -302,11 +298,7 @@ impl ExecutionPlan for LocalParquetExec {
                     }
                 }
             }
-        });
-        let stream = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
-            rx.recv().await.map(|item| (item, (rx, task)))
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        }))
     }
 }
 

@@ -23,14 +23,20 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::error::Result as DFResult;
 use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{
     CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
 };
+use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
 use crate::config::{InputFormat, InputSource, InputSpec};
@@ -46,6 +52,21 @@ pub struct PreparedInput {
     pub info: InputInfo,
     /// The plan producing its rows.
     pub plan: LogicalPlan,
+}
+
+/// A stream of batches made by `produce` on a blocking thread (file system work), through a
+/// channel of two batches: backpressure keeps memory bounded. `produce` sends with
+/// `blocking_send` and stops when that fails (the stream was dropped).
+pub(crate) fn blocking_stream(
+    schema: SchemaRef,
+    produce: impl FnOnce(mpsc::Sender<DFResult<RecordBatch>>) + Send + 'static,
+) -> SendableRecordBatchStream {
+    let (tx, rx) = mpsc::channel::<DFResult<RecordBatch>>(2);
+    let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || produce(tx));
+    let stream = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
+        rx.recv().await.map(|item| (item, (rx, task)))
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
 /// A session configured for deterministic input order, with parallel-run's planner.
