@@ -54,6 +54,11 @@ struct State {
     used: u64,
     /// The furthest object DataFusion has asked for.
     reading: Option<usize>,
+    /// Entries before this one are no longer on disk (or still downloading, in which case
+    /// the download deletes its copy itself): where deleting resumes.
+    cleared: usize,
+    /// Entries before this one are no longer pending: where the downloader looks next.
+    next_pending: usize,
     started: bool,
     stats: ReadAheadStats,
 }
@@ -199,7 +204,8 @@ impl ReadAhead {
         }
         state.reading = Some(i);
         let mut freed = false;
-        for j in 0..i.saturating_sub(1) {
+        let behind = i.saturating_sub(1);
+        for j in state.cleared.min(behind)..behind {
             let entry = &mut state.entries[j];
             match std::mem::replace(&mut entry.status, Status::Direct) {
                 Status::Ready(path) => {
@@ -211,6 +217,7 @@ impl ReadAhead {
                 _ => {}
             }
         }
+        state.cleared = state.cleared.max(behind);
         if freed {
             self.changed.notify_waiters();
         }
@@ -220,18 +227,22 @@ impl ReadAhead {
     fn try_next(&self) -> Next {
         let mut state = self.lock();
         let behind = state.reading.unwrap_or(0);
-        let State { entries, used, .. } = &mut *state;
+        let State {
+            entries,
+            used,
+            next_pending,
+            ..
+        } = &mut *state;
         let mut next = None;
-        for (i, entry) in entries.iter_mut().enumerate() {
-            if entry.status != Status::Pending {
-                continue;
-            }
-            if i < behind || entry.meta.size > self.budget {
+        for (i, entry) in entries.iter_mut().enumerate().skip(*next_pending) {
+            if entry.status == Status::Pending {
+                if i >= behind && entry.meta.size <= self.budget {
+                    next = Some(i);
+                    break;
+                }
                 entry.status = Status::Direct; // passed already, or can never fit
-                continue;
             }
-            next = Some(i);
-            break;
+            *next_pending = i + 1; // nothing before here is pending any more
         }
         let Some(i) = next else {
             return Next::Done;
