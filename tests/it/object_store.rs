@@ -889,6 +889,35 @@ fn wait_for_mini_batches(out: &Path, n: usize) {
     panic!("the job did not get going");
 }
 
+/// 16 Parquet objects of 50 rows (ids 0..800) under `in/`, and a job echoing them slowly
+/// (120 ms per 1KB mini-batch) to `output` with `options` (storage_options lines).
+fn slow_tabular_job(store: &Store, dir: &Path, output: &str, options: &str) -> PathBuf {
+    let data = dir.join("data");
+    for i in 0..16 {
+        write_parquet(&data.join(format!("p{i:02}.parquet")), i * 50, 50, 50);
+    }
+    store.upload_dir(&data, "in");
+    echo_job(
+        dir,
+        "mini_batch_size: 1KB",
+        &format!(
+            "inputs:\n  - {{name: rows, path: \"{}\", format: parquet}}\noutput: \"{output}\"\narguments: [--sleep-ms, \"120\"]\n{}",
+            store.url("in/"),
+            store.storage_options(options)
+        ),
+    )
+}
+
+/// The ids (first word of each line) of a txt output, sorted.
+fn sorted_ids(text: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = text
+        .lines()
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// S3 stopped in the middle of a tabular job (input and output there) and started again
 /// within the retry budget: the job completes with every row, once.
 #[test]
@@ -896,25 +925,12 @@ fn s3_down_mid_job_then_back_the_job_completes() {
     let mut server = Server::start_new(Kind::S3);
     let store = server.store();
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    for i in 0..16 {
-        write_parquet(&data.join(format!("p{i:02}.parquet")), i * 50, 50, 50);
-    }
-    store.upload_dir(&data, "in");
-    let job = echo_job(
-        d.path(),
-        "mini_batch_size: 1KB",
-        &format!(
-            "inputs:\n  - {{name: rows, path: \"{}\", format: parquet}}\noutput: \"{}\"\narguments: [--sleep-ms, \"120\"]\n{}",
-            store.url("in/"),
-            store.url("out/"),
-            store.storage_options(&format!(
-                "{}\nlocal_dir: {}",
-                retries(30),
-                d.path().join("mirror").display()
-            ))
-        ),
+    let options = format!(
+        "{}\nlocal_dir: {}",
+        retries(30),
+        d.path().join("mirror").display()
     );
+    let job = slow_tabular_job(&store, d.path(), &store.url("out/"), &options);
     let child = spawn_job(&job, &[]);
     wait_for_mini_batches(&d.path().join("mirror"), 2);
     server.stop();
@@ -923,12 +939,7 @@ fn s3_down_mid_job_then_back_the_job_completes() {
     let run = finish(child);
     assert_eq!(run.code, 0, "{run:?}");
     let text = String::from_utf8(store.get("out/parallel_run_step.txt").unwrap()).unwrap();
-    let mut ids: Vec<i64> = text
-        .lines()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    ids.sort();
-    assert_eq!(ids, (0..800).collect::<Vec<_>>());
+    assert_eq!(sorted_ids(&text), (0..800).collect::<Vec<_>>());
 }
 
 /// S3 stopped mid-job and left down: the job fails, naming the store, the object and the
@@ -939,29 +950,16 @@ fn s3_down_for_good_fails_the_job_clearly_and_commits_nothing() {
     let mut server = Server::start_new(Kind::S3);
     let store = server.store();
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    for i in 0..16 {
-        write_parquet(&data.join(format!("p{i:02}.parquet")), i * 50, 50, 50);
-    }
-    store.upload_dir(&data, "in");
     let mirror = d.path().join("mirror");
-    let job = echo_job(
-        d.path(),
-        "mini_batch_size: 1KB",
-        &format!(
-            "inputs:\n  - {{name: rows, path: \"{}\", format: parquet}}\noutput: \"{}\"\narguments: [--sleep-ms, \"120\"]\n{}",
-            store.url("in/"),
-            store.url("out/"),
-            // A read-ahead budget smaller than any object: DataFusion reads every object from
-            // the store itself (with the default budget the 16 objects would all be local
-            // before the server stops, and the job would fail at the output's upload instead).
-            store.storage_options(&format!(
-                "{}\nlocal_dir: {}\ncache_size: 1KB",
-                retries(2),
-                mirror.display()
-            ))
-        ),
+    // A read-ahead budget smaller than any object: DataFusion reads every object from the
+    // store itself (with the default budget the 16 objects would all be local before the
+    // server stops, and the job would fail at the output's upload instead).
+    let options = format!(
+        "{}\nlocal_dir: {}\ncache_size: 1KB",
+        retries(2),
+        mirror.display()
     );
+    let job = slow_tabular_job(&store, d.path(), &store.url("out/"), &options);
     let child = spawn_job(&job, &[]);
     wait_for_mini_batches(&mirror, 2);
     server.stop();
@@ -987,31 +985,15 @@ fn tabular_inputs_are_read_ahead_while_the_job_starts() {
     let mut server = Server::start_new(Kind::S3);
     let store = server.store();
     let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    for i in 0..16 {
-        write_parquet(&data.join(format!("p{i:02}.parquet")), i * 50, 50, 50);
-    }
-    store.upload_dir(&data, "in");
-    let job = echo_job(
-        d.path(),
-        "mini_batch_size: 1KB",
-        &format!(
-            "inputs:\n  - {{name: rows, path: \"{}\", format: parquet}}\noutput: out\narguments: [--sleep-ms, \"120\"]\n{}",
-            store.url("in/"),
-            store.storage_options(&retries(2))
-        ),
-    );
+    let out = d.path().join("out");
+    let job = slow_tabular_job(&store, d.path(), &out.display().to_string(), &retries(2));
     let child = spawn_job(&job, &[]);
     wait_for_mini_batches(&d.path().join("out"), 2);
     server.stop();
     let run = finish(child);
     assert_eq!(run.code, 0, "{run:?}");
-    let mut ids: Vec<i64> = lines(&d.path().join("out/parallel_run_step.txt"))
-        .iter()
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
-    ids.sort();
-    assert_eq!(ids, (0..800).collect::<Vec<_>>());
+    let text = std::fs::read_to_string(out.join("parallel_run_step.txt")).unwrap();
+    assert_eq!(sorted_ids(&text), (0..800).collect::<Vec<_>>());
     // The copies went with the job.
     let cache = d.path().join("out/.parallel_run/cache");
     let left = std::fs::read_dir(&cache).map(|r| r.count()).unwrap_or(0);
