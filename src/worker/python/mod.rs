@@ -55,7 +55,7 @@
 //!   importing and running init() as soon as it is spawned; [`Worker::init`] waits for this.
 //! - `INIT_ERROR` `{stage: packages|import|init, message, traceback}`; the worker then exits.
 //!   `packages` means pyarrow (or pandas) is missing, and the message says how to install it.
-//! - `RESULT` `{returned, shape: table|list|lines}` + the result when `keep_results`: a DataFrame
+//! - `RESULT` `{returned, shape: table|list|text}` + the result when `keep_results`: a DataFrame
 //!   as its columns (index dropped), a list/tuple/array/Series as one column `result`, a pyarrow
 //!   Table/RecordBatch as it is; for `txt` output lists and DataFrames arrive pre-formatted
 //!   exactly as PRS writes them (`str(x)` per element; `to_csv(sep=" ", header=False,

@@ -310,7 +310,6 @@ pub(crate) enum ResultEncoding {
 pub(crate) fn parse_shape(shape: Option<&str>) -> ResultEncoding {
     match shape {
         Some("list") => ResultEncoding::Ipc(ResultShape::List),
-        Some("lines") => ResultEncoding::Ipc(ResultShape::Lines),
         Some("text") => ResultEncoding::Text,
         _ => ResultEncoding::Ipc(ResultShape::Table),
     }
@@ -398,6 +397,55 @@ mod tests {
         assert_eq!(batch.num_rows(), 3);
         assert_eq!(ResultShape::of(&batch), ResultShape::List);
         assert_eq!(batch.column(0), data.column(0));
+    }
+
+    #[test]
+    fn file_paths_travel_in_the_header_and_text_comes_back_as_lines() {
+        let schema = Arc::new(Schema::new(vec![Field::new("path", DataType::Utf8, false)]));
+        let data = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec!["/d/a.txt", "/d/b.txt"]))],
+        )
+        .unwrap();
+        let mb = MiniBatch {
+            id: MiniBatchId { input: 0, seq: 1 },
+            kind: ItemKind::Files,
+            data,
+            lineage: Lineage {
+                input: "docs".into(),
+                rows: 0..2,
+            },
+            partition_key_value: BTreeMap::new(),
+        };
+        let ctx = MiniBatchContext {
+            minibatch_index: 1,
+            attempt: 1,
+            input_name: "docs".into(),
+        };
+        let frame = encode_run(&mb, &ctx, true, OutputFormat::Txt).unwrap();
+        let header_len = u32::from_le_bytes(frame[..4].try_into().unwrap()) as usize;
+        let payload_len = u64::from_le_bytes(frame[4..12].try_into().unwrap());
+        assert_eq!(payload_len, 0, "no Arrow payload for a file mini-batch");
+        let header: serde_json::Value =
+            serde_json::from_slice(&frame[PREFIX_LEN..PREFIX_LEN + header_len]).unwrap();
+        assert_eq!(header["paths"], serde_json::json!(["/d/a.txt", "/d/b.txt"]));
+
+        let encoding = parse_shape(Some("text"));
+        assert_eq!(encoding, ResultEncoding::Text);
+        let text = "a.txt 3\nb.txt 4\n";
+        let batch = decode_payload(Buffer::from(text.as_bytes().to_vec()), encoding).unwrap();
+        assert_eq!(ResultShape::of(&batch), ResultShape::Lines);
+        assert_eq!(
+            batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0),
+            text
+        );
+        let bad = decode_payload(Buffer::from(vec![0xff, 0xfe]), encoding).unwrap_err();
+        assert!(bad.to_string().contains("not UTF-8"), "{bad}");
     }
 
     #[tokio::test]

@@ -395,13 +395,11 @@ class Worker:
     # --- mini-batches ------------------------------------------------------------------------
 
     def mini_batch(self, header, payload):
-        if header.get("kind") == "files" and "paths" in header:
-            return header["paths"]
+        if header.get("kind") == "files":
+            return header["paths"]  # file datasets: the paths travel in the header
         if payload is None:
             raise ValueError("the engine sent a RUN without data")
         table = pa.ipc.open_stream(payload).read_all()
-        if header.get("kind") == "files":
-            return table.column("path").to_pylist()
         if self.pandas_format:
             # One block per column: about half the cost of consolidating them.
             return table.to_pandas(split_blocks=True)
