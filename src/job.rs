@@ -18,6 +18,7 @@ use crate::batch::ItemKind;
 use crate::config::{JobSpec, OutputAction, OutputFormat, ParallelRunConfig};
 use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, JobState, OperatorSpec, ParallelRunExec, RunSettings};
+use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
 use crate::output::AppendRowSink;
 use crate::report::{self, JobSummary, ReportWriter};
@@ -116,7 +117,7 @@ fn without_file_metadata(plan: LogicalPlan) -> Result<LogicalPlan> {
         .schema()
         .columns()
         .into_iter()
-        .filter(|c| c.name != "size" && c.name != "modified")
+        .filter(|c| !FILE_METADATA_COLUMNS.contains(&c.name.as_str()))
         .map(Expr::Column)
         .collect();
     Ok(LogicalPlanBuilder::from(plan).project(keep)?.build()?)
@@ -491,6 +492,38 @@ pub fn log_dir(output: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn python_file_datasets_are_planned_without_the_stat_columns() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("lang=en")).unwrap();
+        std::fs::write(d.path().join("lang=en/a.txt"), "x").unwrap();
+        let listing =
+            crate::input::FileListing::new("docs", d.path().to_str().unwrap(), None).unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table(
+            "docs",
+            Arc::new(crate::input::FileListingTable::new(listing)),
+        )
+        .unwrap();
+        let plan = ctx.table("docs").await.unwrap().into_unoptimized_plan();
+        let plan = without_file_metadata(plan).unwrap();
+        let names: Vec<String> = plan
+            .schema()
+            .columns()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["path", "lang"], "keys stay, size and modified go");
+        let rows = ctx
+            .execute_logical_plan(plan)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    }
 
     #[test]
     fn thread_limits_split_the_cores_and_never_override_the_user() {

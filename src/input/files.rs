@@ -42,6 +42,10 @@ static FILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+/// The columns of a file dataset that need a stat() of every file (indices 1 and 2 of
+/// [`files_schema`]).
+pub const FILE_METADATA_COLUMNS: [&str; 2] = ["size", "modified"];
+
 /// Schema of a file dataset: `path` (Utf8), `size` (UInt64), `modified` (UTC timestamp, ms).
 pub fn files_schema() -> SchemaRef {
     FILES_SCHEMA.clone()
@@ -520,10 +524,14 @@ impl ExecutionPlan for FileListingExec {
     ) -> DFResult<SendableRecordBatchStream> {
         let listing = self.listing.clone();
         let projection = self.projection.clone();
-        // size (1) and modified (2) need a stat() per file.
-        let metadata = projection
-            .as_ref()
-            .is_none_or(|p| p.iter().any(|&i| i == 1 || i == 2));
+        let full = self.listing.schema();
+        let metadata = projection.as_ref().is_none_or(|p| {
+            p.iter().any(|&i| {
+                full.fields()
+                    .get(i)
+                    .is_some_and(|f| FILE_METADATA_COLUMNS.contains(&f.name().as_str()))
+            })
+        });
         let schema = self.properties.eq_properties.schema().clone();
         Ok(crate::input::blocking_stream(schema, move |tx| {
             let result = listing.walk(metadata, |batch| {

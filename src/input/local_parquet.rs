@@ -124,19 +124,15 @@ impl TableProviderFactory for LocalParquetFactory {
         if !(plain && local) {
             return ListingTableFactory::new().create(state, cmd).await;
         }
-        let extension = if location.ends_with('/') || Path::new(location).is_dir() {
-            ".parquet"
+        // A folder: its .parquet files; one file (whatever its name) or a glob: itself.
+        let table = if location.ends_with('/') {
+            LocalParquetTable::try_new(state, location, ".parquet").await?
+        } else if Path::new(location).is_dir() {
+            LocalParquetTable::try_new(state, &format!("{location}/"), ".parquet").await?
         } else {
-            "" // one file (whatever its name) or a glob
+            LocalParquetTable::try_new(state, location, "").await?
         };
-        let path = if location.ends_with('/') || !Path::new(location).is_dir() {
-            location.to_string()
-        } else {
-            format!("{location}/")
-        };
-        Ok(Arc::new(
-            LocalParquetTable::try_new(state, &path, extension).await?,
-        ))
+        Ok(Arc::new(table))
     }
 }
 
