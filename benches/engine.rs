@@ -232,6 +232,7 @@ fn python_ipc_round_trip(c: &mut Criterion) {
         output_format: OutputFormat::Parquet,
         arguments: Vec::new(),
         preserve_order: false,
+        allow_empty_input: false,
         mini_batch_format: MiniBatchFormat::PyArrow,
         progress: Progress::Quiet,
     };

@@ -46,6 +46,7 @@ pub struct ParallelRun {
     output: Option<PathBuf>,
     output_format: OutputFormat,
     preserve_order: bool,
+    allow_empty_input: bool,
     arguments: Vec<String>,
     mini_batch_format: MiniBatchFormat,
     progress: Progress,
@@ -63,6 +64,7 @@ impl ParallelRun {
             output: None,
             output_format: OutputFormat::Txt,
             preserve_order: false,
+            allow_empty_input: false,
             arguments: Vec::new(),
             mini_batch_format: MiniBatchFormat::default(),
             progress: Progress::Quiet,
@@ -127,6 +129,13 @@ impl ParallelRun {
         self
     }
 
+    /// Let a job whose inputs hold no items at all succeed (by default it fails, as an empty
+    /// input is usually a wrong path or query).
+    pub fn allow_empty_input(mut self, on: bool) -> Self {
+        self.allow_empty_input = on;
+        self
+    }
+
     /// Extra arguments for the entry script's argv.
     pub fn arguments(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.arguments = args.into_iter().map(Into::into).collect();
@@ -145,7 +154,8 @@ impl ParallelRun {
         self
     }
 
-    /// Runs the job.
+    /// Runs the job. A job that ran and failed (where the CLI exits 42) is
+    /// `Err(PrsError::JobFailed { report, .. })`; the report files are written either way.
     pub async fn run(self) -> Result<JobReport> {
         self.config.validate()?;
         let output = self.output.ok_or_else(|| {
@@ -162,6 +172,7 @@ impl ParallelRun {
             output_format: self.output_format,
             arguments: self.arguments,
             preserve_order: self.preserve_order,
+            allow_empty_input: self.allow_empty_input,
             mini_batch_format: self.mini_batch_format,
             progress: self.progress,
         };
@@ -200,7 +211,15 @@ impl ParallelRun {
             ),
             None => factory_for(&self.config, &options, &self.registry)?,
         };
-        execute(&self.config, &options, plans, factory, ctx.task_ctx()).await
+        let report = execute(&self.config, &options, plans, factory, ctx.task_ctx()).await?;
+        if report.succeeded() {
+            Ok(report)
+        } else {
+            Err(PrsError::JobFailed {
+                reason: report.reason.clone(),
+                report: Box::new(report),
+            })
+        }
     }
 }
 

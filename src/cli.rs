@@ -144,6 +144,7 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
                 output_format: spec.output_format,
                 arguments: spec.arguments.clone(),
                 preserve_order: spec.preserve_order,
+                allow_empty_input: spec.allow_empty_input,
                 mini_batch_format: spec.mini_batch_format,
                 progress: Progress::Quiet,
             };

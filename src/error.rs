@@ -78,6 +78,17 @@ pub enum PrsError {
         message: String,
     },
 
+    /// The job ran and failed: a threshold was exceeded, init() kept failing, nothing
+    /// succeeded, or the output could not be committed. The report (also written to
+    /// `logs/job_summary.json` and `logs/job_result.txt`) says why. The CLI exits 42 for it.
+    #[error("the job failed: {reason} (see {})", report.logs.join("job_result.txt").display())]
+    JobFailed {
+        /// Why the job failed (the report's `reason`).
+        reason: String,
+        /// The job's report.
+        report: Box<crate::report::JobSummary>,
+    },
+
     /// The job was cancelled (e.g. by Ctrl-C) before it finished.
     #[error("job cancelled: {0}")]
     Cancelled(String),

@@ -53,6 +53,8 @@ pub struct JobOptions {
     pub arguments: Vec<String>,
     /// Write output in mini-batch order.
     pub preserve_order: bool,
+    /// Zero items overall is a success, not a failure.
+    pub allow_empty_input: bool,
     /// What run() receives for tabular data in Python.
     pub mini_batch_format: MiniBatchFormat,
     /// Console progress.
@@ -80,6 +82,7 @@ pub async fn run_job_spec(
         output_format: spec.output_format,
         arguments: spec.arguments.clone(),
         preserve_order: spec.preserve_order,
+        allow_empty_input: spec.allow_empty_input,
         mini_batch_format: spec.mini_batch_format,
         progress,
     };
@@ -387,7 +390,13 @@ pub async fn execute_with_storage(
     reports.write_progress(&counts, elapsed);
     finish_progress(options.progress, &counts, elapsed);
 
-    let mut summary = final_summary(config, &state, fatal.map(|e| e.to_string()), &log_dir);
+    let mut summary = final_summary(
+        config,
+        &state,
+        fatal.map(|e| e.to_string()),
+        &log_dir,
+        options.allow_empty_input,
+    );
     if summary.succeeded() {
         if let Some(sink) = sink {
             let out = sink.finish(options.preserve_order)?;
@@ -410,19 +419,29 @@ pub async fn execute_with_storage(
 }
 
 /// The summary of a finished run, from its state: the counts, and the failure when there is one
-/// (the abort reason, else `fatal`, else PRS's rule that append_row needs at least one
-/// succeeded item). `log_dir` is recorded as the report's folder. Shared by [`execute`] and
-/// the SQL relation ([`crate::sql`]).
+/// (the abort reason, else `fatal`, else a job with no items at all unless `allow_empty_input`,
+/// else PRS's rule that append_row needs at least one succeeded item). `log_dir` is recorded
+/// as the report's folder. Shared by [`execute`] and the SQL relation ([`crate::sql`]).
 pub fn final_summary(
     config: &ParallelRunConfig,
     state: &JobState,
     fatal: Option<String>,
     log_dir: &Path,
+    allow_empty_input: bool,
 ) -> JobSummary {
     let counts = state.counts();
     let mut summary = JobSummary::from_counts(&counts, config.error_threshold, state.elapsed());
     summary.logs = log_dir.to_path_buf();
     let mut failure = state.abort_reason().or(fatal);
+    if failure.is_none() && counts.scheduling_done && counts.items_total == 0 && !allow_empty_input
+    {
+        failure = Some(
+            "the inputs hold no items (no rows, no files): nothing was run. Check the input \
+             paths, globs and queries; set allow_empty_input: true in the job file (or \
+             --set allow_empty_input=true) if an empty input is expected"
+                .to_string(),
+        );
+    }
     if failure.is_none()
         && config.output_action == OutputAction::AppendRow
         && counts.items_total > 0

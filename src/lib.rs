@@ -68,3 +68,9 @@ pub use job::{JobReport, Progress};
 pub mod cli;
 pub mod scripts;
 pub mod sql;
+
+/// The README's Rust blocks, compiled and run by `cargo test --doc` so the documented library
+/// API stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -27,23 +27,6 @@ use crate::error::{PrsError, Result};
 use crate::exec::{conform, CompletedMiniBatch};
 use crate::worker::{ResultShape, RESULT_SHAPE_KEY};
 
-/// The default append_row file name (PRS's).
-pub const DEFAULT_FILE_NAME: &str = "parallel_run_step.txt";
-
-/// The final file name for `file_name` in `format`: PRS's default name gets the format's
-/// extension (`parallel_run_step.csv`); a name the user chose is kept as is.
-pub fn final_file_name(file_name: &str, format: OutputFormat) -> String {
-    if file_name == DEFAULT_FILE_NAME {
-        match format {
-            OutputFormat::Txt => DEFAULT_FILE_NAME.to_string(),
-            OutputFormat::Csv => "parallel_run_step.csv".to_string(),
-            OutputFormat::Parquet => "parallel_run_step.parquet".to_string(),
-        }
-    } else {
-        file_name.to_string()
-    }
-}
-
 struct Part {
     id: MiniBatchId,
     path: PathBuf,
@@ -89,7 +72,7 @@ impl AppendRowSink {
             .open(&ledger_path)
             .map_err(|e| PrsError::io(&ledger_path, e))?;
         Ok(AppendRowSink {
-            final_path: output_dir.join(final_file_name(file_name, format)),
+            final_path: output_dir.join(format.append_row_file_name(file_name)),
             staging,
             format,
             ledger: BufWriter::new(ledger),

@@ -1,6 +1,5 @@
 //! Cutting key-sorted streams into one mini-batch per key tuple.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch};
@@ -10,14 +9,17 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use sha2::{Digest, Sha256};
 
 use crate::batch::chunker::compact_concat;
-use crate::batch::{slice_memory_size, ItemKind, Lineage, MiniBatch, MiniBatchId};
+use crate::batch::{
+    slice_memory_size, ItemKind, Lineage, MiniBatch, MiniBatchId, PartitionKeyValue,
+};
 use crate::error::{PrsError, Result};
 
 /// The id of the mini-batch of input `input` holding key values `values`: the first 8 bytes of
 /// SHA-256 over the canonical JSON of the values (cleared top bit), so ids are stable across
 /// runs and worker counts.
-pub fn key_id(input: u32, values: &BTreeMap<String, serde_json::Value>) -> MiniBatchId {
-    let canonical = serde_json::to_string(values).unwrap_or_default();
+pub fn key_id(input: u32, values: &PartitionKeyValue) -> MiniBatchId {
+    // Sorted by key name: the ids of earlier versions, whatever the order of partition_keys.
+    let canonical = serde_json::to_string(&values.sorted()).unwrap_or_default();
     let digest = Sha256::digest(canonical.as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
@@ -183,10 +185,10 @@ impl KeyChunker {
     }
 
     fn emit(&mut self) -> Result<MiniBatch> {
-        let mut values = BTreeMap::new();
+        let mut values = PartitionKeyValue::default();
         if let Some(first) = self.pending.first() {
             for (key, index) in self.keys.iter().zip(&self.key_indices) {
-                values.insert(key.clone(), json_value(first.column(*index).as_ref(), 0));
+                values.push(key.clone(), json_value(first.column(*index).as_ref(), 0));
             }
         }
         let n = self.schema.fields().len();
@@ -212,5 +214,33 @@ impl KeyChunker {
         self.pending_rows = 0;
         self.reservation.free();
         Ok(mb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn key_values_keep_their_order_and_ids_do_not_depend_on_it() {
+        let store_first: PartitionKeyValue =
+            [("Store", json!(1000)), ("Brand", json!("dominicks"))]
+                .into_iter()
+                .collect();
+        let brand_first: PartitionKeyValue =
+            [("Brand", json!("dominicks")), ("Store", json!(1000))]
+                .into_iter()
+                .collect();
+        assert_eq!(
+            serde_json::to_string(&store_first).unwrap(),
+            r#"{"Store":1000,"Brand":"dominicks"}"#
+        );
+        assert_eq!(key_id(2, &store_first), key_id(2, &brand_first));
+        // The id earlier versions derived from the alphabetically sorted values.
+        let digest = Sha256::digest(br#"{"Brand":"dominicks","Store":1000}"#);
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        assert_eq!(key_id(2, &store_first).seq, u64::from_be_bytes(bytes) >> 1);
     }
 }

@@ -82,6 +82,52 @@ impl fmt::Display for Lineage {
     }
 }
 
+/// The key values of a keyed mini-batch, in `partition_keys` order (the user's order, not
+/// alphabetical: scripts do `os.path.join(folder, *partition_key_value.values())`). Serializes
+/// as a JSON object with the keys in that order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PartitionKeyValue(Vec<(String, serde_json::Value)>);
+
+impl PartitionKeyValue {
+    /// Appends the value of the next key.
+    pub fn push(&mut self, key: impl Into<String>, value: serde_json::Value) {
+        self.0.push((key.into(), value));
+    }
+
+    /// True when the mini-batch is not keyed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The (key, value) pairs in `partition_keys` order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// The values sorted by key name: the form the mini-batch id is derived from, which
+    /// stays the same whatever the order of `partition_keys`.
+    pub fn sorted(&self) -> BTreeMap<&str, &serde_json::Value> {
+        self.iter().collect()
+    }
+}
+
+impl<K: Into<String>> FromIterator<(K, serde_json::Value)> for PartitionKeyValue {
+    fn from_iter<I: IntoIterator<Item = (K, serde_json::Value)>>(iter: I) -> Self {
+        PartitionKeyValue(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
+    }
+}
+
+impl serde::Serialize for PartitionKeyValue {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
 /// One unit of work: the rows (or file entries) one run() call receives.
 #[derive(Debug, Clone)]
 pub struct MiniBatch {
@@ -94,7 +140,7 @@ pub struct MiniBatch {
     /// Where the items came from.
     pub lineage: Lineage,
     /// Key values of this mini-batch when partition_keys are set (empty otherwise).
-    pub partition_key_value: BTreeMap<String, serde_json::Value>,
+    pub partition_key_value: PartitionKeyValue,
 }
 
 impl MiniBatch {

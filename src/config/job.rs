@@ -9,7 +9,8 @@ use serde_yaml::{Mapping, Value};
 use crate::config::environment::{environment_to_yaml, parse_environment};
 use crate::config::yaml::{show, string_map, unknown_key, Section};
 use crate::config::{
-    ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
+    ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig,
+    DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
 };
 use crate::error::{PrsError, Result};
 use crate::storage::{is_object_url, ObjectLocation, StorageOptions};
@@ -90,6 +91,22 @@ pub enum OutputFormat {
     Parquet,
 }
 
+impl OutputFormat {
+    /// The append_row file a job writes for `file_name` in this format: PRS's default name
+    /// ([`DEFAULT_APPEND_ROW_FILE_NAME`]) gets the format's extension
+    /// (`parallel_run_step.csv`); a name the user chose is kept as is.
+    pub fn append_row_file_name(self, file_name: &str) -> String {
+        if file_name != DEFAULT_APPEND_ROW_FILE_NAME {
+            return file_name.to_string();
+        }
+        match self {
+            OutputFormat::Txt => DEFAULT_APPEND_ROW_FILE_NAME.to_string(),
+            OutputFormat::Csv => "parallel_run_step.csv".to_string(),
+            OutputFormat::Parquet => "parallel_run_step.parquet".to_string(),
+        }
+    }
+}
+
 /// A whole job: the PRS parameters and what surrounds them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
@@ -107,6 +124,9 @@ pub struct JobSpec {
     pub arguments: Vec<String>,
     /// Write output in mini-batch order instead of completion order.
     pub preserve_order: bool,
+    /// A job with zero items overall (an empty input, a query returning no rows) succeeds
+    /// instead of failing (exit 42).
+    pub allow_empty_input: bool,
     /// What a Python run() receives for tabular mini-batches.
     pub mini_batch_format: MiniBatchFormat,
     /// Object-storage settings (`storage_options:`): object_store keys and parallel-run's
@@ -180,6 +200,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "output_format",
     "arguments",
     "preserve_order",
+    "allow_empty_input",
     "mini_batch_format",
     "memory_limit",
     "storage_options",
@@ -190,6 +211,7 @@ const JOB_OVERRIDE_KEYS: &[&str] = &[
     "output",
     "output_format",
     "preserve_order",
+    "allow_empty_input",
     "mini_batch_format",
     "storage_options",
 ];
@@ -353,7 +375,10 @@ impl JobSpec {
     /// `from_yaml_str(to_yaml())` gives an equal `JobSpec`.
     pub fn to_yaml(&self) -> Result<String> {
         let mut root = Mapping::new();
-        root.insert(CONFIG.into(), config_to_yaml(&self.config)?);
+        root.insert(
+            CONFIG.into(),
+            config_to_yaml(&self.config, self.output_format)?,
+        );
         let inputs = self.inputs.iter().map(input_to_yaml).collect();
         root.insert("inputs".into(), Value::Sequence(inputs));
         let output = match &self.output {
@@ -365,6 +390,7 @@ impl JobSpec {
         let arguments = self.arguments.iter().cloned().map(Value::String).collect();
         root.insert("arguments".into(), Value::Sequence(arguments));
         root.insert("preserve_order".into(), self.preserve_order.into());
+        root.insert("allow_empty_input".into(), self.allow_empty_input.into());
         root.insert(
             "mini_batch_format".into(),
             self.mini_batch_format.as_str().into(),
@@ -533,6 +559,9 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
             .unwrap_or_default(),
         preserve_order: top
             .boolean("preserve_order", rule::BOOLEAN)?
+            .unwrap_or(false),
+        allow_empty_input: top
+            .boolean("allow_empty_input", rule::BOOLEAN)?
             .unwrap_or(false),
         mini_batch_format: match top.string("mini_batch_format", MINI_BATCH_FORMAT_RULE)? {
             Some(text) => text.parse()?,
@@ -1012,8 +1041,9 @@ fn set_nested(root: &mut Mapping, path: &[&str], value: Value, text: &str) -> Re
     Ok(())
 }
 
-/// `parallel_run_config` with every key (unset options as null).
-fn config_to_yaml(config: &ParallelRunConfig) -> Result<Value> {
+/// `parallel_run_config` with every key (unset options as null); `append_row_file_name` is
+/// the file the job writes in `format`.
+fn config_to_yaml(config: &ParallelRunConfig, format: OutputFormat) -> Result<Value> {
     let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
     let number = |n: Option<i64>| n.map_or(Value::Null, Value::from);
     let path = |field: &str, p: &Option<PathBuf>| -> Result<Value> {
@@ -1061,7 +1091,9 @@ fn config_to_yaml(config: &ParallelRunConfig) -> Result<Value> {
         ("run_max_try", config.run_max_try.into()),
         (
             "append_row_file_name",
-            config.append_row_file_name.as_str().into(),
+            format
+                .append_row_file_name(&config.append_row_file_name)
+                .into(),
         ),
         ("allowed_failed_count", number(config.allowed_failed_count)),
         (
@@ -1839,6 +1871,42 @@ output: /tmp/out
             !yaml.contains("instance_count"),
             "v2 names are not written:\n{yaml}"
         );
+    }
+
+    #[test]
+    fn to_yaml_names_the_file_the_format_writes() {
+        for (format, name) in [
+            ("csv", "parallel_run_step.csv"),
+            ("parquet", "parallel_run_step.parquet"),
+            ("txt", "parallel_run_step.txt"),
+        ] {
+            let spec = load(&format!("{MINIMAL}output_format: {format}\n")).spec;
+            let yaml = spec.to_yaml().unwrap();
+            assert!(
+                yaml.contains(&format!("append_row_file_name: {name}")),
+                "{format}: {yaml}"
+            );
+            let again = load(&yaml).spec;
+            assert_eq!(
+                again
+                    .output_format
+                    .append_row_file_name(&again.config.append_row_file_name),
+                name,
+                "reloading show-config's YAML writes the same file"
+            );
+        }
+        let chosen = load(&format!(
+            "{}output_format: csv\n",
+            MINIMAL.replace(
+                "node_count: 1",
+                "node_count: 1\n  append_row_file_name: r.txt"
+            )
+        ))
+        .spec;
+        assert!(chosen
+            .to_yaml()
+            .unwrap()
+            .contains("append_row_file_name: r.txt"));
     }
 
     #[test]

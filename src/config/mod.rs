@@ -15,6 +15,7 @@ pub use job::{
     InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
 };
 pub use params::{
-    ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig, RESERVED_ARGUMENTS,
+    ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig,
+    DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
 };
 pub use size::MiniBatchSize;

@@ -175,6 +175,9 @@ impl std::fmt::Display for LoggingLevel {
     }
 }
 
+/// PRS's default `append_row_file_name`.
+pub const DEFAULT_APPEND_ROW_FILE_NAME: &str = "parallel_run_step.txt";
+
 /// Characters Azure forbids in `append_row_file_name`.
 const FORBIDDEN_FILE_NAME_CHARS: &str = "~\"#%&*:<>?/\\{|}";
 
@@ -205,7 +208,7 @@ impl ParallelRunConfig {
             logging_level: LoggingLevel::Info,
             run_invocation_timeout: 60,
             run_max_try: 3,
-            append_row_file_name: "parallel_run_step.txt".to_string(),
+            append_row_file_name: DEFAULT_APPEND_ROW_FILE_NAME.to_string(),
             allowed_failed_count: None,
             allowed_failed_percent: None,
             partition_keys: Vec::new(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Lineage, MiniBatchId};
+use crate::batch::{Lineage, MiniBatchId, PartitionKeyValue};
 use crate::config::ParallelRunConfig;
 use crate::error::PrsError;
 
@@ -76,7 +76,7 @@ pub struct MiniBatchRecord {
     /// Input name and row range.
     pub lineage: Lineage,
     /// Key values (partition_keys), empty otherwise.
-    pub partition_key_value: BTreeMap<String, serde_json::Value>,
+    pub partition_key_value: PartitionKeyValue,
     /// Tries used.
     pub tries: u32,
     /// Agent name of the worker of the last try.
@@ -283,8 +283,9 @@ impl JobState {
     /// 3 x process_count_per_node times (PRS's rule). Returns true when the job was aborted.
     pub fn init_failed(&self, node: usize, process: &str, message: &str) -> bool {
         lock(&self.counts).init_failures += 1;
-        self.observer
-            .worker_event(process, &format!("init() failed: {message}"));
+        // The worker's message says which stage failed ("init() failed: ...", "loading the
+        // entry script failed: ...").
+        self.observer.worker_event(process, message);
         let limit = 3 * self.settings.processes_per_node as u64;
         let failures = {
             let mut per_node = lock(&self.init_failures_per_node);

@@ -99,6 +99,7 @@ impl PartitionRunner {
             if self.state.cancellation().is_cancelled() {
                 return Err(self.state.abort_error());
             }
+            let t0 = Instant::now();
             let started = self.factory.start(&self.slot).await;
             let outcome = match started {
                 Err(e) => Err(e),
@@ -112,15 +113,19 @@ impl PartitionRunner {
             };
             match outcome {
                 Ok(worker) => {
-                    if self.slot.generation > 0 {
-                        self.state.observer().worker_event(
-                            &self.slot.agent_name,
-                            &format!(
-                                "replacement worker (generation {}) is ready",
-                                self.slot.generation
-                            ),
-                        );
-                    }
+                    let what = if self.slot.generation > 0 {
+                        format!("replacement worker (generation {})", self.slot.generation)
+                    } else {
+                        "worker".to_string()
+                    };
+                    self.state.observer().worker_event(
+                        &self.slot.agent_name,
+                        &format!(
+                            "{what} started on node {} and ready (start and init() took {:.2} s)",
+                            self.slot.node,
+                            t0.elapsed().as_secs_f64()
+                        ),
+                    );
                     self.worker = Some(worker);
                 }
                 Err(e) => {

@@ -257,8 +257,13 @@ impl Tracker {
         drop(lock(&self.ticker).take());
         let (counts, elapsed) = (self.state.counts(), self.state.elapsed());
         let aborted = self.state.abort_reason().is_some() || fatal.is_some();
-        let mut summary =
-            crate::job::final_summary(&self.run.config, &self.state, fatal, &self.run.report_dir);
+        let mut summary = crate::job::final_summary(
+            &self.run.config,
+            &self.state,
+            fatal,
+            &self.run.report_dir,
+            false,
+        );
         if !complete && !aborted {
             summary.status = "succeeded".into();
             summary.reason = format!(

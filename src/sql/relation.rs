@@ -189,6 +189,7 @@ impl ParallelRunRelationPlanner {
             output_format: OutputFormat::Parquet,
             arguments: job.arguments.clone(),
             preserve_order: job.preserve_order,
+            allow_empty_input: false,
             mini_batch_format: job.mini_batch_format,
             progress: Progress::Quiet,
         };

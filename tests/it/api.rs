@@ -121,3 +121,71 @@ async fn dataframe_extension_composes_with_datafusion() {
     assert_eq!(total, (0..100).map(|i| i as f64).sum::<f64>());
     assert_eq!(batches[0].column(0).len(), 1);
 }
+
+/// Fails every init().
+struct NoModel;
+
+impl EntryScript for NoModel {
+    fn init(&mut self, _worker: &WorkerInfo) -> Result<(), ScriptError> {
+        Err("no model here".into())
+    }
+
+    fn run(&mut self, _: &RecordBatch, _: &MiniBatchContext) -> Result<RunOutput, ScriptError> {
+        Err("never called".into())
+    }
+}
+
+/// The builder is `Err(JobFailed)` exactly where the CLI exits 42, with the report written; a
+/// summary_only job with -1 thresholds still succeeds when items fail (PRS's rules).
+#[tokio::test]
+async fn a_failed_job_is_an_error_with_its_report() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 1_000, 1_000);
+    let ctx = SessionContext::new();
+    let df = || async {
+        ctx.read_parquet(
+            d.path().join("in.parquet").to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap()
+    };
+    let failed = ParallelRun::new(config())
+        .input("rows", df().await)
+        .entry_script(|| NoModel)
+        .output(d.path().join("out"))
+        .await;
+    match failed {
+        Err(e @ parallel_run::PrsError::JobFailed { .. }) => {
+            assert_eq!(e.exit_code(), 42);
+            let parallel_run::PrsError::JobFailed { report, reason } = e else {
+                unreachable!()
+            };
+            assert!(!report.succeeded());
+            assert!(reason.contains("no model here"), "{reason}");
+            assert_eq!(summary(&d.path().join("out"))["status"], "failed");
+        }
+        other => panic!("expected JobFailed, got {other:?}"),
+    }
+
+    let mut lenient = ParallelRunConfig::new("fails", -1, OutputAction::SummaryOnly);
+    lenient.allowed_failed_count = Some(-1);
+    lenient.process_count_per_node = Some(2);
+    let report = ParallelRun::new(lenient)
+        .input("rows", df().await)
+        .entry_script(|| FailRuns)
+        .output(d.path().join("out2"))
+        .await
+        .expect("summary_only with -1 thresholds succeeds though every item failed");
+    assert!(report.succeeded());
+    assert_eq!(report.items_failed, 1_000);
+}
+
+/// Fails every run().
+struct FailRuns;
+
+impl EntryScript for FailRuns {
+    fn run(&mut self, _: &RecordBatch, _: &MiniBatchContext) -> Result<RunOutput, ScriptError> {
+        Err("bad rows".into())
+    }
+}

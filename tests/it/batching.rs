@@ -198,3 +198,41 @@ fn file_dataset_gives_n_files_per_mini_batch() {
         "files are listed in sorted path order and preserve_order keeps it"
     );
 }
+
+/// An input with no items is almost always a wrong path or query: the job fails (exit 42)
+/// saying so, unless `allow_empty_input: true`.
+#[test]
+fn a_job_without_items_fails_unless_empty_input_is_allowed() {
+    for output_action in ["append_row", "summary_only"] {
+        let dir = tempfile::tempdir().unwrap();
+        write_parquet(&dir.path().join("in.parquet"), 0, 100, 100);
+        let job = write_job(
+            dir.path(),
+            &format!("entry_script: rust:echo\nerror_threshold: -1\noutput_action: {output_action}\nnode_count: 1\nprocess_count_per_node: 2"),
+            "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\n  - {name: none, sql: \"SELECT * FROM rows WHERE id < 0\"}\noutput: out\noutput_format: csv\n",
+        );
+        let run = run_job(&job, &[]);
+        assert_eq!(run.code, 42, "{output_action}: {run:?}");
+        assert!(run.stderr.contains("hold no items"), "{run:?}");
+        let s = summary(&dir.path().join("out"));
+        assert_eq!(s["status"], "failed");
+        assert_eq!(s["items_total"], 0);
+        assert!(
+            !dir.path().join("out/parallel_run_step.csv").exists(),
+            "a failed job writes no final file"
+        );
+
+        let out2 = dir.path().join("out2");
+        let run = run_job(
+            &job,
+            &[
+                "--set",
+                "allow_empty_input=true",
+                "--output",
+                out2.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run.code, 0, "{output_action}: {run:?}");
+        assert_eq!(summary(&out2)["status"], "succeeded");
+    }
+}

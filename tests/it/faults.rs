@@ -249,3 +249,27 @@ fn append_row_with_nothing_succeeded_is_an_error() {
         "{s}"
     );
 }
+
+#[test]
+fn events_record_every_worker_start_and_init_failures_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_job(&job(dir.path(), "error_threshold: 0", ""), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = std::fs::read_to_string(dir.path().join("out/logs/sys/events.txt")).unwrap();
+    for process in ["process000", "process001"] {
+        assert!(
+            events.contains(&format!("{process}: worker started on node 0 and ready")),
+            "a clean run records each worker's start: {events}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_job(&job(dir.path(), "error_threshold: 0", "--init-fail"), &[]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let events = std::fs::read_to_string(dir.path().join("out/logs/sys/events.txt")).unwrap();
+    assert!(events.contains("init() failed: "), "{events}");
+    assert!(
+        !events.contains("init() failed: init() failed"),
+        "the stage is said once: {events}"
+    );
+}

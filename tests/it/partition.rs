@@ -282,3 +282,57 @@ fn keys_from_partition_format() {
         "README.md does not match the format and is left out"
     );
 }
+
+/// Azure's oj_sales sample does `os.path.join(model_folder, *partition_key_value.values())`:
+/// the values must come in `partition_keys` order, not sorted by key name.
+#[test]
+fn partition_key_value_keeps_the_order_of_partition_keys() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("in")).unwrap();
+    let mut csv = String::from("Store,Brand,Quantity\n");
+    for (store, brand) in [
+        (1000, "dominicks"),
+        (1000, "tropicana"),
+        (1001, "dominicks"),
+    ] {
+        for q in 0..3 {
+            csv.push_str(&format!("{store},{brand},{q}\n"));
+        }
+    }
+    std::fs::write(d.path().join("in/sales.csv"), csv).unwrap();
+    std::fs::write(
+        d.path().join("entry.py"),
+        r#"
+import os
+def run(mini_batch, mini_batch_context):
+    keys = mini_batch_context.partition_key_value
+    line = os.path.join("models", *[str(v) for v in keys.values()]) + " " + ",".join(keys)
+    return [line] * len(mini_batch)
+"#,
+    )
+    .unwrap();
+    let job = write_job(
+        d.path(),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\npartition_keys: [Store, Brand]", python()),
+        "inputs:\n  - {name: sales, path: in/sales.csv, format: csv}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut got = lines(&d.path().join("out/parallel_run_step.txt"));
+    got.sort();
+    got.dedup();
+    assert_eq!(
+        got,
+        [
+            "models/1000/dominicks Store,Brand",
+            "models/1000/tropicana Store,Brand",
+            "models/1001/dominicks Store,Brand",
+        ]
+    );
+    for row in processed(&d.path().join("out")) {
+        assert!(
+            row["partition_key_value"].starts_with("{\"Store\":"),
+            "the report keeps the user's order too: {row:?}"
+        );
+    }
+}

@@ -1,7 +1,6 @@
 //! The wire format between the engine and a Python worker (see the module documentation of
 //! [`crate::worker::python`] for the messages).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::StringArray;
@@ -14,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::batch::{ItemKind, MiniBatch};
+use crate::batch::{ItemKind, MiniBatch, PartitionKeyValue};
 use crate::config::OutputFormat;
 use crate::worker::{MiniBatchContext, ResultShape, RESULT_SHAPE_KEY};
 
@@ -33,7 +32,7 @@ struct RunHeader<'a> {
     minibatch_index: u64,
     attempt: u32,
     input_name: &'a str,
-    partition_key_value: &'a BTreeMap<String, serde_json::Value>,
+    partition_key_value: &'a PartitionKeyValue,
     kind: &'static str,
     keep_results: bool,
     output_format: &'static str,
@@ -376,7 +375,7 @@ mod tests {
                 input: "in".into(),
                 rows: 0..3,
             },
-            partition_key_value: BTreeMap::new(),
+            partition_key_value: Default::default(),
         };
         let ctx = MiniBatchContext {
             minibatch_index: 4,
@@ -415,7 +414,7 @@ mod tests {
                 input: "docs".into(),
                 rows: 0..2,
             },
-            partition_key_value: BTreeMap::new(),
+            partition_key_value: Default::default(),
         };
         let ctx = MiniBatchContext {
             minibatch_index: 1,

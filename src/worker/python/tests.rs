@@ -130,7 +130,7 @@ fn mini_batch(kind: ItemKind, data: RecordBatch) -> MiniBatch {
             input: "in".into(),
             rows: 0..n,
         },
-        partition_key_value: BTreeMap::new(),
+        partition_key_value: Default::default(),
     }
 }
 
@@ -594,7 +594,7 @@ def run(mini_batch, mini_batch_context):
     let mut w = ready(&factory, 1).await;
     let mut mb = named("x");
     mb.partition_key_value
-        .insert("region".into(), serde_json::json!("eu"));
+        .push("region", serde_json::json!("eu"));
     let r = run_ok(&mut w, &mb).await;
     let got: serde_json::Value = serde_json::from_str(&strings(result(&r), "result")[0]).unwrap();
     let out = job.spec.env.output_dir.to_string_lossy().into_owned();
