@@ -15,6 +15,7 @@
 mod chunker;
 mod keyed;
 
+pub(crate) use chunker::compact_concat;
 pub use chunker::{slice_memory_size, ByteChunker, FileChunker};
 pub use keyed::{json_value, key_id, KeyChunker};
 

@@ -5,8 +5,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use datafusion::common::runtime::SpawnedTask;
-
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
@@ -128,9 +126,8 @@ async fn dispatch_all(
     Ok(())
 }
 
-/// partition_keys: each input becomes hash-partitioned, key-sorted partitions (see
-/// [`crate::exec::keyed`]); all partitions are cut at once, one task each, into one mini-batch
-/// per key tuple.
+/// partition_keys: each input is sorted on its keys (see [`crate::exec::keyed`]) and cut into
+/// one mini-batch per key tuple, which the workers take from the shared queue.
 async fn dispatch_keyed(
     inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)],
     context: &Arc<TaskContext>,
@@ -142,53 +139,33 @@ async fn dispatch_keyed(
     let settings = state.settings().clone();
     for (ordinal, (plan, info)) in inputs.iter().enumerate() {
         keyed::check_keys(&info.name, &plan.schema(), &settings.partition_keys)?;
-        let sorted = keyed::keyed_plan(plan.clone(), &settings.partition_keys, settings.workers)?;
-        let schema = sorted.schema();
-        let name: Arc<str> = Arc::from(info.name.as_str());
-        let mut tasks = Vec::new();
-        for partition in 0..sorted.output_partitioning().partition_count() {
-            let mut stream = sorted.execute(partition, context.clone())?;
-            let mut chunker = KeyChunker::new(
-                ordinal as u32,
-                name.clone(),
-                info.kind,
-                &schema,
-                &settings.partition_keys,
-                reservation.new_empty(),
-            )?;
-            let (state, queue, reservation, index, input) = (
-                state.clone(),
-                queue.clone(),
-                reservation.new_empty(),
-                index.clone(),
-                info.name.clone(),
-            );
-            tasks.push(SpawnedTask::spawn(async move {
-                loop {
-                    let next = tokio::select! {
-                        _ = state.cancellation().cancelled() => return Ok(()),
-                        next = stream.next() => next,
-                    };
-                    let Some(batch) = next else { break };
-                    let batch = batch.map_err(|e| input_error(&input, e))?;
-                    for mb in chunker.push(batch)? {
-                        if !enqueue(mb, &index, &state, &queue, &reservation).await? {
-                            return Ok(());
-                        }
-                    }
+        let sorted = keyed::keyed_plan(plan.clone(), &settings.partition_keys)?;
+        let mut chunker = KeyChunker::new(
+            ordinal as u32,
+            Arc::from(info.name.as_str()),
+            info.kind,
+            &sorted.schema(),
+            &settings.partition_keys,
+            reservation.new_empty(),
+        )?;
+        let mut stream = sorted.execute(0, context.clone())?;
+        loop {
+            let next = tokio::select! {
+                _ = state.cancellation().cancelled() => return Ok(()),
+                next = stream.next() => next,
+            };
+            let Some(batch) = next else { break };
+            let batch = batch.map_err(|e| input_error(&info.name, e))?;
+            for mb in chunker.push(batch)? {
+                if !enqueue(mb, index, state, queue, reservation).await? {
+                    return Ok(());
                 }
-                if let Some(mb) = chunker.finish()? {
-                    enqueue(mb, &index, &state, &queue, &reservation).await?;
-                }
-                Ok::<(), PrsError>(())
-            }));
+            }
         }
-        for task in tasks {
-            task.join().await.map_err(|e| PrsError::Input {
-                input: info.name.clone(),
-                location: "partition_keys".into(),
-                message: format!("grouping task failed: {e}"),
-            })??;
+        if let Some(mb) = chunker.finish()? {
+            if !enqueue(mb, index, state, queue, reservation).await? {
+                return Ok(());
+            }
         }
     }
     Ok(())

@@ -1,10 +1,16 @@
 //! partition_keys: one mini-batch per distinct key tuple.
 //!
-//! Each keyed input is turned into DataFusion partitioning: a row number is appended
-//! ([`RowIdExec`], so rows keep their input order within a key), rows are hash-partitioned on the
-//! keys over the workers (`RepartitionExec`), and each partition is sorted on (keys, row
-//! number) by `SortExec`, which spills through DataFusion's memory pool when the data does not
-//! fit. A [`crate::batch::KeyChunker`] then cuts each sorted partition where the key changes.
+//! Each keyed input is sorted once: a row number is appended ([`RowIdExec`], so rows keep their
+//! input order within a key) and one `SortExec` orders the rows on (keys, row number), spilling
+//! through DataFusion's memory pool when the data does not fit. A [`crate::batch::KeyChunker`]
+//! then cuts the sorted stream where the key changes, and the key groups go to the shared queue
+//! like any mini-batch, so every worker takes groups as it becomes free.
+//!
+//! One sort, not one per worker: sorts running side by side split the pool between them, and
+//! with 4 or more workers each share fell below what a sort needs to merge its spill files, so
+//! jobs failed for memory on data a few times the limit. One sort has the whole pool whatever
+//! the worker count, and [`RowIdExec`] cuts its input into batches small against the pool, so
+//! a sort never meets a batch it cannot hold. Only the largest key group must fit in memory.
 //!
 //! Mini-batch ids of keyed inputs are derived from the key values (see
 //! [`crate::batch::key_id`]), so they do not depend on the number of workers.
@@ -16,13 +22,13 @@ use arrow::array::{RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
+use datafusion::execution::memory_pool::MemoryLimit;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{
     EquivalenceProperties, LexOrdering, PhysicalExpr, PhysicalSortExpr,
 };
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -31,7 +37,33 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use crate::batch::compact_concat;
 use crate::error::{PrsError, Result};
+
+/// The smallest batch [`RowIdExec`] cuts for the sort, whatever the pool.
+const MIN_SORT_BATCH_BYTES: usize = 64 * 1024;
+
+/// `batch` as it is when it holds at most `max_bytes`, else cut into compact (copied) pieces of
+/// about `max_bytes` each: a slice alone would still count its whole buffers in the pool.
+fn split_batch(batch: DFResult<RecordBatch>, max_bytes: usize) -> Vec<DFResult<RecordBatch>> {
+    let batch = match batch {
+        Ok(b) => b,
+        Err(e) => return vec![Err(e)],
+    };
+    let bytes = batch.get_array_memory_size();
+    let rows = batch.num_rows();
+    if bytes <= max_bytes || rows <= 1 {
+        return vec![Ok(batch)];
+    }
+    let per_piece = (rows * max_bytes / bytes).max(1);
+    (0..rows)
+        .step_by(per_piece)
+        .map(|start| {
+            let piece = batch.slice(start, per_piece.min(rows - start));
+            compact_concat(&batch.schema(), &[piece]).map_err(|e| e.into_datafusion())
+        })
+        .collect()
+}
 
 /// Name of the row-number column added to keyed inputs (removed before run() sees the rows).
 pub const ROW_ID: &str = "__parallel_run_row";
@@ -54,12 +86,10 @@ pub fn check_keys(input: &str, schema: &Schema, keys: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// The plan whose `partitions` partitions each hold whole key groups, sorted by key and then
-/// by input order.
+/// The plan of one partition holding every row, sorted by key and then by input order.
 pub fn keyed_plan(
     input: Arc<dyn ExecutionPlan>,
     keys: &[String],
-    partitions: usize,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     let with_ids: Arc<dyn ExecutionPlan> = Arc::new(RowIdExec::new(input));
     let schema = with_ids.schema();
@@ -67,10 +97,6 @@ pub fn keyed_plan(
         Ok(Arc::new(Column::new_with_schema(name, &schema)?))
     };
     let key_exprs = keys.iter().map(|k| column(k)).collect::<Result<Vec<_>>>()?;
-    let repartitioned: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
-        with_ids,
-        Partitioning::Hash(key_exprs.clone(), partitions.max(1)),
-    )?);
     let mut order: Vec<PhysicalSortExpr> = key_exprs
         .into_iter()
         .map(PhysicalSortExpr::new_default)
@@ -78,13 +104,12 @@ pub fn keyed_plan(
     order.push(PhysicalSortExpr::new_default(column(ROW_ID)?));
     let ordering = LexOrdering::new(order)
         .ok_or_else(|| PrsError::missing("partition_keys", "at least one key"))?;
-    Ok(Arc::new(
-        SortExec::new(ordering, repartitioned).with_preserve_partitioning(true),
-    ))
+    Ok(Arc::new(SortExec::new(ordering, with_ids)))
 }
 
 /// Appends a `UInt64` row number (in the order of the input's partitions, read one after the
-/// other) to every row. Output: one partition.
+/// other) to every row. Output: one partition, in batches of at most 1/16 of the memory pool
+/// (larger ones are split and copied), so the sort above can always take the next batch.
 pub struct RowIdExec {
     input: Arc<dyn ExecutionPlan>,
     schema: SchemaRef,
@@ -168,6 +193,7 @@ impl ExecutionPlan for RowIdExec {
         _partition: usize,
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
+        let context_pool_limit = context.memory_pool().memory_limit();
         let input = self.input.clone();
         let schema = self.schema.clone();
         let partitions = input.output_partitioning().partition_count();
@@ -178,18 +204,24 @@ impl ExecutionPlan for RowIdExec {
                 Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
             })
             .flatten();
+        let max_bytes = match context_pool_limit {
+            MemoryLimit::Finite(pool) => (pool / 16).max(MIN_SORT_BATCH_BYTES),
+            _ => usize::MAX,
+        };
         let out_schema = schema.clone();
-        let numbered = batches.scan(0u64, move |next, batch| {
-            let result = batch.and_then(|b| {
-                let n = b.num_rows() as u64;
-                let ids = UInt64Array::from_iter_values(*next..*next + n);
-                *next += n;
-                let mut columns = b.columns().to_vec();
-                columns.push(Arc::new(ids));
-                Ok(RecordBatch::try_new(out_schema.clone(), columns)?)
+        let numbered = batches
+            .flat_map(move |batch| futures::stream::iter(split_batch(batch, max_bytes)))
+            .scan(0u64, move |next, batch| {
+                let result = batch.and_then(|b| {
+                    let n = b.num_rows() as u64;
+                    let ids = UInt64Array::from_iter_values(*next..*next + n);
+                    *next += n;
+                    let mut columns = b.columns().to_vec();
+                    columns.push(Arc::new(ids));
+                    Ok(RecordBatch::try_new(out_schema.clone(), columns)?)
+                });
+                futures::future::ready(Some(result))
             });
-            futures::future::ready(Some(result))
-        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, numbered)))
     }
 }
