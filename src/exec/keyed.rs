@@ -225,3 +225,44 @@ impl ExecutionPlan for RowIdExec {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, numbered)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, StringArray};
+
+    #[test]
+    fn large_batches_are_cut_into_compact_pieces_under_the_cap() {
+        let text: StringArray = (0..1000).map(|i| Some(format!("row {i:0100}"))).collect();
+        let schema = Arc::new(Schema::new(vec![Field::new("t", DataType::Utf8, false)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(text)]).unwrap();
+        let cap = batch.get_array_memory_size() / 7;
+        let pieces: Vec<RecordBatch> = split_batch(Ok(batch.clone()), cap)
+            .into_iter()
+            .map(|p| p.unwrap())
+            .collect();
+        assert!(pieces.len() >= 7, "{} pieces", pieces.len());
+        assert!(pieces
+            .iter()
+            .all(|p| p.get_array_memory_size() <= cap + 1024));
+        let rows: usize = pieces.iter().map(|p| p.num_rows()).sum();
+        assert_eq!(rows, 1000);
+        let first = pieces[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(
+            first.value(0),
+            batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0)
+        );
+        // Small batches pass through untouched.
+        let same = split_batch(Ok(batch.clone()), usize::MAX);
+        assert_eq!(same.len(), 1);
+    }
+}
