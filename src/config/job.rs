@@ -403,10 +403,22 @@ impl JobSpec {
             .map(|(k, v)| (Value::String(k), Value::String(v)))
             .collect();
         root.insert("storage_options".into(), Value::Mapping(storage));
-        serde_yaml::to_string(&root).map_err(|e| PrsError::Output {
+        if let Some(limit) = &self.memory_limit {
+            root.insert("memory_limit".into(), limit.raw.as_str().into());
+        }
+        let text = serde_yaml::to_string(&root).map_err(|e| PrsError::Output {
             path: "(job YAML)".into(),
             message: e.to_string(),
-        })
+        })?;
+        // A default that depends on this machine is shown as a comment, so the YAML stays
+        // portable (another machine fills in its own) and never says null.
+        let cores = self.config.processes_per_node();
+        Ok(text.replace(
+            "\n  process_count_per_node: null\n",
+            &format!(
+                "\n  # process_count_per_node: {cores}   (default here: this machine's {cores} cores)\n"
+            ),
+        ))
     }
 
     /// Writes [`JobSpec::to_yaml`] to `path`.
@@ -1850,7 +1862,7 @@ output: /tmp/out
             .filter(|k| **k != "compute_target")
         {
             assert!(
-                yaml.contains(&format!("  {key}:")),
+                yaml.contains(&format!("  {key}:")) || yaml.contains(&format!("  # {key}: ")),
                 "{key} missing from\n{yaml}"
             );
         }
@@ -1870,6 +1882,23 @@ output: /tmp/out
         assert!(
             !yaml.contains("instance_count"),
             "v2 names are not written:\n{yaml}"
+        );
+    }
+
+    #[test]
+    fn to_yaml_shows_machine_defaults_as_comments() {
+        let spec = load(MINIMAL).spec;
+        let yaml = spec.to_yaml().unwrap();
+        assert!(!yaml.contains("process_count_per_node: null"), "{yaml}");
+        assert!(
+            yaml.contains("# process_count_per_node: ") && yaml.contains("(default here: "),
+            "{yaml}"
+        );
+        assert_eq!(load(&yaml).spec.config.process_count_per_node, None);
+        let limited = load(&format!("{MINIMAL}memory_limit: 2GB\n")).spec;
+        assert_eq!(
+            load(&limited.to_yaml().unwrap()).spec.memory_limit,
+            limited.memory_limit
         );
     }
 

@@ -135,3 +135,26 @@ fn output_flag_overrides_the_job_file() {
     assert!(other.join("parallel_run_step.txt").exists());
     assert!(!d.path().join("out").exists());
 }
+
+#[test]
+fn debug_logs_have_no_colour_codes_off_a_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 100, 100);
+    std::fs::write(
+        d.path().join("entry.py"),
+        "def run(mini_batch):\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        d.path(),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1\nlogging_level: DEBUG", python()),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("DEBUG"),
+        "debug lines are logged: {run:?}"
+    );
+    assert!(!run.stderr.contains('\u{1b}'), "no ANSI escapes: {run:?}");
+}
