@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 
+use crate::config::azure_v2::V2Options;
 use crate::config::{JobSpec, LoadedJob, LoggingLevel};
-use crate::error::Result;
+use crate::error::{PrsError, Result};
 use crate::input::{job_session, register_inputs_with};
 use crate::job::{factory_for, run_job_spec, JobOptions, Progress};
 use crate::storage::StorageContext;
@@ -47,9 +48,70 @@ pub struct JobArgs {
     /// `--set mini_batch_size=10MB`. Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// The output folder (overrides `output:` in the job file).
-    #[arg(long, value_name = "DIR")]
-    pub output: Option<PathBuf>,
+    /// The output folder (overrides `output:` in the job file); `NAME=PATH` instead replaces
+    /// the path of the named output NAME of an Azure v2 job. Repeatable.
+    #[arg(long, value_name = "DIR|NAME=PATH")]
+    pub output: Vec<String>,
+    /// `NAME=PATH`: replaces the path of the named input NAME of an Azure v2 job (e.g. one
+    /// that another pipeline step would have produced). Repeatable.
+    #[arg(long = "input", value_name = "NAME=PATH")]
+    pub input: Vec<String>,
+    /// The `type: parallel` job to run from an Azure v2 pipeline file (default: its only one).
+    #[arg(long = "job", value_name = "NAME")]
+    pub pipeline_job: Option<String>,
+}
+
+impl JobArgs {
+    /// The output folder and the Azure v2 choices given on the command line.
+    fn v2_options(&self) -> Result<(Option<PathBuf>, V2Options)> {
+        let mut options = V2Options {
+            job: self.pipeline_job.clone(),
+            ..V2Options::default()
+        };
+        let mut folder = None;
+        for value in &self.output {
+            match named(value) {
+                Some((name, path)) => {
+                    options.outputs.insert(name, path);
+                }
+                None if folder.is_some() => {
+                    return Err(PrsError::config(
+                        "--output",
+                        value,
+                        "only one output folder may be given (NAME=PATH values name outputs)",
+                    ))
+                }
+                None => folder = Some(PathBuf::from(value)),
+            }
+        }
+        for value in &self.input {
+            let (name, path) = named(value).ok_or_else(|| {
+                PrsError::config(
+                    "--input",
+                    value,
+                    "expected NAME=PATH, e.g. --input images=./data/images",
+                )
+            })?;
+            options.inputs.insert(name, path);
+        }
+        options.output_dir = folder
+            .as_ref()
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()));
+        Ok((folder, options))
+    }
+}
+
+/// `NAME=PATH` with NAME an identifier (a folder such as `out/country=fr` is not one).
+fn named(value: &str) -> Option<(String, String)> {
+    let (name, path) = value.split_once('=')?;
+    let identifier = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    identifier.then(|| (name.to_string(), path.to_string()))
 }
 
 /// Subcommands.
@@ -82,9 +144,10 @@ pub enum Command {
 }
 
 fn load(args: &JobArgs) -> Result<LoadedJob> {
-    let mut loaded = JobSpec::load_yaml(&args.job, &args.set)?;
-    if let Some(out) = &args.output {
-        loaded.spec.output = Some(out.clone());
+    let (folder, v2) = args.v2_options()?;
+    let mut loaded = JobSpec::load_yaml_with(&args.job, &args.set, &v2)?;
+    if let Some(out) = folder {
+        loaded.spec.output = Some(out);
     }
     for w in &loaded.warnings {
         eprintln!("parallel-run: warning: {w}");

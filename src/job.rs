@@ -86,6 +86,10 @@ pub async fn run_job_spec(
         mini_batch_format: spec.mini_batch_format,
         progress,
     };
+    // Folders the script writes into (an Azure v2 job's outputs) exist before init() runs.
+    for folder in &spec.output_folders {
+        std::fs::create_dir_all(folder).map_err(|e| PrsError::io(folder, e))?;
+    }
     // Workers first: they start (and run init()) while the inputs are listed and planned.
     let factory = factory_for(&spec.config, &options, registry)?;
     factory.prestart(&worker_slots(&spec.config)).await;

@@ -6,6 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
+use crate::config::azure_v2::{self, V2Options};
 use crate::config::environment::{environment_to_yaml, parse_environment};
 use crate::config::yaml::{show, string_map, unknown_key, Section};
 use crate::config::{
@@ -124,6 +125,9 @@ pub struct JobSpec {
     pub arguments: Vec<String>,
     /// Write output in mini-batch order instead of completion order.
     pub preserve_order: bool,
+    /// Folders the entry script writes into (an Azure v2 job's named outputs), created before
+    /// the workers start.
+    pub output_folders: Vec<PathBuf>,
     /// A job with zero items overall (an empty input, a query returning no rows) succeeds
     /// instead of failing (exit 42).
     pub allow_empty_input: bool,
@@ -357,18 +361,30 @@ impl JobSpec {
     /// `preserve_order` may be overridden too, and dotted keys reach into mappings
     /// (`retry_settings.max_retries=2`, `environment.python=/usr/bin/python3`).
     pub fn load_yaml(path: &Path, overrides: &[String]) -> Result<LoadedJob> {
+        Self::load_yaml_with(path, overrides, &V2Options::default())
+    }
+
+    /// [`JobSpec::load_yaml`] with the command-line choices for an Azure ML v2 job file
+    /// (`type: parallel`, or a `type: pipeline` file; see [`crate::config::azure_v2`]).
+    pub fn load_yaml_with(path: &Path, overrides: &[String], v2: &V2Options) -> Result<LoadedJob> {
         let text = std::fs::read_to_string(path).map_err(|e| PrsError::io(path, e))?;
         let folder = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
         };
         let base_dir = std::path::absolute(folder).unwrap_or_else(|_| folder.to_path_buf());
-        parse_job(&text, &base_dir, overrides, path)
+        parse_job(&text, &base_dir, overrides, path, v2)
     }
 
     /// Parses job YAML text; relative paths resolve against `base_dir`.
     pub fn from_yaml_str(text: &str, base_dir: &Path, overrides: &[String]) -> Result<LoadedJob> {
-        parse_job(text, base_dir, overrides, Path::new("(job YAML text)"))
+        parse_job(
+            text,
+            base_dir,
+            overrides,
+            Path::new("(job YAML text)"),
+            &V2Options::default(),
+        )
     }
 
     /// The effective job as YAML in Azure's layout (every key, defaults filled in), such that
@@ -506,6 +522,7 @@ fn parse_job(
     base_dir: &Path,
     overrides: &[String],
     source: &Path,
+    v2: &V2Options,
 ) -> Result<LoadedJob> {
     let job_file_error = |message: String| PrsError::JobFile {
         path: source.to_path_buf(),
@@ -524,11 +541,18 @@ fn parse_job(
             )))
         }
     };
+    let mut warnings = Vec::new();
+    let mut output_folders = Vec::new();
+    if azure_v2::is_v2(&root) {
+        let translated = azure_v2::translate(root, base_dir, v2, &mut warnings)?;
+        root = translated.root;
+        output_folders = translated.output_folders;
+    }
     for text in overrides {
         apply_override(&mut root, text)?;
     }
-    let mut warnings = Vec::new();
-    let spec = read_job(Value::Mapping(root), base_dir, &mut warnings)?;
+    let mut spec = read_job(Value::Mapping(root), base_dir, &mut warnings)?;
+    spec.output_folders = output_folders;
     spec.validate()?;
     Ok(LoadedJob { spec, warnings })
 }
@@ -575,6 +599,7 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
         allow_empty_input: top
             .boolean("allow_empty_input", rule::BOOLEAN)?
             .unwrap_or(false),
+        output_folders: Vec::new(),
         mini_batch_format: match top.string("mini_batch_format", MINI_BATCH_FORMAT_RULE)? {
             Some(text) => text.parse()?,
             None => MiniBatchFormat::default(),

@@ -4,6 +4,7 @@
 //! Configuration has one home: every other module receives these validated, typed values,
 //! never raw strings.
 
+pub mod azure_v2;
 mod environment;
 mod job;
 mod params;

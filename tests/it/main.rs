@@ -3,6 +3,7 @@
 mod common;
 
 mod api;
+mod azure;
 mod batching;
 mod cli;
 mod faults;

@@ -1,0 +1,194 @@
+//! Azure ML migration: v2 parallel job files as Microsoft publishes them.
+
+use std::path::Path;
+
+use crate::common::*;
+
+/// azureml-examples `cli/jobs/parallel/3a_mnist_batch_identification/pipeline.yml`, verbatim.
+const MNIST_PIPELINE: &str = r#"$schema: https://azuremlschemas.azureedge.net/latest/pipelineJob.schema.json
+type: pipeline
+display_name: mnist-batch-identification-using-parallel
+description: The hello world pipeline job with inline parallel job
+experiment_name: hello-world-parallel-job
+tags:
+  tag: tagvalue
+  owner: sdkteam
+
+jobs:
+  prepare_data:
+    type: command
+    compute: azureml:cpu-cluster
+    component: ./script/prepare_data.yml
+
+  predict_digits_mnist:
+    type: parallel
+    compute: azureml:cpu-cluster
+    inputs:
+      job_data_path:
+        type: uri_folder
+        path: ${{parent.jobs.prepare_data.outputs.mnist_png}}
+        mode: ro_mount
+      score_model:
+        type: uri_folder
+        path: ./mnist_models
+        mode: download
+    outputs:
+      job_output_file:
+        type: uri_file
+        path: azureml://datastores/${{default_datastore}}/paths/${{name}}/aggregated_returns.csv
+        mode: rw_mount
+
+    mini_batch_size: "5"
+    resources:
+      instance_count: 2
+    mini_batch_error_threshold: 5
+    logging_level: "DEBUG"
+    input_data: ${{inputs.job_data_path}}
+    max_concurrency_per_instance: 2
+    retry_settings:
+      max_retries: 2
+      timeout: 60
+    
+    environment_variables:
+      "AZUREML_PARALLEL_EXAMPLE": "3a_yaml"
+    
+    task:
+      type: run_function
+      code: ./script
+      entry_script: digit_identification.py
+      environment:
+        image: mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04
+        conda_file: ./script/environment_parallel.yml
+      program_arguments: >-
+        --model ${{inputs.score_model}}
+      append_row_to: ${{outputs.job_output_file}}
+
+"#;
+
+/// A stand-in for the sample's digit_identification.py (standard library only): init() reads
+/// the model folder given by `--model`, run() returns one line per image.
+const SCRIPT: &str = r#"
+import argparse
+import os
+
+def init():
+    global model
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    args, _ = parser.parse_known_args()
+    model = sorted(os.listdir(args.model))[0]
+    assert os.environ["AZUREML_PARALLEL_EXAMPLE"] == "3a_yaml"
+
+def run(mini_batch):
+    return ["%s %s %d" % (os.path.basename(p), model, len(mini_batch)) for p in mini_batch]
+"#;
+
+fn mnist_sample(dir: &Path) -> std::path::PathBuf {
+    std::fs::create_dir_all(dir.join("script")).unwrap();
+    std::fs::create_dir_all(dir.join("mnist_models")).unwrap();
+    std::fs::create_dir_all(dir.join("pngs")).unwrap();
+    std::fs::write(dir.join("script/digit_identification.py"), SCRIPT).unwrap();
+    std::fs::write(
+        dir.join("script/environment_parallel.yml"),
+        "name: prs-env\nchannels:\n  - conda-forge\ndependencies:\n  - python=3.8\n  - pip\n  - pip:\n    - numpy\n    - pillow\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("mnist_models/model.h5"), "weights").unwrap();
+    for i in 0..12 {
+        std::fs::write(dir.join(format!("pngs/{i:02}.png")), "png").unwrap();
+    }
+    let pipeline = dir.join("pipeline.yml");
+    std::fs::write(&pipeline, MNIST_PIPELINE).unwrap();
+    pipeline
+}
+
+#[test]
+fn a_v2_pipeline_file_runs_as_published() {
+    let d = tempfile::tempdir().unwrap();
+    let pipeline = mnist_sample(d.path());
+    let pngs = d.path().join("pngs");
+    let store = d.path().join("store");
+    let input = format!("job_data_path={}", pngs.display());
+    let environment = format!("environment={}", python());
+
+    // The earlier step's output and the datastore are what this machine cannot know.
+    let run = cli(&[
+        "validate",
+        pipeline.to_str().unwrap(),
+        "--set",
+        &environment,
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("parent.jobs.prepare_data.outputs.mnist_png")
+            && run.stderr.contains("--input job_data_path=PATH"),
+        "{run:?}"
+    );
+    let run = cli(&[
+        "validate",
+        pipeline.to_str().unwrap(),
+        "--input",
+        &input,
+        "--set",
+        &environment,
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("--output job_output_file=PATH"),
+        "{run:?}"
+    );
+
+    // With a datastores key the published file runs unchanged.
+    let mut text = MNIST_PIPELINE.to_string();
+    text.push_str(&format!(
+        "datastores: {{workspaceblobstore: {}}}\n",
+        store.display()
+    ));
+    std::fs::write(&pipeline, text).unwrap();
+    let run = cli(&[
+        "run",
+        pipeline.to_str().unwrap(),
+        "--quiet",
+        "--input",
+        &input,
+        "--set",
+        &environment,
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr.contains("image"),
+        "the Docker image is named in a warning: {run:?}"
+    );
+    let out = store.join("predict_digits_mnist");
+    let mut got = lines(&out.join("aggregated_returns.csv"));
+    got.sort();
+    let expected: Vec<String> = (0..12).map(|i| format!("{i:02}.png model.h5 5")).collect();
+    assert_eq!(got.len(), 12, "{got:?}");
+    for (line, want) in got.iter().zip(&expected) {
+        let (name_model, _) = line.rsplit_once(' ').unwrap();
+        assert_eq!(name_model, want.rsplit_once(' ').unwrap().0);
+    }
+    let s = summary(&out);
+    assert_eq!(
+        s["mini_batches_total"], 3,
+        "mini_batch_size \"5\" is five files"
+    );
+    assert_eq!(s["status"], "succeeded");
+
+    // --output NAME=PATH moves a named output.
+    let elsewhere = d.path().join("elsewhere/results.txt");
+    let run = cli(&[
+        "run",
+        pipeline.to_str().unwrap(),
+        "--quiet",
+        "--input",
+        &input,
+        "--set",
+        &environment,
+        "--output",
+        &format!("job_output_file={}", elsewhere.display()),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lines(&elsewhere).len(), 12);
+}
