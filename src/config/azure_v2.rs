@@ -595,24 +595,17 @@ impl Translator<'_> {
 
     /// The processed input in parallel-run's layout.
     fn processed_input(&mut self, name: &str, kind: &str, path: &str) -> Result<Mapping> {
-        let format =
-            match kind {
-                "uri_folder" | "uri_file" | "custom_model" => "files",
-                "mltable" => return Err(PrsError::config(
+        let format = match kind {
+            "uri_folder" | "uri_file" | "custom_model" => "files",
+            "mltable" => "mltable",
+            other => {
+                return Err(PrsError::config(
                     format!("inputs.{name}.type"),
-                    kind,
-                    "MLTable inputs are not supported yet: point the input at the data instead \
-                     (--input NAME=PATH with a uri_folder of files), or use a parallel-run job \
-                     file with format: csv | parquet | json",
-                )),
-                other => {
-                    return Err(PrsError::config(
-                        format!("inputs.{name}.type"),
-                        other,
-                        "input_data must be a uri_folder, uri_file or mltable input",
-                    ))
-                }
-            };
+                    other,
+                    "input_data must be a uri_folder, uri_file or mltable input",
+                ))
+            }
+        };
         let mut input = Mapping::new();
         input.insert("name".into(), name.into());
         input.insert("path".into(), path.into());

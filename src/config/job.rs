@@ -8,6 +8,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::config::azure_v2::{self, V2Options};
 use crate::config::environment::{environment_to_yaml, parse_environment};
+use crate::config::mltable;
 use crate::config::yaml::{show, string_map, unknown_key, Section};
 use crate::config::{
     ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig,
@@ -279,7 +280,7 @@ mod rule {
         "must map variable names to values, e.g. {OMP_NUM_THREADS: 1}";
     pub(super) const COMPUTE: &str = "must be local (or a cluster address such as df://host:50050)";
     pub(super) const INPUT_FORMAT: &str =
-        "must be parquet, csv, json (also jsonl, ndjson) or files";
+        "must be parquet, csv, json (also jsonl, ndjson), files or mltable";
     pub(super) const OUTPUT_FORMAT: &str = "must be txt, csv or parquet";
     pub(super) const ARGUMENTS: &str = "must be a list of arguments, e.g. [\"--model\", m.bin]";
     pub(super) const BOOLEAN: &str = "must be true or false";
@@ -826,11 +827,33 @@ fn resolve_entry_script(config: &ParallelRunConfig, base_dir: &Path) -> Result<S
 fn read_inputs(value: Option<Value>, base_dir: &Path) -> Result<Vec<InputSpec>> {
     match value {
         None => Ok(Vec::new()),
-        Some(Value::Sequence(items)) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| read_input(i, item, base_dir))
-            .collect(),
+        Some(Value::Sequence(items)) => {
+            // MLTable inputs become the path (and sql) inputs they describe.
+            let mut expanded = Vec::with_capacity(items.len());
+            for (i, mut item) in items.into_iter().enumerate() {
+                let untyped_folder = item.get("format").is_none()
+                    && item
+                        .get("path")
+                        .and_then(Value::as_str)
+                        .and_then(|p| mltable::holds_mltable(base_dir, p))
+                        .is_some();
+                if untyped_folder {
+                    if let Value::Mapping(m) = &mut item {
+                        m.insert("format".into(), "mltable".into());
+                    }
+                }
+                if mltable::is_mltable(&item) {
+                    expanded.extend(mltable::expand(&format!("inputs[{i}]"), item, base_dir)?);
+                } else {
+                    expanded.push(item);
+                }
+            }
+            expanded
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| read_input(i, item, base_dir))
+                .collect()
+        }
         Some(other) => Err(PrsError::config(
             "inputs",
             show(&other),

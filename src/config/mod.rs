@@ -7,6 +7,7 @@
 pub mod azure_v2;
 mod environment;
 mod job;
+mod mltable;
 mod params;
 mod size;
 mod yaml;

@@ -192,3 +192,107 @@ fn a_v2_pipeline_file_runs_as_published() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(lines(&elsewhere).len(), 12);
 }
+
+/// A `type: parallel` job (the layout of azureml-examples' 2a_iris_batch_prediction) with an
+/// MLTable input that keeps some columns, a side input and PRS settings in the arguments.
+#[test]
+fn a_v2_parallel_job_with_an_mltable_input() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::create_dir_all(dir.join("iris-mltable")).unwrap();
+    std::fs::create_dir_all(dir.join("iris-model")).unwrap();
+    std::fs::create_dir_all(dir.join("script")).unwrap();
+    let mut csv = String::from("sepal_length,sepal_width,petal_length,petal_width,species\n");
+    for i in 0..150 {
+        csv.push_str(&format!("{}.1,3.5,1.4,0.2,setosa\n", 4 + i % 3));
+    }
+    std::fs::write(dir.join("iris-mltable/iris.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("iris-mltable/MLTable"),
+        "paths:\n  - file: ./iris.csv\ntransformations:\n  - read_delimited:\n      delimiter: ','\n      encoding: 'ascii'\n      header: all_files_same_headers\n  - keep_columns: [sepal_length, petal_width]\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("iris-model/MLmodel"), "flavor: stand-in").unwrap();
+    std::fs::write(
+        dir.join("script/iris_prediction.py"),
+        r#"
+import argparse, os
+
+def init():
+    global model
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    args, _ = parser.parse_known_args()
+    model = os.path.exists(os.path.join(args.model, "MLmodel"))
+
+def run(mini_batch):
+    assert list(mini_batch.columns) == ["sepal_length", "petal_width"], list(mini_batch.columns)
+    return ["%s %s" % (model, v) for v in mini_batch["sepal_length"]]
+"#,
+    )
+    .unwrap();
+    let job = dir.join("job.yml");
+    std::fs::write(
+        &job,
+        r#"$schema: https://azuremlschemas.azureedge.net/latest/parallelJob.schema.json
+type: parallel
+compute: azureml:cpu-cluster
+inputs:
+  input_data:
+    type: mltable
+    path: ./iris-mltable
+    mode: direct
+  score_model:
+    type: uri_folder
+    path: ./iris-model
+    mode: download
+outputs:
+  job_output_file:
+    type: uri_file
+    path: ./results/aggregated_returns.csv
+    mode: rw_mount
+input_data: ${{inputs.input_data}}
+mini_batch_size: "1kb"
+resources:
+  instance_count: 1
+max_concurrency_per_instance: 2
+logging_level: "DEBUG"
+error_threshold: 5
+mini_batch_error_threshold: 5
+retry_settings:
+  max_retries: 2
+  timeout: 60
+task:
+  type: run_function
+  code: "./script"
+  entry_script: iris_prediction.py
+  program_arguments: >-
+    --model ${{inputs.score_model}}
+    --allowed_failed_percent 30
+    --task_overhead_timeout 1200
+  append_row_to: ${{outputs.job_output_file}}
+"#,
+    )
+    .unwrap();
+    let environment = format!("environment={}", python());
+    let run = cli(&[
+        "run",
+        job.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        &environment,
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = lines(&dir.join("results/aggregated_returns.csv"));
+    assert_eq!(got.len(), 150, "{got:?}");
+    assert!(got.iter().all(|l| l.starts_with("True ")), "{got:?}");
+    let s = summary(&dir.join("results"));
+    assert!(s["mini_batches_total"].as_u64().unwrap() > 1, "{s}");
+    assert!(run.stderr.contains("--task_overhead_timeout"), "{run:?}");
+    let shown = cli(&["show-config", job.to_str().unwrap()]);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(
+        shown.stdout.contains("allowed_failed_percent: 30"),
+        "{shown:?}"
+    );
+}
