@@ -263,15 +263,18 @@ pub(crate) fn cached_venv(base: &Interpreter, pip: &[String], cache: &Path) -> R
         &base.executable,
         &["-m", "venv", &dir_arg],
     )?;
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "-m",
         "pip",
         "install",
         "--disable-pip-version-check",
         "--no-input",
-    ];
-    args.extend(pip.iter().map(String::as_str));
-    step("pip install", &python, &args)?;
+    ]
+    .map(String::from)
+    .into();
+    args.extend(pip_arguments(pip)?);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    step("pip install", &python, &args).map_err(|e| explain_pip_failure(e, base))?;
     let record = format!(
         "python: {}\nversion: {}\npip: {packages}\n",
         base.executable.display(),
@@ -281,6 +284,58 @@ pub(crate) fn cached_venv(base: &Interpreter, pip: &[String], cache: &Path) -> R
     eprintln!("parallel-run: the Python environment is ready");
     drop(lock);
     Ok(python)
+}
+
+/// The pip list as pip's command line: requirement lines stay one argument each, while option
+/// lines of a requirements file (`--find-links URL`, `--extra-index-url URL`, `-i URL`,
+/// `--pre`, ...) become their words, as pip reads them in a requirements file.
+fn pip_arguments(pip: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::with_capacity(pip.len());
+    for line in pip {
+        let line = line.trim();
+        if line.starts_with('-') {
+            let words = shlex::split(line).ok_or_else(|| {
+                PrsError::config("environment.pip", line, "has an unclosed quote")
+            })?;
+            out.extend(words);
+        } else if !line.is_empty() {
+            out.push(line.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// A failed `pip install` with the requirement pip could not satisfy and the interpreter's
+/// version named, and the way out.
+fn explain_pip_failure(e: PrsError, base: &Interpreter) -> PrsError {
+    let PrsError::Config {
+        field,
+        value,
+        reason,
+    } = e
+    else {
+        return e;
+    };
+    let requirement = reason.lines().find_map(|l| {
+        l.split_once("No matching distribution found for ")
+            .or_else(|| l.split_once("Could not find a version that satisfies the requirement "))
+            .map(|(_, r)| r.split_whitespace().next().unwrap_or(r).to_string())
+    });
+    let reason = match requirement {
+        Some(requirement) => format!(
+            "{requirement} cannot be installed on Python {} ({}): change or remove the pin, or \
+             run on another interpreter with --set environment.python=/path/to/python (or \
+             --set environment=/path/to/python for one with the packages already installed). {reason}",
+            base.version,
+            base.executable.display()
+        ),
+        None => reason,
+    };
+    PrsError::Config {
+        field,
+        value,
+        reason,
+    }
 }
 
 fn try_lock(file: &File) -> bool {
@@ -332,6 +387,87 @@ mod tests {
     }
 
     #[test]
+    fn option_lines_become_pip_options() {
+        let pip = vec![
+            "numpy==1.26".to_string(),
+            "--find-links https://example.org/wheels".to_string(),
+            "--extra-index-url 'https://x.example/simple'".to_string(),
+            "  pandas >= 2  ".to_string(),
+        ];
+        assert_eq!(
+            pip_arguments(&pip).unwrap(),
+            [
+                "numpy==1.26",
+                "--find-links",
+                "https://example.org/wheels",
+                "--extra-index-url",
+                "https://x.example/simple",
+                "pandas >= 2"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pin_that_cannot_install_names_the_package_and_the_python() {
+        let base = Interpreter {
+            executable: "/usr/bin/python3".into(),
+            version: "3.11.7".into(),
+        };
+        let failed = PrsError::config(
+            "environment.pip",
+            "[numpy==1.19.0]",
+            "pip install failed (exit status: 1); it ends with:\nERROR: Could not find a version that satisfies the requirement numpy==1.19.0 (from versions: 1.26.0)\nERROR: No matching distribution found for numpy==1.19.0",
+        );
+        let e = explain_pip_failure(failed, &base).to_string();
+        assert!(
+            e.contains("numpy==1.19.0 cannot be installed on Python 3.11.7")
+                && e.contains("--set environment"),
+            "{e}"
+        );
+    }
+
+    /// A `--find-links` line of an Azure export installs from a local folder (no index).
+    #[test]
+    fn a_find_links_line_installs_from_a_local_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = base_interpreter(Some(&test_python().to_string_lossy())).unwrap();
+        let wheels = dir.path().join("wheels");
+        std::fs::create_dir_all(&wheels).unwrap();
+        write_tiny_wheel(&base, &wheels.join("prs_tiny-0.1-py3-none-any.whl"));
+        let pip = vec![
+            "--no-index".to_string(),
+            format!("--find-links {}", wheels.display()),
+            "prs-tiny==0.1".to_string(),
+        ];
+        let python = cached_venv(&base, &pip, &dir.path().join("cache")).unwrap();
+        let out = Command::new(&python)
+            .args(["-c", "import prs_tiny; print(prs_tiny.VALUE)"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    }
+
+    /// A minimal wheel (module `prs_tiny` with `VALUE = 42`), written by Python's zipfile.
+    fn write_tiny_wheel(base: &Interpreter, wheel: &Path) {
+        let script = format!(
+            r#"import zipfile
+w = zipfile.ZipFile({wheel:?}, "w")
+w.writestr("prs_tiny.py", "VALUE = 42\n")
+w.writestr("prs_tiny-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: prs-tiny\nVersion: 0.1\n")
+w.writestr("prs_tiny-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+w.writestr("prs_tiny-0.1.dist-info/RECORD", "")
+w.close()
+"#,
+            wheel = wheel.to_string_lossy()
+        );
+        let ok = Command::new(&base.executable)
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    #[test]
     fn the_key_ignores_package_order() {
         let base = Interpreter {
             executable: "/usr/bin/python3".into(),
@@ -354,24 +490,8 @@ mod tests {
     fn a_pip_list_builds_a_cached_environment_once() {
         let dir = tempfile::tempdir().unwrap();
         let base = base_interpreter(Some(&test_python().to_string_lossy())).unwrap();
-        // A minimal wheel, written by Python's zipfile.
         let wheel = dir.path().join("prs_tiny-0.1-py3-none-any.whl");
-        let script = format!(
-            r#"import zipfile
-w = zipfile.ZipFile({wheel:?}, "w")
-w.writestr("prs_tiny.py", "VALUE = 42\n")
-w.writestr("prs_tiny-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: prs-tiny\nVersion: 0.1\n")
-w.writestr("prs_tiny-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-w.writestr("prs_tiny-0.1.dist-info/RECORD", "")
-w.close()
-"#,
-            wheel = wheel.to_string_lossy()
-        );
-        let ok = Command::new(&base.executable)
-            .args(["-c", &script])
-            .status()
-            .unwrap();
-        assert!(ok.success());
+        write_tiny_wheel(&base, &wheel);
         let cache = dir.path().join("cache");
         let pip = vec![wheel.to_string_lossy().into_owned()];
         let python = cached_venv(&base, &pip, &cache).unwrap();
