@@ -257,7 +257,7 @@ const CONFIG_KEYS: &[&str] = &[
 const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
 
 /// Keys of one `inputs:` entry.
-const INPUT_KEYS: &[&str] = &["name", "path", "sql", "format", "partition_format"];
+const INPUT_KEYS: &[&str] = &["name", "path", "sql", "format", "partition_format", "side"];
 
 /// What each parameter allows, shared by the type and missing-value errors.
 mod rule {
@@ -543,11 +543,13 @@ fn parse_job(
         }
     };
     let mut warnings = Vec::new();
-    let mut output_folders = Vec::new();
+    let output_folders;
     if azure_v2::is_v2(&root) {
         let translated = azure_v2::translate(root, base_dir, v2, &mut warnings)?;
         root = translated.root;
         output_folders = translated.output_folders;
+    } else {
+        output_folders = azure_v2::resolve_named(&mut root, base_dir, v2)?;
     }
     for text in overrides {
         apply_override(&mut root, text)?;
@@ -1565,7 +1567,7 @@ output: /tmp/out
             ],
         );
         let e = error(&format!("{MINIMAL}outputs: out\n"), &[]);
-        assert_mentions(&e, &["job file", "outputs", "did you mean \"output\""]);
+        assert_mentions(&e, &["outputs", "did you mean \"output\""]);
         let e = error(&MINIMAL.replace("format: parquet", "fromat: parquet"), &[]);
         assert_mentions(&e, &["inputs[0]", "fromat", "did you mean \"format\""]);
         let e = error(

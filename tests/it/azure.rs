@@ -296,3 +296,65 @@ task:
         "{shown:?}"
     );
 }
+
+/// In parallel-run's own layout too: `${{inputs.NAME}}` / `${{outputs.NAME}}` in arguments, a
+/// `side: true` input that is not cut into mini-batches, outputs created before init(), and
+/// `--input NAME=PATH` overrides.
+#[test]
+fn named_inputs_and_outputs_in_a_job_file() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    write_parquet(&dir.join("in/rows.parquet"), 0, 300, 300);
+    std::fs::create_dir_all(dir.join("model-a")).unwrap();
+    std::fs::create_dir_all(dir.join("model-b")).unwrap();
+    std::fs::write(dir.join("model-a/name.txt"), "a").unwrap();
+    std::fs::write(dir.join("model-b/name.txt"), "b").unwrap();
+    std::fs::write(
+        dir.join("entry.py"),
+        r#"
+import argparse, os
+def init():
+    global args, model
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model")
+    parser.add_argument("--models_out")
+    args, _ = parser.parse_known_args()
+    assert os.path.isabs(args.model) and os.path.isdir(args.models_out), args
+    model = open(os.path.join(args.model, "name.txt")).read()
+
+def run(mini_batch):
+    with open(os.path.join(args.models_out, "seen-%d.txt" % mini_batch["id"].iloc[0]), "w") as f:
+        f.write(model)
+    return [model] * len(mini_batch)
+"#,
+    )
+    .unwrap();
+    let job = write_job(
+        dir,
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 4KB", python()),
+        "inputs:\n  - {name: rows, path: in, format: parquet}\n  - {name: model, path: model-a, format: files, side: true}\noutputs: {models: out/models}\narguments: [--model, '${{inputs.model}}', --models_out, '${{outputs.models}}']\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = lines(&dir.join("out/parallel_run_step.txt"));
+    assert_eq!(got.len(), 300, "the side input is not processed: {got:?}");
+    assert!(got.iter().all(|l| l == "a"));
+    assert!(std::fs::read_dir(dir.join("out/models")).unwrap().count() > 1);
+
+    let other = format!("model={}", dir.join("model-b").display());
+    let out2 = dir.join("out2");
+    let run = run_job(
+        &job,
+        &["--input", &other, "--output", out2.to_str().unwrap()],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(lines(&out2.join("parallel_run_step.txt"))
+        .iter()
+        .all(|l| l == "b"));
+    let run = run_job(&job, &["--input", "nope=/x"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("nope") && run.stderr.contains("model, rows"),
+        "{run:?}"
+    );
+}
