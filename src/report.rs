@@ -128,6 +128,9 @@ impl JobObserver for ReportWriter {
                 text.push('\n');
                 text.push_str(tb.trim_end());
             }
+            for (attempt, message) in &r.earlier_errors {
+                text.push_str(&format!("\n  try {attempt} failed differently: {message}"));
+            }
             self.event(&text);
             let mut failures = lock(&self.failures);
             if failures.len() < LISTED_FAILURES {

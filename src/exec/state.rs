@@ -99,6 +99,9 @@ pub struct MiniBatchRecord {
     pub error_message: String,
     /// Traceback of the last failure, when known.
     pub traceback: Option<String>,
+    /// The other errors of the failed tries, distinct, each with the first try that had it
+    /// (the cause is often in an early try: a crash, then timeouts of the replacement).
+    pub earlier_errors: Vec<(u32, String)>,
 }
 
 impl MiniBatchRecord {

@@ -159,6 +159,7 @@ impl PartitionRunner {
         let t0 = Instant::now();
         let total = mb.items();
         let mut last_error: Option<RunError> = None;
+        let mut errors: Vec<(u32, String)> = Vec::new();
         let mut attempt = 0;
         let mut run_seconds = 0.0;
         while attempt < settings.run_max_try {
@@ -212,6 +213,7 @@ impl PartitionRunner {
                         status: "SUCCEEDED".into(),
                         error_message,
                         traceback: None,
+                        earlier_errors: Vec::new(),
                     };
                     self.state.mini_batch_finished(&record);
                     let returned = ret.returned;
@@ -227,6 +229,9 @@ impl PartitionRunner {
                     let message = e.message(&id_text);
                     self.state
                         .try_failed(mb.id, attempt, &self.slot.agent_name, &message);
+                    if !errors.iter().any(|(_, m)| *m == message) {
+                        errors.push((attempt, message.clone()));
+                    }
                     if e.worker_lost() {
                         // The worker was stopped (timeout) or died: a new one takes the slot.
                         self.worker = None;
@@ -243,6 +248,7 @@ impl PartitionRunner {
         let error = last_error.unwrap_or(RunError::Crashed {
             detail: "no try was made".into(),
         });
+        let error_message = error.message(&id_text);
         let record = MiniBatchRecord {
             id: mb.id,
             index: dispatched.index,
@@ -257,7 +263,11 @@ impl PartitionRunner {
             elapsed_seconds: t0.elapsed().as_secs_f64(),
             run_seconds,
             status: error.status().into(),
-            error_message: error.message(&id_text),
+            earlier_errors: errors
+                .into_iter()
+                .filter(|(_, m)| *m != error_message)
+                .collect(),
+            error_message,
             traceback: error.traceback().map(str::to_string),
         };
         self.state.mini_batch_finished(&record);

@@ -273,3 +273,38 @@ fn events_record_every_worker_start_and_init_failures_once() {
         "the stage is said once: {events}"
     );
 }
+
+/// job_result.txt names every distinct error of a failed mini-batch's tries: the cause is often
+/// in the first try (a crash) while the last one says something else.
+#[test]
+fn job_result_shows_every_distinct_error_of_the_tries() {
+    let dir = tempfile::tempdir().unwrap();
+    write_parquet(&dir.path().join("in.parquet"), 0, 50, 50);
+    std::fs::write(
+        dir.path().join("entry.py"),
+        r#"
+import os
+def run(mini_batch, mini_batch_context):
+    if mini_batch_context.attempt == 1:
+        os._exit(3)
+    raise ValueError("model not loaded after restart")
+"#,
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: -1\noutput_action: summary_only\nnode_count: 1\nprocess_count_per_node: 1\nrun_max_try: 3", python()),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let result = std::fs::read_to_string(dir.path().join("out/logs/job_result.txt")).unwrap();
+    assert!(
+        result.contains("ValueError: model not loaded after restart"),
+        "{result}"
+    );
+    assert!(
+        result.contains("try 1 failed differently") && result.contains("exit code 3"),
+        "{result}"
+    );
+}
