@@ -234,6 +234,7 @@ fn python_ipc_round_trip(c: &mut Criterion) {
         preserve_order: false,
         mini_batch_format: MiniBatchFormat::PyArrow,
         progress: Progress::Quiet,
+        tabular_inputs: true,
     };
     let env = worker_env(&config, &options);
     let factory = PythonWorkerFactory::new(PythonWorkerSpec {

@@ -164,6 +164,10 @@ impl ParallelRun {
             preserve_order: self.preserve_order,
             mini_batch_format: self.mini_batch_format,
             progress: self.progress,
+            tabular_inputs: self.inputs.iter().any(|input| match input {
+                JobInput::Frame { .. } => true,
+                JobInput::Spec(spec) => spec.is_tabular(),
+            }),
         };
         let ctx = job_session();
         let mut specs = Vec::new();

@@ -146,6 +146,7 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
                 preserve_order: spec.preserve_order,
                 mini_batch_format: spec.mini_batch_format,
                 progress: Progress::Quiet,
+                tabular_inputs: spec.has_tabular_inputs(),
             };
             let factory = factory_for(&spec.config, &options, &registry)?;
             out!(

@@ -57,6 +57,9 @@ pub struct JobOptions {
     pub mini_batch_format: MiniBatchFormat,
     /// Console progress.
     pub progress: Progress,
+    /// Whether any input is tabular (Python workers import pyarrow/pandas before they are
+    /// ready); false for a job of file datasets only.
+    pub tabular_inputs: bool,
 }
 
 /// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
@@ -82,6 +85,7 @@ pub async fn run_job_spec(
         preserve_order: spec.preserve_order,
         mini_batch_format: spec.mini_batch_format,
         progress,
+        tabular_inputs: spec.has_tabular_inputs(),
     };
     // Workers first: they start (and run init()) while the inputs are listed and planned.
     let factory = factory_for(&spec.config, &options, registry)?;
@@ -196,6 +200,7 @@ pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv
         ),
         output_format: options.output_format,
         keep_results: config.output_action == OutputAction::AppendRow,
+        tabular_inputs: options.tabular_inputs,
     }
 }
 

@@ -68,6 +68,17 @@ impl InputSpec {
         }
     }
 
+    /// Whether its mini-batches are rows (every input but a file dataset).
+    pub fn is_tabular(&self) -> bool {
+        !matches!(
+            self.source,
+            InputSource::Path {
+                format: InputFormat::Files,
+                ..
+            }
+        )
+    }
+
     /// A SQL input over the other inputs.
     pub fn sql(name: impl Into<String>, query: impl Into<String>) -> Self {
         InputSpec {
@@ -387,6 +398,11 @@ impl JobSpec {
     pub fn save_yaml(&self, path: &Path) -> Result<()> {
         let text = self.to_yaml()?;
         std::fs::write(path, text).map_err(|e| PrsError::io(path, e))
+    }
+
+    /// Whether any input is tabular (see [`InputSpec::is_tabular`]).
+    pub fn has_tabular_inputs(&self) -> bool {
+        self.inputs.iter().any(InputSpec::is_tabular)
     }
 
     /// Checks the config and the job-level rules (unique input names, sql inputs reference

@@ -113,6 +113,11 @@ pub struct WorkerEnv {
     pub output_format: OutputFormat,
     /// Whether results are kept at all (`summary_only` needs only the counts).
     pub keep_results: bool,
+    /// Whether the job has tabular inputs: Python workers then import pyarrow (and pandas)
+    /// before they report ready, so no run() pays for the import within its timeout. Without
+    /// them (file datasets only) a worker needs pyarrow only to convert results for csv or
+    /// parquet output, and nothing beyond the standard library otherwise.
+    pub tabular_inputs: bool,
 }
 
 /// Context of one run() call.
