@@ -168,6 +168,7 @@ impl ParallelRun {
                 JobInput::Frame { .. } => true,
                 JobInput::Spec(spec) => spec.is_tabular(),
             }),
+            job_dir: None,
         };
         let ctx = job_session();
         let mut specs = Vec::new();

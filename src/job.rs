@@ -60,6 +60,9 @@ pub struct JobOptions {
     /// Whether any input is tabular (Python workers import pyarrow/pandas before they are
     /// ready); false for a job of file datasets only.
     pub tabular_inputs: bool,
+    /// The job file's folder: Python workers run in it when `source_directory` is not set
+    /// (`None`: in the engine's current directory).
+    pub job_dir: Option<PathBuf>,
 }
 
 /// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
@@ -86,6 +89,7 @@ pub async fn run_job_spec(
         mini_batch_format: spec.mini_batch_format,
         progress,
         tabular_inputs: spec.has_tabular_inputs(),
+        job_dir: spec.base_dir.clone(),
     };
     // Workers first: they start (and run init()) while the inputs are listed and planned.
     let factory = factory_for(&spec.config, &options, registry)?;
@@ -201,6 +205,10 @@ pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv
         output_format: options.output_format,
         keep_results: config.output_action == OutputAction::AppendRow,
         tabular_inputs: options.tabular_inputs,
+        current_dir: config
+            .source_directory
+            .clone()
+            .or_else(|| options.job_dir.clone()),
     }
 }
 

@@ -126,6 +126,10 @@ pub struct JobSpec {
     /// Memory the engine may use for buffering and grouping (partition_keys spill to disk
     /// beyond it); `None` = half of the machine's memory.
     pub memory_limit: Option<MiniBatchSize>,
+    /// The folder relative paths were resolved against (the job file's); not saved by
+    /// [`JobSpec::to_yaml`]. Python workers run in it unless `source_directory` is set, as on
+    /// Azure where the code snapshot is the working directory. `None` for a job built in code.
+    pub base_dir: Option<PathBuf>,
 }
 
 const MEMORY_LIMIT_RULE: &str = "must be a size such as 2GB or 512MB";
@@ -559,6 +563,7 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
             None => None,
         },
         storage_options,
+        base_dir: Some(base_dir.to_path_buf()),
     })
 }
 
@@ -1199,8 +1204,14 @@ mod tests {
     /// The round trip: saved and loaded again (from another folder), the job is unchanged.
     fn assert_round_trips(spec: &JobSpec) {
         let yaml = spec.to_yaml().unwrap();
-        let again = JobSpec::from_yaml_str(&yaml, Path::new("/elsewhere"), &[])
+        let mut again = JobSpec::from_yaml_str(&yaml, Path::new("/elsewhere"), &[])
             .unwrap_or_else(|e| panic!("saved YAML should load: {e}\n{yaml}"));
+        // Every path is saved resolved; only the folder it was loaded from differs.
+        assert_eq!(
+            again.spec.base_dir.as_deref(),
+            Some(Path::new("/elsewhere"))
+        );
+        again.spec.base_dir = spec.base_dir.clone();
         assert_eq!(&again.spec, spec, "{yaml}");
         assert!(again.warnings.is_empty(), "{:?}", again.warnings);
     }

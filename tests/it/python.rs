@@ -670,3 +670,67 @@ fn file_datasets_with_txt_output_need_the_standard_library_only() {
         "{reason}"
     );
 }
+
+#[test]
+fn relative_paths_in_arguments_resolve_against_the_code_folder() {
+    let script = r#"
+import argparse, os
+from azureml_user.parallel_run import EntryScript
+
+def init():
+    global FOLDER
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model_folder")
+    FOLDER = parser.parse_known_args()[0].model_folder
+    os.makedirs(FOLDER, exist_ok=True)
+
+def run(mini_batch):
+    name = "%s.txt" % EntryScript().agent_name
+    with open(os.path.join(FOLDER, name), "a") as f:
+        f.write("%d\n" % len(mini_batch))
+    return [EntryScript().working_dir] * len(mini_batch)
+"#;
+    for source_directory in [None, Some("code")] {
+        let d = tempfile::tempdir().unwrap();
+        let code = match source_directory {
+            Some(dir) => d.path().join(dir),
+            None => d.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(&code).unwrap();
+        std::fs::write(code.join("entry.py"), script).unwrap();
+        write_parquet(&d.path().join("in.parquet"), 0, 300, 1_000);
+        let source = source_directory
+            .map(|dir| format!("source_directory: {dir}\n"))
+            .unwrap_or_default();
+        let job = write_job(
+            d.path(),
+            &format!(
+                "entry_script: entry.py\n{source}environment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 6KB",
+                python()
+            ),
+            "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\narguments: [--model_folder, models/m]\n",
+        );
+        // Run from another folder: the job file's folder (or source_directory) counts.
+        let run = run_job(&job, &[]);
+        assert_eq!(run.code, 0, "{source_directory:?}: {run:?}");
+        let models = code.join("models/m");
+        let written: usize = walk(&models)
+            .iter()
+            .flat_map(|p| lines(p))
+            .map(|n| n.parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(
+            written,
+            300,
+            "{source_directory:?}: rows counted in {}",
+            models.display()
+        );
+        // EntryScript().working_dir stays a per-worker scratch folder.
+        for dir in lines(&out(d.path()).join("parallel_run_step.txt")) {
+            assert!(
+                dir.contains(".parallel_run/work/process00"),
+                "{source_directory:?}: {dir}"
+            );
+        }
+    }
+}

@@ -17,7 +17,10 @@
 //! - Its own process group; on a timeout, a protocol error, a drop or a failed shutdown the
 //!   whole group gets SIGKILL (so whatever the script started dies with it), and the leader is
 //!   reaped. A worker also notices its engine dying (parent pid change) and kills its group.
-//! - Working directory `<work_dir>/<agent_name>/`; `environment_variables` set;
+//! - Current directory [`WorkerEnv::current_dir`] (`source_directory`, else the job file's
+//!   folder, else the engine's), so relative paths in `arguments` mean what the user reads;
+//!   `EntryScript().working_dir` is a scratch folder `<work_dir>/<agent_name>/` of its own;
+//!   `environment_variables` set;
 //!   `AZUREML_BI_OUTPUT_PATH` = the job's output folder; on GPU machines `CUDA_VISIBLE_DEVICES`
 //!   = one GPU per slot (`slot.index % GPUs`, so a replacement keeps its slot's GPU), unless
 //!   the job sets it itself.
@@ -213,6 +216,16 @@ impl PythonWorkerFactory {
                 *dir = cwd.join(&*dir);
             }
         }
+        let current_dir = cwd.join(spec.env.current_dir.as_deref().unwrap_or(&cwd));
+        if !current_dir.is_dir() {
+            return Err(PrsError::config(
+                "source_directory",
+                current_dir.display(),
+                "is not a folder; Python workers run in source_directory (else in the job \
+                 file's folder)",
+            ));
+        }
+        spec.env.current_dir = Some(current_dir);
         let bootstrap_dir = spec.env.work_dir.join(".bootstrap");
         write_bootstrap(&bootstrap_dir)?;
         let gpus = if spec
@@ -291,7 +304,7 @@ impl PythonWorkerFactory {
             .arg(self.bootstrap_dir.join("prs_worker.py"))
             .args(&env.system_arguments)
             .args(&env.arguments)
-            .current_dir(&working_dir)
+            .current_dir(env.current_dir.as_deref().unwrap_or(&working_dir))
             .envs(&env.environment_variables)
             .env("AZUREML_BI_OUTPUT_PATH", &env.output_dir)
             .env(

@@ -45,7 +45,7 @@ impl Job {
         let spec = PythonWorkerSpec {
             python: test_python(),
             entry_script,
-            source_directory: Some(src),
+            source_directory: Some(src.clone()),
             env: WorkerEnv {
                 output_dir: out.clone(),
                 log_dir: out.join("logs"),
@@ -57,6 +57,7 @@ impl Job {
                 output_format: OutputFormat::Txt,
                 keep_results: true,
                 tabular_inputs: true,
+                current_dir: Some(src.clone()),
             },
             mini_batch_format: MiniBatchFormat::Pandas,
         };
@@ -687,7 +688,8 @@ def run(mini_batch, mini_batch_context):
         job.spec.env.log_dir.to_string_lossy().as_ref()
     );
     assert_eq!(got["working_dir"], work.to_string_lossy().as_ref());
-    assert_eq!(got["cwd"], work.to_string_lossy().as_ref());
+    // The current directory is the code folder; working_dir is the worker's scratch folder.
+    assert_eq!(got["cwd"], job.path("src").to_string_lossy().as_ref());
     assert_eq!(got["agent"], "process001");
     assert_eq!(got["pkv"], serde_json::json!({"region": "eu"}));
     assert_eq!(
@@ -728,7 +730,7 @@ def run(mini_batch):
     );
     // Dropping a worker kills its process group.
     drop(w);
-    let pids = std::fs::read_to_string(job.spec.env.work_dir.join("process000/pids.txt")).unwrap();
+    let pids = std::fs::read_to_string(job.path("src/pids.txt")).unwrap();
     for pid in pids.split_whitespace() {
         assert!(
             wait_gone(pid.parse().unwrap()).await,
