@@ -235,6 +235,8 @@ fn python_ipc_round_trip(c: &mut Criterion) {
         allow_empty_input: false,
         mini_batch_format: MiniBatchFormat::PyArrow,
         progress: Progress::Quiet,
+        tabular_inputs: true,
+        job_dir: None,
     };
     let env = worker_env(&config, &options);
     let factory = PythonWorkerFactory::new(PythonWorkerSpec {

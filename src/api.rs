@@ -175,6 +175,11 @@ impl ParallelRun {
             allow_empty_input: self.allow_empty_input,
             mini_batch_format: self.mini_batch_format,
             progress: self.progress,
+            tabular_inputs: self.inputs.iter().any(|input| match input {
+                JobInput::Frame { .. } => true,
+                JobInput::Spec(spec) => spec.is_tabular(),
+            }),
+            job_dir: None,
         };
         let ctx = job_session();
         let mut specs = Vec::new();

@@ -210,6 +210,8 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
                 allow_empty_input: spec.allow_empty_input,
                 mini_batch_format: spec.mini_batch_format,
                 progress: Progress::Quiet,
+                tabular_inputs: spec.has_tabular_inputs(),
+                job_dir: spec.base_dir.clone(),
             };
             let factory = factory_for(&spec.config, &options, &registry)?;
             out!(

@@ -59,6 +59,12 @@ pub struct JobOptions {
     pub mini_batch_format: MiniBatchFormat,
     /// Console progress.
     pub progress: Progress,
+    /// Whether any input is tabular (Python workers import pyarrow/pandas before they are
+    /// ready); false for a job of file datasets only.
+    pub tabular_inputs: bool,
+    /// The job file's folder: Python workers run in it when `source_directory` is not set
+    /// (`None`: in the engine's current directory).
+    pub job_dir: Option<PathBuf>,
 }
 
 /// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
@@ -85,6 +91,8 @@ pub async fn run_job_spec(
         allow_empty_input: spec.allow_empty_input,
         mini_batch_format: spec.mini_batch_format,
         progress,
+        tabular_inputs: spec.has_tabular_inputs(),
+        job_dir: spec.base_dir.clone(),
     };
     // Folders the script writes into (an Azure v2 job's outputs) exist before init() runs.
     for folder in &spec.output_folders {
@@ -203,6 +211,11 @@ pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv
         ),
         output_format: options.output_format,
         keep_results: config.output_action == OutputAction::AppendRow,
+        tabular_inputs: options.tabular_inputs,
+        current_dir: config
+            .source_directory
+            .clone()
+            .or_else(|| options.job_dir.clone()),
     }
 }
 

@@ -71,6 +71,17 @@ impl InputSpec {
         }
     }
 
+    /// Whether its mini-batches are rows (every input but a file dataset).
+    pub fn is_tabular(&self) -> bool {
+        !matches!(
+            self.source,
+            InputSource::Path {
+                format: InputFormat::Files,
+                ..
+            }
+        )
+    }
+
     /// A SQL input over the other inputs.
     pub fn sql(name: impl Into<String>, query: impl Into<String>) -> Self {
         InputSpec {
@@ -140,6 +151,10 @@ pub struct JobSpec {
     /// Memory the engine may use for buffering and grouping (partition_keys spill to disk
     /// beyond it); `None` = half of the machine's memory.
     pub memory_limit: Option<MiniBatchSize>,
+    /// The folder relative paths were resolved against (the job file's); not saved by
+    /// [`JobSpec::to_yaml`]. Python workers run in it unless `source_directory` is set, as on
+    /// Azure where the code snapshot is the working directory. `None` for a job built in code.
+    pub base_dir: Option<PathBuf>,
 }
 
 const MEMORY_LIMIT_RULE: &str = "must be a size such as 2GB or 512MB";
@@ -444,6 +459,11 @@ impl JobSpec {
         std::fs::write(path, text).map_err(|e| PrsError::io(path, e))
     }
 
+    /// Whether any input is tabular (see [`InputSpec::is_tabular`]).
+    pub fn has_tabular_inputs(&self) -> bool {
+        self.inputs.iter().any(InputSpec::is_tabular)
+    }
+
     /// Checks the config and the job-level rules (unique input names, sql inputs reference
     /// known names only loosely, reserved argument names, ...).
     pub fn validate(&self) -> Result<()> {
@@ -612,6 +632,7 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
             None => None,
         },
         storage_options,
+        base_dir: Some(base_dir.to_path_buf()),
     })
 }
 
@@ -1277,8 +1298,14 @@ mod tests {
     /// The round trip: saved and loaded again (from another folder), the job is unchanged.
     fn assert_round_trips(spec: &JobSpec) {
         let yaml = spec.to_yaml().unwrap();
-        let again = JobSpec::from_yaml_str(&yaml, Path::new("/elsewhere"), &[])
+        let mut again = JobSpec::from_yaml_str(&yaml, Path::new("/elsewhere"), &[])
             .unwrap_or_else(|e| panic!("saved YAML should load: {e}\n{yaml}"));
+        // Every path is saved resolved; only the folder it was loaded from differs.
+        assert_eq!(
+            again.spec.base_dir.as_deref(),
+            Some(Path::new("/elsewhere"))
+        );
+        again.spec.base_dir = spec.base_dir.clone();
         assert_eq!(&again.spec, spec, "{yaml}");
         assert!(again.warnings.is_empty(), "{:?}", again.warnings);
     }

@@ -192,6 +192,8 @@ impl ParallelRunRelationPlanner {
             allow_empty_input: false,
             mini_batch_format: job.mini_batch_format,
             progress: Progress::Quiet,
+            tabular_inputs: inputs.iter().any(|(_, info)| info.kind == ItemKind::Rows),
+            job_dir: None,
         };
         let mut env = worker_env(&job.config, &options);
         // The report folder is the log folder; results come back typed (not as txt lines).

@@ -113,6 +113,16 @@ pub struct WorkerEnv {
     pub output_format: OutputFormat,
     /// Whether results are kept at all (`summary_only` needs only the counts).
     pub keep_results: bool,
+    /// Whether the job has tabular inputs: Python workers then import pyarrow (and pandas)
+    /// before they report ready, so no run() pays for the import within its timeout. Without
+    /// them (file datasets only) a worker needs pyarrow only to convert results for csv or
+    /// parquet output, and nothing beyond the standard library otherwise.
+    pub tabular_inputs: bool,
+    /// The worker process's current directory: `source_directory` when given, else the job
+    /// file's folder (as on Azure, where the code snapshot is the working directory); `None`:
+    /// the engine's own. `EntryScript().working_dir` is a per-worker scratch folder under
+    /// `work_dir` either way.
+    pub current_dir: Option<PathBuf>,
 }
 
 /// Context of one run() call.

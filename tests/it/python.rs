@@ -572,30 +572,12 @@ def run(mini_batch):
 #[test]
 fn a_python_without_pyarrow_gets_an_error_that_says_how_to_fix_it() {
     let d = tempfile::tempdir().unwrap();
-    let base = std::process::Command::new(python())
-        .args([
-            "-c",
-            "import sys; print(getattr(sys, 'base_prefix', sys.prefix))",
-        ])
-        .output()
-        .unwrap();
-    let prefix = String::from_utf8_lossy(&base.stdout).trim().to_string();
-    let bare_python = ["bin/python3", "bin/python"]
-        .iter()
-        .map(|b| Path::new(&prefix).join(b))
-        .find(|p| p.exists())
-        .unwrap();
-    let venv = d.path().join("bare");
-    let made = std::process::Command::new(&bare_python)
-        .args(["-m", "venv", venv.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(made.success());
+    let bare = bare_python(d.path());
     std::fs::write(d.path().join("entry.py"), ECHO_DF).unwrap();
     write_parquet(&d.path().join("in.parquet"), 0, 100, 100);
     let job = write_job(
         d.path(),
-        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1", venv.join("bin/python").display()),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1", bare.display()),
         "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n",
     );
     let run = run_job(&job, &[]);
@@ -608,4 +590,147 @@ fn a_python_without_pyarrow_gets_an_error_that_says_how_to_fix_it() {
         reason.contains("pip") && reason.contains("pyarrow"),
         "{reason}"
     );
+}
+
+/// A Python with the standard library only: a fresh virtual environment in `dir` on the base
+/// interpreter of [`python`].
+fn bare_python(dir: &Path) -> PathBuf {
+    let base = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys; print(getattr(sys, 'base_prefix', sys.prefix))",
+        ])
+        .output()
+        .unwrap();
+    let prefix = String::from_utf8_lossy(&base.stdout).trim().to_string();
+    let base_python = ["bin/python3", "bin/python"]
+        .iter()
+        .map(|b| Path::new(&prefix).join(b))
+        .find(|p| p.exists())
+        .unwrap();
+    let venv = dir.join("bare");
+    let made = std::process::Command::new(&base_python)
+        .args(["-m", "venv", "--without-pip", venv.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let python = venv.join("bin/python");
+    let check = std::process::Command::new(&python)
+        .args(["-c", "import pandas"])
+        .output()
+        .unwrap();
+    assert!(!check.status.success(), "{} has pandas", python.display());
+    python
+}
+
+#[test]
+fn file_datasets_with_txt_output_need_the_standard_library_only() {
+    let d = tempfile::tempdir().unwrap();
+    let bare = bare_python(d.path());
+    std::fs::create_dir_all(d.path().join("docs")).unwrap();
+    for i in 0..7 {
+        std::fs::write(
+            d.path().join(format!("docs/doc{i}.txt")),
+            "w ".repeat(i + 1),
+        )
+        .unwrap();
+    }
+    let script = "import os\ndef run(mini_batch):\n    return [f'{os.path.basename(p)} {len(open(p).read().split())}' for p in mini_batch]\n";
+    std::fs::write(d.path().join("entry.py"), script).unwrap();
+    let config = format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 3", bare.display());
+    let job = write_job(
+        d.path(),
+        &config,
+        "inputs:\n  - {name: docs, path: docs, format: files}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut lines = lines(&out(d.path()).join("parallel_run_step.txt"));
+    lines.sort();
+    assert_eq!(lines.len(), 7, "{lines:?}");
+    assert_eq!(
+        (lines[0].as_str(), lines[6].as_str()),
+        ("doc0.txt 1", "doc6.txt 7")
+    );
+
+    // csv output converts the results with pyarrow: the error says so, and what to do.
+    let out_csv = d.path().join("out_csv");
+    let out_csv_arg = out_csv.to_str().unwrap();
+    let run = run_job(
+        &job,
+        &["--set", "output_format=csv", "--output", out_csv_arg],
+    );
+    assert_eq!(run.code, 42, "{run:?}");
+    let reason = summary(&out_csv)["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("pyarrow is not installed")
+            && reason.contains("output_format csv")
+            && reason.contains("output_format txt needs the standard library only")
+            && reason.contains("pip install pyarrow"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn relative_paths_in_arguments_resolve_against_the_code_folder() {
+    let script = r#"
+import argparse, os
+from azureml_user.parallel_run import EntryScript
+
+def init():
+    global FOLDER
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model_folder")
+    FOLDER = parser.parse_known_args()[0].model_folder
+    os.makedirs(FOLDER, exist_ok=True)
+
+def run(mini_batch):
+    name = "%s.txt" % EntryScript().agent_name
+    with open(os.path.join(FOLDER, name), "a") as f:
+        f.write("%d\n" % len(mini_batch))
+    return [EntryScript().working_dir] * len(mini_batch)
+"#;
+    for source_directory in [None, Some("code")] {
+        let d = tempfile::tempdir().unwrap();
+        let code = match source_directory {
+            Some(dir) => d.path().join(dir),
+            None => d.path().to_path_buf(),
+        };
+        std::fs::create_dir_all(&code).unwrap();
+        std::fs::write(code.join("entry.py"), script).unwrap();
+        write_parquet(&d.path().join("in.parquet"), 0, 300, 1_000);
+        let source = source_directory
+            .map(|dir| format!("source_directory: {dir}\n"))
+            .unwrap_or_default();
+        let job = write_job(
+            d.path(),
+            &format!(
+                "entry_script: entry.py\n{source}environment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 6KB",
+                python()
+            ),
+            "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\narguments: [--model_folder, models/m]\n",
+        );
+        // Run from another folder: the job file's folder (or source_directory) counts.
+        let run = run_job(&job, &[]);
+        assert_eq!(run.code, 0, "{source_directory:?}: {run:?}");
+        let models = code.join("models/m");
+        let written: usize = walk(&models)
+            .iter()
+            .flat_map(|p| lines(p))
+            .map(|n| n.parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(
+            written,
+            300,
+            "{source_directory:?}: rows counted in {}",
+            models.display()
+        );
+        // EntryScript().working_dir stays a per-worker scratch folder.
+        for dir in lines(&out(d.path()).join("parallel_run_step.txt")) {
+            assert!(
+                dir.contains(".parallel_run/work/process00"),
+                "{source_directory:?}: {dir}"
+            );
+        }
+    }
 }

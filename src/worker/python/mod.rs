@@ -17,7 +17,10 @@
 //! - Its own process group; on a timeout, a protocol error, a drop or a failed shutdown the
 //!   whole group gets SIGKILL (so whatever the script started dies with it), and the leader is
 //!   reaped. A worker also notices its engine dying (parent pid change) and kills its group.
-//! - Working directory `<work_dir>/<agent_name>/`; `environment_variables` set;
+//! - Current directory [`WorkerEnv::current_dir`] (`source_directory`, else the job file's
+//!   folder, else the engine's), so relative paths in `arguments` mean what the user reads;
+//!   `EntryScript().working_dir` is a scratch folder `<work_dir>/<agent_name>/` of its own;
+//!   `environment_variables` set;
 //!   `AZUREML_BI_OUTPUT_PATH` = the job's output folder; on GPU machines `CUDA_VISIBLE_DEVICES`
 //!   = one GPU per slot (`slot.index % GPUs`, so a replacement keeps its slot's GPU), unless
 //!   the job sets it itself.
@@ -43,18 +46,31 @@
 //! - `RUN` `{id, minibatch_index, attempt, input_name, partition_key_value, kind: rows|files,
 //!   keep_results, output_format: txt|csv|parquet}` + the mini-batch's rows (only those: a
 //!   [`MiniBatch`](crate::batch::MiniBatch)'s data is compact); for `files` the header carries
-//!   `paths` instead and there is no payload, so a file-dataset worker never imports pyarrow
-//!   (0.1 to 0.25 s each; the bootstrap imports it on first need). run() receives a pandas DataFrame (`rows`, default), a
-//!   `pyarrow.Table` (`rows` with [`MiniBatchFormat::PyArrow`]) or the list of `path` strings
-//!   (`files`); a run() with two positional parameters also gets a context with
+//!   `paths` instead and there is no payload. run() receives a pandas DataFrame (`rows`,
+//!   default), a `pyarrow.Table` (`rows` with [`MiniBatchFormat::PyArrow`]) or the list of
+//!   `path` strings (`files`); a run() with two positional parameters also gets a context with
 //!   `partition_key_value`, `minibatch_index`, `mini_batch_id`, `input_name`, `attempt`.
 //! - `SHUTDOWN` `{}`: call shutdown() if the script has one, answer, exit 0.
 //!
 //! Worker → engine:
-//! - `READY` `{pid, python}` once the script is imported and init() returned. The worker starts
-//!   importing and running init() as soon as it is spawned; [`Worker::init`] waits for this.
+//! - `READY` `{pid, python}` once the packages the job needs are imported, the script is
+//!   imported and init() returned. The worker starts all that as soon as it is spawned;
+//!   [`Worker::init`] waits for it. The packages (the worker config's `tabular`,
+//!   `keep_results` and `output_format` say which): pyarrow, and pandas for the pandas format,
+//!   when the job has tabular inputs ([`WorkerEnv::tabular_inputs`]); only pyarrow for a job of
+//!   file datasets whose list results are converted (csv or parquet output); nothing beyond the
+//!   standard library for file datasets with txt output or summary_only (paths travel in the
+//!   header and txt results as text).
 //! - `INIT_ERROR` `{stage: packages|import|init, message, traceback}`; the worker then exits.
 //!   `packages` means pyarrow (or pandas) is missing, and the message says how to install it.
+//! - `STARTED` `{}`: the RUN's mini-batch is read and decoded, run() is called now; `RAN` `{}`:
+//!   run() returned and its result is being converted (sent only when `keep_results`). The
+//!   engine applies `run_invocation_timeout` between the two (or until the `ERROR` or `RESULT`
+//!   that ends run() when no `RAN` comes), so run() alone is timed, as in PRS; sending and
+//!   decoding the mini-batch (until `STARTED`) and converting the result (from `RAN`) are
+//!   bounded by [`STALL_LIMIT`] instead, after which the worker is killed as stalled (a
+//!   [`RunError::Crashed`](crate::worker::RunError::Crashed)). Both are prepared frames of
+//!   about 30 bytes, one write each.
 //! - `RESULT` `{returned, shape: table|list|text}` + the result when `keep_results`: a DataFrame
 //!   as its columns (index dropped), a list/tuple/array/Series as one column `result`, a pyarrow
 //!   Table/RecordBatch as it is; for `txt` output lists and DataFrames arrive pre-formatted
@@ -123,6 +139,14 @@ const BOOTSTRAP_FILES: &[(&str, &str)] = &[
 /// Environment variable carrying the worker's settings (JSON) to the bootstrap.
 const CONFIG_ENV: &str = "PARALLEL_RUN_WORKER";
 
+/// How long the parts of a mini-batch's round trip that are not run() itself may go without
+/// progress: sending the mini-batch and decoding it in the worker (until `STARTED`), and
+/// converting and sending back run()'s result (from `RAN` until `RESULT`). Only run() counts
+/// against `run_invocation_timeout`; a worker stalled this long elsewhere is killed and the
+/// try fails like a crash. Generous: these steps take milliseconds for a mini-batch of
+/// megabytes.
+pub const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub use crate::config::MiniBatchFormat;
 
 /// Everything needed to start Python workers for one job.
@@ -148,6 +172,8 @@ pub struct PythonWorkerFactory {
     gpus: Vec<String>,
     /// Workers started by [`WorkerFactory::prestart`], by slot index, until `start` takes them.
     warm: std::sync::Mutex<std::collections::HashMap<usize, PythonWorker>>,
+    /// [`STALL_LIMIT`], shorter in tests.
+    stall_limit: std::time::Duration,
 }
 
 impl std::fmt::Debug for PythonWorkerFactory {
@@ -158,6 +184,7 @@ impl std::fmt::Debug for PythonWorkerFactory {
             .field("bootstrap_dir", &self.bootstrap_dir)
             .field("gpus", &self.gpus)
             .field("warm", &warm)
+            .field("stall_limit", &self.stall_limit)
             .finish()
     }
 }
@@ -189,6 +216,16 @@ impl PythonWorkerFactory {
                 *dir = cwd.join(&*dir);
             }
         }
+        let current_dir = cwd.join(spec.env.current_dir.as_deref().unwrap_or(&cwd));
+        if !current_dir.is_dir() {
+            return Err(PrsError::config(
+                "source_directory",
+                current_dir.display(),
+                "is not a folder; Python workers run in source_directory (else in the job \
+                 file's folder)",
+            ));
+        }
+        spec.env.current_dir = Some(current_dir);
         let bootstrap_dir = spec.env.work_dir.join(".bootstrap");
         write_bootstrap(&bootstrap_dir)?;
         let gpus = if spec
@@ -205,7 +242,15 @@ impl PythonWorkerFactory {
             bootstrap_dir,
             gpus,
             warm: Default::default(),
+            stall_limit: STALL_LIMIT,
         })
+    }
+
+    /// The same factory with another stall limit (tests).
+    #[cfg(test)]
+    pub(crate) fn with_stall_limit(mut self, limit: std::time::Duration) -> Self {
+        self.stall_limit = limit;
+        self
     }
 
     /// The spec (with paths made absolute).
@@ -232,6 +277,9 @@ impl PythonWorkerFactory {
             "entry_script_log": logs.entry_script_log,
             "logging_level": logging_level_name(env.logging_level),
             "mini_batch_format": self.spec.mini_batch_format.as_str(),
+            "tabular": env.tabular_inputs,
+            "keep_results": env.keep_results,
+            "output_format": env.output_format.as_str(),
             "parent_pid": std::process::id(),
         })
     }
@@ -256,7 +304,7 @@ impl PythonWorkerFactory {
             .arg(self.bootstrap_dir.join("prs_worker.py"))
             .args(&env.system_arguments)
             .args(&env.arguments)
-            .current_dir(&working_dir)
+            .current_dir(env.current_dir.as_deref().unwrap_or(&working_dir))
             .envs(&env.environment_variables)
             .env("AZUREML_BI_OUTPUT_PATH", &env.output_dir)
             .env(
@@ -294,6 +342,7 @@ impl PythonWorkerFactory {
             logs,
             stderr_start,
             self.spec.python.clone(),
+            self.stall_limit,
         ))
     }
 }

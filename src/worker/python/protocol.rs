@@ -67,6 +67,12 @@ pub(crate) enum Reply {
         #[serde(default)]
         traceback: Option<String>,
     },
+    /// The mini-batch is read and decoded; run() is being called now (its timeout starts).
+    #[serde(rename = "STARTED")]
+    Started,
+    /// run() returned; its result is being converted (sent only when results are kept).
+    #[serde(rename = "RAN")]
+    Ran,
     /// run() returned `returned` elements; the payload holds them when results are kept.
     #[serde(rename = "RESULT")]
     Result {
@@ -105,19 +111,12 @@ impl Reply {
         match self {
             Reply::Ready { .. } => "READY",
             Reply::InitError { .. } => "INIT_ERROR",
+            Reply::Started => "STARTED",
+            Reply::Ran => "RAN",
             Reply::Result { .. } => "RESULT",
             Reply::Error { .. } => "ERROR",
             Reply::ShutdownDone { .. } => "SHUTDOWN_DONE",
         }
-    }
-}
-
-/// Name of an output format on the wire.
-fn output_format_name(format: OutputFormat) -> &'static str {
-    match format {
-        OutputFormat::Txt => "txt",
-        OutputFormat::Csv => "csv",
-        OutputFormat::Parquet => "parquet",
     }
 }
 
@@ -163,7 +162,7 @@ pub(crate) fn encode_run(
             ItemKind::Files => "files",
         },
         keep_results,
-        output_format: output_format_name(output_format),
+        output_format: output_format.as_str(),
         paths,
     };
     let header = serde_json::to_vec(&header).map_err(|e| ArrowError::ExternalError(Box::new(e)))?;
@@ -455,6 +454,12 @@ mod tests {
             read_frame(&mut reader).await,
             Err(ReadError::Closed)
         ));
+        for (kind, name) in [("STARTED", "STARTED"), ("RAN", "RAN")] {
+            let frame = encode_message(&serde_json::json!({ "type": kind }));
+            let mut reader = frame.as_slice();
+            let (reply, payload) = read_frame(&mut reader).await.unwrap();
+            assert_eq!((reply.name(), payload.is_none()), (name, true));
+        }
         let frame = encode_message(&serde_json::json!({"type": "RESULT", "returned": 5}));
         let mut reader = frame.as_slice();
         match read_frame(&mut reader).await {

@@ -45,7 +45,7 @@ impl Job {
         let spec = PythonWorkerSpec {
             python: test_python(),
             entry_script,
-            source_directory: Some(src),
+            source_directory: Some(src.clone()),
             env: WorkerEnv {
                 output_dir: out.clone(),
                 log_dir: out.join("logs"),
@@ -56,6 +56,8 @@ impl Job {
                 environment_variables: BTreeMap::new(),
                 output_format: OutputFormat::Txt,
                 keep_results: true,
+                tabular_inputs: true,
+                current_dir: Some(src.clone()),
             },
             mini_batch_format: MiniBatchFormat::Pandas,
         };
@@ -381,6 +383,80 @@ def run(mini_batch):
     ));
 }
 
+/// run() answers at once; converting its one-element result (`str(Slow())`) takes
+/// `$CONVERT_SECONDS`. Other results list the packages imported before the script was.
+const SLOW_RESULT_SCRIPT: &str = r#"
+import os, sys, time
+
+AT_IMPORT = ",".join(m for m in ("pandas", "pyarrow") if m in sys.modules) or "-"
+
+class Slow:
+    def __str__(self):
+        time.sleep(float(os.environ["CONVERT_SECONDS"]))
+        return "slow"
+
+def run(mini_batch):
+    if len(mini_batch) == 1:
+        return [Slow()]
+    return [AT_IMPORT] * len(mini_batch)
+"#;
+
+fn slow_result_job(convert_seconds: u32) -> Job {
+    let mut job = Job::new(SLOW_RESULT_SCRIPT);
+    job.spec
+        .env
+        .environment_variables
+        .insert("CONVERT_SECONDS".into(), convert_seconds.to_string());
+    job
+}
+
+#[tokio::test]
+async fn only_run_counts_against_the_timeout_and_a_stall_is_a_crash() {
+    let job = slow_result_job(3);
+    let factory = job.factory();
+    let mut w = ready(&factory, 0).await;
+    // A tabular job imports pandas and pyarrow before READY, not in the first run().
+    let r = run_ok(&mut w, &named("x")).await;
+    assert_eq!(lines(&r), "pandas,pyarrow\npandas,pyarrow\n");
+    // Converting the result takes 3 s; run() itself returns at once: no timeout at 1 s.
+    let one = rows(&[1], &["a"], &[0.0]);
+    let r = w.run(&one, &ctx(), Duration::from_secs(1)).await;
+    assert_eq!(lines(&r.unwrap()), "slow\n");
+    w.shutdown().await.unwrap();
+
+    // A conversion that never ends is bounded by the stall limit, not by the user's timeout.
+    let job = slow_result_job(600);
+    let factory = job.factory().with_stall_limit(Duration::from_secs(1));
+    let mut w = ready(&factory, 0).await;
+    let started = Instant::now();
+    match w.run(&one, &ctx(), T).await {
+        Err(RunError::Crashed { detail }) => assert!(
+            detail.contains("the worker stalled: no progress for 1 seconds while converting run()'s result of mini batch 0-3"),
+            "{detail}"
+        ),
+        other => panic!("expected a stall, got {other:?}"),
+    }
+    assert!(started.elapsed() < T, "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn workers_import_only_the_packages_the_job_needs() {
+    let mut files_txt = slow_result_job(0);
+    files_txt.spec.env.tabular_inputs = false;
+    let mut files_csv = slow_result_job(0);
+    files_csv.spec.env.tabular_inputs = false;
+    files_csv.spec.env.output_format = OutputFormat::Csv;
+    let (txt_factory, csv_factory) = (files_txt.factory(), files_csv.factory());
+    let (mut a, mut b) = tokio::join!(ready(&txt_factory, 0), ready(&csv_factory, 1));
+    let mb = files(&["/d/a.txt", "/d/b.txt"]);
+    // File datasets with txt output: the standard library only.
+    assert_eq!(lines(&run_ok(&mut a, &mb).await), "-\n-\n");
+    // csv output converts the list through pyarrow, imported before READY.
+    let r = run_ok(&mut b, &mb).await;
+    assert_eq!(strings(result(&r), "result"), ["pyarrow", "pyarrow"]);
+    tokio::join!(a.shutdown(), b.shutdown()).0.unwrap();
+}
+
 const CRASH_SCRIPT: &str = r#"
 import ctypes, os, time
 
@@ -612,7 +688,8 @@ def run(mini_batch, mini_batch_context):
         job.spec.env.log_dir.to_string_lossy().as_ref()
     );
     assert_eq!(got["working_dir"], work.to_string_lossy().as_ref());
-    assert_eq!(got["cwd"], work.to_string_lossy().as_ref());
+    // The current directory is the code folder; working_dir is the worker's scratch folder.
+    assert_eq!(got["cwd"], job.path("src").to_string_lossy().as_ref());
     assert_eq!(got["agent"], "process001");
     assert_eq!(got["pkv"], serde_json::json!({"region": "eu"}));
     assert_eq!(
@@ -653,7 +730,7 @@ def run(mini_batch):
     );
     // Dropping a worker kills its process group.
     drop(w);
-    let pids = std::fs::read_to_string(job.spec.env.work_dir.join("process000/pids.txt")).unwrap();
+    let pids = std::fs::read_to_string(job.path("src/pids.txt")).unwrap();
     for pid in pids.split_whitespace() {
         assert!(
             wait_gone(pid.parse().unwrap()).await,

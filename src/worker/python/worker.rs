@@ -48,11 +48,22 @@ pub(crate) struct PythonWorker {
     /// Size of the stderr log when this worker started: its own output comes after.
     pub(crate) stderr_start: u64,
     pub(crate) python: PathBuf,
+    /// Limit for the parts of a RUN that are not run() itself (see [`super::STALL_LIMIT`]).
+    pub(crate) stall_limit: Duration,
 }
 
 /// How a worker was found dead while waiting for it.
 struct Death {
     detail: String,
+}
+
+impl Death {
+    /// The run() failure for a worker lost this way.
+    fn crashed(self) -> RunError {
+        RunError::Crashed {
+            detail: self.detail,
+        }
+    }
 }
 
 impl PythonWorker {
@@ -69,6 +80,7 @@ impl PythonWorker {
         logs: UserLogPaths,
         stderr_start: u64,
         python: PathBuf,
+        stall_limit: Duration,
     ) -> Self {
         PythonWorker {
             slot,
@@ -82,6 +94,7 @@ impl PythonWorker {
             logs,
             stderr_start,
             python,
+            stall_limit,
         }
     }
 
@@ -303,6 +316,19 @@ impl PythonWorker {
         }
     }
 
+    /// Kills a worker that made no progress for the stall limit while `phase` the mini-batch.
+    async fn stalled(&mut self, phase: &str, mini_batch: &MiniBatch) -> RunError {
+        let death = self
+            .stop_now(format!(
+                "the worker stalled: no progress for {} seconds while {phase} mini batch {} \
+                 (outside run(), which run_invocation_timeout bounds); it was killed",
+                self.stall_limit.as_secs_f64().ceil() as u64,
+                mini_batch.id
+            ))
+            .await;
+        Death::crashed(death)
+    }
+
     async fn exchange(
         &mut self,
         frame: &[u8],
@@ -336,20 +362,35 @@ impl Worker for PythonWorker {
                     message: format!("could not encode mini batch {}: {e}", mini_batch.id),
                     traceback: None,
                 })?;
-        let reply = match tokio::time::timeout(timeout, self.exchange(&frame)).await {
-            Err(_) => {
-                self.kill_and_reap().await;
-                return Err(RunError::Timeout {
-                    seconds: timeout.as_secs_f64().ceil() as u64,
-                });
-            }
-            Ok(Err(death)) => {
-                return Err(RunError::Crashed {
-                    detail: death.detail,
-                })
-            }
-            Ok(Ok(reply)) => reply,
+        // Sending and decoding the mini-batch (up to STARTED), run() itself (up to RAN, or the
+        // ERROR/RESULT that ends it), and converting the result: only run() counts against the
+        // user's timeout; the rest is bounded by the stall limit.
+        let stall = self.stall_limit;
+        let mut reply = match tokio::time::timeout(stall, self.exchange(&frame)).await {
+            Err(_) => return Err(self.stalled("receiving and decoding", mini_batch).await),
+            Ok(reply) => reply.map_err(Death::crashed)?,
         };
+        if matches!(reply.0, Reply::Started) {
+            reply = match tokio::time::timeout(timeout, self.receive()).await {
+                Err(_) => {
+                    self.kill_and_reap().await;
+                    return Err(RunError::Timeout {
+                        seconds: timeout.as_secs_f64().ceil() as u64,
+                    });
+                }
+                Ok(reply) => reply.map_err(Death::crashed)?,
+            };
+        }
+        if matches!(reply.0, Reply::Ran) {
+            reply = match tokio::time::timeout(stall, self.receive()).await {
+                Err(_) => {
+                    return Err(self
+                        .stalled("converting run()'s result of", mini_batch)
+                        .await)
+                }
+                Ok(reply) => reply.map_err(Death::crashed)?,
+            };
+        }
         match reply {
             (Reply::Result { returned, shape }, payload) => {
                 let result = match (self.keep_results, payload) {

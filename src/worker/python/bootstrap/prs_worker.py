@@ -59,6 +59,17 @@ def one_line(exc):
     return clean(" ".join(message.splitlines()))
 
 
+def signal_frame(kind):
+    """A complete frame with the header {"type": kind} and no payload."""
+    head = json.dumps({"type": kind}, separators=(",", ":")).encode("utf-8")
+    return PREFIX.pack(len(head), 0) + head
+
+
+# run() starts / run() returned (the engine's run_invocation_timeout counts the time between).
+STARTED = signal_frame("STARTED")
+RAN = signal_frame("RAN")
+
+
 class Channel:
     """The two protocol pipes."""
 
@@ -97,6 +108,12 @@ class Channel:
         except EOFError:
             return None
         return header, payload
+
+    def signal(self, frame):
+        """Sends a prepared payload-less frame (STARTED, RAN): one small write."""
+        view = memoryview(frame)
+        while view:
+            view = view[os.write(self.write_fd, view):]
 
     def send(self, header, payload=None):
         """Sends one frame with (nearly) one system call."""
@@ -291,15 +308,33 @@ class Worker:
 
     # --- start -----------------------------------------------------------------------------
 
+    def needed_packages(self):
+        """What this job's mini-batches and results need besides the standard library:
+        pyarrow (and pandas for the default pandas format) when the job has tabular inputs;
+        pyarrow for a file dataset whose list results are converted to Arrow (csv or parquet
+        output); nothing for a file dataset with txt output or summary_only, whose paths and
+        text travel without Arrow. Returns (names, why) for the error message."""
+        if self.config.get("tabular", True):
+            names = ["pyarrow", "pandas"] if self.pandas_format else ["pyarrow"]
+            return names, "tabular mini-batches arrive as Arrow data"
+        if self.config.get("keep_results", True) and self.config.get("output_format", "txt") != "txt":
+            return ["pyarrow"], (
+                "a file dataset's run() results are converted to Arrow for output_format %s "
+                "(output_format txt needs the standard library only)"
+                % self.config.get("output_format")
+            )
+        return [], ""
+
     def import_packages(self):
-        """Checks that pyarrow (and pandas) are installed; returns an error message saying how
-        to fix it when not. Neither is imported here: pandas costs about 0.4 s and pyarrow 0.1
-        to 0.25 s, which a file dataset with text output never needs (need_pyarrow() imports
-        pyarrow on first use; the entry script, or pyarrow's to_pandas(), imports pandas)."""
+        """Imports the packages this job needs (see needed_packages) before READY, so that no
+        run() pays for their import (pandas takes about 0.4 s, pyarrow 0.1 to 0.25 s) within
+        its run_invocation_timeout. Returns an error message saying how to fix it when one is
+        missing, else None."""
+        import importlib
         import importlib.util
 
         python = sys.executable or "python"
-        needed = ["pandas", "pyarrow"] if self.pandas_format else ["pyarrow"]
+        needed, why = self.needed_packages()
         missing = []
         for name in needed:
             try:
@@ -309,17 +344,26 @@ class Worker:
                 return "%s cannot be imported with %s: %s" % (name, python, one_line(e))
         if missing:
             return (
-                "%s %s not installed for %s: add \"pip: [%s]\" to environment in the job "
+                "%s %s not installed for %s (%s): add \"pip: [%s]\" to environment in the job "
                 "file, or run: %s -m pip install %s"
                 % (
                     " and ".join(missing),
                     "is" if len(missing) == 1 else "are",
                     python,
+                    why,
                     ", ".join(needed),
                     python,
                     " ".join(needed),
                 )
             )
+        for name in needed:
+            try:
+                if name == "pyarrow":
+                    need_pyarrow()
+                else:
+                    importlib.import_module(name)
+            except Exception as e:
+                return "%s cannot be imported with %s: %s" % (name, python, one_line(e))
         return None
 
     def import_entry_script(self):
@@ -413,9 +457,11 @@ class Worker:
             return {"type": "ERROR", "kind": "exception",
                     "message": "could not read mini batch %s: %s" % (mb_id, one_line(e)),
                     "traceback": clean(format_exc())}, None
+        context = MiniBatchContext(header) if self.pass_context else None
+        self.channel.signal(STARTED)
         try:
             if self.pass_context:
-                result = self.run_fn(mini_batch, MiniBatchContext(header))
+                result = self.run_fn(mini_batch, context)
             else:
                 result = self.run_fn(mini_batch)
         except Exception as e:
@@ -428,9 +474,13 @@ class Worker:
         finally:
             flush_std()
         del mini_batch
+        keep = header.get("keep_results", True)
+        if keep:
+            # Converting the result is not run()'s time: the engine's stall limit covers it.
+            self.channel.signal(RAN)
         try:
             kind, count, result = classify(result)
-            if not header.get("keep_results", True):
+            if not keep:
                 return {"type": "RESULT", "returned": count}, None
             text = as_text(result, kind) if header.get("output_format") == "txt" else None
             if text is not None:
