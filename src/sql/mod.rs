@@ -26,7 +26,9 @@
 //! - **Semantics** ([`exec`]): the same operator as a YAML job ([`crate::exec::ParallelRunExec`]),
 //!   so the same mini-batches, retries, timeouts and thresholds; only rows of succeeded
 //!   mini-batches reach the query. A threshold exceeded fails the statement. EXPLAIN shows
-//!   `ParallelRunReportExec` over `ParallelRunExec` with its settings.
+//!   `ParallelRunReportExec` over `ParallelRunExec` with its settings (with a sort of each
+//!   worker's rows between them when the query orders the rows: the report operator passes
+//!   rows through unchanged, so it keeps its input's ordering and partitioning).
 //! - **The report** goes to `report_dir`: the files a YAML job writes under `<output>/logs/`
 //!   (`job_result.txt`, `job_summary.json`, `job_progress_overview.txt`,
 //!   `sys/job_report/processed_mini-batches.csv`, `sys/events.txt`, `user/...`). Default: for a
@@ -39,8 +41,10 @@
 //!   runner also resolves `CREATE EXTERNAL TABLE ... LOCATION` and `COPY ... TO` paths against
 //!   it; the CLI's base folder is the SQL file's folder (the current folder for `-e`).
 //! - **Exit codes** (CLI): 0 success; 42 a job ran and failed (a threshold exceeded, init()
-//!   failing, nothing succeeded, a result not fitting the output schema); 2 a usage or
-//!   configuration error (bad SQL, unknown table, a bad SET value or argument).
+//!   failing, nothing succeeded, a result not fitting the output schema), also when the
+//!   user's init() or run() fails in the probe; 2 a usage or configuration error (a missing
+//!   SQL file, bad SQL, an unknown table, a bad SET value or argument, any other planning
+//!   error, the optimizer's included).
 //!
 //! From Rust, [`register`] makes `parallel_run(...)` and the namespace available to a
 //! session's SQL:

@@ -234,5 +234,44 @@ fn a_job_without_items_fails_unless_empty_input_is_allowed() {
         );
         assert_eq!(run.code, 0, "{output_action}: {run:?}");
         assert_eq!(summary(&out2)["status"], "succeeded");
+
+#[test]
+fn a_glob_that_matches_nothing_names_the_input_and_the_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    write_parquet(&dir.path().join("in/a.parquet"), 0, 10, 10);
+    write_csv(&dir.path().join("in/b.csv"), 0, 10);
+    std::fs::write(dir.path().join("in/c.txt"), "x").unwrap();
+    for (format, pattern) in [
+        ("parquet", "in/*.parq"),
+        ("csv", "in/*.tsv"),
+        ("json", "in/*/*.jsonl"),
+        ("files", "in/*.wav"),
+    ] {
+        let job = write_job(
+            dir.path(),
+            "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1",
+            &format!(
+                "inputs:\n  - {{name: rows, path: \"{pattern}\", format: {format}}}\noutput: out\n"
+            ),
+        );
+        for run in [
+            cli(&["validate", job.to_str().unwrap()]),
+            run_job(&job, &[]),
+        ] {
+            assert_eq!(run.code, 2, "{format}: {run:?}");
+            for words in [
+                "input \"rows\"",
+                pattern,
+                "matches no files",
+                "check the pattern",
+            ] {
+                assert!(
+                    run.stderr.contains(words),
+                    "{format}: {words:?} in {}",
+                    run.stderr
+                );
+            }
+            assert!(!run.stderr.contains("ending in \"\""), "{}", run.stderr);
+        }
     }
 }

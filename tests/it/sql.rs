@@ -279,6 +279,57 @@ fn set_errors_name_the_key_and_exit_2() {
 }
 
 #[test]
+fn planning_errors_exit_2_but_the_probe_failing_in_user_code_exits_42() {
+    let d = tempfile::tempdir().unwrap();
+    // The optimizer rejects it (physical planning), after the SQL itself was planned.
+    let run = run_sql(
+        d.path(),
+        "SELECT (SELECT a FROM (VALUES (1), (2)) s(a) WHERE s.a > t.b) FROM (VALUES (1)) t(b)",
+        &[],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("statement 1") && run.stderr.contains("must be aggregated"),
+        "{}",
+        run.stderr
+    );
+    // The probe runs the user's init() and run() while planning: their exceptions fail the
+    // job (42), as they would at run time.
+    for arguments in ["--init-fail", "--fail-ids 1"] {
+        let run = run_sql(
+            d.path(),
+            &format!(
+                "SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'rust:echo', \
+                 error_threshold => 0, arguments => '{arguments}')"
+            ),
+            &[],
+        );
+        assert_eq!(run.code, 42, "{arguments}: {run:?}");
+        assert!(run.stderr.contains("worker probe"), "{}", run.stderr);
+    }
+    std::fs::write(
+        d.path().join("bad.py"),
+        "def init():\n    raise ValueError('no model here')\n\ndef run(mini_batch):\n    return mini_batch\n",
+    )
+    .unwrap();
+    let run = run_sql(
+        d.path(),
+        &format!(
+            "SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'bad.py', \
+             error_threshold => 0, python => '{}')",
+            python()
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 42, "{run:?}");
+    assert!(
+        run.stderr.contains("ValueError: no model here"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn a_threshold_exceeded_fails_the_statement_with_exit_42_and_the_report_written() {
     let d = tempfile::tempdir().unwrap();
     write_parquet(&d.path().join("in.parquet"), 0, 400, 400);
@@ -371,7 +422,7 @@ fn explain_shows_the_operator_and_its_settings() {
         "FilterExec: id@0 < 2\n\
          \x20 ProjectionExec: expr=[id@0 as id]\n\
          \x20   ParallelRunReportExec: report_dir=<dir>/parallel_run_logs, preserve_order=false\n\
-         \x20     ParallelRunExec: script=rust:echo, workers=2, mini_batch_size=10 bytes / 10 files, \
+         \x20     ParallelRunExec: script=rust:echo, workers=2, mini_batch_size=10 bytes, \
          run_max_try=4, run_invocation_timeout=60s, error_threshold=3, allowed_failed_count=1, \
          allowed_failed_percent=none, inputs=[t]\n\
          \x20       ProjectionExec: expr=[column1@0 as id, column2@1 as txt]\n\
@@ -383,6 +434,19 @@ fn explain_shows_the_operator_and_its_settings() {
         plan.contains("ParallelRun: script=rust:echo, workers=2"),
         "{plan}"
     );
+    // A size with a unit is bytes only (it has no file count to show).
+    let batches = tokio_runtime().block_on(collect(
+        &ctx,
+        "EXPLAIN SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'rust:echo', \
+         error_threshold => 0, mini_batch_size => '1MB', output_schema => 'id BIGINT')",
+    ));
+    let text = batches
+        .iter()
+        .flat_map(|b| batch_rows(b))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("mini_batch_size=1048576 bytes,"), "{text}");
+    assert!(!text.contains("files"), "{text}");
     // EXPLAIN runs nothing and writes no report.
     assert!(!d.path().join("parallel_run_logs").exists());
 }
@@ -442,6 +506,108 @@ fn results_can_be_filtered_joined_and_aggregated() {
     });
     let report = d.path().join("parallel_run_logs");
     assert_eq!(report_summary(&report)["items_failed"], 3);
+}
+
+/// `parallel_run(...)` over ids 1..=3000 in mini-batches of 125 rows on three workers.
+const THREE_WORKERS: &str = "parallel_run((SELECT value AS id FROM generate_series(1, 3000)), \
+     entry_script => 'rust:echo', error_threshold => 0, mini_batch_size => 1000, \
+     process_count_per_node => 3, output_schema => 'id BIGINT')";
+
+#[test]
+fn order_by_over_several_workers_plans_and_sorts() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_sql(
+        d.path(),
+        &format!(
+            "SELECT * FROM {THREE_WORKERS} ORDER BY id DESC;\n\
+             COPY (SELECT id FROM {THREE_WORKERS} ORDER BY id) TO 'sorted.parquet' STORED AS PARQUET;\n"
+        ),
+        &["--max-rows", "3"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("(3000 rows, the first 3 shown)"),
+        "{}",
+        run.stdout
+    );
+    let (select, _) = run.stdout.split_once("(3000 rows").unwrap();
+    let shown: Vec<&str> = select
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("id"))
+        .collect();
+    assert_eq!(
+        shown,
+        vec!["| 3000 |", "| 2999 |", "| 2998 |"],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        parquet_ids(&d.path().join("sorted.parquet")),
+        (1..=3000).collect::<Vec<_>>()
+    );
+    for report in ["parallel_run_logs", "sorted.parquet.logs"] {
+        let s = report_summary(&d.path().join(report));
+        assert_eq!(s["status"], "succeeded", "{report}: {s}");
+        assert_eq!(s["output_rows"], 3000, "{report}: {s}");
+    }
+}
+
+#[test]
+fn windows_joins_and_sorts_over_several_workers_and_partitions() {
+    let d = tempfile::tempdir().unwrap();
+    // Several target partitions: the optimizer repartitions, sorts and merges around the
+    // operator.
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
+    let ctx = register_with(
+        &ctx,
+        SqlOptions::new(builtin_registry()).base_dir(d.path().to_path_buf()),
+    )
+    .unwrap();
+    let all: Vec<i64> = (1..=3000).collect();
+    tokio_runtime().block_on(async {
+        let windowed = collect(
+            &ctx,
+            &format!(
+                "SELECT id, row_number() OVER (ORDER BY id) AS rn, \
+                 count(*) OVER (PARTITION BY id % 3) AS per_class \
+                 FROM {THREE_WORKERS} ORDER BY id"
+            ),
+        )
+        .await;
+        assert_eq!(int_column(&windowed, "id"), all);
+        assert_eq!(int_column(&windowed, "rn"), all);
+        assert!(int_column(&windowed, "per_class")
+            .iter()
+            .all(|n| *n == 1000));
+
+        let joined = collect(
+            &ctx,
+            &format!(
+                "SELECT a.id, b.id * 2 AS twice FROM {THREE_WORKERS} AS a \
+                 JOIN {THREE_WORKERS} AS b ON a.id = b.id ORDER BY a.id"
+            ),
+        )
+        .await;
+        assert_eq!(int_column(&joined, "id"), all);
+        assert_eq!(
+            int_column(&joined, "twice"),
+            all.iter().map(|i| i * 2).collect::<Vec<_>>()
+        );
+
+        // preserve_order's single partition sorts like any other.
+        let ordered = collect(
+            &ctx,
+            &format!(
+                "SELECT id FROM {} ORDER BY id DESC",
+                THREE_WORKERS.replace("output_schema", "preserve_order => true, output_schema")
+            ),
+        )
+        .await;
+        assert_eq!(
+            int_column(&ordered, "id"),
+            all.iter().rev().copied().collect::<Vec<_>>()
+        );
+    });
 }
 
 #[test]
