@@ -390,23 +390,52 @@ pub async fn execute_with_storage(
     let mut summary = final_summary(config, &state, fatal.map(|e| e.to_string()), &log_dir);
     if summary.succeeded() {
         if let Some(sink) = sink {
-            let out = sink.finish(options.preserve_order)?;
-            summary.output = Some(out.path);
-            summary.output_rows = out.rows;
+            let staging = sink.staging_dir().to_path_buf();
+            match sink.finish(options.preserve_order) {
+                Ok(out) => {
+                    summary.output = Some(out.path);
+                    summary.output_rows = out.rows;
+                }
+                Err(e) => {
+                    summary.fail(format!(
+                        "every mini batch ran, but writing the final output file failed: {e}"
+                    ));
+                    summary.partial_output = Some(staging);
+                }
+            }
         }
-        if let Some(storage) = storage {
+        if let Some(storage) = storage.filter(|_| summary.succeeded()) {
             storage.commit_output(&mut summary).await;
         }
     } else if let Some(sink) = sink {
         summary.partial_output = Some(sink.staging_dir().to_path_buf());
     }
-    report::write_final(&log_dir, &summary, &reports.failures())?;
+    write_report(&log_dir, &mut summary, &reports.failures());
     if let Some(storage) = storage {
         if let Some(warning) = storage.upload_logs(&summary).await {
             tracing::warn!("{warning}");
         }
     }
     Ok(summary)
+}
+
+/// Writes the final report. A job whose report cannot be written has failed: its final file
+/// (when local) is removed, so that no output stands without a report saying it is complete,
+/// and the summary (which the caller prints) says what failed.
+fn write_report(log_dir: &Path, summary: &mut JobSummary, failures: &[String]) {
+    let Err(e) = report::write_final(log_dir, summary, failures) else {
+        return;
+    };
+    let mut reason = format!("writing the report to {} failed: {e}", log_dir.display());
+    if let Some(out) = summary.output.take() {
+        if out.is_file() {
+            let _ = std::fs::remove_file(&out);
+            reason.push_str("; the final output file was removed");
+        } else {
+            reason.push_str(&format!("; the uploaded output {} was kept", out.display()));
+        }
+    }
+    summary.fail(reason);
 }
 
 /// The summary of a finished run, from its state: the counts, and the failure when there is one
@@ -434,8 +463,7 @@ pub fn final_summary(
         );
     }
     if let Some(reason) = failure {
-        summary.status = "failed".into();
-        summary.reason = reason;
+        summary.fail(reason);
     }
     summary
 }

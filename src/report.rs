@@ -189,6 +189,17 @@ pub struct JobSummary {
 }
 
 impl JobSummary {
+    /// Marks the job failed for `reason` (a later failure's reason follows an earlier one's).
+    pub fn fail(&mut self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.reason = if self.succeeded() || self.reason.is_empty() {
+            reason
+        } else {
+            format!("{}; then {reason}", self.reason)
+        };
+        self.status = "failed".into();
+    }
+
     /// True when the job succeeded.
     pub fn succeeded(&self) -> bool {
         self.status == "succeeded"
