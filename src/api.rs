@@ -19,6 +19,7 @@ use crate::exec::{
 };
 use crate::input::{job_session, register_inputs};
 use crate::job::{execute, factory_for, worker_env, JobOptions, JobReport, Progress};
+use crate::output::{final_file_name, prepare_output_dir};
 use crate::worker::python::MiniBatchFormat;
 use crate::worker::rust::RustWorkerFactory;
 use crate::worker::{EntryScript, ScriptRegistry, WorkerFactoryRef};
@@ -49,6 +50,7 @@ pub struct ParallelRun {
     arguments: Vec<String>,
     mini_batch_format: MiniBatchFormat,
     progress: Progress,
+    overwrite: bool,
 }
 
 impl ParallelRun {
@@ -66,6 +68,7 @@ impl ParallelRun {
             arguments: Vec::new(),
             mini_batch_format: MiniBatchFormat::default(),
             progress: Progress::Quiet,
+            overwrite: false,
         }
     }
 
@@ -145,6 +148,13 @@ impl ParallelRun {
         self
     }
 
+    /// Replace an earlier run's results in the output folder (its append_row file, `logs/`
+    /// and `.parallel_run/`) before the job starts; without it such a folder is refused.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+
     /// Runs the job.
     pub async fn run(self) -> Result<JobReport> {
         self.config.validate()?;
@@ -165,6 +175,12 @@ impl ParallelRun {
             mini_batch_format: self.mini_batch_format,
             progress: self.progress,
         };
+        // Before any worker writes its bootstrap into the folder.
+        prepare_output_dir(
+            &options.output,
+            &final_file_name(&self.config.append_row_file_name, options.output_format),
+            self.overwrite,
+        )?;
         let ctx = job_session();
         let mut specs = Vec::new();
         let mut plans = Vec::new();

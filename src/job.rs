@@ -20,7 +20,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, JobState, OperatorSpec, ParallelRunExec, RunSettings};
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
-use crate::output::AppendRowSink;
+use crate::output::{final_file_name, prepare_output_dir, AppendRowSink, WORK_DIR_NAME};
 use crate::report::{self, JobSummary, ReportWriter};
 use crate::storage::StorageContext;
 use crate::worker::python::{
@@ -60,10 +60,13 @@ pub struct JobOptions {
 }
 
 /// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
+/// `overwrite` lets the job replace an earlier run's results in its output folder (see
+/// [`crate::output::prepare_output_dir`]); without it such a folder is refused.
 pub async fn run_job_spec(
     spec: &JobSpec,
     registry: &ScriptRegistry,
     progress: Progress,
+    overwrite: bool,
 ) -> Result<JobReport> {
     spec.validate()?;
     let output = spec.output.clone().ok_or_else(|| {
@@ -83,6 +86,12 @@ pub async fn run_job_spec(
         mini_batch_format: spec.mini_batch_format,
         progress,
     };
+    // Before any worker writes its bootstrap into the folder.
+    let final_name = final_file_name(&spec.config.append_row_file_name, spec.output_format);
+    if let Some(remote) = storage.remote_output() {
+        remote.prepare(&final_name, overwrite, &storage).await?;
+    }
+    prepare_output_dir(&options.output, &final_name, overwrite)?;
     // Workers first: they start (and run init()) while the inputs are listed and planned.
     let factory = factory_for(&spec.config, &options, registry)?;
     factory.prestart(&worker_slots(&spec.config)).await;
@@ -185,7 +194,7 @@ pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv
     WorkerEnv {
         output_dir: options.output.clone(),
         log_dir: logs,
-        work_dir: options.output.join(".parallel_run").join("work"),
+        work_dir: options.output.join(WORK_DIR_NAME).join("work"),
         logging_level: config.logging_level,
         arguments: options.arguments.clone(),
         system_arguments,
@@ -414,6 +423,17 @@ pub async fn execute_with_storage(
     if let Some(storage) = storage {
         if let Some(warning) = storage.upload_logs(&summary).await {
             tracing::warn!("{warning}");
+        }
+    }
+    if summary.succeeded() {
+        // Committed: the parts, worker folders, bootstrap copies and caches are done with.
+        // A failed job keeps them: the report names the committed parts.
+        drop(exec);
+        let work = options.output.join(WORK_DIR_NAME);
+        if let Err(e) = std::fs::remove_dir_all(&work) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {} failed: {e}", work.display());
+            }
         }
     }
     Ok(summary)

@@ -28,6 +28,70 @@ use crate::error::{PrsError, Result};
 use crate::exec::{conform, CompletedMiniBatch};
 use crate::worker::{ResultShape, RESULT_SHAPE_KEY};
 
+/// The folder of a run's own working files below the output folder (committed parts,
+/// worker folders, the Python bootstrap, download caches): removed when the job succeeds.
+pub const WORK_DIR_NAME: &str = ".parallel_run";
+
+/// What an earlier run left in `output_dir` that a new run would be mistaken for or mixed
+/// with: the final file `final_name`, `logs/job_summary.json` (every finished run writes
+/// it, failed ones too), and the committed parts of an unfinished run
+/// (`.parallel_run/staging/committed.jsonl`, not empty). Paths relative to `output_dir`.
+pub fn earlier_results(output_dir: &Path, final_name: &str) -> Vec<String> {
+    let candidates = [
+        final_name.to_string(),
+        "logs/job_summary.json".to_string(),
+        format!("{WORK_DIR_NAME}/staging/committed.jsonl"),
+    ];
+    candidates
+        .into_iter()
+        .filter(|relative| {
+            fs::metadata(output_dir.join(relative)).is_ok_and(|m| m.is_file() && m.len() > 0)
+        })
+        .collect()
+}
+
+/// Makes `output_dir` ready for a new run writing `final_name`: refuses (a usage error)
+/// when it holds an earlier run's results ([`earlier_results`]), unless `overwrite`, which
+/// removes them first: the final file, `logs/` and `.parallel_run/`. Anything else in the
+/// folder (files run() wrote) is left alone.
+pub fn prepare_output_dir(output_dir: &Path, final_name: &str, overwrite: bool) -> Result<()> {
+    let found = earlier_results(output_dir, final_name);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(refuse_earlier_results(
+            &output_dir.display().to_string(),
+            &found,
+        ));
+    }
+    let final_path = output_dir.join(final_name);
+    if final_path.is_file() {
+        fs::remove_file(&final_path).map_err(|e| PrsError::io(&final_path, e))?;
+    }
+    for dir in ["logs", WORK_DIR_NAME] {
+        let dir = output_dir.join(dir);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| PrsError::io(&dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The usage error for an output folder (or prefix) holding `found` from an earlier run.
+pub fn refuse_earlier_results(output: &str, found: &[String]) -> PrsError {
+    PrsError::config(
+        "output",
+        output,
+        format!(
+            "holds the results of an earlier run ({}); a new run must not leave them looking \
+             like its own. Run with --overwrite (ParallelRun::overwrite(true) in Rust) to \
+             remove them first, or choose another output folder",
+            found.join(", ")
+        ),
+    )
+}
+
 /// The default append_row file name (PRS's).
 pub const DEFAULT_FILE_NAME: &str = "parallel_run_step.txt";
 
@@ -77,7 +141,7 @@ impl AppendRowSink {
     /// A sink writing `<output_dir>/<file_name>` in `format`. A staging folder left by an
     /// earlier, failed run of the same output is replaced.
     pub fn create(output_dir: &Path, file_name: &str, format: OutputFormat) -> Result<Self> {
-        let staging = output_dir.join(".parallel_run").join("staging");
+        let staging = output_dir.join(WORK_DIR_NAME).join("staging");
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(|e| PrsError::io(&staging, e))?;
         }
@@ -202,10 +266,6 @@ impl AppendRowSink {
         // The output is complete: a staging folder left behind costs disk, not correctness.
         if let Err(e) = fs::remove_dir_all(&self.staging) {
             tracing::warn!("removing {} failed: {e}", self.staging.display());
-        }
-        if let Some(parent) = self.staging.parent() {
-            // Only removes `.parallel_run` when nothing else lives there.
-            let _ = fs::remove_dir(parent);
         }
         Ok(OutputSummary {
             path: self.final_path.clone(),

@@ -256,3 +256,46 @@ fn a_failure_after_the_mini_batches_still_leaves_a_report() {
         "{run:?}"
     );
 }
+
+#[test]
+fn a_succeeded_job_keeps_its_logs_and_removes_its_work_files() {
+    // A Python job: its workers' bootstrap copies and working folders live under
+    // .parallel_run/ while it runs.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("docs")).unwrap();
+    for i in 0..6 {
+        std::fs::write(d.path().join(format!("docs/{i}.txt")), "x").unwrap();
+    }
+    std::fs::write(
+        d.path().join("entry.py"),
+        "import os\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n",
+    )
+    .unwrap();
+    let job = write_job(
+        d.path(),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 2", python()),
+        "inputs:\n  - {name: docs, path: docs, format: files}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = d.path().join("out");
+    assert_eq!(lines(&out.join("parallel_run_step.txt")).len(), 6);
+    assert!(out.join("logs/job_result.txt").is_file());
+    assert!(out.join("logs/user").is_dir(), "the workers' logs stay");
+    assert!(
+        !out.join(".parallel_run").exists(),
+        "work files are removed: {:?}",
+        walk(&out.join(".parallel_run"))
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            found.push(e.path());
+            found.extend(walk(&e.path()));
+        }
+    }
+    found
+}
