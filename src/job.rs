@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::common::stats::Precision;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use futures::StreamExt;
 
 use crate::batch::ItemKind;
@@ -117,6 +118,25 @@ pub async fn run_job_spec(
         Some(&storage),
     )
     .await
+}
+
+/// The exact number of rows of all `inputs` from their plans' statistics (Parquet footers),
+/// or `None` when some input's count is not exact (a filter, a CSV file, a file dataset
+/// still being listed).
+fn expected_items(inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)]) -> Option<u64> {
+    let statistics = StatisticsContext::new();
+    let mut total = 0u64;
+    for (plan, _) in inputs {
+        match statistics
+            .compute(plan.as_ref(), &StatisticsArgs::new())
+            .ok()?
+            .num_rows
+        {
+            Precision::Exact(rows) => total += rows as u64,
+            _ => return None,
+        }
+    }
+    Some(total)
 }
 
 /// A file dataset's plan without its `size` and `modified` columns (for workers that only
@@ -343,6 +363,9 @@ pub async fn execute_with_storage(
         None => reports.clone(),
     };
     let state = JobState::new(settings.clone(), observer);
+    if let Some(items) = expected_items(&inputs) {
+        state.expect_items(items);
+    }
     let exec = ParallelRunExec::new(inputs, spec, state.clone());
     let mut sink = match config.output_action {
         OutputAction::AppendRow => Some(
@@ -391,12 +414,12 @@ pub async fn execute_with_storage(
     }
     drop(merged);
     ticker.abort();
+    // Closes the counts: the console, the progress file and the report all state these.
+    let mut summary = final_summary(config, &state, fatal.map(|e| e.to_string()), &log_dir);
     let counts = state.counts();
-    let elapsed = state.elapsed();
+    let elapsed = Duration::from_secs_f64(summary.elapsed_seconds);
     reports.write_progress(&counts, elapsed);
     finish_progress(options.progress, &counts, elapsed);
-
-    let mut summary = final_summary(config, &state, fatal.map(|e| e.to_string()), &log_dir);
     if summary.succeeded() {
         if let Some(sink) = sink {
             let staging = sink.staging_dir().to_path_buf();
@@ -458,20 +481,20 @@ fn write_report(log_dir: &Path, summary: &mut JobSummary, failures: &[String]) {
     summary.fail(reason);
 }
 
-/// The summary of a finished run, from its state: the counts, and the failure when there is one
-/// (the abort reason, else `fatal`, else PRS's rule that append_row needs at least one
-/// succeeded item). `log_dir` is recorded as the report's folder. Shared by [`execute`] and
-/// the SQL relation ([`crate::sql`]).
+/// The summary of a finished run, from its state: the counts (closed here, see
+/// [`JobState::close`]), and the failure when there is one (the abort reason, else `fatal`,
+/// else PRS's rule that append_row needs at least one succeeded item). `log_dir` is recorded
+/// as the report's folder. Shared by [`execute`] and the SQL relation ([`crate::sql`]).
 pub fn final_summary(
     config: &ParallelRunConfig,
     state: &JobState,
     fatal: Option<String>,
     log_dir: &Path,
 ) -> JobSummary {
-    let counts = state.counts();
+    let counts = state.close();
     let mut summary = JobSummary::from_counts(&counts, config.error_threshold, state.elapsed());
     summary.logs = log_dir.to_path_buf();
-    let mut failure = state.abort_reason().or(fatal);
+    let mut failure = state.abort_reason_with(&counts).or(fatal);
     if failure.is_none()
         && config.output_action == OutputAction::AppendRow
         && counts.items_total > 0

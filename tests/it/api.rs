@@ -143,6 +143,10 @@ async fn the_builder_refuses_an_earlier_run_unless_overwrite() {
     };
     let report = job(false).await.unwrap();
     assert!(report.succeeded(), "{report:?}");
+    assert!(
+        report.items_total_exact,
+        "Parquet footers give the total: {report:?}"
+    );
     let err = job(false).await.unwrap_err();
     assert_eq!(err.exit_code(), 2, "{err}");
     assert!(err.to_string().contains("overwrite(true)"), "{err}");
