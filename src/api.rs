@@ -19,6 +19,7 @@ use crate::exec::{
 };
 use crate::input::{job_session, register_inputs};
 use crate::job::{execute, factory_for, worker_env, JobOptions, JobReport, Progress};
+use crate::output::prepare_output_dir;
 use crate::worker::python::MiniBatchFormat;
 use crate::worker::rust::RustWorkerFactory;
 use crate::worker::{EntryScript, ScriptRegistry, WorkerFactoryRef};
@@ -50,6 +51,7 @@ pub struct ParallelRun {
     arguments: Vec<String>,
     mini_batch_format: MiniBatchFormat,
     progress: Progress,
+    overwrite: bool,
 }
 
 impl ParallelRun {
@@ -68,6 +70,7 @@ impl ParallelRun {
             arguments: Vec::new(),
             mini_batch_format: MiniBatchFormat::default(),
             progress: Progress::Quiet,
+            overwrite: false,
         }
     }
 
@@ -154,6 +157,13 @@ impl ParallelRun {
         self
     }
 
+    /// Replace an earlier run's results in the output folder (its append_row file, `logs/`
+    /// and `.parallel_run/`) before the job starts; without it such a folder is refused.
+    pub fn overwrite(mut self, on: bool) -> Self {
+        self.overwrite = on;
+        self
+    }
+
     /// Runs the job. A job that ran and failed (where the CLI exits 42) is
     /// `Err(PrsError::JobFailed { report, .. })`; the report files are written either way.
     pub async fn run(self) -> Result<JobReport> {
@@ -181,6 +191,14 @@ impl ParallelRun {
             }),
             job_dir: None,
         };
+        // Before any worker writes its bootstrap into the folder.
+        prepare_output_dir(
+            &options.output,
+            &options
+                .output_format
+                .append_row_file_name(&self.config.append_row_file_name),
+            self.overwrite,
+        )?;
         let ctx = job_session();
         let mut specs = Vec::new();
         let mut plans = Vec::new();

@@ -125,6 +125,10 @@ pub enum Command {
         /// No progress output on the console.
         #[arg(long, short)]
         quiet: bool,
+        /// Replace an earlier run's results in the output folder (its append_row file,
+        /// logs/ and .parallel_run/) instead of refusing to start.
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Check a job file, its inputs and its entry script without running anything.
     Validate {
@@ -168,7 +172,11 @@ pub async fn main_with(cli: Cli, registry: ScriptRegistry) -> i32 {
 
 async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
     match cli.command {
-        Command::Run { args, quiet } => {
+        Command::Run {
+            args,
+            quiet,
+            overwrite,
+        } => {
             let loaded = load(&args)?;
             init_tracing(loaded.spec.config.logging_level);
             let progress = if quiet {
@@ -176,7 +184,7 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             } else {
                 Progress::Console
             };
-            let report = run_job_spec(&loaded.spec, &registry, progress).await?;
+            let report = run_job_spec(&loaded.spec, &registry, progress, overwrite).await?;
             if report.succeeded() {
                 out!("{}", report.sentence());
                 if let Some(out) = &report.output {

@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use datafusion::common::stats::Precision;
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use futures::StreamExt;
 
 use crate::batch::ItemKind;
@@ -20,7 +21,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, JobState, OperatorSpec, ParallelRunExec, RunSettings};
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
-use crate::output::AppendRowSink;
+use crate::output::{prepare_output_dir, AppendRowSink, WORK_DIR_NAME};
 use crate::report::{self, JobSummary, ReportWriter};
 use crate::storage::StorageContext;
 use crate::worker::python::{
@@ -68,10 +69,13 @@ pub struct JobOptions {
 }
 
 /// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
+/// `overwrite` lets the job replace an earlier run's results in its output folder (see
+/// [`crate::output::prepare_output_dir`]); without it such a folder is refused.
 pub async fn run_job_spec(
     spec: &JobSpec,
     registry: &ScriptRegistry,
     progress: Progress,
+    overwrite: bool,
 ) -> Result<JobReport> {
     spec.validate()?;
     let output = spec.output.clone().ok_or_else(|| {
@@ -94,6 +98,14 @@ pub async fn run_job_spec(
         tabular_inputs: spec.has_tabular_inputs(),
         job_dir: spec.base_dir.clone(),
     };
+    // Before any worker writes its bootstrap into the folder.
+    let final_name = spec
+        .output_format
+        .append_row_file_name(&spec.config.append_row_file_name);
+    if let Some(remote) = storage.remote_output() {
+        remote.prepare(&final_name, overwrite, &storage).await?;
+    }
+    prepare_output_dir(&options.output, &final_name, overwrite)?;
     // Folders the script writes into (an Azure v2 job's outputs) exist before init() runs.
     for folder in &spec.output_folders {
         std::fs::create_dir_all(folder).map_err(|e| PrsError::io(folder, e))?;
@@ -123,6 +135,25 @@ pub async fn run_job_spec(
         Some(&storage),
     )
     .await
+}
+
+/// The exact number of rows of all `inputs` from their plans' statistics (Parquet footers),
+/// or `None` when some input's count is not exact (a filter, a CSV file, a file dataset
+/// still being listed).
+fn expected_items(inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)]) -> Option<u64> {
+    let statistics = StatisticsContext::new();
+    let mut total = 0u64;
+    for (plan, _) in inputs {
+        match statistics
+            .compute(plan.as_ref(), &StatisticsArgs::new())
+            .ok()?
+            .num_rows
+        {
+            Precision::Exact(rows) => total += rows as u64,
+            _ => return None,
+        }
+    }
+    Some(total)
 }
 
 /// A file dataset's plan without its `size` and `modified` columns (for workers that only
@@ -200,7 +231,7 @@ pub fn worker_env(config: &ParallelRunConfig, options: &JobOptions) -> WorkerEnv
     WorkerEnv {
         output_dir: options.output.clone(),
         log_dir: logs,
-        work_dir: options.output.join(".parallel_run").join("work"),
+        work_dir: options.output.join(WORK_DIR_NAME).join("work"),
         logging_level: config.logging_level,
         arguments: options.arguments.clone(),
         system_arguments,
@@ -354,6 +385,9 @@ pub async fn execute_with_storage(
         None => reports.clone(),
     };
     let state = JobState::new(settings.clone(), observer);
+    if let Some(items) = expected_items(&inputs) {
+        state.expect_items(items);
+    }
     let exec = ParallelRunExec::new(inputs, spec, state.clone());
     let mut sink = match config.output_action {
         OutputAction::AppendRow => Some(
@@ -402,11 +436,7 @@ pub async fn execute_with_storage(
     }
     drop(merged);
     ticker.abort();
-    let counts = state.counts();
-    let elapsed = state.elapsed();
-    reports.write_progress(&counts, elapsed);
-    finish_progress(options.progress, &counts, elapsed);
-
+    // Closes the counts: the console, the progress file and the report all state these.
     let mut summary = final_summary(
         config,
         &state,
@@ -414,29 +444,74 @@ pub async fn execute_with_storage(
         &log_dir,
         options.allow_empty_input,
     );
+    let counts = state.counts();
+    let elapsed = Duration::from_secs_f64(summary.elapsed_seconds);
+    reports.write_progress(&counts, elapsed);
+    finish_progress(options.progress, &counts, elapsed);
     if summary.succeeded() {
         if let Some(sink) = sink {
-            let out = sink.finish(options.preserve_order)?;
-            summary.output = Some(out.path);
-            summary.output_rows = out.rows;
+            let staging = sink.staging_dir().to_path_buf();
+            match sink.finish(options.preserve_order) {
+                Ok(out) => {
+                    summary.output = Some(out.path);
+                    summary.output_rows = out.rows;
+                }
+                Err(e) => {
+                    summary.fail(format!(
+                        "every mini batch ran, but writing the final output file failed: {e}"
+                    ));
+                    summary.partial_output = Some(staging);
+                }
+            }
         }
-        if let Some(storage) = storage {
+        if let Some(storage) = storage.filter(|_| summary.succeeded()) {
             storage.commit_output(&mut summary).await;
         }
     } else if let Some(sink) = sink {
         summary.partial_output = Some(sink.staging_dir().to_path_buf());
     }
-    report::write_final(&log_dir, &summary, &reports.failures())?;
+    write_report(&log_dir, &mut summary, &reports.failures());
     if let Some(storage) = storage {
         if let Some(warning) = storage.upload_logs(&summary).await {
             tracing::warn!("{warning}");
         }
     }
+    if summary.succeeded() {
+        // Committed: the parts, worker folders, bootstrap copies and caches are done with.
+        // A failed job keeps them: the report names the committed parts.
+        drop(exec);
+        let work = options.output.join(WORK_DIR_NAME);
+        if let Err(e) = std::fs::remove_dir_all(&work) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {} failed: {e}", work.display());
+            }
+        }
+    }
     Ok(summary)
 }
 
-/// The summary of a finished run, from its state: the counts, and the failure when there is one
-/// (the abort reason, else `fatal`, else a job with no items at all unless `allow_empty_input`,
+/// Writes the final report. A job whose report cannot be written has failed: its final file
+/// (when local) is removed, so that no output stands without a report saying it is complete,
+/// and the summary (which the caller prints) says what failed.
+fn write_report(log_dir: &Path, summary: &mut JobSummary, failures: &[String]) {
+    let Err(e) = report::write_final(log_dir, summary, failures) else {
+        return;
+    };
+    let mut reason = format!("writing the report to {} failed: {e}", log_dir.display());
+    if let Some(out) = summary.output.take() {
+        if out.is_file() {
+            let _ = std::fs::remove_file(&out);
+            reason.push_str("; the final output file was removed");
+        } else {
+            reason.push_str(&format!("; the uploaded output {} was kept", out.display()));
+        }
+    }
+    summary.fail(reason);
+}
+
+/// The summary of a finished run, from its state: the counts (closed here, see
+/// [`JobState::close`]), and the failure when there is one (the abort reason, else `fatal`,
+/// else a job with no items at all unless `allow_empty_input`,
 /// else PRS's rule that append_row needs at least one succeeded item). `log_dir` is recorded
 /// as the report's folder. Shared by [`execute`] and the SQL relation ([`crate::sql`]).
 pub fn final_summary(
@@ -446,10 +521,10 @@ pub fn final_summary(
     log_dir: &Path,
     allow_empty_input: bool,
 ) -> JobSummary {
-    let counts = state.counts();
+    let counts = state.close();
     let mut summary = JobSummary::from_counts(&counts, config.error_threshold, state.elapsed());
     summary.logs = log_dir.to_path_buf();
-    let mut failure = state.abort_reason().or(fatal);
+    let mut failure = state.abort_reason_with(&counts).or(fatal);
     if failure.is_none() && counts.scheduling_done && counts.items_total == 0 && !allow_empty_input
     {
         failure = Some(
@@ -470,8 +545,7 @@ pub fn final_summary(
         );
     }
     if let Some(reason) = failure {
-        summary.status = "failed".into();
-        summary.reason = reason;
+        summary.fail(reason);
     }
     summary
 }

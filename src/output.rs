@@ -13,10 +13,11 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
+use arrow::json::writer::{make_encoder, EncoderOptions};
 use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use parquet::arrow::ArrowWriter;
@@ -26,6 +27,70 @@ use crate::config::OutputFormat;
 use crate::error::{PrsError, Result};
 use crate::exec::{conform, CompletedMiniBatch};
 use crate::worker::{ResultShape, RESULT_SHAPE_KEY};
+
+/// The folder of a run's own working files below the output folder (committed parts,
+/// worker folders, the Python bootstrap, download caches): removed when the job succeeds.
+pub const WORK_DIR_NAME: &str = ".parallel_run";
+
+/// What an earlier run left in `output_dir` that a new run would be mistaken for or mixed
+/// with: the final file `final_name`, `logs/job_summary.json` (every finished run writes
+/// it, failed ones too), and the committed parts of an unfinished run
+/// (`.parallel_run/staging/committed.jsonl`, not empty). Paths relative to `output_dir`.
+pub fn earlier_results(output_dir: &Path, final_name: &str) -> Vec<String> {
+    let candidates = [
+        final_name.to_string(),
+        "logs/job_summary.json".to_string(),
+        format!("{WORK_DIR_NAME}/staging/committed.jsonl"),
+    ];
+    candidates
+        .into_iter()
+        .filter(|relative| {
+            fs::metadata(output_dir.join(relative)).is_ok_and(|m| m.is_file() && m.len() > 0)
+        })
+        .collect()
+}
+
+/// Makes `output_dir` ready for a new run writing `final_name`: refuses (a usage error)
+/// when it holds an earlier run's results ([`earlier_results`]), unless `overwrite`, which
+/// removes them first: the final file, `logs/` and `.parallel_run/`. Anything else in the
+/// folder (files run() wrote) is left alone.
+pub fn prepare_output_dir(output_dir: &Path, final_name: &str, overwrite: bool) -> Result<()> {
+    let found = earlier_results(output_dir, final_name);
+    if found.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        return Err(refuse_earlier_results(
+            &output_dir.display().to_string(),
+            &found,
+        ));
+    }
+    let final_path = output_dir.join(final_name);
+    if final_path.is_file() {
+        fs::remove_file(&final_path).map_err(|e| PrsError::io(&final_path, e))?;
+    }
+    for dir in ["logs", WORK_DIR_NAME] {
+        let dir = output_dir.join(dir);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(|e| PrsError::io(&dir, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The usage error for an output folder (or prefix) holding `found` from an earlier run.
+pub fn refuse_earlier_results(output: &str, found: &[String]) -> PrsError {
+    PrsError::config(
+        "output",
+        output,
+        format!(
+            "holds the results of an earlier run ({}); a new run must not leave them looking \
+             like its own. Run with --overwrite (ParallelRun::overwrite(true) in Rust) to \
+             remove them first, or choose another output folder",
+            found.join(", ")
+        ),
+    )
+}
 
 struct Part {
     id: MiniBatchId,
@@ -59,7 +124,7 @@ impl AppendRowSink {
     /// A sink writing `<output_dir>/<file_name>` in `format`. A staging folder left by an
     /// earlier, failed run of the same output is replaced.
     pub fn create(output_dir: &Path, file_name: &str, format: OutputFormat) -> Result<Self> {
-        let staging = output_dir.join(".parallel_run").join("staging");
+        let staging = output_dir.join(WORK_DIR_NAME).join("staging");
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(|e| PrsError::io(&staging, e))?;
         }
@@ -116,6 +181,8 @@ impl AppendRowSink {
         let Some(batch) = &done.result else {
             return Ok(());
         };
+        // Refused here, at the first mini-batch, rather than after every mini-batch has run.
+        check_text_columns(batch, self.format, &self.final_path, &done.id)?;
         let name = format!("{}.arrow", done.id);
         let path = self.staging.join("parts").join(&name);
         let tmp = self.staging.join("parts").join(format!(".{name}.tmp"));
@@ -178,12 +245,11 @@ impl AppendRowSink {
             }
         }
         fs::rename(&tmp, &self.final_path).map_err(|e| PrsError::io(&self.final_path, e))?;
-        fs::remove_dir_all(&self.staging).map_err(|e| PrsError::io(&self.staging, e))?;
-        if let Some(parent) = self.staging.parent() {
-            // Only removes `.parallel_run` when nothing else lives there.
-            let _ = fs::remove_dir(parent);
-        }
         self.finished = true;
+        // The output is complete: a staging folder left behind costs disk, not correctness.
+        if let Err(e) = fs::remove_dir_all(&self.staging) {
+            tracing::warn!("removing {} failed: {e}", self.staging.display());
+        }
         Ok(OutputSummary {
             path: self.final_path.clone(),
             rows: self.rows,
@@ -258,7 +324,11 @@ impl FinalWriter {
                 let target = schema
                     .get_or_insert_with(|| output_schema(batch.schema_ref()))
                     .clone();
-                let batch = conform(batch.clone(), &target, &id.to_string())?;
+                let batch = nested_as_json(&conform(batch.clone(), &target, &id.to_string())?)
+                    .map_err(|e| PrsError::Output {
+                        path: "append_row file".into(),
+                        message: format!("writing the rows of mini batch {id}: {e}"),
+                    })?;
                 if writer.is_none() {
                     let file = out.take().ok_or_else(closed)?;
                     *writer = Some(
@@ -410,11 +480,12 @@ fn write_txt(out: &mut BufWriter<File>, batch: &RecordBatch) -> std::result::Res
             Ok(())
         }
         ResultShape::Table => {
+            let batch = nested_as_json(batch).map_err(|e| e.to_string())?;
             let mut writer = arrow::csv::WriterBuilder::new()
                 .with_header(false)
                 .with_delimiter(b' ')
                 .build(&mut *out);
-            writer.write(batch).map_err(|e| e.to_string())
+            writer.write(&batch).map_err(|e| e.to_string())
         }
     }
 }
@@ -427,4 +498,158 @@ fn write_strings<'a>(
         out.write_all(v.as_bytes()).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Does `format` write `batch` through arrow's CSV writer (`csv`, and `txt` tables)?
+fn written_as_text(batch: &RecordBatch, format: OutputFormat) -> bool {
+    match format {
+        OutputFormat::Csv => true,
+        OutputFormat::Txt => ResultShape::of(batch) == ResultShape::Table,
+        OutputFormat::Parquet => false,
+    }
+}
+
+/// Refuses a result with a nested column that cannot be written as JSON text (e.g. a union)
+/// in a text format, naming the column and the mini-batch.
+fn check_text_columns(
+    batch: &RecordBatch,
+    format: OutputFormat,
+    final_path: &Path,
+    id: &MiniBatchId,
+) -> Result<()> {
+    if !written_as_text(batch, format) {
+        return Ok(());
+    }
+    let options = json_options();
+    for (field, column) in batch.schema_ref().fields().iter().zip(batch.columns()) {
+        if !field.data_type().is_nested() {
+            continue;
+        }
+        if let Err(e) = make_encoder(field, column.as_ref(), &options) {
+            return Err(PrsError::Output {
+                path: final_path.display().to_string(),
+                message: format!(
+                    "column {:?} of mini batch {id} has type {}, which cannot be written as text ({e}); \
+                     use output_format: parquet, or return a column of a simpler type from run()",
+                    field.name(),
+                    field.data_type()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn json_options() -> EncoderOptions {
+    EncoderOptions::default().with_explicit_nulls(true)
+}
+
+/// `batch` with every nested column (list, struct, map) replaced by a text column holding each
+/// value as JSON (`[1,2]`, `{"a":1,"b":null}`); a null value stays null. Other columns are
+/// kept as they are. CSV has no nested values, and JSON is what readers can parse back.
+fn nested_as_json(
+    batch: &RecordBatch,
+) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = batch.schema_ref();
+    if !schema.fields().iter().any(|f| f.data_type().is_nested()) {
+        return Ok(batch.clone());
+    }
+    let options = json_options();
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        if !field.data_type().is_nested() {
+            fields.push(field.clone());
+            columns.push(column.clone());
+            continue;
+        }
+        let mut encoder = make_encoder(field, column.as_ref(), &options)?;
+        let mut text = StringBuilder::with_capacity(column.len(), column.len() * 16);
+        let mut buffer = Vec::new();
+        for i in 0..column.len() {
+            if encoder.is_null(i) {
+                text.append_null();
+                continue;
+            }
+            buffer.clear();
+            encoder.encode(i, &mut buffer);
+            let value = std::str::from_utf8(&buffer).map_err(|e| {
+                arrow::error::ArrowError::JsonError(format!("column {:?}: {e}", field.name()))
+            })?;
+            text.append_value(value);
+        }
+        fields.push(Arc::new(Field::new(field.name(), DataType::Utf8, true)));
+        columns.push(Arc::new(text.finish()) as ArrayRef);
+    }
+    RecordBatch::try_new(
+        Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
+        columns,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int32Array, ListArray, StructArray, UnionArray};
+    use arrow::buffer::ScalarBuffer;
+    use arrow::datatypes::{Int32Type, UnionFields};
+
+    #[test]
+    fn nested_values_become_json_text_and_nulls_stay_null() {
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1), Some(2)]),
+            None,
+            Some(vec![None]),
+        ]);
+        let point = StructArray::from(vec![
+            (
+                Arc::new(Field::new("x", DataType::Int32, true)),
+                Arc::new(Int32Array::from(vec![Some(1), None, Some(3)])) as ArrayRef,
+            ),
+            (
+                Arc::new(Field::new("y", DataType::Int32, true)),
+                Arc::new(Int32Array::from(vec![4, 5, 6])) as ArrayRef,
+            ),
+        ]);
+        let batch = RecordBatch::try_from_iter(vec![
+            ("id", Arc::new(Int32Array::from(vec![7, 8, 9])) as ArrayRef),
+            ("values", Arc::new(list) as ArrayRef),
+            ("point", Arc::new(point) as ArrayRef),
+        ])
+        .unwrap();
+        let text = nested_as_json(&batch).unwrap();
+        assert_eq!(text.schema().field(0).data_type(), &DataType::Int32);
+        let values = text.column(1).as_string::<i32>();
+        assert_eq!(values.value(0), "[1,2]");
+        assert!(values.is_null(1), "a null list stays an empty cell");
+        assert_eq!(values.value(2), "[null]");
+        let points = text.column(2).as_string::<i32>();
+        assert_eq!(points.value(0), r#"{"x":1,"y":4}"#);
+        assert_eq!(points.value(1), r#"{"x":null,"y":5}"#);
+    }
+
+    #[test]
+    fn a_column_json_cannot_hold_is_refused_at_commit_naming_it() {
+        let fields =
+            UnionFields::try_new(vec![0], vec![Field::new("a", DataType::Int32, true)]).unwrap();
+        let union = UnionArray::try_new(
+            fields,
+            ScalarBuffer::from(vec![0i8, 0]),
+            None,
+            vec![Arc::new(Int32Array::from(vec![1, 2])) as ArrayRef],
+        )
+        .unwrap();
+        let batch =
+            RecordBatch::try_from_iter(vec![("choice", Arc::new(union) as ArrayRef)]).unwrap();
+        let id = MiniBatchId { input: 0, seq: 3 };
+        let out = Path::new("out/parallel_run_step.csv");
+        let e = check_text_columns(&batch, OutputFormat::Csv, out, &id)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"choice\"") && e.contains("0-3") && e.contains("output_format: parquet"),
+            "{e}"
+        );
+        assert!(check_text_columns(&batch, OutputFormat::Parquet, out, &id).is_ok());
+    }
 }

@@ -157,16 +157,21 @@ pub struct JobSummary {
     pub status: String,
     /// Why the job failed (empty on success).
     pub reason: String,
-    /// All mini-batches.
+    /// All mini-batches; a lower bound when `mini_batches_total_exact` is false.
     pub mini_batches_total: u64,
+    /// True when every mini-batch was cut (the input was fully read).
+    pub mini_batches_total_exact: bool,
     /// Mini-batches with a final status.
     pub mini_batches_processed: u64,
     /// ... succeeded.
     pub mini_batches_succeeded: u64,
     /// ... failed.
     pub mini_batches_failed: u64,
-    /// All items (rows or files).
+    /// All items (rows or files); a lower bound when `items_total_exact` is false.
     pub items_total: u64,
+    /// True when `items_total` is exact: from metadata (Parquet row counts), or every
+    /// mini-batch was cut.
+    pub items_total_exact: bool,
     /// Items in processed mini-batches.
     pub items_processed: u64,
     /// Items returned by run().
@@ -192,17 +197,29 @@ pub struct JobSummary {
 }
 
 impl JobSummary {
+    /// Marks the job failed for `reason` (a later failure's reason follows an earlier one's).
+    pub fn fail(&mut self, reason: impl Into<String>) {
+        let reason = reason.into();
+        self.reason = if self.succeeded() || self.reason.is_empty() {
+            reason
+        } else {
+            format!("{}; then {reason}", self.reason)
+        };
+        self.status = "failed".into();
+    }
+
     /// True when the job succeeded.
     pub fn succeeded(&self) -> bool {
         self.status == "succeeded"
     }
 
-    /// PRS's summary sentence.
+    /// PRS's summary sentence. A total the job could not know (it stopped before reading all
+    /// of its input) reads "at least N ... (input not fully read)".
     pub fn sentence(&self) -> String {
         format!(
-            "There are {} mini batches with {} items. Processed {} mini batches containing {} items, {} succeeded, {} failed. The error threshold is {}.",
-            self.mini_batches_total,
-            self.items_total,
+            "There are {} with {}. Processed {} mini batches containing {} items, {} succeeded, {} failed. The error threshold is {}.",
+            total_text(self.mini_batches_total, self.mini_batches_total_exact, "mini batches"),
+            total_text(self.items_total, self.items_total_exact, "items"),
             self.mini_batches_processed,
             self.items_processed,
             self.items_succeeded,
@@ -217,10 +234,12 @@ impl JobSummary {
             status: "succeeded".into(),
             reason: String::new(),
             mini_batches_total: c.mini_batches_total,
+            mini_batches_total_exact: c.mini_batches_total_exact(),
             mini_batches_processed: c.mini_batches_processed,
             mini_batches_succeeded: c.mini_batches_succeeded,
             mini_batches_failed: c.mini_batches_failed,
-            items_total: c.items_total,
+            items_total: c.items_total_known().unwrap_or(c.items_total),
+            items_total_exact: c.items_total_known().is_some(),
             items_processed: c.items_processed,
             items_succeeded: c.items_succeeded,
             items_failed: c.items_failed,
@@ -233,6 +252,15 @@ impl JobSummary {
             partial_output: None,
             logs: PathBuf::new(),
         }
+    }
+}
+
+/// `N what`, or `at least N what (input not fully read)` when `N` is a lower bound.
+fn total_text(n: u64, exact: bool, what: &str) -> String {
+    if exact {
+        format!("{n} {what}")
+    } else {
+        format!("at least {n} {what} (input not fully read)")
     }
 }
 
@@ -283,12 +311,14 @@ pub fn write_final(log_dir: &Path, summary: &JobSummary, failures: &[String]) ->
     Ok(())
 }
 
-/// "Processed P of T mini batches in h:mm:ss. Estimate remaining ...".
+/// "Processed P of T mini batches in h:mm:ss. Estimate remaining h:mm:ss. ...". The estimate
+/// uses the exact item total when metadata gives it (so it is right from the start), else the
+/// mini-batch total once every mini-batch is cut; before that it says "estimating".
 pub fn progress_line(c: &JobCounts, elapsed: Duration) -> String {
-    let total = if c.scheduling_done {
+    let total = if c.mini_batches_total_exact() {
         c.mini_batches_total.to_string()
     } else {
-        format!("{}+", c.mini_batches_total)
+        format!("at least {}", c.mini_batches_total)
     };
     let mut line = format!(
         "Processed {} of {} mini batches in {}.",
@@ -296,22 +326,29 @@ pub fn progress_line(c: &JobCounts, elapsed: Duration) -> String {
         total,
         hms(elapsed)
     );
-    if c.scheduling_done
-        && c.mini_batches_processed > 0
-        && c.mini_batches_processed < c.mini_batches_total
-    {
-        let per = elapsed.as_secs_f64() / c.mini_batches_processed as f64;
-        let left = per * (c.mini_batches_total - c.mini_batches_processed) as f64;
-        line.push_str(&format!(
-            " Estimate remaining {}.",
-            hms(Duration::from_secs_f64(left))
-        ));
+    match remaining(c, elapsed) {
+        Some(left) => line.push_str(&format!(" Estimate remaining {}.", hms(left))),
+        None if !c.mini_batches_total_exact() && c.items_total_known().is_none() => {
+            line.push_str(" Estimate remaining: estimating (input not fully read).")
+        }
+        None => {}
     }
     line.push_str(&format!(
         " {} items succeeded, {} failed, {} mini batches failed.",
         c.items_succeeded, c.items_failed, c.mini_batches_failed
     ));
     line
+}
+
+/// The time left at the rate so far: by items when their total is known, else by
+/// mini-batches once all are cut; `None` when unknown or done.
+pub fn remaining(c: &JobCounts, elapsed: Duration) -> Option<Duration> {
+    let (done, total) = match c.items_total_known() {
+        Some(items) => (c.items_processed, items),
+        None if c.mini_batches_total_exact() => (c.mini_batches_processed, c.mini_batches_total),
+        None => return None,
+    };
+    (done > 0 && done < total).then(|| elapsed.mul_f64((total - done) as f64 / done as f64))
 }
 
 fn hms(d: Duration) -> String {
@@ -345,6 +382,7 @@ mod tests {
         let c = JobCounts {
             mini_batches_total: 3,
             items_total: 30,
+            scheduling_done: true,
             mini_batches_processed: 3,
             items_processed: 30,
             items_succeeded: 28,
@@ -355,6 +393,70 @@ mod tests {
         assert_eq!(
             s.sentence(),
             "There are 3 mini batches with 30 items. Processed 3 mini batches containing 30 items, 28 succeeded, 2 failed. The error threshold is 5."
+        );
+    }
+
+    #[test]
+    fn totals_not_known_say_at_least() {
+        let c = JobCounts {
+            mini_batches_total: 6,
+            items_total: 990,
+            items_expected: Some(2000),
+            mini_batches_processed: 4,
+            items_processed: 660,
+            items_succeeded: 600,
+            items_failed: 60,
+            ..Default::default()
+        };
+        let s = JobSummary::from_counts(&c, 5, Duration::from_secs(1));
+        assert_eq!(
+            s.sentence(),
+            "There are at least 6 mini batches (input not fully read) with 2000 items. Processed 4 mini batches containing 660 items, 600 succeeded, 60 failed. The error threshold is 5."
+        );
+        assert!(s.items_total_exact && !s.mini_batches_total_exact);
+        let s = JobSummary::from_counts(
+            &JobCounts {
+                items_expected: None,
+                ..c.clone()
+            },
+            5,
+            Duration::from_secs(1),
+        );
+        assert!(s
+            .sentence()
+            .contains("with at least 990 items (input not fully read)."));
+    }
+
+    #[test]
+    fn progress_estimates_from_known_totals_only() {
+        let mut c = JobCounts {
+            mini_batches_total: 4,
+            items_total: 100,
+            mini_batches_processed: 2,
+            items_processed: 50,
+            ..Default::default()
+        };
+        let line = progress_line(&c, Duration::from_secs(10));
+        assert!(
+            line.starts_with(
+                "Processed 2 of at least 4 mini batches in 0:00:10. Estimate remaining: estimating"
+            ),
+            "{line}"
+        );
+        c.items_expected = Some(200);
+        let line = progress_line(&c, Duration::from_secs(10));
+        assert!(
+            line.contains("Estimate remaining 0:00:30."),
+            "by items: {line}"
+        );
+        c.items_expected = None;
+        c.scheduling_done = true;
+        let line = progress_line(&c, Duration::from_secs(10));
+        assert!(
+            line.starts_with(
+                "Processed 2 of 4 mini batches in 0:00:10. Estimate remaining 0:00:10."
+            ),
+            "{line}"
         );
     }
 

@@ -62,7 +62,10 @@ pub async fn dispatch(
     let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(&pool);
     let result = dispatch_all(&inputs, &context, &state, &queue, &reservation).await;
     match result {
-        Ok(()) => state.scheduling_finished(),
+        Ok(true) => state.scheduling_finished(),
+        // Stopped before the end (the job was cancelled, or nobody reads the queue): the
+        // totals cut so far are lower bounds, not the job's totals.
+        Ok(false) => {}
         Err(e) => {
             if !state.cancellation().is_cancelled() {
                 state.abort(format!("reading the input failed: {e}"));
@@ -77,7 +80,7 @@ async fn dispatch_all(
     state: &Arc<JobState>,
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
-) -> Result<()> {
+) -> Result<bool> {
     let settings = state.settings().clone();
     let index = Arc::new(AtomicU64::new(0));
     if !settings.partition_keys.is_empty() {
@@ -105,25 +108,25 @@ async fn dispatch_all(
             let mut stream = plan.execute(partition, context.clone())?;
             loop {
                 let next = tokio::select! {
-                    _ = state.cancellation().cancelled() => return Ok(()),
+                    _ = state.cancellation().cancelled() => return Ok(false),
                     next = stream.next() => next,
                 };
                 let Some(batch) = next else { break };
                 let batch = batch.map_err(|e| input_error(&info.name, e))?;
                 for mb in chunker.push(batch)? {
                     if !enqueue(mb, &index, state, queue, reservation).await? {
-                        return Ok(());
+                        return Ok(false);
                     }
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
             if !enqueue(mb, &index, state, queue, reservation).await? {
-                return Ok(());
+                return Ok(false);
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// partition_keys: each input is sorted on its keys (see [`crate::exec::keyed`]) and cut into
@@ -135,7 +138,7 @@ async fn dispatch_keyed(
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
     index: &Arc<AtomicU64>,
-) -> Result<()> {
+) -> Result<bool> {
     let settings = state.settings().clone();
     for (ordinal, (plan, info)) in inputs.iter().enumerate() {
         keyed::check_keys(&info.name, &plan.schema(), &settings.partition_keys)?;
@@ -151,24 +154,24 @@ async fn dispatch_keyed(
         let mut stream = sorted.execute(0, context.clone())?;
         loop {
             let next = tokio::select! {
-                _ = state.cancellation().cancelled() => return Ok(()),
+                _ = state.cancellation().cancelled() => return Ok(false),
                 next = stream.next() => next,
             };
             let Some(batch) = next else { break };
             let batch = batch.map_err(|e| input_error(&info.name, e))?;
             for mb in chunker.push(batch)? {
                 if !enqueue(mb, index, state, queue, reservation).await? {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
             if !enqueue(mb, index, state, queue, reservation).await? {
-                return Ok(());
+                return Ok(false);
             }
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Queues one mini-batch; `Ok(false)` when nobody listens any more or the job is cancelled.
@@ -226,5 +229,85 @@ impl Chunker {
             Chunker::Bytes(c) => c.finish(),
             Chunker::Files(c) => c.finish(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::state::{NoopObserver, RunSettings};
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    use datafusion::datasource::memory::MemorySourceConfig;
+    use std::time::Duration;
+
+    fn settings() -> RunSettings {
+        RunSettings {
+            workers: 1,
+            processes_per_node: 1,
+            mini_batch_bytes: 800,
+            mini_batch_files: 10,
+            run_timeout: Duration::from_secs(1),
+            run_max_try: 1,
+            error_threshold: -1,
+            allowed_failed_count: None,
+            allowed_failed_percent: None,
+            queue_depth: 1,
+            partition_keys: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn totals_are_final_only_when_the_whole_input_was_cut() {
+        let batch = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(Int64Array::from_iter_values(0..1000)) as ArrayRef,
+        )])
+        .unwrap();
+        let plan: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&[vec![batch.clone()]], batch.schema(), None).unwrap();
+        let inputs = vec![(
+            plan,
+            InputInfo {
+                name: "rows".into(),
+                kind: ItemKind::Rows,
+            },
+        )];
+        let task_ctx = datafusion::prelude::SessionContext::new().task_ctx();
+
+        // Everything read: the totals are the job's.
+        let state = JobState::new(settings(), Arc::new(NoopObserver));
+        let (tx, mut rx) = mpsc::channel(1);
+        let reader = tokio::spawn(async move {
+            let mut n = 0u64;
+            while rx.recv().await.is_some() {
+                n += 1;
+            }
+            n
+        });
+        dispatch(inputs.clone(), task_ctx.clone(), state.clone(), tx).await;
+        let n = reader.await.unwrap();
+        let counts = state.counts();
+        assert!(n > 1, "{counts:?}");
+        assert!(counts.scheduling_done);
+        assert_eq!((counts.mini_batches_total, counts.items_total), (n, 1000));
+
+        // Cancelled while waiting for room in the queue: only a lower bound was cut.
+        let state = JobState::new(settings(), Arc::new(NoopObserver));
+        let (tx, _rx) = mpsc::channel(1);
+        let task = tokio::spawn(dispatch(inputs, task_ctx, state.clone(), tx));
+        for _ in 0..1000 {
+            if state.counts().mini_batches_total >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        state.abort("stopped by the test");
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("the dispatcher stops when cancelled")
+            .unwrap();
+        let counts = state.counts();
+        assert!(counts.mini_batches_total >= 2, "{counts:?}");
+        assert!(!counts.scheduling_done, "{counts:?}");
     }
 }

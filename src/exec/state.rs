@@ -3,6 +3,7 @@
 //! is no process-global state.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -153,6 +154,26 @@ pub struct JobCounts {
     pub tries: u64,
     /// init() failures.
     pub init_failures: u64,
+    /// The items of all inputs, exactly, from metadata known before reading them (Parquet
+    /// footers); `None` when some input's count is not known that way.
+    pub items_expected: Option<u64>,
+}
+
+impl JobCounts {
+    /// True when `mini_batches_total` is exact: every mini-batch has been cut. Otherwise it
+    /// is a lower bound (the input was not fully read).
+    pub fn mini_batches_total_exact(&self) -> bool {
+        self.scheduling_done
+    }
+
+    /// The exact number of items, when known: every mini-batch cut, or metadata.
+    pub fn items_total_known(&self) -> Option<u64> {
+        if self.scheduling_done {
+            Some(self.items_total)
+        } else {
+            self.items_expected
+        }
+    }
 }
 
 /// State shared by all partitions of one job execution.
@@ -160,6 +181,10 @@ pub struct JobState {
     settings: RunSettings,
     counts: Mutex<JobCounts>,
     abort: Mutex<Option<String>>,
+    /// The abort was a threshold exceeded (its message is restated with the final counts).
+    threshold_abort: AtomicBool,
+    /// The counts are final (see [`JobState::close`]).
+    closed: AtomicBool,
     cancel: CancellationToken,
     observer: Arc<dyn JobObserver>,
     started: Instant,
@@ -181,6 +206,8 @@ impl JobState {
             settings,
             counts: Mutex::new(JobCounts::default()),
             abort: Mutex::new(None),
+            threshold_abort: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             cancel: CancellationToken::new(),
             observer,
             started: Instant::now(),
@@ -218,14 +245,50 @@ impl JobState {
         lock(&self.abort).clone()
     }
 
-    /// Aborts the job: records the first reason and cancels outstanding work.
-    pub fn abort(&self, reason: impl Into<String>) {
+    /// Aborts the job: records the first reason and cancels outstanding work. Returns true
+    /// when this call's reason was the first.
+    pub fn abort(&self, reason: impl Into<String>) -> bool {
         let mut abort = lock(&self.abort);
-        if abort.is_none() {
+        let first = abort.is_none();
+        if first {
             *abort = Some(reason.into());
         }
         drop(abort);
         self.cancel.cancel();
+        first
+    }
+
+    /// Why the job was aborted, stated with `counts`: a threshold's message is rebuilt from
+    /// them, so that it agrees with the report (mini-batches running when the threshold was
+    /// crossed may have failed too before the end).
+    pub fn abort_reason_with(&self, counts: &JobCounts) -> Option<String> {
+        let reason = self.abort_reason()?;
+        if self.threshold_abort.load(Ordering::SeqCst) {
+            if let Some(now) = threshold_violation(&self.settings, counts) {
+                return Some(now);
+            }
+        }
+        Some(reason)
+    }
+
+    /// Records the exact number of items of all inputs, known from metadata before reading.
+    pub fn expect_items(&self, items: u64) {
+        lock(&self.counts).items_expected = Some(items);
+    }
+
+    /// Ends the job's accounting and returns the final counts. Whatever happens after this
+    /// (a worker finishing a mini-batch as the job stops, the dispatcher cutting one more) is
+    /// neither counted nor reported, so every report of the job states these counts.
+    pub fn close(&self) -> JobCounts {
+        let counts = lock(&self.counts);
+        self.closed.store(true, Ordering::SeqCst);
+        counts.clone()
+    }
+
+    /// The counts, for changing them; `None` once the job is closed.
+    fn open_counts(&self) -> Option<std::sync::MutexGuard<'_, JobCounts>> {
+        let counts = lock(&self.counts);
+        (!self.closed.load(Ordering::SeqCst)).then_some(counts)
     }
 
     /// The error to end streams with after an abort.
@@ -238,15 +301,18 @@ impl JobState {
 
     /// A mini-batch was cut and queued.
     pub fn mini_batch_scheduled(&self, items: u64) {
-        let mut c = lock(&self.counts);
-        c.mini_batches_total += 1;
-        c.items_total += items;
+        if let Some(mut c) = self.open_counts() {
+            c.mini_batches_total += 1;
+            c.items_total += items;
+        }
     }
 
     /// Every mini-batch is cut and queued; checks the percent threshold from now on.
     pub fn scheduling_finished(&self) {
         let (total, items) = {
-            let mut c = lock(&self.counts);
+            let Some(mut c) = self.open_counts() else {
+                return;
+            };
             c.scheduling_done = true;
             (c.mini_batches_total, c.items_total)
         };
@@ -256,7 +322,9 @@ impl JobState {
 
     /// Counts one run() call.
     pub fn try_started(&self) {
-        lock(&self.counts).tries += 1;
+        if let Some(mut c) = self.open_counts() {
+            c.tries += 1;
+        }
     }
 
     /// A try failed; tells the observer.
@@ -265,9 +333,12 @@ impl JobState {
     }
 
     /// Records a mini-batch's final status and aborts the job if a threshold is now exceeded.
+    /// After [`JobState::close`] the record is dropped: the job's reports are final.
     pub fn mini_batch_finished(&self, record: &MiniBatchRecord) {
         {
-            let mut c = lock(&self.counts);
+            let Some(mut c) = self.open_counts() else {
+                return;
+            };
             c.mini_batches_processed += 1;
             if record.succeeded() {
                 c.mini_batches_succeeded += 1;
@@ -277,15 +348,18 @@ impl JobState {
             c.items_processed += record.total_items;
             c.items_succeeded += record.succeeded_items;
             c.items_failed += record.failed_items;
+            // Reported while the counts are held, so a close() sees both or neither.
+            self.observer.mini_batch_finished(record);
         }
-        self.observer.mini_batch_finished(record);
         self.check_thresholds();
     }
 
     /// Records an init() failure on `node`; aborts the job once a node has failed
     /// 3 x process_count_per_node times (PRS's rule). Returns true when the job was aborted.
     pub fn init_failed(&self, node: usize, process: &str, message: &str) -> bool {
-        lock(&self.counts).init_failures += 1;
+        if let Some(mut c) = self.open_counts() {
+            c.init_failures += 1;
+        }
         // The worker's message says which stage failed ("init() failed: ...", "loading the
         // entry script failed: ...").
         self.observer.worker_event(process, message);
@@ -311,7 +385,9 @@ impl JobState {
     /// which one was exceeded and by how much.
     pub fn check_thresholds(&self) {
         if let Some(reason) = threshold_violation(&self.settings, &self.counts()) {
-            self.abort(reason);
+            if self.abort(reason) {
+                self.threshold_abort.store(true, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -400,6 +476,82 @@ mod tests {
             m.contains("allowed_failed_count") && m.contains("over by 1"),
             "{m}"
         );
+    }
+
+    fn record(id: u64, items: u64, succeeded: bool) -> MiniBatchRecord {
+        MiniBatchRecord {
+            id: MiniBatchId { input: 0, seq: id },
+            index: id,
+            lineage: Lineage {
+                input: Arc::from("rows"),
+                rows: 0..items,
+            },
+            partition_key_value: Default::default(),
+            tries: 1,
+            process: "process000".into(),
+            start_time: SystemTime::now(),
+            total_items: items,
+            succeeded_items: if succeeded { items } else { 0 },
+            failed_items: if succeeded { 0 } else { items },
+            elapsed_seconds: 0.0,
+            run_seconds: 0.0,
+            status: if succeeded {
+                "SUCCEEDED"
+            } else {
+                "RUN_EXCEPTION"
+            }
+            .into(),
+            error_message: String::new(),
+            traceback: None,
+            earlier_errors: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn closed_counts_are_final_and_the_threshold_reason_states_them() {
+        let mut s = settings();
+        s.error_threshold = 15;
+        s.allowed_failed_count = None;
+        let state = JobState::new(s, Arc::new(NoopObserver));
+        for _ in 0..3 {
+            state.mini_batch_scheduled(10);
+            state.try_started();
+        }
+        state.mini_batch_finished(&record(0, 10, false));
+        assert!(state.abort_reason().is_none());
+        state.mini_batch_finished(&record(1, 10, false));
+        let at_abort = state.abort_reason().unwrap();
+        assert!(at_abort.contains("20 items failed"), "{at_abort}");
+        // A mini-batch that was running when the threshold was crossed fails too.
+        state.mini_batch_finished(&record(2, 10, false));
+        let closed = state.close();
+        assert_eq!(closed.items_failed, 30);
+        let reason = state.abort_reason_with(&closed).unwrap();
+        assert!(
+            reason.contains("30 items failed") && reason.contains("over by 15"),
+            "{reason}"
+        );
+        // After close nothing changes any more.
+        state.mini_batch_scheduled(10);
+        state.try_started();
+        state.mini_batch_finished(&record(3, 10, true));
+        state.scheduling_finished();
+        assert_eq!(state.counts(), closed);
+        assert!(!state.counts().mini_batches_total_exact());
+    }
+
+    #[test]
+    fn item_totals_are_known_from_metadata_or_once_everything_is_cut() {
+        let state = JobState::new(settings(), Arc::new(NoopObserver));
+        state.mini_batch_scheduled(10);
+        assert_eq!(state.counts().items_total_known(), None);
+        state.expect_items(25);
+        assert_eq!(state.counts().items_total_known(), Some(25));
+        state.mini_batch_scheduled(15);
+        state.scheduling_finished();
+        let c = state.counts();
+        assert_eq!(c.items_total_known(), Some(25));
+        assert!(c.mini_batches_total_exact());
     }
 
     #[test]

@@ -21,6 +21,7 @@ use arrow::array::{new_null_array, ArrayRef, RecordBatch};
 use arrow::datatypes::{Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider, TableProviderFactory};
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::datasource::listing_table_factory::ListingTableFactory;
@@ -32,7 +33,8 @@ use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties, Statistics,
+    StatisticsArgs,
 };
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
@@ -46,6 +48,8 @@ pub struct LocalParquetTable {
     location: String,
     files: Arc<Vec<PathBuf>>,
     schema: SchemaRef,
+    /// Rows of all files, from their footers.
+    rows: u64,
 }
 
 impl LocalParquetTable {
@@ -87,13 +91,14 @@ impl LocalParquetTable {
         let files = Arc::new(files);
         // Reading the footers blocks on the file system.
         let list = files.clone();
-        let schema = tokio::task::spawn_blocking(move || merged_schema(&list))
+        let (schema, rows) = tokio::task::spawn_blocking(move || merged_schema(&list))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
         Ok(LocalParquetTable {
             location: table_path.to_string(),
             files,
             schema,
+            rows,
         })
     }
 
@@ -146,11 +151,13 @@ impl TableProviderFactory for LocalParquetFactory {
 
 /// One schema for all files: fields merged by name (first file's order first), schema
 /// metadata dropped (as DataFusion's Parquet tables do: pandas' metadata would describe the
-/// file, not the table).
-fn merged_schema(files: &[PathBuf]) -> DFResult<SchemaRef> {
+/// file, not the table); and the rows of all files, from the same footers.
+fn merged_schema(files: &[PathBuf]) -> DFResult<(SchemaRef, u64)> {
     let mut schemas = Vec::with_capacity(files.len());
+    let mut rows = 0u64;
     for path in files {
         let builder = open(path)?;
+        rows += builder.metadata().file_metadata().num_rows().max(0) as u64;
         let schema = builder.schema().as_ref().clone();
         schemas.push(Schema::new(schema.fields().clone()));
     }
@@ -172,7 +179,7 @@ fn merged_schema(files: &[PathBuf]) -> DFResult<SchemaRef> {
             )
         })
         .collect();
-    Ok(Arc::new(Schema::new(fields)))
+    Ok((Arc::new(Schema::new(fields)), rows))
 }
 
 fn open(path: &PathBuf) -> DFResult<ParquetRecordBatchReaderBuilder<File>> {
@@ -211,6 +218,7 @@ impl TableProvider for LocalParquetTable {
             self.location.clone(),
             self.files.clone(),
             schema,
+            self.rows,
         )))
     }
 }
@@ -220,6 +228,7 @@ pub struct LocalParquetExec {
     location: String,
     files: Arc<Vec<PathBuf>>,
     properties: Arc<PlanProperties>,
+    rows: u64,
 }
 
 impl fmt::Debug for LocalParquetExec {
@@ -229,7 +238,7 @@ impl fmt::Debug for LocalParquetExec {
 }
 
 impl LocalParquetExec {
-    fn new(location: String, files: Arc<Vec<PathBuf>>, schema: SchemaRef) -> Self {
+    fn new(location: String, files: Arc<Vec<PathBuf>>, schema: SchemaRef, rows: u64) -> Self {
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(1),
@@ -240,6 +249,7 @@ impl LocalParquetExec {
             location,
             files,
             properties,
+            rows,
         }
     }
 }
@@ -280,6 +290,17 @@ impl ExecutionPlan for LocalParquetExec {
         _children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         Ok(self)
+    }
+
+    /// The exact row count, from the footers (the job's item total before reading).
+    fn statistics_from_inputs(
+        &self,
+        _input_stats: &[Arc<Statistics>],
+        _args: &StatisticsArgs,
+    ) -> DFResult<Arc<Statistics>> {
+        let mut statistics = Statistics::new_unknown(&self.schema());
+        statistics.num_rows = Precision::Exact(self.rows as usize);
+        Ok(Arc::new(statistics))
     }
 
     fn execute(
@@ -453,6 +474,28 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .unwrap();
         assert_eq!(n.value(0), 30);
+        // The row count is exact from the footers, before anything is read; not after a filter.
+        let rows = |sql: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let plan = ctx
+                    .sql(sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap();
+                datafusion::physical_plan::StatisticsContext::new()
+                    .compute(plan.as_ref(), &StatisticsArgs::new())
+                    .unwrap()
+                    .num_rows
+            }
+        };
+        assert_eq!(rows("SELECT id, name FROM t").await, Precision::Exact(152));
+        assert!(!matches!(
+            rows("SELECT id FROM t WHERE x >= 120").await,
+            Precision::Exact(_)
+        ));
     }
 
     #[tokio::test]

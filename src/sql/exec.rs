@@ -255,8 +255,8 @@ impl Tracker {
             return None;
         }
         drop(lock(&self.ticker).take());
-        let (counts, elapsed) = (self.state.counts(), self.state.elapsed());
         let aborted = self.state.abort_reason().is_some() || fatal.is_some();
+        // Closes the counts first, so the progress file and the report state the same ones.
         let mut summary = crate::job::final_summary(
             &self.run.config,
             &self.state,
@@ -264,6 +264,7 @@ impl Tracker {
             &self.run.report_dir,
             false,
         );
+        let (counts, elapsed) = (self.state.counts(), self.state.elapsed());
         if !complete && !aborted {
             summary.status = "succeeded".into();
             summary.reason = format!(

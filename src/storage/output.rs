@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use sha2::{Digest, Sha256};
@@ -101,6 +102,75 @@ impl RemoteOutput {
                 let object = format!("{}/", self.url_of("").trim_end_matches('/'));
                 storage_error(&self.location, "LIST", &object, &e, storage.options())
             })
+    }
+
+    /// Refuses an output prefix holding an earlier run's results (the final object `final_name`
+    /// or `logs/job_summary.json`) unless `overwrite`, which deletes them first (the final
+    /// object and everything below `logs/`).
+    pub async fn prepare(
+        &self,
+        final_name: &str,
+        overwrite: bool,
+        storage: &StorageContext,
+    ) -> Result<()> {
+        let mut found = Vec::new();
+        for relative in [final_name, "logs/job_summary.json"] {
+            let object = self.object(relative);
+            match self.store.head(&object).await {
+                Ok(_) => found.push(self.location.url_of(&object)),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    let url = self.location.url_of(&object);
+                    return Err(storage_error(
+                        &self.location,
+                        "HEAD",
+                        &url,
+                        &e,
+                        storage.options(),
+                    ));
+                }
+            }
+        }
+        if found.is_empty() {
+            return Ok(());
+        }
+        if !overwrite {
+            return Err(crate::output::refuse_earlier_results(self.url(), &found));
+        }
+        let mut doomed = vec![self.object(final_name)];
+        let logs = self.object("logs");
+        let mut listing = self.store.list(Some(&logs));
+        while let Some(meta) = listing.next().await {
+            match meta {
+                Ok(meta) => doomed.push(meta.location),
+                Err(e) => {
+                    let url = self.location.url_of(&logs);
+                    return Err(storage_error(
+                        &self.location,
+                        "LIST",
+                        &url,
+                        &e,
+                        storage.options(),
+                    ));
+                }
+            }
+        }
+        for object in doomed {
+            match self.store.delete(&object).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    let url = self.location.url_of(&object);
+                    return Err(storage_error(
+                        &self.location,
+                        "DELETE",
+                        &url,
+                        &e,
+                        storage.options(),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Uploads the local file `local` as `name` below the output with a multipart upload: the

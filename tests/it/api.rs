@@ -189,3 +189,36 @@ impl EntryScript for FailRuns {
         Err("bad rows".into())
     }
 }
+
+#[tokio::test]
+async fn the_builder_refuses_an_earlier_run_unless_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 500, 500);
+    let ctx = SessionContext::new();
+    let df = ctx
+        .read_parquet(
+            d.path().join("in.parquet").to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let job = |overwrite: bool| {
+        ParallelRun::new(config())
+            .input("rows", df.clone())
+            .entry_script(|| Double { factor: 0.0 })
+            .output(d.path().join("out"))
+            .overwrite(overwrite)
+    };
+    let report = job(false).await.unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    assert!(
+        report.items_total_exact,
+        "Parquet footers give the total: {report:?}"
+    );
+    let err = job(false).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    assert!(err.to_string().contains("overwrite(true)"), "{err}");
+    let report = job(true).await.unwrap();
+    assert!(report.succeeded(), "{report:?}");
+    assert_eq!(report.output_rows, 500);
+}

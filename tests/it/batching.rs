@@ -234,6 +234,8 @@ fn a_job_without_items_fails_unless_empty_input_is_allowed() {
         );
         assert_eq!(run.code, 0, "{output_action}: {run:?}");
         assert_eq!(summary(&out2)["status"], "succeeded");
+    }
+}
 
 #[test]
 fn a_glob_that_matches_nothing_names_the_input_and_the_pattern() {

@@ -157,6 +157,7 @@ fn debug_logs_have_no_colour_codes_off_a_terminal() {
         "debug lines are logged: {run:?}"
     );
     assert!(!run.stderr.contains('\u{1b}'), "no ANSI escapes: {run:?}");
+}
 
 #[test]
 fn a_missing_job_file_is_a_usage_error_for_every_subcommand() {
@@ -184,4 +185,53 @@ fn a_missing_job_file_is_a_usage_error_for_every_subcommand() {
     let run = cli(&["validate", d.path().to_str().unwrap()]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(run.stderr.contains("is a folder"), "{}", run.stderr);
+}
+
+#[test]
+fn an_earlier_runs_results_are_refused_unless_overwrite() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("out");
+    let final_file = out.join("parallel_run_step.txt");
+    let job = base(d.path(), GOOD);
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let first = std::fs::read_to_string(&final_file).unwrap();
+
+    // Again into the same folder: refused before anything runs, and nothing is touched.
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&out.display().to_string())
+            && run.stderr.contains("parallel_run_step.txt")
+            && run.stderr.contains("logs/job_summary.json")
+            && run.stderr.contains("--overwrite"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(&final_file).unwrap(), first);
+    assert_eq!(summary(&out)["status"], "succeeded");
+
+    // --overwrite replaces them.
+    let run = run_job(&job, &["--overwrite"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lines(&final_file).len(), 100);
+
+    // A failed rerun with --overwrite leaves no final file at all, old or new.
+    let failing = write_job(
+        d.path(),
+        &format!("{GOOD}\nrun_max_try: 1"),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\narguments: [--fail-ids, '7']\n",
+    );
+    let run = run_job(&failing, &["--overwrite"]);
+    assert_eq!(run.code, 42, "{run:?}");
+    assert!(!final_file.exists(), "a failed run leaves no final file");
+    assert_eq!(summary(&out)["status"], "failed");
+    // Its report counts as results too: the next run must choose.
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("logs/job_summary.json"),
+        "{}",
+        run.stderr
+    );
 }

@@ -308,3 +308,82 @@ def run(mini_batch, mini_batch_context):
         "{result}"
     );
 }
+
+#[test]
+fn counts_after_an_abort_agree_everywhere() {
+    // 2,000 rows in one file, about 100 mini-batches; the early ones fail, so the job stops
+    // long before the input is cut. Not --quiet: the console's lines are checked too.
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 2_000, 500);
+    let fail: Vec<String> = (0..200).step_by(10).map(|i| i.to_string()).collect();
+    let job = write_job(
+        d.path(),
+        "entry_script: rust:echo\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nerror_threshold: 5\nrun_max_try: 1\nmini_batch_size: 1KB",
+        &format!(
+            "inputs:\n  - {{name: rows, path: in.parquet, format: parquet}}\noutput: out\noutput_format: csv\narguments: [--fail-ids, '{}']\n",
+            fail.join(",")
+        ),
+    );
+    let run = cli(&["run", job.to_str().unwrap()]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let out = d.path().join("out");
+    let s = summary(&out);
+    let n = |key: &str| s[key].as_u64().unwrap();
+    assert_eq!(
+        n("items_total"),
+        2_000,
+        "exact from the Parquet footer: {s}"
+    );
+    assert_eq!(s["items_total_exact"], true);
+    assert_eq!(s["mini_batches_total_exact"], false, "{s}");
+    let total = n("mini_batches_total");
+    assert!(total < 50, "the job stopped early: {s}");
+    let (done, items_processed) = (n("mini_batches_processed"), n("items_processed"));
+    let (succeeded, failed) = (n("items_succeeded"), n("items_failed"));
+    let failed_mini_batches = n("mini_batches_failed");
+    assert_eq!(succeeded + failed, items_processed);
+    assert_eq!(n("mini_batches_succeeded") + failed_mini_batches, done);
+
+    let sentence = format!(
+        "There are at least {total} mini batches (input not fully read) with 2000 items. \
+         Processed {done} mini batches containing {items_processed} items, {succeeded} \
+         succeeded, {failed} failed. The error threshold is 5."
+    );
+    let reason = format!("error_threshold exceeded: {failed} items failed, 5 allowed");
+    let result = std::fs::read_to_string(out.join("logs/job_result.txt")).unwrap();
+    for (what, text) in [("job_result.txt", &result), ("stderr", &run.stderr)] {
+        assert!(
+            text.contains(&sentence),
+            "{what} lacks {sentence:?}:\n{text}"
+        );
+        assert!(text.contains(&reason), "{what} lacks {reason:?}:\n{text}");
+    }
+    assert!(s["reason"].as_str().unwrap().starts_with(&reason), "{s}");
+    let progress = format!("Processed {done} of at least {total} mini batches in ");
+    let tail = format!(
+        "{succeeded} items succeeded, {failed} failed, {failed_mini_batches} mini batches failed."
+    );
+    let overview = std::fs::read_to_string(out.join("logs/job_progress_overview.txt")).unwrap();
+    for (what, text) in [
+        ("job_progress_overview.txt", &overview),
+        ("stderr", &run.stderr),
+    ] {
+        assert!(
+            text.contains(&progress) && text.contains(&tail),
+            "{what} lacks {progress:?} ... {tail:?}:\n{text}"
+        );
+    }
+    let rows = processed(&out);
+    assert_eq!(rows.len() as u64, done, "{rows:?}");
+    let sum = |key: &str| {
+        rows.iter()
+            .map(|r| r[key].parse::<u64>().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum("failed_items"), failed);
+    assert_eq!(sum("succeeded_items"), succeeded);
+    assert_eq!(
+        rows.iter().filter(|r| r["status"] != "SUCCEEDED").count() as u64,
+        failed_mini_batches
+    );
+}

@@ -1225,3 +1225,56 @@ fn show_config_masks_secrets() {
         run.stderr
     );
 }
+
+/// An output prefix holding an earlier run's results is refused, also from a machine whose
+/// local mirror knows nothing of it; `--overwrite` deletes the old final object and logs first.
+#[test]
+fn an_output_prefix_with_earlier_results_is_refused_unless_overwrite() {
+    let s3 = shared(Kind::S3);
+    let d = tempfile::tempdir().unwrap();
+    parquet_inputs(&d.path().join("data"));
+    let prefix = unique("rerun");
+    let out_url = s3.url(&format!("{prefix}/out/"));
+    let job = |mirror: &str| {
+        echo_job(
+            d.path(),
+            "mini_batch_size: 64KB",
+            &format!(
+                "inputs:\n  - {{name: rows, path: data, format: parquet}}\noutput: \"{out_url}\"\n{}",
+                s3.storage_options(&format!("  local_dir: {}\n", d.path().join(mirror).display()))
+            ),
+        )
+    };
+    let run = run_env(&job("first"), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    s3.put(&format!("{prefix}/out/logs/stale.txt"), b"old".to_vec());
+
+    let run = run_env(&job("second"), &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains(&out_url)
+            && run.stderr.contains("parallel_run_step.txt")
+            && run.stderr.contains("--overwrite"),
+        "{}",
+        run.stderr
+    );
+    let run = cli_env(
+        &[
+            "run",
+            job("third").to_str().unwrap(),
+            "--quiet",
+            "--overwrite",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let keys = s3.list(&format!("{prefix}/out"));
+    assert!(
+        !keys.iter().any(|k| k.ends_with("logs/stale.txt")),
+        "the old logs are gone: {keys:?}"
+    );
+    assert!(
+        keys.iter().any(|k| k.ends_with("parallel_run_step.txt")),
+        "{keys:?}"
+    );
+}

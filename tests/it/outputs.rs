@@ -164,3 +164,138 @@ fn report_files_follow_prs() {
     assert_eq!(processed(&out).len() as u64, total);
     assert!(run.stdout.contains("There are"), "{run:?}");
 }
+
+/// `n` rows of `id` and a nested column `tags` (a list of ints, null for every 10th row) and
+/// `point` (a struct), in one Parquet file.
+fn write_nested_parquet(path: &std::path::Path, n: i64) {
+    use arrow::array::{ArrayRef, Int64Array, ListArray, StructArray};
+    use arrow::datatypes::{DataType, Field, Int32Type};
+    use std::sync::Arc;
+    let tags = ListArray::from_iter_primitive::<Int32Type, _, _>(
+        (0..n).map(|i| (i % 10 != 0).then(|| vec![Some(i as i32), Some(i as i32 + 1)])),
+    );
+    let point = StructArray::from(vec![(
+        Arc::new(Field::new("x", DataType::Int64, true)),
+        Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+    )]);
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef,
+        ),
+        ("tags", Arc::new(tags) as ArrayRef),
+        ("point", Arc::new(point) as ArrayRef),
+    ])
+    .unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+}
+
+#[test]
+fn nested_columns_are_written_to_csv_as_json_text() {
+    for preserve_order in [false, true] {
+        let d = tempfile::tempdir().unwrap();
+        write_nested_parquet(&d.path().join("nested.parquet"), 500);
+        let job = write_job(
+            d.path(),
+            "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 4KB",
+            &format!("inputs:\n  - {{name: rows, path: nested.parquet, format: parquet}}\noutput: out\noutput_format: csv\npreserve_order: {preserve_order}\n"),
+        );
+        let run = run_job(&job, &[]);
+        assert_eq!(run.code, 0, "preserve_order {preserve_order}: {run:?}");
+        let text = std::fs::read_to_string(d.path().join("out/parallel_run_step.csv")).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.remove(0), "id,tags,point");
+        assert_eq!(lines.len(), 500);
+        assert!(
+            lines.contains(&r#"7,"[7,8]","{""x"":7}""#),
+            "{:?}",
+            &lines[..12]
+        );
+        assert!(
+            lines.contains(&r#"10,,"{""x"":10}""#),
+            "a null list is an empty cell"
+        );
+        assert!(summary(&d.path().join("out"))["status"] == "succeeded");
+    }
+}
+
+#[test]
+fn a_failure_after_the_mini_batches_still_leaves_a_report() {
+    let d = tempfile::tempdir().unwrap();
+    let job = job(
+        d.path(),
+        "output_action: append_row",
+        "output_format: csv\npreserve_order: true\n",
+    );
+    // The final file cannot be put in place: a folder holds its name.
+    std::fs::create_dir_all(d.path().join("out/parallel_run_step.csv/taken")).unwrap();
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let out = d.path().join("out");
+    let s = summary(&out);
+    assert_eq!(s["status"], "failed");
+    let reason = s["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("writing the final output file failed")
+            && reason.contains("parallel_run_step.csv"),
+        "{reason}"
+    );
+    assert_eq!(s["items_succeeded"], 2000, "every mini batch ran: {s}");
+    assert!(s["output"].is_null(), "{s}");
+    let result = std::fs::read_to_string(out.join("logs/job_result.txt")).unwrap();
+    assert!(
+        result.contains("The job failed: every mini batch ran"),
+        "{result}"
+    );
+    assert!(result.contains(".parallel_run/staging"), "{result}");
+    assert!(
+        run.stderr.contains("writing the final output file failed"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn a_succeeded_job_keeps_its_logs_and_removes_its_work_files() {
+    // A Python job: its workers' bootstrap copies and working folders live under
+    // .parallel_run/ while it runs.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(d.path().join("docs")).unwrap();
+    for i in 0..6 {
+        std::fs::write(d.path().join(format!("docs/{i}.txt")), "x").unwrap();
+    }
+    std::fs::write(
+        d.path().join("entry.py"),
+        "import os\ndef run(mini_batch):\n    return [os.path.basename(p) for p in mini_batch]\n",
+    )
+    .unwrap();
+    let job = write_job(
+        d.path(),
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 2", python()),
+        "inputs:\n  - {name: docs, path: docs, format: files}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = d.path().join("out");
+    assert_eq!(lines(&out.join("parallel_run_step.txt")).len(), 6);
+    assert!(out.join("logs/job_result.txt").is_file());
+    assert!(out.join("logs/user").is_dir(), "the workers' logs stay");
+    assert!(
+        !out.join(".parallel_run").exists(),
+        "work files are removed: {:?}",
+        walk(&out.join(".parallel_run"))
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            found.push(e.path());
+            found.extend(walk(&e.path()));
+        }
+    }
+    found
+}
