@@ -12,7 +12,7 @@ use crate::config::azure_v2::V2Options;
 use crate::config::{JobSpec, LoadedJob, LoggingLevel};
 use crate::error::{PrsError, Result};
 use crate::input::{job_session, register_inputs_with};
-use crate::job::{factory_for, run_job_spec, JobOptions, Progress};
+use crate::job::{factory_with_env, run_job_spec, worker_env, JobOptions, Progress};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
 
@@ -221,7 +221,18 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
                 tabular_inputs: spec.has_tabular_inputs(),
                 job_dir: spec.base_dir.clone(),
             };
-            let factory = factory_for(&spec.config, &options, &registry)?;
+            // The script is loaded in a scratch folder: validate writes nothing into the output.
+            let scratch = tempfile::tempdir().map_err(|e| PrsError::io(std::env::temp_dir(), e))?;
+            let mut env = worker_env(&spec.config, &options);
+            env.work_dir = scratch.path().join("work");
+            env.log_dir = scratch.path().join("logs");
+            let factory =
+                factory_with_env(&spec.config, env, options.mini_batch_format, &registry)?;
+            eprintln!(
+                "parallel-run: loading the entry script ({}) without running init()...",
+                factory.describe()
+            );
+            factory.check().await?;
             out!(
                 "{} is valid: {} processed input(s) [{}], entry script {}, {} workers.",
                 args.job.display(),

@@ -381,6 +381,19 @@ impl JobState {
         }
     }
 
+    /// Records a worker whose entry script cannot be loaded (a SyntaxError or ImportError at
+    /// import, no run(), missing packages: `error` is a configuration error) and aborts the
+    /// job at once: unlike an init() failure, every try would fail the same way.
+    pub fn load_failed(&self, process: &str, error: &PrsError) {
+        lock(&self.counts).init_failures += 1;
+        let message = error.to_string();
+        self.observer.worker_event(
+            process,
+            &format!("loading the entry script failed: {message}"),
+        );
+        self.abort(message);
+    }
+
     /// Checks the three thresholds against the counts; aborts the job with a message that says
     /// which one was exceeded and by how much.
     pub fn check_thresholds(&self) {

@@ -128,6 +128,11 @@ impl PartitionRunner {
                     );
                     self.worker = Some(worker);
                 }
+                Err(e) if e.is_usage() => {
+                    // The script cannot be loaded (or its packages are missing): not retried.
+                    self.state.load_failed(&self.slot.agent_name, &e);
+                    return Err(self.state.abort_error());
+                }
                 Err(e) => {
                     self.slot.generation += 1;
                     let message = match &e {

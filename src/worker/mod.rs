@@ -256,6 +256,13 @@ pub trait WorkerFactory: Send + Sync + Debug {
     /// [`WorkerFactory::start`] then hands them out. A worker that fails to start here is
     /// started (and its error reported) by `start` as usual. The default does nothing.
     async fn prestart(&self, _slots: &[WorkerSlot]) {}
+
+    /// Loads the entry script the way a worker does, without running init() or anything
+    /// else (`parallel-run validate`): a Python worker imports it in the job's interpreter. An
+    /// error names the file, the line and what is wrong. The default does nothing.
+    async fn check(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Shared handle to a factory.

@@ -734,3 +734,50 @@ def run(mini_batch):
         }
     }
 }
+
+#[test]
+fn validate_loads_the_script_and_run_fails_at_once_when_it_cannot() {
+    let d = tempfile::tempdir().unwrap();
+    let broken = "import os\ndef run(mini_batch)\n    return mini_batch\n";
+    let job = python_job(
+        d.path(),
+        broken,
+        "error_threshold: 0\noutput_action: append_row",
+        "",
+        200,
+    );
+    let check = cli(&["validate", job.to_str().unwrap()]);
+    assert_eq!(check.code, 2, "{check:?}");
+    assert!(
+        check.stderr.contains("entry.py, line 2: SyntaxError"),
+        "{check:?}"
+    );
+    // run: the first worker's failure ends the job; no 3 x process_count_per_node tries.
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let reason = summary(&out(d.path()))["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("entry.py, line 2: SyntaxError") && reason.contains("Not retried"),
+        "{reason}"
+    );
+    assert!(!reason.contains("times on node"), "{reason}");
+
+    std::fs::write(d.path().join("entry.py"), "def init():\n    pass\n").unwrap();
+    let check = cli(&["validate", job.to_str().unwrap()]);
+    assert_eq!(check.code, 2, "{check:?}");
+    assert!(
+        check.stderr.contains("no run(mini_batch) function"),
+        "{check:?}"
+    );
+
+    // A valid script is imported, but its init() is not run.
+    let script = "def init():\n    open('init-ran', 'w').close()\n    raise RuntimeError('no model')\n\ndef run(mini_batch):\n    return mini_batch\n";
+    std::fs::write(d.path().join("entry.py"), script).unwrap();
+    let check = cli(&["validate", job.to_str().unwrap()]);
+    assert_eq!(check.code, 0, "{check:?}");
+    assert!(check.stdout.contains("is valid"), "{check:?}");
+    assert!(!d.path().join("init-ran").exists(), "validate ran init()");
+}

@@ -61,8 +61,15 @@
 //!   file datasets whose list results are converted (csv or parquet output); nothing beyond the
 //!   standard library for file datasets with txt output or summary_only (paths travel in the
 //!   header and txt results as text).
-//! - `INIT_ERROR` `{stage: packages|import|init, message, traceback}`; the worker then exits.
-//!   `packages` means pyarrow (or pandas) is missing, and the message says how to install it.
+//! - `INIT_ERROR` `{stage: packages|import|init, message, traceback, fatal}`; the worker then
+//!   exits. `packages` means pyarrow (or pandas) is missing, and the message says how to
+//!   install it. An `import` message starts with the file and line (`/x/score.py, line 3:
+//!   SyntaxError: ...`). `fatal` (missing packages, a SyntaxError or ImportError at import, no
+//!   run()): every try would fail the same way, so the engine fails the job at once instead of
+//!   applying PRS's `3 x process_count_per_node` rule for init() failures.
+//!
+//! With `check_only` in the worker config (`parallel-run validate`) the worker imports the
+//! packages and the script, answers `READY` without running init(), and exits.
 //! - `STARTED` `{}`: the RUN's mini-batch is read and decoded, run() is called now; `RAN` `{}`:
 //!   run() returned and its result is being converted (sent only when `keep_results`). The
 //!   engine applies `run_invocation_timeout` between the two (or until the `ERROR` or `RESULT`
@@ -263,6 +270,7 @@ impl PythonWorkerFactory {
         slot: &WorkerSlot,
         working_dir: &Path,
         logs: &UserLogPaths,
+        check_only: bool,
     ) -> serde_json::Value {
         let env = &self.spec.env;
         serde_json::json!({
@@ -281,10 +289,13 @@ impl PythonWorkerFactory {
             "keep_results": env.keep_results,
             "output_format": env.output_format.as_str(),
             "parent_pid": std::process::id(),
+            "check_only": check_only,
         })
     }
 
-    async fn spawn(&self, slot: &WorkerSlot) -> std::io::Result<PythonWorker> {
+    /// Starts a worker process; `check_only`: it only loads the script (see
+    /// [`WorkerFactory::check`]).
+    async fn spawn(&self, slot: &WorkerSlot, check_only: bool) -> std::io::Result<PythonWorker> {
         let env = &self.spec.env;
         let working_dir = env.work_dir.join(&slot.agent_name);
         std::fs::create_dir_all(&working_dir)?;
@@ -309,7 +320,8 @@ impl PythonWorkerFactory {
             .env("AZUREML_BI_OUTPUT_PATH", &env.output_dir)
             .env(
                 CONFIG_ENV,
-                self.worker_config(slot, &working_dir, &logs).to_string(),
+                self.worker_config(slot, &working_dir, &logs, check_only)
+                    .to_string(),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
@@ -342,6 +354,7 @@ impl PythonWorkerFactory {
             logs,
             stderr_start,
             self.spec.python.clone(),
+            self.spec.entry_script.clone(),
             self.stall_limit,
         ))
     }
@@ -360,10 +373,13 @@ impl WorkerFactory for PythonWorkerFactory {
                 return Ok(Box::new(worker));
             }
         }
-        let worker = self.spawn(slot).await.map_err(|e| PrsError::Worker {
-            worker: slot.agent_name.clone(),
-            message: format!("could not start {}: {e}", self.spec.python.display()),
-        })?;
+        let worker = self
+            .spawn(slot, false)
+            .await
+            .map_err(|e| PrsError::Worker {
+                worker: slot.agent_name.clone(),
+                message: format!("could not start {}: {e}", self.spec.python.display()),
+            })?;
         Ok(Box::new(worker))
     }
 
@@ -373,7 +389,7 @@ impl WorkerFactory for PythonWorkerFactory {
 
     async fn prestart(&self, slots: &[WorkerSlot]) {
         for slot in slots.iter().filter(|s| s.generation == 0) {
-            match self.spawn(slot).await {
+            match self.spawn(slot, false).await {
                 Ok(worker) => {
                     self.warm
                         .lock()
@@ -384,6 +400,29 @@ impl WorkerFactory for PythonWorkerFactory {
                     tracing::debug!(worker = %slot.agent_name, "prestart failed: {e}");
                 }
             }
+        }
+    }
+
+    async fn check(&self) -> Result<()> {
+        let script = self.spec.entry_script.display().to_string();
+        let mut worker = self
+            .spawn(&WorkerSlot::new(0, 0), true)
+            .await
+            .map_err(|e| PrsError::EntryScript {
+                script: script.clone(),
+                message: format!("could not start {}: {e}", self.spec.python.display()),
+            })?;
+        // READY: imported (the worker exits by itself; dropping it reaps it).
+        match Worker::init(&mut worker).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_usage() => Err(e),
+            Err(e) => Err(PrsError::EntryScript {
+                script,
+                message: match e {
+                    PrsError::Worker { message, .. } => message,
+                    other => other.to_string(),
+                },
+            }),
         }
     }
 

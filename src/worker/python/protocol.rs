@@ -66,6 +66,10 @@ pub(crate) enum Reply {
         /// The traceback, when there is one.
         #[serde(default)]
         traceback: Option<String>,
+        /// Every try would fail the same way (missing packages, a SyntaxError or ImportError
+        /// at import, no run()): not retried.
+        #[serde(default)]
+        fatal: bool,
     },
     /// The mini-batch is read and decoded; run() is being called now (its timeout starts).
     #[serde(rename = "STARTED")]

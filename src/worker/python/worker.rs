@@ -48,6 +48,8 @@ pub(crate) struct PythonWorker {
     /// Size of the stderr log when this worker started: its own output comes after.
     pub(crate) stderr_start: u64,
     pub(crate) python: PathBuf,
+    /// The entry script (for the message of a script that cannot be loaded).
+    pub(crate) entry_script: PathBuf,
     /// Limit for the parts of a RUN that are not run() itself (see [`super::STALL_LIMIT`]).
     pub(crate) stall_limit: Duration,
 }
@@ -80,6 +82,7 @@ impl PythonWorker {
         logs: UserLogPaths,
         stderr_start: u64,
         python: PathBuf,
+        entry_script: PathBuf,
         stall_limit: Duration,
     ) -> Self {
         PythonWorker {
@@ -94,6 +97,7 @@ impl PythonWorker {
             logs,
             stderr_start,
             python,
+            entry_script,
             stall_limit,
         }
     }
@@ -222,8 +226,33 @@ impl PythonWorker {
         }
     }
 
-    /// The message of an init failure for the engine (the traceback included).
-    fn init_failure(&self, stage: &str, message: &str, traceback: Option<&str>) -> PrsError {
+    /// The message of an init failure for the engine (the traceback included). A `fatal` one
+    /// (every try would fail the same way) is a configuration error: missing packages name
+    /// `environment`, a script that cannot be loaded is an [`PrsError::EntryScript`].
+    fn init_failure(
+        &self,
+        stage: &str,
+        message: &str,
+        traceback: Option<&str>,
+        fatal: bool,
+    ) -> PrsError {
+        if fatal && stage == "packages" {
+            return PrsError::config("environment", self.python.display(), message);
+        }
+        if fatal {
+            let mut text = format!(
+                "cannot be loaded: {message}. Not retried (every try would fail the same way): \
+                 fix the script; `parallel-run validate` checks it without running anything"
+            );
+            if let Some(tb) = traceback {
+                text.push('\n');
+                text.push_str(tb.trim_end());
+            }
+            return PrsError::EntryScript {
+                script: self.entry_script.display().to_string(),
+                message: text,
+            };
+        }
         let text = match stage {
             "packages" => message.to_string(),
             "import" => match traceback {
@@ -236,7 +265,7 @@ impl PythonWorker {
             },
         };
         let mut text = text.trim_end().to_string();
-        if message.starts_with("SystemExit") {
+        if message.contains("SystemExit") {
             // The script exited by itself (argparse does on bad arguments): what it printed
             // says why.
             let tail = log_tail(&self.logs.stderr, self.stderr_start, STDERR_TAIL_BYTES);
@@ -299,10 +328,11 @@ impl PythonWorker {
                     stage,
                     message,
                     traceback,
+                    fatal,
                 },
                 _,
             )) => {
-                let error = self.init_failure(&stage, &message, traceback.as_deref());
+                let error = self.init_failure(&stage, &message, traceback.as_deref(), fatal);
                 // The worker exits by itself after INIT_ERROR.
                 let _ = self.await_death().await;
                 Err(error)
@@ -452,6 +482,7 @@ impl Worker for PythonWorker {
                             stage,
                             message,
                             traceback,
+                            ..
                         },
                         _,
                     ) => return Ok((Some(format!("{stage} failed: {message}")), traceback)),

@@ -163,6 +163,32 @@ class BadResult(Exception):
     """run() returned something that cannot be used."""
 
 
+class MissingRun(AttributeError):
+    """The entry script defines no run()."""
+
+
+def load_error(exc, script):
+    """(message, fatal) for a failed import of the entry script. The message names the file
+    and line: a SyntaxError's own, else the innermost frame of the user's code. A SyntaxError,
+    an ImportError or a missing run() fails the same way at every try: fatal (not retried)."""
+    if isinstance(exc, MissingRun):
+        return "%s: %s" % (script, exc), True
+    if isinstance(exc, SyntaxError):
+        where = "%s, line %s" % (exc.filename or script, exc.lineno)
+        text = clean("%s: %s" % (type(exc).__name__, exc.msg))
+    else:
+        import traceback
+
+        here = os.path.abspath(__file__)
+        frames = [
+            f for f in traceback.extract_tb(exc.__traceback__)
+            if not f.filename.startswith("<") and os.path.abspath(f.filename) != here
+        ]
+        where = "%s, line %s" % (frames[-1].filename, frames[-1].lineno) if frames else script
+        text = one_line(exc)
+    return "%s: %s" % (clean(where), text), isinstance(exc, (SyntaxError, ImportError))
+
+
 def format_exc():
     """The current exception's traceback (traceback is imported only when one is needed)."""
     import traceback
@@ -387,7 +413,9 @@ class Worker:
         self.module = module
         run = getattr(module, "run", None)
         if not callable(run):
-            raise AttributeError("entry script %s has no run(mini_batch) function" % path)
+            raise MissingRun(
+                "no run(mini_batch) function; define one (init() and shutdown() are optional)"
+            )
         self.run_fn = run
         self.pass_context = wants_context(run)
 
@@ -395,14 +423,18 @@ class Worker:
         """Imports and init(); sends READY or INIT_ERROR. Returns False when init failed."""
         error = self.import_packages()
         if error is not None:
-            self.init_error("packages", error, None)
+            self.init_error("packages", error, None, fatal=True)
             return False
         try:
             self.import_entry_script()
         except BaseException as e:  # noqa: B902 - SystemExit at import is a failure too
-            self.init_error("import", one_line(e), format_exc())
+            message, fatal = load_error(e, self.config["entry_script"])
+            tb = None if isinstance(e, MissingRun) else format_exc()
+            self.init_error("import", message, tb, fatal=fatal)
             return False
         init = getattr(self.module, "init", None)
+        if self.config.get("check_only"):
+            init = None  # parallel-run validate: the script loads; init() is not run
         if callable(init):
             try:
                 init()
@@ -425,13 +457,13 @@ class Worker:
         )
         return True
 
-    def init_error(self, stage, message, tb):
+    def init_error(self, stage, message, tb, fatal=False):
         if tb:
             sys.stderr.write(tb)
         else:
             sys.stderr.write(message + "\n")
         flush_std()
-        header = {"type": "INIT_ERROR", "stage": stage, "message": clean(message)}
+        header = {"type": "INIT_ERROR", "stage": stage, "message": clean(message), "fatal": fatal}
         if tb:
             header["traceback"] = clean(tb)
         self.channel.send(header)
@@ -599,6 +631,10 @@ def main():
     if not worker.start():
         logging.shutdown()
         os._exit(1)
+    if config.get("check_only"):
+        flush_std()
+        logging.shutdown()
+        os._exit(0)
     try:
         worker.serve()
     except BrokenPipeError:
