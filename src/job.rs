@@ -320,6 +320,9 @@ pub fn factory_with_env(
 
 /// Runs the operator over `inputs` with workers from `factory`, commits the output exactly
 /// once and writes the report. A job that ran and failed returns `Ok` with status `failed`.
+/// The output folder is taken as it is: [`run_job_spec`] and [`crate::ParallelRun`] refuse
+/// (or clear, with `overwrite`) an earlier run's results before their workers start
+/// ([`crate::output::prepare_output_dir`]); callers of this function do that themselves.
 pub async fn execute(
     config: &ParallelRunConfig,
     options: &JobOptions,
