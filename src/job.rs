@@ -632,6 +632,31 @@ mod tests {
     }
 
     #[test]
+    fn a_report_that_cannot_be_written_fails_the_job_and_takes_its_output_away() {
+        let d = tempfile::tempdir().unwrap();
+        let output = d.path().join("parallel_run_step.txt");
+        std::fs::write(&output, "1\n2\n").unwrap();
+        // The log folder's name is taken by a file: nothing can be written below it.
+        let log_dir = d.path().join("logs");
+        std::fs::write(&log_dir, "not a folder").unwrap();
+        let counts = crate::exec::JobCounts {
+            scheduling_done: true,
+            ..Default::default()
+        };
+        let mut summary = JobSummary::from_counts(&counts, 0, Duration::ZERO);
+        summary.output = Some(output.clone());
+        write_report(&log_dir, &mut summary, &[]);
+        assert!(!summary.succeeded());
+        assert!(
+            summary.reason.starts_with("writing the report to")
+                && summary.reason.contains("the final output file was removed"),
+            "{}",
+            summary.reason
+        );
+        assert!(!output.exists() && summary.output.is_none());
+    }
+
+    #[test]
     fn the_bar_counts_items_and_its_total_never_grows() {
         let state = JobState::new(
             RunSettings::from_config(
