@@ -342,6 +342,9 @@ pub fn factory_with_env(
 
 /// Runs the operator over `inputs` with workers from `factory`, commits the output exactly
 /// once and writes the report. A job that ran and failed returns `Ok` with status `failed`.
+/// The output folder is taken as it is: [`run_job_spec`] and [`crate::ParallelRun`] refuse
+/// (or clear, with `overwrite`) an earlier run's results before their workers start
+/// ([`crate::output::prepare_output_dir`]); callers of this function do that themselves.
 pub async fn execute(
     config: &ParallelRunConfig,
     options: &JobOptions,
@@ -556,14 +559,9 @@ fn spawn_progress(
     progress: Progress,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let bar = (progress == Progress::Console && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} mini batches {msg} ETA {eta}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar
-        });
+        let bar = (progress == Progress::Console && std::io::stderr().is_terminal())
+            .then(indicatif::ProgressBar::new_spinner);
+        let mut shown: Option<Option<u64>> = None;
         let mut tick = 0u64;
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -571,13 +569,7 @@ fn spawn_progress(
             let counts = state.counts();
             let elapsed = state.elapsed();
             if let Some(bar) = &bar {
-                bar.set_length(counts.mini_batches_total);
-                bar.set_position(counts.mini_batches_processed);
-                let rate = counts.items_processed as f64 / elapsed.as_secs_f64().max(0.001);
-                bar.set_message(format!(
-                    "{rate:.0} items/s, {} failed",
-                    counts.mini_batches_failed
-                ));
+                draw_bar(bar, &counts, elapsed, &mut shown);
             } else if progress == Progress::Console && tick.is_multiple_of(20) {
                 eprintln!("parallel-run: {}", report::progress_line(&counts, elapsed));
             }
@@ -586,6 +578,49 @@ fn spawn_progress(
             }
         }
     })
+}
+
+/// The live bar's template for an item total (`None`: not known yet).
+fn bar_template(total: Option<u64>) -> &'static str {
+    match total {
+        Some(_) => "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} items {msg} ETA {eta}",
+        None => "{spinner} [{elapsed_precise}] {pos} items, total: estimating {msg}",
+    }
+}
+
+/// Draws `counts` on the live bar: a bar in items once their exact total is known (from
+/// metadata at the start, else once every mini-batch is cut), so its length never grows
+/// and its ETA holds; until then a spinner that says "estimating". `shown` is the total the
+/// bar was last set up for.
+fn draw_bar(
+    bar: &indicatif::ProgressBar,
+    counts: &crate::exec::JobCounts,
+    elapsed: Duration,
+    shown: &mut Option<Option<u64>>,
+) {
+    let total = counts.items_total_known();
+    if *shown != Some(total) {
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(bar_template(total))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        match total {
+            Some(items) => bar.set_length(items),
+            None => bar.unset_length(),
+        }
+        *shown = Some(total);
+    }
+    bar.set_position(counts.items_processed);
+    let mini_batches = if counts.mini_batches_total_exact() {
+        counts.mini_batches_total.to_string()
+    } else {
+        format!("at least {}", counts.mini_batches_total)
+    };
+    let rate = counts.items_processed as f64 / elapsed.as_secs_f64().max(0.001);
+    bar.set_message(format!(
+        "({} of {mini_batches} mini batches, {rate:.0} items/s, {} failed)",
+        counts.mini_batches_processed, counts.mini_batches_failed
+    ));
 }
 
 fn finish_progress(progress: Progress, counts: &crate::exec::JobCounts, elapsed: Duration) {
@@ -633,6 +668,61 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    }
+
+    #[test]
+    fn a_report_that_cannot_be_written_fails_the_job_and_takes_its_output_away() {
+        let d = tempfile::tempdir().unwrap();
+        let output = d.path().join("parallel_run_step.txt");
+        std::fs::write(&output, "1\n2\n").unwrap();
+        // The log folder's name is taken by a file: nothing can be written below it.
+        let log_dir = d.path().join("logs");
+        std::fs::write(&log_dir, "not a folder").unwrap();
+        let counts = crate::exec::JobCounts {
+            scheduling_done: true,
+            ..Default::default()
+        };
+        let mut summary = JobSummary::from_counts(&counts, 0, Duration::ZERO);
+        summary.output = Some(output.clone());
+        write_report(&log_dir, &mut summary, &[]);
+        assert!(!summary.succeeded());
+        assert!(
+            summary.reason.starts_with("writing the report to")
+                && summary.reason.contains("the final output file was removed"),
+            "{}",
+            summary.reason
+        );
+        assert!(!output.exists() && summary.output.is_none());
+    }
+
+    #[test]
+    fn the_bar_counts_items_and_its_total_never_grows() {
+        let state = JobState::new(
+            RunSettings::from_config(
+                &ParallelRunConfig::new("rust:echo", -1, OutputAction::SummaryOnly),
+                false,
+            )
+            .unwrap(),
+            Arc::new(crate::exec::NoopObserver),
+        );
+        let bar = indicatif::ProgressBar::hidden();
+        let mut shown = None;
+        state.mini_batch_scheduled(10);
+        draw_bar(&bar, &state.counts(), Duration::from_secs(1), &mut shown);
+        assert_eq!(bar.length(), None, "no total yet: a spinner");
+        assert!(bar_template(None).contains("estimating"));
+        // Metadata gives the total: a bar in items from then on, whatever is cut later.
+        state.expect_items(100);
+        for _ in 0..5 {
+            state.mini_batch_scheduled(10);
+            draw_bar(&bar, &state.counts(), Duration::from_secs(1), &mut shown);
+            assert_eq!(bar.length(), Some(100));
+        }
+        assert!(
+            bar.message().contains("of at least 6 mini batches"),
+            "{}",
+            bar.message()
+        );
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! parts are merged into the final file (temporary name, then an atomic rename) in completion
 //! order, or in mini-batch id order with `preserve_order`, and the staging folder is removed.
 //! When the job fails, no final file appears and the staging folder is kept and named.
+//!
+//! A new run never starts on an earlier run's results ([`prepare_output_dir`]): a failed
+//! rerun would otherwise leave the old final file beside a report of its own.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};

@@ -113,22 +113,17 @@ impl RemoteOutput {
         overwrite: bool,
         storage: &StorageContext,
     ) -> Result<()> {
+        let fail = |operation: &str, object: &ObjectPath, e: &object_store::Error| {
+            let url = self.location.url_of(object);
+            storage_error(&self.location, operation, &url, e, storage.options())
+        };
         let mut found = Vec::new();
         for relative in [final_name, "logs/job_summary.json"] {
             let object = self.object(relative);
             match self.store.head(&object).await {
                 Ok(_) => found.push(self.location.url_of(&object)),
                 Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    let url = self.location.url_of(&object);
-                    return Err(storage_error(
-                        &self.location,
-                        "HEAD",
-                        &url,
-                        &e,
-                        storage.options(),
-                    ));
-                }
+                Err(e) => return Err(fail("HEAD", &object, &e)),
             }
         }
         if found.is_empty() {
@@ -141,33 +136,12 @@ impl RemoteOutput {
         let logs = self.object("logs");
         let mut listing = self.store.list(Some(&logs));
         while let Some(meta) = listing.next().await {
-            match meta {
-                Ok(meta) => doomed.push(meta.location),
-                Err(e) => {
-                    let url = self.location.url_of(&logs);
-                    return Err(storage_error(
-                        &self.location,
-                        "LIST",
-                        &url,
-                        &e,
-                        storage.options(),
-                    ));
-                }
-            }
+            doomed.push(meta.map_err(|e| fail("LIST", &logs, &e))?.location);
         }
         for object in doomed {
             match self.store.delete(&object).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    let url = self.location.url_of(&object);
-                    return Err(storage_error(
-                        &self.location,
-                        "DELETE",
-                        &url,
-                        &e,
-                        storage.options(),
-                    ));
-                }
+                Err(e) => return Err(fail("DELETE", &object, &e)),
             }
         }
         Ok(())
