@@ -110,9 +110,15 @@ pub async fn run_job_spec(
     for folder in &spec.output_folders {
         std::fs::create_dir_all(folder).map_err(|e| PrsError::io(folder, e))?;
     }
+    // `models:` reach the workers through environment variables (and a folder layout).
+    let mut config = spec.config.clone();
+    for (name, value) in model_environment(&spec.models, &options.output)? {
+        config.environment_variables.entry(name).or_insert(value);
+    }
+    let config = &config;
     // Workers first: they start (and run init()) while the inputs are listed and planned.
-    let factory = factory_for(&spec.config, &options, registry)?;
-    factory.prestart(&worker_slots(&spec.config)).await;
+    let factory = factory_for(config, &options, registry)?;
+    factory.prestart(&worker_slots(config)).await;
     let ctx = job_session_with(spec.memory_limit.as_ref().map(|m| m.value));
     let prepared = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
     let state = ctx.state();
@@ -127,7 +133,7 @@ pub async fn run_job_spec(
         inputs.push((plan, p.info));
     }
     execute_with_storage(
-        &spec.config,
+        config,
         &options,
         inputs,
         factory,
@@ -135,6 +141,53 @@ pub async fn run_job_spec(
         Some(&storage),
     )
     .await
+}
+
+/// The worker environment for a job's `models:` (name or `name:version` -> local path):
+/// `PARALLEL_RUN_MODELS` (JSON `{name: {version: path}}`, read by the `azureml.core.Model`
+/// stand-in), and Azure's own layout `<output>/.parallel_run/azureml-models/<name>/<version>/`
+/// (links to the models) with `AML_APP_ROOT` and `AZUREML_MODEL_DIR` pointing into it, which is
+/// where the real azureml-core looks for models offline.
+fn model_environment(
+    models: &BTreeMap<String, String>,
+    output: &Path,
+) -> Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    if models.is_empty() {
+        return Ok(env);
+    }
+    let root = output.join(WORK_DIR_NAME);
+    let layout = root.join("azureml-models");
+    let mut registry: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut last_dir = layout.clone();
+    for (key, path) in models {
+        let (name, version) = key.split_once(':').unwrap_or((key, "1"));
+        registry
+            .entry(name.to_string())
+            .or_default()
+            .insert(version.to_string(), path.clone());
+        let dir = layout.join(name).join(version);
+        std::fs::create_dir_all(&dir).map_err(|e| PrsError::io(&dir, e))?;
+        let target = Path::new(path);
+        let link = dir.join(target.file_name().unwrap_or(name.as_ref()));
+        if std::fs::symlink_metadata(&link).is_ok() {
+            std::fs::remove_file(&link).map_err(|e| PrsError::io(&link, e))?;
+        }
+        std::os::unix::fs::symlink(target, &link).map_err(|e| PrsError::io(&link, e))?;
+        last_dir = dir;
+    }
+    let model_dir = if models.len() == 1 { last_dir } else { layout };
+    let json = serde_json::to_string(&registry).map_err(|e| PrsError::Output {
+        path: "models".into(),
+        message: e.to_string(),
+    })?;
+    env.insert("PARALLEL_RUN_MODELS".to_string(), json);
+    env.insert("AML_APP_ROOT".to_string(), root.display().to_string());
+    env.insert(
+        "AZUREML_MODEL_DIR".to_string(),
+        model_dir.display().to_string(),
+    );
+    Ok(env)
 }
 
 /// The exact number of rows of all `inputs` from their plans' statistics (Parquet footers),

@@ -2,6 +2,7 @@
 //! arguments around it. Relative paths are relative to the job file's folder.
 
 use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
@@ -151,6 +152,9 @@ pub struct JobSpec {
     /// Memory the engine may use for buffering and grouping (partition_keys spill to disk
     /// beyond it); `None` = half of the machine's memory.
     pub memory_limit: Option<MiniBatchSize>,
+    /// `models:`: model name (or `name:version`) -> local path, for the entry script's
+    /// `Model.get_model_path(name, version)` (see the README); paths are absolute.
+    pub models: BTreeMap<String, String>,
     /// The folder relative paths were resolved against (the job file's); not saved by
     /// [`JobSpec::to_yaml`]. Python workers run in it unless `source_directory` is set, as on
     /// Azure where the code snapshot is the working directory. `None` for a job built in code.
@@ -224,6 +228,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "mini_batch_format",
     "memory_limit",
     "storage_options",
+    "models",
 ];
 
 /// Top-level keys that `--set` may override (the rest of `--set` goes to `parallel_run_config`).
@@ -437,6 +442,14 @@ impl JobSpec {
         root.insert("storage_options".into(), Value::Mapping(storage));
         if let Some(limit) = &self.memory_limit {
             root.insert("memory_limit".into(), limit.raw.as_str().into());
+        }
+        if !self.models.is_empty() {
+            let models: Mapping = self
+                .models
+                .iter()
+                .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                .collect();
+            root.insert("models".into(), Value::Mapping(models));
         }
         let text = serde_yaml::to_string(&root).map_err(|e| PrsError::Output {
             path: "(job YAML)".into(),
@@ -656,8 +669,45 @@ fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<
             None => None,
         },
         storage_options,
+        models: read_models(top.take("models"), base_dir)?,
         base_dir: Some(base_dir.to_path_buf()),
     })
+}
+
+/// `models:`: a mapping of model names (`iris`, or `iris:2` for a version) to local files or
+/// folders, resolved against the job's folder.
+fn read_models(value: Option<Value>, base_dir: &Path) -> Result<BTreeMap<String, String>> {
+    const RULE: &str = "must map model names (or name:version) to local files or folders, e.g. \
+                        {iris: ./models/iris.pkl, \"iris:2\": ./models/iris-v2/}";
+    let Some(value) = value else {
+        return Ok(BTreeMap::new());
+    };
+    let mut out = BTreeMap::new();
+    for (name, path) in string_map("models", value, RULE)? {
+        let field = format!("models.{name}");
+        let (model, version) = name.split_once(':').unwrap_or((&name, "1"));
+        if model.is_empty() || version.is_empty() || version.contains(['/', ':']) {
+            return Err(PrsError::config(&field, &name, RULE));
+        }
+        if is_url(&path) {
+            return Err(PrsError::config(
+                &field,
+                &path,
+                "models on object storage are not downloaded yet: copy the model to a local \
+                 folder and name that",
+            ));
+        }
+        let resolved = resolve(base_dir, &path);
+        if !resolved.exists() {
+            return Err(PrsError::config(
+                &field,
+                &path,
+                format!("{} does not exist", resolved.display()),
+            ));
+        }
+        out.insert(name.clone(), resolved.display().to_string());
+    }
+    Ok(out)
 }
 
 /// The output: object-storage URLs are kept as written, `file://` URLs become paths, other

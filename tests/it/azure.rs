@@ -358,3 +358,189 @@ def run(mini_batch):
         "{run:?}"
     );
 }
+
+/// Microsoft's published v1 sample scripts (tests/data/azure-samples), copied unchanged.
+fn sample_script(name: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/azure-samples")
+            .join(name),
+    )
+    .unwrap()
+}
+
+/// iris_score.py: `from azureml.core.model import Model` and `Model.get_model_path(name)` from
+/// the job's `models:` key; a pickled model (a stand-in class, no scikit-learn needed).
+#[test]
+fn the_iris_sample_finds_its_model_through_the_model_stand_in() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::create_dir_all(dir.join("Code")).unwrap();
+    std::fs::write(
+        dir.join("Code/iris_score.py"),
+        sample_script("iris_score.py"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("Code/stub_model.py"),
+        "import numpy\n\nclass IrisModel:\n    def predict(self, frame):\n        return numpy.array(['Setosa' if v < 5.5 else 'Virginica' for v in frame.iloc[:, 0]])\n",
+    )
+    .unwrap();
+    let pickled = std::process::Command::new(samples_python())
+        .current_dir(dir.join("Code"))
+        .args([
+            "-c",
+            "import pickle, stub_model; pickle.dump(stub_model.IrisModel(), open('../iris.pkl', 'wb'))",
+        ])
+        .status()
+        .unwrap();
+    assert!(pickled.success());
+    let mut csv = String::from("sepal.length,sepal.width,petal.length,petal.width,variety\n");
+    for i in 0..150 {
+        csv.push_str(&format!(
+            "{},3.5,1.4,0.2,unknown\n",
+            if i % 2 == 0 { "5.1" } else { "6.3" }
+        ));
+    }
+    std::fs::write(dir.join("iris.csv"), csv).unwrap();
+    let job = write_job(
+        dir,
+        &format!("entry_script: iris_score.py\nsource_directory: Code\nenvironment: {{python: {}}}\nerror_threshold: 10\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 1KB", samples_python()),
+        "inputs:\n  - {name: iris, path: iris.csv, format: csv}\nmodels: {iris: iris.pkl}\narguments: [--model_name, iris]\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut got = lines(&dir.join("out/parallel_run_step.txt"));
+    assert_eq!(got.len(), 150);
+    got.sort();
+    got.dedup();
+    assert_eq!(got, ["5.1 3.5 1.4 0.2 Setosa", "6.3 3.5 1.4 0.2 Virginica"]);
+
+    // An unknown model name fails init() naming the known ones.
+    let run = run_job(&job, &["--overwrite", "--set", "allowed_failed_count=0"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let bad = write_job(
+        dir,
+        &format!("entry_script: iris_score.py\nsource_directory: Code\nenvironment: {{python: {}}}\nerror_threshold: 10\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1", samples_python()),
+        "inputs:\n  - {name: iris, path: iris.csv, format: csv}\nmodels: {iris: iris.pkl}\narguments: [--model_name, roses]\noutput: out-bad\n",
+    );
+    let run = run_job(&bad, &[]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let reason = summary(&dir.join("out-bad"))["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        reason.contains("'roses' is not known") && reason.contains("iris:1"),
+        "{reason}"
+    );
+}
+
+/// total_income.py with partition_keys on a CSV (the tabular partition notebook), and
+/// `Run.get_context()` metrics from a script that logs them.
+#[test]
+fn the_total_income_sample_runs_per_key_and_run_metrics_are_logged() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::write(
+        dir.join("total_income.py"),
+        sample_script("total_income.py"),
+    )
+    .unwrap();
+    let mut csv = String::from("STATE,INCOME\n");
+    for (state, income) in [("WA", 10), ("CA", 5), ("WA", 20), ("NY", 7), ("CA", 1)] {
+        csv.push_str(&format!("{state},{income}\n"));
+    }
+    std::fs::write(dir.join("income.csv"), csv).unwrap();
+    let job = write_job(
+        dir,
+        &format!("entry_script: total_income.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\npartition_keys: [STATE]", python()),
+        "inputs:\n  - {name: income, path: income.csv, format: csv}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut got = lines(&dir.join("out/parallel_run_step.txt"));
+    got.sort();
+    assert_eq!(
+        got,
+        ["CA 1 6", "CA 5 6", "NY 7 7", "WA 10 30", "WA 20 30"],
+        "each row with its key's total"
+    );
+
+    std::fs::write(
+        dir.join("metrics.py"),
+        "from azureml.core import Run\n\ndef run(mini_batch):\n    r = Run.get_context()\n    r.log('rows', len(mini_batch))\n    r.log_row('seen', count=len(mini_batch))\n    assert r.parent is not None and r.experiment.name\n    return mini_batch\n",
+    )
+    .unwrap();
+    let run = run_job(
+        &job,
+        &[
+            "--set",
+            "entry_script=metrics.py",
+            "--output",
+            dir.join("out2").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    let metrics_dir = dir.join("out2/logs/user/metrics/node000");
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(&metrics_dir).unwrap() {
+        for line in lines(&entry.unwrap().path()) {
+            records.push(serde_json::from_str::<serde_json::Value>(&line).unwrap());
+        }
+    }
+    let rows: i64 = records
+        .iter()
+        .filter(|r| r["name"] == "rows")
+        .map(|r| r["value"].as_i64().unwrap())
+        .sum();
+    assert_eq!(rows, 5, "{records:?}");
+    assert!(records
+        .iter()
+        .any(|r| r["kind"] == "row" && r["name"] == "seen"));
+}
+
+/// `mini_batch_context.dataset` (v1's total_file_size.py prints it): a readable repr, `to_path()`
+/// for file datasets and `to_pandas_dataframe()` for tables.
+#[test]
+fn the_mini_batch_context_has_a_dataset() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    for i in 0..4 {
+        std::fs::write(dir.join(format!("docs/{i}.txt")), "x".repeat(i + 1)).unwrap();
+    }
+    write_parquet(&dir.join("rows.parquet"), 0, 20, 20);
+    std::fs::write(
+        dir.join("entry.py"),
+        r#"
+import os
+def run(mini_batch, mini_batch_context):
+    ds = mini_batch_context.dataset
+    print(ds)
+    assert "input=" in repr(ds), repr(ds)
+    if isinstance(mini_batch, list):
+        assert ds.to_path() == mini_batch
+        return ["%s %d" % (mini_batch_context.input_name, sum(os.path.getsize(p) for p in ds.to_path()))]
+    frame = ds.to_pandas_dataframe()
+    return ["%s %d" % (mini_batch_context.input_name, len(frame))] * len(mini_batch)
+"#,
+    )
+    .unwrap();
+    let job = write_job(
+        dir,
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: -1\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1\nmini_batch_size: 4", python()),
+        "inputs:\n  - {name: docs, path: docs, format: files}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lines(&dir.join("out/parallel_run_step.txt")), ["docs 10"]);
+    let job = write_job(
+        dir,
+        &format!("entry_script: entry.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1", python()),
+        "inputs:\n  - {name: rows, path: rows.parquet, format: parquet}\noutput: out2\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(lines(&dir.join("out2/parallel_run_step.txt")).len(), 20);
+}

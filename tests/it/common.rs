@@ -212,6 +212,23 @@ pub fn parquet_ids(path: &Path) -> Vec<i64> {
 
 /// A Python interpreter with numpy, pandas and pyarrow: `$PARALLEL_RUN_PYTHON`, the repo's
 /// `.venv`, or `python3`.
+/// The Python of the Azure sample tests: their own requirements (pandas 2, as Azure's
+/// samples were written for it): `$PARALLEL_RUN_SAMPLES_PYTHON`, else the repo's
+/// `.venv-samples` (made by `.ci/run`).
+pub fn samples_python() -> String {
+    if let Ok(p) = std::env::var("PARALLEL_RUN_SAMPLES_PYTHON") {
+        return p;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv-samples/bin/python");
+    assert!(
+        venv.exists(),
+        "the Azure sample tests need {} (pandas 2, numpy, pyarrow): run `bash .ci/run` once, or \
+         `python3 -m venv .venv-samples && .venv-samples/bin/pip install 'pandas<3' numpy pyarrow`",
+        venv.display()
+    );
+    venv.display().to_string()
+}
+
 pub fn python() -> String {
     if let Ok(p) = std::env::var("PARALLEL_RUN_PYTHON") {
         return p;

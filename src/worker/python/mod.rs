@@ -133,13 +133,31 @@ const BOOTSTRAP_FILES: &[(&str, &str)] = &[
         "parallel_run/__init__.py",
         include_str!("bootstrap/parallel_run/__init__.py"),
     ),
+    // Stand-ins for Azure modules, each put on the import path only when the real module is
+    // not installed (prs_worker.py decides per module).
     (
-        "azureml_user/__init__.py",
-        include_str!("bootstrap/azureml_user/__init__.py"),
+        "standins/azureml_user/azureml_user/__init__.py",
+        include_str!("bootstrap/standins/azureml_user/azureml_user/__init__.py"),
     ),
     (
-        "azureml_user/parallel_run/__init__.py",
-        include_str!("bootstrap/azureml_user/parallel_run/__init__.py"),
+        "standins/azureml_user/azureml_user/parallel_run/__init__.py",
+        include_str!("bootstrap/standins/azureml_user/azureml_user/parallel_run/__init__.py"),
+    ),
+    (
+        "standins/azureml_core/azureml/__init__.py",
+        include_str!("bootstrap/standins/azureml_core/azureml/__init__.py"),
+    ),
+    (
+        "standins/azureml_core/azureml/core/__init__.py",
+        include_str!("bootstrap/standins/azureml_core/azureml/core/__init__.py"),
+    ),
+    (
+        "standins/azureml_core/azureml/core/model.py",
+        include_str!("bootstrap/standins/azureml_core/azureml/core/model.py"),
+    ),
+    (
+        "standins/azureml_core/azureml/core/run.py",
+        include_str!("bootstrap/standins/azureml_core/azureml/core/run.py"),
     ),
 ];
 

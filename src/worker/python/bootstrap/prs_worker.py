@@ -24,6 +24,8 @@ import threading
 import time
 
 CONFIG_ENV = "PARALLEL_RUN_WORKER"
+# (module, folder under standins/): Azure modules parallel-run stands in for.
+STANDINS = (("azureml_user.parallel_run", "azureml_user"), ("azureml.core", "azureml_core"))
 RESULT_SHAPE_KEY = "parallel_run.result_shape"
 PREFIX = struct.Struct("<IQ")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -130,17 +132,52 @@ class Channel:
                 parts[0] = parts[0][written:]
 
 
+class MiniBatchDataset:
+    """``mini_batch_context.dataset``: the slice of the input this mini-batch holds, as Azure's
+    scripts print or read it (``to_path()`` for file datasets, ``to_pandas_dataframe()`` for
+    tables)."""
+
+    __slots__ = ("input_name", "mini_batch_id", "partition_key_value", "_mini_batch")
+
+    def __init__(self, context, mini_batch):
+        self.input_name = context.input_name
+        self.mini_batch_id = context.mini_batch_id
+        self.partition_key_value = context.partition_key_value
+        self._mini_batch = mini_batch
+
+    def to_path(self):
+        """The local paths of a file dataset's mini-batch."""
+        if isinstance(self._mini_batch, list):
+            return list(self._mini_batch)
+        raise TypeError("input %r is a table, not a file dataset: use to_pandas_dataframe()" % self.input_name)
+
+    def to_pandas_dataframe(self):
+        """The rows of a tabular mini-batch as a pandas DataFrame."""
+        if isinstance(self._mini_batch, list):
+            raise TypeError("input %r is a file dataset: use to_path()" % self.input_name)
+        to_pandas = getattr(self._mini_batch, "to_pandas", None)
+        return to_pandas() if callable(to_pandas) else self._mini_batch
+
+    def __repr__(self):
+        text = "MiniBatchDataset(input=%r, mini_batch=%r" % (self.input_name, self.mini_batch_id)
+        if self.partition_key_value:
+            text += ", partition=%r" % (self.partition_key_value,)
+        return text + ")"
+
+
 class MiniBatchContext:
     """The second argument of a two-argument run(mini_batch, mini_batch_context)."""
 
-    __slots__ = ("partition_key_value", "minibatch_index", "mini_batch_id", "input_name", "attempt")
+    __slots__ = ("partition_key_value", "minibatch_index", "mini_batch_id", "input_name", "attempt",
+                 "dataset")
 
-    def __init__(self, header):
+    def __init__(self, header, mini_batch=None):
         self.partition_key_value = dict(header.get("partition_key_value") or {})
         self.minibatch_index = header.get("minibatch_index", 0)
         self.mini_batch_id = header.get("id", "")
         self.input_name = header.get("input_name", "")
         self.attempt = header.get("attempt", 1)
+        self.dataset = MiniBatchDataset(self, mini_batch)
 
     def __getitem__(self, key):
         if key in self.__slots__:
@@ -489,7 +526,7 @@ class Worker:
             return {"type": "ERROR", "kind": "exception",
                     "message": "could not read mini batch %s: %s" % (mb_id, one_line(e)),
                     "traceback": clean(format_exc())}, None
-        context = MiniBatchContext(header) if self.pass_context else None
+        context = MiniBatchContext(header, mini_batch) if self.pass_context else None
         self.channel.signal(STARTED)
         try:
             if self.pass_context:
@@ -600,6 +637,18 @@ def setup_sys_path(config):
             front.append(d)
     rest = [p for p in sys.path if p not in front and os.path.abspath(p or ".") != bootstrap_dir]
     sys.path[:] = front + rest
+    # Stand-ins for Azure modules, decided per module: each goes on the path only when the
+    # real one is not installed (azureml is a namespace many packages share).
+    import importlib.util
+
+    for module, folder in STANDINS:
+        try:
+            installed = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            installed = False
+        if not installed:
+            sys.path.append(os.path.join(bootstrap_dir, "standins", folder))
+            sys.modules.pop(module.split(".")[0], None)  # a namespace probed before re-resolves
 
 
 def setup_logging(level):
