@@ -33,7 +33,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::EmissionType;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
@@ -311,17 +311,27 @@ impl fmt::Debug for ParallelRunReportExec {
 impl ParallelRunReportExec {
     /// The report writer above `input` (a [`ParallelRunExec`] reporting to `state`).
     pub fn new(input: Arc<dyn ExecutionPlan>, run: Arc<SqlRun>, state: Arc<JobState>) -> Self {
-        let partitions = if run.preserve_order {
-            1
+        let properties = Arc::new(if run.preserve_order {
+            // One partition, emitted once the job is done, in mini-batch order (not an
+            // ordering of any column).
+            PlanProperties::new(
+                EquivalenceProperties::new(input.schema()),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Final,
+                input.boundedness(),
+            )
         } else {
-            input.output_partitioning().partition_count()
-        };
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(input.schema()),
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+            // Rows pass through partition by partition, unchanged: whatever the input
+            // guarantees (its ordering, e.g. a sort the optimizer pushed below, and its
+            // partitioning) holds here too, as `maintains_input_order` says.
+            PlanProperties::new(
+                input.equivalence_properties().clone(),
+                input.output_partitioning().clone(),
+                input.pipeline_behavior(),
+                input.boundedness(),
+            )
+        });
+        let partitions = properties.output_partitioning().partition_count();
         let tracker = Arc::new(Tracker::new(run.clone(), state.clone(), partitions));
         ParallelRunReportExec {
             input,

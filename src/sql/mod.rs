@@ -26,7 +26,9 @@
 //! - **Semantics** ([`exec`]): the same operator as a YAML job ([`crate::exec::ParallelRunExec`]),
 //!   so the same mini-batches, retries, timeouts and thresholds; only rows of succeeded
 //!   mini-batches reach the query. A threshold exceeded fails the statement. EXPLAIN shows
-//!   `ParallelRunReportExec` over `ParallelRunExec` with its settings.
+//!   `ParallelRunReportExec` over `ParallelRunExec` with its settings (with a sort of each
+//!   worker's rows between them when the query orders the rows: the report operator passes
+//!   rows through unchanged, so it keeps its input's ordering and partitioning).
 //! - **The report** goes to `report_dir`: the files a YAML job writes under `<output>/logs/`
 //!   (`job_result.txt`, `job_summary.json`, `job_progress_overview.txt`,
 //!   `sys/job_report/processed_mini-batches.csv`, `sys/events.txt`, `user/...`). Default: for a

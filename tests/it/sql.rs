@@ -444,6 +444,108 @@ fn results_can_be_filtered_joined_and_aggregated() {
     assert_eq!(report_summary(&report)["items_failed"], 3);
 }
 
+/// `parallel_run(...)` over ids 1..=3000 in mini-batches of 125 rows on three workers.
+const THREE_WORKERS: &str = "parallel_run((SELECT value AS id FROM generate_series(1, 3000)), \
+     entry_script => 'rust:echo', error_threshold => 0, mini_batch_size => 1000, \
+     process_count_per_node => 3, output_schema => 'id BIGINT')";
+
+#[test]
+fn order_by_over_several_workers_plans_and_sorts() {
+    let d = tempfile::tempdir().unwrap();
+    let run = run_sql(
+        d.path(),
+        &format!(
+            "SELECT * FROM {THREE_WORKERS} ORDER BY id DESC;\n\
+             COPY (SELECT id FROM {THREE_WORKERS} ORDER BY id) TO 'sorted.parquet' STORED AS PARQUET;\n"
+        ),
+        &["--max-rows", "3"],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout.contains("(3000 rows, the first 3 shown)"),
+        "{}",
+        run.stdout
+    );
+    let (select, _) = run.stdout.split_once("(3000 rows").unwrap();
+    let shown: Vec<&str> = select
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.contains("id"))
+        .collect();
+    assert_eq!(
+        shown,
+        vec!["| 3000 |", "| 2999 |", "| 2998 |"],
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        parquet_ids(&d.path().join("sorted.parquet")),
+        (1..=3000).collect::<Vec<_>>()
+    );
+    for report in ["parallel_run_logs", "sorted.parquet.logs"] {
+        let s = report_summary(&d.path().join(report));
+        assert_eq!(s["status"], "succeeded", "{report}: {s}");
+        assert_eq!(s["output_rows"], 3000, "{report}: {s}");
+    }
+}
+
+#[test]
+fn windows_joins_and_sorts_over_several_workers_and_partitions() {
+    let d = tempfile::tempdir().unwrap();
+    // Several target partitions: the optimizer repartitions, sorts and merges around the
+    // operator.
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(3));
+    let ctx = register_with(
+        &ctx,
+        SqlOptions::new(builtin_registry()).base_dir(d.path().to_path_buf()),
+    )
+    .unwrap();
+    let all: Vec<i64> = (1..=3000).collect();
+    tokio_runtime().block_on(async {
+        let windowed = collect(
+            &ctx,
+            &format!(
+                "SELECT id, row_number() OVER (ORDER BY id) AS rn, \
+                 count(*) OVER (PARTITION BY id % 3) AS per_class \
+                 FROM {THREE_WORKERS} ORDER BY id"
+            ),
+        )
+        .await;
+        assert_eq!(int_column(&windowed, "id"), all);
+        assert_eq!(int_column(&windowed, "rn"), all);
+        assert!(int_column(&windowed, "per_class")
+            .iter()
+            .all(|n| *n == 1000));
+
+        let joined = collect(
+            &ctx,
+            &format!(
+                "SELECT a.id, b.id * 2 AS twice FROM {THREE_WORKERS} AS a \
+                 JOIN {THREE_WORKERS} AS b ON a.id = b.id ORDER BY a.id"
+            ),
+        )
+        .await;
+        assert_eq!(int_column(&joined, "id"), all);
+        assert_eq!(
+            int_column(&joined, "twice"),
+            all.iter().map(|i| i * 2).collect::<Vec<_>>()
+        );
+
+        // preserve_order's single partition sorts like any other.
+        let ordered = collect(
+            &ctx,
+            &format!(
+                "SELECT id FROM {} ORDER BY id DESC",
+                THREE_WORKERS.replace("output_schema", "preserve_order => true, output_schema")
+            ),
+        )
+        .await;
+        assert_eq!(
+            int_column(&ordered, "id"),
+            all.iter().rev().copied().collect::<Vec<_>>()
+        );
+    });
+}
+
 #[test]
 fn output_schema_given_or_probed() {
     let d = tempfile::tempdir().unwrap();
