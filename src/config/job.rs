@@ -335,7 +335,7 @@ impl JobSpec {
     /// `preserve_order` may be overridden too, and dotted keys reach into mappings
     /// (`retry_settings.max_retries=2`, `environment.python=/usr/bin/python3`).
     pub fn load_yaml(path: &Path, overrides: &[String]) -> Result<LoadedJob> {
-        let text = std::fs::read_to_string(path).map_err(|e| PrsError::io(path, e))?;
+        let text = read_job_file(path)?;
         let folder = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
@@ -460,6 +460,30 @@ impl JobSpec {
         }
         Ok(())
     }
+}
+
+/// The text of a job file (YAML or SQL). A file that cannot be read is a usage error
+/// ([`PrsError::JobFile`], exit code 2) that says what to check.
+pub(crate) fn read_job_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let message = match e.kind() {
+            std::io::ErrorKind::NotFound => format!(
+                "does not exist (looked for {}); check the path, which is relative to the \
+                 current folder",
+                std::path::absolute(path)
+                    .unwrap_or_else(|_| path.to_path_buf())
+                    .display()
+            ),
+            std::io::ErrorKind::IsADirectory => {
+                "is a folder; give the job file inside it".to_string()
+            }
+            _ => format!("cannot be read: {e}; check that it is a readable text file"),
+        };
+        PrsError::JobFile {
+            path: path.to_path_buf(),
+            message,
+        }
+    })
 }
 
 /// Parses, applies the overrides, reads and validates a job; `source` names it in YAML errors.

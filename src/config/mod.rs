@@ -10,7 +10,9 @@ mod params;
 mod size;
 mod yaml;
 
-pub(crate) use job::{is_url, read_config_entries, resolve as resolve_path, validate_arguments};
+pub(crate) use job::{
+    is_url, read_config_entries, read_job_file, resolve as resolve_path, validate_arguments,
+};
 pub use job::{
     InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
 };

@@ -41,8 +41,10 @@
 //!   runner also resolves `CREATE EXTERNAL TABLE ... LOCATION` and `COPY ... TO` paths against
 //!   it; the CLI's base folder is the SQL file's folder (the current folder for `-e`).
 //! - **Exit codes** (CLI): 0 success; 42 a job ran and failed (a threshold exceeded, init()
-//!   failing, nothing succeeded, a result not fitting the output schema); 2 a usage or
-//!   configuration error (bad SQL, unknown table, a bad SET value or argument).
+//!   failing, nothing succeeded, a result not fitting the output schema), also when the
+//!   user's init() or run() fails in the probe; 2 a usage or configuration error (a missing
+//!   SQL file, bad SQL, an unknown table, a bad SET value or argument, any other planning
+//!   error, the optimizer's included).
 //!
 //! From Rust, [`register`] makes `parallel_run(...)` and the namespace available to a
 //! session's SQL:

@@ -61,7 +61,7 @@ pub async fn run_cli(args: &SqlArgs, registry: ScriptRegistry) -> Result<i32> {
     let cwd = std::env::current_dir().map_err(|e| PrsError::io(".", e))?;
     let (text, base_dir, source) = match (&args.file, &args.execute) {
         (Some(file), None) => {
-            let text = std::fs::read_to_string(file).map_err(|e| PrsError::io(file, e))?;
+            let text = crate::config::read_job_file(file)?;
             let folder = file.parent().filter(|p| !p.as_os_str().is_empty());
             let folder = cwd.join(folder.unwrap_or(Path::new(".")));
             (text, folder, file.clone())
@@ -279,7 +279,12 @@ impl SqlRunner {
             // DDL and SET are done by now; what is left is an empty relation.
             return Ok(None);
         }
-        let mut stream = frame.execute_stream().await.map_err(prs_error)?;
+        // Physical planning (the optimizer included) is still planning: its errors are usage
+        // errors too. Only executing the plan runs a job.
+        let task_ctx = Arc::new(frame.task_ctx());
+        let physical = frame.create_physical_plan().await.map_err(planning)?;
+        let mut stream =
+            datafusion::physical_plan::execute_stream(physical, task_ctx).map_err(prs_error)?;
         let (mut kept, mut rows) = (Vec::new(), 0usize);
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(prs_error)?;

@@ -135,3 +135,31 @@ fn output_flag_overrides_the_job_file() {
     assert!(other.join("parallel_run_step.txt").exists());
     assert!(!d.path().join("out").exists());
 }
+
+#[test]
+fn a_missing_job_file_is_a_usage_error_for_every_subcommand() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = d.path().join("nosuch.yaml");
+    let missing = missing.to_str().unwrap();
+    let missing_sql = d.path().join("nosuch.sql");
+    let missing_sql = missing_sql.to_str().unwrap();
+    for args in [
+        vec!["run", missing, "--quiet"],
+        vec!["validate", missing],
+        vec!["show-config", missing],
+        vec!["sql", missing_sql],
+    ] {
+        let run = cli(&args);
+        assert_eq!(run.code, 2, "{args:?}: {run:?}");
+        assert!(
+            run.stderr.contains("nosuch.") && run.stderr.contains("does not exist"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("check the path"), "{}", run.stderr);
+    }
+    // A folder given as the job file says so.
+    let run = cli(&["validate", d.path().to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("is a folder"), "{}", run.stderr);
+}

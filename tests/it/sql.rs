@@ -279,6 +279,57 @@ fn set_errors_name_the_key_and_exit_2() {
 }
 
 #[test]
+fn planning_errors_exit_2_but_the_probe_failing_in_user_code_exits_42() {
+    let d = tempfile::tempdir().unwrap();
+    // The optimizer rejects it (physical planning), after the SQL itself was planned.
+    let run = run_sql(
+        d.path(),
+        "SELECT (SELECT a FROM (VALUES (1), (2)) s(a) WHERE s.a > t.b) FROM (VALUES (1)) t(b)",
+        &[],
+    );
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("statement 1") && run.stderr.contains("must be aggregated"),
+        "{}",
+        run.stderr
+    );
+    // The probe runs the user's init() and run() while planning: their exceptions fail the
+    // job (42), as they would at run time.
+    for arguments in ["--init-fail", "--fail-ids 1"] {
+        let run = run_sql(
+            d.path(),
+            &format!(
+                "SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'rust:echo', \
+                 error_threshold => 0, arguments => '{arguments}')"
+            ),
+            &[],
+        );
+        assert_eq!(run.code, 42, "{arguments}: {run:?}");
+        assert!(run.stderr.contains("worker probe"), "{}", run.stderr);
+    }
+    std::fs::write(
+        d.path().join("bad.py"),
+        "def init():\n    raise ValueError('no model here')\n\ndef run(mini_batch):\n    return mini_batch\n",
+    )
+    .unwrap();
+    let run = run_sql(
+        d.path(),
+        &format!(
+            "SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'bad.py', \
+             error_threshold => 0, python => '{}')",
+            python()
+        ),
+        &[],
+    );
+    assert_eq!(run.code, 42, "{run:?}");
+    assert!(
+        run.stderr.contains("ValueError: no model here"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn a_threshold_exceeded_fails_the_statement_with_exit_42_and_the_report_written() {
     let d = tempfile::tempdir().unwrap();
     write_parquet(&d.path().join("in.parquet"), 0, 400, 400);
