@@ -168,10 +168,68 @@ impl FileListing {
     /// A listing for input `input` at `location` (a local file, folder or glob). Errors when
     /// nothing exists at the location's fixed part.
     ///
-    /// With `partition_format` (e.g. `{country}/{year}/*.jpg`, relative to the folder), its
-    /// fields become columns; without it, hive-style folders (`country=fr/`) of the first file
-    /// do.
+    /// With `partition_format` (e.g. `{country}/{year}/*.jpg`, relative to the folder; Azure's
+    /// form with the folder's own name in front is accepted, see [`Self::relative_format`]),
+    /// its fields become columns and files that do not match are left out; when files are
+    /// listed but none matches, that is an error here, before anything runs (the walk stops
+    /// at the first match, so a good format costs one file). Without it, hive-style folders
+    /// (`country=fr/`) of the first files do.
     pub fn new(input: &str, location: &str, partition_format: Option<&str>) -> Result<Self> {
+        let mut listing = FileListing::plain(input, location)?;
+        // Files seen by the up-front walk, and the first of them (for messages).
+        let mut listed = 0u64;
+        let mut example: Option<String> = None;
+        listing.keys = match partition_format {
+            Some(format) => {
+                let relative = listing.relative_format(format);
+                let (names, regex) =
+                    partition_format_regex(&relative).map_err(|message| listing.error(message))?;
+                let keys = PathKeys::Format { names, regex };
+                // Before any run(): a format that matches none of the files would silently
+                // leave every file out. The walk stops at the first match.
+                let mut matched = false;
+                listing.walk_paths(|path| {
+                    listed += 1;
+                    example.get_or_insert_with(|| path.to_string());
+                    matched = keys.values(path).is_some();
+                    !matched
+                })?;
+                if listed > 0 && !matched {
+                    return Err(listing.format_matches_nothing(
+                        format,
+                        &relative,
+                        listed,
+                        example.as_deref().unwrap_or_default(),
+                    ));
+                }
+                keys
+            }
+            None => {
+                // The hive key names of the first files that have some (a README at the top
+                // of the folder must not hide them).
+                let mut names: Vec<String> = Vec::new();
+                listing.walk_paths(|path| {
+                    listed += 1;
+                    for (k, _) in hive_pairs(path) {
+                        if !names.contains(&k) {
+                            names.push(k);
+                        }
+                    }
+                    names.is_empty() && listed < 1000
+                })?;
+                if names.is_empty() {
+                    PathKeys::None
+                } else {
+                    PathKeys::Hive(names)
+                }
+            }
+        };
+        Ok(listing)
+    }
+
+    /// A listing without key columns; errors when nothing exists at the location's fixed part
+    /// or the glob is malformed.
+    fn plain(input: &str, location: &str) -> Result<Self> {
         let location = location.strip_prefix("file://").unwrap_or(location);
         let (root, pattern) = split_glob(location);
         let err = |message: String| PrsError::Input {
@@ -188,39 +246,69 @@ impl FileListing {
         if let Some(p) = &pattern {
             glob_matcher(p).map_err(err)?;
         }
-        let mut listing = FileListing {
+        Ok(FileListing {
             input: input.to_string(),
             root,
             pattern,
             keys: PathKeys::None,
-        };
-        listing.keys = match partition_format {
-            Some(format) => {
-                let (names, regex) = partition_format_regex(format).map_err(err)?;
-                PathKeys::Format { names, regex }
+        })
+    }
+
+    /// Azure's meaning of a partition_format given with the full path, as in
+    /// `path: dataset/*/*/*.wav` with `partition_format: dataset/{user}/{season}/{genre}.wav`:
+    /// a leading `/` is dropped, then the format's leading literal segments that repeat the
+    /// last segments of the folder listed (`dataset`), and the rest is matched against paths
+    /// relative to that folder (`{user}/{season}/{genre}.wav`). The last segment is never
+    /// dropped.
+    fn relative_format(&self, format: &str) -> String {
+        let format = format.trim_start_matches('/');
+        let segments: Vec<&str> = format.split('/').collect();
+        let literal = segments
+            .iter()
+            .take_while(|s| !s.contains(['{', '*', '?', '[']))
+            .count();
+        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
+        let folders: Vec<String> = root
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let most = literal
+            .min(segments.len().saturating_sub(1))
+            .min(folders.len());
+        for k in (1..=most).rev() {
+            if segments[..k]
+                .iter()
+                .zip(&folders[folders.len() - k..])
+                .all(|(a, b)| *a == b.as_str())
+            {
+                return segments[k..].join("/");
             }
-            None => {
-                // The hive key names of the first files that have some (a README at the top
-                // of the folder must not hide them).
-                let mut names: Vec<String> = Vec::new();
-                let mut looked = 0;
-                listing.walk_paths(|relative| {
-                    looked += 1;
-                    for (k, _) in hive_pairs(relative) {
-                        if !names.contains(&k) {
-                            names.push(k);
-                        }
-                    }
-                    names.is_empty() && looked < 1000
-                })?;
-                if names.is_empty() {
-                    PathKeys::None
-                } else {
-                    PathKeys::Hive(names)
-                }
-            }
+        }
+        format.to_string()
+    }
+
+    /// The error for a partition_format that matches none of the files listed.
+    fn format_matches_nothing(
+        &self,
+        format: &str,
+        relative: &str,
+        listed: u64,
+        example: &str,
+    ) -> PrsError {
+        let read_as = if relative == format.trim_start_matches('/') {
+            String::new()
+        } else {
+            format!(" (read as {relative:?})")
         };
-        Ok(listing)
+        self.error(format!(
+            "partition_format {format:?}{read_as} matches none of the {listed} files listed, \
+             e.g. {example:?}; it describes each file's path relative to {}: change it to \
+             describe paths like that one (e.g. {{key}}/*.ext), or remove it",
+            self.root.display()
+        ))
     }
 
     /// The table schema: `path`, `size`, `modified`, then one Utf8 column per path key.
@@ -639,6 +727,55 @@ mod key_tests {
         assert!(regex.captures("fr/a.jpg").is_none());
         assert!(partition_format_regex("{bad key}/x").is_err());
         assert!(partition_format_regex("{open/x").is_err());
+    }
+
+    #[test]
+    fn azure_formats_with_the_folder_in_front_are_read_relative_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("data/dataset_partition_test");
+        for name in ["alice/summer/rock.wav", "bob/winter/pop.wav"] {
+            let p = root.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, "RIFF").unwrap();
+        }
+        let glob = format!("{}/*/*/*.wav", root.display());
+        let listing = FileListing::plain("audio", &glob).unwrap();
+        let relative = |format: &str| listing.relative_format(format);
+        let want = "{user}/{season}/{genre}.wav";
+        assert_eq!(
+            relative("dataset_partition_test/{user}/{season}/{genre}.wav"),
+            want
+        );
+        assert_eq!(
+            relative("/dataset_partition_test/{user}/{season}/{genre}.wav"),
+            want
+        );
+        assert_eq!(
+            relative("data/dataset_partition_test/{user}/{season}/{genre}.wav"),
+            want
+        );
+        assert_eq!(relative(want), want);
+        // Literal segments that are not the folder's own stay; the file name always stays.
+        assert_eq!(relative("other/{user}/x.wav"), "other/{user}/x.wav");
+        assert_eq!(relative("dataset_partition_test"), "dataset_partition_test");
+
+        let keys = |format: &str| {
+            FileListing::new("audio", &glob, Some(format)).map(|l| l.keys.names().to_vec())
+        };
+        assert_eq!(
+            keys("dataset_partition_test/{user}/{season}/{genre}.wav").unwrap(),
+            ["user", "season", "genre"]
+        );
+        let e = keys("dataset_partition_test/{user}/{genre}.wav")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("input \"audio\"")
+                && e.contains("(read as \"{user}/{genre}.wav\")")
+                && e.contains("none of the 2 files")
+                && e.contains("e.g. \"alice/summer/rock.wav\""),
+            "{e}"
+        );
     }
 
     #[test]

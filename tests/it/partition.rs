@@ -282,3 +282,101 @@ fn keys_from_partition_format() {
         "README.md does not match the format and is left out"
     );
 }
+
+/// The Azure notebook's tree: `dataset_partition_test/<user>/<season>/<genre>.wav`, plus a
+/// stray file that no format matches.
+fn write_wavs(root: &Path) {
+    for (user, season, genre) in [
+        ("alice", "summer", "rock"),
+        ("alice", "winter", "jazz"),
+        ("bob", "summer", "pop"),
+    ] {
+        let folder = root.join(user).join(season);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::write(folder.join(format!("{genre}.wav")), "RIFF").unwrap();
+    }
+    std::fs::write(root.join("notes.txt"), "not audio").unwrap();
+}
+
+/// A job over the notebook's path with `partition_format` as given.
+fn wav_job(dir: &Path, partition_format: &str) -> std::path::PathBuf {
+    write_wavs(&dir.join("dataset_partition_test"));
+    write_job(
+        dir,
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\n\
+         process_count_per_node: 2\npartition_keys: [user, season]",
+        &format!(
+            "inputs:\n  - name: audio\n    path: dataset_partition_test/*/*/*.wav\n    format: files\n    \
+             partition_format: \"{partition_format}\"\noutput: out\noutput_format: csv\n"
+        ),
+    )
+}
+
+#[test]
+fn azure_partition_format_copied_from_the_notebook_matches() {
+    let d = tempfile::tempdir().unwrap();
+    let job = wav_job(
+        d.path(),
+        "dataset_partition_test/{user}/{season}/{genres}.wav",
+    );
+    let run = cli(&["validate", job.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut rows: Vec<String> = lines(&d.path().join("out/parallel_run_step.csv"))
+        .into_iter()
+        .skip(1)
+        .map(|l| {
+            let fields: Vec<&str> = l.split(',').collect();
+            fields[fields.len() - 3..].join(",")
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        vec!["alice,summer,rock", "alice,winter,jazz", "bob,summer,pop"]
+    );
+    let keys: BTreeSet<String> = processed(&d.path().join("out"))
+        .into_iter()
+        .map(|r| r["partition_key_value"].clone())
+        .collect();
+    assert_eq!(keys.len(), 3, "one mini-batch per (user, season): {keys:?}");
+    // The same format relative to the folder, and with a leading '/', mean the same.
+    for format in [
+        "{user}/{season}/{genres}.wav",
+        "/dataset_partition_test/{user}/{season}/{genres}.wav",
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let run = run_job(&wav_job(d.path(), format), &[]);
+        assert_eq!(run.code, 0, "{format}: {run:?}");
+        assert_eq!(summary(&d.path().join("out"))["items_total"], 3, "{format}");
+    }
+}
+
+#[test]
+fn a_partition_format_that_matches_no_file_fails_before_any_run() {
+    let d = tempfile::tempdir().unwrap();
+    let job = wav_job(
+        d.path(),
+        "dataset_partition_test/{user}/{season}/{genres}.mp3",
+    );
+    for run in [
+        cli(&["validate", job.to_str().unwrap()]),
+        run_job(&job, &[]),
+    ] {
+        assert_eq!(run.code, 2, "{run:?}");
+        for words in [
+            "input \"audio\"",
+            "dataset_partition_test/*/*/*.wav",
+            "partition_format \"dataset_partition_test/{user}/{season}/{genres}.mp3\"",
+            "matches none of the 3 files listed",
+            "e.g. \"alice/summer/rock.wav\"",
+            "change it",
+        ] {
+            assert!(run.stderr.contains(words), "{words:?} in {}", run.stderr);
+        }
+    }
+    // Nothing ran: no report, no output.
+    assert!(!d.path().join("out/logs/job_summary.json").exists());
+    assert!(!d.path().join("out/parallel_run_step.csv").exists());
+}
