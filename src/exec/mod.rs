@@ -37,6 +37,7 @@ use datafusion::physical_plan::{
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
+use crate::batch::ItemKind;
 use crate::error::{PrsError, Result};
 use crate::worker::WorkerFactoryRef;
 
@@ -219,7 +220,7 @@ impl DisplayAs for ParallelRunExec {
             self.spec.factory.describe(),
             s.workers,
             if s.partition_keys.is_empty() {
-                format!("mini_batch_size={} bytes / {} files", s.mini_batch_bytes, s.mini_batch_files)
+                mini_batch_size_text(s, self.inputs.iter().map(|(_, i)| i.kind))
             } else {
                 format!("partition_keys=[{}]", s.partition_keys.join(", "))
             },
@@ -230,6 +231,27 @@ impl DisplayAs for ParallelRunExec {
             s.allowed_failed_percent.map_or("none".to_string(), |v| v.to_string()),
             names.join(", ")
         )
+    }
+}
+
+/// `mini_batch_size=...` for EXPLAIN, in the units of the inputs: bytes for tables, files for
+/// file datasets (a size with a unit has no file count, so files are shown only when a file
+/// dataset is among the inputs).
+fn mini_batch_size_text(s: &RunSettings, kinds: impl Iterator<Item = ItemKind>) -> String {
+    let (mut rows, mut files) = (false, false);
+    for kind in kinds {
+        match kind {
+            ItemKind::Rows => rows = true,
+            ItemKind::Files => files = true,
+        }
+    }
+    match (rows, files) {
+        (true, true) => format!(
+            "mini_batch_size={} bytes / {} files",
+            s.mini_batch_bytes, s.mini_batch_files
+        ),
+        (false, true) => format!("mini_batch_size={} files", s.mini_batch_files),
+        _ => format!("mini_batch_size={} bytes", s.mini_batch_bytes),
     }
 }
 
@@ -353,4 +375,31 @@ pub fn conform(batch: RecordBatch, schema: &SchemaRef, mini_batch: &str) -> Resu
         columns.push(column);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_shows_mini_batch_size_in_the_units_of_the_inputs() {
+        let mut config = crate::config::ParallelRunConfig::new(
+            "rust:echo",
+            0,
+            crate::config::OutputAction::AppendRow,
+        );
+        config.mini_batch_size = Some(crate::config::MiniBatchSize::parse("64KB").unwrap());
+        // A size with a unit has no file count: tables only, never u64::MAX files.
+        let s = RunSettings::from_config(&config, false).unwrap();
+        let text = |kinds: &[ItemKind]| mini_batch_size_text(&s, kinds.iter().copied());
+        assert_eq!(text(&[ItemKind::Rows]), "mini_batch_size=65536 bytes");
+        config.mini_batch_size = Some(crate::config::MiniBatchSize::parse("5").unwrap());
+        let s = RunSettings::from_config(&config, true).unwrap();
+        let text = |kinds: &[ItemKind]| mini_batch_size_text(&s, kinds.iter().copied());
+        assert_eq!(text(&[ItemKind::Files]), "mini_batch_size=5 files");
+        assert_eq!(
+            text(&[ItemKind::Rows, ItemKind::Files]),
+            "mini_batch_size=5 bytes / 5 files"
+        );
+    }
 }

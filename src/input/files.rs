@@ -166,7 +166,7 @@ fn partition_format_regex(
 
 impl FileListing {
     /// A listing for input `input` at `location` (a local file, folder or glob). Errors when
-    /// nothing exists at the location's fixed part.
+    /// nothing exists at the location's fixed part, or a glob matches no file.
     ///
     /// With `partition_format` (e.g. `{country}/{year}/*.jpg`, relative to the folder; Azure's
     /// form with the folder's own name in front is accepted, see [`Self::relative_format`]),
@@ -224,7 +224,31 @@ impl FileListing {
                 }
             }
         };
+        if listed == 0 && listing.pattern.is_some() {
+            return Err(listing.glob_matches_nothing());
+        }
         Ok(listing)
+    }
+
+    /// Checks, before anything runs, that a glob `location` of input `input` matches at least
+    /// one file (a folder or a single file is not checked). DataFusion's listing would
+    /// otherwise fail with a message that names neither the input nor the glob, or find an
+    /// empty table.
+    pub fn require_files(input: &str, location: &str) -> Result<()> {
+        let listing = FileListing::plain(input, location)?;
+        if listing.pattern.is_none() {
+            return Ok(());
+        }
+        let mut any = false;
+        listing.walk_paths(|_| {
+            any = true;
+            false
+        })?;
+        if any {
+            Ok(())
+        } else {
+            Err(listing.glob_matches_nothing())
+        }
     }
 
     /// A listing without key columns; errors when nothing exists at the location's fixed part
@@ -288,6 +312,16 @@ impl FileListing {
             }
         }
         format.to_string()
+    }
+
+    /// The error for a glob that matches no file.
+    fn glob_matches_nothing(&self) -> PrsError {
+        self.error(format!(
+            "the glob matches no files under {}; check the pattern (the folders' depth, the \
+             extension, upper and lower case; relative paths are relative to the job file), or \
+             give the folder itself",
+            self.root.display()
+        ))
     }
 
     /// The error for a partition_format that matches none of the files listed.
@@ -776,6 +810,16 @@ mod key_tests {
                 && e.contains("e.g. \"alice/summer/rock.wav\""),
             "{e}"
         );
+        let e = FileListing::new("audio", &format!("{}/*.mp3", root.display()), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the glob matches no files"), "{e}");
+        assert!(FileListing::require_files("audio", &glob).is_ok());
+        assert!(
+            FileListing::require_files("audio", &format!("{}/*/*.wav", root.display())).is_err()
+        );
+        // A folder is not a pattern: an empty one is not checked here.
+        assert!(FileListing::require_files("audio", &d.path().display().to_string()).is_ok());
     }
 
     #[test]

@@ -72,9 +72,17 @@ impl LocalParquetTable {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         if files.is_empty() {
-            return Err(DataFusionError::Plan(format!(
-                "no files ending in {extension:?} at {table_path}"
-            )));
+            return Err(DataFusionError::Plan(if extension.is_empty() {
+                format!(
+                    "no files match {table_path}; check the pattern (the folders' depth, the \
+                     extension, upper and lower case)"
+                )
+            } else {
+                format!(
+                    "no files ending in {extension:?} in {table_path}; for other names use a \
+                     glob, e.g. '{table_path}*.parq'"
+                )
+            }));
         }
         let files = Arc::new(files);
         // Reading the footers blocks on the file system.
@@ -506,5 +514,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("no files ending in \".parquet\""), "{err}");
+        // A glob takes files of any name: the message is about the pattern.
+        let glob = format!("{}/*.parq", d.path().display());
+        let err = LocalParquetTable::try_new(&ctx.state(), &glob, "")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("no files match {glob}")) && !err.contains("ending in"),
+            "{err}"
+        );
     }
 }

@@ -273,6 +273,7 @@ async fn register_path(
             table_path.push('/');
         }
     } else if !is_url {
+        FileListing::require_files(name, local)?;
         extension = Some(String::new());
     }
     let result = match format {

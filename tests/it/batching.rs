@@ -198,3 +198,44 @@ fn file_dataset_gives_n_files_per_mini_batch() {
         "files are listed in sorted path order and preserve_order keeps it"
     );
 }
+
+#[test]
+fn a_glob_that_matches_nothing_names_the_input_and_the_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    write_parquet(&dir.path().join("in/a.parquet"), 0, 10, 10);
+    write_csv(&dir.path().join("in/b.csv"), 0, 10);
+    std::fs::write(dir.path().join("in/c.txt"), "x").unwrap();
+    for (format, pattern) in [
+        ("parquet", "in/*.parq"),
+        ("csv", "in/*.tsv"),
+        ("json", "in/*/*.jsonl"),
+        ("files", "in/*.wav"),
+    ] {
+        let job = write_job(
+            dir.path(),
+            "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1",
+            &format!(
+                "inputs:\n  - {{name: rows, path: \"{pattern}\", format: {format}}}\noutput: out\n"
+            ),
+        );
+        for run in [
+            cli(&["validate", job.to_str().unwrap()]),
+            run_job(&job, &[]),
+        ] {
+            assert_eq!(run.code, 2, "{format}: {run:?}");
+            for words in [
+                "input \"rows\"",
+                pattern,
+                "matches no files",
+                "check the pattern",
+            ] {
+                assert!(
+                    run.stderr.contains(words),
+                    "{format}: {words:?} in {}",
+                    run.stderr
+                );
+            }
+            assert!(!run.stderr.contains("ending in \"\""), "{}", run.stderr);
+        }
+    }
+}

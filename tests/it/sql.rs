@@ -422,7 +422,7 @@ fn explain_shows_the_operator_and_its_settings() {
         "FilterExec: id@0 < 2\n\
          \x20 ProjectionExec: expr=[id@0 as id]\n\
          \x20   ParallelRunReportExec: report_dir=<dir>/parallel_run_logs, preserve_order=false\n\
-         \x20     ParallelRunExec: script=rust:echo, workers=2, mini_batch_size=10 bytes / 10 files, \
+         \x20     ParallelRunExec: script=rust:echo, workers=2, mini_batch_size=10 bytes, \
          run_max_try=4, run_invocation_timeout=60s, error_threshold=3, allowed_failed_count=1, \
          allowed_failed_percent=none, inputs=[t]\n\
          \x20       ProjectionExec: expr=[column1@0 as id, column2@1 as txt]\n\
@@ -434,6 +434,19 @@ fn explain_shows_the_operator_and_its_settings() {
         plan.contains("ParallelRun: script=rust:echo, workers=2"),
         "{plan}"
     );
+    // A size with a unit is bytes only (it has no file count to show).
+    let batches = tokio_runtime().block_on(collect(
+        &ctx,
+        "EXPLAIN SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'rust:echo', \
+         error_threshold => 0, mini_batch_size => '1MB', output_schema => 'id BIGINT')",
+    ));
+    let text = batches
+        .iter()
+        .flat_map(|b| batch_rows(b))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("mini_batch_size=1048576 bytes,"), "{text}");
+    assert!(!text.contains("files"), "{text}");
     // EXPLAIN runs nothing and writes no report.
     assert!(!d.path().join("parallel_run_logs").exists());
 }
