@@ -2,7 +2,7 @@
 //!
 //! A [`PythonWorkerFactory`] starts, for each [`WorkerSlot`], the interpreter on the bootstrap
 //! shipped inside this binary (`bootstrap/prs_worker.py`, written to
-//! `<work_dir>/.bootstrap/` when the factory is made):
+//! `<work_dir>/.bootstrap/` when a worker starts, so planning alone creates no folder):
 //!
 //! ```text
 //! <python> -u <work_dir>/.bootstrap/prs_worker.py <system arguments...> <user arguments...>
@@ -163,7 +163,8 @@ impl std::fmt::Debug for PythonWorkerFactory {
 }
 
 impl PythonWorkerFactory {
-    /// Checks the spec, writes the bootstrap into `<work_dir>/.bootstrap/` and looks for GPUs.
+    /// Checks the spec and looks for GPUs (the bootstrap goes into `<work_dir>/.bootstrap/`
+    /// when a worker starts).
     pub fn new(mut spec: PythonWorkerSpec) -> Result<Self> {
         let cwd = std::env::current_dir().map_err(|e| PrsError::io(".", e))?;
         if spec.entry_script.is_relative() {
@@ -190,7 +191,6 @@ impl PythonWorkerFactory {
             }
         }
         let bootstrap_dir = spec.env.work_dir.join(".bootstrap");
-        write_bootstrap(&bootstrap_dir)?;
         let gpus = if spec
             .env
             .environment_variables
@@ -238,6 +238,9 @@ impl PythonWorkerFactory {
 
     async fn spawn(&self, slot: &WorkerSlot) -> std::io::Result<PythonWorker> {
         let env = &self.spec.env;
+        // Written (or found unchanged) when a worker starts, not when the factory is made:
+        // planning a SQL query (EXPLAIN, a statement that fails) creates no folder.
+        write_bootstrap(&self.bootstrap_dir).map_err(|e| std::io::Error::other(e.to_string()))?;
         let working_dir = env.work_dir.join(&slot.agent_name);
         std::fs::create_dir_all(&working_dir)?;
         let logs = user_log_paths(&env.log_dir, slot);
