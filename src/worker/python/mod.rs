@@ -144,6 +144,8 @@ pub struct PythonWorkerSpec {
 pub struct PythonWorkerFactory {
     spec: PythonWorkerSpec,
     bootstrap_dir: PathBuf,
+    /// True once the bootstrap is written (by the first worker to start).
+    bootstrapped: std::sync::Mutex<bool>,
     /// GPU ids to spread over the slots (empty without GPUs).
     gpus: Vec<String>,
     /// Workers started by [`WorkerFactory::prestart`], by slot index, until `start` takes them.
@@ -203,6 +205,7 @@ impl PythonWorkerFactory {
         Ok(PythonWorkerFactory {
             spec,
             bootstrap_dir,
+            bootstrapped: std::sync::Mutex::new(false),
             gpus,
             warm: Default::default(),
         })
@@ -238,9 +241,17 @@ impl PythonWorkerFactory {
 
     async fn spawn(&self, slot: &WorkerSlot) -> std::io::Result<PythonWorker> {
         let env = &self.spec.env;
-        // Written (or found unchanged) when a worker starts, not when the factory is made:
-        // planning a SQL query (EXPLAIN, a statement that fails) creates no folder.
-        write_bootstrap(&self.bootstrap_dir).map_err(|e| std::io::Error::other(e.to_string()))?;
+        // Written when the first worker starts, not when the factory is made: planning a SQL
+        // query (EXPLAIN, a statement that fails) creates no folder. Once per factory, under
+        // the lock, so workers started together do not rewrite the files one another runs.
+        {
+            let mut bootstrapped = self.bootstrapped.lock().unwrap_or_else(|p| p.into_inner());
+            if !*bootstrapped {
+                write_bootstrap(&self.bootstrap_dir)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                *bootstrapped = true;
+            }
+        }
         let working_dir = env.work_dir.join(&slot.agent_name);
         std::fs::create_dir_all(&working_dir)?;
         let logs = user_log_paths(&env.log_dir, slot);
