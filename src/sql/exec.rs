@@ -66,6 +66,7 @@ pub struct SqlRun {
     writer: Mutex<Option<Arc<ReportWriter>>>,
     summary: Mutex<Option<JobSummary>>,
     started: AtomicBool,
+    probed: AtomicBool,
 }
 
 impl fmt::Debug for SqlRun {
@@ -93,7 +94,19 @@ impl SqlRun {
             writer: Mutex::new(None),
             summary: Mutex::new(None),
             started: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
         }
+    }
+
+    /// Records that the probe ran init() and run() at planning time for this run.
+    pub(crate) fn mark_probed(&self) {
+        self.probed.store(true, Ordering::SeqCst);
+    }
+
+    /// True when the probe ran for this run (its worker's logs, if any, are in `user/` of the
+    /// report folder even when the run itself never executes, e.g. for EXPLAIN).
+    pub fn probed(&self) -> bool {
+        self.probed.load(Ordering::SeqCst)
     }
 
     /// A short name for messages, e.g. `parallel_run(rust:echo)`.

@@ -34,8 +34,10 @@
 //!   `sys/job_report/processed_mini-batches.csv`, `sys/events.txt`, `user/...`). Default: for a
 //!   `COPY ... TO 'out/scores.parquet'` statement run by [`SqlRunner`], `out/scores.parquet.logs`;
 //!   otherwise `parallel_run_logs` in the base folder. Two runs of one statement with the same
-//!   folder get `-2`, `-3`, ... suffixes. Report files are created when the query executes
-//!   (not by EXPLAIN); `summary.output_rows` counts the rows the relation returned.
+//!   folder get `-2`, `-3`, ... suffixes. The folder is created when the query executes, not
+//!   when it is planned (EXPLAIN, a statement that fails to plan), except for the probe's
+//!   worker logs (`user/`, a Python script without `output_schema`); the runner prints its
+//!   path. `summary.output_rows` counts the rows the relation returned.
 //! - **Paths**: relative paths in `parallel_run` values (entry_script, source_directory,
 //!   python, report_dir) resolve against the base folder (`base_dir` of [`SqlOptions`]). The
 //!   runner also resolves `CREATE EXTERNAL TABLE ... LOCATION` and `COPY ... TO` paths against

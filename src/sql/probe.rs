@@ -16,6 +16,7 @@
 //! schema by column name; a result that does not fit fails the query with an error naming the
 //! mini-batch and the column.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -133,6 +134,23 @@ pub async fn output_schema(
             failures.join("\n")
         ),
     })
+}
+
+/// Where the probe worker's logs are (`user/` in the report folder), when it wrote any.
+pub fn logs(report_dir: &Path) -> Option<PathBuf> {
+    let user = report_dir.join("user");
+    user.is_dir().then_some(user)
+}
+
+/// A probe error, saying where the probe worker's logs are (when it wrote any).
+pub(crate) fn with_logs(error: PrsError, report_dir: &Path) -> PrsError {
+    match (error, logs(report_dir)) {
+        (PrsError::Worker { worker, message }, Some(logs)) => PrsError::Worker {
+            worker,
+            message: format!("{message}\nThe probe's logs: {}", logs.display()),
+        },
+        (other, _) => other,
+    }
 }
 
 /// The first (at most [`PROBE_TRIES`]) mini-batches the job would cut from these rows; one

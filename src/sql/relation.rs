@@ -224,9 +224,10 @@ impl ParallelRunRelationPlanner {
                 let (plan, info) = &inputs[0];
                 let (plan, name) = (plan.clone(), info.name.clone());
                 let (factory, config) = (factory.clone(), job.config.clone());
-                block_on(async move {
+                let probed = block_on(async move {
                     probe::output_schema(state, plan, &name, factory, &config).await
-                })??
+                })?;
+                probed.map_err(|e| probe::with_logs(e, &report_dir))?
             }
         };
         let label = format!("{NAME}({})", factory.describe());
@@ -236,6 +237,9 @@ impl ParallelRunRelationPlanner {
             report_dir,
             job.preserve_order,
         ));
+        if job.output_schema.is_none() {
+            run.mark_probed();
+        }
         self.shared.add_run(&run);
         let spec = Arc::new(OperatorSpec {
             settings,

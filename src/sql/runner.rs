@@ -24,7 +24,7 @@ use futures::StreamExt;
 
 use crate::error::{PrsError, Result};
 use crate::sql::config::PREFIX;
-use crate::sql::{prs_error, register_shared, resolve_path, SqlOptions, SqlRun, SqlShared};
+use crate::sql::{probe, prs_error, register_shared, resolve_path, SqlOptions, SqlRun, SqlShared};
 use crate::worker::ScriptRegistry;
 
 /// Rows of a result printed by default.
@@ -463,11 +463,24 @@ async fn wait_for_report(run: &SqlRun) {
 
 /// The run's outcome on `err`, like `parallel-run run` prints a job's.
 fn report_run(err: &mut (dyn Write + Send), run: &SqlRun) -> Result<()> {
-    let Some(summary) = run.summary() else {
-        return Ok(());
-    };
     let io = |e| PrsError::io("(stderr)", e);
     let label = run.label();
+    let Some(summary) = run.summary() else {
+        // Not executed (EXPLAIN): only the probe may have written logs.
+        if let Some(logs) = run
+            .probed()
+            .then(|| probe::logs(run.report_dir()))
+            .flatten()
+        {
+            writeln!(
+                err,
+                "parallel-run: {label}: the output-schema probe's logs: {}",
+                logs.display()
+            )
+            .map_err(io)?;
+        }
+        return Ok(());
+    };
     if summary.succeeded() {
         writeln!(err, "parallel-run: {label}: {}", summary.sentence()).map_err(io)?;
         if !summary.reason.is_empty() {

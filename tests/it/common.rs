@@ -102,8 +102,14 @@ pub struct CliRun {
 
 /// Runs the `parallel-run` binary with `args`.
 pub fn cli(args: &[&str]) -> CliRun {
+    cli_in(Path::new("."), args)
+}
+
+/// Runs the `parallel-run` binary with `args` in the folder `dir`.
+pub fn cli_in(dir: &Path, args: &[&str]) -> CliRun {
     let out = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
         .args(args)
+        .current_dir(dir)
         .output()
         .unwrap();
     CliRun {

@@ -323,10 +323,85 @@ fn planning_errors_exit_2_but_the_probe_failing_in_user_code_exits_42() {
     );
     assert_eq!(run.code, 42, "{run:?}");
     assert!(
-        run.stderr.contains("ValueError: no model here"),
+        run.stderr.contains("ValueError: no model here")
+            && run.stderr.contains(&format!(
+                "The probe's logs: {}",
+                d.path().join("parallel_run_logs/user").display()
+            )),
         "{}",
         run.stderr
     );
+}
+
+#[test]
+fn the_default_report_folder_is_made_only_when_a_run_executes_and_is_printed() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("score.py"),
+        "def run(mini_batch):\n    return mini_batch\n",
+    )
+    .unwrap();
+    let python = python();
+    let folder = d.path().join("parallel_run_logs");
+    for (sql, code) in [
+        ("SELECT 1".to_string(), 0),
+        // Planned, not run: a Python worker's files are written when one starts.
+        (
+            format!(
+                "EXPLAIN SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'score.py', \
+                 error_threshold => 0, python => '{python}', output_schema => 'id BIGINT')"
+            ),
+            0,
+        ),
+        (
+            format!(
+                "SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'score.py', \
+                 error_threshold => 0, python => '{python}', output_schema => 'id NOTATYPE')"
+            ),
+            2,
+        ),
+    ] {
+        let run = cli_in(d.path(), &["sql", "-e", &sql]);
+        assert_eq!(run.code, code, "{sql}: {run:?}");
+        assert!(!folder.exists(), "{sql}: {folder:?} was created");
+    }
+    let run = cli_in(
+        d.path(),
+        &[
+            "sql",
+            "-e",
+            "SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'rust:echo', \
+             error_threshold => 0)",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stderr
+            .contains(&format!("parallel-run: report: {}", folder.display())),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(report_summary(&folder)["status"], "succeeded");
+
+    // EXPLAIN without output_schema probes: the probe's worker logs are the only files, and
+    // their folder is printed.
+    std::fs::remove_dir_all(&folder).unwrap();
+    let sql = format!(
+        "EXPLAIN SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'score.py', \
+         error_threshold => 0, python => '{python}')"
+    );
+    let run = cli_in(d.path(), &["sql", "-e", &sql]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let logs = folder.join("user");
+    assert!(
+        run.stderr.contains(&format!(
+            "the output-schema probe's logs: {}",
+            logs.display()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(logs.is_dir() && !folder.join("job_summary.json").exists());
 }
 
 #[test]

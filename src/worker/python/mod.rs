@@ -2,7 +2,7 @@
 //!
 //! A [`PythonWorkerFactory`] starts, for each [`WorkerSlot`], the interpreter on the bootstrap
 //! shipped inside this binary (`bootstrap/prs_worker.py`, written to
-//! `<work_dir>/.bootstrap/` when the factory is made):
+//! `<work_dir>/.bootstrap/` when a worker starts, so planning alone creates no folder):
 //!
 //! ```text
 //! <python> -u <work_dir>/.bootstrap/prs_worker.py <system arguments...> <user arguments...>
@@ -193,6 +193,8 @@ pub struct PythonWorkerSpec {
 pub struct PythonWorkerFactory {
     spec: PythonWorkerSpec,
     bootstrap_dir: PathBuf,
+    /// True once the bootstrap is written (by the first worker to start).
+    bootstrapped: std::sync::Mutex<bool>,
     /// GPU ids to spread over the slots (empty without GPUs).
     gpus: Vec<String>,
     /// Workers started by [`WorkerFactory::prestart`], by slot index, until `start` takes them.
@@ -215,7 +217,8 @@ impl std::fmt::Debug for PythonWorkerFactory {
 }
 
 impl PythonWorkerFactory {
-    /// Checks the spec, writes the bootstrap into `<work_dir>/.bootstrap/` and looks for GPUs.
+    /// Checks the spec and looks for GPUs (the bootstrap goes into `<work_dir>/.bootstrap/`
+    /// when a worker starts).
     pub fn new(mut spec: PythonWorkerSpec) -> Result<Self> {
         let cwd = std::env::current_dir().map_err(|e| PrsError::io(".", e))?;
         if spec.entry_script.is_relative() {
@@ -252,7 +255,6 @@ impl PythonWorkerFactory {
         }
         spec.env.current_dir = Some(current_dir);
         let bootstrap_dir = spec.env.work_dir.join(".bootstrap");
-        write_bootstrap(&bootstrap_dir)?;
         let gpus = if spec
             .env
             .environment_variables
@@ -265,6 +267,7 @@ impl PythonWorkerFactory {
         Ok(PythonWorkerFactory {
             spec,
             bootstrap_dir,
+            bootstrapped: std::sync::Mutex::new(false),
             gpus,
             warm: Default::default(),
             stall_limit: STALL_LIMIT,
@@ -315,6 +318,17 @@ impl PythonWorkerFactory {
     /// [`WorkerFactory::check`]).
     async fn spawn(&self, slot: &WorkerSlot, check_only: bool) -> std::io::Result<PythonWorker> {
         let env = &self.spec.env;
+        // Written when the first worker starts, not when the factory is made: planning a SQL
+        // query (EXPLAIN, a statement that fails) creates no folder. Once per factory, under
+        // the lock, so workers started together do not rewrite the files one another runs.
+        {
+            let mut bootstrapped = self.bootstrapped.lock().unwrap_or_else(|p| p.into_inner());
+            if !*bootstrapped {
+                write_bootstrap(&self.bootstrap_dir)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                *bootstrapped = true;
+            }
+        }
         let working_dir = env.work_dir.join(&slot.agent_name);
         std::fs::create_dir_all(&working_dir)?;
         let logs = user_log_paths(&env.log_dir, slot);
