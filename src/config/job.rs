@@ -10,6 +10,7 @@ use serde_yaml::{Mapping, Value};
 use crate::config::azure_v2::{self, V2Options};
 use crate::config::environment::{environment_to_yaml, parse_environment};
 use crate::config::mltable;
+use crate::config::named;
 use crate::config::yaml::{show, string_map, unknown_key, Section};
 use crate::config::{
     ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig,
@@ -606,7 +607,7 @@ fn parse_job(
         root = translated.root;
         output_folders = translated.output_folders;
     } else {
-        output_folders = azure_v2::resolve_named(&mut root, base_dir, v2)?;
+        output_folders = named::resolve_named(&mut root, base_dir, v2)?;
     }
     for text in overrides {
         apply_override(&mut root, text)?;

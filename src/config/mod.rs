@@ -8,6 +8,7 @@ pub mod azure_v2;
 mod environment;
 mod job;
 mod mltable;
+mod named;
 mod params;
 mod size;
 mod yaml;
