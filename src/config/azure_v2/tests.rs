@@ -1,3 +1,4 @@
+
 use super::*;
 use crate::config::named::{reference, substitute};
 
@@ -16,15 +17,15 @@ const PARALLEL: &str = r#"
 type: parallel
 inputs:
   data:
-type: uri_folder
-path: ./data
+    type: uri_folder
+    path: ./data
   model: {type: uri_folder, path: /models/m1, mode: download}
   drop_cols: "Revenue,Advert"
 outputs:
   model_folder: {type: uri_folder}
   scored:
-type: uri_file
-path: azureml://datastores/${{default_datastore}}/paths/${{name}}/out.csv
+    type: uri_file
+    path: azureml://datastores/${{default_datastore}}/paths/${{name}}/out.csv
 input_data: ${{inputs.data}}
 error_threshold: 5
 mini_batch_error_threshold: 2
@@ -35,9 +36,9 @@ task:
   code: ./src
   entry_script: score.py
   program_arguments: >-
---model ${{inputs.model}} --drop_cols ${{inputs.drop_cols}}
---model_folder ${{outputs.model_folder}}
---allowed_failed_percent 30 --task_overhead_timeout 1200
+    --model ${{inputs.model}} --drop_cols ${{inputs.drop_cols}}
+    --model_folder ${{outputs.model_folder}}
+    --allowed_failed_percent 30 --task_overhead_timeout 1200
   append_row_to: ${{outputs.scored}}
 "#;
 
@@ -152,9 +153,9 @@ fn a_setting_in_the_arguments_and_as_a_key_must_agree() {
 #[test]
 fn pipelines_pick_their_parallel_job() {
     let pipeline = format!(
-        "type: pipeline\nsettings: {{default_compute: azureml:cpu}}\njobs:\n  prep: {{type: command}}\n  score:\n{}",
-        PARALLEL.lines().map(|l| format!("    {l}\n")).collect::<String>()
-    );
+            "type: pipeline\nsettings: {{default_compute: azureml:cpu}}\njobs:\n  prep: {{type: command}}\n  score:\n{}",
+            PARALLEL.lines().map(|l| format!("    {l}\n")).collect::<String>()
+        );
     let (root, warnings) = translate_text(&pipeline, &V2Options::default()).unwrap();
     assert_eq!(config(&root)["entry_script"], "score.py");
     assert!(
