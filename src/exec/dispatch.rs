@@ -82,29 +82,41 @@ async fn dispatch_all(
     reservation: &MemoryReservation,
 ) -> Result<bool> {
     let settings = state.settings().clone();
-    let index = Arc::new(AtomicU64::new(0));
-    if !settings.partition_keys.is_empty() {
-        return dispatch_keyed(inputs, context, state, queue, reservation, &index).await;
-    }
+    let index = AtomicU64::new(0);
     for (ordinal, (plan, info)) in inputs.iter().enumerate() {
         let name: Arc<str> = Arc::from(info.name.as_str());
-        let schema = plan.schema();
-        let mut chunker = match info.kind {
-            ItemKind::Rows => Chunker::Bytes(ByteChunker::new(
+        // partition_keys: the input sorted on its keys (see [`crate::exec::keyed`]) and cut
+        // into one mini-batch per key tuple; otherwise cut by size (or files) as it comes.
+        let (plan, mut chunker) = if !settings.partition_keys.is_empty() {
+            keyed::check_keys(&info.name, &plan.schema(), &settings.partition_keys)?;
+            let sorted = keyed::keyed_plan(plan.clone(), &settings.partition_keys)?;
+            let chunker = KeyChunker::new(
                 ordinal as u32,
-                name.clone(),
-                schema,
-                settings.mini_batch_bytes,
-            )),
-            ItemKind::Files => Chunker::Files(FileChunker::new(
-                ordinal as u32,
-                name.clone(),
-                schema,
-                settings.mini_batch_files,
-            )),
+                name,
+                info.kind,
+                &sorted.schema(),
+                &settings.partition_keys,
+                reservation.new_empty(),
+            )?;
+            (sorted, Chunker::Keys(chunker))
+        } else {
+            let chunker = match info.kind {
+                ItemKind::Rows => Chunker::Bytes(ByteChunker::new(
+                    ordinal as u32,
+                    name,
+                    plan.schema(),
+                    settings.mini_batch_bytes,
+                )),
+                ItemKind::Files => Chunker::Files(FileChunker::new(
+                    ordinal as u32,
+                    name,
+                    plan.schema(),
+                    settings.mini_batch_files,
+                )),
+            };
+            (plan.clone(), chunker)
         };
-        let partitions = plan.output_partitioning().partition_count();
-        for partition in 0..partitions {
+        for partition in 0..plan.output_partitioning().partition_count() {
             let mut stream = plan.execute(partition, context.clone())?;
             loop {
                 let next = tokio::select! {
@@ -122,51 +134,6 @@ async fn dispatch_all(
         }
         if let Some(mb) = chunker.finish()? {
             if !enqueue(mb, &index, state, queue, reservation).await? {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// partition_keys: each input is sorted on its keys (see [`crate::exec::keyed`]) and cut into
-/// one mini-batch per key tuple, which the workers take from the shared queue.
-async fn dispatch_keyed(
-    inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)],
-    context: &Arc<TaskContext>,
-    state: &Arc<JobState>,
-    queue: &mpsc::Sender<Dispatched>,
-    reservation: &MemoryReservation,
-    index: &Arc<AtomicU64>,
-) -> Result<bool> {
-    let settings = state.settings().clone();
-    for (ordinal, (plan, info)) in inputs.iter().enumerate() {
-        keyed::check_keys(&info.name, &plan.schema(), &settings.partition_keys)?;
-        let sorted = keyed::keyed_plan(plan.clone(), &settings.partition_keys)?;
-        let mut chunker = KeyChunker::new(
-            ordinal as u32,
-            Arc::from(info.name.as_str()),
-            info.kind,
-            &sorted.schema(),
-            &settings.partition_keys,
-            reservation.new_empty(),
-        )?;
-        let mut stream = sorted.execute(0, context.clone())?;
-        loop {
-            let next = tokio::select! {
-                _ = state.cancellation().cancelled() => return Ok(false),
-                next = stream.next() => next,
-            };
-            let Some(batch) = next else { break };
-            let batch = batch.map_err(|e| input_error(&info.name, e))?;
-            for mb in chunker.push(batch)? {
-                if !enqueue(mb, index, state, queue, reservation).await? {
-                    return Ok(false);
-                }
-            }
-        }
-        if let Some(mb) = chunker.finish()? {
-            if !enqueue(mb, index, state, queue, reservation).await? {
                 return Ok(false);
             }
         }
@@ -214,6 +181,7 @@ fn input_error(input: &str, e: datafusion::error::DataFusionError) -> PrsError {
 enum Chunker {
     Bytes(ByteChunker),
     Files(FileChunker),
+    Keys(KeyChunker),
 }
 
 impl Chunker {
@@ -221,6 +189,7 @@ impl Chunker {
         match self {
             Chunker::Bytes(c) => c.push(batch),
             Chunker::Files(c) => c.push(batch),
+            Chunker::Keys(c) => c.push(batch),
         }
     }
 
@@ -228,6 +197,7 @@ impl Chunker {
         match self {
             Chunker::Bytes(c) => c.finish(),
             Chunker::Files(c) => c.finish(),
+            Chunker::Keys(c) => c.finish(),
         }
     }
 }
