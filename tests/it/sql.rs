@@ -517,7 +517,7 @@ fn explain_shows_the_operator_and_its_settings() {
     ));
     let text = batches
         .iter()
-        .flat_map(|b| batch_rows(b))
+        .flat_map(batch_rows)
         .collect::<Vec<_>>()
         .join("\n");
     assert!(text.contains("mini_batch_size=1048576 bytes,"), "{text}");
