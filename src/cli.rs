@@ -150,6 +150,8 @@ pub enum Command {
 fn load(args: &JobArgs) -> Result<LoadedJob> {
     let (folder, v2) = args.v2_options()?;
     let mut loaded = JobSpec::load_yaml_with(&args.job, &args.set, &v2)?;
+    // object_store's key names are checked by the storage layer, at load as in validate.
+    crate::storage::options::check_keys("storage_options", &loaded.spec.storage_options)?;
     if let Some(out) = folder {
         loaded.spec.output = Some(out);
     }

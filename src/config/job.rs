@@ -12,12 +12,12 @@ use crate::config::environment::{environment_to_yaml, parse_environment};
 use crate::config::mltable;
 use crate::config::named;
 use crate::config::yaml::{show, string_map, unknown_key, Section};
+use crate::config::{is_object_url, is_url, ObjectUrl, StorageOptions};
 use crate::config::{
     ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig,
     DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
 };
 use crate::error::{PrsError, Result};
-use crate::storage::{is_object_url, ObjectLocation, StorageOptions};
 
 /// Data format of a path input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -485,7 +485,7 @@ impl JobSpec {
         self.validate_inputs()?;
         if let Some(output) = self.output.as_ref().and_then(|o| o.to_str()) {
             if is_object_url(output) {
-                let location = ObjectLocation::parse("output", output)?;
+                let location = ObjectUrl::parse("output", output)?;
                 if location.glob.is_some() {
                     return Err(PrsError::config(
                         "output",
@@ -528,7 +528,7 @@ impl JobSpec {
             seen.push(folded);
             match &input.source {
                 InputSource::Path { path, .. } if is_object_url(path) => {
-                    ObjectLocation::parse(&format!("inputs[{i}].path"), path)?;
+                    ObjectUrl::parse(&format!("inputs[{i}].path"), path)?;
                 }
                 InputSource::Path { path, .. } if path.trim().is_empty() => {
                     return Err(PrsError::config(
@@ -1073,22 +1073,6 @@ fn resolve_location(field: &str, base_dir: &Path, location: &str) -> Result<Stri
         text.push('/');
     }
     Ok(text)
-}
-
-/// Does this look like `scheme://...` (s3, az, abfss, gs, http, ...)?
-pub(crate) fn is_url(location: &str) -> bool {
-    match location.split_once("://") {
-        Some((scheme, _)) => {
-            scheme
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic())
-                && scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        }
-        None => false,
-    }
 }
 
 /// `path` resolved against `base_dir` when relative, without `.` components and with `..`

@@ -7,20 +7,24 @@
 pub mod azure_v2;
 mod environment;
 mod job;
+mod location;
 mod mltable;
 mod named;
 mod params;
 mod size;
+pub mod storage_options;
 mod yaml;
 
 pub(crate) use job::{
-    is_url, read_config_entries, read_job_file, resolve as resolve_path, validate_arguments,
+    read_config_entries, read_job_file, resolve as resolve_path, validate_arguments,
 };
 pub use job::{
     InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
 };
+pub use location::{is_object_url, is_url, ObjectUrl, StoreKind};
 pub use params::{
     ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig,
     DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
 };
 pub use size::MiniBatchSize;
+pub use storage_options::{CacheOptions, StorageOptions};

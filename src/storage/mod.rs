@@ -20,7 +20,8 @@ pub mod options;
 pub mod output;
 pub mod read_ahead;
 
-pub use options::{CacheOptions, StorageOptions};
+use crate::config::ObjectUrl;
+pub use crate::config::{is_object_url, CacheOptions, StorageOptions, StoreKind};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,15 +52,6 @@ const DEFAULT_FILES_PER_BATCH: u64 = 10;
 /// Objects of one tabular input planned for the read-ahead (the rest are read directly).
 const READ_AHEAD_OBJECTS: usize = 10_000;
 
-/// Which kind of store a URL addresses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StoreKind {
-    /// Amazon S3 and compatible servers (`s3://`, `s3a://`).
-    S3,
-    /// Azure Blob Storage / ADLS Gen2 (`az://`, `azure://`, `adl://`, `abfs://`, `abfss://`).
-    Azure,
-}
-
 /// An object-storage location: the store and the object path (or prefix) within it, and an
 /// optional glob over the keys below the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,73 +71,31 @@ pub struct ObjectLocation {
     pub text: String,
 }
 
-/// Does `location` look like `scheme://...` for a scheme other than `file`? (Such locations
-/// are object storage; [`ObjectLocation::parse`] says whether the scheme is supported.)
-pub fn is_object_url(location: &str) -> bool {
-    crate::config::is_url(location)
-        && !location
-            .get(..7)
-            .is_some_and(|p| p.eq_ignore_ascii_case("file://"))
-}
-
-fn has_glob(text: &str) -> bool {
-    text.contains(['*', '?', '[', '{'])
-}
-
 impl ObjectLocation {
     /// Parses `s3://bucket/prefix`, `az://container/prefix`, `abfss://container@account.dfs.core.windows.net/prefix`,
     /// ... A glob may follow the prefix (`s3://bucket/data/*.parquet`). `field` names the
     /// setting in errors.
     pub fn parse(field: &str, location: &str) -> Result<Self> {
+        let url = ObjectUrl::parse(field, location)?;
         let bad = |reason: String| PrsError::config(field, location, reason);
-        let (scheme, rest) = location
-            .split_once("://")
-            .ok_or_else(|| bad("is not a URL".into()))?;
-        let kind = match scheme.to_ascii_lowercase().as_str() {
-            "s3" | "s3a" => StoreKind::S3,
-            "az" | "azure" | "adl" | "abfs" | "abfss" => StoreKind::Azure,
-            other => {
-                return Err(bad(format!(
-                    "the scheme {other}:// is not supported; use s3://bucket/prefix, \
-                     az://container/prefix (also abfss://, azure://), file:// or a local path"
-                )))
-            }
-        };
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        if authority.is_empty() {
-            return Err(bad(format!(
-                "names no {}; write {scheme}://NAME/prefix",
-                match kind {
-                    StoreKind::S3 => "bucket",
-                    StoreKind::Azure => "container",
-                }
-            )));
-        }
-        if has_glob(authority) {
-            return Err(bad("the bucket or container name cannot be a glob".into()));
-        }
-        // Split the path at the first segment with glob characters.
-        let segments: Vec<&str> = path.split('/').collect();
-        let glob_at = segments.iter().position(|s| has_glob(s));
-        let (prefix_text, glob) = match glob_at {
-            Some(i) => (segments[..i].join("/"), Some(segments[i..].join("/"))),
-            None => (path.to_string(), None),
-        };
-        let store_url = Url::parse(&format!("{scheme}://{authority}"))
+        let store_url = Url::parse(&format!("{}://{}", url.scheme, url.authority))
             .map_err(|e| bad(format!("is not a valid URL: {e}")))?;
         if store_url.host_str().is_none_or(str::is_empty) {
             return Err(bad("is not a valid URL: no bucket or container".into()));
         }
-        let prefix_url = Url::parse(&format!("{scheme}://{authority}/{prefix_text}"))
-            .map_err(|e| bad(format!("is not a valid URL: {e}")))?;
+        let prefix_url = Url::parse(&format!(
+            "{}://{}/{}",
+            url.scheme, url.authority, url.prefix
+        ))
+        .map_err(|e| bad(format!("is not a valid URL: {e}")))?;
         let prefix = ObjectPath::from_url_path(prefix_url.path())
             .map_err(|e| bad(format!("is not a valid object path: {e}")))?;
         Ok(ObjectLocation {
-            kind,
+            kind: url.kind,
             store_url,
             prefix,
-            glob,
-            is_dir: glob_at.is_none() && (path.is_empty() || path.ends_with('/')),
+            glob: url.glob,
+            is_dir: url.is_dir,
             text: location.to_string(),
         })
     }
@@ -210,10 +160,7 @@ pub fn storage_error(
 /// bucket, missing object, denied access), followed by the store's own detail.
 fn classify(location: &ObjectLocation, e: &object_store::Error, detail: &str) -> String {
     use object_store::Error as E;
-    let container = match location.kind {
-        StoreKind::S3 => "bucket",
-        StoreKind::Azure => "container",
-    };
+    let container = location.kind.container_word();
     const MISSING_BUCKET: &[&str] = &["NoSuchBucket", "ContainerNotFound"];
     const DENIED: &[&str] = &[
         "SignatureDoesNotMatch",
@@ -276,7 +223,7 @@ pub fn build_store(location: &ObjectLocation, options: &StorageOptions) -> Resul
         )
     };
     let entries = options.object_store_entries()?;
-    let retry = options.retry_config();
+    let retry = options::retry_config(options);
     let inner: Arc<dyn ObjectStore> = match location.kind {
         StoreKind::S3 => {
             let mut builder = AmazonS3Builder::from_env();
@@ -379,6 +326,7 @@ impl StorageContext {
     /// [`StorageContext::for_job`], then [`StorageContext::check_output`]: what `run` and
     /// `validate` do before registering the inputs.
     pub async fn prepare(spec: &JobSpec, output: &Path) -> Result<Arc<Self>> {
+        options::check_keys("storage_options", &spec.storage_options)?;
         let context = Arc::new(StorageContext::for_job(spec, output)?);
         context.check_output().await?;
         Ok(context)

@@ -20,7 +20,7 @@ use object_store::{
     ObjectStore, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions, UploadPart,
 };
 
-use crate::storage::options::StorageOptions;
+use crate::config::StorageOptions;
 use crate::storage::read_ahead::ReadAhead;
 
 /// Context added to an object_store error.
