@@ -106,7 +106,7 @@ impl JobObserver for ReportWriter {
             r.failed_items.to_string(),
             format!("{:.3}", r.elapsed_seconds),
             format!("{:.3}", r.run_seconds),
-            r.status.clone(),
+            r.status.as_str().to_string(),
             r.error_message.clone(),
         ];
         let line = row
@@ -150,11 +150,21 @@ impl JobObserver for ReportWriter {
     }
 }
 
+/// Whether a job succeeded (written `succeeded` / `failed` in `job_summary.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Every rule held and the output is complete.
+    Succeeded,
+    /// A threshold was exceeded, nothing succeeded, or the output could not be committed.
+    Failed,
+}
+
 /// The job's outcome, as written to `job_summary.json`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct JobSummary {
     /// `succeeded` or `failed`.
-    pub status: String,
+    pub status: JobStatus,
     /// Why the job failed (empty on success).
     pub reason: String,
     /// All mini-batches; a lower bound when `mini_batches_total_exact` is false.
@@ -205,12 +215,12 @@ impl JobSummary {
         } else {
             format!("{}; then {reason}", self.reason)
         };
-        self.status = "failed".into();
+        self.status = JobStatus::Failed;
     }
 
     /// True when the job succeeded.
     pub fn succeeded(&self) -> bool {
-        self.status == "succeeded"
+        self.status == JobStatus::Succeeded
     }
 
     /// PRS's summary sentence. A total the job could not know (it stopped before reading all
@@ -231,7 +241,7 @@ impl JobSummary {
     /// Builds the summary from the final counts.
     pub fn from_counts(c: &JobCounts, error_threshold: i64, elapsed: Duration) -> Self {
         JobSummary {
-            status: "succeeded".into(),
+            status: JobStatus::Succeeded,
             reason: String::new(),
             mini_batches_total: c.mini_batches_total,
             mini_batches_total_exact: c.mini_batches_total_exact(),

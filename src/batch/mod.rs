@@ -129,6 +129,41 @@ impl serde::Serialize for PartitionKeyValue {
     }
 }
 
+/// The final status of a mini-batch (its text exists only in the report files and on the wire:
+/// `SUCCEEDED`, `RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MiniBatchStatus {
+    /// run() returned (some items may still have failed: fewer results than items).
+    Succeeded,
+    /// Every try failed; the last one with an exception in run().
+    RunException,
+    /// ... the last one did not finish within run_invocation_timeout.
+    RunTimeout,
+    /// ... the last one lost its worker process.
+    ProcessCrashed,
+    /// ... the last one returned something that cannot be used.
+    BadResult,
+}
+
+impl MiniBatchStatus {
+    /// The status as PRS's reports write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MiniBatchStatus::Succeeded => "SUCCEEDED",
+            MiniBatchStatus::RunException => "RUN_EXCEPTION",
+            MiniBatchStatus::RunTimeout => "RUN_TIMEOUT",
+            MiniBatchStatus::ProcessCrashed => "PROCESS_CRASHED",
+            MiniBatchStatus::BadResult => "BAD_RESULT",
+        }
+    }
+}
+
+impl fmt::Display for MiniBatchStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One unit of work: the rows (or file entries) one run() call receives.
 #[derive(Debug, Clone)]
 pub struct MiniBatch {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Lineage, MiniBatchId, PartitionKeyValue};
+use crate::batch::{Lineage, MiniBatchId, MiniBatchStatus, PartitionKeyValue};
 use crate::config::ParallelRunConfig;
 use crate::error::PrsError;
 
@@ -95,7 +95,7 @@ pub struct MiniBatchRecord {
     /// Time inside the last run() call, seconds.
     pub run_seconds: f64,
     /// `SUCCEEDED`, `RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`.
-    pub status: String,
+    pub status: MiniBatchStatus,
     /// Last error message (empty on success), or the warning about extra returned rows.
     pub error_message: String,
     /// Traceback of the last failure, when known.
@@ -108,7 +108,7 @@ pub struct MiniBatchRecord {
 impl MiniBatchRecord {
     /// True when the mini-batch succeeded.
     pub fn succeeded(&self) -> bool {
-        self.status == "SUCCEEDED"
+        self.status == MiniBatchStatus::Succeeded
     }
 }
 
@@ -509,11 +509,10 @@ mod tests {
             elapsed_seconds: 0.0,
             run_seconds: 0.0,
             status: if succeeded {
-                "SUCCEEDED"
+                MiniBatchStatus::Succeeded
             } else {
-                "RUN_EXCEPTION"
-            }
-            .into(),
+                MiniBatchStatus::RunException
+            },
             error_message: String::new(),
             traceback: None,
             earlier_errors: Vec::new(),

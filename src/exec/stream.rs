@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
-use crate::batch::{Lineage, MiniBatchId};
+use crate::batch::{Lineage, MiniBatchId, MiniBatchStatus};
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::{Dispatched, SharedQueue};
 use crate::exec::state::{JobState, MiniBatchRecord};
@@ -215,7 +215,7 @@ impl PartitionRunner {
                         failed_items: total - succeeded,
                         elapsed_seconds: t0.elapsed().as_secs_f64(),
                         run_seconds,
-                        status: "SUCCEEDED".into(),
+                        status: MiniBatchStatus::Succeeded,
                         error_message,
                         traceback: None,
                         earlier_errors: Vec::new(),
@@ -267,7 +267,7 @@ impl PartitionRunner {
             failed_items: total,
             elapsed_seconds: t0.elapsed().as_secs_f64(),
             run_seconds,
-            status: error.status().into(),
+            status: error.status(),
             earlier_errors: errors
                 .into_iter()
                 .filter(|(_, m)| *m != error_message)

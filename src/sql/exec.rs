@@ -142,8 +142,7 @@ impl SqlRun {
         if !summary.succeeded() {
             return;
         }
-        summary.status = "failed".into();
-        summary.reason = format!("the query failed: {reason}");
+        summary.fail(format!("the query failed: {reason}"));
         let failures = self
             .current_writer()
             .map(|w| w.failures())
@@ -279,7 +278,7 @@ impl Tracker {
         );
         let (counts, elapsed) = (self.state.counts(), self.state.elapsed());
         if !complete && !aborted {
-            summary.status = "succeeded".into();
+            summary.status = crate::report::JobStatus::Succeeded;
             summary.reason = format!(
                 "the query stopped reading before the end (e.g. a LIMIT): {} of {} mini batches \
                  were processed",

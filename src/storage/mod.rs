@@ -405,11 +405,10 @@ impl StorageContext {
                 summary.output = Some(PathBuf::from(url));
             }
             Err(e) => {
-                summary.status = "failed".into();
-                summary.reason = format!(
+                summary.fail(format!(
                     "committing the output failed: {e}; the complete output is in {}",
                     local.display()
-                );
+                ));
                 summary.output = None;
                 summary.partial_output = Some(local);
             }

@@ -24,7 +24,7 @@ use std::time::Duration;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
-use crate::batch::MiniBatch;
+use crate::batch::{MiniBatch, MiniBatchStatus};
 use crate::config::{LoggingLevel, OutputFormat};
 use crate::error::Result;
 
@@ -169,13 +169,13 @@ impl RunError {
         matches!(self, RunError::Timeout { .. } | RunError::Crashed { .. })
     }
 
-    /// The PRS status name for the report (`RUN_EXCEPTION`, `RUN_TIMEOUT`, ...).
-    pub fn status(&self) -> &'static str {
+    /// The mini-batch's status when this was its last try.
+    pub fn status(&self) -> MiniBatchStatus {
         match self {
-            RunError::Exception { .. } => "RUN_EXCEPTION",
-            RunError::Timeout { .. } => "RUN_TIMEOUT",
-            RunError::Crashed { .. } => "PROCESS_CRASHED",
-            RunError::BadResult { .. } => "BAD_RESULT",
+            RunError::Exception { .. } => MiniBatchStatus::RunException,
+            RunError::Timeout { .. } => MiniBatchStatus::RunTimeout,
+            RunError::Crashed { .. } => MiniBatchStatus::ProcessCrashed,
+            RunError::BadResult { .. } => MiniBatchStatus::BadResult,
         }
     }
 
