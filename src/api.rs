@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::prelude::{DataFrame, SessionContext};
+use datafusion::prelude::DataFrame;
 
 use crate::batch::ItemKind;
 use crate::config::{InputSpec, OutputFormat, ParallelRunConfig};
@@ -317,13 +317,4 @@ impl ParallelRunDataFrameExt for DataFrame {
             .build();
         Ok(DataFrame::new(state, node.into_plan()))
     }
-}
-
-/// A session whose planner knows parallel-run's operator (needed to execute plans that
-/// contain a [`ParallelRunNode`]).
-pub fn session_with_parallel_run(ctx: &SessionContext) -> SessionContext {
-    let state = SessionStateBuilder::new_from_existing(ctx.state())
-        .with_query_planner(Arc::new(ParallelRunQueryPlanner))
-        .build();
-    SessionContext::new_with_state(state)
 }
