@@ -13,6 +13,7 @@ mod named;
 mod params;
 mod size;
 pub mod storage_options;
+mod writer;
 mod yaml;
 
 pub(crate) use job::{

@@ -1,0 +1,187 @@
+//! Writing a job back as YAML in Azure's layout (`show-config`, `save_yaml`): every key, with
+//! the defaults filled in, such that reading it again gives an equal job.
+
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+use crate::config::environment::environment_to_yaml;
+use crate::config::job::{path_text, CONFIG};
+use crate::config::{
+    ComputeTarget, InputSource, InputSpec, JobSpec, MiniBatchSize, OutputFormat, ParallelRunConfig,
+};
+use crate::error::{PrsError, Result};
+
+impl JobSpec {
+    /// The effective job as YAML in Azure's layout (every key, defaults filled in), such that
+    /// `from_yaml_str(to_yaml())` gives an equal `JobSpec`.
+    pub fn to_yaml(&self) -> Result<String> {
+        let mut root = Mapping::new();
+        root.insert(
+            CONFIG.into(),
+            config_to_yaml(&self.config, self.output_format)?,
+        );
+        let inputs = self.inputs.iter().map(input_to_yaml).collect();
+        root.insert("inputs".into(), Value::Sequence(inputs));
+        let output = match &self.output {
+            Some(path) => Value::String(path_text("output", path)?),
+            None => Value::Null,
+        };
+        root.insert("output".into(), output);
+        root.insert("output_format".into(), self.output_format.as_str().into());
+        let arguments = self.arguments.iter().cloned().map(Value::String).collect();
+        root.insert("arguments".into(), Value::Sequence(arguments));
+        root.insert("preserve_order".into(), self.preserve_order.into());
+        root.insert("allow_empty_input".into(), self.allow_empty_input.into());
+        root.insert(
+            "mini_batch_format".into(),
+            self.mini_batch_format.as_str().into(),
+        );
+        // Secrets are masked: write them as ${ENV_VAR} references to keep them.
+        let storage: Mapping = self
+            .storage_options
+            .shown()
+            .into_iter()
+            .map(|(k, v)| (Value::String(k), Value::String(v)))
+            .collect();
+        root.insert("storage_options".into(), Value::Mapping(storage));
+        if let Some(limit) = &self.memory_limit {
+            root.insert("memory_limit".into(), limit.raw.as_str().into());
+        }
+        if !self.models.is_empty() {
+            let models: Mapping = self
+                .models
+                .iter()
+                .map(|(k, v)| (Value::from(k.as_str()), Value::from(v.as_str())))
+                .collect();
+            root.insert("models".into(), Value::Mapping(models));
+        }
+        let text = serde_yaml::to_string(&root).map_err(|e| PrsError::Output {
+            path: "(job YAML)".into(),
+            message: e.to_string(),
+        })?;
+        // A default that depends on this machine is shown as a comment, so the YAML stays
+        // portable (another machine fills in its own) and never says null.
+        let cores = self.config.processes_per_node();
+        Ok(text.replace(
+            "\n  process_count_per_node: null\n",
+            &format!(
+                "\n  # process_count_per_node: {cores}   (default here: this machine's {cores} cores)\n"
+            ),
+        ))
+    }
+
+    /// Writes [`JobSpec::to_yaml`] to `path`.
+    pub fn save_yaml(&self, path: &Path) -> Result<()> {
+        let text = self.to_yaml()?;
+        std::fs::write(path, text).map_err(|e| PrsError::io(path, e))
+    }
+
+    /// Whether any input is tabular (see [`InputSpec::is_tabular`]).
+    pub fn has_tabular_inputs(&self) -> bool {
+        self.inputs.iter().any(InputSpec::is_tabular)
+    }
+}
+
+/// `parallel_run_config` with every key (unset options as null); `append_row_file_name` is
+/// the file the job writes in `format`.
+fn config_to_yaml(config: &ParallelRunConfig, format: OutputFormat) -> Result<Value> {
+    let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
+    let number = |n: Option<i64>| n.map_or(Value::Null, Value::from);
+    let path = |field: &str, p: &Option<PathBuf>| -> Result<Value> {
+        Ok(match p {
+            Some(p) => Value::String(path_text(field, p)?),
+            None => Value::Null,
+        })
+    };
+    let strings =
+        |items: &[String]| Value::Sequence(items.iter().cloned().map(Value::String).collect());
+    let mut variables = Mapping::new();
+    for (name, value) in &config.environment_variables {
+        variables.insert(name.as_str().into(), value.as_str().into());
+    }
+    let compute = match &config.compute_target {
+        ComputeTarget::Local => "local".to_string(),
+        ComputeTarget::Cluster(address) => address.clone(),
+    };
+    let entries: Vec<(&str, Value)> = vec![
+        ("entry_script", config.entry_script.as_str().into()),
+        ("error_threshold", config.error_threshold.into()),
+        ("output_action", config.output_action.as_str().into()),
+        ("node_count", config.node_count.into()),
+        (
+            "process_count_per_node",
+            number(config.process_count_per_node.map(i64::from)),
+        ),
+        (
+            "mini_batch_size",
+            config
+                .mini_batch_size
+                .as_ref()
+                .map_or(Value::Null, size_to_yaml),
+        ),
+        (
+            "source_directory",
+            path("source_directory", &config.source_directory)?,
+        ),
+        ("description", text(&config.description)),
+        ("logging_level", config.logging_level.as_str().into()),
+        (
+            "run_invocation_timeout",
+            config.run_invocation_timeout.into(),
+        ),
+        ("run_max_try", config.run_max_try.into()),
+        (
+            "append_row_file_name",
+            format
+                .append_row_file_name(&config.append_row_file_name)
+                .into(),
+        ),
+        ("allowed_failed_count", number(config.allowed_failed_count)),
+        (
+            "allowed_failed_percent",
+            config
+                .allowed_failed_percent
+                .map_or(Value::Null, Value::from),
+        ),
+        ("partition_keys", strings(&config.partition_keys)),
+        ("environment_variables", Value::Mapping(variables)),
+        ("compute_target_name", compute.into()),
+        ("environment", environment_to_yaml(&config.environment)),
+    ];
+    Ok(Value::Mapping(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
+    ))
+}
+
+/// `mini_batch_size` as written: a plain count as a YAML integer (as Azure writes it), anything
+/// else as text.
+fn size_to_yaml(size: &MiniBatchSize) -> Value {
+    if !size.has_unit && size.raw == size.value.to_string() {
+        Value::from(size.value)
+    } else {
+        Value::String(size.raw.clone())
+    }
+}
+
+/// One `inputs:` entry: `{name, path, format}` or `{name, sql}`.
+fn input_to_yaml(input: &InputSpec) -> Value {
+    let mut mapping = Mapping::new();
+    mapping.insert("name".into(), input.name.as_str().into());
+    match &input.source {
+        InputSource::Path { path, format } => {
+            mapping.insert("path".into(), path.as_str().into());
+            mapping.insert("format".into(), format.as_str().into());
+        }
+        InputSource::Sql(sql) => {
+            mapping.insert("sql".into(), sql.as_str().into());
+        }
+    }
+    if let Some(pattern) = &input.partition_format {
+        mapping.insert("partition_format".into(), pattern.as_str().into());
+    }
+    Value::Mapping(mapping)
+}
