@@ -1,21 +1,14 @@
 //! The YAML job file: Azure's `parallel_run_config:` mapping plus the inputs, output and
 //! arguments around it. Relative paths are relative to the job file's folder.
 
-use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
-use serde_yaml::{Mapping, Value};
-
-use crate::config::azure_v2::{self, V2Options};
-use crate::config::environment::parse_environment;
-use crate::config::mltable;
-use crate::config::named;
-use crate::config::yaml::{show, string_map, unknown_key, Section};
-use crate::config::{is_object_url, is_url, ObjectUrl, StorageOptions};
+use crate::config::azure_v2::V2Options;
+use crate::config::reader::{parse_job, read_job_file};
+use crate::config::{is_object_url, ObjectUrl, StorageOptions};
 use crate::config::{
-    ComputeTarget, LoggingLevel, MiniBatchSize, OutputAction, ParallelRunConfig,
-    DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
+    MiniBatchSize, ParallelRunConfig, DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
 };
 use crate::error::{PrsError, Result};
 
@@ -162,7 +155,7 @@ pub struct JobSpec {
     pub base_dir: Option<PathBuf>,
 }
 
-const MEMORY_LIMIT_RULE: &str = "must be a size such as 2GB or 512MB";
+pub(super) const MEMORY_LIMIT_RULE: &str = "must be a size such as 2GB or 512MB";
 
 /// What a Python `run()` receives for tabular mini-batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -174,7 +167,7 @@ pub enum MiniBatchFormat {
     PyArrow,
 }
 
-const MINI_BATCH_FORMAT_RULE: &str =
+pub(super) const MINI_BATCH_FORMAT_RULE: &str =
     "must be pandas (a DataFrame, the default) or pyarrow (a pyarrow.Table)";
 
 impl MiniBatchFormat {
@@ -218,7 +211,7 @@ pub struct LoadedJob {
 pub(super) const CONFIG: &str = "parallel_run_config";
 
 /// Keys allowed at the top level of a job file.
-const TOP_LEVEL_KEYS: &[&str] = &[
+pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     CONFIG,
     "inputs",
     "output",
@@ -233,7 +226,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 ];
 
 /// Top-level keys that `--set` may override (the rest of `--set` goes to `parallel_run_config`).
-const JOB_OVERRIDE_KEYS: &[&str] = &[
+pub(super) const JOB_OVERRIDE_KEYS: &[&str] = &[
     "output",
     "output_format",
     "preserve_order",
@@ -243,12 +236,12 @@ const JOB_OVERRIDE_KEYS: &[&str] = &[
 ];
 
 /// What `storage_options` allows.
-const STORAGE_OPTIONS_RULE: &str = "must map object_store keys (e.g. aws_endpoint, \
+pub(super) const STORAGE_OPTIONS_RULE: &str = "must map object_store keys (e.g. aws_endpoint, \
      azure_storage_account_name) or parallel-run's storage keys (retry_max_retries, cache_size, \
      ...) to values";
 
 /// Keys allowed in `parallel_run_config`: Azure's, ours, and the v2 names (the last four).
-const CONFIG_KEYS: &[&str] = &[
+pub(super) const CONFIG_KEYS: &[&str] = &[
     "entry_script",
     "error_threshold",
     "output_action",
@@ -275,36 +268,42 @@ const CONFIG_KEYS: &[&str] = &[
 ];
 
 /// Keys of the v2 `retry_settings` mapping.
-const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
+pub(super) const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
 
 /// Keys of one `inputs:` entry.
-const INPUT_KEYS: &[&str] = &["name", "path", "sql", "format", "partition_format", "side"];
+pub(super) const INPUT_KEYS: &[&str] =
+    &["name", "path", "sql", "format", "partition_format", "side"];
 
 /// What each parameter allows, shared by the type and missing-value errors.
-mod rule {
-    pub(super) const ENTRY_SCRIPT: &str =
+pub(super) mod rule {
+    pub(in crate::config) const ENTRY_SCRIPT: &str =
         "the Python script with init() and run() (or rust:NAME for a Rust entry script)";
-    pub(super) const ERROR_THRESHOLD: &str =
+    pub(in crate::config) const ERROR_THRESHOLD: &str =
         "an integer >= -1 (-1 ignores all failures): failed items allowed over the job";
-    pub(super) const OUTPUT_ACTION: &str = "append_row or summary_only";
-    pub(super) const NODE_COUNT: &str = "an integer >= 1 (1 on this machine)";
-    pub(super) const PROCESSES: &str =
+    pub(in crate::config) const OUTPUT_ACTION: &str = "append_row or summary_only";
+    pub(in crate::config) const NODE_COUNT: &str = "an integer >= 1 (1 on this machine)";
+    pub(in crate::config) const PROCESSES: &str =
         "must be an integer >= 1, or left out to use one process per core";
-    pub(super) const TEXT: &str = "must be a text";
-    pub(super) const TIMEOUT: &str = "must be a number of seconds > 0 (default 60)";
-    pub(super) const MAX_TRY: &str = "must be an integer >= 1 (total tries, default 3)";
-    pub(super) const MAX_RETRIES: &str = "must be an integer >= 0 (retries after the first try)";
-    pub(super) const FAILED_COUNT: &str = "must be an integer >= -1 (-1 ignores all failures)";
-    pub(super) const FAILED_PERCENT: &str = "must be a number between 0 and 100, or -1";
-    pub(super) const PARTITION_KEYS: &str = "must be a list of column names, e.g. [a, b]";
-    pub(super) const ENV_VARS: &str =
+    pub(in crate::config) const TEXT: &str = "must be a text";
+    pub(in crate::config) const TIMEOUT: &str = "must be a number of seconds > 0 (default 60)";
+    pub(in crate::config) const MAX_TRY: &str = "must be an integer >= 1 (total tries, default 3)";
+    pub(in crate::config) const MAX_RETRIES: &str =
+        "must be an integer >= 0 (retries after the first try)";
+    pub(in crate::config) const FAILED_COUNT: &str =
+        "must be an integer >= -1 (-1 ignores all failures)";
+    pub(in crate::config) const FAILED_PERCENT: &str = "must be a number between 0 and 100, or -1";
+    pub(in crate::config) const PARTITION_KEYS: &str =
+        "must be a list of column names, e.g. [a, b]";
+    pub(in crate::config) const ENV_VARS: &str =
         "must map variable names to values, e.g. {OMP_NUM_THREADS: 1}";
-    pub(super) const COMPUTE: &str = "must be local (or a cluster address such as df://host:50050)";
-    pub(super) const INPUT_FORMAT: &str =
+    pub(in crate::config) const COMPUTE: &str =
+        "must be local (or a cluster address such as df://host:50050)";
+    pub(in crate::config) const INPUT_FORMAT: &str =
         "must be parquet, csv, json (also jsonl, ndjson), files or mltable";
-    pub(super) const OUTPUT_FORMAT: &str = "must be txt, csv or parquet";
-    pub(super) const ARGUMENTS: &str = "must be a list of arguments, e.g. [\"--model\", m.bin]";
-    pub(super) const BOOLEAN: &str = "must be true or false";
+    pub(in crate::config) const OUTPUT_FORMAT: &str = "must be txt, csv or parquet";
+    pub(in crate::config) const ARGUMENTS: &str =
+        "must be a list of arguments, e.g. [\"--model\", m.bin]";
+    pub(in crate::config) const BOOLEAN: &str = "must be true or false";
 }
 
 impl InputFormat {
@@ -319,7 +318,7 @@ impl InputFormat {
     }
 
     /// Parses a name case-insensitively (`jsonl` and `ndjson` mean `json`).
-    fn from_name(name: &str) -> Option<Self> {
+    pub(super) fn from_name(name: &str) -> Option<Self> {
         match name.trim().to_ascii_lowercase().as_str() {
             "parquet" => Some(InputFormat::Parquet),
             "csv" => Some(InputFormat::Csv),
@@ -330,7 +329,7 @@ impl InputFormat {
     }
 
     /// The format a path's extension implies (`data/*.parquet` -> parquet), if any.
-    fn from_extension(path: &str) -> Option<Self> {
+    pub(super) fn from_extension(path: &str) -> Option<Self> {
         let file = path.trim_end_matches('/').rsplit('/').next()?;
         let (_, extension) = file.rsplit_once('.')?;
         match extension.to_ascii_lowercase().as_str() {
@@ -482,530 +481,6 @@ impl JobSpec {
     }
 }
 
-/// The text of a job file (YAML or SQL). A file that cannot be read is a usage error
-/// ([`PrsError::JobFile`], exit code 2) that says what to check.
-pub(crate) fn read_job_file(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| {
-        let message = match e.kind() {
-            std::io::ErrorKind::NotFound => format!(
-                "does not exist (looked for {}); check the path, which is relative to the \
-                 current folder",
-                std::path::absolute(path)
-                    .unwrap_or_else(|_| path.to_path_buf())
-                    .display()
-            ),
-            std::io::ErrorKind::IsADirectory => {
-                "is a folder; give the job file inside it".to_string()
-            }
-            _ => format!("cannot be read: {e}; check that it is a readable text file"),
-        };
-        PrsError::JobFile {
-            path: path.to_path_buf(),
-            message,
-        }
-    })
-}
-
-/// Parses, applies the overrides, reads and validates a job; `source` names it in YAML errors.
-fn parse_job(
-    text: &str,
-    base_dir: &Path,
-    overrides: &[String],
-    source: &Path,
-    v2: &V2Options,
-) -> Result<LoadedJob> {
-    let job_file_error = |message: String| PrsError::JobFile {
-        path: source.to_path_buf(),
-        message,
-    };
-    let document: Value =
-        serde_yaml::from_str(text).map_err(|e| job_file_error(format!("not valid YAML: {e}")))?;
-    let mut root = match document {
-        Value::Null => Mapping::new(),
-        Value::Mapping(mapping) => mapping,
-        other => {
-            return Err(job_file_error(format!(
-                "the top level must be a mapping with the keys {}, not {}",
-                TOP_LEVEL_KEYS.join(", "),
-                show(&other)
-            )))
-        }
-    };
-    let mut warnings = Vec::new();
-    let output_folders;
-    if azure_v2::is_v2(&root) {
-        let translated = azure_v2::translate(root, base_dir, v2, &mut warnings)?;
-        root = translated.root;
-        output_folders = translated.output_folders;
-    } else {
-        output_folders = named::resolve_named(&mut root, base_dir, v2)?;
-    }
-    for text in overrides {
-        apply_override(&mut root, text)?;
-    }
-    let mut spec = read_job(Value::Mapping(root), base_dir, &mut warnings)?;
-    spec.output_folders = output_folders;
-    spec.validate()?;
-    Ok(LoadedJob { spec, warnings })
-}
-
-/// Reads the whole job from the (overridden) document.
-fn read_job(root: Value, base_dir: &Path, warnings: &mut Vec<String>) -> Result<JobSpec> {
-    let mut top = Section::new("", root, TOP_LEVEL_KEYS)?;
-    let config = top.take(CONFIG).ok_or_else(|| {
-        PrsError::missing(
-            CONFIG,
-            "required: the mapping of PRS parameters (entry_script, error_threshold, \
-             output_action, node_count, ...)",
-        )
-    })?;
-    let config = read_config(config, base_dir, warnings)?;
-    let inputs = read_inputs(top.take("inputs"), base_dir)?;
-    let output = top.string("output", "must be a folder path or URL")?;
-    let output = output
-        .map(|path| resolve_output(base_dir, &path))
-        .transpose()?;
-    let storage_options = match top.take("storage_options") {
-        Some(value) => StorageOptions::from_map(
-            "storage_options",
-            string_map("storage_options", value, STORAGE_OPTIONS_RULE)?,
-            base_dir,
-        )?,
-        None => StorageOptions::default(),
-    };
-    let output_format = match top.string("output_format", rule::OUTPUT_FORMAT)? {
-        Some(text) => text.parse()?,
-        None => OutputFormat::default(),
-    };
-    Ok(JobSpec {
-        config,
-        inputs,
-        output,
-        output_format,
-        arguments: top
-            .string_list("arguments", rule::ARGUMENTS)?
-            .unwrap_or_default(),
-        preserve_order: top
-            .boolean("preserve_order", rule::BOOLEAN)?
-            .unwrap_or(false),
-        allow_empty_input: top
-            .boolean("allow_empty_input", rule::BOOLEAN)?
-            .unwrap_or(false),
-        output_folders: Vec::new(),
-        mini_batch_format: match top.string("mini_batch_format", MINI_BATCH_FORMAT_RULE)? {
-            Some(text) => text.parse()?,
-            None => MiniBatchFormat::default(),
-        },
-        memory_limit: match top.scalar("memory_limit", MEMORY_LIMIT_RULE)? {
-            Some(text) => Some(MiniBatchSize::parse_for("memory_limit", &text)?),
-            None => None,
-        },
-        storage_options,
-        models: read_models(top.take("models"), base_dir)?,
-        base_dir: Some(base_dir.to_path_buf()),
-    })
-}
-
-/// `models:`: a mapping of model names (`iris`, or `iris:2` for a version) to local files or
-/// folders, resolved against the job's folder.
-fn read_models(value: Option<Value>, base_dir: &Path) -> Result<BTreeMap<String, String>> {
-    const RULE: &str = "must map model names (or name:version) to local files or folders, e.g. \
-                        {iris: ./models/iris.pkl, \"iris:2\": ./models/iris-v2/}";
-    let Some(value) = value else {
-        return Ok(BTreeMap::new());
-    };
-    let mut out = BTreeMap::new();
-    for (name, path) in string_map("models", value, RULE)? {
-        let field = format!("models.{name}");
-        let (model, version) = name.split_once(':').unwrap_or((&name, "1"));
-        if model.is_empty() || version.is_empty() || version.contains(['/', ':']) {
-            return Err(PrsError::config(&field, &name, RULE));
-        }
-        if is_url(&path) {
-            return Err(PrsError::config(
-                &field,
-                &path,
-                "models on object storage are not downloaded yet: copy the model to a local \
-                 folder and name that",
-            ));
-        }
-        let resolved = resolve(base_dir, &path);
-        if !resolved.exists() {
-            return Err(PrsError::config(
-                &field,
-                &path,
-                format!("{} does not exist", resolved.display()),
-            ));
-        }
-        out.insert(name.clone(), resolved.display().to_string());
-    }
-    Ok(out)
-}
-
-/// The output: object-storage URLs are kept as written, `file://` URLs become paths, other
-/// paths resolve against the job folder.
-fn resolve_output(base_dir: &Path, output: &str) -> Result<PathBuf> {
-    if is_object_url(output) {
-        return Ok(PathBuf::from(output));
-    }
-    Ok(PathBuf::from(resolve_location("output", base_dir, output)?))
-}
-
-/// Reads `parallel_run_config` (Azure's names, ours and the v2 aliases).
-fn read_config(
-    value: Value,
-    base_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<ParallelRunConfig> {
-    read_config_in(CONFIG, value, base_dir, warnings)
-}
-
-/// Reads PRS parameters given one by one (the SQL way in: `SET parallel_run.KEY` values and
-/// `parallel_run(...)` arguments) with the readers, rules and messages of `parallel_run_config:`;
-/// `section` names them in errors (e.g. `parallel_run.run_max_try "many": ...`). Keys are
-/// those of `parallel_run_config:`; a later entry replaces an earlier one. Text values stand
-/// for any scalar (numbers in text are read where numbers are expected). Relative paths resolve
-/// against `base_dir`. Not validated yet: call [`ParallelRunConfig::validate`].
-pub(crate) fn read_config_entries(
-    section: &str,
-    entries: Vec<(String, Value)>,
-    base_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<ParallelRunConfig> {
-    let mapping: Mapping = entries
-        .into_iter()
-        .map(|(key, value)| (Value::String(key), value))
-        .collect();
-    read_config_in(section, Value::Mapping(mapping), base_dir, warnings)
-}
-
-/// [`read_config`] for a mapping named `section` in errors.
-fn read_config_in(
-    section: &str,
-    value: Value,
-    base_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<ParallelRunConfig> {
-    let mut s = Section::new(section, value, CONFIG_KEYS)?;
-    let entry_script = s.string("entry_script", rule::TEXT)?;
-    let entry_script = s.required("entry_script", rule::ENTRY_SCRIPT, entry_script)?;
-    let error_threshold = s.integer::<i64>("error_threshold", "must be an integer >= -1")?;
-    let error_threshold = s.required("error_threshold", rule::ERROR_THRESHOLD, error_threshold)?;
-    let output_action = s.string("output_action", rule::OUTPUT_ACTION)?;
-    let output_action = s.required("output_action", rule::OUTPUT_ACTION, output_action)?;
-    let output_action = output_action.parse::<OutputAction>().map_err(|_| {
-        let reason = format!("must be {}", rule::OUTPUT_ACTION);
-        PrsError::config(s.field("output_action"), &output_action, reason)
-    })?;
-    let mut config = ParallelRunConfig::new(entry_script, error_threshold, output_action);
-
-    let key = s.pick("node_count", "instance_count")?;
-    let node_count = s.integer::<u32>(key, "must be an integer >= 1")?;
-    config.node_count = s.required("node_count", rule::NODE_COUNT, node_count)?;
-    let key = s.pick("process_count_per_node", "max_concurrency_per_instance")?;
-    config.process_count_per_node = s.integer::<u32>(key, rule::PROCESSES)?;
-    let size = s.scalar(
-        "mini_batch_size",
-        "must be a number, or digits with KB, MB or GB",
-    )?;
-    config.mini_batch_size = size.as_deref().map(MiniBatchSize::parse).transpose()?;
-    let source_directory = s.string("source_directory", "must be a folder path")?;
-    config.source_directory = source_directory.map(|dir| resolve(base_dir, &dir));
-    config.description = s.scalar("description", rule::TEXT)?;
-    if let Some(level) = s.string("logging_level", "must be WARNING, INFO or DEBUG")? {
-        config.logging_level = level.parse::<LoggingLevel>().map_err(|_| {
-            PrsError::config(
-                s.field("logging_level"),
-                &level,
-                "must be WARNING, INFO or DEBUG",
-            )
-        })?;
-    }
-    read_tries(&mut s, &mut config)?;
-    if let Some(name) = s.string("append_row_file_name", rule::TEXT)? {
-        config.append_row_file_name = name;
-    }
-    let key = s.pick("allowed_failed_count", "mini_batch_error_threshold")?;
-    config.allowed_failed_count = s.integer::<i64>(key, rule::FAILED_COUNT)?;
-    config.allowed_failed_percent = s.number("allowed_failed_percent", rule::FAILED_PERCENT)?;
-    config.partition_keys = s
-        .string_list("partition_keys", rule::PARTITION_KEYS)?
-        .unwrap_or_default();
-    config.environment_variables = s
-        .string_map("environment_variables", rule::ENV_VARS)?
-        .unwrap_or_default();
-    let key = s.pick("compute_target_name", "compute_target")?;
-    if let Some(target) = s.string(key, rule::COMPUTE)? {
-        config.compute_target = parse_compute_target(&s.field(key), &target, warnings);
-    }
-    read_environment(&mut s, &mut config, base_dir, warnings)?;
-    config.entry_script = resolve_entry_script(&config, base_dir)?;
-    Ok(config)
-}
-
-/// run_invocation_timeout and run_max_try, or the v2 `retry_settings` (tries = retries + 1).
-fn read_tries(s: &mut Section, config: &mut ParallelRunConfig) -> Result<()> {
-    let (mut max_retries, mut retry_timeout) = (None, None);
-    if let Some(mut retry) = s.section("retry_settings", RETRY_KEYS)? {
-        for (key, original) in [
-            ("max_retries", "run_max_try"),
-            ("timeout", "run_invocation_timeout"),
-        ] {
-            if retry.has(key) && s.has(original) {
-                return Err(PrsError::config(
-                    retry.field(key),
-                    show(&retry.take(key).unwrap_or_default()),
-                    format!(
-                        "is the v2 form of {}, which is also given; remove one of them",
-                        s.field(original)
-                    ),
-                ));
-            }
-        }
-        max_retries = retry.integer::<u32>("max_retries", rule::MAX_RETRIES)?;
-        retry_timeout = retry.integer::<u64>("timeout", rule::TIMEOUT)?;
-    }
-    if let Some(timeout) = s
-        .integer::<u64>("run_invocation_timeout", rule::TIMEOUT)?
-        .or(retry_timeout)
-    {
-        config.run_invocation_timeout = timeout;
-    }
-    let tries = match max_retries {
-        Some(retries) => Some(retries.checked_add(1).ok_or_else(|| {
-            PrsError::config(
-                "parallel_run_config.retry_settings.max_retries",
-                retries,
-                "is too large",
-            )
-        })?),
-        None => s.integer::<u32>("run_max_try", rule::MAX_TRY)?,
-    };
-    if let Some(tries) = tries {
-        config.run_max_try = tries;
-    }
-    Ok(())
-}
-
-/// The environment, with Azure's environment variables merged into `environment_variables`
-/// (keys already set there win) and a python path resolved against the job folder.
-fn read_environment(
-    s: &mut Section,
-    config: &mut ParallelRunConfig,
-    base_dir: &Path,
-    warnings: &mut Vec<String>,
-) -> Result<()> {
-    let field = s.field("environment");
-    let parsed = parse_environment(&field, s.take("environment"), warnings)?;
-    config.environment = parsed.environment;
-    if let Some(python) = &config.environment.python {
-        if python.contains('/') {
-            let resolved = resolve(base_dir, python);
-            config.environment.python = Some(path_text(&field, &resolved)?);
-        }
-    }
-    let mut merged = Vec::new();
-    for (name, value) in parsed.variables {
-        if let Entry::Vacant(entry) = config.environment_variables.entry(name.clone()) {
-            entry.insert(value);
-            merged.push(name);
-        }
-    }
-    if !merged.is_empty() {
-        warnings.push(format!(
-            "{field}.environmentVariables ({}) were merged into {}.environment_variables",
-            merged.join(", "),
-            CONFIG
-        ));
-    }
-    Ok(())
-}
-
-/// `local` (or nothing) is this machine; an address with `://` is a cluster; any other name is
-/// an Azure compute target, which means this machine here (with a warning).
-fn parse_compute_target(field: &str, target: &str, warnings: &mut Vec<String>) -> ComputeTarget {
-    let target = target.trim();
-    if target.is_empty() || target.eq_ignore_ascii_case("local") {
-        ComputeTarget::Local
-    } else if target.contains("://") {
-        ComputeTarget::Cluster(target.to_string())
-    } else {
-        warnings.push(format!(
-            "{field} {target:?} names an Azure compute target; the job runs on this machine \
-             (compute_target_name: local)"
-        ));
-        ComputeTarget::Local
-    }
-}
-
-/// The entry script path: relative to the job folder unless `source_directory` is given (it is
-/// then relative to that folder) or it names a Rust script.
-fn resolve_entry_script(config: &ParallelRunConfig, base_dir: &Path) -> Result<String> {
-    let script = &config.entry_script;
-    if config.source_directory.is_some() || script.starts_with("rust:") || script.trim().is_empty()
-    {
-        return Ok(script.clone());
-    }
-    path_text(
-        "parallel_run_config.entry_script",
-        &resolve(base_dir, script),
-    )
-}
-
-/// Reads `inputs:` (absent = none; `validate` then asks for one).
-fn read_inputs(value: Option<Value>, base_dir: &Path) -> Result<Vec<InputSpec>> {
-    match value {
-        None => Ok(Vec::new()),
-        Some(Value::Sequence(items)) => {
-            // MLTable inputs become the path (and sql) inputs they describe.
-            let mut expanded = Vec::with_capacity(items.len());
-            for (i, mut item) in items.into_iter().enumerate() {
-                let untyped_folder = item.get("format").is_none()
-                    && item
-                        .get("path")
-                        .and_then(Value::as_str)
-                        .and_then(|p| mltable::holds_mltable(base_dir, p))
-                        .is_some();
-                if untyped_folder {
-                    if let Value::Mapping(m) = &mut item {
-                        m.insert("format".into(), "mltable".into());
-                    }
-                }
-                if mltable::is_mltable(&item) {
-                    expanded.extend(mltable::expand(&format!("inputs[{i}]"), item, base_dir)?);
-                } else {
-                    expanded.push(item);
-                }
-            }
-            expanded
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| read_input(i, item, base_dir))
-                .collect()
-        }
-        Some(other) => Err(PrsError::config(
-            "inputs",
-            show(&other),
-            "must be a list of {name, path, format} or {name, sql} entries",
-        )),
-    }
-}
-
-/// Reads one `inputs:` entry: a path with its format, or a SQL query.
-fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<InputSpec> {
-    let mut s = Section::new(format!("inputs[{index}]"), value, INPUT_KEYS)?;
-    let name = s.scalar("name", "must be a table name")?;
-    let name = s.required("name", "a table name for this input, e.g. reviews", name)?;
-    let path = s.string("path", "must be a file, folder, glob or URL")?;
-    let sql = s.string("sql", "must be a SQL query over the other inputs")?;
-    let format = s.string("format", rule::INPUT_FORMAT)?;
-    let partition_format = s.string(
-        "partition_format",
-        "must be a path pattern with {key} fields, e.g. \"{country}/{year}/*.jpg\"",
-    )?;
-    let source = match (path, sql) {
-        (Some(_), Some(sql)) => {
-            return Err(PrsError::config(
-                s.field("sql"),
-                sql,
-                "give either path or sql, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(PrsError::missing(
-                s.field("path"),
-                "required: path (a file, folder, glob or URL) or sql (a query over the other \
-                 inputs)",
-            ))
-        }
-        (None, Some(sql)) => {
-            if let Some(format) = format {
-                return Err(PrsError::config(
-                    s.field("format"),
-                    format,
-                    "applies to path inputs only; remove it from a sql input",
-                ));
-            }
-            InputSource::Sql(sql)
-        }
-        (Some(path), None) => {
-            let format = match format {
-                Some(text) => InputFormat::from_name(&text).ok_or_else(|| {
-                    PrsError::config(s.field("format"), &text, rule::INPUT_FORMAT)
-                })?,
-                None => InputFormat::from_extension(&path).ok_or_else(|| {
-                    PrsError::missing(
-                        s.field("format"),
-                        format!(
-                            "required: the path {path:?} does not tell the format; use parquet, \
-                             csv, json or files"
-                        ),
-                    )
-                })?,
-            };
-            let path = resolve_location(&s.field("path"), base_dir, &path)?;
-            InputSource::Path { path, format }
-        }
-    };
-    if let Some(pattern) = &partition_format {
-        let is_files = matches!(
-            &source,
-            InputSource::Path {
-                format: InputFormat::Files,
-                ..
-            }
-        );
-        if !is_files {
-            return Err(PrsError::config(
-                s.field("partition_format"),
-                pattern,
-                "applies to file datasets (format: files) only",
-            ));
-        }
-        if !pattern.contains('{') {
-            return Err(PrsError::config(
-                s.field("partition_format"),
-                pattern,
-                "names no {key} field; e.g. \"{country}/{year}/*.jpg\"",
-            ));
-        }
-    }
-    Ok(InputSpec {
-        name,
-        source,
-        partition_format,
-    })
-}
-
-/// An input location: URLs are kept, `file://` URLs become paths, relative paths resolve
-/// against the job folder (a trailing `/` is kept).
-fn resolve_location(field: &str, base_dir: &Path, location: &str) -> Result<String> {
-    if location.trim().is_empty() {
-        return Ok(location.to_string());
-    }
-    if location.starts_with("file://") {
-        let path = url::Url::parse(location)
-            .ok()
-            .and_then(|url| url.to_file_path().ok());
-        let path = path.ok_or_else(|| {
-            PrsError::config(
-                field,
-                location,
-                "is not a valid file URL; use file:///absolute/path or a plain path",
-            )
-        })?;
-        return path_text(field, &path);
-    }
-    if is_url(location) {
-        return Ok(location.to_string());
-    }
-    let mut text = path_text(field, &resolve(base_dir, location))?;
-    if location.ends_with('/') && !text.ends_with('/') {
-        text.push('/');
-    }
-    Ok(text)
-}
-
 /// `path` resolved against `base_dir` when relative, without `.` components and with `..`
 /// folded into the folder before it (lexically, so `data/sample/../../out` becomes `out`;
 /// `..` above the root stays at the root).
@@ -1041,81 +516,8 @@ pub(super) fn path_text(field: &str, path: &Path) -> Result<String> {
     })
 }
 
-/// Applies one `--set key=value`: job-level keys (`output`, `output_format`, `preserve_order`)
-/// at the top, anything else inside `parallel_run_config` (dotted keys reach into mappings,
-/// e.g. `retry_settings.max_retries=2` or `environment_variables.OMP_NUM_THREADS=1`).
-fn apply_override(root: &mut Mapping, text: &str) -> Result<()> {
-    const USAGE: &str =
-        "expected key=value, e.g. run_max_try=5, mini_batch_size=10MB or partition_keys=[a,b]";
-    let (key, raw) = text
-        .split_once('=')
-        .ok_or_else(|| PrsError::config("--set", text, USAGE))?;
-    let key = key.trim();
-    let value: Value = serde_yaml::from_str(raw.trim()).map_err(|e| {
-        PrsError::config(
-            "--set",
-            text,
-            format!("the value is not valid YAML ({e}); quote it, e.g. description='a: b'"),
-        )
-    })?;
-    if JOB_OVERRIDE_KEYS.contains(&key) {
-        root.insert(key.into(), value);
-        return Ok(());
-    }
-    if let Some(option) = key.strip_prefix("storage_options.") {
-        if option.trim().is_empty() {
-            return Err(PrsError::config("--set", text, USAGE));
-        }
-        return set_nested(root, &["storage_options", option], value, text);
-    }
-    let inner = key.strip_prefix("parallel_run_config.").unwrap_or(key);
-    let path: Vec<&str> = std::iter::once(CONFIG).chain(inner.split('.')).collect();
-    if path.iter().any(|segment| segment.trim().is_empty()) {
-        return Err(PrsError::config("--set", text, USAGE));
-    }
-    if !CONFIG_KEYS.contains(&path[1]) {
-        let allowed: Vec<&str> = CONFIG_KEYS
-            .iter()
-            .chain(JOB_OVERRIDE_KEYS)
-            .copied()
-            .collect();
-        return Err(unknown_key("--set", path[1], &allowed));
-    }
-    set_nested(root, &path, value, text)
-}
-
-/// Sets `path` (non-empty) in nested mappings, creating missing or null ones on the way.
-fn set_nested(root: &mut Mapping, path: &[&str], value: Value, text: &str) -> Result<()> {
-    let Some((last, parents)) = path.split_last() else {
-        return Ok(());
-    };
-    let mut current = root;
-    for (depth, segment) in parents.iter().enumerate() {
-        let entry = current.entry(Value::from(*segment)).or_insert(Value::Null);
-        if entry.is_null() {
-            *entry = Value::Mapping(Mapping::new());
-        }
-        current = match entry {
-            Value::Mapping(mapping) => mapping,
-            other => {
-                return Err(PrsError::config(
-                    "--set",
-                    text,
-                    format!(
-                        "{} is {} in the job, not a mapping; set it as a whole instead",
-                        path[..=depth].join("."),
-                        show(other)
-                    ),
-                ))
-            }
-        };
-    }
-    current.insert(Value::from(*last), value);
-    Ok(())
-}
-
 /// Is `name` a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_]*`)?
-fn is_sql_identifier(name: &str) -> bool {
+pub(super) fn is_sql_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -1,5 +1,5 @@
-
 use super::*;
+use crate::config::{ComputeTarget, LoggingLevel, OutputAction};
 
 const BASE: &str = "/jobs/demo";
 

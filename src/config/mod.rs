@@ -11,14 +11,13 @@ mod location;
 mod mltable;
 mod named;
 mod params;
+mod reader;
 mod size;
 pub mod storage_options;
 mod writer;
 mod yaml;
 
-pub(crate) use job::{
-    read_config_entries, read_job_file, resolve as resolve_path, validate_arguments,
-};
+pub(crate) use job::{resolve as resolve_path, validate_arguments};
 pub use job::{
     InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
 };
@@ -27,5 +26,6 @@ pub use params::{
     ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig,
     DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
 };
+pub(crate) use reader::{read_config_entries, read_job_file};
 pub use size::MiniBatchSize;
 pub use storage_options::{CacheOptions, StorageOptions};
