@@ -544,3 +544,61 @@ def run(mini_batch, mini_batch_context):
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(lines(&dir.join("out2/parallel_run_step.txt")).len(), 20);
 }
+
+/// total_file_size.py (the file-dataset partition notebook) with the notebook's verbatim
+/// `path` and `partition_format`, `partition_keys: [user, genres]`, on a bare python3: one
+/// mini-batch per (user, genres), every file once.
+#[test]
+fn the_total_file_size_sample_runs_with_the_notebooks_partition_format() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::write(
+        dir.join("total_file_size.py"),
+        sample_script("total_file_size.py"),
+    )
+    .unwrap();
+    let root = dir.join("dataset_partition_test");
+    let mut files = 0;
+    for (user, season, genre, size) in [
+        ("alice", "spring", "disco", 3),
+        ("alice", "summer", "disco", 5),
+        ("alice", "summer", "piano", 7),
+        ("bob", "winter", "orchestra", 11),
+    ] {
+        std::fs::create_dir_all(root.join(user).join(season)).unwrap();
+        std::fs::write(
+            root.join(user).join(season).join(format!("{genre}.wav")),
+            "x".repeat(size),
+        )
+        .unwrap();
+        files += 1;
+    }
+    let job = write_job(
+        dir,
+        "entry_script: total_file_size.py\nenvironment: {python: python3}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\npartition_keys: [user, genres]",
+        "inputs:\n  - {name: wavs, path: \"dataset_partition_test/*/*/*.wav\", format: files, partition_format: \"dataset_partition_test/{user}/{season}/{genres}.wav\"}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut got = lines(&dir.join("out/parallel_run_step.txt"));
+    got.sort();
+    assert_eq!(got.len(), files, "{got:?}");
+    assert_eq!(
+        got,
+        [
+            "disco.wav,3,0.375,alice,disco,8",
+            "disco.wav,5,0.625,alice,disco,8",
+            "orchestra.wav,11,1.0,bob,orchestra,11",
+            "piano.wav,7,1.0,alice,piano,7",
+        ]
+    );
+    let stdout_dir = dir.join("out/logs/user/stdout/node000");
+    let printed: String = std::fs::read_dir(&stdout_dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        printed.contains("dataset = MiniBatchDataset(input='wavs'"),
+        "{printed}"
+    );
+}
