@@ -30,6 +30,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, Partitioning, PlanProperties,
@@ -85,6 +86,8 @@ pub struct ParallelRunExec {
     properties: Arc<PlanProperties>,
     schema: SchemaRef,
     execution: Mutex<Option<Arc<Execution>>>,
+    /// Rows emitted per partition (the job's counts come from `state`, see `metrics()`).
+    metrics: ExecutionPlanMetricsSet,
 }
 
 /// The dispatcher and queue of one execution; alive while any partition runs.
@@ -126,6 +129,7 @@ impl ParallelRunExec {
             properties,
             schema,
             execution: Mutex::new(None),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -210,9 +214,15 @@ impl ParallelRunExec {
 }
 
 impl DisplayAs for ParallelRunExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let s = &self.spec.settings;
         let names: Vec<&str> = self.inputs.iter().map(|(_, i)| i.name.as_str()).collect();
+        if t == DisplayFormatType::TreeRender {
+            // One short key=value per line, as the tree renderer expects.
+            writeln!(f, "script={}", self.spec.factory.describe())?;
+            writeln!(f, "workers={}", s.workers)?;
+            return writeln!(f, "inputs=[{}]", names.join(", "));
+        }
         write!(
             f,
             "ParallelRunExec: script={}, workers={}, {}, run_max_try={}, \
@@ -278,6 +288,34 @@ impl ExecutionPlan for ParallelRunExec {
         vec![false; self.inputs.len()]
     }
 
+    /// For EXPLAIN ANALYZE: rows emitted, and the job's mini-batches succeeded, failed and
+    /// retried, items in and succeeded, and the time spent inside run() (all tries).
+    fn metrics(&self) -> Option<MetricsSet> {
+        let counts = self.state.counts();
+        let set = ExecutionPlanMetricsSet::new();
+        let global = |name: &'static str, value: u64| {
+            MetricBuilder::new(&set)
+                .global_counter(name)
+                .add(usize::try_from(value).unwrap_or(usize::MAX));
+        };
+        global("mini_batches_succeeded", counts.mini_batches_succeeded);
+        global("mini_batches_failed", counts.mini_batches_failed);
+        global(
+            "retries",
+            counts.tries.saturating_sub(counts.mini_batches_processed),
+        );
+        global("items_in", counts.items_processed);
+        global("items_succeeded", counts.items_succeeded);
+        MetricBuilder::new(&set)
+            .subset_time("worker_time", 0)
+            .add_duration(self.state.worker_time());
+        let mut all = self.metrics.clone_inner();
+        for metric in set.clone_inner().iter() {
+            all.push(metric.clone());
+        }
+        Some(all)
+    }
+
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         self.inputs.iter().map(|(p, _)| p).collect()
     }
@@ -321,13 +359,18 @@ impl ExecutionPlan for ParallelRunExec {
             .execute_mini_batches(partition, context)
             .map_err(PrsError::into_datafusion)?;
         let target = schema.clone();
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let batches = stream.filter_map(move |item| {
             let target = target.clone();
+            let output_rows = output_rows.clone();
             async move {
                 match item {
                     Err(e) => Some(Err(e.into_datafusion())),
                     Ok(done) => done.result.map(|b| {
-                        conform(b, &target, &done.id.to_string()).map_err(PrsError::into_datafusion)
+                        let batch = conform(b, &target, &done.id.to_string())
+                            .map_err(PrsError::into_datafusion)?;
+                        output_rows.add(batch.num_rows());
+                        Ok(batch)
                     }),
                 }
             }

@@ -3,7 +3,7 @@
 //! is no process-global state.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -189,6 +189,8 @@ pub struct JobState {
     observer: Arc<dyn JobObserver>,
     started: Instant,
     init_failures_per_node: Mutex<BTreeMap<usize, u64>>,
+    /// Time spent inside run() calls, every try of every worker, in nanoseconds.
+    worker_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for JobState {
@@ -212,7 +214,19 @@ impl JobState {
             observer,
             started: Instant::now(),
             init_failures_per_node: Mutex::new(BTreeMap::new()),
+            worker_nanos: AtomicU64::new(0),
         })
+    }
+
+    /// Adds the time of one run() call (a try) to the job's time in workers.
+    pub fn add_worker_time(&self, time: Duration) {
+        let nanos = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+        self.worker_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Time spent inside run() calls so far, over all tries and workers.
+    pub fn worker_time(&self) -> Duration {
+        Duration::from_nanos(self.worker_nanos.load(Ordering::Relaxed))
     }
 
     /// The settings.

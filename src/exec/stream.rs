@@ -184,6 +184,7 @@ impl PartitionRunner {
                 r = worker.run(mb, &context, settings.run_timeout) => Some(r),
             };
             run_seconds = t.elapsed().as_secs_f64();
+            self.state.add_worker_time(t.elapsed());
             let Some(outcome) = outcome else {
                 // Aborted mid-run: the worker may be busy with work nobody wants; stop it.
                 self.worker = None;

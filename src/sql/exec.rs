@@ -409,7 +409,11 @@ impl ParallelRunReportExec {
 }
 
 impl DisplayAs for ParallelRunReportExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        if t == DisplayFormatType::TreeRender {
+            writeln!(f, "report_dir={}", self.run.report_dir.display())?;
+            return writeln!(f, "preserve_order={}", self.run.preserve_order);
+        }
         write!(
             f,
             "ParallelRunReportExec: report_dir={}, preserve_order={}",

@@ -841,3 +841,48 @@ fn tokio_runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// EXPLAIN ANALYZE shows what the operator did: rows out, mini-batches, retries, time in
+/// run(); the tree format gets short key=value lines.
+#[test]
+fn explain_analyze_shows_the_operator_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let ctx = session(d.path());
+    let rt = tokio_runtime();
+    let text = |sql: &str| {
+        rt.block_on(collect(&ctx, sql))
+            .iter()
+            .flat_map(batch_rows)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let analyzed = text(
+        "EXPLAIN ANALYZE SELECT * FROM parallel_run((SELECT * FROM (VALUES (1), (2), (3), (4)) AS t(id)), \
+         entry_script => 'rust:echo', error_threshold => -1, mini_batch_size => '1', \
+         output_schema => 'id BIGINT', arguments => '--fail-ids 3 --fail-tries 1')",
+    );
+    for metric in [
+        "output_rows=4",
+        "mini_batches_succeeded=",
+        "mini_batches_failed=0",
+        "retries=1",
+        "items_in=4",
+        "items_succeeded=4",
+        "worker_time=",
+    ] {
+        assert!(analyzed.contains(metric), "{metric} in {analyzed}");
+    }
+    text("SET datafusion.explain.format = 'tree'");
+    let tree = text(
+        "EXPLAIN SELECT * FROM parallel_run((SELECT 1 AS id), entry_script => 'rust:echo', \
+         error_threshold => 0, output_schema => 'id BIGINT')",
+    );
+    assert!(
+        tree.contains("script: rust:echo") && tree.contains("workers: 2"),
+        "{tree}"
+    );
+    assert!(
+        !tree.contains("run_max_try") && !tree.contains("ParallelRunReportExec:"),
+        "the tree shows the short forms: {tree}"
+    );
+}
