@@ -29,3 +29,42 @@ pub use params::{
 pub(crate) use reader::{read_config_entries, read_job_file};
 pub use size::MiniBatchSize;
 pub use storage_options::{CacheOptions, StorageOptions};
+
+#[cfg(test)]
+mod tests {
+    /// `config` is the ground floor (ARCHITECTURE.md): nothing of the crate but `error`.
+    #[test]
+    fn imports_only_error() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config");
+        let mut offenders = Vec::new();
+        let mut folders = vec![root];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    let mut rest = line;
+                    while let Some(i) = rest.find("crate::") {
+                        let module: String = rest[i + 7..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        if !module.is_empty() && module != "config" && module != "error" {
+                            offenders.push(format!("{}:{}: {line}", path.display(), n + 1));
+                        }
+                        rest = &rest[i + 7..];
+                    }
+                }
+            }
+        }
+        assert!(
+            offenders.is_empty(),
+            "config imports more than error:\n{}",
+            offenders.join("\n")
+        );
+    }
+}
