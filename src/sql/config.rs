@@ -38,7 +38,9 @@ enum Kind {
     /// `output_format`.
     OutputFormat,
     /// `preserve_order`.
-    Flag,
+    PreserveOrder,
+    /// `allow_empty_input`.
+    AllowEmptyInput,
     /// `mini_batch_format`.
     MiniBatchFormat,
     /// `arguments`: split like a shell command line.
@@ -155,8 +157,13 @@ const KEYS: &[Key] = &[
     },
     Key {
         name: "preserve_order",
-        kind: Kind::Flag,
+        kind: Kind::PreserveOrder,
         help: "true: the relation returns its rows in mini-batch order (buffered until the job ends); default false.",
+    },
+    Key {
+        name: "allow_empty_input",
+        kind: Kind::AllowEmptyInput,
+        help: "true: a run whose input has no rows succeeds with no rows; default false (it fails, as an empty input is usually a wrong path or filter).",
     },
     Key {
         name: "mini_batch_format",
@@ -297,6 +304,8 @@ pub struct SqlJob {
     pub output_format: OutputFormat,
     /// Return rows in mini-batch order.
     pub preserve_order: bool,
+    /// An input with no rows is a success, not a failure.
+    pub allow_empty_input: bool,
     /// What a Python run() receives.
     pub mini_batch_format: MiniBatchFormat,
     /// Extra argv for the entry script.
@@ -323,6 +332,7 @@ impl SqlJob {
             config: ParallelRunConfig::new("", 0, crate::config::OutputAction::AppendRow),
             output_format: OutputFormat::default(),
             preserve_order: false,
+            allow_empty_input: false,
             mini_batch_format: MiniBatchFormat::default(),
             arguments: Vec::new(),
             report_dir: None,
@@ -343,7 +353,8 @@ impl SqlJob {
                     environment.insert("pip".into(), Value::Sequence(list(text)));
                 }
                 Kind::OutputFormat => job.output_format = text.parse()?,
-                Kind::Flag => job.preserve_order = flag(name, text)?,
+                Kind::PreserveOrder => job.preserve_order = flag(name, text)?,
+                Kind::AllowEmptyInput => job.allow_empty_input = flag(name, text)?,
                 Kind::MiniBatchFormat => job.mini_batch_format = text.parse()?,
                 Kind::Arguments => {
                     job.arguments = split_arguments(text)?;

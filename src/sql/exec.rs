@@ -63,6 +63,7 @@ pub struct SqlRun {
     config: ParallelRunConfig,
     report_dir: PathBuf,
     preserve_order: bool,
+    allow_empty_input: bool,
     writer: Mutex<Option<Arc<ReportWriter>>>,
     summary: Mutex<Option<JobSummary>>,
     started: AtomicBool,
@@ -85,12 +86,14 @@ impl SqlRun {
         config: ParallelRunConfig,
         report_dir: PathBuf,
         preserve_order: bool,
+        allow_empty_input: bool,
     ) -> Self {
         SqlRun {
             label,
             config,
             report_dir,
             preserve_order,
+            allow_empty_input,
             writer: Mutex::new(None),
             summary: Mutex::new(None),
             started: AtomicBool::new(false),
@@ -274,7 +277,7 @@ impl Tracker {
             &self.state,
             fatal,
             &self.run.report_dir,
-            false,
+            self.run.allow_empty_input,
         );
         let (counts, elapsed) = (self.state.counts(), self.state.elapsed());
         if !complete && !aborted {

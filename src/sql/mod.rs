@@ -359,7 +359,7 @@ mod tests {
         );
         let first = shared.report_dir_for(None);
         assert_eq!(first, PathBuf::from("/jobs/a/out/s.parquet.logs"));
-        let run = Arc::new(SqlRun::new("r".into(), config, first, false));
+        let run = Arc::new(SqlRun::new("r".into(), config, first, false, false));
         shared.add_run(&run);
         assert_eq!(
             shared.report_dir_for(None),

@@ -189,7 +189,7 @@ impl ParallelRunRelationPlanner {
             output_format: OutputFormat::Parquet,
             arguments: job.arguments.clone(),
             preserve_order: job.preserve_order,
-            allow_empty_input: false,
+            allow_empty_input: job.allow_empty_input,
             mini_batch_format: job.mini_batch_format,
             progress: Progress::Quiet,
             tabular_inputs: inputs.iter().any(|(_, info)| info.kind == ItemKind::Rows),
@@ -236,6 +236,7 @@ impl ParallelRunRelationPlanner {
             job.config.clone(),
             report_dir,
             job.preserve_order,
+            job.allow_empty_input,
         ));
         if job.output_schema.is_none() {
             run.mark_probed();

@@ -886,3 +886,24 @@ fn explain_analyze_shows_the_operator_metrics() {
         "the tree shows the short forms: {tree}"
     );
 }
+
+/// A `parallel_run(...)` over a query with no rows fails as a job file's does (usually a
+/// wrong filter), unless `allow_empty_input` is set.
+#[test]
+fn an_empty_input_fails_unless_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let query = |extra: &str| {
+        format!(
+            "SELECT * FROM parallel_run((SELECT * FROM (VALUES (1)) AS t(id) WHERE id > 5), \
+             entry_script => 'rust:echo', error_threshold => 0, output_schema => 'id BIGINT', \
+             report_dir => '{}'{extra})",
+            d.path().join("r").display()
+        )
+    };
+    let run = cli(&["sql", "-e", &query("")]);
+    assert_eq!(run.code, 42, "{run:?}");
+    assert!(run.stderr.contains("hold no items"), "{run:?}");
+    let run = cli(&["sql", "-e", &query(", allow_empty_input => 'true'")]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(report_summary(&d.path().join("r"))["status"], "succeeded");
+}
