@@ -50,14 +50,7 @@ pub fn resolve_named(
     }
     for name in options.inputs.keys() {
         if !inputs.contains_key(name) {
-            return Err(PrsError::config(
-                "--input",
-                name,
-                format!(
-                    "names no path input of the job (its inputs: [{}])",
-                    inputs.keys().cloned().collect::<Vec<_>>().join(", ")
-                ),
-            ));
+            return Err(names_none("--input", name, "path input", inputs.keys()));
         }
     }
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
@@ -87,16 +80,7 @@ pub fn resolve_named(
     for (name, path) in &options.outputs {
         match outputs.get_mut(name) {
             Some(slot) => *slot = absolute(base_dir, path),
-            None => {
-                return Err(PrsError::config(
-                    "--output",
-                    name,
-                    format!(
-                        "names no entry of outputs: (its outputs: [{}])",
-                        outputs.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ))
-            }
+            None => return Err(names_none("--output", name, "output", outputs.keys())),
         }
     }
     if let Some(Value::Sequence(arguments)) = root.get_mut("arguments") {
@@ -155,4 +139,22 @@ pub(super) fn substitute(
 pub(super) fn reference<'t>(text: &'t str, scope: &str) -> Option<&'t str> {
     let inner = text.trim().strip_prefix("${{")?.strip_suffix("}}")?.trim();
     inner.strip_prefix(scope)?.strip_prefix('.')
+}
+
+/// The error for `value` of `field` naming no `what` of the job, listing the `known` names.
+pub(super) fn names_none<'k>(
+    field: &str,
+    value: &str,
+    what: &str,
+    known: impl IntoIterator<Item = &'k String>,
+) -> PrsError {
+    let known: Vec<&str> = known.into_iter().map(String::as_str).collect();
+    PrsError::config(
+        field,
+        value,
+        format!(
+            "names no {what} of the job (its {what}s: [{}])",
+            known.join(", ")
+        ),
+    )
 }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
-use crate::config::named::{reference, substitute};
+use crate::config::named::{names_none, reference, substitute};
 use crate::config::yaml::{scalar_text, show};
 use crate::error::{PrsError, Result};
 
@@ -349,14 +349,7 @@ impl Translator<'_> {
                 ))
             }
             None => {
-                return Err(PrsError::config(
-                    "input_data",
-                    &input_data,
-                    format!(
-                        "names no input of the job (its inputs: [{}])",
-                        inputs.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ))
+                return Err(names_none("input_data", &input_data, "input", inputs.keys()))
             }
         };
         root.insert(
@@ -387,7 +380,14 @@ impl Translator<'_> {
                 let (folder, file) = match outputs.get(&target) {
                     Some((kind, path)) if kind == "uri_file" => split_file(path),
                     Some((_, path)) => (path.clone(), None),
-                    None => unreachable_output(&target)?,
+                    None => {
+                        return Err(names_none(
+                            "task.append_row_to",
+                            &target,
+                            "output",
+                            outputs.keys(),
+                        ))
+                    }
                 };
                 root.insert("output".into(), folder.into());
                 if let Some(file) = file {
@@ -501,14 +501,7 @@ impl Translator<'_> {
         }
         for name in self.options.inputs.keys() {
             if !out.contains_key(name) {
-                return Err(PrsError::config(
-                    "--input",
-                    name,
-                    format!(
-                        "names no input of the job (its inputs: [{}])",
-                        out.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
+                return Err(names_none("--input", name, "input", out.keys()));
             }
         }
         Ok(out)
@@ -581,14 +574,7 @@ impl Translator<'_> {
         }
         for name in self.options.outputs.keys() {
             if !out.contains_key(name) {
-                return Err(PrsError::config(
-                    "--output",
-                    name,
-                    format!(
-                        "names no output of the job (its outputs: [{}])",
-                        out.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
-                ));
+                return Err(names_none("--output", name, "output", out.keys()));
             }
         }
         Ok((out, folders))
@@ -734,13 +720,11 @@ impl Translator<'_> {
                 )
             })?;
             if !outputs.contains_key(name) {
-                return Err(PrsError::config(
+                return Err(names_none(
                     "task.append_row_to",
                     &text,
-                    format!(
-                        "names no output of the job (its outputs: [{}])",
-                        outputs.keys().cloned().collect::<Vec<_>>().join(", ")
-                    ),
+                    "output",
+                    outputs.keys(),
                 ));
             }
             *append_row_to = Some(name.to_string());
@@ -868,14 +852,6 @@ fn split_file(path: &str) -> (String, Option<String>) {
         Some((folder, file)) if !file.is_empty() => (folder.to_string(), Some(file.to_string())),
         _ => (path.to_string(), None),
     }
-}
-
-fn unreachable_output<T>(name: &str) -> Result<T> {
-    Err(PrsError::config(
-        "task.append_row_to",
-        name,
-        "names no output of the job",
-    ))
 }
 
 mod environment;
