@@ -413,44 +413,16 @@ fn flag(name: &str, text: &str) -> Result<bool> {
     }
 }
 
-/// Splits a command line like a shell does for plain words and quotes: whitespace separates,
-/// `'...'` and `"..."` group (without escapes).
+/// Splits a command line as a POSIX shell does (quotes group, backslashes escape), with the
+/// `shlex` crate as the Azure v2 `program_arguments` and pip option lines are.
 pub(crate) fn split_arguments(text: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    let mut quote: Option<char> = None;
-    for c in text.chars() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => current.push(c),
-            None if c == '\'' || c == '"' => {
-                quote = Some(c);
-                in_word = true;
-            }
-            None if c.is_whitespace() => {
-                if in_word {
-                    out.push(std::mem::take(&mut current));
-                    in_word = false;
-                }
-            }
-            None => {
-                current.push(c);
-                in_word = true;
-            }
-        }
-    }
-    if quote.is_some() {
-        return Err(PrsError::config(
+    shlex::split(text).ok_or_else(|| {
+        PrsError::config(
             "arguments",
             text,
-            "has a quote that is not closed",
-        ));
-    }
-    if in_word {
-        out.push(current);
-    }
-    Ok(out)
+            "has a quote that is not closed (or ends with a lone backslash)",
+        )
+    })
 }
 
 #[cfg(test)]
