@@ -29,6 +29,7 @@ pub use params::{
 pub(crate) use reader::{read_config_entries, read_job_file};
 pub use size::MiniBatchSize;
 pub use storage_options::{CacheOptions, StorageOptions};
+pub(crate) use yaml::closest;
 
 #[cfg(test)]
 mod tests {

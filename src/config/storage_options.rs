@@ -323,13 +323,3 @@ fn check_own_value(name: &str, key: &str, value: &str) -> Result<()> {
     };
     Err(PrsError::config(name, value, rule))
 }
-
-/// The candidate closest to `key`, when close enough to be a likely typo.
-pub fn closest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    candidates
-        .iter()
-        .map(|c| (strsim::levenshtein(key, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
-}

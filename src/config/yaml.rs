@@ -230,7 +230,7 @@ pub(super) fn unknown_key(path: &str, key: &str, allowed: &[&str]) -> PrsError {
 }
 
 /// The allowed key closest to `key` (a likely typo), if any is close enough.
-fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+pub(crate) fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
     let key = key.to_ascii_lowercase();
     allowed
         .iter()

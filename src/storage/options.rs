@@ -7,7 +7,8 @@ use object_store::aws::AmazonS3ConfigKey;
 use object_store::azure::AzureConfigKey;
 use object_store::{BackoffConfig, RetryConfig};
 
-use crate::config::storage_options::{closest, COMMON_KEYS, OWN_KEYS};
+use crate::config::closest;
+use crate::config::storage_options::{COMMON_KEYS, OWN_KEYS};
 use crate::config::StorageOptions;
 use crate::error::{PrsError, Result};
 
