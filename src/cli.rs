@@ -62,8 +62,8 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
-    /// The output folder and the Azure v2 choices given on the command line.
-    fn v2_options(&self) -> Result<(Option<PathBuf>, V2Options)> {
+    /// The output folder and the named inputs and outputs given on the command line.
+    fn v2_options(&self) -> Result<V2Options> {
         let mut options = V2Options {
             job: self.pipeline_job.clone(),
             ..V2Options::default()
@@ -94,10 +94,12 @@ impl JobArgs {
             })?;
             options.inputs.insert(name, path);
         }
-        options.output_dir = folder
-            .as_ref()
-            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()));
-        Ok((folder, options))
+        // Local folders absolute (the job file's folder is not the current one); URLs as written.
+        options.output_dir = folder.map(|f: PathBuf| match f.to_str() {
+            Some(text) if crate::config::is_url(text) => f,
+            _ => std::path::absolute(&f).unwrap_or(f),
+        });
+        Ok(options)
     }
 }
 
@@ -148,13 +150,10 @@ pub enum Command {
 }
 
 fn load(args: &JobArgs) -> Result<LoadedJob> {
-    let (folder, v2) = args.v2_options()?;
-    let mut loaded = JobSpec::load_yaml_with(&args.job, &args.set, &v2)?;
+    let v2 = args.v2_options()?;
+    let loaded = JobSpec::load_yaml_with(&args.job, &args.set, &v2)?;
     // object_store's key names are checked by the storage layer, at load as in validate.
     crate::storage::options::check_keys("storage_options", &loaded.spec.storage_options)?;
-    if let Some(out) = folder {
-        loaded.spec.output = Some(out);
-    }
     for w in &loaded.warnings {
         eprintln!("parallel-run: warning: {w}");
     }

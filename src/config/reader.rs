@@ -79,6 +79,10 @@ pub(super) fn parse_job(
         output_folders = translated.output_folders;
     } else {
         output_folders = named::resolve_named(&mut root, base_dir, v2)?;
+        // `--output DIR` (a v2 translation has used it already, for the outputs' paths).
+        if let Some(dir) = &v2.output_dir {
+            root.insert("output".into(), dir.display().to_string().into());
+        }
     }
     for text in overrides {
         apply_override(&mut root, text)?;

@@ -289,6 +289,25 @@ task:
     let s = summary(&dir.join("results"));
     assert!(s["mini_batches_total"].as_u64().unwrap() > 1, "{s}");
     assert!(run.stderr.contains("--task_overhead_timeout"), "{run:?}");
+    // --output DIR moves the job's own folder; an output with its own path stays where it is.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::remove_file(dir.join("results/aggregated_returns.csv")).unwrap();
+    let run = cli(&[
+        "run",
+        job.to_str().unwrap(),
+        "--quiet",
+        "--overwrite",
+        "--set",
+        &environment,
+        "--output",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        lines(&dir.join("results/aggregated_returns.csv")).len(),
+        150
+    );
+    assert!(!elsewhere.join("aggregated_returns.csv").exists());
     let shown = cli(&["show-config", job.to_str().unwrap()]);
     assert_eq!(shown.code, 0, "{shown:?}");
     assert!(
