@@ -94,11 +94,11 @@ impl JobArgs {
             })?;
             options.inputs.insert(name, path);
         }
-        // Local folders absolute (the job file's folder is not the current one); URLs as written.
-        options.output_dir = folder.map(|f: PathBuf| match f.to_str() {
-            Some(text) if crate::config::is_url(text) => f,
-            _ => std::path::absolute(&f).unwrap_or(f),
-        });
+        // Paths typed on the command line are relative to the current folder (not the job
+        // file's): made absolute here; URLs as written.
+        options.command_dir = std::env::current_dir().ok();
+        options.output_dir =
+            folder.map(|f| PathBuf::from(options.given_path(Path::new("."), &f.to_string_lossy())));
         Ok(options)
     }
 }

@@ -27,7 +27,7 @@ pub fn resolve_named(
             let name = item.get("name").and_then(scalar_text);
             if let (Some(name), Value::Mapping(m)) = (&name, &mut item) {
                 if let Some(path) = options.inputs.get(name) {
-                    m.insert("path".into(), path.as_str().into());
+                    m.insert("path".into(), options.given_path(base_dir, path).into());
                 }
                 if let Some(path) = m.get("path").and_then(scalar_text) {
                     inputs.insert(name.clone(), absolute(base_dir, &path));
@@ -79,7 +79,7 @@ pub fn resolve_named(
     }
     for (name, path) in &options.outputs {
         match outputs.get_mut(name) {
-            Some(slot) => *slot = absolute(base_dir, path),
+            Some(slot) => *slot = options.given_path(base_dir, path),
             None => return Err(names_none("--output", name, "output", outputs.keys())),
         }
     }

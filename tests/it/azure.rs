@@ -370,6 +370,25 @@ def run(mini_batch):
     assert!(lines(&out2.join("parallel_run_step.txt"))
         .iter()
         .all(|l| l == "b"));
+    // Paths on the command line are relative to the current folder, not the job file's.
+    std::fs::create_dir_all(dir.join("elsewhere/model-c")).unwrap();
+    std::fs::write(dir.join("elsewhere/model-c/name.txt"), "c").unwrap();
+    let run = cli_in(
+        &dir.join("elsewhere"),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--quiet",
+            "--input",
+            "model=model-c",
+            "--output",
+            "out3",
+        ],
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(lines(&dir.join("elsewhere/out3/parallel_run_step.txt"))
+        .iter()
+        .all(|l| l == "c"));
     let run = run_job(&job, &["--input", "nope=/x"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(

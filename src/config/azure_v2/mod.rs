@@ -42,6 +42,16 @@ pub struct V2Options {
     pub outputs: BTreeMap<String, String>,
     /// `--output DIR`: the job's own output folder (logs, outputs without a path).
     pub output_dir: Option<PathBuf>,
+    /// The folder relative `--input` / `--output NAME=PATH` paths are relative to (the
+    /// current folder of the command line); the job file's folder when `None`.
+    pub command_dir: Option<PathBuf>,
+}
+
+impl V2Options {
+    /// A path given as `--input` / `--output NAME=PATH`, absolute (URLs as written).
+    pub(crate) fn given_path(&self, base_dir: &Path, path: &str) -> String {
+        absolute(self.command_dir.as_deref().unwrap_or(base_dir), path)
+    }
 }
 
 /// A v2 job in parallel-run's layout, plus the folders to create before the workers start.
@@ -468,7 +478,7 @@ impl Translator<'_> {
                         .unwrap_or_else(|| "uri_folder".to_string());
                     spec.remove("mode");
                     let raw = match self.options.inputs.get(&name) {
-                        Some(path) => path.clone(),
+                        Some(path) => self.options.given_path(self.base_dir, path),
                         None => spec
                             .remove("path")
                             .as_ref()
@@ -556,7 +566,10 @@ impl Translator<'_> {
                 ));
             }
             let path = match self.options.outputs.get(&name) {
-                Some(path) => self.path(path, &field, "--output", &name)?,
+                Some(path) => {
+                    let given = self.options.given_path(self.base_dir, path);
+                    self.path(&given, &field, "--output", &name)?
+                }
                 None => match spec.remove("path").as_ref().and_then(scalar_text) {
                     Some(raw) => self.path(&raw, &format!("{field}.path"), "--output", &name)?,
                     None => format!("{}/{name}", output_dir.trim_end_matches('/')),
