@@ -17,8 +17,10 @@ use criterion::{
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use parallel_run::batch::{slice_memory_size, ByteChunker};
-use parallel_run::config::{MiniBatchSize, OutputAction, OutputFormat, ParallelRunConfig};
-use parallel_run::job::{worker_env, JobOptions};
+use parallel_run::config::{
+    JobSettings, MiniBatchSize, OutputAction, OutputFormat, ParallelRunConfig,
+};
+use parallel_run::job::worker_env;
 use parallel_run::worker::python::{MiniBatchFormat, PythonWorkerFactory, PythonWorkerSpec};
 use parallel_run::worker::rust::{RunOutput, ScriptError};
 use parallel_run::worker::{EntryScript, MiniBatchContext, WorkerFactory, WorkerSlot};
@@ -227,18 +229,12 @@ fn python_ipc_round_trip(c: &mut Criterion) {
         0,
         OutputAction::AppendRow,
     );
-    let options = JobOptions {
-        output: out.clone(),
+    let settings = JobSettings {
         output_format: OutputFormat::Parquet,
-        arguments: Vec::new(),
-        preserve_order: false,
-        allow_empty_input: false,
         mini_batch_format: MiniBatchFormat::PyArrow,
-        progress: Progress::Quiet,
-        tabular_inputs: true,
-        job_dir: None,
+        ..JobSettings::new(config, out.clone())
     };
-    let env = worker_env(&config, &options);
+    let env = worker_env(&settings, true);
     let factory = PythonWorkerFactory::new(PythonWorkerSpec {
         python: python.clone(),
         entry_script: dir.path().join("noop.py"),

@@ -12,17 +12,14 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::DataFrame;
 
 use crate::batch::ItemKind;
-use crate::config::{InputSpec, OutputFormat, ParallelRunConfig};
+use crate::config::{InputSpec, JobSettings, OutputFormat, ParallelRunConfig};
 use crate::error::{PrsError, Result};
-use crate::exec::{
-    InputInfo, NoopObserver, OperatorSpec, ParallelRunNode, ParallelRunQueryPlanner, RunSettings,
-};
+use crate::exec::{InputInfo, NoopObserver, ParallelRunNode, ParallelRunQueryPlanner};
 use crate::input::{job_session, register_inputs};
-use crate::job::{execute, factory_for, worker_env, JobOptions, JobReport, Progress};
+use crate::job::{execute, schemas, JobPlan, JobReport, Progress};
 use crate::output::prepare_output_dir;
 use crate::worker::python::MiniBatchFormat;
-use crate::worker::rust::RustWorkerFactory;
-use crate::worker::{EntryScript, ScriptRegistry, WorkerFactoryRef};
+use crate::worker::{EntryScript, ScriptRegistry};
 
 enum JobInput {
     Frame { name: String, df: DataFrame },
@@ -167,7 +164,6 @@ impl ParallelRun {
     /// Runs the job. A job that ran and failed (where the CLI exits 42) is
     /// `Err(PrsError::JobFailed { report, .. })`; the report files are written either way.
     pub async fn run(self) -> Result<JobReport> {
-        self.config.validate()?;
         let output = self.output.ok_or_else(|| {
             PrsError::missing("output", "call .output(\"dir\") on the ParallelRun builder")
         })?;
@@ -177,42 +173,36 @@ impl ParallelRun {
                 "add at least one input with .input(name, df) or .input_spec(spec)",
             ));
         }
-        let options = JobOptions {
-            output,
+        let mut registry = self.registry;
+        let mut config = self.config;
+        if let Some((name, constructor)) = self.script {
+            config.entry_script = format!("rust:{name}");
+            registry.insert(name, constructor);
+        }
+        let settings = JobSettings {
             output_format: self.output_format,
             arguments: self.arguments,
             preserve_order: self.preserve_order,
             allow_empty_input: self.allow_empty_input,
             mini_batch_format: self.mini_batch_format,
-            progress: self.progress,
-            tabular_inputs: self.inputs.iter().any(|input| match input {
-                JobInput::Frame { .. } => true,
-                JobInput::Spec(spec) => spec.is_tabular(),
-            }),
-            job_dir: None,
+            ..JobSettings::new(config, output)
         };
+        settings.validate()?;
         // Before any worker writes its bootstrap into the folder.
         prepare_output_dir(
-            &options.output,
-            &options
-                .output_format
-                .append_row_file_name(&self.config.append_row_file_name),
+            &settings.output,
+            &settings.final_file_name(),
             self.overwrite,
         )?;
         let ctx = job_session();
         let mut specs = Vec::new();
-        let mut plans = Vec::new();
+        let mut inputs = Vec::new();
         for input in self.inputs {
             match input {
                 JobInput::Frame { name, df } => {
                     let plan = df.create_physical_plan().await?;
-                    plans.push((
-                        plan,
-                        InputInfo {
-                            name,
-                            kind: ItemKind::Rows,
-                        },
-                    ));
+                    let kind = ItemKind::Rows;
+                    inputs.push((plan, InputInfo { name, kind }));
                 }
                 JobInput::Spec(spec) => specs.push(spec),
             }
@@ -220,21 +210,12 @@ impl ParallelRun {
         if !specs.is_empty() {
             for p in register_inputs(&ctx, &specs).await? {
                 let plan = ctx.state().create_physical_plan(&p.plan).await?;
-                plans.push((plan, p.info));
+                inputs.push((plan, p.info));
             }
         }
-        let factory: WorkerFactoryRef = match self.script {
-            Some((name, constructor)) => Arc::new(
-                RustWorkerFactory::new(
-                    name,
-                    constructor,
-                    worker_env(&self.config, &options).keep_results,
-                )
-                .with_arguments(options.arguments.clone()),
-            ),
-            None => factory_for(&self.config, &options, &self.registry)?,
-        };
-        let report = execute(&self.config, &options, plans, factory, ctx.task_ctx()).await?;
+        let plan = JobPlan::new(settings, &schemas(&inputs), None, &registry)?;
+        let inputs = inputs.into_iter().map(|(plan, _)| plan).collect();
+        let report = execute(&plan, inputs, ctx.task_ctx(), None, self.progress).await?;
         if report.succeeded() {
             Ok(report)
         } else {
@@ -284,33 +265,33 @@ impl ParallelRunDataFrameExt for DataFrame {
         F: Fn() -> S + Send + Sync + 'static,
         S: EntryScript,
     {
-        config.validate()?;
         let name = std::any::type_name::<S>()
             .rsplit("::")
             .next()
             .unwrap_or("script")
             .to_string();
-        let factory = Arc::new(RustWorkerFactory::new(
-            name,
-            Arc::new(move || Box::new(script()) as Box<dyn EntryScript>),
-            true,
-        ));
-        let spec = Arc::new(OperatorSpec {
-            settings: RunSettings::from_config(config, false)?,
-            entry_script: config.entry_script.clone(),
-            factory,
-            output_schema: Some(output_schema),
-            observer: Arc::new(NoopObserver),
-        });
+        let mut registry = ScriptRegistry::new();
+        registry.register(name.clone(), script);
+        let mut config = config.clone();
+        config.entry_script = format!("rust:{name}");
+        // No output folder: run()'s rows come back typed, as the relation's rows.
+        let settings = JobSettings {
+            output_format: OutputFormat::Parquet,
+            ..JobSettings::new(config, PathBuf::new())
+        };
         let (state, plan) = self.into_parts();
-        let node = ParallelRunNode::try_new(
-            vec![plan],
-            vec![InputInfo {
-                name: "input".into(),
-                kind: ItemKind::Rows,
-            }],
-            spec,
+        let info = InputInfo {
+            name: "input".into(),
+            kind: ItemKind::Rows,
+        };
+        let job = JobPlan::new(
+            settings,
+            &[(Arc::new(plan.schema().as_arrow().clone()), info)],
+            Some(output_schema),
+            &registry,
         )?;
+        let runtime = job.runtime(Arc::new(NoopObserver));
+        let node = ParallelRunNode::try_new(vec![plan], job.spec, runtime)?;
         // The DataFrame's own session plans it, with our planner added.
         let state = SessionStateBuilder::new_from_existing(state)
             .with_query_planner(Arc::new(ParallelRunQueryPlanner))

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 
 use crate::config::azure_v2::V2Options;
-use crate::config::{JobSpec, LoadedJob, LoggingLevel};
+use crate::config::{JobSettings, JobSpec, LoadedJob, LoggingLevel};
 use crate::error::{PrsError, Result};
 use crate::input::{job_session, register_inputs_with};
-use crate::job::{factory_with_env, run_job_spec, worker_env, JobOptions, Progress};
+use crate::job::{factory_with_env, run_job_spec, worker_env, Progress};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
 
@@ -211,24 +211,17 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             let storage = StorageContext::prepare(spec, &output).await?;
             let ctx = job_session();
             let inputs = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
-            let options = JobOptions {
-                output: storage.local_output().map_or(output, Path::to_path_buf),
-                output_format: spec.output_format,
-                arguments: spec.arguments.clone(),
-                preserve_order: spec.preserve_order,
-                allow_empty_input: spec.allow_empty_input,
-                mini_batch_format: spec.mini_batch_format,
-                progress: Progress::Quiet,
-                tabular_inputs: spec.has_tabular_inputs(),
-                job_dir: spec.base_dir.clone(),
-            };
+            let settings = JobSettings::from_spec(
+                spec,
+                storage.local_output().map_or(output, Path::to_path_buf),
+            );
             // The script is loaded in a scratch folder: validate writes nothing into the output.
             let scratch = tempfile::tempdir().map_err(|e| PrsError::io(std::env::temp_dir(), e))?;
-            let mut env = worker_env(&spec.config, &options);
+            let mut env = worker_env(&settings, spec.has_tabular_inputs());
             env.work_dir = scratch.path().join("work");
             env.log_dir = scratch.path().join("logs");
             let factory =
-                factory_with_env(&spec.config, env, options.mini_batch_format, &registry)?;
+                factory_with_env(&settings.config, env, settings.mini_batch_format, &registry)?;
             eprintln!(
                 "parallel-run: loading the entry script ({}) without running init()...",
                 factory.describe()

@@ -58,7 +58,10 @@ impl std::str::FromStr for MiniBatchId {
 }
 
 /// What kind of items a mini-batch holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum ItemKind {
     /// Table rows: run() receives a DataFrame / RecordBatch.
     Rows,

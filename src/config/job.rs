@@ -88,7 +88,9 @@ impl InputSpec {
 }
 
 /// Format of the append_row output file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum OutputFormat {
     /// PRS's exact text format: one line per list element, table rows space-separated, no header.
     #[default]
@@ -158,7 +160,9 @@ pub struct JobSpec {
 pub(super) const MEMORY_LIMIT_RULE: &str = "must be a size such as 2GB or 512MB";
 
 /// What a Python `run()` receives for tabular mini-batches.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum MiniBatchFormat {
     /// A pandas DataFrame (PRS's behaviour); pandas must be installed.
     #[default]

@@ -12,6 +12,7 @@ mod mltable;
 mod named;
 mod params;
 mod reader;
+mod settings;
 mod size;
 pub mod storage_options;
 mod writer;
@@ -27,6 +28,7 @@ pub use params::{
     DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
 };
 pub(crate) use reader::{read_config_entries, read_job_file};
+pub use settings::{log_dir, JobSettings};
 pub use size::MiniBatchSize;
 pub use storage_options::{CacheOptions, StorageOptions};
 pub(crate) use yaml::closest;

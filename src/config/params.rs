@@ -25,7 +25,9 @@ pub const RESERVED_ARGUMENTS: &[&str] = &[
 ];
 
 /// What to do with run()'s results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize,
+)]
 pub enum OutputAction {
     /// Write every returned row to the output file.
     AppendRow,
@@ -34,7 +36,9 @@ pub enum OutputAction {
 }
 
 /// Python logging level of the workers (and the engine's own verbosity).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize,
+)]
 pub enum LoggingLevel {
     /// `DEBUG`
     Debug,
@@ -45,7 +49,7 @@ pub enum LoggingLevel {
 }
 
 /// Where the job runs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub enum ComputeTarget {
     /// This machine (`local`, or absent).
     Local,
@@ -54,7 +58,9 @@ pub enum ComputeTarget {
 }
 
 /// The Python environment the entry script runs in.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize,
+)]
 pub struct Environment {
     /// Interpreter name or path (`python3` from PATH when absent).
     pub python: Option<String>,
@@ -65,7 +71,7 @@ pub struct Environment {
 }
 
 /// Every ParallelRunConfig parameter, validated, with the contract's defaults applied.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ParallelRunConfig {
     /// The Python environment (optional here: defaults to `python3` on PATH).
     pub environment: Environment,

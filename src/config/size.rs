@@ -14,7 +14,7 @@ const ALLOWED: &str =
 ///
 /// For tabular inputs the value is a number of bytes; for file datasets it is a number of files
 /// (and units are rejected).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct MiniBatchSize {
     /// The text as written (kept so the config round-trips unchanged).
     pub raw: String,

@@ -17,7 +17,7 @@ use crate::exec::keyed;
 use crate::exec::state::JobState;
 
 /// What the operator knows of each of its inputs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
 pub struct InputInfo {
     /// The input's name (for lineage and reports).
     pub name: String,

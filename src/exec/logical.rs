@@ -6,38 +6,49 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::common::{DFSchema, DFSchemaRef};
-use datafusion::error::Result as DFResult;
+use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 
-use crate::error::Result;
-use crate::exec::{InputInfo, OperatorSpec};
+use crate::error::{PrsError, Result};
+use crate::exec::{InputInfo, OperatorRuntime, OperatorSpec};
 
 /// Logical node for the operator; planned into a [`crate::exec::ParallelRunExec`] by
 /// [`crate::exec::ParallelRunPlanner`].
+///
+/// Its identity is its content: the [`OperatorSpec`] value and the input plans. The runtime
+/// (worker factory, observer) rides along for the planner but is not part of it, so two
+/// nodes built from the same job compare equal.
 #[derive(Debug, Clone)]
 pub struct ParallelRunNode {
     inputs: Vec<LogicalPlan>,
-    infos: Vec<InputInfo>,
     spec: Arc<OperatorSpec>,
+    runtime: OperatorRuntime,
     schema: DFSchemaRef,
 }
 
 impl ParallelRunNode {
-    /// A node running `spec` over `inputs`.
+    /// A node running `spec` over `inputs` (one plan per input of the spec, in order).
     pub fn try_new(
         inputs: Vec<LogicalPlan>,
-        infos: Vec<InputInfo>,
         spec: Arc<OperatorSpec>,
+        runtime: OperatorRuntime,
     ) -> Result<Self> {
+        if inputs.len() != spec.inputs().len() {
+            return Err(PrsError::DataFusion(DataFusionError::Internal(format!(
+                "ParallelRunNode: {} input plans for a spec of {} inputs",
+                inputs.len(),
+                spec.inputs().len()
+            ))));
+        }
         let arrow_schema = spec
-            .output_schema
-            .clone()
+            .output_schema()
+            .cloned()
             .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
         let schema = Arc::new(DFSchema::try_from(arrow_schema.as_ref().clone())?);
         Ok(ParallelRunNode {
             inputs,
-            infos,
             spec,
+            runtime,
             schema,
         })
     }
@@ -54,19 +65,20 @@ impl ParallelRunNode {
         &self.spec
     }
 
-    /// What the node knows of its inputs.
-    pub fn infos(&self) -> &[InputInfo] {
-        &self.infos
+    /// The factory and observer the planned operator runs with.
+    pub fn runtime(&self) -> &OperatorRuntime {
+        &self.runtime
     }
 
-    fn key(&self) -> (usize, &[InputInfo]) {
-        (Arc::as_ptr(&self.spec) as *const () as usize, &self.infos)
+    /// What the node knows of its inputs.
+    pub fn infos(&self) -> &[InputInfo] {
+        self.spec.inputs()
     }
 }
 
 impl PartialEq for ParallelRunNode {
     fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key() && self.inputs == other.inputs
+        self.spec == other.spec && self.inputs == other.inputs
     }
 }
 
@@ -74,14 +86,21 @@ impl Eq for ParallelRunNode {}
 
 impl Hash for ParallelRunNode {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key().hash(state);
+        self.spec.hash(state);
         self.inputs.hash(state);
     }
 }
 
 impl PartialOrd for ParallelRunNode {
+    /// Ordered by call number (nodes of different calls are never equal).
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        self.key().0.partial_cmp(&other.key().0)
+        if self == other {
+            return Some(Ordering::Equal);
+        }
+        match self.spec.call().cmp(&other.spec.call()) {
+            Ordering::Equal => None,
+            order => Some(order),
+        }
     }
 }
 
@@ -103,13 +122,13 @@ impl UserDefinedLogicalNodeCore for ParallelRunNode {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        let s = &self.spec.settings;
+        let s = self.spec.settings();
         write!(
             f,
             "ParallelRun: script={}, workers={}, inputs=[{}]",
-            self.spec.factory.describe(),
+            self.runtime.factory.describe(),
             s.workers,
-            self.infos
+            self.infos()
                 .iter()
                 .map(|i| i.name.as_str())
                 .collect::<Vec<_>>()
@@ -120,8 +139,8 @@ impl UserDefinedLogicalNodeCore for ParallelRunNode {
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> DFResult<Self> {
         Ok(ParallelRunNode {
             inputs,
-            infos: self.infos.clone(),
             spec: self.spec.clone(),
+            runtime: self.runtime.clone(),
             schema: self.schema.clone(),
         })
     }

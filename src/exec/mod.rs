@@ -9,12 +9,14 @@ pub mod dispatch;
 pub mod keyed;
 pub mod logical;
 pub mod planner;
+pub mod spec;
 pub mod state;
 pub mod stream;
 
 pub use dispatch::InputInfo;
 pub use logical::ParallelRunNode;
 pub use planner::{plan_node, ParallelRunPlanner, ParallelRunQueryPlanner};
+pub use spec::{OperatorSpec, SPEC_FORMAT_VERSION};
 pub use state::{JobCounts, JobObserver, JobState, MiniBatchRecord, NoopObserver, RunSettings};
 pub use stream::CompletedMiniBatch;
 
@@ -45,30 +47,28 @@ use crate::worker::WorkerFactoryRef;
 /// A stream of succeeded mini-batches from one partition.
 pub type MiniBatchStream = Pin<Box<dyn Stream<Item = Result<CompletedMiniBatch>> + Send>>;
 
-/// What the operator runs: settings, the entry script (as configured, for display and later
-/// serialization), the factory that starts its workers, and who hears of its progress.
+/// What a spec needs to run in this process: the factory that starts its workers and who
+/// hears of its progress. Built by the side that executes the plan (never encoded, never
+/// compared: a plan's identity is its [`OperatorSpec`]).
 #[derive(Clone)]
-pub struct OperatorSpec {
-    /// Validated settings.
-    pub settings: RunSettings,
-    /// The entry script as the user wrote it (`score.py`, `rust:NAME`).
-    pub entry_script: String,
+pub struct OperatorRuntime {
     /// Starts workers.
     pub factory: WorkerFactoryRef,
-    /// Schema of run()'s results; `None` when unknown (job mode, where results go to the sink
-    /// with their own schema).
-    pub output_schema: Option<SchemaRef>,
     /// Receives per-mini-batch events (reports, progress).
     pub observer: Arc<dyn JobObserver>,
 }
 
-impl fmt::Debug for OperatorSpec {
+impl OperatorRuntime {
+    /// A runtime with `factory` reporting to `observer`.
+    pub fn new(factory: WorkerFactoryRef, observer: Arc<dyn JobObserver>) -> Self {
+        OperatorRuntime { factory, observer }
+    }
+}
+
+impl fmt::Debug for OperatorRuntime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OperatorSpec")
-            .field("settings", &self.settings)
-            .field("entry_script", &self.entry_script)
+        f.debug_struct("OperatorRuntime")
             .field("factory", &self.factory)
-            .field("output_schema", &self.output_schema)
             .finish()
     }
 }
@@ -82,6 +82,7 @@ impl fmt::Debug for OperatorSpec {
 pub struct ParallelRunExec {
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     spec: Arc<OperatorSpec>,
+    runtime: OperatorRuntime,
     state: Arc<JobState>,
     properties: Arc<PlanProperties>,
     schema: SchemaRef,
@@ -106,25 +107,32 @@ impl fmt::Debug for ParallelRunExec {
 }
 
 impl ParallelRunExec {
-    /// An operator over `inputs` that reports to `state`.
+    /// An operator running `spec` over `inputs` (planned; in the spec's input order) with
+    /// `runtime`'s workers, counting in `state`.
     pub fn new(
-        inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+        inputs: Vec<Arc<dyn ExecutionPlan>>,
         spec: Arc<OperatorSpec>,
+        runtime: OperatorRuntime,
         state: Arc<JobState>,
     ) -> Self {
         let schema = spec
-            .output_schema
-            .clone()
+            .output_schema()
+            .cloned()
             .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
+        let inputs = inputs
+            .into_iter()
+            .zip(spec.inputs().iter().cloned())
+            .collect();
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(spec.settings.workers),
+            Partitioning::UnknownPartitioning(spec.settings().workers),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
         ParallelRunExec {
             inputs,
             spec,
+            runtime,
             state,
             properties,
             schema,
@@ -136,6 +144,11 @@ impl ParallelRunExec {
     /// The spec.
     pub fn spec(&self) -> &Arc<OperatorSpec> {
         &self.spec
+    }
+
+    /// The factory and observer it runs with.
+    pub fn runtime(&self) -> &OperatorRuntime {
+        &self.runtime
     }
 
     /// The job state (counters, cancellation).
@@ -155,11 +168,11 @@ impl ParallelRunExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<MiniBatchStream> {
-        if partition >= self.spec.settings.workers {
+        if partition >= self.spec.settings().workers {
             return Err(PrsError::DataFusion(
                 datafusion::error::DataFusionError::Internal(format!(
                     "ParallelRunExec has {} partitions, partition {partition} requested",
-                    self.spec.settings.workers
+                    self.spec.settings().workers
                 )),
             ));
         }
@@ -168,7 +181,7 @@ impl ParallelRunExec {
         let task = SpawnedTask::spawn(stream::run_partition(
             partition,
             execution.queue.clone(),
-            self.spec.factory.clone(),
+            self.runtime.factory.clone(),
             self.state.clone(),
             tx,
         ));
@@ -186,7 +199,7 @@ impl ParallelRunExec {
         let execution = match slot.as_ref() {
             Some(e) => e.clone(),
             None => {
-                let (tx, rx) = mpsc::channel(self.spec.settings.queue_depth.max(1));
+                let (tx, rx) = mpsc::channel(self.spec.settings().queue_depth.max(1));
                 let dispatcher = SpawnedTask::spawn(dispatch::dispatch(
                     self.inputs.clone(),
                     context.clone(),
@@ -204,7 +217,7 @@ impl ParallelRunExec {
         };
         let mut claimed = execution.claimed.lock().unwrap_or_else(|p| p.into_inner());
         *claimed += 1;
-        if *claimed >= self.spec.settings.workers {
+        if *claimed >= self.spec.settings().workers {
             // Every partition has its share: a later execute() starts a fresh execution.
             *slot = None;
         }
@@ -215,11 +228,11 @@ impl ParallelRunExec {
 
 impl DisplayAs for ParallelRunExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let s = &self.spec.settings;
+        let s = &self.spec.settings();
         let names: Vec<&str> = self.inputs.iter().map(|(_, i)| i.name.as_str()).collect();
         if t == DisplayFormatType::TreeRender {
             // One short key=value per line, as the tree renderer expects.
-            writeln!(f, "script={}", self.spec.factory.describe())?;
+            writeln!(f, "script={}", self.runtime.factory.describe())?;
             writeln!(f, "workers={}", s.workers)?;
             return writeln!(f, "inputs=[{}]", names.join(", "));
         }
@@ -227,7 +240,7 @@ impl DisplayAs for ParallelRunExec {
             f,
             "ParallelRunExec: script={}, workers={}, {}, run_max_try={}, \
              run_invocation_timeout={}s, error_threshold={}, allowed_failed_count={}, allowed_failed_percent={}, inputs=[{}]",
-            self.spec.factory.describe(),
+            self.runtime.factory.describe(),
             s.workers,
             if s.partition_keys.is_empty() {
                 mini_batch_size_text(s, self.inputs.iter().map(|(_, i)| i.kind))
@@ -338,13 +351,10 @@ impl ExecutionPlan for ParallelRunExec {
                 children.len()
             )));
         }
-        let inputs = children
-            .into_iter()
-            .zip(self.inputs.iter().map(|(_, i)| i.clone()))
-            .collect();
         Ok(Arc::new(ParallelRunExec::new(
-            inputs,
+            children,
             self.spec.clone(),
+            self.runtime.clone(),
             self.state.clone(),
         )))
     }

@@ -37,19 +37,15 @@ impl ExtensionPlanner for ParallelRunPlanner {
 }
 
 /// The operator for `node` over its planned inputs, with a fresh [`JobState`] reporting to the
-/// spec's observer (see [`ParallelRunExec::state`]).
+/// runtime's observer (see [`ParallelRunExec::state`]).
 pub fn plan_node(
     node: &ParallelRunNode,
     physical_inputs: &[Arc<dyn ExecutionPlan>],
 ) -> ParallelRunExec {
     let spec = node.spec().clone();
-    let state = JobState::new(spec.settings.clone(), spec.observer.clone());
-    let inputs = physical_inputs
-        .iter()
-        .cloned()
-        .zip(node.infos().iter().cloned())
-        .collect();
-    ParallelRunExec::new(inputs, spec, state)
+    let runtime = node.runtime().clone();
+    let state = JobState::new(spec.settings().clone(), runtime.observer.clone());
+    ParallelRunExec::new(physical_inputs.to_vec(), spec, runtime, state)
 }
 
 /// A query planner: DataFusion's default planner plus [`ParallelRunPlanner`].

@@ -15,17 +15,15 @@
 //! [`crate::job::final_summary`] and [`crate::report::write_final`] as a YAML job's.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::context::QueryPlanner;
@@ -43,27 +41,22 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use futures::{Stream, StreamExt};
 
 use crate::batch::MiniBatchId;
-use crate::config::ParallelRunConfig;
+use crate::config::{JobSettings, ParallelRunConfig};
 use crate::error::PrsError;
 use crate::exec::{
-    conform, plan_node, JobObserver, JobState, MiniBatchRecord, ParallelRunExec, ParallelRunNode,
-    ParallelRunPlanner,
+    conform, plan_node, JobObserver, JobState, MiniBatchRecord, OperatorSpec, ParallelRunExec,
+    ParallelRunNode, ParallelRunPlanner,
 };
+use crate::job::{JobRun, Progress};
 use crate::report::{self, JobSummary, ReportWriter};
 use crate::sql::SqlShared;
 
-/// How often `job_progress_overview.txt` is refreshed while a run executes.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
-
-/// One `parallel_run(...)` of a query: its config, its report folder, and (once executed)
-/// its report. It is the operator's [`JobObserver`]: events go to the report files of the
-/// current execution.
+/// One `parallel_run(...)` of a query: its spec (settings, report folder) and, once
+/// executed, its report. It is the operator's [`JobObserver`]: events go to the report files
+/// of the current execution.
 pub struct SqlRun {
     label: String,
-    config: ParallelRunConfig,
-    report_dir: PathBuf,
-    preserve_order: bool,
-    allow_empty_input: bool,
+    spec: Arc<OperatorSpec>,
     writer: Mutex<Option<Arc<ReportWriter>>>,
     summary: Mutex<Option<JobSummary>>,
     started: AtomicBool,
@@ -74,31 +67,31 @@ impl fmt::Debug for SqlRun {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SqlRun")
             .field("label", &self.label)
-            .field("report_dir", &self.report_dir)
+            .field("report_dir", &self.report_dir())
             .finish()
     }
 }
 
 impl SqlRun {
-    /// A run of `config` reporting to `report_dir`.
-    pub(crate) fn new(
-        label: String,
-        config: ParallelRunConfig,
-        report_dir: PathBuf,
-        preserve_order: bool,
-        allow_empty_input: bool,
-    ) -> Self {
+    /// A run of `spec` (its report folder is the spec's log folder).
+    pub(crate) fn new(label: String, spec: Arc<OperatorSpec>) -> Self {
         SqlRun {
             label,
-            config,
-            report_dir,
-            preserve_order,
-            allow_empty_input,
+            spec,
             writer: Mutex::new(None),
             summary: Mutex::new(None),
             started: AtomicBool::new(false),
             probed: AtomicBool::new(false),
         }
+    }
+
+    /// The spec it runs.
+    pub fn spec(&self) -> &Arc<OperatorSpec> {
+        &self.spec
+    }
+
+    fn settings(&self) -> &JobSettings {
+        self.spec.job()
     }
 
     /// Records that the probe ran init() and run() at planning time for this run.
@@ -119,12 +112,12 @@ impl SqlRun {
 
     /// The report folder (`job_result.txt`, `job_summary.json`, `sys/`, `user/`).
     pub fn report_dir(&self) -> &Path {
-        &self.report_dir
+        &self.settings().log_dir
     }
 
     /// The PRS parameters it runs with.
     pub fn config(&self) -> &ParallelRunConfig {
-        &self.config
+        &self.settings().config
     }
 
     /// True once an execution started (the report files exist).
@@ -150,7 +143,7 @@ impl SqlRun {
             .current_writer()
             .map(|w| w.failures())
             .unwrap_or_default();
-        if let Err(e) = report::write_final(&self.report_dir, summary, &failures) {
+        if let Err(e) = report::write_final(self.report_dir(), summary, &failures) {
             tracing::warn!("{}: writing the report failed: {e}", self.label);
         }
     }
@@ -161,7 +154,7 @@ impl SqlRun {
 
     /// Creates the report files for a new execution.
     fn begin(&self) -> crate::Result<Arc<ReportWriter>> {
-        let writer = Arc::new(ReportWriter::create(&self.report_dir)?);
+        let writer = Arc::new(ReportWriter::create(self.report_dir())?);
         *lock(&self.writer) = Some(writer.clone());
         *lock(&self.summary) = None;
         self.started.store(true, Ordering::SeqCst);
@@ -195,7 +188,8 @@ impl JobObserver for SqlRun {
     }
 }
 
-/// One execution of a run: counts partitions and rows, and finishes the report once.
+/// One execution of a run: counts partitions and rows, and finishes the report once (through
+/// [`JobRun`], as a job's).
 struct Tracker {
     run: Arc<SqlRun>,
     state: Arc<JobState>,
@@ -203,9 +197,8 @@ struct Tracker {
     open: AtomicUsize,
     ended: AtomicUsize,
     rows: AtomicU64,
-    begun: Mutex<Option<Arc<ReportWriter>>>,
+    job_run: Mutex<Option<JobRun>>,
     finished: AtomicBool,
-    ticker: Mutex<Option<SpawnedTask<()>>>,
 }
 
 impl Tracker {
@@ -217,27 +210,24 @@ impl Tracker {
             open: AtomicUsize::new(partitions),
             ended: AtomicUsize::new(0),
             rows: AtomicU64::new(0),
-            begun: Mutex::new(None),
+            job_run: Mutex::new(None),
             finished: AtomicBool::new(false),
-            ticker: Mutex::new(None),
         }
     }
 
-    /// Creates the report files and the progress ticker on the first call.
+    /// Creates the report files and starts the run's progress on the first call.
     fn begin(&self) -> DFResult<()> {
-        let mut begun = lock(&self.begun);
-        if begun.is_some() {
+        let mut job_run = lock(&self.job_run);
+        if job_run.is_some() {
             return Ok(());
         }
         let writer = self.run.begin().map_err(PrsError::into_datafusion)?;
-        let (w, state) = (writer.clone(), self.state.clone());
-        *lock(&self.ticker) = Some(SpawnedTask::spawn(async move {
-            loop {
-                tokio::time::sleep(PROGRESS_EVERY).await;
-                w.write_progress(&state.counts(), state.elapsed());
-            }
-        }));
-        *begun = Some(writer);
+        *job_run = Some(JobRun::begin(
+            self.run.settings(),
+            writer,
+            self.state.clone(),
+            Progress::Quiet,
+        ));
         Ok(())
     }
 
@@ -246,7 +236,7 @@ impl Tracker {
         if self.state.abort_reason().is_none() {
             self.state.abort(crate::sql::error_text(error));
         }
-        self.finish(true, None);
+        self.finish(true);
     }
 
     /// A partition's stream ended (`ended`: read to its end) or was dropped. Returns the error
@@ -259,28 +249,21 @@ impl Tracker {
             return None;
         }
         let complete = self.ended.load(Ordering::SeqCst) == self.partitions;
-        let summary = self.finish(complete, None)?;
+        let summary = self.finish(complete)?;
         (complete && !summary.succeeded()).then(|| PrsError::NoOutput(summary.reason))
     }
 
     /// Writes the final report (once); returns the summary when this call wrote it.
-    fn finish(&self, complete: bool, fatal: Option<String>) -> Option<JobSummary> {
-        let writer = lock(&self.begun).clone()?;
+    fn finish(&self, complete: bool) -> Option<JobSummary> {
+        let mut slot = lock(&self.job_run);
+        let job_run = slot.as_mut()?;
         if self.finished.swap(true, Ordering::SeqCst) {
             return None;
         }
-        drop(lock(&self.ticker).take());
-        let aborted = self.state.abort_reason().is_some() || fatal.is_some();
-        // Closes the counts first, so the progress file and the report state the same ones.
-        let mut summary = crate::job::final_summary(
-            &self.run.config,
-            &self.state,
-            fatal,
-            &self.run.report_dir,
-            self.run.allow_empty_input,
-        );
-        let (counts, elapsed) = (self.state.counts(), self.state.elapsed());
+        let aborted = self.state.abort_reason().is_some();
+        let mut summary = job_run.summarize(None);
         if !complete && !aborted {
+            let counts = self.state.counts();
             summary.status = crate::report::JobStatus::Succeeded;
             summary.reason = format!(
                 "the query stopped reading before the end (e.g. a LIMIT): {} of {} mini batches \
@@ -294,10 +277,7 @@ impl Tracker {
             );
         }
         summary.output_rows = self.rows.load(Ordering::SeqCst);
-        writer.write_progress(&counts, elapsed);
-        if let Err(e) = report::write_final(&self.run.report_dir, &summary, &writer.failures()) {
-            tracing::warn!("{}: writing the report failed: {e}", self.run.label);
-        }
+        job_run.write(&mut summary);
         *lock(&self.run.summary) = Some(summary.clone());
         Some(summary)
     }
@@ -306,7 +286,7 @@ impl Tracker {
 impl Drop for Tracker {
     fn drop(&mut self) {
         // Partitions that were never executed, or a plan dropped mid-way: finish anyway.
-        self.finish(false, None);
+        self.finish(false);
     }
 }
 
@@ -332,7 +312,7 @@ impl fmt::Debug for ParallelRunReportExec {
 impl ParallelRunReportExec {
     /// The report writer above `input` (a [`ParallelRunExec`] reporting to `state`).
     pub fn new(input: Arc<dyn ExecutionPlan>, run: Arc<SqlRun>, state: Arc<JobState>) -> Self {
-        let properties = Arc::new(if run.preserve_order {
+        let properties = Arc::new(if run.settings().preserve_order {
             // One partition, emitted once the job is done, in mini-batch order (not an
             // ordering of any column).
             PlanProperties::new(
@@ -414,14 +394,14 @@ impl ParallelRunReportExec {
 impl DisplayAs for ParallelRunReportExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         if t == DisplayFormatType::TreeRender {
-            writeln!(f, "report_dir={}", self.run.report_dir.display())?;
-            return writeln!(f, "preserve_order={}", self.run.preserve_order);
+            writeln!(f, "report_dir={}", self.run.report_dir().display())?;
+            return writeln!(f, "preserve_order={}", self.run.settings().preserve_order);
         }
         write!(
             f,
             "ParallelRunReportExec: report_dir={}, preserve_order={}",
-            self.run.report_dir.display(),
-            self.run.preserve_order
+            self.run.report_dir().display(),
+            self.run.settings().preserve_order
         )
     }
 }
@@ -445,7 +425,7 @@ impl ExecutionPlan for ParallelRunReportExec {
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![!self.run.preserve_order]
+        vec![!self.run.settings().preserve_order]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -482,7 +462,7 @@ impl ExecutionPlan for ParallelRunReportExec {
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
         self.tracker.begin()?;
-        if self.run.preserve_order {
+        if self.run.settings().preserve_order {
             return self.execute_ordered(context);
         }
         let inner = match self.input.execute(partition, context) {
@@ -586,7 +566,7 @@ impl ExtensionPlanner for SqlRunPlanner {
         let Some(node) = node.as_any().downcast_ref::<ParallelRunNode>() else {
             return Ok(None);
         };
-        let Some(run) = self.shared.run_for(&node.spec().observer) else {
+        let Some(run) = self.shared.run_for(node.spec()) else {
             return Ok(None);
         };
         let exec = Arc::new(plan_node(node, physical_inputs));

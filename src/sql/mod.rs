@@ -85,7 +85,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionContext;
 
 use crate::error::{PrsError, Result};
-use crate::exec::JobObserver;
+use crate::exec::OperatorSpec;
 use crate::worker::ScriptRegistry;
 
 /// How `parallel_run(...)` is set up on a session.
@@ -175,6 +175,8 @@ struct StatementScope {
     copy_target: Option<PathBuf>,
     /// The runs planned during the statement, when the runner collects them.
     runs: Option<Vec<Arc<SqlRun>>>,
+    /// `parallel_run(...)` calls planned so far in the statement.
+    calls: u64,
 }
 
 impl fmt::Debug for SqlShared {
@@ -212,13 +214,22 @@ impl SqlShared {
         self.session.get().and_then(|get| get())
     }
 
-    /// The run whose observer is `observer`, if it is one of ours.
-    pub(crate) fn run_for(&self, observer: &Arc<dyn JobObserver>) -> Option<Arc<SqlRun>> {
-        let target = Arc::as_ptr(observer) as *const ();
+    /// The run of `spec`, if it is one of ours (specs compare by value; two calls of a
+    /// statement differ by their call number).
+    pub(crate) fn run_for(&self, spec: &OperatorSpec) -> Option<Arc<SqlRun>> {
         lock(&self.runs)
             .iter()
             .filter_map(Weak::upgrade)
-            .find(|run| Arc::as_ptr(run) as *const () == target)
+            .find(|run| run.spec().as_ref() == spec)
+    }
+
+    /// The number of the next `parallel_run(...)` call of the statement being planned (from 0
+    /// for each statement the runner plans; counting on over the session otherwise).
+    pub(crate) fn next_call(&self) -> u64 {
+        let mut statement = lock(&self.statement);
+        let call = statement.calls;
+        statement.calls += 1;
+        call
     }
 
     /// Records a planned run.
@@ -260,6 +271,7 @@ impl SqlShared {
         *lock(&self.statement) = StatementScope {
             copy_target,
             runs: Some(Vec::new()),
+            calls: 0,
         };
     }
 
@@ -359,7 +371,12 @@ mod tests {
         );
         let first = shared.report_dir_for(None);
         assert_eq!(first, PathBuf::from("/jobs/a/out/s.parquet.logs"));
-        let run = Arc::new(SqlRun::new("r".into(), config, first, false, false));
+        let settings = crate::config::JobSettings {
+            log_dir: first.clone(),
+            ..crate::config::JobSettings::new(config, first)
+        };
+        let spec = OperatorSpec::new(settings, Vec::new(), None).unwrap();
+        let run = Arc::new(SqlRun::new("r".into(), Arc::new(spec.clone())));
         shared.add_run(&run);
         assert_eq!(
             shared.report_dir_for(None),
@@ -371,9 +388,9 @@ mod tests {
         );
         let runs = shared.end_statement();
         assert_eq!(runs.len(), 1);
-        let observer: Arc<dyn JobObserver> = run.clone();
-        assert!(shared.run_for(&observer).is_some());
-        drop((runs, observer, run));
+        assert!(shared.run_for(&spec).is_some(), "found by value");
+        assert!(shared.run_for(&spec.clone().with_call(1)).is_none());
+        drop((runs, run));
         assert_eq!(
             shared.report_dir_for(None),
             PathBuf::from("/jobs/a/parallel_run_logs"),

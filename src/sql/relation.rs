@@ -33,10 +33,10 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
 
 use crate::batch::ItemKind;
-use crate::config::OutputFormat;
+use crate::config::{JobSettings, OutputFormat};
 use crate::error::{PrsError, Result};
-use crate::exec::{InputInfo, OperatorSpec, ParallelRunNode, RunSettings};
-use crate::job::{factory_with_env, worker_env, JobOptions, Progress};
+use crate::exec::{InputInfo, ParallelRunNode};
+use crate::job::{worker_factory, JobPlan};
 use crate::sql::config::{canonical_key, ParallelRunOptions, SqlJob};
 use crate::sql::exec::SqlRun;
 use crate::sql::{block_on, probe, SqlShared};
@@ -176,36 +176,24 @@ impl ParallelRunRelationPlanner {
         for warning in &job.warnings {
             tracing::warn!("parallel_run: {warning}");
         }
-        for (plan, info) in &inputs {
-            crate::exec::keyed::check_keys(
-                &info.name,
-                plan.schema().as_arrow(),
-                &job.config.partition_keys,
-            )?;
-        }
         let report_dir = self.shared.report_dir_for(job.report_dir.clone());
-        let options = JobOptions {
-            output: report_dir.clone(),
+        // The report folder is the log folder; results come back typed (not as txt lines).
+        let settings = JobSettings {
+            log_dir: report_dir.clone(),
             output_format: OutputFormat::Parquet,
             arguments: job.arguments.clone(),
             preserve_order: job.preserve_order,
             allow_empty_input: job.allow_empty_input,
             mini_batch_format: job.mini_batch_format,
-            progress: Progress::Quiet,
-            tabular_inputs: inputs.iter().any(|(_, info)| info.kind == ItemKind::Rows),
-            job_dir: None,
+            ..JobSettings::new(job.config.clone(), report_dir.clone())
         };
-        let mut env = worker_env(&job.config, &options);
-        // The report folder is the log folder; results come back typed (not as txt lines).
-        env.log_dir = report_dir.clone();
-        env.output_format = OutputFormat::Parquet;
-        let factory = factory_with_env(
-            &job.config,
-            env,
-            job.mini_batch_format,
-            self.shared.registry(),
-        )?;
-        let settings = RunSettings::from_config(&job.config, false)?;
+        let schemas: Vec<(SchemaRef, InputInfo)> = inputs
+            .iter()
+            .map(|(plan, info)| (Arc::new(plan.schema().as_arrow().clone()), info.clone()))
+            .collect();
+        JobPlan::check_inputs(&settings, &schemas)?;
+        let tabular = schemas.iter().any(|(_, info)| info.kind == ItemKind::Rows);
+        let factory = worker_factory(&settings, tabular, self.shared.registry())?;
         let schema = match &job.output_schema {
             Some(text) => declared_schema(text, context)?,
             None if job.config.output_action == crate::config::OutputAction::SummaryOnly => {
@@ -231,26 +219,16 @@ impl ParallelRunRelationPlanner {
             }
         };
         let label = format!("{NAME}({})", factory.describe());
-        let run = Arc::new(SqlRun::new(
-            label,
-            job.config.clone(),
-            report_dir,
-            job.preserve_order,
-            job.allow_empty_input,
-        ));
+        let plan = JobPlan::with_factory(settings, &schemas, Some(schema), factory)?
+            .with_call(self.shared.next_call());
+        let run = Arc::new(SqlRun::new(label, plan.spec.clone()));
         if job.output_schema.is_none() {
             run.mark_probed();
         }
         self.shared.add_run(&run);
-        let spec = Arc::new(OperatorSpec {
-            settings,
-            entry_script: job.config.entry_script.clone(),
-            factory,
-            output_schema: Some(schema),
-            observer: run,
-        });
-        let (plans, infos) = inputs.into_iter().unzip();
-        Ok(ParallelRunNode::try_new(plans, infos, spec)?.into_plan())
+        let runtime = plan.runtime(run);
+        let plans = inputs.into_iter().map(|(plan, _)| plan).collect();
+        Ok(ParallelRunNode::try_new(plans, plan.spec, runtime)?.into_plan())
     }
 
     /// Plans one input argument: a subquery, or a table name.

@@ -125,6 +125,12 @@ impl ScriptRegistry {
         self
     }
 
+    /// Registers an already boxed `constructor` under `name` (replacing one of that name).
+    pub fn insert(&mut self, name: impl Into<String>, constructor: ScriptConstructor) -> &mut Self {
+        self.scripts.insert(name.into(), constructor);
+        self
+    }
+
     /// The constructor registered under `name`.
     pub fn get(&self, name: &str) -> Option<ScriptConstructor> {
         self.scripts.get(name).cloned()

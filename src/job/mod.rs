@@ -1,0 +1,347 @@
+//! Running a whole job: settings -> plan -> operator -> exactly-once output -> report.
+//!
+//! Every way in produces the same [`JobSettings`] (a job file through [`run_job_spec`], the
+//! Rust builder [`crate::ParallelRun`], a SQL `parallel_run(...)`); [`plan`] turns them into a
+//! [`JobPlan`] (the only place workers, settings and the operator spec are built) and [`run`]
+//! finishes every run ([`JobRun`]: summary rule, report files, progress). A job file and the
+//! builder are driven here, by [`execute`]; SQL's operator is driven by DataFusion and
+//! finished by the report operator through the same [`JobRun`].
+
+pub mod plan;
+pub mod run;
+
+pub use plan::{factory_with_env, with_thread_limits, worker_env, worker_factory, JobPlan};
+pub use run::{JobRun, Progress};
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::stats::Precision;
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
+use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
+use futures::StreamExt;
+
+use crate::batch::ItemKind;
+use crate::config::{JobSettings, JobSpec, OutputAction};
+use crate::error::{PrsError, Result};
+use crate::exec::{InputInfo, JobObserver, JobState, ParallelRunExec};
+use crate::input::files::FILE_METADATA_COLUMNS;
+use crate::input::{job_session_with, register_inputs_with};
+use crate::output::{prepare_output_dir, AppendRowSink, WORK_DIR_NAME};
+use crate::report::{JobSummary, ReportWriter};
+use crate::storage::StorageContext;
+use crate::worker::ScriptRegistry;
+
+/// The report of a finished job (also written to `logs/job_summary.json`).
+pub type JobReport = JobSummary;
+
+/// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
+/// `overwrite` lets the job replace an earlier run's results in its output folder (see
+/// [`crate::output::prepare_output_dir`]); without it such a folder is refused.
+pub async fn run_job_spec(
+    spec: &JobSpec,
+    registry: &ScriptRegistry,
+    progress: Progress,
+    overwrite: bool,
+) -> Result<JobReport> {
+    spec.validate()?;
+    let output = spec.output.clone().ok_or_else(|| {
+        PrsError::missing(
+            "output",
+            "set `output:` in the job file or pass --output DIR",
+        )
+    })?;
+    // Object storage: an output URL gets a local mirror folder; stores are checked first.
+    let storage = StorageContext::prepare(spec, &output).await?;
+    let output = storage.local_output().map_or(output, Path::to_path_buf);
+    let mut settings = JobSettings::from_spec(spec, output);
+    // Before any worker writes its bootstrap into the folder.
+    let final_name = settings.final_file_name();
+    if let Some(remote) = storage.remote_output() {
+        remote.prepare(&final_name, overwrite, &storage).await?;
+    }
+    prepare_output_dir(&settings.output, &final_name, overwrite)?;
+    // Folders the script writes into (an Azure v2 job's outputs) exist before init() runs.
+    for folder in &spec.output_folders {
+        std::fs::create_dir_all(folder).map_err(|e| PrsError::io(folder, e))?;
+    }
+    // `models:` reach the workers through environment variables (and a folder layout).
+    for (name, value) in model_environment(&spec.models, &settings.output)? {
+        settings
+            .config
+            .environment_variables
+            .entry(name)
+            .or_insert(value);
+    }
+    // Workers first: they start (and run init()) while the inputs are listed and planned.
+    let factory = worker_factory(&settings, spec.has_tabular_inputs(), registry)?;
+    factory
+        .prestart(&plan::worker_slots(&settings.config))
+        .await;
+    let ctx = job_session_with(spec.memory_limit.as_ref().map(|m| m.value));
+    let prepared = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
+    let state = ctx.state();
+    let mut inputs = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        let logical = if p.info.kind == ItemKind::Files && !factory.file_metadata() {
+            without_file_metadata(p.plan)?
+        } else {
+            p.plan
+        };
+        let plan = state.create_physical_plan(&logical).await?;
+        inputs.push((plan, p.info));
+    }
+    let plan = JobPlan::with_factory(settings, &schemas(&inputs), None, factory)?;
+    let inputs = inputs.into_iter().map(|(plan, _)| plan).collect();
+    execute(&plan, inputs, ctx.task_ctx(), Some(&storage), progress).await
+}
+
+/// The schemas and infos of planned inputs, as [`JobPlan`] takes them.
+pub fn schemas(inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)]) -> Vec<(SchemaRef, InputInfo)> {
+    inputs
+        .iter()
+        .map(|(plan, info)| (plan.schema(), info.clone()))
+        .collect()
+}
+
+/// The worker environment for a job's `models:` (name or `name:version` -> local path):
+/// `PARALLEL_RUN_MODELS` (JSON `{name: {version: path}}`, read by the `azureml.core.Model`
+/// stand-in), and Azure's own layout `<output>/.parallel_run/azureml-models/<name>/<version>/`
+/// (links to the models) with `AML_APP_ROOT` and `AZUREML_MODEL_DIR` pointing into it, which is
+/// where the real azureml-core looks for models offline.
+fn model_environment(
+    models: &BTreeMap<String, String>,
+    output: &Path,
+) -> Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    if models.is_empty() {
+        return Ok(env);
+    }
+    let root = output.join(WORK_DIR_NAME);
+    let layout = root.join("azureml-models");
+    let mut registry: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut last_dir = layout.clone();
+    for (key, path) in models {
+        let (name, version) = key.split_once(':').unwrap_or((key, "1"));
+        registry
+            .entry(name.to_string())
+            .or_default()
+            .insert(version.to_string(), path.clone());
+        let dir = layout.join(name).join(version);
+        std::fs::create_dir_all(&dir).map_err(|e| PrsError::io(&dir, e))?;
+        let target = Path::new(path);
+        let link = dir.join(target.file_name().unwrap_or(name.as_ref()));
+        if std::fs::symlink_metadata(&link).is_ok() {
+            std::fs::remove_file(&link).map_err(|e| PrsError::io(&link, e))?;
+        }
+        std::os::unix::fs::symlink(target, &link).map_err(|e| PrsError::io(&link, e))?;
+        last_dir = dir;
+    }
+    let model_dir = if models.len() == 1 { last_dir } else { layout };
+    let json = serde_json::to_string(&registry).map_err(|e| PrsError::Output {
+        path: "models".into(),
+        message: e.to_string(),
+    })?;
+    env.insert("PARALLEL_RUN_MODELS".to_string(), json);
+    env.insert("AML_APP_ROOT".to_string(), root.display().to_string());
+    env.insert(
+        "AZUREML_MODEL_DIR".to_string(),
+        model_dir.display().to_string(),
+    );
+    Ok(env)
+}
+
+/// The exact number of rows of all `inputs` from their plans' statistics (Parquet footers),
+/// or `None` when some input's count is not exact (a filter, a CSV file, a file dataset
+/// still being listed).
+fn expected_items(inputs: &[Arc<dyn ExecutionPlan>]) -> Option<u64> {
+    let statistics = StatisticsContext::new();
+    let mut total = 0u64;
+    for plan in inputs {
+        match statistics
+            .compute(plan.as_ref(), &StatisticsArgs::new())
+            .ok()?
+            .num_rows
+        {
+            Precision::Exact(rows) => total += rows as u64,
+            _ => return None,
+        }
+    }
+    Some(total)
+}
+
+/// A file dataset's plan without its `size` and `modified` columns (for workers that only
+/// see paths: the listing then stats no file).
+fn without_file_metadata(plan: LogicalPlan) -> Result<LogicalPlan> {
+    let keep: Vec<Expr> = plan
+        .schema()
+        .columns()
+        .into_iter()
+        .filter(|c| !FILE_METADATA_COLUMNS.contains(&c.name.as_str()))
+        .map(Expr::Column)
+        .collect();
+    Ok(LogicalPlanBuilder::from(plan).project(keep)?.build()?)
+}
+
+/// Runs a planned job over its planned `inputs` (in the spec's order): drives the operator,
+/// commits the output exactly once, and finishes the run ([`JobRun`]). A job that ran and
+/// failed returns `Ok` with status `failed`. With `storage`, download caches are freed as
+/// mini-batches finish, and an output on object storage is uploaded when the job commits (the
+/// final file with a multipart upload, then the logs).
+///
+/// The output folder is taken as it is: [`run_job_spec`] and [`crate::ParallelRun`] refuse
+/// (or clear, with `overwrite`) an earlier run's results before their workers start
+/// ([`crate::output::prepare_output_dir`]); other callers do that themselves.
+pub async fn execute(
+    plan: &JobPlan,
+    inputs: Vec<Arc<dyn ExecutionPlan>>,
+    task_ctx: Arc<TaskContext>,
+    storage: Option<&Arc<StorageContext>>,
+    progress: Progress,
+) -> Result<JobReport> {
+    let settings = plan.settings();
+    let reports = Arc::new(ReportWriter::create(&settings.log_dir)?);
+    let observer: Arc<dyn JobObserver> = match storage {
+        Some(storage) => storage.observer(reports.clone()),
+        None => reports.clone(),
+    };
+    let state = JobState::new(plan.spec.settings().clone(), observer.clone());
+    if let Some(items) = expected_items(&inputs) {
+        state.expect_items(items);
+    }
+    let workers = plan.spec.settings().workers;
+    let exec = ParallelRunExec::new(
+        inputs,
+        plan.spec.clone(),
+        plan.runtime(observer),
+        state.clone(),
+    );
+    let mut sink = match settings.config.output_action {
+        OutputAction::AppendRow => Some(
+            AppendRowSink::create(
+                &settings.output,
+                &settings.config.append_row_file_name,
+                settings.output_format,
+            )?
+            .merge_as_committed(!settings.preserve_order),
+        ),
+        OutputAction::SummaryOnly => None,
+    };
+
+    if let Some(storage) = storage {
+        storage.start_read_ahead();
+    }
+    let mut run = JobRun::begin(settings, reports, state.clone(), progress);
+    let mut streams = Vec::with_capacity(workers);
+    for p in 0..workers {
+        streams.push(exec.execute_mini_batches(p, task_ctx.clone())?);
+    }
+    let mut merged = futures::stream::select_all(streams);
+    let mut fatal: Option<PrsError> = None;
+    while let Some(item) = merged.next().await {
+        match item {
+            Ok(done) => {
+                if let Some(sink) = sink.as_mut() {
+                    if let Err(e) = sink.commit(&done) {
+                        state.abort(format!(
+                            "committing the output of mini batch {} failed: {e}",
+                            done.id
+                        ));
+                        fatal = Some(e);
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                // Every partition ends with the abort error; the first one is enough.
+                if state.abort_reason().is_none() {
+                    state.abort(e.to_string());
+                }
+                break;
+            }
+        }
+    }
+    drop(merged);
+    // Closes the counts: the console, the progress file and the report all state these.
+    let mut summary = run.summarize(fatal.map(|e| e.to_string()));
+    if summary.succeeded() {
+        if let Some(sink) = sink {
+            let staging = sink.staging_dir().to_path_buf();
+            match sink.finish(settings.preserve_order) {
+                Ok(out) => {
+                    summary.output = Some(out.path);
+                    summary.output_rows = out.rows;
+                }
+                Err(e) => {
+                    summary.fail(format!(
+                        "every mini batch ran, but writing the final output file failed: {e}"
+                    ));
+                    summary.partial_output = Some(staging);
+                }
+            }
+        }
+        if let Some(storage) = storage.filter(|_| summary.succeeded()) {
+            storage.commit_output(&mut summary).await;
+        }
+    } else if let Some(sink) = sink {
+        summary.partial_output = Some(sink.staging_dir().to_path_buf());
+    }
+    run.write(&mut summary);
+    if let Some(storage) = storage {
+        if let Some(warning) = storage.upload_logs(&summary).await {
+            tracing::warn!("{warning}");
+        }
+    }
+    if summary.succeeded() {
+        // Committed: the parts, worker folders, bootstrap copies and caches are done with.
+        // A failed job keeps them: the report names the committed parts.
+        drop(exec);
+        let work = settings.output.join(WORK_DIR_NAME);
+        if let Err(e) = std::fs::remove_dir_all(&work) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {} failed: {e}", work.display());
+            }
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn python_file_datasets_are_planned_without_the_stat_columns() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("lang=en")).unwrap();
+        std::fs::write(d.path().join("lang=en/a.txt"), "x").unwrap();
+        let listing =
+            crate::input::FileListing::new("docs", d.path().to_str().unwrap(), None).unwrap();
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_table(
+            "docs",
+            Arc::new(crate::input::FileListingTable::new(listing)),
+        )
+        .unwrap();
+        let plan = ctx.table("docs").await.unwrap().into_unoptimized_plan();
+        let plan = without_file_metadata(plan).unwrap();
+        let names: Vec<String> = plan
+            .schema()
+            .columns()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["path", "lang"], "keys stay, size and modified go");
+        let rows = ctx
+            .execute_logical_plan(plan)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    }
+}
