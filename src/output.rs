@@ -14,7 +14,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -28,7 +28,7 @@ use parquet::arrow::ArrowWriter;
 use crate::batch::MiniBatchId;
 use crate::config::OutputFormat;
 use crate::error::{PrsError, Result};
-use crate::exec::{conform, CompletedMiniBatch};
+use crate::exec::{conform, CompletedMiniBatch, MiniBatchSink};
 use crate::worker::{ResultShape, RESULT_SHAPE_KEY};
 
 /// The folder of a run's own working files below the output folder (committed parts,
@@ -223,6 +223,28 @@ impl AppendRowSink {
         Ok(())
     }
 
+    /// The committed parts in mini-batch id order (Arrow IPC files, one per mini-batch), for
+    /// a reader that wants the results in order without a final file (SQL's
+    /// `preserve_order`); [`AppendRowSink::discard`] removes them when it is done.
+    pub fn parts_in_order(&mut self) -> Vec<PathBuf> {
+        self.parts.sort_by_key(|p| p.id);
+        self.parts.iter().map(|p| p.path.clone()).collect()
+    }
+
+    /// Removes the staging folder without writing a final file.
+    pub fn discard(mut self) {
+        self.live = None;
+        let _ = fs::remove_file(self.temp_final_path());
+        self.finished = true;
+        if let Err(e) = fs::remove_dir_all(&self.staging) {
+            tracing::warn!("removing {} failed: {e}", self.staging.display());
+        }
+        // The work folder too, when nothing else is in it.
+        if let Some(work) = self.staging.parent() {
+            let _ = fs::remove_dir(work);
+        }
+    }
+
     /// Merges the parts into the final file (in completion order, or id order when
     /// `preserve_order`), makes it visible atomically and removes the staging folder.
     pub fn finish(mut self, preserve_order: bool) -> Result<OutputSummary> {
@@ -258,6 +280,104 @@ impl AppendRowSink {
             rows: self.rows,
         })
     }
+}
+
+/// An [`AppendRowSink`] shared by the operator's partitions (the operator commits each
+/// succeeded mini-batch to it, see [`MiniBatchSink`]). It is created at the first commit
+/// unless [`StagedSink::open`] created it before (a job does, so that a folder it cannot write
+/// fails before any worker runs); nothing touches the disk before that (EXPLAIN).
+pub struct StagedSink {
+    output_dir: PathBuf,
+    file_name: String,
+    format: OutputFormat,
+    merge_as_committed: bool,
+    transient: bool,
+    sink: Mutex<Option<AppendRowSink>>,
+}
+
+impl std::fmt::Debug for StagedSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedSink")
+            .field("output_dir", &self.output_dir)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl StagedSink {
+    /// A sink for `<output_dir>/<file_name>` in `format` (see [`AppendRowSink::create`] and
+    /// [`AppendRowSink::merge_as_committed`]).
+    pub fn new(
+        output_dir: &Path,
+        file_name: &str,
+        format: OutputFormat,
+        merge_as_committed: bool,
+    ) -> Self {
+        StagedSink {
+            output_dir: output_dir.to_path_buf(),
+            file_name: file_name.to_string(),
+            format,
+            merge_as_committed,
+            transient: false,
+            sink: Mutex::new(None),
+        }
+    }
+
+    /// Parts only held until they are read back (SQL's `preserve_order`): whatever is still
+    /// staged when the sink is dropped (a failed or abandoned query) is removed.
+    pub fn transient(mut self) -> Self {
+        self.transient = true;
+        self
+    }
+
+    /// Creates the staging folder now.
+    pub fn open(&self) -> Result<()> {
+        let mut slot = lock(&self.sink);
+        if slot.is_none() {
+            *slot = Some(self.create()?);
+        }
+        Ok(())
+    }
+
+    fn create(&self) -> Result<AppendRowSink> {
+        Ok(
+            AppendRowSink::create(&self.output_dir, &self.file_name, self.format)?
+                .merge_as_committed(self.merge_as_committed),
+        )
+    }
+
+    /// The sink with everything committed so far (`None` when nothing was committed and it
+    /// was never opened); later commits start a new one.
+    pub fn take(&self) -> Option<AppendRowSink> {
+        lock(&self.sink).take()
+    }
+}
+
+impl Drop for StagedSink {
+    fn drop(&mut self) {
+        if self.transient {
+            if let Some(sink) = self.take() {
+                sink.discard();
+            }
+        }
+    }
+}
+
+impl MiniBatchSink for StagedSink {
+    fn commit(&self, done: &CompletedMiniBatch) -> Result<()> {
+        let mut slot = lock(&self.sink);
+        if slot.is_none() {
+            *slot = Some(self.create()?);
+        }
+        match slot.as_mut() {
+            Some(sink) => sink.commit(done),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for AppendRowSink {

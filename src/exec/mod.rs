@@ -47,8 +47,16 @@ use crate::worker::WorkerFactoryRef;
 /// A stream of succeeded mini-batches from one partition.
 pub type MiniBatchStream = Pin<Box<dyn Stream<Item = Result<CompletedMiniBatch>> + Send>>;
 
-/// What a spec needs to run in this process: the factory that starts its workers and who
-/// hears of its progress. Built by the side that executes the plan (never encoded, never
+/// Where succeeded mini-batches go instead of the operator's output stream: the job's
+/// exactly-once append_row sink (`crate::output::StagedSink`). Called once per succeeded
+/// mini-batch, from any partition; an error aborts the job.
+pub trait MiniBatchSink: Send + Sync {
+    /// Commits the results of `done` (complete or not at all).
+    fn commit(&self, done: &CompletedMiniBatch) -> Result<()>;
+}
+
+/// What a spec needs to run in this process: the factory that starts its workers, who
+/// hears of its progress and, for a job, the sink its results are committed to. Built by the side that executes the plan (never encoded, never
 /// compared: a plan's identity is its [`OperatorSpec`]).
 #[derive(Clone)]
 pub struct OperatorRuntime {
@@ -56,12 +64,24 @@ pub struct OperatorRuntime {
     pub factory: WorkerFactoryRef,
     /// Receives per-mini-batch events (reports, progress).
     pub observer: Arc<dyn JobObserver>,
+    /// When set, results are committed here and the operator emits no rows.
+    pub sink: Option<Arc<dyn MiniBatchSink>>,
 }
 
 impl OperatorRuntime {
-    /// A runtime with `factory` reporting to `observer`.
+    /// A runtime with `factory` reporting to `observer`, emitting results as rows.
     pub fn new(factory: WorkerFactoryRef, observer: Arc<dyn JobObserver>) -> Self {
-        OperatorRuntime { factory, observer }
+        OperatorRuntime {
+            factory,
+            observer,
+            sink: None,
+        }
+    }
+
+    /// The same runtime committing results to `sink` instead of emitting them.
+    pub fn with_sink(mut self, sink: Arc<dyn MiniBatchSink>) -> Self {
+        self.sink = Some(sink);
+        self
     }
 }
 
@@ -161,13 +181,8 @@ impl ParallelRunExec {
         &self.inputs
     }
 
-    /// Runs partition `partition` and returns its succeeded mini-batches with their ids (the
-    /// job runner commits output per mini-batch from this).
-    pub fn execute_mini_batches(
-        &self,
-        partition: usize,
-        context: Arc<TaskContext>,
-    ) -> Result<MiniBatchStream> {
+    /// Runs partition `partition` and returns its succeeded mini-batches with their ids.
+    fn mini_batches(&self, partition: usize, context: Arc<TaskContext>) -> Result<MiniBatchStream> {
         if partition >= self.spec.settings().workers {
             return Err(PrsError::DataFusion(
                 datafusion::error::DataFusionError::Internal(format!(
@@ -366,22 +381,34 @@ impl ExecutionPlan for ParallelRunExec {
     ) -> datafusion::error::Result<SendableRecordBatchStream> {
         let schema = self.schema.clone();
         let stream = self
-            .execute_mini_batches(partition, context)
+            .mini_batches(partition, context)
             .map_err(PrsError::into_datafusion)?;
         let target = schema.clone();
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let (sink, state) = (self.runtime.sink.clone(), self.state.clone());
         let batches = stream.filter_map(move |item| {
             let target = target.clone();
             let output_rows = output_rows.clone();
+            let (sink, state) = (sink.clone(), state.clone());
             async move {
                 match item {
                     Err(e) => Some(Err(e.into_datafusion())),
-                    Ok(done) => done.result.map(|b| {
-                        let batch = conform(b, &target, &done.id.to_string())
-                            .map_err(PrsError::into_datafusion)?;
-                        output_rows.add(batch.num_rows());
-                        Ok(batch)
-                    }),
+                    Ok(done) => match &sink {
+                        // Committed to the job's sink: nothing to emit.
+                        Some(sink) => sink.commit(&done).err().map(|e| {
+                            state.abort(format!(
+                                "committing the output of mini batch {} failed: {e}",
+                                done.id
+                            ));
+                            Err(e.into_datafusion())
+                        }),
+                        None => done.result.map(|b| {
+                            let batch = conform(b, &target, &done.id.to_string())
+                                .map_err(PrsError::into_datafusion)?;
+                            output_rows.add(batch.num_rows());
+                            Ok(batch)
+                        }),
+                    },
                 }
             }
         });

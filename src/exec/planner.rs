@@ -11,7 +11,7 @@ use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
-use crate::exec::{JobState, ParallelRunExec, ParallelRunNode};
+use crate::exec::{JobState, MiniBatchSink, ParallelRunExec, ParallelRunNode};
 
 /// Plans [`ParallelRunNode`]s. Each planned operator gets a fresh [`JobState`] reporting to
 /// the spec's observer.
@@ -32,18 +32,23 @@ impl ExtensionPlanner for ParallelRunPlanner {
         let Some(node) = node.as_any().downcast_ref::<ParallelRunNode>() else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(plan_node(node, physical_inputs))))
+        Ok(Some(Arc::new(plan_node(node, physical_inputs, None))))
     }
 }
 
 /// The operator for `node` over its planned inputs, with a fresh [`JobState`] reporting to the
-/// runtime's observer (see [`ParallelRunExec::state`]).
+/// runtime's observer (see [`ParallelRunExec::state`]); with `sink`, committing its results
+/// there instead of emitting them.
 pub fn plan_node(
     node: &ParallelRunNode,
     physical_inputs: &[Arc<dyn ExecutionPlan>],
+    sink: Option<Arc<dyn MiniBatchSink>>,
 ) -> ParallelRunExec {
     let spec = node.spec().clone();
-    let runtime = node.runtime().clone();
+    let mut runtime = node.runtime().clone();
+    if let Some(sink) = sink {
+        runtime = runtime.with_sink(sink);
+    }
     let state = JobState::new(spec.settings().clone(), runtime.observer.clone());
     ParallelRunExec::new(physical_inputs.to_vec(), spec, runtime, state)
 }

@@ -169,7 +169,7 @@ impl FileListing {
     /// nothing exists at the location's fixed part, or a glob matches no file.
     ///
     /// With `partition_format` (e.g. `{country}/{year}/*.jpg`, relative to the folder; Azure's
-    /// form with the folder's own name in front is accepted, see [`Self::relative_format`]),
+    /// form with the folder's own name in front is accepted, see `relative_format`),
     /// its fields become columns and files that do not match are left out; when files are
     /// listed but none matches, that is an error here, before anything runs (the walk stops
     /// at the first match, so a good format costs one file). Without it, hive-style folders

@@ -30,7 +30,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, JobState, ParallelRunExec};
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
-use crate::output::{prepare_output_dir, AppendRowSink, WORK_DIR_NAME};
+use crate::output::{prepare_output_dir, StagedSink, WORK_DIR_NAME};
 use crate::report::{JobSummary, ReportWriter};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
@@ -213,60 +213,49 @@ pub async fn execute(
         state.expect_items(items);
     }
     let workers = plan.spec.settings().workers;
-    let exec = ParallelRunExec::new(
-        inputs,
-        plan.spec.clone(),
-        plan.runtime(observer),
-        state.clone(),
-    );
-    let mut sink = match settings.config.output_action {
-        OutputAction::AppendRow => Some(
-            AppendRowSink::create(
+    let sink = match settings.config.output_action {
+        OutputAction::AppendRow => {
+            let sink = Arc::new(StagedSink::new(
                 &settings.output,
                 &settings.config.append_row_file_name,
                 settings.output_format,
-            )?
-            .merge_as_committed(!settings.preserve_order),
-        ),
+                !settings.preserve_order,
+            ));
+            sink.open()?;
+            Some(sink)
+        }
         OutputAction::SummaryOnly => None,
     };
+    let mut runtime = plan.runtime(observer);
+    if let Some(sink) = &sink {
+        runtime = runtime.with_sink(sink.clone());
+    }
+    let exec = ParallelRunExec::new(inputs, plan.spec.clone(), runtime, state.clone());
 
     if let Some(storage) = storage {
         storage.start_read_ahead();
     }
     let mut run = JobRun::begin(settings, reports, state.clone(), progress);
+    // The operator commits each succeeded mini-batch to the sink and emits no rows: draining
+    // its partitions runs the job.
     let mut streams = Vec::with_capacity(workers);
     for p in 0..workers {
-        streams.push(exec.execute_mini_batches(p, task_ctx.clone())?);
+        streams.push(exec.execute(p, task_ctx.clone())?);
     }
     let mut merged = futures::stream::select_all(streams);
-    let mut fatal: Option<PrsError> = None;
     while let Some(item) = merged.next().await {
-        match item {
-            Ok(done) => {
-                if let Some(sink) = sink.as_mut() {
-                    if let Err(e) = sink.commit(&done) {
-                        state.abort(format!(
-                            "committing the output of mini batch {} failed: {e}",
-                            done.id
-                        ));
-                        fatal = Some(e);
-                        break;
-                    }
-                }
+        if let Err(e) = item {
+            // Every partition ends with the abort error; the first one is enough.
+            if state.abort_reason().is_none() {
+                state.abort(PrsError::from_datafusion(e).to_string());
             }
-            Err(e) => {
-                // Every partition ends with the abort error; the first one is enough.
-                if state.abort_reason().is_none() {
-                    state.abort(e.to_string());
-                }
-                break;
-            }
+            break;
         }
     }
     drop(merged);
     // Closes the counts: the console, the progress file and the report all state these.
-    let mut summary = run.summarize(fatal.map(|e| e.to_string()));
+    let mut summary = run.summarize();
+    let sink = sink.and_then(|sink| sink.take());
     if summary.succeeded() {
         if let Some(sink) = sink {
             let staging = sink.staging_dir().to_path_buf();

@@ -268,6 +268,43 @@ pub fn factory_with_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::{NoopObserver, ParallelRunNode};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::LogicalPlanBuilder;
+
+    #[test]
+    fn two_plans_of_the_same_job_compare_equal_and_ship_as_bytes() {
+        let settings = JobSettings::new(
+            ParallelRunConfig::new("rust:echo", 0, OutputAction::AppendRow),
+            "/jobs/out",
+        );
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let info = InputInfo {
+            name: "t".into(),
+            kind: ItemKind::Rows,
+        };
+        let inputs = [(schema.clone(), info)];
+        let registry = crate::scripts::builtin_registry();
+        let a = JobPlan::new(settings.clone(), &inputs, Some(schema.clone()), &registry).unwrap();
+        let b = JobPlan::new(settings, &inputs, Some(schema), &registry).unwrap();
+        assert!(!Arc::ptr_eq(&a.spec, &b.spec));
+        assert_eq!(a.spec, b.spec, "built twice from one job: equal");
+        let decoded = OperatorSpec::decode(&a.spec.encode().unwrap()).unwrap();
+        assert_eq!(&decoded, a.spec.as_ref(), "and the same after the wire");
+
+        let input = LogicalPlanBuilder::empty(false).build().unwrap();
+        let node = |plan: &JobPlan| {
+            ParallelRunNode::try_new(
+                vec![input.clone()],
+                plan.spec.clone(),
+                plan.runtime(Arc::new(NoopObserver)),
+            )
+            .unwrap()
+        };
+        assert_eq!(node(&a), node(&b), "nodes too: the runtime is not identity");
+        let second_call = b.with_call(1);
+        assert_ne!(node(&a), node(&second_call), "another call is another run");
+    }
 
     #[test]
     fn thread_limits_split_the_cores_and_never_override_the_user() {

@@ -81,17 +81,17 @@ impl JobRun {
     }
 
     /// Ends the run's progress and closes its counts (see [`JobState::close`]); returns its
-    /// summary by the summary rule: the failure is the abort reason, else `fatal`, else a job
+    /// summary by the summary rule: the failure is the abort reason, else a job
     /// with no items at all unless `allow_empty_input`, else PRS's rule that append_row needs
     /// at least one succeeded item. The progress file and the console state the same counts.
-    pub fn summarize(&mut self, fatal: Option<String>) -> JobSummary {
+    pub fn summarize(&mut self) -> JobSummary {
         drop(self.ticker.take());
         let config = &self.settings.config;
         let counts = self.state.close();
         let elapsed = self.state.elapsed();
         let mut summary = JobSummary::from_counts(&counts, config.error_threshold, elapsed);
         summary.logs = self.settings.log_dir.clone();
-        let mut failure = self.state.abort_reason_with(&counts).or(fatal);
+        let mut failure = self.state.abort_reason_with(&counts);
         if failure.is_none()
             && counts.scheduling_done
             && counts.items_total == 0

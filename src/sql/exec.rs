@@ -1,8 +1,8 @@
 //! Executing a SQL `parallel_run(...)`: the run's report ([`SqlRun`]), the operator that writes
-//! it ([`ParallelRunReportExec`], above [`ParallelRunExec`]) and the planners that put it there.
+//! it ([`ParallelRunReportExec`], above [`ParallelRunExec`](crate::exec::ParallelRunExec)) and the planners that put it there.
 //!
-//! A YAML job drives [`ParallelRunExec`] itself and writes the report when it is done
-//! ([`crate::job::execute`]). In SQL, DataFusion drives the operator, so the report is written
+//! A YAML job drives [`crate::exec::ParallelRunExec`] itself and writes the report when it is
+//! done ([`crate::job::execute`]). In SQL, DataFusion drives the operator, so the report is written
 //! by an operator placed right above it: the first `execute()` creates the report files (so
 //! EXPLAIN never touches them), and the run is finished when
 //! - every partition's stream has ended: the job succeeded (or PRS's rule that append_row needs a
@@ -11,8 +11,13 @@
 //!   fit the output schema): the job is aborted and the error goes on to the query;
 //! - the query stops reading (a LIMIT): the job stops where it is and the report says so.
 //!
-//! Either way `job_result.txt` and `job_summary.json` are written through the same
-//! [`crate::job::final_summary`] and [`crate::report::write_final`] as a YAML job's.
+//! Either way the run is finished by the same [`crate::job::JobRun`] as a YAML job's (summary
+//! rule, `job_result.txt`, `job_summary.json`, the progress file).
+//!
+//! With `preserve_order` the operator below commits each mini-batch to a staged sink (one
+//! Arrow IPC part per mini-batch under the report folder, as a job's append_row output) and
+//! this operator returns the parts in mini-batch order once every partition is done: memory
+//! stays bounded by one part, whatever the size of the result.
 
 use std::fmt;
 use std::path::Path;
@@ -21,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::FileReader;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -41,13 +48,14 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 use futures::{Stream, StreamExt};
 
 use crate::batch::MiniBatchId;
-use crate::config::{JobSettings, ParallelRunConfig};
+use crate::config::{JobSettings, OutputFormat, ParallelRunConfig};
 use crate::error::PrsError;
 use crate::exec::{
-    conform, plan_node, JobObserver, JobState, MiniBatchRecord, OperatorSpec, ParallelRunExec,
+    conform, plan_node, JobObserver, JobState, MiniBatchRecord, MiniBatchSink, OperatorSpec,
     ParallelRunNode, ParallelRunPlanner,
 };
 use crate::job::{JobRun, Progress};
+use crate::output::{AppendRowSink, StagedSink};
 use crate::report::{self, JobSummary, ReportWriter};
 use crate::sql::SqlShared;
 
@@ -261,7 +269,7 @@ impl Tracker {
             return None;
         }
         let aborted = self.state.abort_reason().is_some();
-        let mut summary = job_run.summarize(None);
+        let mut summary = job_run.summarize();
         if !complete && !aborted {
             let counts = self.state.counts();
             summary.status = crate::report::JobStatus::Succeeded;
@@ -290,7 +298,7 @@ impl Drop for Tracker {
     }
 }
 
-/// Writes the report of the [`ParallelRunExec`] below it (see the module docs); otherwise
+/// Writes the report of the [`ParallelRunExec`](crate::exec::ParallelRunExec) below it (see the module docs); otherwise
 /// passes its rows through. With `preserve_order` it has one partition and returns the rows
 /// in mini-batch order once the job is done.
 pub struct ParallelRunReportExec {
@@ -299,6 +307,8 @@ pub struct ParallelRunReportExec {
     state: Arc<JobState>,
     properties: Arc<PlanProperties>,
     tracker: Arc<Tracker>,
+    /// With `preserve_order`: the staged sink the operator below commits to.
+    staged: Option<Arc<StagedSink>>,
 }
 
 impl fmt::Debug for ParallelRunReportExec {
@@ -310,8 +320,14 @@ impl fmt::Debug for ParallelRunReportExec {
 }
 
 impl ParallelRunReportExec {
-    /// The report writer above `input` (a [`ParallelRunExec`] reporting to `state`).
-    pub fn new(input: Arc<dyn ExecutionPlan>, run: Arc<SqlRun>, state: Arc<JobState>) -> Self {
+    /// The report writer above `input` (a [`ParallelRunExec`](crate::exec::ParallelRunExec) reporting to `state`; with
+    /// `preserve_order`, committing to `staged`).
+    pub fn new(
+        input: Arc<dyn ExecutionPlan>,
+        run: Arc<SqlRun>,
+        state: Arc<JobState>,
+        staged: Option<Arc<StagedSink>>,
+    ) -> Self {
         let properties = Arc::new(if run.settings().preserve_order {
             // One partition, emitted once the job is done, in mini-batch order (not an
             // ordering of any column).
@@ -340,6 +356,7 @@ impl ParallelRunReportExec {
             state,
             properties,
             tracker,
+            staged,
         }
     }
 
@@ -348,40 +365,30 @@ impl ParallelRunReportExec {
         &self.run
     }
 
-    /// All rows in mini-batch order, after the job is done.
-    fn execute_ordered(&self, context: Arc<TaskContext>) -> DFResult<SendableRecordBatchStream> {
-        let Some(exec) = self.input.downcast_ref::<ParallelRunExec>() else {
-            return Err(DataFusionError::Internal(
-                "preserve_order needs ParallelRunExec right below ParallelRunReportExec".into(),
-            ));
-        };
+    /// All rows in mini-batch order, after the job is done: the operator below commits each
+    /// mini-batch to the staged sink (one Arrow IPC part per mini-batch on disk, under the
+    /// report folder), then the parts are read back in id order, one at a time.
+    fn execute_ordered(
+        &self,
+        staged: Arc<StagedSink>,
+        context: Arc<TaskContext>,
+    ) -> DFResult<SendableRecordBatchStream> {
         let mut streams = Vec::new();
-        for p in 0..exec.properties().output_partitioning().partition_count() {
-            streams.push(
-                exec.execute_mini_batches(p, context.clone())
-                    .map_err(PrsError::into_datafusion)?,
-            );
+        for p in 0..self.input.output_partitioning().partition_count() {
+            streams.push(self.input.execute(p, context.clone())?);
         }
         let schema = self.schema();
         let target = schema.clone();
         let ordered = futures::stream::once(async move {
             let mut merged = futures::stream::select_all(streams);
-            let mut done = Vec::new();
             while let Some(item) = merged.next().await {
-                let item = item.map_err(PrsError::into_datafusion)?;
-                if let Some(batch) = item.result {
-                    done.push((item.id, batch));
-                }
+                item?;
             }
-            done.sort_by_key(|(id, _)| *id);
-            done.into_iter()
-                .map(|(id, batch)| {
-                    conform(batch, &target, &id.to_string()).map_err(PrsError::into_datafusion)
-                })
-                .collect::<DFResult<Vec<RecordBatch>>>()
+            Ok::<_, DataFusionError>(staged.take())
         })
-        .flat_map(|result| match result {
-            Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+        .flat_map(move |staged| match staged {
+            Ok(Some(sink)) => ordered_parts(sink, target.clone()).boxed(),
+            Ok(None) => futures::stream::empty().boxed(),
             Err(e) => futures::stream::iter([Err(e)]).boxed(),
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -389,6 +396,42 @@ impl ParallelRunReportExec {
             Tracked::new(ordered.boxed(), self.tracker.clone()),
         )))
     }
+}
+
+/// The batches of the committed parts of `sink` in mini-batch order, cast to `schema`; the
+/// staging folder is removed once the last part is read.
+fn ordered_parts(
+    mut sink: AppendRowSink,
+    schema: SchemaRef,
+) -> impl Stream<Item = DFResult<RecordBatch>> + Send {
+    let parts = sink.parts_in_order();
+    let batches = futures::stream::iter(parts).flat_map(move |path| {
+        let schema = schema.clone();
+        let label = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let read = std::fs::File::open(&path)
+            .map_err(|e| PrsError::io(&path, e))
+            .and_then(|file| Ok(FileReader::try_new(file, None)?));
+        match read {
+            Ok(reader) => futures::stream::iter(reader.map(move |batch| {
+                let batch = batch.map_err(PrsError::from)?;
+                conform(batch, &schema, &label)
+            }))
+            .map(|r| r.map_err(PrsError::into_datafusion))
+            .boxed(),
+            Err(e) => futures::stream::iter([Err(e.into_datafusion())]).boxed(),
+        }
+    });
+    let cleanup = futures::stream::once(async move {
+        sink.discard();
+        None
+    });
+    batches
+        .map(Some)
+        .chain(cleanup)
+        .filter_map(futures::future::ready)
 }
 
 impl DisplayAs for ParallelRunReportExec {
@@ -453,6 +496,7 @@ impl ExecutionPlan for ParallelRunReportExec {
             input,
             self.run.clone(),
             self.state.clone(),
+            self.staged.clone(),
         )))
     }
 
@@ -462,8 +506,8 @@ impl ExecutionPlan for ParallelRunReportExec {
         context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
         self.tracker.begin()?;
-        if self.run.settings().preserve_order {
-            return self.execute_ordered(context);
+        if let Some(staged) = &self.staged {
+            return self.execute_ordered(staged.clone(), context);
         }
         let inner = match self.input.execute(partition, context) {
             Ok(stream) => stream,
@@ -545,7 +589,7 @@ impl Drop for Tracked {
     }
 }
 
-/// Plans the [`ParallelRunNode`]s that `parallel_run(...)` made into a [`ParallelRunExec`]
+/// Plans the [`ParallelRunNode`]s that `parallel_run(...)` made into a [`ParallelRunExec`](crate::exec::ParallelRunExec)
 /// under a [`ParallelRunReportExec`]; other nodes are left to the next planner.
 #[derive(Debug)]
 pub struct SqlRunPlanner {
@@ -569,9 +613,25 @@ impl ExtensionPlanner for SqlRunPlanner {
         let Some(run) = self.shared.run_for(node.spec()) else {
             return Ok(None);
         };
-        let exec = Arc::new(plan_node(node, physical_inputs));
+        // preserve_order: results are staged on disk under the report folder and read back
+        // in mini-batch order (not sorted in memory).
+        let staged = run.settings().preserve_order.then(|| {
+            Arc::new(
+                StagedSink::new(
+                    run.report_dir(),
+                    "ordered_results",
+                    OutputFormat::Parquet,
+                    false,
+                )
+                .transient(),
+            )
+        });
+        let sink = staged.clone().map(|s| s as Arc<dyn MiniBatchSink>);
+        let exec = Arc::new(plan_node(node, physical_inputs, sink));
         let state = exec.state().clone();
-        Ok(Some(Arc::new(ParallelRunReportExec::new(exec, run, state))))
+        Ok(Some(Arc::new(ParallelRunReportExec::new(
+            exec, run, state, staged,
+        ))))
     }
 }
 

@@ -683,6 +683,26 @@ fn windows_joins_and_sorts_over_several_workers_and_partitions() {
             all.iter().rev().copied().collect::<Vec<_>>()
         );
     });
+    // preserve_order staged its results on disk (not in memory) and removed them once read.
+    let reports: Vec<_> = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("parallel_run_logs")
+        })
+        .collect();
+    assert!(!reports.is_empty());
+    for report in reports {
+        assert!(report.join("job_summary.json").is_file());
+        assert!(
+            !report.join(".parallel_run").exists(),
+            "{}",
+            report.display()
+        );
+    }
 }
 
 #[test]
