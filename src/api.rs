@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::DataFrame;
 
 use crate::batch::ItemKind;
@@ -18,6 +17,7 @@ use crate::exec::{InputInfo, NoopObserver, ParallelRunNode, ParallelRunQueryPlan
 use crate::input::{job_session, register_inputs};
 use crate::job::{execute, schemas, JobPlan, JobReport, Progress};
 use crate::output::prepare_output_dir;
+use crate::session::with_query_planner;
 use crate::worker::python::MiniBatchFormat;
 use crate::worker::{EntryScript, ScriptRegistry};
 
@@ -293,9 +293,7 @@ impl ParallelRunDataFrameExt for DataFrame {
         let runtime = job.runtime(Arc::new(NoopObserver));
         let node = ParallelRunNode::try_new(vec![plan], job.spec, runtime)?;
         // The DataFrame's own session plans it, with our planner added.
-        let state = SessionStateBuilder::new_from_existing(state)
-            .with_query_planner(Arc::new(ParallelRunQueryPlanner))
-            .build();
+        let state = with_query_planner(state, None, Arc::new(ParallelRunQueryPlanner));
         Ok(DataFrame::new(state, node.into_plan()))
     }
 }

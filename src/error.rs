@@ -144,6 +144,21 @@ impl PrsError {
         }
     }
 
+    /// The usage error for an output folder (or prefix) `output` holding `found` from an
+    /// earlier run.
+    pub fn earlier_results(output: &str, found: &[String]) -> Self {
+        PrsError::config(
+            "output",
+            output,
+            format!(
+                "holds the results of an earlier run ({}); a new run must not leave them \
+                 looking like its own. Run with --overwrite (ParallelRun::overwrite(true) in \
+                 Rust) to remove them first, or choose another output folder",
+                found.join(", ")
+            ),
+        )
+    }
+
     /// A configuration error about a missing required `field`.
     pub fn missing(field: impl Into<String>, reason: impl Into<String>) -> Self {
         PrsError::Config {

@@ -12,6 +12,7 @@
 //! - [`worker`]: the worker interface, in-process Rust scripts, Python worker processes;
 //! - [`output`] and [`report`]: exactly-once output and the report files;
 //! - [`storage`]: inputs and outputs on S3 and Azure Blob through object_store;
+//! - [`session`]: the one recipe for DataFusion sessions;
 //! - [`job`], [`api`], [`sql`] and [`cli`]: ways in.
 //!
 //! Running a Rust entry script over a DataFrame and getting the results as a DataFrame:
@@ -61,6 +62,7 @@ pub mod input;
 pub mod job;
 pub mod output;
 pub mod report;
+pub mod session;
 pub mod storage;
 
 pub use api::{ParallelRun, ParallelRunDataFrameExt};
@@ -74,3 +76,63 @@ pub mod sql;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The import rules of ARCHITECTURE.md, checked on the `crate::` paths of every source file
+/// (comments included: a doc link is a dependency too).
+#[cfg(test)]
+mod layout {
+    use std::path::Path;
+
+    /// Every `crate::MODULE` named in the files under `src/<folder>` that is not in `allowed`.
+    fn offenders(folder: &str, allowed: &[&str]) -> Vec<String> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src")
+            .join(folder);
+        let mut found = Vec::new();
+        let mut folders = vec![root];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    folders.push(path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).unwrap();
+                for (n, line) in text.lines().enumerate() {
+                    let mut rest = line;
+                    while let Some(i) = rest.find("crate::") {
+                        let module: String = rest[i + 7..]
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        if !module.is_empty() && !allowed.contains(&module.as_str()) {
+                            found.push(format!("{}:{}: {line}", path.display(), n + 1));
+                        }
+                        rest = &rest[i + 7..];
+                    }
+                }
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn config_is_the_ground_floor() {
+        let found = offenders("config", &["config", "error"]);
+        assert!(
+            found.is_empty(),
+            "config imports more than error:\n{}",
+            found.join("\n")
+        );
+    }
+
+    #[test]
+    fn storage_is_about_object_stores_only() {
+        let found = offenders("storage", &["config", "error", "storage"]);
+        assert!(
+            found.is_empty(),
+            "storage imports more than config and error:\n{}",
+            found.join("\n")
+        );
+    }
+}

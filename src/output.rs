@@ -63,7 +63,7 @@ pub fn prepare_output_dir(output_dir: &Path, final_name: &str, overwrite: bool) 
         return Ok(());
     }
     if !overwrite {
-        return Err(refuse_earlier_results(
+        return Err(PrsError::earlier_results(
             &output_dir.display().to_string(),
             &found,
         ));
@@ -79,20 +79,6 @@ pub fn prepare_output_dir(output_dir: &Path, final_name: &str, overwrite: bool) 
         }
     }
     Ok(())
-}
-
-/// The usage error for an output folder (or prefix) holding `found` from an earlier run.
-pub fn refuse_earlier_results(output: &str, found: &[String]) -> PrsError {
-    PrsError::config(
-        "output",
-        output,
-        format!(
-            "holds the results of an earlier run ({}); a new run must not leave them looking \
-             like its own. Run with --overwrite (ParallelRun::overwrite(true) in Rust) to \
-             remove them first, or choose another output folder",
-            found.join(", ")
-        ),
-    )
 }
 
 struct Part {

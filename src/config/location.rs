@@ -116,3 +116,13 @@ impl ObjectUrl {
         })
     }
 }
+
+/// A glob over paths (or object keys) relative to a listing root; `*` stays within one
+/// folder. The error says what is wrong with `pattern`.
+pub fn glob_matcher(pattern: &str) -> std::result::Result<globset::GlobMatcher, String> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| format!("bad glob {pattern:?}: {e}"))
+}

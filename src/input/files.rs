@@ -23,8 +23,8 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use globset::{GlobBuilder, GlobMatcher};
 
+use crate::config::glob_matcher;
 use crate::error::{PrsError, Result};
 
 /// Entries per listing batch.
@@ -471,14 +471,6 @@ fn split_glob(location: &str) -> (PathBuf, Option<String>) {
         root.push(".");
     }
     (root, Some(location.to_string()))
-}
-
-fn glob_matcher(pattern: &str) -> std::result::Result<GlobMatcher, String> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("bad glob {pattern:?}: {e}"))
 }
 
 struct ListingBatch {

@@ -15,7 +15,10 @@
 
 pub mod files;
 pub mod local_parquet;
+pub mod remote;
+pub mod remote_files;
 
+pub use crate::session::{default_memory_limit, job_session, job_session_with};
 pub use files::{files_schema, FileListing, FileListingTable};
 pub use local_parquet::{LocalParquetExec, LocalParquetFactory, LocalParquetTable};
 
@@ -27,22 +30,16 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
-use datafusion::execution::memory_pool::{FairSpillPool, GreedyMemoryPool};
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{
-    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext,
-};
+use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
 use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
 use crate::config::{InputFormat, InputSource, InputSpec};
 use crate::error::{PrsError, Result};
-use crate::exec::dispatch::EngineMemoryPool;
-use crate::exec::{InputInfo, ParallelRunQueryPlanner};
+use crate::exec::InputInfo;
 use crate::storage::{is_object_url, StorageContext, StorageOptions};
 
 /// An input ready to be processed: its logical plan and what the operator needs to know.
@@ -67,71 +64,6 @@ pub(crate) fn blocking_stream(
         rx.recv().await.map(|item| (item, (rx, task)))
     });
     Box::pin(RecordBatchStreamAdapter::new(schema, stream))
-}
-
-/// A session configured for deterministic input order, with parallel-run's planner.
-pub fn job_session() -> SessionContext {
-    job_session_with(None)
-}
-
-/// [`job_session`] with a memory limit for the engine's buffers and grouping (partition_keys
-/// spill to disk beyond it). `None`: half of the machine's memory.
-pub fn job_session_with(memory_limit: Option<u64>) -> SessionContext {
-    let limit = memory_limit.unwrap_or_else(default_memory_limit) as usize;
-    // What a sort keeps back for merging its spill files: DataFusion's 10 MB default would
-    // not fit small limits.
-    let sort_reserve = (limit / 32).clamp(64 * 1024, 10 * 1024 * 1024);
-    // Half for DataFusion's operators (sorts spill beyond it), half for the engine's own
-    // buffers (see EngineMemoryPool).
-    let engine_pool = EngineMemoryPool(Arc::new(GreedyMemoryPool::new(limit / 2)));
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(FairSpillPool::new(limit / 2)))
-        .build_arc()
-        .unwrap_or_else(|_| Arc::new(RuntimeEnv::default()));
-    let config = SessionConfig::new()
-        .with_target_partitions(1)
-        .with_repartition_file_scans(false)
-        .with_round_robin_repartition(false)
-        .with_batch_size(8192)
-        // Plain Utf8 strings: what pandas and every writer handle best, and no view buffers
-        // shared between mini-batches.
-        .set_bool(
-            "datafusion.execution.parquet.schema_force_view_types",
-            false,
-        )
-        .set_usize(
-            "datafusion.execution.sort_spill_reservation_bytes",
-            sort_reserve,
-        )
-        .set_usize(
-            "datafusion.execution.sort_in_place_threshold_bytes",
-            sort_reserve,
-        )
-        .with_extension(Arc::new(engine_pool));
-    let state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_runtime_env(runtime)
-        .with_default_features()
-        .with_table_factory("PARQUET".into(), Arc::new(LocalParquetFactory))
-        .with_query_planner(Arc::new(ParallelRunQueryPlanner))
-        .build();
-    SessionContext::new_with_state(state)
-}
-
-/// Half of the machine's physical memory (4 GiB when it cannot be read).
-pub fn default_memory_limit() -> u64 {
-    // SAFETY: sysconf only reads system configuration values.
-    let (pages, page_size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    if pages > 0 && page_size > 0 {
-        (pages as u64).saturating_mul(page_size as u64) / 2
-    } else {
-        4 << 30
-    }
 }
 
 /// Registers every input as a table of `ctx` and returns the processed ones, in job order.
@@ -164,9 +96,7 @@ pub async fn register_inputs_with(
                         message: "partition_format is not supported on object storage yet".into(),
                     });
                 }
-                storage
-                    .register_input(ctx, &spec.name, path, *format)
-                    .await?;
+                remote::register_remote_input(storage, ctx, &spec.name, path, *format).await?;
                 Some(if *format == InputFormat::Files {
                     ItemKind::Files
                 } else {

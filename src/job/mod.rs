@@ -14,7 +14,7 @@ pub use plan::{factory_with_env, with_thread_limits, worker_env, worker_factory,
 pub use run::{JobRun, Progress};
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
@@ -24,10 +24,10 @@ use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext};
 use futures::StreamExt;
 
-use crate::batch::ItemKind;
+use crate::batch::{ItemKind, MiniBatchId};
 use crate::config::{JobSettings, JobSpec, OutputAction};
 use crate::error::{PrsError, Result};
-use crate::exec::{InputInfo, JobObserver, JobState, ParallelRunExec};
+use crate::exec::{InputInfo, JobObserver, JobState, MiniBatchRecord, ParallelRunExec};
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
 use crate::output::{prepare_output_dir, StagedSink, WORK_DIR_NAME};
@@ -154,6 +154,55 @@ fn model_environment(
     Ok(env)
 }
 
+/// Commits the output of a succeeded job to object storage and points the summary at it.
+/// When the upload fails the job fails, the reason names the store, the object and the
+/// operation, and the complete file stays in the local mirror. Nothing to do for a local
+/// output.
+async fn commit_output(storage: &StorageContext, summary: &mut JobSummary) {
+    let Some(local) = summary.output.clone() else {
+        return;
+    };
+    match storage.commit_output(&local).await {
+        None => {}
+        Some(Ok(url)) => summary.output = Some(PathBuf::from(url)),
+        Some(Err(e)) => {
+            summary.fail(format!(
+                "committing the output failed: {e}; the complete output is in {}",
+                local.display()
+            ));
+            summary.output = None;
+            summary.partial_output = Some(local);
+        }
+    }
+}
+
+/// Passes every event on to `inner` and frees the downloaded files of each finished
+/// mini-batch of a file dataset on object storage.
+struct ReleasingObserver {
+    inner: Arc<dyn JobObserver>,
+    storage: Arc<StorageContext>,
+}
+
+impl JobObserver for ReleasingObserver {
+    fn mini_batch_finished(&self, record: &MiniBatchRecord) {
+        self.inner.mini_batch_finished(record);
+        self.storage
+            .release(&record.lineage.input, record.lineage.rows.clone());
+    }
+
+    fn try_failed(&self, id: MiniBatchId, attempt: u32, process: &str, message: &str) {
+        self.inner.try_failed(id, attempt, process, message);
+    }
+
+    fn scheduling_done(&self, mini_batches: u64, items: u64) {
+        self.inner.scheduling_done(mini_batches, items);
+    }
+
+    fn worker_event(&self, process: &str, message: &str) {
+        self.inner.worker_event(process, message);
+    }
+}
+
 /// The exact number of rows of all `inputs` from their plans' statistics (Parquet footers),
 /// or `None` when some input's count is not exact (a filter, a CSV file, a file dataset
 /// still being listed).
@@ -204,8 +253,12 @@ pub async fn execute(
 ) -> Result<JobReport> {
     let settings = plan.settings();
     let reports = Arc::new(ReportWriter::create(&settings.log_dir)?);
-    let observer: Arc<dyn JobObserver> = match storage {
-        Some(storage) => storage.observer(reports.clone()),
+    // File datasets on object storage: each finished mini-batch frees its downloads.
+    let observer: Arc<dyn JobObserver> = match storage.filter(|s| s.has_caches()) {
+        Some(storage) => Arc::new(ReleasingObserver {
+            inner: reports.clone(),
+            storage: storage.clone(),
+        }),
         None => reports.clone(),
     };
     let state = JobState::new(plan.spec.settings().clone(), observer.clone());
@@ -273,14 +326,16 @@ pub async fn execute(
             }
         }
         if let Some(storage) = storage.filter(|_| summary.succeeded()) {
-            storage.commit_output(&mut summary).await;
+            commit_output(storage, &mut summary).await;
         }
     } else if let Some(sink) = sink {
         summary.partial_output = Some(sink.staging_dir().to_path_buf());
     }
     run.write(&mut summary);
     if let Some(storage) = storage {
-        if let Some(warning) = storage.upload_logs(&summary).await {
+        // A final file whose upload failed stays local: a plain PUT must not publish it.
+        let skip: Vec<PathBuf> = summary.partial_output.iter().cloned().collect();
+        if let Some(warning) = storage.upload_logs(&skip).await {
             tracing::warn!("{warning}");
         }
     }

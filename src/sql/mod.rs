@@ -81,7 +81,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use datafusion::error::DataFusionError;
-use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::execution::SessionState;
 use datafusion::prelude::SessionContext;
 
 use crate::error::{PrsError, Result};
@@ -144,10 +144,11 @@ pub(crate) fn register_shared(
             .extensions
             .insert(ParallelRunOptions::default());
     }
-    let state = SessionStateBuilder::new_from_existing(ctx.state())
-        .with_config(config)
-        .with_query_planner(Arc::new(SqlQueryPlanner::new(shared.clone())))
-        .build();
+    let state = crate::session::with_query_planner(
+        ctx.state(),
+        Some(config),
+        Arc::new(SqlQueryPlanner::new(shared.clone())),
+    );
     let ctx = SessionContext::new_with_state(state);
     let weak = ctx.state_weak_ref();
     let getter: SessionGetter = Box::new(move || weak.upgrade().map(|s| s.read().clone()));

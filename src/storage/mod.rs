@@ -14,7 +14,6 @@
 //! - Outputs are written to a local folder and uploaded when the job commits ([`output`]).
 
 pub mod cache;
-pub mod files;
 pub mod named;
 pub mod options;
 pub mod output;
@@ -27,30 +26,22 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use datafusion::datasource::file_format::options::ReadOptions;
-use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
-use futures::{StreamExt, TryStreamExt};
+use datafusion::prelude::SessionContext;
+use futures::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use url::Url;
 
-use crate::batch::MiniBatchId;
-use crate::config::{InputFormat, JobSpec};
+use crate::config::JobSpec;
 use crate::error::{PrsError, Result};
-use crate::exec::{JobObserver, MiniBatchRecord};
-use crate::report::JobSummary;
 use crate::storage::cache::FileCache;
 use crate::storage::named::{NamedStore, StoreContext};
 use crate::storage::output::RemoteOutput;
 
 /// Files per mini-batch when the config does not say (PRS's default).
 const DEFAULT_FILES_PER_BATCH: u64 = 10;
-
-/// Objects of one tabular input planned for the read-ahead (the rest are read directly).
-const READ_AHEAD_OBJECTS: usize = 10_000;
 
 /// An object-storage location: the store and the object path (or prefix) within it, and an
 /// optional glob over the keys below the prefix.
@@ -111,7 +102,7 @@ impl ObjectLocation {
     }
 
     /// The URL of the prefix as a folder (with a trailing `/`).
-    fn prefix_dir_url(&self) -> String {
+    pub fn prefix_dir_url(&self) -> String {
         let mut url = self.url_of(&self.prefix);
         if !url.ends_with('/') {
             url.push('/');
@@ -357,78 +348,54 @@ impl StorageContext {
         }
     }
 
-    /// Registers input `name` at the object-storage URL `location` in `format` (a table read
-    /// by DataFusion, or a file dataset downloaded ahead), checking it first.
-    pub async fn register_input(
-        &self,
-        ctx: &SessionContext,
-        name: &str,
-        location: &str,
-        format: InputFormat,
-    ) -> Result<()> {
-        let parsed = ObjectLocation::parse("inputs", location)?;
-        match format {
-            InputFormat::Files => {
-                self.register_files(ctx, name, &parsed, self.files_per_batch)
-                    .await
-            }
-            _ => self.register_table(ctx, name, &parsed, format).await,
-        }
-    }
-
-    /// `inner`, plus freeing the download cache of each finished mini-batch when some input
-    /// is a file dataset on object storage.
-    pub fn observer(self: &Arc<Self>, inner: Arc<dyn JobObserver>) -> Arc<dyn JobObserver> {
-        if self.has_caches() {
-            Arc::new(ReleasingObserver::new(inner, self.clone()))
-        } else {
-            inner
-        }
-    }
-
-    /// Commits the output of a succeeded job to object storage: uploads the final file
-    /// (a multipart upload: the object appears when it completes) and points the summary at
-    /// it. When the upload fails the job fails, the reason names the store, the object and
-    /// the operation, and the complete file stays in the local mirror. Nothing to do for a
-    /// local output.
-    pub async fn commit_output(&self, summary: &mut JobSummary) {
-        let (Some(remote), Some(local)) = (&self.remote_output, summary.output.clone()) else {
-            return;
-        };
+    /// Uploads the final output file `local` to the output on object storage (a multipart
+    /// upload: the object appears when it completes) and removes the local copy. Returns the
+    /// object's URL; `None` for a local output. An error names the store, the object and the
+    /// operation; the file then stays where it is.
+    pub async fn commit_output(&self, local: &Path) -> Option<Result<String>> {
+        let remote = self.remote_output.as_ref()?;
         let name = local
             .file_name()
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
-        match remote.upload_final(&local, &name, self).await {
-            Ok(url) => {
-                let _ = std::fs::remove_file(&local);
-                summary.output = Some(PathBuf::from(url));
-            }
-            Err(e) => {
-                summary.fail(format!(
-                    "committing the output failed: {e}; the complete output is in {}",
-                    local.display()
-                ));
-                summary.output = None;
-                summary.partial_output = Some(local);
-            }
-        }
+        Some(remote.upload_final(local, &name, self).await.inspect(|_| {
+            let _ = std::fs::remove_file(local);
+        }))
     }
 
-    /// Uploads the logs (and any other file the job left in the local mirror, staging and
-    /// an uncommitted final file excepted) next to the output on object storage. Returns a warning when that failed
-    /// (the logs are still in the local mirror). Nothing to do for a local output.
-    pub async fn upload_logs(&self, summary: &JobSummary) -> Option<String> {
+    /// Uploads the logs (and any other file the job left in the local mirror, staging and the
+    /// files of `skip` excepted) next to the output on object storage. Returns a warning when
+    /// that failed (the logs are still in the local mirror). Nothing to do for a local output.
+    pub async fn upload_logs(&self, skip: &[PathBuf]) -> Option<String> {
         let remote = self.remote_output.as_ref()?;
-        // A final file whose upload failed stays local: a plain PUT must not publish it.
-        let skip: Vec<PathBuf> = summary.partial_output.iter().cloned().collect();
-        match remote.upload_tree(&skip, self).await {
+        match remote.upload_tree(skip, self).await {
             Ok(_) => None,
             Err(e) => Some(format!(
                 "the logs could not be uploaded to {} ({e}); they are in {}",
                 remote.url(),
                 remote.local_dir().display()
             )),
+        }
+    }
+
+    /// Files per mini-batch of the job (sizes the default prefetch of file datasets).
+    pub fn files_per_batch(&self) -> u64 {
+        self.files_per_batch
+    }
+
+    /// Keeps `cache` as the download cache of file-dataset input `name`.
+    pub fn add_cache(&self, name: &str, cache: Arc<FileCache>) {
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), cache);
+    }
+
+    /// The rows `rows` of file-dataset input `input` are done with (their mini-batch
+    /// finished): their downloaded files are freed.
+    pub fn release(&self, input: &str, rows: std::ops::Range<u64>) {
+        if let Some(cache) = self.cache(input) {
+            cache.release(rows);
         }
     }
 
@@ -483,7 +450,7 @@ impl StorageContext {
         let store = self.store(location)?;
         let matcher = match &location.glob {
             Some(g) => Some(
-                files::glob_matcher(g)
+                crate::config::glob_matcher(g)
                     .map_err(|m| PrsError::config("inputs", &location.text, m))?,
             ),
             None => None,
@@ -543,166 +510,9 @@ impl StorageContext {
         })
     }
 
-    /// Registers a tabular input at `location` as a DataFusion listing table reading straight
-    /// from the store, after checking the location.
-    pub async fn register_table(
-        &self,
-        ctx: &SessionContext,
-        name: &str,
-        location: &ObjectLocation,
-        format: InputFormat,
-    ) -> Result<()> {
-        let input_error = |message: String| PrsError::Input {
-            input: name.to_string(),
-            location: location.text.clone(),
-            message,
-        };
-        let store = self.register_store(ctx, location)?;
-        let default_extension = match format {
-            InputFormat::Parquet => ".parquet",
-            InputFormat::Csv => ".csv",
-            InputFormat::Json => ".json",
-            InputFormat::Files => "",
-        };
-        // A glob says which files; a folder takes the format's usual extension; one object is
-        // read whatever its name.
-        let check_extension = (location.glob.is_none()).then_some(default_extension);
-        let probe = self
-            .probe(location, check_extension)
-            .await
-            .map_err(|e| input_error(e.to_string()))?;
-        let (table_url, extension) = match &probe {
-            Probe::Object(meta) => {
-                let name = meta.location.filename().unwrap_or_default();
-                let extension = name.rfind('.').map_or("", |i| &name[i..]).to_string();
-                (location.url_of(&meta.location), extension)
-            }
-            Probe::Prefix(_) => {
-                let extension = if location.glob.is_some() {
-                    String::new()
-                } else {
-                    default_extension.to_string()
-                };
-                (location.prefix_dir_url(), extension)
-            }
-        };
-        let url = Url::parse(&table_url).map_err(|e| input_error(format!("bad URL: {e}")))?;
-        let mut table_path = ListingTableUrl::try_new(url, None)?;
-        if let Some(glob) = &location.glob {
-            table_path = table_path
-                .with_glob(glob)
-                .map_err(|e| input_error(format!("bad glob {glob:?}: {e}")))?;
-        }
-        let table_path = table_path.with_table_ref(name.into());
-        let config = ctx.copied_config();
-        let table_options = ctx.copied_table_options();
-        let listing_options = match format {
-            InputFormat::Parquet => ParquetReadOptions::default()
-                .file_extension(&extension)
-                .to_listing_options(&config, table_options),
-            InputFormat::Csv => CsvReadOptions::new()
-                .has_header(true)
-                .file_extension(&extension)
-                .to_listing_options(&config, table_options),
-            InputFormat::Json => JsonReadOptions::default()
-                .file_extension(&extension)
-                .to_listing_options(&config, table_options),
-            InputFormat::Files => {
-                return Err(input_error("a file dataset is not a table".into()));
-            }
-        };
-        let schema = listing_options
-            .infer_schema(&ctx.state(), &table_path)
-            .await
-            .map_err(|e| input_error(format!("cannot read it as {format:?}: {e}")))?;
-        // The objects DataFusion will read, in its order, for the read-ahead (the first
-        // READ_AHEAD_OBJECTS of them: more are read straight from the store).
-        let mut objects: Vec<ObjectMeta> = table_path
-            .list_all_files(
-                &ctx.state(),
-                store.as_ref(),
-                &listing_options.file_extension,
-            )
-            .await
-            .map_err(|e| input_error(format!("cannot list it: {e}")))?
-            .take(READ_AHEAD_OBJECTS)
-            .try_collect()
-            .await
-            .map_err(|e| input_error(format!("cannot list it: {e}")))?;
-        objects.sort_by(|a, b| a.location.cmp(&b.location));
-        let cache_options = self.options.cache();
-        store
-            .read_ahead(
-                self.cache_parent(),
-                cache_options.size,
-                cache_options.concurrency,
-            )
-            .plan(objects);
-        let table_config = ListingTableConfig::new(table_path)
-            .with_listing_options(listing_options)
-            .with_schema(schema);
-        let table = ListingTable::try_new(table_config)?
-            .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
-        ctx.register_table(name, Arc::new(table))?;
-        Ok(())
-    }
-
-    /// Registers a file dataset at `location`: listed through the store as a stream, its
-    /// objects downloaded ahead into a bounded local cache, rows `(path, size, modified)` with
-    /// local paths. `files_per_batch` sizes the default prefetch.
-    pub async fn register_files(
-        &self,
-        ctx: &SessionContext,
-        name: &str,
-        location: &ObjectLocation,
-        files_per_batch: u64,
-    ) -> Result<()> {
-        let input_error = |message: String| PrsError::Input {
-            input: name.to_string(),
-            location: location.text.clone(),
-            message,
-        };
-        let store = self.register_store(ctx, location)?;
-        let probe = self
-            .probe(location, None)
-            .await
-            .map_err(|e| input_error(e.to_string()))?;
-        let cache_options = self.options.cache();
-        let cache = Arc::new(FileCache::new(
-            self.cache_parent(),
-            &format!("{}-", sanitize_segment(name)),
-            cache_options.size,
-        ));
-        let prefetch = cache_options
-            .prefetch_files
-            .unwrap_or_else(|| (2 * files_per_batch as usize).max(16))
-            .max(1);
-        let single = match probe {
-            Probe::Object(meta) => Some(meta),
-            Probe::Prefix(_) => None,
-        };
-        let dataset = files::RemoteFiles::new(
-            name,
-            location.clone(),
-            store,
-            cache.clone(),
-            single,
-            prefetch,
-            cache_options.concurrency,
-            self.options.clone(),
-        )
-        .map_err(input_error)?;
-        self.caches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_string(), cache);
-        ctx.register_table(name, Arc::new(files::RemoteFilesTable::new(dataset)))?;
-        Ok(())
-    }
-
     /// Where download caches and read-ahead copies go: `cache_dir`, else
     /// `<output>/.parallel_run/cache`.
-    fn cache_parent(&self) -> PathBuf {
+    pub fn cache_parent(&self) -> PathBuf {
         match (&self.options.cache().dir, &self.local_output) {
             (Some(dir), _) => dir.clone(),
             (None, Some(out)) => out.join(".parallel_run").join("cache"),
@@ -738,46 +548,6 @@ impl StorageContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
-    }
-
-    /// The mini-batch `record` finished: its downloaded files are no longer needed.
-    pub fn mini_batch_finished(&self, record: &MiniBatchRecord) {
-        if let Some(cache) = self.cache(&record.lineage.input) {
-            cache.release(record.lineage.rows.clone());
-        }
-    }
-}
-
-/// Passes every event on to `inner` and frees the download cache of each finished
-/// mini-batch.
-pub struct ReleasingObserver {
-    inner: Arc<dyn JobObserver>,
-    storage: Arc<StorageContext>,
-}
-
-impl ReleasingObserver {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn JobObserver>, storage: Arc<StorageContext>) -> Self {
-        ReleasingObserver { inner, storage }
-    }
-}
-
-impl JobObserver for ReleasingObserver {
-    fn mini_batch_finished(&self, record: &MiniBatchRecord) {
-        self.inner.mini_batch_finished(record);
-        self.storage.mini_batch_finished(record);
-    }
-
-    fn try_failed(&self, id: MiniBatchId, attempt: u32, process: &str, message: &str) {
-        self.inner.try_failed(id, attempt, process, message);
-    }
-
-    fn scheduling_done(&self, mini_batches: u64, items: u64) {
-        self.inner.scheduling_done(mini_batches, items);
-    }
-
-    fn worker_event(&self, process: &str, message: &str) {
-        self.inner.worker_event(process, message);
     }
 }
 

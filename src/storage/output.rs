@@ -130,7 +130,7 @@ impl RemoteOutput {
             return Ok(());
         }
         if !overwrite {
-            return Err(crate::output::refuse_earlier_results(self.url(), &found));
+            return Err(PrsError::earlier_results(self.url(), &found));
         }
         let mut doomed = vec![self.object(final_name)];
         let logs = self.object("logs");

@@ -31,11 +31,12 @@ use datafusion::physical_plan::{
 };
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use globset::{GlobBuilder, GlobMatcher};
+use globset::GlobMatcher;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use crate::config::glob_matcher;
 use crate::error::{PrsError, Result};
 use crate::input::files_schema;
 use crate::storage::cache::FileCache;
@@ -44,15 +45,6 @@ use crate::storage::{local_path, storage_error, ObjectLocation, StorageOptions};
 
 /// Most rows per emitted batch.
 const MAX_ROWS: usize = 1024;
-
-/// A glob over keys relative to the listing prefix (`*` stays within one folder).
-pub fn glob_matcher(pattern: &str) -> std::result::Result<GlobMatcher, String> {
-    GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()
-        .map(|g| g.compile_matcher())
-        .map_err(|e| format!("bad glob {pattern:?}: {e}"))
-}
 
 /// A file dataset on object storage and how it is downloaded.
 pub struct RemoteFiles {
