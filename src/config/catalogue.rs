@@ -192,6 +192,28 @@ macro_rules! forbidden_file_name_chars {
 /// Characters Azure forbids in `append_row_file_name`.
 pub(crate) const FORBIDDEN_FILE_NAME_CHARS: &str = forbidden_file_name_chars!();
 
+/// The `write` and `argv` of a field shown as it is (a number): `..field!(run_max_try)`.
+macro_rules! field {
+    ($field:ident) => {
+        Param {
+            write: Some(|c, _| Ok(c.$field.into())),
+            argv: Some(|c, _| text(c.$field)),
+            ..Param::BASE
+        }
+    };
+}
+
+/// The `write` and `argv` of an optional field (null, and no flag, when unset).
+macro_rules! optional_field {
+    ($field:ident) => {
+        Param {
+            write: Some(|c, _| Ok(optional(c.$field))),
+            argv: Some(|c, _| c.$field.map(|v| v.to_string())),
+            ..Param::BASE
+        }
+    };
+}
+
 /// A number, or null when unset.
 fn optional(value: Option<impl Into<Value>>) -> Value {
     value.map_or(Value::Null, Into::into)
@@ -241,9 +263,7 @@ catalogue! {
         help: "Failed items (rows or files) allowed over the job; -1 ignores all. Required.",
         example: "-1",
         flags: SQL | REMOTE,
-        write: Some(|c, _| Ok(c.error_threshold.into())),
-        argv: Some(|c, _| text(c.error_threshold)),
-        ..Param::BASE
+        ..field!(error_threshold)
     };
     /// `output`: the job's output folder (top level of a job file).
     OUTPUT_FOLDER = Param {
@@ -320,9 +340,7 @@ catalogue! {
         help: "Seconds one run() call may take, > 0 (default 60).",
         example: "120",
         flags: SQL | REMOTE,
-        write: Some(|c, _| Ok(c.run_invocation_timeout.into())),
-        argv: Some(|c, _| text(c.run_invocation_timeout)),
-        ..Param::BASE
+        ..field!(run_invocation_timeout)
     };
     /// `run_max_try`: total tries of a mini-batch.
     RUN_MAX_TRY = Param {
@@ -333,9 +351,7 @@ catalogue! {
         help: "Total tries of a failed or timed-out mini-batch, >= 1 (default 3).",
         example: "5",
         flags: SQL | REMOTE,
-        write: Some(|c, _| Ok(c.run_max_try.into())),
-        argv: Some(|c, _| text(c.run_max_try)),
-        ..Param::BASE
+        ..field!(run_max_try)
     };
     /// `append_row_file_name`: the append_row output file.
     APPEND_ROW_FILE_NAME = Param {
@@ -366,9 +382,7 @@ catalogue! {
         help: "Failed mini-batches allowed; -1 ignores all (default: no limit).",
         example: "4",
         flags: SQL | REMOTE,
-        write: Some(|c, _| Ok(optional(c.allowed_failed_count))),
-        argv: Some(|c, _| c.allowed_failed_count.map(|v| v.to_string())),
-        ..Param::BASE
+        ..optional_field!(allowed_failed_count)
     };
     /// `allowed_failed_percent`: failed mini-batches allowed, in percent.
     ALLOWED_FAILED_PERCENT = Param {
@@ -380,9 +394,7 @@ catalogue! {
                (default: no limit).",
         example: "12.5",
         flags: SQL | REMOTE,
-        write: Some(|c, _| Ok(optional(c.allowed_failed_percent))),
-        argv: Some(|c, _| c.allowed_failed_percent.map(|v| v.to_string())),
-        ..Param::BASE
+        ..optional_field!(allowed_failed_percent)
     };
     /// `partition_keys`: columns whose value tuples each form one mini-batch.
     PARTITION_KEYS = Param {
