@@ -203,6 +203,17 @@ macro_rules! field {
     };
 }
 
+/// The `write` and `argv` of a field that is one of a few names (`as_str` and `Display`).
+macro_rules! choice {
+    ($field:ident) => {
+        Param {
+            write: Some(|c, _| Ok(c.$field.as_str().into())),
+            argv: Some(|c, _| text(c.$field)),
+            ..Param::BASE
+        }
+    };
+}
+
 /// The `write` and `argv` of an optional field (null, and no flag, when unset).
 macro_rules! optional_field {
     ($field:ident) => {
@@ -287,9 +298,7 @@ catalogue! {
                unless told) or summary_only (counts only, no rows). Required in a job file.",
         example: "summary_only",
         flags: SQL | REMOTE | OUTPUT,
-        write: Some(|c, _| Ok(c.output_action.as_str().into())),
-        argv: Some(|c, _| text(c.output_action)),
-        ..Param::BASE
+        ..choice!(output_action)
     };
     /// `node_count`: nodes (`instance_count` in Azure v2).
     NODE_COUNT = Param {
@@ -314,9 +323,7 @@ catalogue! {
         help: "The workers' Python logging level: WARNING, INFO (default) or DEBUG.",
         example: "DEBUG",
         flags: SQL | REMOTE,
-        write: Some(|c, _| Ok(c.logging_level.as_str().into())),
-        argv: Some(|c, _| text(c.logging_level)),
-        ..Param::BASE
+        ..choice!(logging_level)
     };
     /// `process_count_per_node`: workers per node (`max_concurrency_per_instance` in v2).
     PROCESS_COUNT_PER_NODE = Param {
@@ -755,27 +762,15 @@ mod tests {
     fn system_arguments_are_the_argv_parameters_in_order() {
         let mut c = ParallelRunConfig::new("score.py", 5, OutputAction::SummaryOnly);
         let out = PathBuf::from("/out/run");
-        let cores = c.processes_per_node().to_string();
+        let cores = c.processes_per_node();
         assert_eq!(
-            c.system_arguments(&out),
-            [
-                "--error_threshold",
-                "5",
-                "--output",
-                "/out/run",
-                "--output_action",
-                "summary_only",
-                "--logging_level",
-                "INFO",
-                "--process_count_per_node",
-                &cores,
-                "--run_invocation_timeout",
-                "60",
-                "--run_max_try",
-                "3",
-                "--append_row_file_name",
-                "parallel_run_step.txt",
-            ]
+            c.system_arguments(&out).join(" "),
+            format!(
+                "--error_threshold 5 --output /out/run --output_action summary_only \
+                 --logging_level INFO --process_count_per_node {cores} \
+                 --run_invocation_timeout 60 --run_max_try 3 \
+                 --append_row_file_name parallel_run_step.txt"
+            )
         );
         c.mini_batch_size = Some(MiniBatchSize::parse("10mb").unwrap());
         c.logging_level = LoggingLevel::Debug;
@@ -784,34 +779,16 @@ mod tests {
         c.allowed_failed_percent = Some(100.0);
         c.partition_keys = vec!["a".into(), "b".into()];
         c.output_action = OutputAction::AppendRow;
+        c.append_row_file_name = "my results.txt".into();
+        let argv = c.system_arguments(&out);
+        assert_eq!(argv.len(), 24, "{argv:?}");
+        assert_eq!(argv[17], "my results.txt", "one argument, spaces and all");
         assert_eq!(
-            c.system_arguments(&out),
-            [
-                "--mini_batch_size",
-                "10mb",
-                "--error_threshold",
-                "5",
-                "--output",
-                "/out/run",
-                "--output_action",
-                "append_row",
-                "--logging_level",
-                "DEBUG",
-                "--process_count_per_node",
-                "2",
-                "--run_invocation_timeout",
-                "60",
-                "--run_max_try",
-                "3",
-                "--append_row_file_name",
-                "parallel_run_step.txt",
-                "--allowed_failed_count",
-                "-1",
-                "--allowed_failed_percent",
-                "100",
-                "--partition_keys",
-                "a,b",
-            ]
+            argv.join(" "),
+            "--mini_batch_size 10mb --error_threshold 5 --output /out/run --output_action \
+             append_row --logging_level DEBUG --process_count_per_node 2 \
+             --run_invocation_timeout 60 --run_max_try 3 --append_row_file_name my results.txt \
+             --allowed_failed_count -1 --allowed_failed_percent 100 --partition_keys a,b"
         );
     }
 }
