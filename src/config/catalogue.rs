@@ -558,6 +558,12 @@ pub fn config_keys() -> Vec<&'static str> {
         .collect()
 }
 
+/// The parameters with `flag` ([`SQL`], [`SECRET`], [`REMOTE`], [`OUTPUT`]), in order: e.g.
+/// what a resumed job compares (`OUTPUT`) or what an executor needs (`REMOTE`).
+pub fn flagged(flag: u8) -> impl Iterator<Item = &'static Param> {
+    CATALOGUE.iter().filter(move |p| p.has(flag))
+}
+
 /// The parameter named `name` (not an alias), if any.
 pub fn param(name: &str) -> Option<&'static Param> {
     CATALOGUE.iter().find(|p| p.name == name)

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
 use serde_yaml::{Mapping, Value};
 
-use crate::config::catalogue::{self, Param, Type, CATALOGUE};
+use crate::config::catalogue::{self, Param, Type};
 use crate::config::{
     read_config_entries, validate_arguments, MiniBatchFormat, OutputFormat, ParallelRunConfig,
 };
@@ -143,9 +143,7 @@ const OWN_KEYS: &[Key] = &[
 /// Every key, in the order `SHOW ALL` lists them: the catalogue's parameters flagged for SQL,
 /// then SQL's own.
 fn keys() -> impl Iterator<Item = Key> {
-    CATALOGUE
-        .iter()
-        .filter(|p| p.has(catalogue::SQL))
+    catalogue::flagged(catalogue::SQL)
         .map(Key::of)
         .chain(OWN_KEYS.iter().copied())
 }
@@ -558,7 +556,7 @@ mod tests {
             ("error_threshold".to_string(), "3".to_string()),
         ]);
         let baseline = SqlJob::from_values(&base, Path::new("/b")).unwrap().config;
-        for param in CATALOGUE {
+        for param in catalogue::CATALOGUE {
             assert_eq!(
                 names.contains(&param.name),
                 param.has(catalogue::SQL),
