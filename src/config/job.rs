@@ -244,33 +244,6 @@ pub(super) const STORAGE_OPTIONS_RULE: &str = "must map object_store keys (e.g. 
      azure_storage_account_name) or parallel-run's storage keys (retry_max_retries, cache_size, \
      ...) to values";
 
-/// Keys allowed in `parallel_run_config`: Azure's, ours, and the v2 names (the last four).
-pub(super) const CONFIG_KEYS: &[&str] = &[
-    "entry_script",
-    "error_threshold",
-    "output_action",
-    "node_count",
-    "process_count_per_node",
-    "mini_batch_size",
-    "source_directory",
-    "description",
-    "logging_level",
-    "run_invocation_timeout",
-    "run_max_try",
-    "append_row_file_name",
-    "allowed_failed_count",
-    "allowed_failed_percent",
-    "partition_keys",
-    "environment_variables",
-    "compute_target_name",
-    "compute_target",
-    "environment",
-    "mini_batch_error_threshold",
-    "retry_settings",
-    "max_concurrency_per_instance",
-    "instance_count",
-];
-
 /// Keys of the v2 `retry_settings` mapping.
 pub(super) const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
 
@@ -278,30 +251,11 @@ pub(super) const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
 pub(super) const INPUT_KEYS: &[&str] =
     &["name", "path", "sql", "format", "partition_format", "side"];
 
-/// What each parameter allows, shared by the type and missing-value errors.
+/// What the job-level keys (and v2's `retry_settings.max_retries`) allow; the PRS parameters'
+/// rules are in the [`catalogue`](crate::config::catalogue).
 pub(super) mod rule {
-    pub(in crate::config) const ENTRY_SCRIPT: &str =
-        "the Python script with init() and run() (or rust:NAME for a Rust entry script)";
-    pub(in crate::config) const ERROR_THRESHOLD: &str =
-        "an integer >= -1 (-1 ignores all failures): failed items allowed over the job";
-    pub(in crate::config) const OUTPUT_ACTION: &str = "append_row or summary_only";
-    pub(in crate::config) const NODE_COUNT: &str = "an integer >= 1 (1 on this machine)";
-    pub(in crate::config) const PROCESSES: &str =
-        "must be an integer >= 1, or left out to use one process per core";
-    pub(in crate::config) const TEXT: &str = "must be a text";
-    pub(in crate::config) const TIMEOUT: &str = "must be a number of seconds > 0 (default 60)";
-    pub(in crate::config) const MAX_TRY: &str = "must be an integer >= 1 (total tries, default 3)";
     pub(in crate::config) const MAX_RETRIES: &str =
         "must be an integer >= 0 (retries after the first try)";
-    pub(in crate::config) const FAILED_COUNT: &str =
-        "must be an integer >= -1 (-1 ignores all failures)";
-    pub(in crate::config) const FAILED_PERCENT: &str = "must be a number between 0 and 100, or -1";
-    pub(in crate::config) const PARTITION_KEYS: &str =
-        "must be a list of column names, e.g. [a, b]";
-    pub(in crate::config) const ENV_VARS: &str =
-        "must map variable names to values, e.g. {OMP_NUM_THREADS: 1}";
-    pub(in crate::config) const COMPUTE: &str =
-        "must be local (or a cluster address such as df://host:50050)";
     pub(in crate::config) const INPUT_FORMAT: &str =
         "must be parquet, csv, json (also jsonl, ndjson), files or mltable";
     pub(in crate::config) const OUTPUT_FORMAT: &str = "must be txt, csv or parquet";

@@ -275,7 +275,7 @@ fn type_errors_name_the_field() {
     );
     assert_eq!(
         e,
-        r#"parallel_run_config.run_max_try "many": must be an integer >= 1 (total tries, default 3)"#
+        r#"parallel_run_config.run_max_try "many": must be an integer >= 1: the total number of tries of a mini-batch (default 3)"#
     );
     let e = error(&MINIMAL.replace("node_count: 1", "node_count: -3"), &[]);
     assert_mentions(&e, &["parallel_run_config.node_count", "\"-3\"", ">= 1"]);
@@ -669,11 +669,7 @@ fn override_errors() {
 #[test]
 fn to_yaml_writes_every_key() {
     let yaml = load(MINIMAL).spec.to_yaml().unwrap();
-    for key in CONFIG_KEYS
-        .iter()
-        .take(17)
-        .filter(|k| **k != "compute_target")
-    {
+    for key in crate::config::catalogue::config_params().map(|p| p.name) {
         assert!(
             yaml.contains(&format!("  {key}:")) || yaml.contains(&format!("  # {key}: ")),
             "{key} missing from\n{yaml}"

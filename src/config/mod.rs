@@ -1,10 +1,11 @@
-//! Configuration: the PRS parameters ([`ParallelRunConfig`]), the job file around them
-//! ([`JobSpec`]), and their validation.
+//! Configuration: the PRS parameters ([`ParallelRunConfig`], declared once in the
+//! [`catalogue`]), the job file around them ([`JobSpec`]), and their validation.
 //!
 //! Configuration has one home: every other module receives these validated, typed values,
 //! never raw strings.
 
 pub mod azure_v2;
+pub mod catalogue;
 mod environment;
 mod job;
 mod location;
@@ -18,6 +19,7 @@ pub mod storage_options;
 mod writer;
 mod yaml;
 
+pub use catalogue::{Param, CATALOGUE, RESERVED_ARGUMENTS};
 pub(crate) use job::{resolve as resolve_path, validate_arguments};
 pub use job::{
     InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
@@ -25,7 +27,7 @@ pub use job::{
 pub use location::{glob_matcher, is_object_url, is_url, ObjectUrl, StoreKind};
 pub use params::{
     ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig,
-    DEFAULT_APPEND_ROW_FILE_NAME, RESERVED_ARGUMENTS,
+    DEFAULT_APPEND_ROW_FILE_NAME,
 };
 pub(crate) use reader::{read_config_entries, read_job_file};
 pub use settings::{log_dir, JobSettings};

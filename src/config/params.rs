@@ -5,24 +5,9 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::catalogue::{self as params, FORBIDDEN_FILE_NAME_CHARS};
 use crate::config::MiniBatchSize;
 use crate::error::{PrsError, Result};
-
-/// Names the system passes to the entry script itself; rejected as user `arguments`.
-pub const RESERVED_ARGUMENTS: &[&str] = &[
-    "mini_batch_size",
-    "error_threshold",
-    "allowed_failed_count",
-    "allowed_failed_percent",
-    "output",
-    "output_action",
-    "logging_level",
-    "process_count_per_node",
-    "run_invocation_timeout",
-    "run_max_try",
-    "append_row_file_name",
-    "partition_keys",
-];
 
 /// What to do with run()'s results.
 #[derive(
@@ -131,11 +116,7 @@ impl std::str::FromStr for OutputAction {
         match text.trim().to_ascii_lowercase().as_str() {
             "append_row" => Ok(OutputAction::AppendRow),
             "summary_only" => Ok(OutputAction::SummaryOnly),
-            _ => Err(PrsError::config(
-                "output_action",
-                text,
-                "must be append_row or summary_only",
-            )),
+            _ => Err(params::OUTPUT_ACTION.error(text)),
         }
     }
 }
@@ -166,11 +147,7 @@ impl std::str::FromStr for LoggingLevel {
             "DEBUG" => Ok(LoggingLevel::Debug),
             "INFO" => Ok(LoggingLevel::Info),
             "WARNING" => Ok(LoggingLevel::Warning),
-            _ => Err(PrsError::config(
-                "logging_level",
-                text,
-                "must be WARNING, INFO or DEBUG",
-            )),
+            _ => Err(params::LOGGING_LEVEL.error(text)),
         }
     }
 }
@@ -183,9 +160,6 @@ impl std::fmt::Display for LoggingLevel {
 
 /// PRS's default `append_row_file_name`.
 pub const DEFAULT_APPEND_ROW_FILE_NAME: &str = "parallel_run_step.txt";
-
-/// Characters Azure forbids in `append_row_file_name`.
-const FORBIDDEN_FILE_NAME_CHARS: &str = "~\"#%&*:<>?/\\{|}";
 
 /// Default bytes per tabular mini-batch (1 MiB).
 const DEFAULT_MINI_BATCH_BYTES: u64 = 1 << 20;
@@ -227,11 +201,7 @@ impl ParallelRunConfig {
     pub fn validate(&self) -> Result<()> {
         self.validate_entry_script()?;
         if self.error_threshold < -1 {
-            return Err(PrsError::config(
-                "error_threshold",
-                self.error_threshold,
-                "must be an integer >= -1 (-1 ignores all failed items)",
-            ));
+            return Err(params::ERROR_THRESHOLD.error(self.error_threshold));
         }
         self.validate_compute()?;
         self.validate_tries()?;
@@ -279,16 +249,11 @@ impl ParallelRunConfig {
     fn validate_entry_script(&self) -> Result<()> {
         let script = self.entry_script.trim();
         if script.is_empty() {
-            return Err(PrsError::config(
-                "entry_script",
-                &self.entry_script,
-                "must not be empty: give the Python script with init() and run(), or rust:NAME",
-            ));
+            return Err(params::ENTRY_SCRIPT.reject(&self.entry_script, "must not be empty"));
         }
         if let Some(name) = script.strip_prefix("rust:") {
             if name.trim().is_empty() {
-                return Err(PrsError::config(
-                    "entry_script",
+                return Err(params::ENTRY_SCRIPT.reject(
                     &self.entry_script,
                     "rust: needs the name of a registered Rust entry script, e.g. rust:echo",
                 ));
@@ -296,11 +261,7 @@ impl ParallelRunConfig {
         }
         if let Some(dir) = &self.source_directory {
             if dir.as_os_str().is_empty() {
-                return Err(PrsError::config(
-                    "source_directory",
-                    "",
-                    "must not be empty: give the folder with the entry script, or leave it out",
-                ));
+                return Err(params::SOURCE_DIRECTORY.reject("", "must not be empty"));
             }
         }
         Ok(())
@@ -309,25 +270,15 @@ impl ParallelRunConfig {
     /// compute_target (local only for now), node_count and process_count_per_node.
     fn validate_compute(&self) -> Result<()> {
         if let ComputeTarget::Cluster(address) = &self.compute_target {
-            return Err(PrsError::config(
-                "compute_target",
-                address,
-                "multi-node runs are not available yet; use \"local\" (or leave compute_target out)",
-            ));
+            return Err(
+                params::COMPUTE_TARGET.reject(address, "multi-node runs are not available yet")
+            );
         }
         if self.node_count == 0 {
-            return Err(PrsError::config(
-                "node_count",
-                self.node_count,
-                "must be an integer >= 1",
-            ));
+            return Err(params::NODE_COUNT.error(self.node_count));
         }
         if self.process_count_per_node == Some(0) {
-            return Err(PrsError::config(
-                "process_count_per_node",
-                0,
-                "must be an integer >= 1, or left out to use one process per core",
-            ));
+            return Err(params::PROCESS_COUNT_PER_NODE.error(0));
         }
         Ok(())
     }
@@ -335,18 +286,10 @@ impl ParallelRunConfig {
     /// run_invocation_timeout > 0 and run_max_try >= 1.
     fn validate_tries(&self) -> Result<()> {
         if self.run_invocation_timeout == 0 {
-            return Err(PrsError::config(
-                "run_invocation_timeout",
-                0,
-                "must be a number of seconds > 0 (default 60)",
-            ));
+            return Err(params::RUN_INVOCATION_TIMEOUT.error(0));
         }
         if self.run_max_try == 0 {
-            return Err(PrsError::config(
-                "run_max_try",
-                0,
-                "must be an integer >= 1: the total number of tries of a mini-batch (default 3)",
-            ));
+            return Err(params::RUN_MAX_TRY.error(0));
         }
         Ok(())
     }
@@ -355,20 +298,12 @@ impl ParallelRunConfig {
     fn validate_failure_limits(&self) -> Result<()> {
         if let Some(count) = self.allowed_failed_count {
             if count < -1 {
-                return Err(PrsError::config(
-                    "allowed_failed_count",
-                    count,
-                    "must be an integer >= -1 (-1 ignores all failed mini-batches)",
-                ));
+                return Err(params::ALLOWED_FAILED_COUNT.error(count));
             }
         }
         if let Some(percent) = self.allowed_failed_percent {
             if !((0.0..=100.0).contains(&percent) || percent == -1.0) {
-                return Err(PrsError::config(
-                    "allowed_failed_percent",
-                    percent,
-                    "must be between 0 and 100, or -1 to disable the check",
-                ));
+                return Err(params::ALLOWED_FAILED_PERCENT.error(percent));
             }
         }
         Ok(())
@@ -380,31 +315,23 @@ impl ParallelRunConfig {
             return Ok(());
         }
         let shown = format!("[{}]", self.partition_keys.join(", "));
+        let keys = params::PARTITION_KEYS;
         if let Some(size) = &self.mini_batch_size {
-            return Err(PrsError::config(
-                "partition_keys",
+            return Err(keys.reject(
                 &shown,
                 format!(
-                    "cannot be used together with mini_batch_size (\"{size}\"): each partition is \
-                     one mini-batch; remove one of them"
+                    "is given together with mini_batch_size (\"{size}\"): each partition is one \
+                     mini-batch, so remove one of them"
                 ),
             ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for key in &self.partition_keys {
             if key.trim().is_empty() {
-                return Err(PrsError::config(
-                    "partition_keys",
-                    &shown,
-                    "column names must not be empty",
-                ));
+                return Err(keys.reject(&shown, "a column name is empty"));
             }
             if !seen.insert(key.as_str()) {
-                return Err(PrsError::config(
-                    "partition_keys",
-                    &shown,
-                    format!("column {key:?} is listed twice; list each column once"),
-                ));
+                return Err(keys.reject(&shown, format!("column {key:?} is listed twice")));
             }
         }
         Ok(())
@@ -412,19 +339,16 @@ impl ParallelRunConfig {
 
     /// environment_variables: names non-empty, without '=' or NUL.
     fn validate_environment_variables(&self) -> Result<()> {
+        let variables = params::ENVIRONMENT_VARIABLES;
         for (name, value) in &self.environment_variables {
             if name.is_empty() || name.contains('=') || name.contains('\0') {
-                return Err(PrsError::config(
-                    "environment_variables",
-                    name,
-                    "variable names must be non-empty and may not contain '=' (or NUL)",
-                ));
+                return Err(variables.reject(name, "is not a valid variable name"));
             }
             if value.contains('\0') {
-                return Err(PrsError::config(
-                    format!("environment_variables.{name}"),
+                return Err(variables.reject_at(
+                    format!("{}.{name}", variables.name),
                     value,
-                    "values may not contain NUL characters",
+                    "contains a NUL character",
                 ));
             }
         }
@@ -433,18 +357,19 @@ impl ParallelRunConfig {
 
     /// environment: python non-empty when given; pip entries non-empty.
     fn validate_environment(&self) -> Result<()> {
+        let environment = params::ENVIRONMENT;
         if let Some(python) = &self.environment.python {
             if python.trim().is_empty() {
-                return Err(PrsError::config(
+                return Err(environment.reject_at(
                     "environment.python",
                     python,
-                    "must not be empty: give an interpreter name or path (e.g. python3), or leave \
-                     it out",
+                    "must not be empty: give an interpreter name or path (e.g. python3), or \
+                     leave it out",
                 ));
             }
         }
         if let Some(package) = self.environment.pip.iter().find(|p| p.trim().is_empty()) {
-            return Err(PrsError::config(
+            return Err(environment.reject_at(
                 "environment.pip",
                 package,
                 "package names must not be empty",
@@ -456,22 +381,18 @@ impl ParallelRunConfig {
 
 /// append_row_file_name: a plain, non-empty file name without Azure's forbidden characters.
 fn validate_append_row_file_name(name: &str) -> Result<()> {
-    let fail = |reason: String| PrsError::config("append_row_file_name", name, reason);
+    let file_name = params::APPEND_ROW_FILE_NAME;
     if name.trim().is_empty() {
-        return Err(fail(
-            "must not be empty (default parallel_run_step.txt)".to_string(),
-        ));
+        return Err(file_name.reject(name, "must not be empty"));
     }
     if let Some(c) = name
         .chars()
         .find(|c| FORBIDDEN_FILE_NAME_CHARS.contains(*c) || *c == '\0')
     {
-        return Err(fail(format!(
-            "must be a plain file name without any of {FORBIDDEN_FILE_NAME_CHARS} (found {c:?})"
-        )));
+        return Err(file_name.reject(name, format!("contains {c:?}")));
     }
     if name == "." || name == ".." {
-        return Err(fail("must be a file name, not . or ..".to_string()));
+        return Err(file_name.reject(name, "is not a file name"));
     }
     Ok(())
 }

@@ -8,10 +8,16 @@ use std::path::{Path, PathBuf};
 use serde_yaml::{Mapping, Value};
 
 use crate::config::azure_v2::{self, V2Options};
+use crate::config::catalogue::{
+    self, Param, ALLOWED_FAILED_COUNT, ALLOWED_FAILED_PERCENT, APPEND_ROW_FILE_NAME,
+    COMPUTE_TARGET, DESCRIPTION, ENTRY_SCRIPT, ENVIRONMENT_VARIABLES, ERROR_THRESHOLD,
+    LOGGING_LEVEL, MINI_BATCH_SIZE, NODE_COUNT, OUTPUT_ACTION, OUTPUT_FOLDER, PARTITION_KEYS,
+    PROCESS_COUNT_PER_NODE, RUN_INVOCATION_TIMEOUT, RUN_MAX_TRY, SOURCE_DIRECTORY,
+};
 use crate::config::environment::parse_environment;
 use crate::config::job::{
-    path_text, resolve, rule, CONFIG, CONFIG_KEYS, INPUT_KEYS, JOB_OVERRIDE_KEYS,
-    MEMORY_LIMIT_RULE, MINI_BATCH_FORMAT_RULE, RETRY_KEYS, STORAGE_OPTIONS_RULE, TOP_LEVEL_KEYS,
+    path_text, resolve, rule, CONFIG, INPUT_KEYS, JOB_OVERRIDE_KEYS, MEMORY_LIMIT_RULE,
+    MINI_BATCH_FORMAT_RULE, RETRY_KEYS, STORAGE_OPTIONS_RULE, TOP_LEVEL_KEYS,
 };
 use crate::config::yaml::{show, string_map, unknown_key, Section};
 use crate::config::{is_object_url, is_url, StorageOptions};
@@ -109,7 +115,7 @@ pub(super) fn read_job(
     })?;
     let config = read_config(config, base_dir, warnings)?;
     let inputs = read_inputs(top.take("inputs"), base_dir)?;
-    let output = top.string("output", "must be a folder path or URL")?;
+    let output = top.string(OUTPUT_FOLDER.name, &OUTPUT_FOLDER.message())?;
     let output = output
         .map(|path| resolve_output(base_dir, &path))
         .transpose()?;
@@ -230,63 +236,59 @@ pub(crate) fn read_config_entries(
     read_config_in(section, Value::Mapping(mapping), base_dir, warnings)
 }
 
-/// [`read_config`] for a mapping named `section` in errors.
+/// [`read_config`] for a mapping named `section` in errors. The keys, aliases and rules are
+/// the [`catalogue`]'s (plus v2's structural `retry_settings`).
 pub(super) fn read_config_in(
     section: &str,
     value: Value,
     base_dir: &Path,
     warnings: &mut Vec<String>,
 ) -> Result<ParallelRunConfig> {
-    let mut s = Section::new(section, value, CONFIG_KEYS)?;
-    let entry_script = s.string("entry_script", rule::TEXT)?;
-    let entry_script = s.required("entry_script", rule::ENTRY_SCRIPT, entry_script)?;
-    let error_threshold = s.integer::<i64>("error_threshold", "must be an integer >= -1")?;
-    let error_threshold = s.required("error_threshold", rule::ERROR_THRESHOLD, error_threshold)?;
-    let output_action = s.string("output_action", rule::OUTPUT_ACTION)?;
-    let output_action = s.required("output_action", rule::OUTPUT_ACTION, output_action)?;
-    let output_action = output_action.parse::<OutputAction>().map_err(|_| {
-        let reason = format!("must be {}", rule::OUTPUT_ACTION);
-        PrsError::config(s.field("output_action"), &output_action, reason)
-    })?;
+    let mut s = Section::new(section, value, &config_keys())?;
+    let entry_script = s.string(ENTRY_SCRIPT.name, &ENTRY_SCRIPT.message())?;
+    let entry_script = required(&s, &ENTRY_SCRIPT, entry_script)?;
+    let error_threshold = s.integer::<i64>(ERROR_THRESHOLD.name, &ERROR_THRESHOLD.message())?;
+    let error_threshold = required(&s, &ERROR_THRESHOLD, error_threshold)?;
+    let output_action = s.string(OUTPUT_ACTION.name, &OUTPUT_ACTION.message())?;
+    let output_action = required(&s, &OUTPUT_ACTION, output_action)?;
+    let output_action = output_action
+        .parse::<OutputAction>()
+        .map_err(|_| OUTPUT_ACTION.error_at(s.field(OUTPUT_ACTION.name), &output_action))?;
     let mut config = ParallelRunConfig::new(entry_script, error_threshold, output_action);
 
-    let key = s.pick("node_count", "instance_count")?;
-    let node_count = s.integer::<u32>(key, "must be an integer >= 1")?;
-    config.node_count = s.required("node_count", rule::NODE_COUNT, node_count)?;
-    let key = s.pick("process_count_per_node", "max_concurrency_per_instance")?;
-    config.process_count_per_node = s.integer::<u32>(key, rule::PROCESSES)?;
-    let size = s.scalar(
-        "mini_batch_size",
-        "must be a number, or digits with KB, MB or GB",
-    )?;
+    let key = pick(&s, &NODE_COUNT)?;
+    let node_count = s.integer::<u32>(key, &NODE_COUNT.message())?;
+    config.node_count = required(&s, &NODE_COUNT, node_count)?;
+    let key = pick(&s, &PROCESS_COUNT_PER_NODE)?;
+    config.process_count_per_node = s.integer::<u32>(key, &PROCESS_COUNT_PER_NODE.message())?;
+    let size = s.scalar(MINI_BATCH_SIZE.name, &MINI_BATCH_SIZE.message())?;
     config.mini_batch_size = size.as_deref().map(MiniBatchSize::parse).transpose()?;
-    let source_directory = s.string("source_directory", "must be a folder path")?;
+    let source_directory = s.string(SOURCE_DIRECTORY.name, &SOURCE_DIRECTORY.message())?;
     config.source_directory = source_directory.map(|dir| resolve(base_dir, &dir));
-    config.description = s.scalar("description", rule::TEXT)?;
-    if let Some(level) = s.string("logging_level", "must be WARNING, INFO or DEBUG")? {
-        config.logging_level = level.parse::<LoggingLevel>().map_err(|_| {
-            PrsError::config(
-                s.field("logging_level"),
-                &level,
-                "must be WARNING, INFO or DEBUG",
-            )
-        })?;
+    config.description = s.scalar(DESCRIPTION.name, &DESCRIPTION.message())?;
+    if let Some(level) = s.string(LOGGING_LEVEL.name, &LOGGING_LEVEL.message())? {
+        config.logging_level = level
+            .parse::<LoggingLevel>()
+            .map_err(|_| LOGGING_LEVEL.error_at(s.field(LOGGING_LEVEL.name), &level))?;
     }
     read_tries(&mut s, &mut config)?;
-    if let Some(name) = s.string("append_row_file_name", rule::TEXT)? {
+    let file_name = APPEND_ROW_FILE_NAME;
+    if let Some(name) = s.string(file_name.name, &file_name.message())? {
         config.append_row_file_name = name;
     }
-    let key = s.pick("allowed_failed_count", "mini_batch_error_threshold")?;
-    config.allowed_failed_count = s.integer::<i64>(key, rule::FAILED_COUNT)?;
-    config.allowed_failed_percent = s.number("allowed_failed_percent", rule::FAILED_PERCENT)?;
+    let key = pick(&s, &ALLOWED_FAILED_COUNT)?;
+    config.allowed_failed_count = s.integer::<i64>(key, &ALLOWED_FAILED_COUNT.message())?;
+    let percent = ALLOWED_FAILED_PERCENT;
+    config.allowed_failed_percent = s.number(percent.name, &percent.message())?;
     config.partition_keys = s
-        .string_list("partition_keys", rule::PARTITION_KEYS)?
+        .string_list(PARTITION_KEYS.name, &PARTITION_KEYS.message())?
         .unwrap_or_default();
+    let variables = ENVIRONMENT_VARIABLES;
     config.environment_variables = s
-        .string_map("environment_variables", rule::ENV_VARS)?
+        .string_map(variables.name, &variables.message())?
         .unwrap_or_default();
-    let key = s.pick("compute_target_name", "compute_target")?;
-    if let Some(target) = s.string(key, rule::COMPUTE)? {
+    let key = pick(&s, &COMPUTE_TARGET)?;
+    if let Some(target) = s.string(key, &COMPUTE_TARGET.message())? {
         config.compute_target = parse_compute_target(&s.field(key), &target, warnings);
     }
     read_environment(&mut s, &mut config, base_dir, warnings)?;
@@ -294,13 +296,39 @@ pub(super) fn read_config_in(
     Ok(config)
 }
 
+/// Azure v2's structural keys `parallel_run_config:` also reads (they are not aliases: one
+/// stands for two parameters).
+const V2_SECTIONS: &[&str] = &["retry_settings"];
+
+/// The keys of `parallel_run_config:`: the catalogue's names and aliases, and
+/// [`V2_SECTIONS`].
+fn config_keys() -> Vec<&'static str> {
+    let mut keys = catalogue::config_keys();
+    keys.extend(V2_SECTIONS);
+    keys
+}
+
+/// Which of `param`'s name and its alias is given (see [`Section::pick`]).
+fn pick(s: &Section, param: &Param) -> Result<&'static str> {
+    match param.alias {
+        Some(alias) => s.pick(param.name, alias),
+        None => Ok(param.name),
+    }
+}
+
+/// A required parameter's value: missing is an error with its rule as the explanation.
+fn required<T>(s: &Section, param: &Param, value: Option<T>) -> Result<T> {
+    value.ok_or_else(|| PrsError::missing(s.field(param.name), param.required_message()))
+}
+
 /// run_invocation_timeout and run_max_try, or the v2 `retry_settings` (tries = retries + 1).
 pub(super) fn read_tries(s: &mut Section, config: &mut ParallelRunConfig) -> Result<()> {
     let (mut max_retries, mut retry_timeout) = (None, None);
+    let timeout_rule = RUN_INVOCATION_TIMEOUT.message();
     if let Some(mut retry) = s.section("retry_settings", RETRY_KEYS)? {
         for (key, original) in [
-            ("max_retries", "run_max_try"),
-            ("timeout", "run_invocation_timeout"),
+            ("max_retries", RUN_MAX_TRY.name),
+            ("timeout", RUN_INVOCATION_TIMEOUT.name),
         ] {
             if retry.has(key) && s.has(original) {
                 return Err(PrsError::config(
@@ -314,10 +342,10 @@ pub(super) fn read_tries(s: &mut Section, config: &mut ParallelRunConfig) -> Res
             }
         }
         max_retries = retry.integer::<u32>("max_retries", rule::MAX_RETRIES)?;
-        retry_timeout = retry.integer::<u64>("timeout", rule::TIMEOUT)?;
+        retry_timeout = retry.integer::<u64>("timeout", &timeout_rule)?;
     }
     if let Some(timeout) = s
-        .integer::<u64>("run_invocation_timeout", rule::TIMEOUT)?
+        .integer::<u64>(RUN_INVOCATION_TIMEOUT.name, &timeout_rule)?
         .or(retry_timeout)
     {
         config.run_invocation_timeout = timeout;
@@ -330,7 +358,7 @@ pub(super) fn read_tries(s: &mut Section, config: &mut ParallelRunConfig) -> Res
                 "is too large",
             )
         })?),
-        None => s.integer::<u32>("run_max_try", rule::MAX_TRY)?,
+        None => s.integer::<u32>(RUN_MAX_TRY.name, &RUN_MAX_TRY.message())?,
     };
     if let Some(tries) = tries {
         config.run_max_try = tries;
@@ -593,12 +621,9 @@ pub(super) fn apply_override(root: &mut Mapping, text: &str) -> Result<()> {
     if path.iter().any(|segment| segment.trim().is_empty()) {
         return Err(PrsError::config("--set", text, USAGE));
     }
-    if !CONFIG_KEYS.contains(&path[1]) {
-        let allowed: Vec<&str> = CONFIG_KEYS
-            .iter()
-            .chain(JOB_OVERRIDE_KEYS)
-            .copied()
-            .collect();
+    let mut allowed = config_keys();
+    if !allowed.contains(&path[1]) {
+        allowed.extend(JOB_OVERRIDE_KEYS);
         return Err(unknown_key("--set", path[1], &allowed));
     }
     set_nested(root, &path, value, text)

@@ -1,15 +1,13 @@
 //! Writing a job back as YAML in Azure's layout (`show-config`, `save_yaml`): every key, with
 //! the defaults filled in, such that reading it again gives an equal job.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_yaml::{Mapping, Value};
 
-use crate::config::environment::environment_to_yaml;
+use crate::config::catalogue::config_params;
 use crate::config::job::{path_text, CONFIG};
-use crate::config::{
-    ComputeTarget, InputSource, InputSpec, JobSpec, MiniBatchSize, OutputFormat, ParallelRunConfig,
-};
+use crate::config::{InputSource, InputSpec, JobSpec, OutputFormat, ParallelRunConfig};
 use crate::error::{PrsError, Result};
 
 impl JobSpec {
@@ -83,88 +81,16 @@ impl JobSpec {
     }
 }
 
-/// `parallel_run_config` with every key (unset options as null); `append_row_file_name` is
-/// the file the job writes in `format`.
+/// `parallel_run_config` with every key of the [`catalogue`](crate::config::catalogue), in its
+/// order (unset options as null); `append_row_file_name` is the file the job writes in `format`.
 fn config_to_yaml(config: &ParallelRunConfig, format: OutputFormat) -> Result<Value> {
-    let text = |s: &Option<String>| s.clone().map_or(Value::Null, Value::String);
-    let number = |n: Option<i64>| n.map_or(Value::Null, Value::from);
-    let path = |field: &str, p: &Option<PathBuf>| -> Result<Value> {
-        Ok(match p {
-            Some(p) => Value::String(path_text(field, p)?),
-            None => Value::Null,
-        })
-    };
-    let strings =
-        |items: &[String]| Value::Sequence(items.iter().cloned().map(Value::String).collect());
-    let mut variables = Mapping::new();
-    for (name, value) in &config.environment_variables {
-        variables.insert(name.as_str().into(), value.as_str().into());
+    let mut mapping = Mapping::new();
+    for param in config_params() {
+        if let Some(write) = param.write {
+            mapping.insert(param.name.into(), write(config, format)?);
+        }
     }
-    let compute = match &config.compute_target {
-        ComputeTarget::Local => "local".to_string(),
-        ComputeTarget::Cluster(address) => address.clone(),
-    };
-    let entries: Vec<(&str, Value)> = vec![
-        ("entry_script", config.entry_script.as_str().into()),
-        ("error_threshold", config.error_threshold.into()),
-        ("output_action", config.output_action.as_str().into()),
-        ("node_count", config.node_count.into()),
-        (
-            "process_count_per_node",
-            number(config.process_count_per_node.map(i64::from)),
-        ),
-        (
-            "mini_batch_size",
-            config
-                .mini_batch_size
-                .as_ref()
-                .map_or(Value::Null, size_to_yaml),
-        ),
-        (
-            "source_directory",
-            path("source_directory", &config.source_directory)?,
-        ),
-        ("description", text(&config.description)),
-        ("logging_level", config.logging_level.as_str().into()),
-        (
-            "run_invocation_timeout",
-            config.run_invocation_timeout.into(),
-        ),
-        ("run_max_try", config.run_max_try.into()),
-        (
-            "append_row_file_name",
-            format
-                .append_row_file_name(&config.append_row_file_name)
-                .into(),
-        ),
-        ("allowed_failed_count", number(config.allowed_failed_count)),
-        (
-            "allowed_failed_percent",
-            config
-                .allowed_failed_percent
-                .map_or(Value::Null, Value::from),
-        ),
-        ("partition_keys", strings(&config.partition_keys)),
-        ("environment_variables", Value::Mapping(variables)),
-        ("compute_target_name", compute.into()),
-        ("environment", environment_to_yaml(&config.environment)),
-    ];
-    Ok(Value::Mapping(
-        entries
-            .into_iter()
-            .map(|(k, v)| (Value::from(k), v))
-            .collect(),
-    ))
-}
-
-/// `mini_batch_size` as written: a plain count as a YAML integer (as Azure writes it), anything
-/// else as text.
-fn size_to_yaml(size: &MiniBatchSize) -> Value {
-    if !size.has_unit && size.raw == size.value.to_string() {
-        Value::from(size.value)
-    } else {
-        Value::String(size.raw.clone())
-    }
+    Ok(Value::Mapping(mapping))
 }
 
 /// One `inputs:` entry: `{name, path, format}` or `{name, sql}`.

@@ -104,54 +104,7 @@ pub fn worker_slots(config: &ParallelRunConfig) -> Vec<WorkerSlot> {
 /// workers then import pyarrow/pandas before they are ready).
 pub fn worker_env(settings: &JobSettings, tabular_inputs: bool) -> WorkerEnv {
     let config = &settings.config;
-    let mut system = vec![
-        (
-            "mini_batch_size",
-            config.mini_batch_size.as_ref().map(|m| m.raw.clone()),
-        ),
-        ("error_threshold", Some(config.error_threshold.to_string())),
-        ("output", Some(settings.output.display().to_string())),
-        (
-            "output_action",
-            Some(match config.output_action {
-                OutputAction::AppendRow => "append_row".to_string(),
-                OutputAction::SummaryOnly => "summary_only".to_string(),
-            }),
-        ),
-        (
-            "logging_level",
-            Some(format!("{:?}", config.logging_level).to_uppercase()),
-        ),
-        (
-            "process_count_per_node",
-            Some(config.processes_per_node().to_string()),
-        ),
-        (
-            "run_invocation_timeout",
-            Some(config.run_invocation_timeout.to_string()),
-        ),
-        ("run_max_try", Some(config.run_max_try.to_string())),
-        (
-            "append_row_file_name",
-            Some(config.append_row_file_name.clone()),
-        ),
-        (
-            "allowed_failed_count",
-            config.allowed_failed_count.map(|v| v.to_string()),
-        ),
-        (
-            "allowed_failed_percent",
-            config.allowed_failed_percent.map(|v| v.to_string()),
-        ),
-    ];
-    if !config.partition_keys.is_empty() {
-        system.push(("partition_keys", Some(config.partition_keys.join(","))));
-    }
-    let system_arguments = system
-        .into_iter()
-        .filter_map(|(k, v)| v.map(|v| [format!("--{k}"), v]))
-        .flatten()
-        .collect();
+    let system_arguments = config.system_arguments(&settings.output);
     WorkerEnv {
         output_dir: settings.output.clone(),
         log_dir: settings.log_dir.clone(),

@@ -6,7 +6,9 @@
 //! `SET parallel_run.mini_batch_size = '10 MB'` fails with
 //! `mini_batch_size "10 MB": no spaces allowed; use e.g. "10MB"`. Setting a key to `''` unsets
 //! it. The same keys are the named arguments of `parallel_run(...)`, which override the SET
-//! values for that relation ([`SqlJob::from_values`] merges and checks them).
+//! values for that relation ([`SqlJob::from_values`] merges and checks them). The PRS keys
+//! are the [`catalogue`]'s parameters flagged [`catalogue::SQL`], with its help texts; SQL
+//! adds its own (`python`, `pip`, the job-level settings and the relation's).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
 use serde_yaml::{Mapping, Value};
 
+use crate::config::catalogue::{self, Param, Type};
 use crate::config::{
     read_config_entries, validate_arguments, MiniBatchFormat, OutputFormat, ParallelRunConfig,
 };
@@ -27,9 +30,9 @@ pub const PREFIX: &str = "parallel_run";
 enum Kind {
     /// A `parallel_run_config` scalar, read as YAML reads it.
     Config,
-    /// `partition_keys`: comma-separated column names.
+    /// A list (`partition_keys`): comma-separated items.
     Columns,
-    /// `environment_variables`: comma-separated `NAME=value` pairs.
+    /// A mapping (`environment_variables`): comma-separated `NAME=value` pairs.
     Variables,
     /// `python`: the interpreter (`environment.python`).
     Python,
@@ -52,149 +55,107 @@ enum Kind {
 }
 
 /// One key of the namespace.
+#[derive(Debug, Clone, Copy)]
 struct Key {
     name: &'static str,
     kind: Kind,
     help: &'static str,
+    /// Masked by `SHOW`.
+    secret: bool,
 }
 
-/// Every key, in the order `SHOW ALL` lists them.
-const KEYS: &[Key] = &[
-    Key {
-        name: "entry_script",
-        kind: Kind::Config,
-        help: "The entry script with init() and run(): a .py path (relative to source_directory, or to the SQL file) or rust:NAME. Required.",
-    },
-    Key {
-        name: "error_threshold",
-        kind: Kind::Config,
-        help: "Failed items (rows) allowed over the job; -1 ignores all. Required.",
-    },
-    Key {
-        name: "output_action",
-        kind: Kind::Config,
-        help: "append_row (default here: the relation returns run()'s rows) or summary_only (no rows).",
-    },
-    Key {
-        name: "node_count",
-        kind: Kind::Config,
-        help: "Nodes (locally: groups of workers), >= 1 (default 1).",
-    },
-    Key {
-        name: "process_count_per_node",
-        kind: Kind::Config,
-        help: "Workers per node (default: the number of cores).",
-    },
-    Key {
-        name: "mini_batch_size",
-        kind: Kind::Config,
-        help: "Approximate bytes per mini-batch: 1024, 64KB, 10MB, 1GB (no spaces; default 1MB).",
-    },
-    Key {
-        name: "source_directory",
-        kind: Kind::Config,
-        help: "Folder put on the worker's import path; entry_script is relative to it.",
-    },
-    Key {
-        name: "description",
-        kind: Kind::Config,
-        help: "Display text.",
-    },
-    Key {
-        name: "logging_level",
-        kind: Kind::Config,
-        help: "WARNING, INFO (default) or DEBUG.",
-    },
-    Key {
-        name: "run_invocation_timeout",
-        kind: Kind::Config,
-        help: "Seconds one run() call may take, > 0 (default 60).",
-    },
-    Key {
-        name: "run_max_try",
-        kind: Kind::Config,
-        help: "Total tries of a failed or timed-out mini-batch, >= 1 (default 3).",
-    },
-    Key {
-        name: "append_row_file_name",
-        kind: Kind::Config,
-        help: "Checked as in a YAML job and passed to the entry script; the relation's rows go where the query sends them.",
-    },
-    Key {
-        name: "allowed_failed_count",
-        kind: Kind::Config,
-        help: "Failed mini-batches allowed; -1 ignores all (default: no limit).",
-    },
-    Key {
-        name: "allowed_failed_percent",
-        kind: Kind::Config,
-        help: "Failed mini-batches allowed, in percent 0-100, checked once all are scheduled (default: no limit).",
-    },
-    Key {
-        name: "partition_keys",
-        kind: Kind::Columns,
-        help: "Comma-separated columns whose distinct values each form one mini-batch; not with mini_batch_size.",
-    },
-    Key {
-        name: "environment_variables",
-        kind: Kind::Variables,
-        help: "Comma-separated NAME=value pairs set in every worker.",
-    },
-    Key {
-        name: "python",
-        kind: Kind::Python,
-        help: "The Python interpreter (name or path; default python3 from PATH).",
-    },
-    Key {
-        name: "pip",
-        kind: Kind::Pip,
-        help: "Comma-separated pip packages for a cached virtual environment built on python.",
-    },
-    Key {
-        name: "output_format",
-        kind: Kind::OutputFormat,
-        help: "txt, csv or parquet: accepted as in YAML; the relation always returns typed rows (choose the file format with COPY ... STORED AS).",
-    },
-    Key {
-        name: "preserve_order",
-        kind: Kind::PreserveOrder,
-        help: "true: the relation returns its rows in mini-batch order (buffered until the job ends); default false.",
-    },
-    Key {
-        name: "allow_empty_input",
-        kind: Kind::AllowEmptyInput,
-        help: "true: a run whose input has no rows succeeds with no rows; default false (it fails, as an empty input is usually a wrong path or filter).",
-    },
-    Key {
-        name: "mini_batch_format",
-        kind: Kind::MiniBatchFormat,
-        help: "What a Python run() receives: pandas (a DataFrame, default) or pyarrow (a Table).",
-    },
-    Key {
-        name: "arguments",
-        kind: Kind::Arguments,
-        help: "Extra argv for the entry script, split like a shell line: '--model m.bin --top 5'.",
-    },
-    Key {
-        name: "report_dir",
-        kind: Kind::Folder,
-        help: "Folder of the report (job_result.txt, job_summary.json, sys/, user/). Default: <COPY target>.logs, else ./parallel_run_logs.",
-    },
-    Key {
-        name: "output_schema",
-        kind: Kind::Schema,
-        help: "run()'s result columns, e.g. 'id BIGINT, score DOUBLE'; when absent, one worker is started at planning time to find them.",
-    },
+impl Key {
+    /// The key of a catalogue parameter flagged [`catalogue::SQL`].
+    fn of(param: &Param) -> Key {
+        Key {
+            name: param.name,
+            kind: match param.kind {
+                Type::List => Kind::Columns,
+                Type::Map => Kind::Variables,
+                _ => Kind::Config,
+            },
+            help: param.help,
+            secret: param.has(catalogue::SECRET),
+        }
+    }
+
+    /// One of SQL's own keys.
+    const fn own(name: &'static str, kind: Kind, help: &'static str) -> Key {
+        Key {
+            name,
+            kind,
+            help,
+            secret: false,
+        }
+    }
+}
+
+/// SQL's own keys, listed after the catalogue's PRS parameters: the fields of `environment`,
+/// the job-level settings, and the relation's own.
+const OWN_KEYS: &[Key] = &[
+    Key::own(
+        "python",
+        Kind::Python,
+        "The Python interpreter (name or path; default python3 from PATH).",
+    ),
+    Key::own(
+        "pip",
+        Kind::Pip,
+        "Comma-separated pip packages for a cached virtual environment built on python.",
+    ),
+    Key::own(
+        "output_format",
+        Kind::OutputFormat,
+        "txt, csv or parquet: accepted as in YAML; the relation always returns typed rows (choose the file format with COPY ... STORED AS).",
+    ),
+    Key::own(
+        "preserve_order",
+        Kind::PreserveOrder,
+        "true: the relation returns its rows in mini-batch order (buffered until the job ends); default false.",
+    ),
+    Key::own(
+        "allow_empty_input",
+        Kind::AllowEmptyInput,
+        "true: a run whose input has no rows succeeds with no rows; default false (it fails, as an empty input is usually a wrong path or filter).",
+    ),
+    Key::own(
+        "mini_batch_format",
+        Kind::MiniBatchFormat,
+        "What a Python run() receives: pandas (a DataFrame, default) or pyarrow (a Table).",
+    ),
+    Key::own(
+        "arguments",
+        Kind::Arguments,
+        "Extra argv for the entry script, split like a shell line: '--model m.bin --top 5'.",
+    ),
+    Key::own(
+        "report_dir",
+        Kind::Folder,
+        "Folder of the report (job_result.txt, job_summary.json, sys/, user/). Default: <COPY target>.logs, else ./parallel_run_logs.",
+    ),
+    Key::own(
+        "output_schema",
+        Kind::Schema,
+        "run()'s result columns, e.g. 'id BIGINT, score DOUBLE'; when absent, one worker is started at planning time to find them.",
+    ),
 ];
 
+/// Every key, in the order `SHOW ALL` lists them: the catalogue's parameters flagged for SQL,
+/// then SQL's own.
+fn keys() -> impl Iterator<Item = Key> {
+    catalogue::flagged(catalogue::SQL)
+        .map(Key::of)
+        .chain(OWN_KEYS.iter().copied())
+}
+
 /// The key named `name` (already lower case).
-fn key(name: &str) -> Option<&'static Key> {
-    KEYS.iter().find(|k| k.name == name)
+fn key(name: &str) -> Option<Key> {
+    keys().find(|k| k.name == name)
 }
 
 /// The names of every key, for messages.
 pub fn key_names() -> Vec<&'static str> {
-    KEYS.iter().map(|k| k.name).collect()
+    keys().map(|k| k.name).collect()
 }
 
 /// `SET parallel_run.KEY = 'value'` values, each checked when set. Register it on a session
@@ -248,10 +209,13 @@ impl ExtensionOptions for ParallelRunOptions {
     }
 
     fn entries(&self) -> Vec<ConfigEntry> {
-        KEYS.iter()
+        keys()
             .map(|k| ConfigEntry {
                 key: format!("{PREFIX}.{}", k.name),
-                value: self.values.get(k.name).cloned(),
+                value: self.values.get(k.name).map(|value| match k.secret {
+                    true => "********".to_string(),
+                    false => value.clone(),
+                }),
                 description: k.help,
             })
             .collect()
@@ -270,8 +234,7 @@ pub(crate) fn canonical_key(name: &str) -> Result<&'static str> {
         .map(str::to_string)
         .unwrap_or(lower);
     key(&lower).map(|k| k.name).ok_or_else(|| {
-        let hint = KEYS
-            .iter()
+        let hint = keys()
             .find(|k| k.name.contains(&lower) || (lower.len() > 3 && lower.contains(k.name)))
             .map(|k| format!(" (did you mean {:?}?)", k.name))
             .unwrap_or_default();
@@ -564,6 +527,70 @@ mod tests {
         assert_eq!(job.arguments, vec!["--model", "my model.bin", "-k", "5"]);
         assert_eq!(job.report_dir, Some(PathBuf::from("/b/logs/run")));
         assert!(job.preserve_order);
+    }
+
+    /// A catalogue example (YAML) as SQL writes it: lists and mappings comma-separated.
+    fn sql_text(example: &str) -> String {
+        match serde_yaml::from_str::<Value>(example).unwrap() {
+            Value::Sequence(items) => items
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            Value::Mapping(m) => m
+                .iter()
+                .map(|(k, v)| format!("{}={}", k.as_str().unwrap(), v.as_str().unwrap()))
+                .collect::<Vec<_>>()
+                .join(","),
+            _ => example.to_string(),
+        }
+    }
+
+    /// Every catalogue parameter flagged SQL is a key, settable with SET and effective in the
+    /// job; SQL's own keys are not catalogue parameters.
+    #[test]
+    fn every_sql_parameter_of_the_catalogue_is_settable() {
+        let names = key_names();
+        let base = BTreeMap::from([
+            ("entry_script".to_string(), "score.py".to_string()),
+            ("error_threshold".to_string(), "3".to_string()),
+        ]);
+        let baseline = SqlJob::from_values(&base, Path::new("/b")).unwrap().config;
+        for param in catalogue::CATALOGUE {
+            assert_eq!(
+                names.contains(&param.name),
+                param.has(catalogue::SQL),
+                "{}: SQL keys are the catalogue's SQL parameters",
+                param.name
+            );
+            if !param.has(catalogue::SQL) {
+                continue;
+            }
+            let text = sql_text(param.example);
+            let mut o = ParallelRunOptions::default();
+            o.set_value(&format!("parallel_run.{}", param.name), &text)
+                .unwrap_or_else(|e| panic!("SET {} = {text:?}: {e}", param.name));
+            assert_eq!(o.get(param.name), Some(text.as_str()));
+            let mut values = base.clone();
+            values.insert(param.name.to_string(), text.clone());
+            let config = SqlJob::from_values(&values, Path::new("/b"))
+                .unwrap_or_else(|e| panic!("{} = {text:?}: {e}", param.name))
+                .config;
+            let write = param.write.unwrap();
+            assert_ne!(
+                write(&config, OutputFormat::Txt).unwrap(),
+                write(&baseline, OutputFormat::Txt).unwrap(),
+                "SET {} = {text:?} had no effect",
+                param.name
+            );
+        }
+        for own in OWN_KEYS {
+            assert!(
+                catalogue::param(own.name).is_none(),
+                "{} is a catalogue parameter: flag it SQL there instead",
+                own.name
+            );
+        }
     }
 
     #[test]
