@@ -750,7 +750,7 @@ mod tests {
         .unwrap();
         let batch =
             RecordBatch::try_from_iter(vec![("choice", Arc::new(union) as ArrayRef)]).unwrap();
-        let id = MiniBatchId { input: 0, seq: 3 };
+        let id = MiniBatchId::new(0, 3);
         let out = Path::new("out/parallel_run_step.csv");
         let e = check_text_columns(&batch, OutputFormat::Csv, out, &id)
             .unwrap_err()

@@ -187,10 +187,7 @@ impl ByteChunker {
         let data = compact_concat(&self.schema, &self.pending)?;
         let end = self.start_row + self.pending_rows;
         let mb = MiniBatch {
-            id: MiniBatchId {
-                input: self.input,
-                seq: self.next_seq,
-            },
+            id: MiniBatchId::new(self.input, self.next_seq),
             kind: ItemKind::Rows,
             data,
             lineage: Lineage {
@@ -342,13 +339,7 @@ mod tests {
         let mbs = cut(batches, 4096);
         let mut next = 0u64;
         for (seq, mb) in mbs.iter().enumerate() {
-            assert_eq!(
-                mb.id,
-                MiniBatchId {
-                    input: 0,
-                    seq: seq as u64
-                }
-            );
+            assert_eq!(mb.id, MiniBatchId::new(0, seq as u64));
             assert_eq!(mb.lineage.rows.start, next);
             let ids = mb
                 .data
@@ -397,7 +388,7 @@ mod tests {
 
     #[test]
     fn ids_round_trip_through_text() {
-        let id = MiniBatchId { input: 2, seq: 17 };
+        let id = MiniBatchId::new(2, 17);
         assert_eq!(id.to_string(), "2-17");
         assert_eq!("2-17".parse::<MiniBatchId>().unwrap(), id);
         assert!("17".parse::<MiniBatchId>().is_err());

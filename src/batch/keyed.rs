@@ -23,10 +23,7 @@ pub fn key_id(input: u32, values: &PartitionKeyValue) -> MiniBatchId {
     let digest = Sha256::digest(canonical.as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);
-    MiniBatchId {
-        input,
-        seq: u64::from_be_bytes(bytes) >> 1,
-    }
+    MiniBatchId::new(input, u64::from_be_bytes(bytes) >> 1)
 }
 
 /// The value at `row` of `array` as JSON (numbers and booleans as such, everything else as

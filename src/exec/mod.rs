@@ -13,11 +13,12 @@ pub mod spec;
 pub mod state;
 pub mod stream;
 
+pub use crate::batch::MiniBatchRecord;
 pub use dispatch::InputInfo;
 pub use logical::ParallelRunNode;
 pub use planner::{plan_node, ParallelRunPlanner, ParallelRunQueryPlanner};
 pub use spec::{OperatorSpec, SPEC_FORMAT_VERSION};
-pub use state::{JobCounts, JobObserver, JobState, MiniBatchRecord, NoopObserver, RunSettings};
+pub use state::{JobCounts, JobObserver, JobState, NoopObserver, RunSettings};
 pub use stream::CompletedMiniBatch;
 
 use std::fmt;

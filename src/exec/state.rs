@@ -5,11 +5,11 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Lineage, MiniBatchId, MiniBatchStatus, PartitionKeyValue};
+use crate::batch::{MiniBatchId, MiniBatchRecord};
 use crate::config::ParallelRunConfig;
 use crate::error::PrsError;
 
@@ -64,51 +64,6 @@ impl RunSettings {
             queue_depth: workers * 2,
             partition_keys: config.partition_keys.clone(),
         })
-    }
-}
-
-/// Final status of one mini-batch, as written to `processed_mini-batches.csv`.
-#[derive(Debug, Clone)]
-pub struct MiniBatchRecord {
-    /// Stable id.
-    pub id: MiniBatchId,
-    /// Dispatch order (`minibatch_index`).
-    pub index: u64,
-    /// Input name and row range.
-    pub lineage: Lineage,
-    /// Key values (partition_keys), empty otherwise.
-    pub partition_key_value: PartitionKeyValue,
-    /// Tries used.
-    pub tries: u32,
-    /// Agent name of the worker of the last try.
-    pub process: String,
-    /// When the first try started.
-    pub start_time: SystemTime,
-    /// Items in the mini-batch.
-    pub total_items: u64,
-    /// Items returned by run() (capped at total).
-    pub succeeded_items: u64,
-    /// Items not returned, or all items when the mini-batch failed.
-    pub failed_items: u64,
-    /// Wall time from first try to the end, seconds.
-    pub elapsed_seconds: f64,
-    /// Time inside the last run() call, seconds.
-    pub run_seconds: f64,
-    /// `SUCCEEDED`, `RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`.
-    pub status: MiniBatchStatus,
-    /// Last error message (empty on success), or the warning about extra returned rows.
-    pub error_message: String,
-    /// Traceback of the last failure, when known.
-    pub traceback: Option<String>,
-    /// The other errors of the failed tries, distinct, each with the first try that had it
-    /// (the cause is often in an early try: a crash, then timeouts of the replacement).
-    pub earlier_errors: Vec<(u32, String)>,
-}
-
-impl MiniBatchRecord {
-    /// True when the mini-batch succeeded.
-    pub fn succeeded(&self) -> bool {
-        self.status == MiniBatchStatus::Succeeded
     }
 }
 
@@ -463,6 +418,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::{Lineage, MiniBatchStatus};
+    use std::time::SystemTime;
 
     fn settings() -> RunSettings {
         RunSettings {
@@ -507,7 +464,7 @@ mod tests {
 
     fn record(id: u64, items: u64, succeeded: bool) -> MiniBatchRecord {
         MiniBatchRecord {
-            id: MiniBatchId { input: 0, seq: id },
+            id: MiniBatchId::new(0, id),
             index: id,
             lineage: Lineage {
                 input: Arc::from("rows"),

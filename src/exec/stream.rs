@@ -8,10 +8,11 @@ use std::time::{Instant, SystemTime};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
+use crate::batch::MiniBatchRecord;
 use crate::batch::{Lineage, MiniBatchId, MiniBatchStatus};
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::{Dispatched, SharedQueue};
-use crate::exec::state::{JobState, MiniBatchRecord};
+use crate::exec::state::JobState;
 use crate::worker::{MiniBatchContext, RunError, Worker, WorkerFactoryRef, WorkerSlot};
 
 /// A succeeded mini-batch and the rows its run() returned.

@@ -174,7 +174,7 @@ fn first_mini_batches(
     out.extend(chunker.finish()?);
     if out.is_empty() {
         out.push(MiniBatch {
-            id: MiniBatchId { input: 0, seq: 0 },
+            id: MiniBatchId::new(0, 0),
             kind: ItemKind::Rows,
             data: RecordBatch::new_empty(schema),
             lineage: Lineage {

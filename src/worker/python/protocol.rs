@@ -371,7 +371,7 @@ mod tests {
         )
         .unwrap();
         let mb = MiniBatch {
-            id: MiniBatchId { input: 0, seq: 4 },
+            id: MiniBatchId::new(0, 4),
             kind: ItemKind::Rows,
             data: data.clone(),
             lineage: Lineage {
@@ -410,7 +410,7 @@ mod tests {
         )
         .unwrap();
         let mb = MiniBatch {
-            id: MiniBatchId { input: 0, seq: 1 },
+            id: MiniBatchId::new(0, 1),
             kind: ItemKind::Files,
             data,
             lineage: Lineage {

@@ -126,7 +126,7 @@ fn files(paths: &[&str]) -> MiniBatch {
 fn mini_batch(kind: ItemKind, data: RecordBatch) -> MiniBatch {
     let n = data.num_rows() as u64;
     MiniBatch {
-        id: MiniBatchId { input: 0, seq: 3 },
+        id: MiniBatchId::new(0, 3),
         kind,
         data,
         lineage: Lineage {
