@@ -182,9 +182,7 @@ impl ExecutionPlan for RowIdExec {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         match children.pop() {
             Some(child) if children.is_empty() => Ok(Arc::new(RowIdExec::new(child))),
-            _ => Err(datafusion::error::DataFusionError::Internal(
-                "RowIdExec takes one child".into(),
-            )),
+            _ => datafusion::common::internal_err!("RowIdExec takes one child"),
         }
     }
 

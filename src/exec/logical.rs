@@ -5,8 +5,9 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
+use datafusion::common::internal_datafusion_err;
 use datafusion::common::{DFSchema, DFSchemaRef};
-use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::error::Result as DFResult;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
 
 use crate::error::{PrsError, Result};
@@ -34,11 +35,11 @@ impl ParallelRunNode {
         runtime: OperatorRuntime,
     ) -> Result<Self> {
         if inputs.len() != spec.inputs().len() {
-            return Err(PrsError::DataFusion(DataFusionError::Internal(format!(
+            return Err(PrsError::from_datafusion(internal_datafusion_err!(
                 "ParallelRunNode: {} input plans for a spec of {} inputs",
                 inputs.len(),
                 spec.inputs().len()
-            ))));
+            )));
         }
         let arrow_schema = spec
             .output_schema()

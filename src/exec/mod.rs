@@ -30,6 +30,7 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::runtime::SpawnedTask;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{internal_datafusion_err, internal_err};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -185,12 +186,10 @@ impl ParallelRunExec {
     /// Runs partition `partition` and returns its succeeded mini-batches with their ids.
     fn mini_batches(&self, partition: usize, context: Arc<TaskContext>) -> Result<MiniBatchStream> {
         if partition >= self.spec.settings().workers {
-            return Err(PrsError::DataFusion(
-                datafusion::error::DataFusionError::Internal(format!(
-                    "ParallelRunExec has {} partitions, partition {partition} requested",
-                    self.spec.settings().workers
-                )),
-            ));
+            let workers = self.spec.settings().workers;
+            return Err(PrsError::from_datafusion(internal_datafusion_err!(
+                "ParallelRunExec has {workers} partitions, partition {partition} requested"
+            )));
         }
         let execution = self.claim_execution(&context);
         let (tx, rx) = mpsc::channel(2);
@@ -361,11 +360,11 @@ impl ExecutionPlan for ParallelRunExec {
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         if children.len() != self.inputs.len() {
-            return Err(datafusion::error::DataFusionError::Internal(format!(
+            return internal_err!(
                 "ParallelRunExec has {} inputs, got {} children",
                 self.inputs.len(),
                 children.len()
-            )));
+            );
         }
         Ok(Arc::new(ParallelRunExec::new(
             children,

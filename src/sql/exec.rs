@@ -486,12 +486,15 @@ impl ExecutionPlan for ParallelRunReportExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|c| {
-            DataFusionError::Internal(format!(
-                "ParallelRunReportExec has one child, got {}",
-                c.len()
-            ))
-        })?;
+        let [input] = match <[_; 1]>::try_from(children) {
+            Ok(one) => one,
+            Err(c) => {
+                return datafusion::common::internal_err!(
+                    "ParallelRunReportExec has one child, got {}",
+                    c.len()
+                )
+            }
+        };
         Ok(Arc::new(ParallelRunReportExec::new(
             input,
             self.run.clone(),
