@@ -202,7 +202,7 @@ impl ParallelRun {
                 JobInput::Frame { name, df } => {
                     let plan = df.create_physical_plan().await?;
                     let kind = ItemKind::Rows;
-                    inputs.push((plan, InputInfo { name, kind }));
+                    inputs.push((plan, InputInfo::new(name, kind)));
                 }
                 JobInput::Spec(spec) => specs.push(spec),
             }
@@ -280,10 +280,7 @@ impl ParallelRunDataFrameExt for DataFrame {
             ..JobSettings::new(config, PathBuf::new())
         };
         let (state, plan) = self.into_parts();
-        let info = InputInfo {
-            name: "input".into(),
-            kind: ItemKind::Rows,
-        };
+        let info = InputInfo::new("input", ItemKind::Rows);
         let job = JobPlan::new(
             settings,
             &[(Arc::new(plan.schema().as_arrow().clone()), info)],

@@ -13,7 +13,8 @@ use crate::config::{
 use crate::error::{PrsError, Result};
 
 /// Data format of a path input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     /// Parquet file(s).
     Parquet,
@@ -26,7 +27,8 @@ pub enum InputFormat {
 }
 
 /// Where an input's data comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InputSource {
     /// A file, folder or glob (already resolved against the job file's folder when relative;
     /// URLs such as `s3://...` are kept as written).
@@ -41,7 +43,7 @@ pub enum InputSource {
 }
 
 /// One entry of `inputs:`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct InputSpec {
     /// Table name (unique within the job).
     pub name: String,

@@ -12,17 +12,40 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex};
 
 use crate::batch::{ByteChunker, FileChunker, ItemKind, KeyChunker, MiniBatch};
+use crate::config::InputSpec;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed;
 use crate::exec::state::JobState;
 
 /// What the operator knows of each of its inputs.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct InputInfo {
     /// The input's name (for lineage and reports).
     pub name: String,
     /// Rows or files.
     pub kind: ItemKind,
+    /// The declarative description of a file-backed input (path or URL, format,
+    /// partition_format), from which another process can register the same table. `None`
+    /// for an input that is an arbitrary plan (a SQL subquery, a DataFrame, a `sql:` input):
+    /// those travel through DataFusion's plan codec.
+    pub source: Option<InputSpec>,
+}
+
+impl InputInfo {
+    /// An input named `name` of `kind` items, with no declarative source.
+    pub fn new(name: impl Into<String>, kind: ItemKind) -> Self {
+        InputInfo {
+            name: name.into(),
+            kind,
+            source: None,
+        }
+    }
+
+    /// The same input described by `spec` (a file-backed input of a job file).
+    pub fn with_source(mut self, spec: InputSpec) -> Self {
+        self.source = Some(spec);
+        self
+    }
 }
 
 /// A queued mini-batch with its dispatch index and its share of the memory budget.
@@ -235,13 +258,7 @@ mod tests {
         .unwrap();
         let plan: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&[vec![batch.clone()]], batch.schema(), None).unwrap();
-        let inputs = vec![(
-            plan,
-            InputInfo {
-                name: "rows".into(),
-                kind: ItemKind::Rows,
-            },
-        )];
+        let inputs = vec![(plan, InputInfo::new("rows", ItemKind::Rows))];
         let task_ctx = datafusion::prelude::SessionContext::new().task_ctx();
 
         // Everything read: the totals are the job's.

@@ -3,7 +3,10 @@
 //! The spec is the job's settings (the PRS parameters with the entry-script reference and the
 //! environment *recipe*: interpreter name and pip list, never a resolved virtual environment,
 //! bootstrap copy, work or log folder), what the operator knows of each input, run()'s output
-//! schema and, for SQL, the call's position. It compares and hashes by content, and encodes to
+//! schema and, for SQL, the call's position. A file-backed input of a job file carries its
+//! declarative description (path or URL, format, partition_format: [`InputInfo::source`]);
+//! an input that is an arbitrary plan (a SQL subquery, a DataFrame) does not: its wire form
+//! comes from DataFusion's plan codec (the multi-node issue). It compares and hashes by content, and encodes to
 //! canonical bytes ([`OperatorSpec::encode`]) with a format version, so that a plan can be
 //! shipped to another process (multi-node) and a resume can hash it. Decoding is pure: the
 //! worker factory and the observer are the receiving side's (`OperatorRuntime`), built from the
@@ -186,7 +189,7 @@ fn schema_from_bytes(bytes: &[u8]) -> Result<SchemaRef> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{OutputAction, ParallelRunConfig};
+    use crate::config::{InputFormat, InputSpec, OutputAction, ParallelRunConfig};
     use arrow::datatypes::{DataType, Field, Schema};
     use std::sync::Arc;
 
@@ -205,14 +208,11 @@ mod tests {
         OperatorSpec::new(
             job,
             vec![
-                InputInfo {
-                    name: "reviews".into(),
-                    kind: ItemKind::Rows,
-                },
-                InputInfo {
-                    name: "images".into(),
-                    kind: ItemKind::Files,
-                },
+                InputInfo::new("reviews", ItemKind::Rows),
+                InputInfo::new("images", ItemKind::Files).with_source(InputSpec {
+                    partition_format: Some("{country}/{year}/*.jpg".into()),
+                    ..InputSpec::path("images", "s3://bucket/images/", InputFormat::Files)
+                }),
             ],
             Some(schema),
         )

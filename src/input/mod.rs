@@ -141,9 +141,12 @@ pub async fn register_inputs_with(
         }
         let plan = ctx.table(spec.name.as_str()).await?.into_unoptimized_plan();
         prepared.push(PreparedInput {
-            info: InputInfo {
-                name: spec.name.clone(),
-                kind: kind.unwrap_or(ItemKind::Rows),
+            info: match &spec.source {
+                InputSource::Path { .. } => {
+                    InputInfo::new(&spec.name, kind.unwrap_or(ItemKind::Rows))
+                        .with_source(spec.clone())
+                }
+                InputSource::Sql(_) => InputInfo::new(&spec.name, kind.unwrap_or(ItemKind::Rows)),
             },
             plan,
         });

@@ -232,10 +232,7 @@ mod tests {
             "/jobs/out",
         );
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        let info = InputInfo {
-            name: "t".into(),
-            kind: ItemKind::Rows,
-        };
+        let info = InputInfo::new("t", ItemKind::Rows);
         let inputs = [(schema.clone(), info)];
         let registry = crate::scripts::builtin_registry();
         let a = JobPlan::new(settings.clone(), &inputs, Some(schema.clone()), &registry).unwrap();

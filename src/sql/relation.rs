@@ -259,13 +259,7 @@ impl ParallelRunRelationPlanner {
                 ))),
             };
         let name = first_table(&plan).unwrap_or_else(|| "input".to_string());
-        Ok((
-            plan,
-            InputInfo {
-                name,
-                kind: ItemKind::Rows,
-            },
-        ))
+        Ok((plan, InputInfo::new(name, ItemKind::Rows)))
     }
 
     /// A scan of the table `name`. A table named only as an argument is not among the tables
