@@ -510,7 +510,9 @@ impl ExecutionPlan for ParallelRunReportExec {
     ) -> DFResult<SendableRecordBatchStream> {
         self.tracker.begin()?;
         if let Some(staged) = &self.staged {
-            return self.execute_ordered(staged.clone(), context);
+            return self
+                .execute_ordered(staged.clone(), context)
+                .inspect_err(|e| self.tracker.failed(e));
         }
         let inner = match self.input.execute(partition, context) {
             Ok(stream) => stream,
