@@ -42,6 +42,42 @@ struct RunHeader<'a> {
     paths: Option<Vec<&'a str>>,
 }
 
+/// What failed before a worker was ready (`stage` of `INIT_ERROR`; its text is the wire's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum InitStage {
+    /// Importing the packages the job needs (pyarrow, pandas).
+    Packages,
+    /// Importing the entry script.
+    Import,
+    /// The script's init().
+    Init,
+}
+
+impl std::fmt::Display for InitStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InitStage::Packages => "packages",
+            InitStage::Import => "import",
+            InitStage::Init => "init",
+        })
+    }
+}
+
+/// What went wrong in one RUN (`kind` of `ERROR`; its text is the wire's). Any other text is
+/// read as [`ErrorKind::Protocol`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ErrorKind {
+    /// run() raised.
+    Exception,
+    /// run() returned something that cannot be used.
+    BadResult,
+    /// The worker could not follow the protocol.
+    #[serde(other)]
+    Protocol,
+}
+
 /// A message from the worker.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type")]
@@ -59,8 +95,8 @@ pub(crate) enum Reply {
     /// Importing packages or the script, or init(), failed; the worker exits.
     #[serde(rename = "INIT_ERROR")]
     InitError {
-        /// `packages`, `import` or `init`.
-        stage: String,
+        /// What failed.
+        stage: InitStage,
         /// One line (for `packages`: what to do).
         message: String,
         /// The traceback, when there is one.
@@ -89,8 +125,8 @@ pub(crate) enum Reply {
     /// run() raised (`kind` = `exception`) or returned something unusable (`bad_result`).
     #[serde(rename = "ERROR")]
     Error {
-        /// `exception`, `bad_result` or `protocol`.
-        kind: String,
+        /// What went wrong.
+        kind: ErrorKind,
         /// One line, e.g. `ValueError: bad id 7`.
         message: String,
         /// The traceback, when there is one.

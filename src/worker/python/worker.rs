@@ -9,7 +9,7 @@ use tokio::net::unix::pipe;
 use tokio::process::Child;
 
 use super::process::{describe_exit, kill_group, log_tail, UserLogPaths};
-use super::protocol::{self, ReadError, Reply};
+use super::protocol::{self, ErrorKind, InitStage, ReadError, Reply};
 use crate::batch::MiniBatch;
 use crate::config::OutputFormat;
 use crate::error::{PrsError, Result};
@@ -231,12 +231,12 @@ impl PythonWorker {
     /// `environment`, a script that cannot be loaded is an [`PrsError::EntryScript`].
     fn init_failure(
         &self,
-        stage: &str,
+        stage: InitStage,
         message: &str,
         traceback: Option<&str>,
         fatal: bool,
     ) -> PrsError {
-        if fatal && stage == "packages" {
+        if fatal && stage == InitStage::Packages {
             return PrsError::config("environment", self.python.display(), message);
         }
         if fatal {
@@ -254,12 +254,12 @@ impl PythonWorker {
             };
         }
         let text = match stage {
-            "packages" => message.to_string(),
-            "import" => match traceback {
+            InitStage::Packages => message.to_string(),
+            InitStage::Import => match traceback {
                 Some(tb) => format!("loading the entry script failed: {message}\n{tb}"),
                 None => format!("loading the entry script failed: {message}"),
             },
-            _ => match traceback {
+            InitStage::Init => match traceback {
                 Some(tb) => format!("init() failed: {message}\n{tb}"),
                 None => format!("init() failed: {message}"),
             },
@@ -332,7 +332,7 @@ impl PythonWorker {
                 },
                 _,
             )) => {
-                let error = self.init_failure(&stage, &message, traceback.as_deref(), fatal);
+                let error = self.init_failure(stage, &message, traceback.as_deref(), fatal);
                 // The worker exits by itself after INIT_ERROR.
                 let _ = self.await_death().await;
                 Err(error)
@@ -443,10 +443,10 @@ impl Worker for PythonWorker {
                     traceback,
                 },
                 _,
-            ) => match kind.as_str() {
-                "bad_result" => Err(RunError::BadResult { message }),
-                "exception" => Err(RunError::Exception { message, traceback }),
-                _ => {
+            ) => match kind {
+                ErrorKind::BadResult => Err(RunError::BadResult { message }),
+                ErrorKind::Exception => Err(RunError::Exception { message, traceback }),
+                ErrorKind::Protocol => {
                     let death = self.stop_now(format!("protocol error: {message}")).await;
                     Err(RunError::Crashed {
                         detail: death.detail,
