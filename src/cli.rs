@@ -250,7 +250,9 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
     }
 }
 
-fn init_tracing(level: LoggingLevel) {
+/// Engine messages on stderr at `level` (`RUST_LOG` overrides it); once per process, later
+/// calls keep the first setting.
+pub(crate) fn init_tracing(level: LoggingLevel) {
     let default = match level {
         LoggingLevel::Debug => "parallel_run=debug,warn",
         LoggingLevel::Info => "parallel_run=info,warn",

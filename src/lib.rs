@@ -71,6 +71,12 @@ pub mod cli;
 pub mod scripts;
 pub mod sql;
 
+/// Locks `m`, taking the data of a poisoned lock (a panic elsewhere already failed the job;
+/// the counters and reports it guards stay readable).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The README's Rust blocks, compiled and run by `cargo test --doc` so the documented library
 /// API stays true.
 #[cfg(doctest)]

@@ -29,6 +29,7 @@ use crate::batch::MiniBatchId;
 use crate::config::OutputFormat;
 use crate::error::{PrsError, Result};
 use crate::exec::{conform, CompletedMiniBatch, MiniBatchSink};
+use crate::lock;
 use crate::worker::{ResultShape, RESULT_SHAPE_KEY};
 
 /// The folder of a run's own working files below the output folder (committed parts,
@@ -360,10 +361,6 @@ impl MiniBatchSink for StagedSink {
             None => Ok(()),
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Drop for AppendRowSink {

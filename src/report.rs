@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::batch::MiniBatchId;
 use crate::error::{PrsError, Result};
 use crate::exec::{JobCounts, JobObserver, MiniBatchRecord};
+use crate::lock;
 
 /// Header of `processed_mini-batches.csv`.
 pub const PROCESSED_HEADER: &str = "mini_batch_id,input,rows,partition_key_value,tries,process,start_time,total_items,succeeded_items,failed_items,elapsed_seconds,run_seconds,status,error_message";
@@ -377,10 +378,6 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -165,7 +165,8 @@ pub const DEFAULT_APPEND_ROW_FILE_NAME: &str = "parallel_run_step.txt";
 const DEFAULT_MINI_BATCH_BYTES: u64 = 1 << 20;
 
 /// Default files per mini-batch for file datasets.
-const DEFAULT_MINI_BATCH_FILES: u64 = 10;
+/// Files per mini-batch of a file dataset when `mini_batch_size` is not set (PRS's default).
+pub const DEFAULT_MINI_BATCH_FILES: u64 = 10;
 
 impl ParallelRunConfig {
     /// A config with the required values given and every other parameter at its default.

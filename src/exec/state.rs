@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{MiniBatchId, MiniBatchRecord};
 use crate::config::ParallelRunConfig;
 use crate::error::PrsError;
+use crate::lock;
 
 /// The operator's validated settings, derived from [`ParallelRunConfig`].
 #[derive(Debug, Clone, PartialEq)]
@@ -408,11 +409,6 @@ pub fn threshold_violation(s: &RunSettings, c: &JobCounts) -> Option<String> {
         }
     }
     None
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding these locks cannot leave the counters inconsistent: recover.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::fmt;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use arrow::datatypes::SchemaRef;
@@ -55,6 +55,7 @@ use crate::exec::{
     ParallelRunNode, ParallelRunPlanner,
 };
 use crate::job::{JobRun, Progress};
+use crate::lock;
 use crate::output::{AppendRowSink, StagedSink};
 use crate::report::{self, JobSummary, ReportWriter};
 use crate::sql::SqlShared;
@@ -668,8 +669,4 @@ impl QueryPlanner for SqlQueryPlanner {
         .create_physical_plan(logical_plan, session)
         .await
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -78,7 +78,7 @@ pub use runner::{SqlRunner, StatementOutcome};
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
@@ -86,6 +86,7 @@ use datafusion::prelude::SessionContext;
 
 use crate::error::{PrsError, Result};
 use crate::exec::OperatorSpec;
+use crate::lock;
 use crate::worker::ScriptRegistry;
 
 /// How `parallel_run(...)` is set up on a session.
@@ -338,10 +339,6 @@ pub(crate) fn prs_error(error: DataFusionError) -> PrsError {
         DataFusionError::Context(_, inner) => prs_error(*inner),
         other => PrsError::from_datafusion(other),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -57,7 +57,7 @@ pub struct SqlArgs {
 
 /// Runs `parallel-run sql`; returns the exit code (errors carry their own).
 pub async fn run_cli(args: &SqlArgs, registry: ScriptRegistry) -> Result<i32> {
-    init_tracing();
+    crate::cli::init_tracing(crate::config::LoggingLevel::Info);
     let cwd = std::env::current_dir().map_err(|e| PrsError::io(".", e))?;
     let (text, base_dir, source) = match (&args.file, &args.execute) {
         (Some(file), None) => {
@@ -529,16 +529,6 @@ fn abbreviate(text: &str) -> String {
     } else {
         line
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("parallel_run=info,warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .try_init();
 }
 
 #[cfg(test)]

@@ -40,9 +40,6 @@ use crate::storage::cache::FileCache;
 use crate::storage::named::{NamedStore, StoreContext};
 use crate::storage::output::RemoteOutput;
 
-/// Files per mini-batch when the config does not say (PRS's default).
-const DEFAULT_FILES_PER_BATCH: u64 = 10;
-
 /// An object-storage location: the store and the object path (or prefix) within it, and an
 /// optional glob over the keys below the prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,7 +285,7 @@ impl StorageContext {
             options,
             local_output,
             remote_output: None,
-            files_per_batch: DEFAULT_FILES_PER_BATCH,
+            files_per_batch: crate::config::DEFAULT_MINI_BATCH_FILES,
             stores: Mutex::new(BTreeMap::new()),
             registered: Mutex::new(BTreeMap::new()),
             caches: Mutex::new(BTreeMap::new()),
@@ -302,7 +299,7 @@ impl StorageContext {
         context.files_per_batch = spec
             .config
             .mini_batch_files()
-            .unwrap_or(DEFAULT_FILES_PER_BATCH);
+            .unwrap_or(crate::config::DEFAULT_MINI_BATCH_FILES);
         match output.to_str().filter(|o| is_object_url(o)) {
             Some(url) => {
                 let remote = RemoteOutput::new(url, &context)?;
