@@ -14,12 +14,14 @@
 //! a query is a table for that query, not a job input of its own.)
 
 pub mod files;
+pub mod formats;
 pub mod local_parquet;
 pub mod remote;
 pub mod remote_files;
 
 pub use crate::session::{default_memory_limit, job_session, job_session_with};
 pub use files::{files_schema, FileListing, FileListingTable};
+pub use formats::{listing_options, usual_extension};
 pub use local_parquet::{LocalParquetExec, LocalParquetFactory, LocalParquetTable};
 
 use std::collections::BTreeSet;
@@ -33,7 +35,7 @@ use datafusion::error::Result as DFResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
@@ -206,37 +208,18 @@ async fn register_path(
         FileListing::require_files(name, local)?;
         extension = Some(String::new());
     }
-    let result = match format {
-        InputFormat::Parquet if !is_url => {
-            // Local files: read page by page, whatever their row groups (see local_parquet.rs).
-            let extension = extension.as_deref().unwrap_or(".parquet");
-            match LocalParquetTable::try_new(&ctx.state(), &table_path, extension).await {
-                Ok(table) => ctx.register_table(name, Arc::new(table)).map(|_| ()),
-                Err(e) => Err(e),
-            }
+    let extension = extension.as_deref().unwrap_or(usual_extension(format));
+    let result = if format == InputFormat::Parquet && !is_url {
+        // Local files: read page by page, whatever their row groups (see local_parquet.rs).
+        match LocalParquetTable::try_new(&ctx.state(), &table_path, extension).await {
+            Ok(table) => ctx.register_table(name, Arc::new(table)).map(|_| ()),
+            Err(e) => Err(e),
         }
-        InputFormat::Parquet => {
-            let mut opts = ParquetReadOptions::default();
-            if let Some(e) = &extension {
-                opts = opts.file_extension(e);
-            }
-            ctx.register_parquet(name, &table_path, opts).await
-        }
-        InputFormat::Csv => {
-            let mut opts = CsvReadOptions::new().has_header(true);
-            if let Some(e) = &extension {
-                opts = opts.file_extension(e);
-            }
-            ctx.register_csv(name, &table_path, opts).await
-        }
-        InputFormat::Json => {
-            let mut opts = JsonReadOptions::default();
-            if let Some(e) = &extension {
-                opts = opts.file_extension(e);
-            }
-            ctx.register_json(name, &table_path, opts).await
-        }
-        InputFormat::Files => unreachable!("handled above"),
+    } else {
+        let options = listing_options(ctx, format, extension)
+            .ok_or_else(|| input_error("a file dataset is not a table".into()))?;
+        ctx.register_listing_table(name, &table_path, options, None, None)
+            .await
     };
     result.map_err(|e| input_error(format!("cannot read it as {format:?}: {e}")))?;
     Ok(())
