@@ -3,7 +3,8 @@
 //! - Tabular inputs (Parquet, CSV with a header, newline-delimited JSON; a file, folder or
 //!   glob) are registered as listing tables; local Parquet as a [`LocalParquetTable`], read
 //!   page by page so memory does not grow with the files' row groups.
-//! - File datasets become a [`FileListingTable`] of `(path, size, modified)`.
+//! - File datasets become a [`FileListingTable`] of `(path, size, modified)`, local
+//!   ([`FileListing`]) or on object storage ([`remote_files::RemoteFiles`]).
 //! - `sql:` inputs are views over the others.
 //!
 //! Every input is read as ONE ordered stream: the job's session scans with one partition and
@@ -15,13 +16,15 @@
 
 pub mod files;
 pub mod formats;
+pub mod local_files;
 pub mod local_parquet;
 pub mod remote;
 pub mod remote_files;
 
 pub use crate::session::{default_memory_limit, job_session, job_session_with};
-pub use files::{files_schema, FileListing, FileListingTable};
+pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
 pub use formats::{listing_options, usual_extension};
+pub use local_files::FileListing;
 pub use local_parquet::{LocalParquetExec, LocalParquetFactory, LocalParquetTable};
 
 use std::collections::BTreeSet;
@@ -36,6 +39,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::SessionContext;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
@@ -53,19 +58,29 @@ pub struct PreparedInput {
     pub plan: LogicalPlan,
 }
 
-/// A stream of batches made by `produce` on a blocking thread (file system work), through a
-/// channel of two batches: backpressure keeps memory bounded. `produce` sends with
+/// A stream of items made by `produce` on a blocking thread (file system work), through a
+/// channel of two items: backpressure keeps memory bounded. `produce` sends with
 /// `blocking_send` and stops when that fails (the stream was dropped).
+pub(crate) fn blocking_items<T: Send + 'static>(
+    produce: impl FnOnce(mpsc::Sender<T>) + Send + 'static,
+) -> BoxStream<'static, T> {
+    let (tx, rx) = mpsc::channel::<T>(2);
+    let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || produce(tx));
+    futures::stream::unfold((rx, task), |(mut rx, task)| async move {
+        rx.recv().await.map(|item| (item, (rx, task)))
+    })
+    .boxed()
+}
+
+/// [`blocking_items`] of record batches in `schema`.
 pub(crate) fn blocking_stream(
     schema: SchemaRef,
     produce: impl FnOnce(mpsc::Sender<DFResult<RecordBatch>>) + Send + 'static,
 ) -> SendableRecordBatchStream {
-    let (tx, rx) = mpsc::channel::<DFResult<RecordBatch>>(2);
-    let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || produce(tx));
-    let stream = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
-        rx.recv().await.map(|item| (item, (rx, task)))
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        blocking_items(produce),
+    ))
 }
 
 /// Registers every input as a table of `ctx` and returns the processed ones, in job order.

@@ -1,8 +1,8 @@
 //! Inputs on object storage: a tabular input becomes a DataFusion listing table reading
 //! straight from the store (its first objects downloaded ahead, see
-//! [`crate::storage::read_ahead`]); a file dataset becomes a [`RemoteFilesTable`] whose rows
-//! are local copies downloaded ahead of the workers into a bounded cache. The stores, their
-//! errors and the caches are [`StorageContext`]'s.
+//! [`crate::storage::read_ahead`]); a file dataset becomes a [`FileListingTable`] over
+//! [`RemoteFiles`], whose rows are local copies downloaded ahead of the workers into a bounded
+//! cache. The stores, their errors and the caches are [`StorageContext`]'s.
 
 use std::sync::Arc;
 
@@ -14,8 +14,9 @@ use url::Url;
 
 use crate::config::InputFormat;
 use crate::error::{PrsError, Result};
+use crate::input::files::FileListingTable;
 use crate::input::formats::{listing_options, usual_extension};
-use crate::input::remote_files::{RemoteFiles, RemoteFilesTable};
+use crate::input::remote_files::RemoteFiles;
 use crate::storage::cache::FileCache;
 use crate::storage::{sanitize_segment, ObjectLocation, Probe, StorageContext};
 
@@ -170,6 +171,6 @@ async fn register_files(
     )
     .map_err(input_error)?;
     storage.add_cache(name, cache);
-    ctx.register_table(name, Arc::new(RemoteFilesTable::new(dataset)))?;
+    ctx.register_table(name, Arc::new(FileListingTable::new(dataset)))?;
     Ok(())
 }
