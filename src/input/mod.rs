@@ -37,7 +37,10 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{Partitioning, PlanProperties};
 use datafusion::prelude::SessionContext;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -57,6 +60,59 @@ pub struct PreparedInput {
     /// The plan producing its rows.
     pub plan: LogicalPlan,
 }
+
+/// The plan properties of an input's leaf operator: one partition producing `schema`'s rows
+/// incrementally, bounded.
+pub(crate) fn leaf_properties(schema: SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+/// The `ExecutionPlan` methods an input's leaf operator (a struct with a `properties:
+/// Arc<PlanProperties>` field, see [`leaf_properties`]) has in common: its name, no children,
+/// no expressions, nothing to replace.
+macro_rules! leaf_plan_methods {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(
+            &self,
+        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
+            Vec::new()
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(
+                &::std::sync::Arc<dyn ::datafusion::physical_expr::PhysicalExpr>,
+            ) -> ::datafusion::error::Result<
+                ::datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> ::datafusion::error::Result<::datafusion::common::tree_node::TreeNodeRecursion> {
+            Ok(::datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+
+        fn with_new_children(
+            self: ::std::sync::Arc<Self>,
+            _children: Vec<::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>>,
+        ) -> ::datafusion::error::Result<
+            ::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>,
+        > {
+            Ok(self)
+        }
+    };
+}
+pub(crate) use leaf_plan_methods;
 
 /// A stream of items made by `produce` on a blocking thread (file system work), through a
 /// channel of two items: backpressure keeps memory bounded. `produce` sends with
