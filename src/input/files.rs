@@ -1,46 +1,39 @@
-//! File datasets: a folder or glob as a table of `(path, size, modified)`.
+//! File datasets: a folder of files as a table of `(path, size, modified)` plus key columns
+//! taken from the paths.
 //!
-//! Listing streams: entries are produced while the walk goes on, so the first mini-batch can
-//! start before a large folder is fully listed. The order is deterministic: each folder's
-//! entries are visited sorted by name (depth first), which gives paths in sorted order. (A
-//! folder's own entries are read in full to sort them; sub-folders are walked lazily.)
+//! One table ([`FileListingTable`]) and one operator ([`FileListingExec`]) list every file
+//! dataset; a [`FileSource`] says where the entries come from: a local folder or glob
+//! ([`FileListing`], sorted by path) or object storage
+//! ([`RemoteFiles`](crate::input::remote_files::RemoteFiles), in listing order, each file
+//! downloaded ahead so that `path` is a local file). Entries stream in chunks: the first
+//! mini-batch can start before a large folder is fully listed.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 
-use arrow::array::{RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
+use arrow::array::{
+    ArrayRef, RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt64Builder,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 
-use crate::config::glob_matcher;
 use crate::error::{PrsError, Result};
 
-/// Entries per listing batch.
-const LISTING_BATCH: usize = 1024;
+pub use crate::input::local_files::FileListing;
 
-static FILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("path", DataType::Utf8, false),
-        Field::new("size", DataType::UInt64, false),
-        Field::new(
-            "modified",
-            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-            true,
-        ),
-    ]))
-});
+/// Most entries per chunk (and rows per batch) of a listing.
+pub const LISTING_BATCH: usize = 1024;
+
+static FILES_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| listing_schema(&[]));
 
 /// The columns of a file dataset that need a stat() of every file (indices 1 and 2 of
 /// [`files_schema`]).
@@ -51,491 +44,93 @@ pub fn files_schema() -> SchemaRef {
     FILES_SCHEMA.clone()
 }
 
-/// What to list: a single file, a folder (recursively), or a glob; plus key columns taken
-/// from the paths.
-#[derive(Debug, Clone)]
-pub struct FileListing {
-    input: String,
-    root: PathBuf,
-    pattern: Option<String>,
-    keys: PathKeys,
+/// The schema of a listing: `path`, `size`, `modified`, then one Utf8 column per key.
+fn listing_schema(keys: &[String]) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("size", DataType::UInt64, false),
+        Field::new(
+            "modified",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+    ];
+    fields.extend(keys.iter().map(|n| Field::new(n, DataType::Utf8, true)));
+    Arc::new(Schema::new(fields))
 }
 
-/// Key columns read from file paths (relative to the listing's root).
-#[derive(Debug, Clone)]
-enum PathKeys {
-    /// No key columns.
-    None,
-    /// Hive-style folders `name=value/`: these names, in path order.
-    Hive(Vec<String>),
-    /// Azure's partition_format, e.g. `{country}/{year}/*.jpg`: a regex with one named group
-    /// per key; files that do not match are left out.
-    Format {
-        names: Vec<String>,
-        regex: regex::Regex,
-    },
+/// One file of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileEntry {
+    /// The file's local path (a download, for a dataset on object storage).
+    pub path: String,
+    /// Its size in bytes (0 when the listing was asked for no metadata).
+    pub size: u64,
+    /// Its modification time, ms since the Unix epoch (None: not known or not asked for).
+    pub modified: Option<i64>,
+    /// The values of the source's key columns, in [`FileSource::key_names`] order.
+    pub keys: Vec<Option<String>>,
 }
 
-impl PathKeys {
-    fn names(&self) -> &[String] {
-        match self {
-            PathKeys::None => &[],
-            PathKeys::Hive(names) | PathKeys::Format { names, .. } => names,
-        }
+/// Where a file dataset's entries come from.
+pub trait FileSource: fmt::Debug + Send + Sync + 'static {
+    /// The location listed, as the user gave it (shown by EXPLAIN).
+    fn location(&self) -> String;
+
+    /// Names of the key columns taken from the paths (after `path`, `size`, `modified`).
+    fn key_names(&self) -> &[String] {
+        &[]
     }
 
-    /// The key values of `relative` (None: the file does not match the format).
-    fn values(&self, relative: &str) -> Option<Vec<Option<String>>> {
-        match self {
-            PathKeys::None => Some(Vec::new()),
-            PathKeys::Hive(names) => {
-                let found = hive_pairs(relative);
-                Some(
-                    names
-                        .iter()
-                        .map(|n| found.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
-                        .collect(),
-                )
-            }
-            PathKeys::Format { names, regex } => {
-                let caps = regex.captures(relative)?;
-                Some(
-                    names
-                        .iter()
-                        .map(|n| caps.name(n).map(|m| m.as_str().to_string()))
-                        .collect(),
-                )
-            }
-        }
+    /// Settings shown by EXPLAIN after the location, as `(name, value)`.
+    fn settings(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
     }
+
+    /// The entries, in the dataset's order, in chunks of at most [`LISTING_BATCH`]. Without
+    /// `metadata` nobody reads `size` and `modified`: a source may leave them 0 and None
+    /// rather than stat() every file.
+    fn entries(self: Arc<Self>, metadata: bool) -> BoxStream<'static, Result<Vec<FileEntry>>>;
 }
 
-/// `name=value` folder components of a relative path, in order.
-fn hive_pairs(relative: &str) -> Vec<(String, String)> {
-    let mut parts: Vec<&str> = relative.split('/').collect();
-    parts.pop(); // the file name itself
-    parts
-        .into_iter()
-        .filter_map(|c| {
-            c.split_once('=')
-                .filter(|(k, _)| !k.is_empty())
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// Turns a partition format such as `{country}/{year}/*.jpg` into an anchored regex and its
-/// key names.
-fn partition_format_regex(
-    format: &str,
-) -> std::result::Result<(Vec<String>, regex::Regex), String> {
-    let mut names = Vec::new();
-    let mut pattern = String::from("^");
-    let mut rest = format.trim_start_matches('/');
-    while !rest.is_empty() {
-        if let Some(after) = rest.strip_prefix('{') {
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("partition_format {format:?}: unclosed {{"))?;
-            let name = &after[..end];
-            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(format!(
-                    "partition_format {format:?}: {{{name}}} is not a valid key name"
-                ));
-            }
-            pattern.push_str(&format!("(?P<{name}>[^/]+)"));
-            names.push(name.to_string());
-            rest = &after[end + 1..];
-        } else if let Some(after) = rest.strip_prefix("**") {
-            pattern.push_str(".*");
-            rest = after;
-        } else if let Some(after) = rest.strip_prefix('*') {
-            pattern.push_str("[^/]*");
-            rest = after;
-        } else {
-            let c = rest.chars().next().unwrap_or_default();
-            pattern.push_str(&regex::escape(&c.to_string()));
-            rest = &rest[c.len_utf8()..];
+/// The rows of `entries` in `schema` (a [`listing_schema`]).
+fn entries_batch(schema: &SchemaRef, entries: &[FileEntry]) -> DFResult<RecordBatch> {
+    let keys = schema.fields().len().saturating_sub(3);
+    let mut paths = StringBuilder::new();
+    let mut sizes = UInt64Builder::with_capacity(entries.len());
+    let mut modified = TimestampMillisecondBuilder::with_capacity(entries.len());
+    let mut values: Vec<StringBuilder> = (0..keys).map(|_| StringBuilder::new()).collect();
+    for entry in entries {
+        paths.append_value(&entry.path);
+        sizes.append_value(entry.size);
+        modified.append_option(entry.modified);
+        for (i, builder) in values.iter_mut().enumerate() {
+            builder.append_option(entry.keys.get(i).cloned().flatten());
         }
     }
-    pattern.push('$');
-    let regex =
-        regex::Regex::new(&pattern).map_err(|e| format!("partition_format {format:?}: {e}"))?;
-    Ok((names, regex))
-}
-
-impl FileListing {
-    /// A listing for input `input` at `location` (a local file, folder or glob). Errors when
-    /// nothing exists at the location's fixed part, or a glob matches no file.
-    ///
-    /// With `partition_format` (e.g. `{country}/{year}/*.jpg`, relative to the folder; Azure's
-    /// form with the folder's own name in front is accepted, see `relative_format`),
-    /// its fields become columns and files that do not match are left out; when files are
-    /// listed but none matches, that is an error here, before anything runs (the walk stops
-    /// at the first match, so a good format costs one file). Without it, hive-style folders
-    /// (`country=fr/`) of the first files do.
-    pub fn new(input: &str, location: &str, partition_format: Option<&str>) -> Result<Self> {
-        let mut listing = FileListing::plain(input, location)?;
-        // Files seen by the up-front walk, and the first of them (for messages).
-        let mut listed = 0u64;
-        let mut example: Option<String> = None;
-        listing.keys = match partition_format {
-            Some(format) => {
-                let relative = listing.relative_format(format);
-                let (names, regex) =
-                    partition_format_regex(&relative).map_err(|message| listing.error(message))?;
-                let keys = PathKeys::Format { names, regex };
-                // Before any run(): a format that matches none of the files would silently
-                // leave every file out. The walk stops at the first match.
-                let mut matched = false;
-                listing.walk_paths(|path| {
-                    listed += 1;
-                    example.get_or_insert_with(|| path.to_string());
-                    matched = keys.values(path).is_some();
-                    !matched
-                })?;
-                if listed > 0 && !matched {
-                    return Err(listing.format_matches_nothing(
-                        format,
-                        &relative,
-                        listed,
-                        example.as_deref().unwrap_or_default(),
-                    ));
-                }
-                keys
-            }
-            None => {
-                // The hive key names of the first files that have some (a README at the top
-                // of the folder must not hide them).
-                let mut names: Vec<String> = Vec::new();
-                listing.walk_paths(|path| {
-                    listed += 1;
-                    for (k, _) in hive_pairs(path) {
-                        if !names.contains(&k) {
-                            names.push(k);
-                        }
-                    }
-                    names.is_empty() && listed < 1000
-                })?;
-                if names.is_empty() {
-                    PathKeys::None
-                } else {
-                    PathKeys::Hive(names)
-                }
-            }
-        };
-        if listed == 0 && listing.pattern.is_some() {
-            return Err(listing.glob_matches_nothing());
-        }
-        Ok(listing)
-    }
-
-    /// Checks, before anything runs, that a glob `location` of input `input` matches at least
-    /// one file (a folder or a single file is not checked). DataFusion's listing would
-    /// otherwise fail with a message that names neither the input nor the glob, or find an
-    /// empty table.
-    pub fn require_files(input: &str, location: &str) -> Result<()> {
-        let listing = FileListing::plain(input, location)?;
-        if listing.pattern.is_none() {
-            return Ok(());
-        }
-        let mut any = false;
-        listing.walk_paths(|_| {
-            any = true;
-            false
-        })?;
-        if any {
-            Ok(())
-        } else {
-            Err(listing.glob_matches_nothing())
-        }
-    }
-
-    /// A listing without key columns; errors when nothing exists at the location's fixed part
-    /// or the glob is malformed.
-    fn plain(input: &str, location: &str) -> Result<Self> {
-        let location = location.strip_prefix("file://").unwrap_or(location);
-        let (root, pattern) = split_glob(location);
-        let err = |message: String| PrsError::Input {
-            input: input.into(),
-            location: location.into(),
-            message,
-        };
-        if !root.exists() {
-            return Err(err(format!(
-                "{} does not exist; check the path (relative paths are relative to the job file)",
-                root.display()
-            )));
-        }
-        if let Some(p) = &pattern {
-            glob_matcher(p).map_err(err)?;
-        }
-        Ok(FileListing {
-            input: input.to_string(),
-            root,
-            pattern,
-            keys: PathKeys::None,
-        })
-    }
-
-    /// Azure's meaning of a partition_format given with the full path, as in
-    /// `path: dataset/*/*/*.wav` with `partition_format: dataset/{user}/{season}/{genre}.wav`:
-    /// a leading `/` is dropped, then the format's leading literal segments that repeat the
-    /// last segments of the folder listed (`dataset`), and the rest is matched against paths
-    /// relative to that folder (`{user}/{season}/{genre}.wav`). The last segment is never
-    /// dropped.
-    fn relative_format(&self, format: &str) -> String {
-        let format = format.trim_start_matches('/');
-        let segments: Vec<&str> = format.split('/').collect();
-        let literal = segments
-            .iter()
-            .take_while(|s| !s.contains(['{', '*', '?', '[']))
-            .count();
-        let root = std::path::absolute(&self.root).unwrap_or_else(|_| self.root.clone());
-        let folders: Vec<String> = root
-            .components()
-            .filter_map(|c| match c {
-                std::path::Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
-                _ => None,
-            })
-            .collect();
-        let most = literal
-            .min(segments.len().saturating_sub(1))
-            .min(folders.len());
-        for k in (1..=most).rev() {
-            if segments[..k]
-                .iter()
-                .zip(&folders[folders.len() - k..])
-                .all(|(a, b)| *a == b.as_str())
-            {
-                return segments[k..].join("/");
-            }
-        }
-        format.to_string()
-    }
-
-    /// The error for a glob that matches no file.
-    fn glob_matches_nothing(&self) -> PrsError {
-        self.error(format!(
-            "the glob matches no files under {}; check the pattern (the folders' depth, the \
-             extension, upper and lower case; relative paths are relative to the job file), or \
-             give the folder itself",
-            self.root.display()
-        ))
-    }
-
-    /// The error for a partition_format that matches none of the files listed.
-    fn format_matches_nothing(
-        &self,
-        format: &str,
-        relative: &str,
-        listed: u64,
-        example: &str,
-    ) -> PrsError {
-        let read_as = if relative == format.trim_start_matches('/') {
-            String::new()
-        } else {
-            format!(" (read as {relative:?})")
-        };
-        self.error(format!(
-            "partition_format {format:?}{read_as} matches none of the {listed} files listed, \
-             e.g. {example:?}; it describes each file's path relative to {}: change it to \
-             describe paths like that one (e.g. {{key}}/*.ext), or remove it",
-            self.root.display()
-        ))
-    }
-
-    /// The table schema: `path`, `size`, `modified`, then one Utf8 column per path key.
-    pub fn schema(&self) -> SchemaRef {
-        let names = self.keys.names();
-        if names.is_empty() {
-            return files_schema();
-        }
-        let mut fields: Vec<Field> = files_schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.extend(names.iter().map(|n| Field::new(n, DataType::Utf8, true)));
-        Arc::new(Schema::new(fields))
-    }
-
-    fn relative(&self, path: &Path) -> String {
-        path.strip_prefix(&self.root)
-            .unwrap_or(path)
-            .to_string_lossy()
-            .replace('\\', "/")
-    }
-
-    /// Walks matching file paths (relative to the root) until `f` returns false.
-    fn walk_paths(&self, mut f: impl FnMut(&str) -> bool) -> Result<()> {
-        let matcher = match &self.pattern {
-            Some(p) => Some(glob_matcher(p).map_err(|message| self.error(message))?),
-            None => None,
-        };
-        for entry in walkdir::WalkDir::new(&self.root)
-            .follow_links(true)
-            .sort_by_file_name()
-        {
-            let entry = entry.map_err(|e| self.error(format!("listing failed: {e}")))?;
-            if !entry.file_type().is_file()
-                || matcher.as_ref().is_some_and(|m| !m.is_match(entry.path()))
-            {
-                continue;
-            }
-            if !f(&self.relative(entry.path())) {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Walks the listing, calling `emit` with batches of entries in sorted path order until it
-    /// returns false. Without `metadata` no file is stat()ed (a third of the listing's time):
-    /// `size` is then 0 and `modified` null.
-    pub fn walk(&self, metadata: bool, mut emit: impl FnMut(RecordBatch) -> bool) -> Result<()> {
-        let matcher = match &self.pattern {
-            Some(p) => Some(glob_matcher(p).map_err(|message| self.error(message))?),
-            None => None,
-        };
-        let mut batch = ListingBatch::new(self.schema(), self.keys.names().len());
-        let walker = walkdir::WalkDir::new(&self.root)
-            .follow_links(true)
-            .sort_by_file_name();
-        for entry in walker {
-            let entry = entry.map_err(|e| self.error(format!("listing failed: {e}")))?;
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let path = entry.path();
-            if let Some(m) = &matcher {
-                if !m.is_match(path) {
-                    continue;
-                }
-            }
-            let Some(keys) = self.keys.values(&self.relative(path)) else {
-                continue;
-            };
-            let meta = if metadata {
-                Some(
-                    entry
-                        .metadata()
-                        .map_err(|e| self.error(format!("{}: {e}", path.display())))?,
-                )
-            } else {
-                None
-            };
-            batch.push(path, meta.as_ref(), keys);
-            if batch.len == LISTING_BATCH && !emit(batch.finish()?) {
-                return Ok(());
-            }
-        }
-        if batch.len > 0 {
-            emit(batch.finish()?);
-        }
-        Ok(())
-    }
-
-    fn error(&self, message: String) -> PrsError {
-        PrsError::Input {
-            input: self.input.clone(),
-            location: self.location(),
-            message,
-        }
-    }
-
-    fn location(&self) -> String {
-        match &self.pattern {
-            Some(p) => p.clone(),
-            None => self.root.display().to_string(),
-        }
-    }
-}
-
-/// Splits `a/b/*.txt` into the folder to walk (`a/b`) and the full glob, or returns the
-/// path itself when it has no glob characters.
-fn split_glob(location: &str) -> (PathBuf, Option<String>) {
-    let is_glob = |s: &str| s.contains(['*', '?', '[', '{']);
-    if !is_glob(location) {
-        return (PathBuf::from(location), None);
-    }
-    let mut root = PathBuf::new();
-    for component in Path::new(location).components() {
-        let text = component.as_os_str().to_string_lossy();
-        if is_glob(&text) {
-            break;
-        }
-        root.push(component);
-    }
-    if root.as_os_str().is_empty() {
-        root.push(".");
-    }
-    (root, Some(location.to_string()))
-}
-
-struct ListingBatch {
-    schema: SchemaRef,
-    paths: StringBuilder,
-    sizes: UInt64Builder,
-    modified: TimestampMillisecondBuilder,
-    keys: Vec<StringBuilder>,
-    len: usize,
-}
-
-impl ListingBatch {
-    fn new(schema: SchemaRef, keys: usize) -> Self {
-        ListingBatch {
-            schema,
-            paths: StringBuilder::new(),
-            sizes: UInt64Builder::new(),
-            modified: TimestampMillisecondBuilder::new(),
-            keys: (0..keys).map(|_| StringBuilder::new()).collect(),
-            len: 0,
-        }
-    }
-
-    fn push(&mut self, path: &Path, meta: Option<&std::fs::Metadata>, keys: Vec<Option<String>>) {
-        for (builder, value) in self.keys.iter_mut().zip(keys) {
-            builder.append_option(value);
-        }
-        self.paths.append_value(path.to_string_lossy());
-        self.sizes.append_value(meta.map_or(0, |m| m.len()));
-        let ms = meta
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64);
-        self.modified.append_option(ms);
-        self.len += 1;
-    }
-
-    fn finish(&mut self) -> Result<RecordBatch> {
-        self.len = 0;
-        let modified = self.modified.finish().with_timezone("UTC");
-        let mut columns: Vec<arrow::array::ArrayRef> = vec![
-            Arc::new(self.paths.finish()),
-            Arc::new(self.sizes.finish()),
-            Arc::new(modified),
-        ];
-        columns.extend(
-            self.keys
-                .iter_mut()
-                .map(|b| Arc::new(b.finish()) as arrow::array::ArrayRef),
-        );
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
-    }
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(paths.finish()),
+        Arc::new(sizes.finish()),
+        Arc::new(modified.finish().with_timezone("UTC")),
+    ];
+    columns.extend(values.iter_mut().map(|b| Arc::new(b.finish()) as ArrayRef));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
 
 /// A file dataset as a DataFusion table.
 #[derive(Debug)]
 pub struct FileListingTable {
-    listing: Arc<FileListing>,
+    source: Arc<dyn FileSource>,
+    schema: SchemaRef,
 }
 
 impl FileListingTable {
-    /// A table over `listing`.
-    pub fn new(listing: FileListing) -> Self {
+    /// A table over the entries of `source`.
+    pub fn new(source: impl FileSource) -> Self {
+        let schema = listing_schema(source.key_names());
         FileListingTable {
-            listing: Arc::new(listing),
+            source: Arc::new(source),
+            schema,
         }
     }
 }
@@ -543,7 +138,7 @@ impl FileListingTable {
 #[async_trait]
 impl TableProvider for FileListingTable {
     fn schema(&self) -> SchemaRef {
-        self.listing.schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -558,271 +153,213 @@ impl TableProvider for FileListingTable {
         _limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(FileListingExec::new(
-            self.listing.clone(),
+            self.source.clone(),
+            self.schema.clone(),
             projection.cloned(),
         )))
     }
 }
 
-/// Streams a [`FileListing`] as record batches (one partition).
+/// Streams the entries of a [`FileSource`] as record batches (one partition).
 pub struct FileListingExec {
-    listing: Arc<FileListing>,
+    source: Arc<dyn FileSource>,
+    /// The table's schema (before the projection).
+    schema: SchemaRef,
     projection: Option<Vec<usize>>,
     properties: Arc<PlanProperties>,
 }
 
 impl fmt::Debug for FileListingExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FileListingExec({})", self.listing.location())
+        write!(f, "FileListingExec({})", self.source.location())
     }
 }
 
 impl FileListingExec {
-    fn new(listing: Arc<FileListing>, projection: Option<Vec<usize>>) -> Self {
-        let full = listing.schema();
-        let schema = match &projection {
-            Some(p) => Arc::new(full.project(p).unwrap_or_else(|_| full.as_ref().clone())),
-            None => full,
+    fn new(source: Arc<dyn FileSource>, schema: SchemaRef, projection: Option<Vec<usize>>) -> Self {
+        let projected = match &projection {
+            Some(p) => Arc::new(
+                schema
+                    .project(p)
+                    .unwrap_or_else(|_| schema.as_ref().clone()),
+            ),
+            None => schema.clone(),
         };
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = crate::input::leaf_properties(projected);
         FileListingExec {
-            listing,
+            source,
+            schema,
             projection,
             properties,
         }
     }
+
+    /// Whether the projection keeps `size` or `modified`.
+    fn needs_metadata(&self) -> bool {
+        self.projection.as_ref().is_none_or(|p| {
+            p.iter().any(|&i| {
+                self.schema
+                    .fields()
+                    .get(i)
+                    .is_some_and(|f| FILE_METADATA_COLUMNS.contains(&f.name().as_str()))
+            })
+        })
+    }
 }
 
 impl DisplayAs for FileListingExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "FileListingExec: location={}", self.listing.location())
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let location = self.source.location();
+        let settings = self.source.settings();
+        match t {
+            DisplayFormatType::Default | DisplayFormatType::Verbose => {
+                write!(f, "FileListingExec: location={location}")?;
+                for (name, value) in settings {
+                    write!(f, ", {name}={value}")?;
+                }
+                Ok(())
+            }
+            DisplayFormatType::TreeRender => {
+                writeln!(f, "location={location}")?;
+                for (name, value) in settings {
+                    writeln!(f, "{name}={value}")?;
+                }
+                Ok(())
+            }
+        }
     }
 }
 
 impl ExecutionPlan for FileListingExec {
-    fn name(&self) -> &str {
-        "FileListingExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
-    ) -> DFResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
+    crate::input::leaf_plan_methods!("FileListingExec");
 
     fn execute(
         &self,
         _partition: usize,
         _context: Arc<TaskContext>,
     ) -> DFResult<SendableRecordBatchStream> {
-        let listing = self.listing.clone();
+        let schema = self.schema.clone();
         let projection = self.projection.clone();
-        let full = self.listing.schema();
-        let metadata = projection.as_ref().is_none_or(|p| {
-            p.iter().any(|&i| {
-                full.fields()
-                    .get(i)
-                    .is_some_and(|f| FILE_METADATA_COLUMNS.contains(&f.name().as_str()))
-            })
-        });
-        let schema = self.properties.eq_properties.schema().clone();
-        Ok(crate::input::blocking_stream(schema, move |tx| {
-            let result = listing.walk(metadata, |batch| {
-                let batch = match &projection {
+        let stream = self
+            .source
+            .clone()
+            .entries(self.needs_metadata())
+            .map(move |entries| {
+                let batch = entries_batch(&schema, &entries.map_err(PrsError::into_datafusion)?)?;
+                match &projection {
                     Some(p) => batch.project(p).map_err(DataFusionError::from),
                     None => Ok(batch),
-                };
-                tx.blocking_send(batch).is_ok()
+                }
             });
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(e.into_datafusion()));
-            }
-        }))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.properties.eq_properties.schema().clone(),
+            stream,
+        )))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::UInt64Array;
+    use arrow::array::{StringArray, UInt64Array};
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::SessionContext;
 
-    #[test]
-    fn splits_globs() {
-        assert_eq!(
-            split_glob("a/b/*.txt"),
-            (PathBuf::from("a/b"), Some("a/b/*.txt".into()))
-        );
-        assert_eq!(split_glob("a/b"), (PathBuf::from("a/b"), None));
-        assert_eq!(
-            split_glob("*.txt"),
-            (PathBuf::from("."), Some("*.txt".into()))
-        );
+    /// Two chunks of entries with the values of one key column.
+    #[derive(Debug, Default)]
+    struct Fixed {
+        keys: Vec<String>,
     }
 
-    #[test]
-    fn lists_sorted_and_filtered() {
-        let dir = tempfile::tempdir().unwrap();
-        for name in ["b.txt", "a.txt", "c.bin", "sub/z.txt", "sub/a.txt"] {
-            let p = dir.path().join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, name).unwrap();
+    impl FileSource for Fixed {
+        fn location(&self) -> String {
+            "fixed://x".into()
         }
-        let collect = |listing: FileListing| {
-            let mut paths = Vec::new();
-            listing
-                .walk(true, |b| {
-                    let col = b
-                        .column(0)
-                        .as_any()
-                        .downcast_ref::<arrow::array::StringArray>()
-                        .unwrap();
-                    paths.extend(col.iter().map(|p| p.unwrap().to_string()));
-                    true
-                })
-                .unwrap();
-            paths
-        };
-        let root = dir.path().to_str().unwrap();
-        // Sizes come from stat(), which is skipped when nobody needs them.
-        let sizes = |metadata: bool| {
-            let mut sizes = Vec::new();
-            FileListing::new("f", root, None)
-                .unwrap()
-                .walk(metadata, |b| {
-                    let col = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
-                    sizes.extend(col.values().iter().copied());
-                    true
-                })
-                .unwrap();
-            sizes
-        };
-        assert_eq!(
-            sizes(true),
-            vec![5, 5, 5, 9, 9],
-            "a.txt b.txt c.bin sub/a.txt sub/z.txt"
-        );
-        assert_eq!(sizes(false), vec![0; 5]);
-        let all = collect(FileListing::new("f", root, None).unwrap());
-        let rel: Vec<_> = all
-            .iter()
-            .map(|p| p.strip_prefix(root).unwrap().to_string())
-            .collect();
-        assert_eq!(
-            rel,
-            ["/a.txt", "/b.txt", "/c.bin", "/sub/a.txt", "/sub/z.txt"]
-        );
-        let txt = collect(FileListing::new("f", &format!("{root}/*.txt"), None).unwrap());
-        assert_eq!(txt.len(), 2);
-        assert!(FileListing::new("f", &format!("{root}/missing"), None).is_err());
-    }
-}
-
-#[cfg(test)]
-mod key_tests {
-    use super::*;
-
-    #[test]
-    fn partition_format_becomes_a_regex() {
-        let (names, regex) = partition_format_regex("{country}/{year}/*.jpg").unwrap();
-        assert_eq!(names, ["country", "year"]);
-        let caps = regex.captures("fr/2024/a.jpg").unwrap();
-        assert_eq!(&caps["country"], "fr");
-        assert_eq!(&caps["year"], "2024");
-        assert!(regex.captures("fr/2024/a.png").is_none());
-        assert!(regex.captures("fr/a.jpg").is_none());
-        assert!(partition_format_regex("{bad key}/x").is_err());
-        assert!(partition_format_regex("{open/x").is_err());
-    }
-
-    #[test]
-    fn azure_formats_with_the_folder_in_front_are_read_relative_to_it() {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("data/dataset_partition_test");
-        for name in ["alice/summer/rock.wav", "bob/winter/pop.wav"] {
-            let p = root.join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, "RIFF").unwrap();
+        fn key_names(&self) -> &[String] {
+            &self.keys
         }
-        let glob = format!("{}/*/*/*.wav", root.display());
-        let listing = FileListing::plain("audio", &glob).unwrap();
-        let relative = |format: &str| listing.relative_format(format);
-        let want = "{user}/{season}/{genre}.wav";
-        assert_eq!(
-            relative("dataset_partition_test/{user}/{season}/{genre}.wav"),
-            want
-        );
-        assert_eq!(
-            relative("/dataset_partition_test/{user}/{season}/{genre}.wav"),
-            want
-        );
-        assert_eq!(
-            relative("data/dataset_partition_test/{user}/{season}/{genre}.wav"),
-            want
-        );
-        assert_eq!(relative(want), want);
-        // Literal segments that are not the folder's own stay; the file name always stays.
-        assert_eq!(relative("other/{user}/x.wav"), "other/{user}/x.wav");
-        assert_eq!(relative("dataset_partition_test"), "dataset_partition_test");
+        fn settings(&self) -> Vec<(&'static str, String)> {
+            vec![("prefetch", "2 files".into())]
+        }
+        fn entries(self: Arc<Self>, _metadata: bool) -> BoxStream<'static, Result<Vec<FileEntry>>> {
+            let entry = |path: &str, key: Option<&str>| FileEntry {
+                path: path.into(),
+                size: 3,
+                modified: Some(1_000),
+                keys: vec![key.map(str::to_string)],
+            };
+            let chunks = vec![
+                Ok(vec![entry("a", Some("fr")), entry("b", None)]),
+                Ok(vec![entry("c", Some("de"))]),
+            ];
+            futures::stream::iter(chunks).boxed()
+        }
+    }
 
-        let keys = |format: &str| {
-            FileListing::new("audio", &glob, Some(format)).map(|l| l.keys.names().to_vec())
+    #[tokio::test]
+    async fn one_table_streams_any_source_with_its_keys_and_projection() {
+        let ctx = SessionContext::new();
+        let table = FileListingTable::new(Fixed {
+            keys: vec!["country".into()],
+        });
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let names = |b: &RecordBatch| -> Vec<String> {
+            b.schema()
+                .fields()
+                .iter()
+                .map(|f| f.name().clone())
+                .collect()
         };
-        assert_eq!(
-            keys("dataset_partition_test/{user}/{season}/{genre}.wav").unwrap(),
-            ["user", "season", "genre"]
-        );
-        let e = keys("dataset_partition_test/{user}/{genre}.wav")
-            .unwrap_err()
-            .to_string();
+        let all = ctx.table("t").await.unwrap().collect().await.unwrap();
+        assert_eq!(all.len(), 2, "one batch per chunk");
+        assert_eq!(names(&all[0]), ["path", "size", "modified", "country"]);
+        let sizes = all[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .unwrap();
+        assert_eq!(sizes.values().to_vec(), [3, 3]);
+        let keys = all[0]
+            .column(3)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(keys.iter().collect::<Vec<_>>(), [Some("fr"), None]);
+
+        let paths = ctx
+            .sql("SELECT path, country FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(names(&paths[0]), ["path", "country"]);
+
+        let plan = ctx
+            .sql("SELECT path FROM t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let text = displayable(plan.as_ref()).indent(false).to_string();
         assert!(
-            e.contains("input \"audio\"")
-                && e.contains("(read as \"{user}/{genre}.wav\")")
-                && e.contains("none of the 2 files")
-                && e.contains("e.g. \"alice/summer/rock.wav\""),
-            "{e}"
+            text.contains("FileListingExec: location=fixed://x, prefetch=2 files"),
+            "{text}"
         );
-        let e = FileListing::new("audio", &format!("{}/*.mp3", root.display()), None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("the glob matches no files"), "{e}");
-        assert!(FileListing::require_files("audio", &glob).is_ok());
-        assert!(
-            FileListing::require_files("audio", &format!("{}/*/*.wav", root.display())).is_err()
-        );
-        // A folder is not a pattern: an empty one is not checked here.
-        assert!(FileListing::require_files("audio", &d.path().display().to_string()).is_ok());
     }
 
     #[test]
-    fn hive_folders_are_read() {
-        assert_eq!(
-            hive_pairs("country=fr/year=2024/img.jpg"),
-            vec![
-                ("country".to_string(), "fr".to_string()),
-                ("year".to_string(), "2024".to_string())
-            ]
-        );
-        assert!(hive_pairs("a/b/c.txt").is_empty());
+    fn metadata_is_asked_for_only_when_projected() {
+        let schema = listing_schema(&["k".to_string()]);
+        let source: Arc<dyn FileSource> = Arc::new(Fixed::default());
+        let exec = |projection: Option<Vec<usize>>| {
+            FileListingExec::new(source.clone(), schema.clone(), projection).needs_metadata()
+        };
+        assert!(exec(None));
+        assert!(exec(Some(vec![0, 1])));
+        assert!(exec(Some(vec![2])));
+        assert!(!exec(Some(vec![0, 3])));
+        assert_eq!(files_schema().fields().len(), 3);
     }
 }

@@ -3,7 +3,8 @@
 //! - Tabular inputs (Parquet, CSV with a header, newline-delimited JSON; a file, folder or
 //!   glob) are registered as listing tables; local Parquet as a [`LocalParquetTable`], read
 //!   page by page so memory does not grow with the files' row groups.
-//! - File datasets become a [`FileListingTable`] of `(path, size, modified)`.
+//! - File datasets become a [`FileListingTable`] of `(path, size, modified)`, local
+//!   ([`FileListing`]) or on object storage ([`remote_files::RemoteFiles`]).
 //! - `sql:` inputs are views over the others.
 //!
 //! Every input is read as ONE ordered stream: the job's session scans with one partition and
@@ -14,12 +15,16 @@
 //! a query is a table for that query, not a job input of its own.)
 
 pub mod files;
+pub mod formats;
+pub mod local_files;
 pub mod local_parquet;
 pub mod remote;
 pub mod remote_files;
 
 pub use crate::session::{default_memory_limit, job_session, job_session_with};
-pub use files::{files_schema, FileListing, FileListingTable};
+pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
+pub use formats::{listing_options, usual_extension};
+pub use local_files::FileListing;
 pub use local_parquet::{LocalParquetExec, LocalParquetFactory, LocalParquetTable};
 
 use std::collections::BTreeSet;
@@ -32,8 +37,13 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result as DFResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_expr::EquivalenceProperties;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::physical_plan::{Partitioning, PlanProperties};
+use datafusion::prelude::SessionContext;
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
@@ -51,19 +61,82 @@ pub struct PreparedInput {
     pub plan: LogicalPlan,
 }
 
-/// A stream of batches made by `produce` on a blocking thread (file system work), through a
-/// channel of two batches: backpressure keeps memory bounded. `produce` sends with
+/// The plan properties of an input's leaf operator: one partition producing `schema`'s rows
+/// incrementally, bounded.
+pub(crate) fn leaf_properties(schema: SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(PlanProperties::new(
+        EquivalenceProperties::new(schema),
+        Partitioning::UnknownPartitioning(1),
+        EmissionType::Incremental,
+        Boundedness::Bounded,
+    ))
+}
+
+/// The `ExecutionPlan` methods an input's leaf operator (a struct with a `properties:
+/// Arc<PlanProperties>` field, see [`leaf_properties`]) has in common: its name, no children,
+/// no expressions, nothing to replace.
+macro_rules! leaf_plan_methods {
+    ($name:literal) => {
+        fn name(&self) -> &str {
+            $name
+        }
+
+        fn properties(&self) -> &::std::sync::Arc<::datafusion::physical_plan::PlanProperties> {
+            &self.properties
+        }
+
+        fn children(
+            &self,
+        ) -> Vec<&::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>> {
+            Vec::new()
+        }
+
+        fn apply_expressions(
+            &self,
+            _f: &mut dyn FnMut(
+                &::std::sync::Arc<dyn ::datafusion::physical_expr::PhysicalExpr>,
+            ) -> ::datafusion::error::Result<
+                ::datafusion::common::tree_node::TreeNodeRecursion,
+            >,
+        ) -> ::datafusion::error::Result<::datafusion::common::tree_node::TreeNodeRecursion> {
+            Ok(::datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        }
+
+        fn with_new_children(
+            self: ::std::sync::Arc<Self>,
+            _children: Vec<::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>>,
+        ) -> ::datafusion::error::Result<
+            ::std::sync::Arc<dyn ::datafusion::physical_plan::ExecutionPlan>,
+        > {
+            Ok(self)
+        }
+    };
+}
+pub(crate) use leaf_plan_methods;
+
+/// A stream of items made by `produce` on a blocking thread (file system work), through a
+/// channel of two items: backpressure keeps memory bounded. `produce` sends with
 /// `blocking_send` and stops when that fails (the stream was dropped).
+pub(crate) fn blocking_items<T: Send + 'static>(
+    produce: impl FnOnce(mpsc::Sender<T>) + Send + 'static,
+) -> BoxStream<'static, T> {
+    let (tx, rx) = mpsc::channel::<T>(2);
+    let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || produce(tx));
+    futures::stream::unfold((rx, task), |(mut rx, task)| async move {
+        rx.recv().await.map(|item| (item, (rx, task)))
+    })
+    .boxed()
+}
+
+/// [`blocking_items`] of record batches in `schema`.
 pub(crate) fn blocking_stream(
     schema: SchemaRef,
     produce: impl FnOnce(mpsc::Sender<DFResult<RecordBatch>>) + Send + 'static,
 ) -> SendableRecordBatchStream {
-    let (tx, rx) = mpsc::channel::<DFResult<RecordBatch>>(2);
-    let task = datafusion::common::runtime::SpawnedTask::spawn_blocking(move || produce(tx));
-    let stream = futures::stream::unfold((rx, task), |(mut rx, task)| async move {
-        rx.recv().await.map(|item| (item, (rx, task)))
-    });
-    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        blocking_items(produce),
+    ))
 }
 
 /// Registers every input as a table of `ctx` and returns the processed ones, in job order.
@@ -209,37 +282,18 @@ async fn register_path(
         FileListing::require_files(name, local)?;
         extension = Some(String::new());
     }
-    let result = match format {
-        InputFormat::Parquet if !is_url => {
-            // Local files: read page by page, whatever their row groups (see local_parquet.rs).
-            let extension = extension.as_deref().unwrap_or(".parquet");
-            match LocalParquetTable::try_new(&ctx.state(), &table_path, extension).await {
-                Ok(table) => ctx.register_table(name, Arc::new(table)).map(|_| ()),
-                Err(e) => Err(e),
-            }
+    let extension = extension.as_deref().unwrap_or(usual_extension(format));
+    let result = if format == InputFormat::Parquet && !is_url {
+        // Local files: read page by page, whatever their row groups (see local_parquet.rs).
+        match LocalParquetTable::try_new(&ctx.state(), &table_path, extension).await {
+            Ok(table) => ctx.register_table(name, Arc::new(table)).map(|_| ()),
+            Err(e) => Err(e),
         }
-        InputFormat::Parquet => {
-            let mut opts = ParquetReadOptions::default();
-            if let Some(e) = &extension {
-                opts = opts.file_extension(e);
-            }
-            ctx.register_parquet(name, &table_path, opts).await
-        }
-        InputFormat::Csv => {
-            let mut opts = CsvReadOptions::new().has_header(true);
-            if let Some(e) = &extension {
-                opts = opts.file_extension(e);
-            }
-            ctx.register_csv(name, &table_path, opts).await
-        }
-        InputFormat::Json => {
-            let mut opts = JsonReadOptions::default();
-            if let Some(e) = &extension {
-                opts = opts.file_extension(e);
-            }
-            ctx.register_json(name, &table_path, opts).await
-        }
-        InputFormat::Files => unreachable!("handled above"),
+    } else {
+        let options = listing_options(ctx, format, extension)
+            .ok_or_else(|| input_error("a file dataset is not a table".into()))?;
+        ctx.register_listing_table(name, &table_path, options, None, None)
+            .await
     };
     result.map_err(|e| input_error(format!("cannot read it as {format:?}: {e}")))?;
     Ok(())

@@ -1,21 +1,22 @@
 //! Inputs on object storage: a tabular input becomes a DataFusion listing table reading
 //! straight from the store (its first objects downloaded ahead, see
-//! [`crate::storage::read_ahead`]); a file dataset becomes a [`RemoteFilesTable`] whose rows
-//! are local copies downloaded ahead of the workers into a bounded cache. The stores, their
-//! errors and the caches are [`StorageContext`]'s.
+//! [`crate::storage::read_ahead`]); a file dataset becomes a [`FileListingTable`] over
+//! [`RemoteFiles`], whose rows are local copies downloaded ahead of the workers into a bounded
+//! cache. The stores, their errors and the caches are [`StorageContext`]'s.
 
 use std::sync::Arc;
 
-use datafusion::datasource::file_format::options::ReadOptions;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
-use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext};
+use datafusion::prelude::SessionContext;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use url::Url;
 
 use crate::config::InputFormat;
 use crate::error::{PrsError, Result};
-use crate::input::remote_files::{RemoteFiles, RemoteFilesTable};
+use crate::input::files::FileListingTable;
+use crate::input::formats::{listing_options, usual_extension};
+use crate::input::remote_files::RemoteFiles;
 use crate::storage::cache::FileCache;
 use crate::storage::{sanitize_segment, ObjectLocation, Probe, StorageContext};
 
@@ -55,12 +56,7 @@ async fn register_table(
         message,
     };
     let store = storage.register_store(ctx, location)?;
-    let default_extension = match format {
-        InputFormat::Parquet => ".parquet",
-        InputFormat::Csv => ".csv",
-        InputFormat::Json => ".json",
-        InputFormat::Files => "",
-    };
+    let default_extension = usual_extension(format);
     // A glob says which files; a folder takes the format's usual extension; one object is
     // read whatever its name.
     let check_extension = (location.glob.is_none()).then_some(default_extension);
@@ -91,23 +87,8 @@ async fn register_table(
             .map_err(|e| input_error(format!("bad glob {glob:?}: {e}")))?;
     }
     let table_path = table_path.with_table_ref(name.into());
-    let config = ctx.copied_config();
-    let table_options = ctx.copied_table_options();
-    let listing_options = match format {
-        InputFormat::Parquet => ParquetReadOptions::default()
-            .file_extension(&extension)
-            .to_listing_options(&config, table_options),
-        InputFormat::Csv => CsvReadOptions::new()
-            .has_header(true)
-            .file_extension(&extension)
-            .to_listing_options(&config, table_options),
-        InputFormat::Json => JsonReadOptions::default()
-            .file_extension(&extension)
-            .to_listing_options(&config, table_options),
-        InputFormat::Files => {
-            return Err(input_error("a file dataset is not a table".into()));
-        }
-    };
+    let listing_options = listing_options(ctx, format, &extension)
+        .ok_or_else(|| input_error("a file dataset is not a table".into()))?;
     let schema = listing_options
         .infer_schema(&ctx.state(), &table_path)
         .await
@@ -190,6 +171,6 @@ async fn register_files(
     )
     .map_err(input_error)?;
     storage.add_cache(name, cache);
-    ctx.register_table(name, Arc::new(RemoteFilesTable::new(dataset)))?;
+    ctx.register_table(name, Arc::new(FileListingTable::new(dataset)))?;
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! File datasets on object storage: the listing as a table of `(path, size, modified)` whose
-//! `path` is a LOCAL file, downloaded ahead of the workers.
+//! File datasets on object storage: a [`FileSource`] of a
+//! [`FileListingTable`](crate::input::FileListingTable) whose `path` is a LOCAL file,
+//! downloaded ahead of the workers.
 //!
 //! The scan lists the prefix as a stream (S3 and Azure list keys in lexicographic order, so
 //! the order, and with it the mini-batch ids, is deterministic; the first mini-batch starts
@@ -13,22 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 
-use arrow::array::{RecordBatch, StringBuilder, TimestampMillisecondBuilder, UInt64Builder};
-use arrow::datatypes::SchemaRef;
-use async_trait::async_trait;
-use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::runtime::SpawnedTask;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::TableType;
-use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::Expr;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-};
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use globset::GlobMatcher;
@@ -38,13 +24,10 @@ use tokio::sync::Semaphore;
 
 use crate::config::glob_matcher;
 use crate::error::{PrsError, Result};
-use crate::input::files_schema;
+use crate::input::files::{FileEntry, FileSource, LISTING_BATCH};
 use crate::storage::cache::FileCache;
 use crate::storage::named::NamedStore;
 use crate::storage::{local_path, storage_error, ObjectLocation, StorageOptions};
-
-/// Most rows per emitted batch.
-const MAX_ROWS: usize = 1024;
 
 /// A file dataset on object storage and how it is downloaded.
 pub struct RemoteFiles {
@@ -71,12 +54,10 @@ impl fmt::Debug for RemoteFiles {
     }
 }
 
-/// One downloaded file.
+/// One downloaded file: its place in the listing and its entry.
 struct Downloaded {
     seq: u64,
-    local: String,
-    size: u64,
-    modified: i64,
+    entry: FileEntry,
 }
 
 impl RemoteFiles {
@@ -159,9 +140,12 @@ impl RemoteFiles {
                 self.cache.downloaded(seq, local.clone());
                 Ok(Downloaded {
                     seq,
-                    local: local.to_string_lossy().to_string(),
-                    size: meta.size,
-                    modified: meta.last_modified.timestamp_millis(),
+                    entry: FileEntry {
+                        path: local.to_string_lossy().into_owned(),
+                        size: meta.size,
+                        modified: Some(meta.last_modified.timestamp_millis()),
+                        keys: Vec::new(),
+                    },
                 })
             }
             Err(e) => {
@@ -218,8 +202,8 @@ impl RemoteFiles {
         Ok(local)
     }
 
-    /// Lists, downloads ahead and emits rows with local paths, in listing order.
-    fn stream(self: Arc<Self>) -> impl Stream<Item = Result<RecordBatch>> + Send {
+    /// Lists, downloads ahead and emits entries with local paths, in listing order.
+    fn stream(self: Arc<Self>) -> impl Stream<Item = Result<Vec<FileEntry>>> + Send {
         self.cache.reset();
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let this = self.clone();
@@ -261,12 +245,12 @@ struct Emitter {
 }
 
 impl Emitter {
-    /// The next batch: every download already complete, in order (at least one).
-    async fn next_batch(&mut self) -> Option<Result<RecordBatch>> {
+    /// The next chunk: every download already complete, in order (at least one).
+    async fn next_batch(&mut self) -> Option<Result<Vec<FileEntry>>> {
         if self.done {
             return None;
         }
-        let mut rows: Vec<Downloaded> = Vec::new();
+        let mut rows: Vec<FileEntry> = Vec::new();
         loop {
             let next = if rows.is_empty() {
                 self.downloads.next().await
@@ -287,8 +271,8 @@ impl Emitter {
                 }
                 Some(Ok(d)) => {
                     self.cache.emitted(d.seq + 1);
-                    rows.push(d);
-                    if rows.len() >= MAX_ROWS {
+                    rows.push(d.entry);
+                    if rows.len() >= LISTING_BATCH {
                         break;
                     }
                 }
@@ -297,162 +281,26 @@ impl Emitter {
         if rows.is_empty() {
             return None;
         }
-        Some(to_batch(&rows))
+        Some(Ok(rows))
     }
 }
 
-fn to_batch(rows: &[Downloaded]) -> Result<RecordBatch> {
-    let mut paths = StringBuilder::new();
-    let mut sizes = UInt64Builder::new();
-    let mut modified = TimestampMillisecondBuilder::new();
-    for r in rows {
-        paths.append_value(&r.local);
-        sizes.append_value(r.size);
-        modified.append_value(r.modified);
+impl FileSource for RemoteFiles {
+    fn location(&self) -> String {
+        self.location.text.clone()
     }
-    Ok(RecordBatch::try_new(
-        files_schema(),
+
+    fn settings(&self) -> Vec<(&'static str, String)> {
         vec![
-            Arc::new(paths.finish()),
-            Arc::new(sizes.finish()),
-            Arc::new(modified.finish().with_timezone("UTC")),
-        ],
-    )?)
-}
-
-/// A file dataset on object storage as a DataFusion table.
-#[derive(Debug)]
-pub struct RemoteFilesTable {
-    files: Arc<RemoteFiles>,
-}
-
-impl RemoteFilesTable {
-    /// A table over `files`.
-    pub fn new(files: RemoteFiles) -> Self {
-        RemoteFilesTable {
-            files: Arc::new(files),
-        }
-    }
-}
-
-#[async_trait]
-impl TableProvider for RemoteFilesTable {
-    fn schema(&self) -> SchemaRef {
-        files_schema()
+            ("prefetch", format!("{} files", self.prefetch)),
+            ("download_concurrency", self.concurrency.to_string()),
+            ("cache_size", format!("{} bytes", self.cache.budget())),
+        ]
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    async fn scan(
-        &self,
-        _state: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(RemoteFilesExec::new(
-            self.files.clone(),
-            projection.cloned(),
-        )))
-    }
-}
-
-/// Streams a [`RemoteFiles`] dataset (one partition), downloading ahead.
-pub struct RemoteFilesExec {
-    files: Arc<RemoteFiles>,
-    projection: Option<Vec<usize>>,
-    properties: Arc<PlanProperties>,
-}
-
-impl fmt::Debug for RemoteFilesExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RemoteFilesExec({})", self.files.location.text)
-    }
-}
-
-impl RemoteFilesExec {
-    fn new(files: Arc<RemoteFiles>, projection: Option<Vec<usize>>) -> Self {
-        let schema = match &projection {
-            Some(p) => Arc::new(
-                files_schema()
-                    .project(p)
-                    .unwrap_or_else(|_| files_schema().as_ref().clone()),
-            ),
-            None => files_schema(),
-        };
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
-        RemoteFilesExec {
-            files,
-            projection,
-            properties,
-        }
-    }
-}
-
-impl DisplayAs for RemoteFilesExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "RemoteFilesExec: location={}, prefetch={} files, download_concurrency={}, cache_size={} bytes",
-            self.files.location.text,
-            self.files.prefetch,
-            self.files.concurrency,
-            self.files.cache.budget()
-        )
-    }
-}
-
-impl ExecutionPlan for RemoteFilesExec {
-    fn name(&self) -> &str {
-        "RemoteFilesExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        Vec::new()
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DFResult<TreeNodeRecursion>,
-    ) -> DFResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(
-        &self,
-        _partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> DFResult<SendableRecordBatchStream> {
-        let projection = self.projection.clone();
-        let stream = self.files.clone().stream().map(move |batch| {
-            let batch = batch.map_err(PrsError::into_datafusion)?;
-            match &projection {
-                Some(p) => batch.project(p).map_err(DataFusionError::from),
-                None => Ok(batch),
-            }
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.properties.eq_properties.schema().clone(),
-            stream,
-        )))
+    /// Object storage lists `size` and `modified` with the keys: they are always filled.
+    fn entries(self: Arc<Self>, _metadata: bool) -> BoxStream<'static, Result<Vec<FileEntry>>> {
+        self.stream().boxed()
     }
 }
 
@@ -504,20 +352,15 @@ mod tests {
         let mut seen = 0u64;
         let mut first_at = None;
         while let Some(batch) = stream.next().await {
-            let batch = batch.unwrap();
+            let entries = batch.unwrap();
             first_at.get_or_insert(t0.elapsed());
-            let paths = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<arrow::array::StringArray>()
-                .unwrap();
-            for (i, path) in paths.iter().enumerate() {
-                let path = path.unwrap();
+            for (i, entry) in entries.iter().enumerate() {
+                let path = &entry.path;
                 let n = seen + i as u64;
                 assert!(path.ends_with(&format!("f{n:03}.txt")), "{path}");
                 assert_eq!(std::fs::read_to_string(path).unwrap(), format!("{n:010}"));
             }
-            let rows = batch.num_rows() as u64;
+            let rows = entries.len() as u64;
             cache.release(seen..seen + rows);
             seen += rows;
         }

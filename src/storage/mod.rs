@@ -10,7 +10,7 @@
 //!   owns the download caches of file datasets.
 //! - Tabular inputs are DataFusion listing tables reading straight from the store.
 //! - File datasets are listed as a stream and downloaded ahead of the workers into a bounded
-//!   local cache ([`files`], [`cache`]); `run()` receives local paths.
+//!   local cache (`input::remote_files`, [`cache`]); `run()` receives local paths.
 //! - Outputs are written to a local folder and uploaded when the job commits ([`output`]).
 
 pub mod cache;
