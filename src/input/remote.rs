@@ -41,6 +41,15 @@ pub async fn register_remote_input(
     }
 }
 
+/// The error about input `name` at `location`.
+fn input_error(name: &str, location: &ObjectLocation, message: String) -> PrsError {
+    PrsError::Input {
+        input: name.to_string(),
+        location: location.text.clone(),
+        message,
+    }
+}
+
 /// Registers a tabular input at `location` as a DataFusion listing table reading straight
 /// from the store, after checking the location.
 async fn register_table(
@@ -50,11 +59,7 @@ async fn register_table(
     location: &ObjectLocation,
     format: InputFormat,
 ) -> Result<()> {
-    let input_error = |message: String| PrsError::Input {
-        input: name.to_string(),
-        location: location.text.clone(),
-        message,
-    };
+    let input_error = |message: String| input_error(name, location, message);
     let store = storage.register_store(ctx, location)?;
     let default_extension = usual_extension(format);
     // A glob says which files; a folder takes the format's usual extension; one object is
@@ -135,11 +140,7 @@ async fn register_files(
     location: &ObjectLocation,
     files_per_batch: u64,
 ) -> Result<()> {
-    let input_error = |message: String| PrsError::Input {
-        input: name.to_string(),
-        location: location.text.clone(),
-        message,
-    };
+    let input_error = |message: String| input_error(name, location, message);
     let store = storage.register_store(ctx, location)?;
     let probe = storage
         .probe(location, None)
