@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use arrow::array::{Array, Float64Array, Int64Array, RecordBatch, StringArray};
@@ -100,6 +100,16 @@ pub struct CliRun {
     pub stderr: String,
 }
 
+impl From<Output> for CliRun {
+    fn from(out: Output) -> CliRun {
+        CliRun {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
 /// Runs the `parallel-run` binary with `args`.
 pub fn cli(args: &[&str]) -> CliRun {
     cli_in(Path::new("."), args)
@@ -112,11 +122,7 @@ pub fn cli_in(dir: &Path, args: &[&str]) -> CliRun {
         .current_dir(dir)
         .output()
         .unwrap();
-    CliRun {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
+    CliRun::from(out)
 }
 
 /// `parallel-run run JOB --quiet` (plus `extra` args).
@@ -182,10 +188,15 @@ pub fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The `id` values (first space-separated field) of a txt output, sorted.
+/// The `id` values (first space-separated field) of a txt output file, sorted.
 pub fn txt_ids(path: &Path) -> Vec<i64> {
-    let mut ids: Vec<i64> = lines(path)
-        .iter()
+    sorted_ids(&std::fs::read_to_string(path).unwrap())
+}
+
+/// The `id` values (first space-separated field) of a txt output's text, sorted.
+pub fn sorted_ids(text: &str) -> Vec<i64> {
+    let mut ids: Vec<i64> = text
+        .lines()
         .map(|l| l.split(' ').next().unwrap().parse().unwrap())
         .collect();
     ids.sort();

@@ -1,6 +1,9 @@
 //! The one integration-test binary (every extra binary links DataFusion again).
 
 mod common;
+/// The object-storage servers, shared with the benchmark harness.
+#[path = "../support/servers.rs"]
+mod servers;
 
 mod api;
 mod azure;

@@ -1,0 +1,263 @@
+//! Jobs reading from and writing to each store: tabular inputs, globs, file datasets and a
+//! Python entry script, each compared with the same job on local files.
+
+use std::path::{Path, PathBuf};
+
+use super::jobs::*;
+use super::store::{shared, unique};
+use crate::common::*;
+use crate::servers::Kind;
+
+/// Tabular input read by DataFusion straight from each store, output committed to each store:
+/// the bytes equal a local run's, mini-batches included.
+#[test]
+fn tabular_jobs_read_from_and_write_to_each_store() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    parquet_inputs(&data);
+    // The local reference run.
+    let local_dir = d.path().join("local");
+    std::fs::create_dir_all(&local_dir).unwrap();
+    let config = "mini_batch_size: 8KB";
+    let rest = |input: &str, output: &str, extra: &str| {
+        format!(
+            "inputs:\n  - {{name: rows, path: \"{input}\", format: parquet}}\noutput: \"{output}\"\noutput_format: csv\npreserve_order: true\n{extra}"
+        )
+    };
+    let job = echo_job(&local_dir, config, &rest(data.to_str().unwrap(), "out", ""));
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let expected = std::fs::read(local_dir.join("out/parallel_run_step.csv")).unwrap();
+    let expected_batches = processed(&local_dir.join("out")).len();
+    assert!(expected_batches > 3, "several mini-batches per file");
+
+    let s3 = shared(Kind::S3);
+    let azure = shared(Kind::Azure);
+    let prefix = unique("tabular");
+    s3.upload_dir(&data, &format!("{prefix}/in"));
+    azure.upload_dir(&data, &format!("{prefix}/in"));
+    // S3 -> Azure (S3 credentials from the environment, Azure's from storage_options), then
+    // Azure -> S3 the other way round.
+    for (from, to) in [(&s3, &azure), (&azure, &s3)] {
+        let dir = d.path().join(format!("{:?}-to-{:?}", from.kind, to.kind));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out_prefix = format!("{prefix}/out-{:?}", from.kind);
+        let job = echo_job(
+            &dir,
+            config,
+            &rest(
+                &from.url(&format!("{prefix}/in/")),
+                &to.url(&format!("{out_prefix}/")),
+                &to.storage_options(""),
+            ),
+        );
+        let run = run_env(&job, &from.env());
+        assert_eq!(run.code, 0, "{:?} -> {:?}: {run:?}", from.kind, to.kind);
+        // The default local mirror (under the temporary folder) keeps the logs; clean it up.
+        let logs = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("Logs: "))
+            .map(PathBuf::from)
+            .expect("the logs line");
+        assert!(logs.join("job_result.txt").is_file(), "{logs:?}");
+        assert!(
+            logs.starts_with(std::env::temp_dir().join("parallel-run")),
+            "{logs:?}"
+        );
+        std::fs::remove_dir_all(logs.parent().unwrap()).unwrap();
+        assert!(
+            run.stdout
+                .contains(&to.url(&format!("{out_prefix}/parallel_run_step.csv"))),
+            "{run:?}"
+        );
+        let got = to
+            .get(&format!("{out_prefix}/parallel_run_step.csv"))
+            .expect("the final object");
+        assert!(
+            got == expected,
+            "{:?} -> {:?}: output differs from the local run",
+            from.kind,
+            to.kind
+        );
+        // The logs are uploaded beside it; the report lists the same mini-batches.
+        let keys = to.list(&out_prefix);
+        assert!(
+            keys.iter().any(|k| k.ends_with("logs/job_summary.json")),
+            "{keys:?}"
+        );
+        let report = to
+            .get(&format!(
+                "{out_prefix}/logs/sys/job_report/processed_mini-batches.csv"
+            ))
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(report).unwrap().lines().count() - 1,
+            expected_batches
+        );
+        assert!(
+            !keys.iter().any(|k| k.contains(".parallel_run")),
+            "{keys:?}"
+        );
+    }
+}
+
+/// A CSV glob over a prefix and a single object: both read from the store.
+#[test]
+fn globs_and_single_objects_are_read() {
+    let s3 = shared(Kind::S3);
+    let d = tempfile::tempdir().unwrap();
+    let prefix = unique("glob");
+    let data = d.path().join("data");
+    write_csv(&data.join("a.csv"), 0, 100);
+    write_csv(&data.join("b.csv"), 100, 100);
+    std::fs::write(data.join("notes.txt"), "not csv").unwrap();
+    s3.upload_dir(&data, &prefix);
+    for (input, n) in [
+        (s3.url(&format!("{prefix}/*.csv")), 200),
+        (s3.url(&format!("{prefix}/b.csv")), 100),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let job = echo_job(
+            dir.path(),
+            "mini_batch_size: 2KB",
+            &format!(
+                "inputs:\n  - {{name: rows, path: \"{input}\", format: csv}}\noutput: out\n{}",
+                s3.storage_options("")
+            ),
+        );
+        let run = run_env(&job, &[]);
+        assert_eq!(run.code, 0, "{input}: {run:?}");
+        let ids = txt_ids(&dir.path().join("out/parallel_run_step.txt"));
+        assert_eq!(ids.len(), n, "{input}");
+    }
+}
+
+/// File datasets on each store: listed, downloaded ahead into the cache (a budget smaller
+/// than one mini-batch still lets the job through), run() gets local files with the right
+/// bytes, and the cache is gone afterwards. Results equal a local run's.
+#[test]
+fn file_datasets_are_downloaded_ahead_into_a_bounded_cache() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("files");
+    text_files(&data, 25);
+    let rest = |input: &str, extra: &str| {
+        format!(
+            "inputs:\n  - {{name: docs, path: \"{input}\", format: files}}\noutput: out\noutput_format: csv\npreserve_order: true\narguments: [--read-files]\n{extra}"
+        )
+    };
+    let local = d.path().join("local");
+    std::fs::create_dir_all(&local).unwrap();
+    let job = echo_job(
+        &local,
+        "mini_batch_size: 4",
+        &rest(data.to_str().unwrap(), ""),
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let expected = std::fs::read_to_string(local.join("out/parallel_run_step.csv")).unwrap();
+    assert_eq!(expected.lines().count(), 26, "{expected}");
+
+    let prefix = unique("files");
+    for kind in [Kind::S3, Kind::Azure] {
+        let store = shared(kind);
+        store.upload_dir(&data, &format!("{prefix}/docs"));
+        let dir = d.path().join(format!("{kind:?}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = dir.join("cache");
+        let job = echo_job(
+            &dir,
+            "mini_batch_size: 4",
+            &rest(
+                &store.url(&format!("{prefix}/docs/")),
+                &store.storage_options(&format!(
+                    "cache_dir: {}\ncache_size: 100\nprefetch_files: 6\ndownload_concurrency: 3",
+                    cache.display()
+                )),
+            ),
+        );
+        let run = run_env(&job, &[]);
+        assert_eq!(run.code, 0, "{kind:?}: {run:?}");
+        let got = std::fs::read_to_string(dir.join("out/parallel_run_step.csv")).unwrap();
+        // Object stores list keys in byte order, the local walk folder by folder: same here.
+        assert_eq!(got, expected, "{kind:?}");
+        let rows = processed(&dir.join("out"));
+        assert_eq!(rows.len(), 7, "{kind:?}: 25 files, 4 per mini-batch");
+        // Every cached file was removed, and the job's cache folder with them.
+        let left: Vec<_> = walkdir::WalkDir::new(&cache)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().to_path_buf())
+            .collect();
+        assert!(left.is_empty(), "{kind:?}: {left:?}");
+    }
+}
+
+/// A Python entry script over a file dataset on S3 gets local paths (as in PRS); the output
+/// goes to Azure and equals a local run's.
+#[test]
+fn python_file_dataset_from_s3_to_azure() {
+    const SCRIPT: &str = r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    out = []
+    for path in mini_batch:
+        assert os.path.isfile(path), path
+        assert "://" not in path, path
+        with open(path) as f:
+            out.append(os.path.basename(path) + " " + str(len(f.read())))
+    return out
+"#;
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("files");
+    text_files(&data, 12);
+    std::fs::write(d.path().join("entry.py"), SCRIPT).unwrap();
+    let python = python();
+    let job_for = |dir: &Path, input: &str, output: &str, extra: &str| {
+        std::fs::create_dir_all(dir).unwrap();
+        write_job(
+            dir,
+            &format!(
+                "entry_script: {}\nenvironment: {{python: {python}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\nmini_batch_size: 5",
+                d.path().join("entry.py").display()
+            ),
+            &format!(
+                "inputs:\n  - {{name: docs, path: \"{input}\", format: files}}\noutput: \"{output}\"\npreserve_order: true\n{extra}"
+            ),
+        )
+    };
+    let local = d.path().join("local");
+    let job = job_for(&local, data.to_str().unwrap(), "out", "");
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let expected = std::fs::read(local.join("out/parallel_run_step.txt")).unwrap();
+
+    let s3 = shared(Kind::S3);
+    let azure = shared(Kind::Azure);
+    let prefix = unique("python");
+    s3.upload_dir(&data, &format!("{prefix}/docs"));
+    let remote = d.path().join("remote");
+    let job = job_for(
+        &remote,
+        &s3.url(&format!("{prefix}/docs")),
+        &azure.url(&format!("{prefix}/out")),
+        &azure.storage_options(&format!("local_dir: {}", remote.join("mirror").display())),
+    );
+    let run = run_env(&job, &s3.env());
+    assert_eq!(run.code, 0, "{run:?}");
+    let got = azure
+        .get(&format!("{prefix}/out/parallel_run_step.txt"))
+        .expect("the final object");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&expected)
+    );
+    // The local mirror keeps the logs; the final file was uploaded, not kept twice.
+    assert!(remote.join("mirror/logs/job_result.txt").is_file());
+    assert!(!remote.join("mirror/parallel_run_step.txt").exists());
+}
