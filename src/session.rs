@@ -90,7 +90,9 @@ pub fn with_query_planner(
 ) -> SessionState {
     let mut builder = SessionStateBuilder::new_from_existing(state);
     if let Some(config) = config {
-        builder = builder.with_config(config);
+        // The session's catalogs exist: a fresh default catalog would replace the one holding
+        // its tables.
+        builder = builder.with_config(config.with_create_default_catalog_and_schema(false));
     }
     builder.with_query_planner(planner).build()
 }

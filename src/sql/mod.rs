@@ -396,3 +396,28 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod register_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tables_registered_before_stay_visible() {
+        let ctx = SessionContext::new();
+        ctx.sql("CREATE TABLE reviews AS VALUES (1), (2), (3)")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let ctx = register(&ctx, crate::scripts::builtin_registry()).unwrap();
+        let rows = ctx
+            .sql("SELECT * FROM parallel_run(reviews, entry_script => 'rust:echo', error_threshold => 0, output_schema => 'column1 BIGINT')")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 3);
+    }
+}
