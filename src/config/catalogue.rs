@@ -364,7 +364,7 @@ catalogue! {
     APPEND_ROW_FILE_NAME = Param {
         name: "append_row_file_name",
         kind: Type::Text,
-        default: "parallel_run_step.txt",
+        default: crate::config::DEFAULT_APPEND_ROW_FILE_NAME,
         rule: concat!(
             "a plain file name without any of ",
             forbidden_file_name_chars!(),
