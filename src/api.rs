@@ -16,7 +16,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, NoopObserver, ParallelRunNode, ParallelRunQueryPlanner};
 use crate::input::{job_session, register_inputs};
 use crate::job::{execute, schemas, JobPlan, JobReport, Progress};
-use crate::output::prepare_output_dir;
+use crate::output::{prepare_output_dir, OutputLock};
 use crate::session::with_query_planner;
 use crate::worker::python::MiniBatchFormat;
 use crate::worker::{EntryScript, ScriptRegistry};
@@ -188,6 +188,8 @@ impl ParallelRun {
             ..JobSettings::new(config, output)
         };
         settings.validate()?;
+        // One run at a time per output folder (held until the job is done).
+        let _lock = OutputLock::acquire(&settings.output)?;
         // Before any worker writes its bootstrap into the folder.
         prepare_output_dir(
             &settings.output,

@@ -82,6 +82,81 @@ pub fn prepare_output_dir(output_dir: &Path, final_name: &str, overwrite: bool) 
     Ok(())
 }
 
+/// The name of the lock file a running job holds in its output folder.
+pub const LOCK_FILE_NAME: &str = ".parallel_run.lock";
+
+/// A running job's hold on its output folder: an advisory lock (`flock`) on
+/// `<output>/.parallel_run.lock`, so that a second run on the same folder (which could clear
+/// the first one's committed work with `--overwrite`) is refused. The operating system
+/// releases it when the process ends, however it ends (a `kill -9` leaves no stale lock); the
+/// file is removed when the hold is dropped.
+#[derive(Debug)]
+pub struct OutputLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl OutputLock {
+    /// Takes the lock of `output_dir` (creating the folder), or refuses with a usage error
+    /// naming the process that holds it.
+    pub fn acquire(output_dir: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        fs::create_dir_all(output_dir).map_err(|e| PrsError::io(output_dir, e))?;
+        let path = output_dir.join(LOCK_FILE_NAME);
+        // A holder that finished removed the file it locked: lock the file that is there now.
+        for _ in 0..3 {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| PrsError::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(fs::TryLockError::WouldBlock) => {
+                    let holder = fs::read_to_string(&path).unwrap_or_default();
+                    return Err(PrsError::config(
+                        "output",
+                        output_dir.display(),
+                        format!(
+                            "is being written by another parallel-run run ({}); wait for it to \
+                             finish or choose another output folder",
+                            match holder.trim() {
+                                "" => "a process on this machine".to_string(),
+                                pid => format!("process {pid}"),
+                            }
+                        ),
+                    ));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(PrsError::io(&path, e)),
+            }
+            let same = match (file.metadata(), fs::metadata(&path)) {
+                (Ok(held), Ok(now)) => held.ino() == now.ino() && held.dev() == now.dev(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            file.set_len(0).map_err(|e| PrsError::io(&path, e))?;
+            write!(file, "{}", std::process::id()).map_err(|e| PrsError::io(&path, e))?;
+            return Ok(OutputLock { path, _file: file });
+        }
+        Err(PrsError::config(
+            "output",
+            output_dir.display(),
+            "its lock file keeps being replaced by other parallel-run runs; run one at a time",
+        ))
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        // Removed while still held: a run that opens it now locks a new file.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 struct Part {
     id: MiniBatchId,
     path: PathBuf,
@@ -696,6 +771,29 @@ fn nested_as_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_run_at_a_time_holds_an_output_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let first = OutputLock::acquire(d.path()).unwrap();
+        let lock_file = d.path().join(LOCK_FILE_NAME);
+        assert_eq!(
+            fs::read_to_string(&lock_file).unwrap(),
+            std::process::id().to_string()
+        );
+        let e = OutputLock::acquire(d.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("another parallel-run run")
+                && e.contains(&format!("process {}", std::process::id())),
+            "{e}"
+        );
+        drop(first);
+        assert!(!lock_file.exists(), "removed with the hold");
+        // A lock file left by a run that died holds nothing: the next run takes it.
+        fs::write(&lock_file, "999999").unwrap();
+        let again = OutputLock::acquire(d.path()).unwrap();
+        drop(again);
+    }
     use arrow::array::{Int32Array, ListArray, StructArray, UnionArray};
     use arrow::buffer::ScalarBuffer;
     use arrow::datatypes::{Int32Type, UnionFields};

@@ -30,7 +30,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, JobState, MiniBatchRecord, ParallelRunExec};
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
-use crate::output::{prepare_output_dir, StagedSink, WORK_DIR_NAME};
+use crate::output::{prepare_output_dir, OutputLock, StagedSink, WORK_DIR_NAME};
 use crate::report::{JobSummary, ReportWriter};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
@@ -58,6 +58,8 @@ pub async fn run_job_spec(
     let storage = StorageContext::prepare(spec, &output).await?;
     let output = storage.local_output().map_or(output, Path::to_path_buf);
     let mut settings = JobSettings::from_spec(spec, output);
+    // One run at a time per output folder (held until this function returns).
+    let _lock = OutputLock::acquire(&settings.output)?;
     // Before any worker writes its bootstrap into the folder.
     let final_name = settings.final_file_name();
     if let Some(remote) = storage.remote_output() {

@@ -235,3 +235,43 @@ fn an_earlier_runs_results_are_refused_unless_overwrite() {
         run.stderr
     );
 }
+
+#[test]
+fn a_second_run_on_a_running_jobs_output_is_refused() {
+    let d = tempfile::tempdir().unwrap();
+    // run() sleeps 4 s: the first run holds the folder for at least that long (a margin for
+    // a busy machine: the second run only has to start and read its job file).
+    write_parquet(&d.path().join("in.parquet"), 0, 100, 100);
+    let job = write_job(
+        d.path(),
+        GOOD,
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n\
+         arguments: [--sleep-ms, \"4000\"]\n",
+    );
+    let mut first = std::process::Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+        .args(["run", job.to_str().unwrap(), "--quiet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lock = d.path().join("out/.parallel_run.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !lock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(lock.exists(), "the first run takes the lock");
+    // Even --overwrite (which would clear the first run's work) is refused.
+    let second = run_job(&job, &["--overwrite"]);
+    let first_status = first.wait().unwrap();
+    assert_eq!(second.code, 2, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("being written by another parallel-run run"),
+        "{}",
+        second.stderr
+    );
+    assert!(first_status.success(), "the first run is not disturbed");
+    assert!(!lock.exists(), "released and removed when the run ends");
+    assert_eq!(summary(&d.path().join("out"))["status"], "succeeded");
+}
