@@ -224,7 +224,9 @@ impl RemoteOutput {
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().to_string())
                 .collect();
-            if relative.first().is_some_and(|c| c == ".parallel_run") {
+            // The engine's own work folder (`.parallel_run/`) and lock file
+            // (`.parallel_run.lock`) are not results.
+            if relative.first().is_some_and(|c| c.starts_with(".parallel_run")) {
                 continue;
             }
             files.push((entry.path().to_path_buf(), relative.join("/")));
