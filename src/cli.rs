@@ -147,6 +147,13 @@ pub enum Command {
     /// Run a file of SQL statements with parallel_run(...) (or -e "..."): CREATE EXTERNAL
     /// TABLE for inputs, SET parallel_run.KEY for parameters, SELECT / COPY to run jobs.
     Sql(crate::sql::runner::SqlArgs),
+    /// Remove what a failed or unfinished run left in an output folder (its committed parts
+    /// and work files, .parallel_run/); its results and logs/ stay. Refused while a run is
+    /// writing the folder.
+    Clean {
+        /// The job's output folder.
+        output: PathBuf,
+    },
 }
 
 fn load(args: &JobArgs) -> Result<LoadedJob> {
@@ -245,6 +252,16 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
         Command::ShowConfig { args } => {
             let loaded = load(&args)?;
             print!("{}", loaded.spec.to_yaml()?);
+            Ok(0)
+        }
+        Command::Clean { output } => {
+            let removed = crate::output::clean_output_dir(&output)?;
+            if removed.is_empty() {
+                out!("nothing to clean in {}", output.display());
+            }
+            for path in removed {
+                out!("removed {}", path.display());
+            }
             Ok(0)
         }
     }

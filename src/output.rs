@@ -82,6 +82,26 @@ pub fn prepare_output_dir(output_dir: &Path, final_name: &str, overwrite: bool) 
     Ok(())
 }
 
+/// Removes what a failed or unfinished run left in `output_dir` besides its results and its
+/// report: the committed parts and work files (`.parallel_run/`). Refused while a run holds
+/// the folder ([`OutputLock`]). Returns what was removed (nothing: an empty list).
+pub fn clean_output_dir(output_dir: &Path) -> Result<Vec<PathBuf>> {
+    if !output_dir.is_dir() {
+        return Err(PrsError::config(
+            "output",
+            output_dir.display(),
+            "is not a folder: give the output folder of a job",
+        ));
+    }
+    let _lock = OutputLock::acquire(output_dir)?;
+    let work = output_dir.join(WORK_DIR_NAME);
+    if !work.exists() {
+        return Ok(Vec::new());
+    }
+    fs::remove_dir_all(&work).map_err(|e| PrsError::io(&work, e))?;
+    Ok(vec![work])
+}
+
 /// The name of the lock file a running job holds in its output folder.
 pub const LOCK_FILE_NAME: &str = ".parallel_run.lock";
 
@@ -771,6 +791,31 @@ fn nested_as_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clean_removes_the_work_folder_only_and_never_under_a_running_job() {
+        let d = tempfile::tempdir().unwrap();
+        let parts = d.path().join(WORK_DIR_NAME).join("staging/parts");
+        fs::create_dir_all(&parts).unwrap();
+        fs::write(parts.join("0-1.arrow"), "x").unwrap();
+        fs::create_dir_all(d.path().join("logs")).unwrap();
+        fs::write(d.path().join("logs/job_summary.json"), "{}").unwrap();
+        fs::write(d.path().join("parallel_run_step.txt"), "1\n").unwrap();
+        let running = OutputLock::acquire(d.path()).unwrap();
+        let e = clean_output_dir(d.path()).unwrap_err().to_string();
+        assert!(e.contains("another parallel-run run"), "{e}");
+        assert!(parts.join("0-1.arrow").exists());
+        drop(running);
+        let removed = clean_output_dir(d.path()).unwrap();
+        assert_eq!(removed, [d.path().join(WORK_DIR_NAME)]);
+        assert!(d.path().join("logs/job_summary.json").exists());
+        assert!(d.path().join("parallel_run_step.txt").exists());
+        assert!(
+            clean_output_dir(d.path()).unwrap().is_empty(),
+            "nothing left"
+        );
+        assert!(clean_output_dir(&d.path().join("nope")).is_err());
+    }
 
     #[test]
     fn one_run_at_a_time_holds_an_output_folder() {

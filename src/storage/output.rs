@@ -226,7 +226,10 @@ impl RemoteOutput {
                 .collect();
             // The engine's own work folder (`.parallel_run/`) and lock file
             // (`.parallel_run.lock`) are not results.
-            if relative.first().is_some_and(|c| c.starts_with(".parallel_run")) {
+            if relative
+                .first()
+                .is_some_and(|c| c.starts_with(".parallel_run"))
+            {
                 continue;
             }
             files.push((entry.path().to_path_buf(), relative.join("/")));

@@ -275,3 +275,37 @@ fn a_second_run_on_a_running_jobs_output_is_refused() {
     assert!(!lock.exists(), "released and removed when the run ends");
     assert_eq!(summary(&d.path().join("out"))["status"], "succeeded");
 }
+
+#[test]
+fn clean_removes_a_failed_runs_parts_and_keeps_its_report() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 100, 10);
+    let job = write_job(
+        d.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\n\
+         mini_batch_size: 100",
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n\
+         arguments: [--fail-ids, \"99\"]\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let out = d.path().join("out");
+    assert!(
+        out.join(".parallel_run").is_dir(),
+        "a failed run keeps its parts"
+    );
+    let clean = cli(&["clean", out.to_str().unwrap()]);
+    assert_eq!(clean.code, 0, "{clean:?}");
+    assert!(clean.stdout.contains("removed"), "{}", clean.stdout);
+    assert!(!out.join(".parallel_run").exists());
+    assert!(
+        out.join("logs/job_summary.json").is_file(),
+        "the report stays"
+    );
+    let again = cli(&["clean", out.to_str().unwrap()]);
+    assert!(
+        again.stdout.contains("nothing to clean"),
+        "{}",
+        again.stdout
+    );
+}
