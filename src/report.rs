@@ -3,15 +3,24 @@
 //! - `sys/events.txt`: failed tries and worker starts/replacements, as they happen;
 //! - `job_progress_overview.txt`: "Processed P of T mini batches in h:mm:ss. ...", refreshed;
 //! - `job_result.txt`: the outcome, the PRS summary sentence and where to look;
-//! - `job_summary.json`: the same, machine-readable.
+//! - `job_summary.json`: the same, machine-readable;
+//! - `failed_items.parquet` and its twin `failed_items.csv`: the dead letters, one row per
+//!   failed mini-batch ([`dead_letter_schema`]), written as they fail; present (empty) when
+//!   nothing failed.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arrow::array::{
+    ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt32Array,
+    UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::{DateTime, Utc};
+use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
 use crate::batch::MiniBatchId;
@@ -29,6 +38,176 @@ pub struct ReportWriter {
     events: Mutex<BufWriter<File>>,
     /// Failed mini-batches' messages, kept for job_result.txt (bounded).
     failures: Mutex<Vec<String>>,
+    dead_letters: Mutex<DeadLetters>,
+}
+
+/// The schema of `failed_items.parquet` / `failed_items.csv`, one row per failed mini-batch:
+/// `level` (`mini_batch`; `item` is reserved for items isolated by bisection),
+/// `mini_batch_id`, `input`, `rows_start`, `rows_end` (the row range in the input's ordered
+/// stream), `partition_key_value` (JSON, null when not keyed), `error_class` (`RUN_EXCEPTION`,
+/// `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`), `message`, `traceback`, `tries`, `process`
+/// (the worker of the last try), `start_time` (UTC), `elapsed_seconds`.
+pub fn dead_letter_schema() -> SchemaRef {
+    let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
+    Arc::new(Schema::new(vec![
+        text("level", false),
+        text("mini_batch_id", false),
+        text("input", false),
+        Field::new("rows_start", DataType::UInt64, false),
+        Field::new("rows_end", DataType::UInt64, false),
+        text("partition_key_value", true),
+        text("error_class", false),
+        text("message", false),
+        text("traceback", true),
+        Field::new("tries", DataType::UInt32, false),
+        text("process", false),
+        Field::new(
+            "start_time",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("elapsed_seconds", DataType::Float64, false),
+    ]))
+}
+
+/// Failed mini-batches held until the next flush of the dead-letter files.
+const DEAD_LETTERS_PER_FLUSH: usize = 256;
+
+/// The dead-letter files being written.
+struct DeadLetters {
+    pending: Vec<MiniBatchRecord>,
+    parquet: Option<ArrowWriter<File>>,
+    csv: Option<arrow::csv::Writer<BufWriter<File>>>,
+    rows: usize,
+    path: PathBuf,
+    /// The first write error (reported when the files are closed).
+    error: Option<PrsError>,
+}
+
+impl DeadLetters {
+    fn create(log_dir: &Path) -> Result<Self> {
+        let path = log_dir.join("failed_items.parquet");
+        let file = File::create(&path).map_err(|e| PrsError::io(&path, e))?;
+        let parquet = ArrowWriter::try_new(file, dead_letter_schema(), None)
+            .map_err(|e| dead_letter_error(&path, e))?;
+        let csv_path = log_dir.join("failed_items.csv");
+        let csv_file = File::create(&csv_path).map_err(|e| PrsError::io(&csv_path, e))?;
+        let csv = arrow::csv::WriterBuilder::new()
+            .with_header(true)
+            .build(BufWriter::new(csv_file));
+        Ok(DeadLetters {
+            pending: Vec::new(),
+            parquet: Some(parquet),
+            csv: Some(csv),
+            rows: 0,
+            path,
+            error: None,
+        })
+    }
+
+    fn push(&mut self, record: &MiniBatchRecord) {
+        self.pending.push(record.clone());
+        if self.pending.len() >= DEAD_LETTERS_PER_FLUSH {
+            self.flush();
+        }
+    }
+
+    /// Writes the pending rows (an empty batch when nothing was ever written, so that both
+    /// files have their schema / header).
+    fn flush(&mut self) {
+        if self.pending.is_empty() && self.rows > 0 {
+            return;
+        }
+        let path = &self.path;
+        let result = dead_letter_batch(&self.pending).and_then(|batch| {
+            if let Some(parquet) = self.parquet.as_mut() {
+                parquet
+                    .write(&batch)
+                    .map_err(|e| dead_letter_error(path, e))?;
+            }
+            if let Some(csv) = self.csv.as_mut() {
+                csv.write(&batch)?;
+            }
+            Ok(batch.num_rows())
+        });
+        match result {
+            Ok(n) => self.rows += n.max(1),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self.pending.clear();
+    }
+
+    /// Flushes and closes both files; the first error of the run, if any.
+    fn close(&mut self) -> Result<()> {
+        self.flush();
+        if let Some(parquet) = self.parquet.take() {
+            if let Err(e) = parquet.close() {
+                self.error.get_or_insert(dead_letter_error(&self.path, e));
+            }
+        }
+        if let Some(csv) = self.csv.take() {
+            if let Err(e) = csv.into_inner().flush() {
+                self.error
+                    .get_or_insert(PrsError::io(self.path.with_extension("csv"), e));
+            }
+        }
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn dead_letter_error(path: &Path, e: parquet::errors::ParquetError) -> PrsError {
+    PrsError::Output {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The rows of `records` in [`dead_letter_schema`].
+fn dead_letter_batch(records: &[MiniBatchRecord]) -> Result<RecordBatch> {
+    let text = |f: &dyn Fn(&MiniBatchRecord) -> Option<String>| -> ArrayRef {
+        Arc::new(records.iter().map(f).collect::<StringArray>())
+    };
+    let millis = |t: SystemTime| {
+        t.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    let columns: Vec<ArrayRef> = vec![
+        text(&|_| Some("mini_batch".to_string())),
+        text(&|r| Some(r.id.to_string())),
+        text(&|r| Some(r.lineage.input.to_string())),
+        Arc::new(UInt64Array::from_iter_values(
+            records.iter().map(|r| r.lineage.rows.start),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            records.iter().map(|r| r.lineage.rows.end),
+        )),
+        text(&|r| {
+            (!r.partition_key_value.is_empty())
+                .then(|| serde_json::to_string(&r.partition_key_value).unwrap_or_default())
+        }),
+        text(&|r| Some(r.status.as_str().to_string())),
+        text(&|r| Some(r.error_message.clone())),
+        text(&|r| r.traceback.clone()),
+        Arc::new(UInt32Array::from_iter_values(
+            records.iter().map(|r| r.tries),
+        )),
+        text(&|r| Some(r.process.clone())),
+        Arc::new(
+            TimestampMillisecondArray::from_iter_values(
+                records.iter().map(|r| millis(r.start_time)),
+            )
+            .with_timezone("UTC"),
+        ),
+        Arc::new(Float64Array::from_iter_values(
+            records.iter().map(|r| r.elapsed_seconds),
+        )),
+    ];
+    Ok(RecordBatch::try_new(dead_letter_schema(), columns)?)
 }
 
 impl std::fmt::Debug for ReportWriter {
@@ -61,7 +240,14 @@ impl ReportWriter {
             processed: Mutex::new(processed),
             events: Mutex::new(events),
             failures: Mutex::new(Vec::new()),
+            dead_letters: Mutex::new(DeadLetters::create(log_dir)?),
         })
+    }
+
+    /// Completes the dead-letter files (`failed_items.parquet` / `.csv`); an error says
+    /// which file could not be written.
+    pub fn close_dead_letters(&self) -> Result<()> {
+        lock(&self.dead_letters).close()
     }
 
     /// The log folder.
@@ -133,6 +319,7 @@ impl JobObserver for ReportWriter {
                 text.push_str(&format!("\n  try {attempt} failed differently: {message}"));
             }
             self.event(&text);
+            lock(&self.dead_letters).push(r);
             let mut failures = lock(&self.failures);
             if failures.len() < LISTED_FAILURES {
                 failures.push(text);

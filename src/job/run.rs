@@ -130,6 +130,11 @@ impl JobRun {
     /// failed: `summary` says so (and a local final output file is removed, so that no output
     /// stands without a report saying it is complete).
     pub fn write(&self, summary: &mut JobSummary) {
+        if let Err(e) = self.reports.close_dead_letters() {
+            summary.fail(format!(
+                "writing the dead letters (failed_items.parquet / .csv) failed: {e}"
+            ));
+        }
         write_report(&self.settings.log_dir, summary, &self.reports.failures());
     }
 }

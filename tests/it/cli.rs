@@ -309,3 +309,56 @@ fn clean_removes_a_failed_runs_parts_and_keeps_its_report() {
         again.stdout
     );
 }
+
+/// Rows of a Parquet file, from its footer.
+fn parquet_rows(path: &std::path::Path) -> i64 {
+    use parquet::file::reader::FileReader;
+    let file = std::fs::File::open(path).unwrap();
+    parquet::file::reader::SerializedFileReader::new(file)
+        .unwrap()
+        .metadata()
+        .file_metadata()
+        .num_rows()
+}
+
+#[test]
+fn failed_mini_batches_are_dead_letters_and_none_is_an_empty_file() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 100, 10);
+    let job = write_job(
+        d.path(),
+        "entry_script: rust:echo\nerror_threshold: -1\nallowed_failed_count: -1\n\
+         output_action: append_row\nnode_count: 1\nrun_max_try: 2\nmini_batch_size: 100",
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n\
+         arguments: [--fail-ids, \"42\"]\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let logs = d.path().join("out/logs");
+    let csv = std::fs::read_to_string(logs.join("failed_items.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[0].starts_with("level,mini_batch_id,input,rows_start,rows_end"),
+        "{csv}"
+    );
+    assert!(
+        lines[1].starts_with("mini_batch,") && lines[1].contains("RUN_EXCEPTION"),
+        "{csv}"
+    );
+    assert!(lines[1].contains(",2,"), "two tries: {csv}");
+    assert_eq!(parquet_rows(&logs.join("failed_items.parquet")), 1);
+
+    // Nothing failed: both files exist, empty.
+    let job = write_job(
+        d.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1",
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out2\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let logs = d.path().join("out2/logs");
+    let csv = std::fs::read_to_string(logs.join("failed_items.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1, "the header only: {csv}");
+    assert_eq!(parquet_rows(&logs.join("failed_items.parquet")), 0);
+}
