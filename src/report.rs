@@ -78,7 +78,8 @@ struct DeadLetters {
     pending: Vec<MiniBatchRecord>,
     parquet: Option<ArrowWriter<File>>,
     csv: Option<arrow::csv::Writer<BufWriter<File>>>,
-    rows: usize,
+    /// Whether a batch (an empty one included) reached the files.
+    written: bool,
     path: PathBuf,
     /// The first write error (reported when the files are closed).
     error: Option<PrsError>,
@@ -99,7 +100,7 @@ impl DeadLetters {
             pending: Vec::new(),
             parquet: Some(parquet),
             csv: Some(csv),
-            rows: 0,
+            written: false,
             path,
             error: None,
         })
@@ -115,7 +116,7 @@ impl DeadLetters {
     /// Writes the pending rows (an empty batch when nothing was ever written, so that both
     /// files have their schema / header).
     fn flush(&mut self) {
-        if self.pending.is_empty() && self.rows > 0 {
+        if self.pending.is_empty() && self.written {
             return;
         }
         let path = &self.path;
@@ -128,10 +129,10 @@ impl DeadLetters {
             if let Some(csv) = self.csv.as_mut() {
                 csv.write(&batch)?;
             }
-            Ok(batch.num_rows())
+            Ok(())
         });
         match result {
-            Ok(n) => self.rows += n.max(1),
+            Ok(()) => self.written = true,
             Err(e) => {
                 self.error.get_or_insert(e);
             }

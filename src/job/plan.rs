@@ -51,10 +51,10 @@ impl JobPlan {
         output_schema: Option<SchemaRef>,
         factory: WorkerFactoryRef,
     ) -> Result<Self> {
-        settings.validate()?;
-        Self::check_inputs(&settings, inputs)?;
         let infos = inputs.iter().map(|(_, info)| info.clone()).collect();
+        // Validates the settings.
         let spec = OperatorSpec::new(settings, infos, output_schema)?;
+        Self::check_inputs(spec.job(), inputs)?;
         Ok(JobPlan {
             spec: Arc::new(spec),
             factory,

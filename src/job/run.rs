@@ -117,7 +117,12 @@ impl JobRun {
         if let Some(reason) = failure {
             summary.fail(reason);
         }
-        let counts = self.state.counts();
+        // Complete before anything is committed: a run whose dead letters are lost has failed.
+        if let Err(e) = self.reports.close_dead_letters() {
+            summary.fail(format!(
+                "writing the dead letters (failed_items.parquet / .csv) failed: {e}"
+            ));
+        }
         let elapsed = Duration::from_secs_f64(summary.elapsed_seconds);
         self.reports.write_progress(&counts, elapsed);
         if self.progress == Progress::Console {
@@ -130,11 +135,6 @@ impl JobRun {
     /// failed: `summary` says so (and a local final output file is removed, so that no output
     /// stands without a report saying it is complete).
     pub fn write(&self, summary: &mut JobSummary) {
-        if let Err(e) = self.reports.close_dead_letters() {
-            summary.fail(format!(
-                "writing the dead letters (failed_items.parquet / .csv) failed: {e}"
-            ));
-        }
         write_report(&self.settings.log_dir, summary, &self.reports.failures());
     }
 }
