@@ -16,7 +16,8 @@ use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, NoopObserver, ParallelRunNode, ParallelRunQueryPlanner};
 use crate::input::{job_session, register_inputs};
 use crate::job::{execute, schemas, JobPlan, JobReport, Progress};
-use crate::output::{prepare_output_dir, OutputLock};
+use crate::ledger::{prepare_run, ResumeOptions};
+use crate::output::OutputLock;
 use crate::session::with_query_planner;
 use crate::worker::python::MiniBatchFormat;
 use crate::worker::{EntryScript, ScriptRegistry};
@@ -49,6 +50,7 @@ pub struct ParallelRun {
     mini_batch_format: MiniBatchFormat,
     progress: Progress,
     overwrite: bool,
+    resume: ResumeOptions,
 }
 
 impl ParallelRun {
@@ -68,6 +70,7 @@ impl ParallelRun {
             mini_batch_format: MiniBatchFormat::default(),
             progress: Progress::Quiet,
             overwrite: false,
+            resume: ResumeOptions::default(),
         }
     }
 
@@ -161,6 +164,14 @@ impl ParallelRun {
         self
     }
 
+    /// Continue an interrupted run in the same output folder instead of refusing it
+    /// ([`ResumeOptions::resume`]), or with `mode: RerunFailed` also re-run its failed
+    /// mini-batches; see `parallel-run run --resume`.
+    pub fn resume(mut self, options: ResumeOptions) -> Self {
+        self.resume = options;
+        self
+    }
+
     /// Runs the job. A job that ran and failed (where the CLI exits 42) is
     /// `Err(PrsError::JobFailed { report, .. })`; the report files are written either way.
     pub async fn run(self) -> Result<JobReport> {
@@ -191,11 +202,17 @@ impl ParallelRun {
         // One run at a time per output folder (held until the job is done).
         let _lock = OutputLock::acquire(&settings.output)?;
         // Before any worker writes its bootstrap into the folder.
-        prepare_output_dir(
+        let mode = prepare_run(
             &settings.output,
+            &settings.log_dir,
             &settings.final_file_name(),
+            self.resume,
             self.overwrite,
         )?;
+        let resume = ResumeOptions {
+            mode,
+            ..self.resume
+        };
         let ctx = job_session();
         let mut specs = Vec::new();
         let mut inputs = Vec::new();
@@ -217,7 +234,7 @@ impl ParallelRun {
         }
         let plan = JobPlan::new(settings, &schemas(&inputs), None, &registry)?;
         let inputs = inputs.into_iter().map(|(plan, _)| plan).collect();
-        let report = execute(&plan, inputs, ctx.task_ctx(), None, self.progress).await?;
+        let report = execute(&plan, inputs, ctx.task_ctx(), None, self.progress, resume).await?;
         if report.succeeded() {
             Ok(report)
         } else {

@@ -13,6 +13,7 @@ use crate::config::{JobSettings, JobSpec, LoadedJob, LoggingLevel};
 use crate::error::{PrsError, Result};
 use crate::input::{job_session, register_inputs_with};
 use crate::job::{factory_with_env, run_job_spec, worker_env, Progress};
+use crate::ledger::{ResumeMode, ResumeOptions};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
 
@@ -29,6 +30,8 @@ macro_rules! out {
 pub const EXIT_JOB_FAILED: i32 = 42;
 /// Exit code of a usage or configuration error.
 pub const EXIT_USAGE: i32 = 2;
+/// Exit code of a run stopped by Ctrl+C (resumable with `--resume`).
+pub const EXIT_INTERRUPTED: i32 = 130;
 
 /// Runs ParallelRunStep-style batch jobs.
 #[derive(Debug, Parser)]
@@ -131,6 +134,32 @@ pub enum Command {
         /// logs/ and .parallel_run/) instead of refusing to start.
         #[arg(long)]
         overwrite: bool,
+        /// Discard an unfinished job's work in the output folder and start over (the same as
+        /// --overwrite).
+        #[arg(long, conflicts_with_all = ["resume", "rerun_failed"])]
+        restart: bool,
+        /// Continue an interrupted or failed run in the same output folder: mini-batches it
+        /// finished (succeeded or failed) are not run again; the output equals that of an
+        /// uninterrupted run.
+        #[arg(long, conflicts_with = "rerun_failed")]
+        resume: bool,
+        /// Like --resume, and also run the failed mini-batches again (after fixing the
+        /// script or the data).
+        #[arg(long)]
+        rerun_failed: bool,
+        /// With --resume / --rerun-failed: resume even though settings that change the output
+        /// or the input changed since the job started.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the state of a running or finished job from its ledger: finished, failed and
+    /// remaining mini-batches, items, rate, ETA, the last errors.
+    Status {
+        /// The job's output folder (or a SQL job's report folder).
+        output: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a job file, its inputs and its entry script without running anything.
     Validate {
@@ -184,7 +213,23 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             args,
             quiet,
             overwrite,
+            restart,
+            resume,
+            rerun_failed,
+            force,
         } => {
+            let mode = match (resume, rerun_failed) {
+                (_, true) => ResumeMode::RerunFailed,
+                (true, _) => ResumeMode::Resume,
+                _ => ResumeMode::Fresh,
+            };
+            if force && mode == ResumeMode::Fresh {
+                return Err(PrsError::config(
+                    "--force",
+                    "(flag)",
+                    "only applies to --resume or --rerun-failed; to start over use --restart",
+                ));
+            }
             let loaded = load(&args)?;
             init_tracing(loaded.spec.config.logging_level);
             let progress = if quiet {
@@ -192,7 +237,38 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             } else {
                 Progress::Console
             };
-            let report = run_job_spec(&loaded.spec, &registry, progress, overwrite).await?;
+            crate::job::handle_ctrl_c(true);
+            let resume = ResumeOptions { mode, force };
+            let report = run_job_spec(
+                &loaded.spec,
+                &registry,
+                progress,
+                overwrite || restart,
+                resume,
+            )
+            .await?;
+            if report.resumed && !quiet {
+                eprintln!(
+                    "parallel-run: resumed: {} mini-batch(es) finished by earlier runs were not run again{}",
+                    report.mini_batches_skipped,
+                    if report.mini_batches_rerun > 0 {
+                        format!(", {} failed one(s) ran again", report.mini_batches_rerun)
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+            if report.reason == crate::job::INTERRUPTED {
+                eprintln!(
+                    "parallel-run: the job was interrupted: {}",
+                    report.sentence()
+                );
+                eprintln!(
+                    "Continue with: parallel-run run {} --resume",
+                    args.job.display()
+                );
+                return Ok(EXIT_INTERRUPTED);
+            }
             if report.succeeded() {
                 out!("{}", report.sentence());
                 if let Some(out) = &report.output {
@@ -252,6 +328,19 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
         Command::ShowConfig { args } => {
             let loaded = load(&args)?;
             print!("{}", loaded.spec.to_yaml()?);
+            Ok(0)
+        }
+        Command::Status { output, json } => {
+            let status = crate::ledger::status::job_status(&output)?;
+            if json {
+                let text = serde_json::to_string_pretty(&status).map_err(|e| PrsError::Output {
+                    path: output.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                out!("{text}");
+            } else {
+                print!("{}", status.text());
+            }
             Ok(0)
         }
         Command::Clean { output } => {

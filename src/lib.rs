@@ -60,6 +60,7 @@ pub mod api;
 pub mod exec;
 pub mod input;
 pub mod job;
+pub mod ledger;
 pub mod output;
 pub mod report;
 pub mod session;

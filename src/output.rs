@@ -2,7 +2,8 @@
 //!
 //! Each succeeded mini-batch's rows are written to their own part file in a staging folder
 //! (`<output>/.parallel_run/staging/parts/<id>.arrow`, Arrow IPC, written under a temporary
-//! name and renamed when complete) and recorded in `committed.jsonl`. Rows of a failed try
+//! name and renamed when complete) and then recorded in the job's ledger
+//! (`crate::ledger`). Rows of a failed try
 //! never get there, so a retried mini-batch cannot duplicate rows. When the job succeeds the
 //! parts are merged into the final file (temporary name, then an atomic rename) in completion
 //! order, or in mini-batch id order with `preserve_order`, and the staging folder is removed.
@@ -11,6 +12,7 @@
 //! A new run never starts on an earlier run's results ([`prepare_output_dir`]): a failed
 //! rerun would otherwise leave the old final file beside a report of its own.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -39,12 +41,12 @@ pub const WORK_DIR_NAME: &str = ".parallel_run";
 /// What an earlier run left in `output_dir` that a new run would be mistaken for or mixed
 /// with: the final file `final_name`, `logs/job_summary.json` (every finished run writes
 /// it, failed ones too), and the committed parts of an unfinished run
-/// (`.parallel_run/staging/committed.jsonl`, not empty). Paths relative to `output_dir`.
+/// (the ledger's `logs/ledger/records.jsonl`, not empty). Paths relative to `output_dir`.
 pub fn earlier_results(output_dir: &Path, final_name: &str) -> Vec<String> {
     let candidates = [
         final_name.to_string(),
         "logs/job_summary.json".to_string(),
-        format!("{WORK_DIR_NAME}/staging/committed.jsonl"),
+        "logs/ledger/records.jsonl".to_string(),
     ];
     candidates
         .into_iter()
@@ -170,6 +172,27 @@ impl OutputLock {
     }
 }
 
+/// Who holds the lock of `output_dir` (`Some("process PID")`), without taking it; `None` when
+/// no run holds it.
+pub fn lock_holder(output_dir: &Path) -> Option<String> {
+    let path = output_dir.join(LOCK_FILE_NAME);
+    let file = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+    match file.try_lock() {
+        Ok(()) => {
+            let _ = file.unlock();
+            None
+        }
+        Err(fs::TryLockError::WouldBlock) => {
+            let pid = fs::read_to_string(&path).unwrap_or_default();
+            Some(match pid.trim() {
+                "" => "a process on this machine".to_string(),
+                pid => format!("process {pid}"),
+            })
+        }
+        Err(fs::TryLockError::Error(_)) => None,
+    }
+}
+
 impl Drop for OutputLock {
     fn drop(&mut self) {
         // Removed while still held: a run that opens it now locks a new file.
@@ -180,6 +203,25 @@ impl Drop for OutputLock {
 struct Part {
     id: MiniBatchId,
     path: PathBuf,
+    rows: u64,
+}
+
+/// A committed part file, as the ledger names it: its file name in the staging folder's
+/// `parts/`, its size (a resume checks it) and the output rows it holds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartRef {
+    /// File name in `parts/`.
+    pub file: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Output rows.
+    pub rows: u64,
+}
+
+/// The staging folder of an output folder: `<output>/.parallel_run/staging` (the committed
+/// parts are in its `parts/`).
+pub fn staging_dir(output_dir: &Path) -> PathBuf {
+    output_dir.join(WORK_DIR_NAME).join("staging")
 }
 
 /// Writes committed mini-batches and, at the end, the final output file.
@@ -187,8 +229,9 @@ pub struct AppendRowSink {
     final_path: PathBuf,
     staging: PathBuf,
     format: OutputFormat,
-    ledger: BufWriter<File>,
     parts: Vec<Part>,
+    /// The ids of the parts committed by earlier runs (a resumed run).
+    resumed: HashSet<MiniBatchId>,
     rows: u64,
     /// The final file's temporary copy and its writer, when merging as mini-batches commit.
     live: Option<(PathBuf, FinalWriter)>,
@@ -209,25 +252,53 @@ impl AppendRowSink {
     /// A sink writing `<output_dir>/<file_name>` in `format`. A staging folder left by an
     /// earlier, failed run of the same output is replaced.
     pub fn create(output_dir: &Path, file_name: &str, format: OutputFormat) -> Result<Self> {
-        let staging = output_dir.join(WORK_DIR_NAME).join("staging");
+        let staging = staging_dir(output_dir);
         if staging.exists() {
             fs::remove_dir_all(&staging).map_err(|e| PrsError::io(&staging, e))?;
         }
+        Self::open(output_dir, file_name, format, Vec::new())
+    }
+
+    /// A sink continuing an interrupted run of the same output (a resumed job): the staging
+    /// folder is kept and `parts` (the committed parts the ledger names, in `parts/`) are
+    /// merged into the final file with the new ones.
+    pub fn reopen(
+        output_dir: &Path,
+        file_name: &str,
+        format: OutputFormat,
+        parts: Vec<(MiniBatchId, PartRef)>,
+    ) -> Result<Self> {
+        Self::open(output_dir, file_name, format, parts)
+    }
+
+    fn open(
+        output_dir: &Path,
+        file_name: &str,
+        format: OutputFormat,
+        committed: Vec<(MiniBatchId, PartRef)>,
+    ) -> Result<Self> {
+        let staging = staging_dir(output_dir);
         let parts_dir = staging.join("parts");
         fs::create_dir_all(&parts_dir).map_err(|e| PrsError::io(&parts_dir, e))?;
-        let ledger_path = staging.join("committed.jsonl");
-        let ledger = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&ledger_path)
-            .map_err(|e| PrsError::io(&ledger_path, e))?;
+        let mut rows = 0;
+        let mut resumed = HashSet::with_capacity(committed.len());
+        let mut parts = Vec::with_capacity(committed.len());
+        for (id, part) in committed {
+            rows += part.rows;
+            resumed.insert(id);
+            parts.push(Part {
+                id,
+                path: parts_dir.join(&part.file),
+                rows: part.rows,
+            });
+        }
         Ok(AppendRowSink {
             final_path: output_dir.join(format.append_row_file_name(file_name)),
             staging,
             format,
-            ledger: BufWriter::new(ledger),
-            parts: Vec::new(),
-            rows: 0,
+            parts,
+            resumed,
+            rows,
             live: None,
             merge_as_committed: false,
             finished: false,
@@ -261,36 +332,37 @@ impl AppendRowSink {
         &self.final_path
     }
 
-    /// Commits a succeeded mini-batch: its part file appears complete or not at all.
-    pub fn commit(&mut self, done: &CompletedMiniBatch) -> Result<()> {
+    /// Commits a succeeded mini-batch: its part file appears complete or not at all. Returns
+    /// the part (`None` when the mini-batch has no results to keep).
+    pub fn commit(&mut self, done: &CompletedMiniBatch) -> Result<Option<PartRef>> {
         let Some(batch) = &done.result else {
-            return Ok(());
+            return Ok(None);
         };
         // Refused here, at the first mini-batch, rather than after every mini-batch has run.
         check_text_columns(batch, self.format, &self.final_path, &done.id)?;
         let name = format!("{}.arrow", done.id);
         let path = self.staging.join("parts").join(&name);
         let tmp = self.staging.join("parts").join(format!(".{name}.tmp"));
-        write_ipc(&tmp, batch)?;
+        let bytes = write_ipc(&tmp, batch)?;
         fs::rename(&tmp, &path).map_err(|e| PrsError::io(&path, e))?;
-        let line = serde_json::json!({
-            "id": done.id.to_string(),
-            "index": done.index,
-            "input": done.lineage.input.as_ref(),
-            "rows_in": [done.lineage.rows.start, done.lineage.rows.end],
-            "rows_out": done.returned,
-            "part": format!("parts/{name}"),
-        });
-        writeln!(self.ledger, "{line}").map_err(|e| PrsError::io(&self.staging, e))?;
-        self.ledger
-            .flush()
-            .map_err(|e| PrsError::io(&self.staging, e))?;
         // Text lines arrive pre-formatted, several per value: count what run() returned.
-        self.rows += match ResultShape::of(batch) {
+        let rows = match ResultShape::of(batch) {
             ResultShape::Lines => done.returned,
             _ => batch.num_rows() as u64,
         };
-        self.parts.push(Part { id: done.id, path });
+        self.rows += rows;
+        if self.resumed.remove(&done.id) {
+            // Run again (a forced resume found its input slice changed): the new part
+            // replaced the old one under the same name.
+            if let Some(old) = self.parts.iter().position(|p| p.id == done.id) {
+                self.rows -= self.parts.remove(old).rows;
+            }
+        }
+        self.parts.push(Part {
+            id: done.id,
+            path,
+            rows,
+        });
         if self.merge_as_committed {
             if self.live.is_none() {
                 let tmp = self.temp_final_path();
@@ -302,7 +374,26 @@ impl AppendRowSink {
                 writer.write(batch, &done.id)?;
             }
         }
-        Ok(())
+        Ok(Some(PartRef {
+            file: name,
+            bytes,
+            rows,
+        }))
+    }
+
+    /// Drops the parts of earlier runs whose mini-batch `keep` refuses (a forced resume: the
+    /// mini-batches the new cut no longer has).
+    pub fn retain_resumed(&mut self, keep: impl Fn(&MiniBatchId) -> bool) {
+        let resumed = &self.resumed;
+        let mut dropped = 0;
+        self.parts.retain(|p| {
+            let kept = !resumed.contains(&p.id) || keep(&p.id);
+            if !kept {
+                dropped += p.rows;
+            }
+            kept
+        });
+        self.rows -= dropped;
     }
 
     /// The committed parts in mini-batch id order (Arrow IPC files, one per mini-batch), for
@@ -328,8 +419,9 @@ impl AppendRowSink {
     }
 
     /// Merges the parts into the final file (in completion order, or id order when
-    /// `preserve_order`), makes it visible atomically and removes the staging folder.
-    pub fn finish(mut self, preserve_order: bool) -> Result<OutputSummary> {
+    /// `preserve_order`), makes it visible atomically and removes the staging folder, unless
+    /// `keep_parts` (some mini-batch failed: `--rerun-failed` rebuilds the output from them).
+    pub fn finish(mut self, preserve_order: bool, keep_parts: bool) -> Result<OutputSummary> {
         let tmp = self.temp_final_path();
         match self.live.take() {
             Some((tmp, writer)) if !preserve_order => writer.close(&tmp)?,
@@ -354,8 +446,10 @@ impl AppendRowSink {
         fs::rename(&tmp, &self.final_path).map_err(|e| PrsError::io(&self.final_path, e))?;
         self.finished = true;
         // The output is complete: a staging folder left behind costs disk, not correctness.
-        if let Err(e) = fs::remove_dir_all(&self.staging) {
-            tracing::warn!("removing {} failed: {e}", self.staging.display());
+        if !keep_parts {
+            if let Err(e) = fs::remove_dir_all(&self.staging) {
+                tracing::warn!("removing {} failed: {e}", self.staging.display());
+            }
         }
         Ok(OutputSummary {
             path: self.final_path.clone(),
@@ -374,6 +468,8 @@ pub struct StagedSink {
     format: OutputFormat,
     merge_as_committed: bool,
     transient: bool,
+    /// A resumed run: the parts committed before, merged with the new ones.
+    resumed: Mutex<Option<Vec<(MiniBatchId, PartRef)>>>,
     sink: Mutex<Option<AppendRowSink>>,
 }
 
@@ -401,8 +497,17 @@ impl StagedSink {
             format,
             merge_as_committed,
             transient: false,
+            resumed: Mutex::new(None),
             sink: Mutex::new(None),
         }
+    }
+
+    /// The same sink continuing a resumed run: the staging folder is kept and `parts` (the
+    /// committed parts of the earlier runs) are merged into the final file with the new ones,
+    /// at the end (in id order with `preserve_order`).
+    pub fn resuming(self, parts: Vec<(MiniBatchId, PartRef)>) -> Self {
+        *lock(&self.resumed) = Some(parts);
+        self
     }
 
     /// Parts only held until they are read back (SQL's `preserve_order`): whatever is still
@@ -422,10 +527,35 @@ impl StagedSink {
     }
 
     fn create(&self) -> Result<AppendRowSink> {
-        Ok(
-            AppendRowSink::create(&self.output_dir, &self.file_name, self.format)?
-                .merge_as_committed(self.merge_as_committed),
-        )
+        match lock(&self.resumed).take() {
+            // The parts of earlier runs are merged at the end, with the new ones.
+            Some(parts) => {
+                AppendRowSink::reopen(&self.output_dir, &self.file_name, self.format, parts)
+            }
+            None => Ok(
+                AppendRowSink::create(&self.output_dir, &self.file_name, self.format)?
+                    .merge_as_committed(self.merge_as_committed),
+            ),
+        }
+    }
+
+    /// Commits `done`'s results (see [`AppendRowSink::commit`]) and returns its part.
+    pub fn commit_part(&self, done: &CompletedMiniBatch) -> Result<Option<PartRef>> {
+        let mut slot = lock(&self.sink);
+        if slot.is_none() {
+            *slot = Some(self.create()?);
+        }
+        match slot.as_mut() {
+            Some(sink) => sink.commit(done),
+            None => Ok(None),
+        }
+    }
+
+    /// See [`AppendRowSink::retain_resumed`].
+    pub fn retain_resumed(&self, keep: impl Fn(&MiniBatchId) -> bool) {
+        if let Some(sink) = lock(&self.sink).as_mut() {
+            sink.retain_resumed(keep);
+        }
     }
 
     /// The sink with everything committed so far (`None` when nothing was committed and it
@@ -447,14 +577,7 @@ impl Drop for StagedSink {
 
 impl MiniBatchSink for StagedSink {
     fn commit(&self, done: &CompletedMiniBatch) -> Result<()> {
-        let mut slot = lock(&self.sink);
-        if slot.is_none() {
-            *slot = Some(self.create()?);
-        }
-        match slot.as_mut() {
-            Some(sink) => sink.commit(done),
-            None => Ok(()),
-        }
+        self.commit_part(done).map(|_| ())
     }
 }
 
@@ -469,14 +592,17 @@ impl Drop for AppendRowSink {
     }
 }
 
-fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<()> {
+/// Writes `batch` as an Arrow IPC file; returns its size in bytes.
+fn write_ipc(path: &Path, batch: &RecordBatch) -> Result<u64> {
     let file = File::create(path).map_err(|e| PrsError::io(path, e))?;
     let mut writer = FileWriter::try_new(BufWriter::new(file), batch.schema_ref())?;
     writer.write(batch)?;
     writer.finish()?;
     let mut inner = writer.into_inner()?;
     inner.flush().map_err(|e| PrsError::io(path, e))?;
-    Ok(())
+    let file = inner.get_ref();
+    let bytes = file.metadata().map_err(|e| PrsError::io(path, e))?.len();
+    Ok(bytes)
 }
 
 /// Writes result batches in the output format.

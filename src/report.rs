@@ -217,6 +217,18 @@ impl std::fmt::Debug for ReportWriter {
     }
 }
 
+/// The machine-readable progress file in the log folder.
+pub const PROGRESS_FILE: &str = "job_progress.json";
+
+/// What `job_progress.json` holds.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ProgressFile {
+    /// The job's counts when it was written.
+    pub counts: JobCounts,
+    /// Seconds since the run started.
+    pub elapsed_seconds: f64,
+}
+
 /// How many failure messages job_result.txt lists.
 const LISTED_FAILURES: usize = 20;
 
@@ -267,10 +279,22 @@ impl ReportWriter {
         let _ = events.flush();
     }
 
-    /// Rewrites `job_progress_overview.txt`.
+    /// Rewrites `job_progress_overview.txt`, and `job_progress.json` (the counts and the
+    /// elapsed seconds, which `parallel-run status` reads).
     pub fn write_progress(&self, counts: &JobCounts, elapsed: Duration) {
         let path = self.log_dir.join("job_progress_overview.txt");
         let _ = fs::write(path, progress_line(counts, elapsed) + "\n");
+        let progress = ProgressFile {
+            counts: counts.clone(),
+            elapsed_seconds: elapsed.as_secs_f64(),
+        };
+        if let Ok(json) = serde_json::to_vec(&progress) {
+            let path = self.log_dir.join(PROGRESS_FILE);
+            let tmp = self.log_dir.join(format!(".{PROGRESS_FILE}.tmp"));
+            if fs::write(&tmp, json).is_ok() {
+                let _ = fs::rename(tmp, path);
+            }
+        }
     }
 }
 
@@ -381,6 +405,13 @@ pub struct JobSummary {
     pub tries: u64,
     /// init() failures.
     pub init_failures: u64,
+    /// This run continued an interrupted one (`--resume`, `--rerun-failed`).
+    pub resumed: bool,
+    /// Mini-batches earlier runs finished and this one did not run again (counted in the
+    /// totals above, which cover the whole job).
+    pub mini_batches_skipped: u64,
+    /// Failed mini-batches of earlier runs that this run ran again (`--rerun-failed`).
+    pub mini_batches_rerun: u64,
     /// Wall time, seconds.
     pub elapsed_seconds: f64,
     /// The append_row file (absent for summary_only or a failed job).
@@ -444,6 +475,9 @@ impl JobSummary {
             items_failed: c.items_failed,
             tries: c.tries,
             init_failures: c.init_failures,
+            resumed: false,
+            mini_batches_skipped: c.mini_batches_skipped,
+            mini_batches_rerun: 0,
             elapsed_seconds: elapsed.as_secs_f64(),
             output: None,
             output_rows: 0,

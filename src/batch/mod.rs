@@ -13,11 +13,13 @@
 //! derived from the key values ([`key_id`]), so it is stable across runs and worker counts.
 
 mod chunker;
+mod fingerprint;
 mod keyed;
 mod record;
 
 pub(crate) use chunker::compact_concat;
 pub use chunker::{slice_memory_size, ByteChunker, FileChunker};
+pub use fingerprint::slice_fingerprint;
 pub use keyed::{json_value, key_id, KeyChunker};
 pub use record::MiniBatchRecord;
 

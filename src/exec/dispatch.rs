@@ -2,6 +2,7 @@
 //! queues them; every partition's worker pulls from the same queue, so none idles while
 //! another has a backlog.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -11,7 +12,10 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::batch::{ByteChunker, FileChunker, ItemKind, KeyChunker, MiniBatch};
+use crate::batch::{
+    slice_fingerprint, ByteChunker, FileChunker, ItemKind, KeyChunker, MiniBatch, MiniBatchId,
+    MiniBatchRecord,
+};
 use crate::config::InputSpec;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed;
@@ -48,6 +52,60 @@ impl InputInfo {
     }
 }
 
+/// A mini-batch an earlier run of the job brought to its final status: a resumed run counts
+/// its record and does not run it.
+#[derive(Debug, Clone)]
+pub struct SkippedMiniBatch {
+    /// The record the earlier run wrote.
+    pub record: MiniBatchRecord,
+    /// Its input slice's fingerprint then ([`slice_fingerprint`]).
+    pub fingerprint: u64,
+}
+
+/// The mini-batches a resumed run skips (from the job's ledger). The dispatcher still cuts
+/// the input as before, so ids and boundaries are the same; each mini-batch found here is
+/// checked against its fingerprint (unless `check_slices` is off: `--force`) and counted
+/// without running.
+///
+/// Without the check (a forced resume) a mini-batch whose slice changed runs again, and the
+/// committed results of mini-batches the new cut does not have are left out of the output
+/// ([`ResumeSkips::was_skipped`]): the output stays the rows of the new cut, each once.
+#[derive(Debug, Default)]
+pub struct ResumeSkips {
+    done: HashMap<MiniBatchId, SkippedMiniBatch>,
+    /// Refuse a mini-batch whose input slice changed (and an input with fewer mini-batches).
+    pub check_slices: bool,
+    /// The mini-batches skipped so far (found again, with the same slice).
+    skipped: std::sync::Mutex<std::collections::HashSet<MiniBatchId>>,
+}
+
+impl ResumeSkips {
+    /// Adds a finished mini-batch.
+    pub fn insert(&mut self, id: MiniBatchId, skipped: SkippedMiniBatch) {
+        self.done.insert(id, skipped);
+    }
+
+    /// Number of mini-batches to skip.
+    pub fn len(&self) -> usize {
+        self.done.len()
+    }
+
+    /// True when nothing is skipped.
+    pub fn is_empty(&self) -> bool {
+        self.done.is_empty()
+    }
+
+    /// The skipped mini-batch `id`, if it is one.
+    pub fn get(&self, id: &MiniBatchId) -> Option<&SkippedMiniBatch> {
+        self.done.get(id)
+    }
+
+    /// True when mini-batch `id` was found again with the same slice and skipped.
+    pub fn was_skipped(&self, id: &MiniBatchId) -> bool {
+        crate::lock(&self.skipped).contains(id)
+    }
+}
+
 /// A queued mini-batch with its dispatch index and its share of the memory budget.
 #[derive(Debug)]
 pub struct Dispatched {
@@ -55,6 +113,8 @@ pub struct Dispatched {
     pub mini_batch: MiniBatch,
     /// Dispatch order over the whole job (`minibatch_index`).
     pub index: u64,
+    /// Its input slice's fingerprint ([`slice_fingerprint`]), for the ledger.
+    pub fingerprint: u64,
     /// Memory held while the mini-batch is queued or running; released on drop.
     _reservation: MemoryReservation,
 }
@@ -69,13 +129,15 @@ pub struct EngineMemoryPool(pub Arc<dyn MemoryPool>);
 /// The receiving end of the queue, shared by all partitions.
 pub type SharedQueue = Arc<Mutex<mpsc::Receiver<Dispatched>>>;
 
-/// Reads `inputs` (in order; each input's partitions in order) and queues their mini-batches.
-/// Returns when everything is queued, the queue is closed, or the job is cancelled. Errors are
-/// also recorded as the job's abort reason so every partition stops.
+/// Reads `inputs` (in order; each input's partitions in order) and queues their mini-batches,
+/// counting those in `skips` (a resumed run) instead. Returns when everything is queued, the
+/// queue is closed, or the job is cancelled. Errors are also recorded as the job's abort
+/// reason so every partition stops.
 pub async fn dispatch(
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     context: Arc<TaskContext>,
     state: Arc<JobState>,
+    skips: Option<Arc<ResumeSkips>>,
     queue: mpsc::Sender<Dispatched>,
 ) {
     let pool = match context.session_config().get_extension::<EngineMemoryPool>() {
@@ -83,7 +145,12 @@ pub async fn dispatch(
         None => context.memory_pool().clone(),
     };
     let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(&pool);
-    let result = dispatch_all(&inputs, &context, &state, &queue, &reservation).await;
+    let cut = Cut {
+        index: AtomicU64::new(0),
+        skipped: AtomicU64::new(0),
+        skips,
+    };
+    let result = dispatch_all(&inputs, &context, &state, &queue, &reservation, &cut).await;
     match result {
         Ok(true) => state.scheduling_finished(),
         // Stopped before the end (the job was cancelled, or nobody reads the queue): the
@@ -103,9 +170,9 @@ async fn dispatch_all(
     state: &Arc<JobState>,
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
+    cut: &Cut,
 ) -> Result<bool> {
     let settings = state.settings().clone();
-    let index = AtomicU64::new(0);
     for (ordinal, (plan, info)) in inputs.iter().enumerate() {
         let name: Arc<str> = Arc::from(info.name.as_str());
         // partition_keys: the input sorted on its keys (see [`crate::exec::keyed`]) and cut
@@ -149,29 +216,95 @@ async fn dispatch_all(
                 let Some(batch) = next else { break };
                 let batch = batch.map_err(|e| input_error(&info.name, e))?;
                 for mb in chunker.push(batch)? {
-                    if !enqueue(mb, &index, state, queue, reservation).await? {
+                    if !enqueue(mb, cut, state, queue, reservation).await? {
                         return Ok(false);
                     }
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
-            if !enqueue(mb, &index, state, queue, reservation).await? {
+            if !enqueue(mb, cut, state, queue, reservation).await? {
                 return Ok(false);
             }
+        }
+    }
+    if let Some(skips) = cut.skips.as_ref().filter(|s| s.check_slices) {
+        let found = cut.skipped.load(Ordering::Relaxed);
+        if found < skips.len() as u64 {
+            let mut missing: Vec<String> = skips
+                .done
+                .values()
+                .map(|s| s.record.id.to_string())
+                .collect();
+            missing.sort();
+            missing.truncate(3);
+            return Err(resume_refused(
+                &missing[0],
+                format!(
+                    "the input now has fewer mini-batches than when the job was started: {}                      recorded mini-batch(es) were not found again (e.g. {})",
+                    skips.len() as u64 - found,
+                    missing.join(", ")
+                ),
+            ));
         }
     }
     Ok(true)
 }
 
+/// The dispatcher's position: the next dispatch index, and what a resumed run skips.
+struct Cut {
+    index: AtomicU64,
+    skipped: AtomicU64,
+    skips: Option<Arc<ResumeSkips>>,
+}
+
+fn resume_refused(mini_batch: &str, why: String) -> PrsError {
+    PrsError::config(
+        "--resume",
+        format!("mini batch {mini_batch}"),
+        format!(
+            "{why}. The committed results no longer match the input: restore the input, run \
+             with --restart to start over, or add --force to keep the committed results anyway"
+        ),
+    )
+}
+
 /// Queues one mini-batch; `Ok(false)` when nobody listens any more or the job is cancelled.
 async fn enqueue(
     mini_batch: MiniBatch,
-    index: &AtomicU64,
+    cut: &Cut,
     state: &Arc<JobState>,
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
 ) -> Result<bool> {
+    let fingerprint = slice_fingerprint(&mini_batch);
+    let skip = cut
+        .skips
+        .as_ref()
+        .and_then(|s| s.get(&mini_batch.id).map(|e| (s, e)));
+    if let Some((skips, skipped)) = skip {
+        let same = fingerprint == skipped.fingerprint;
+        if !same && skips.check_slices {
+            return Err(resume_refused(
+                &mini_batch.id.to_string(),
+                format!(
+                    "input {:?} changed: rows {}..{} are not the ones this mini-batch was \
+                     made of when it was committed",
+                    mini_batch.lineage.input.as_ref(),
+                    mini_batch.lineage.rows.start,
+                    mini_batch.lineage.rows.end
+                ),
+            ));
+        }
+        cut.skipped.fetch_add(1, Ordering::Relaxed);
+        if same {
+            crate::lock(&skips.skipped).insert(mini_batch.id);
+            cut.index.fetch_add(1, Ordering::Relaxed);
+            state.mini_batch_skipped(&skipped.record);
+            return Ok(!state.cancellation().is_cancelled());
+        }
+        // Forced: its slice changed, so it runs again.
+    }
     let bytes = mini_batch.memory_size();
     let mb_reservation = reservation.new_empty();
     mb_reservation.try_grow(bytes).map_err(|e| PrsError::Input {
@@ -184,7 +317,8 @@ async fn enqueue(
     state.mini_batch_scheduled(mini_batch.items());
     let dispatched = Dispatched {
         mini_batch,
-        index: index.fetch_add(1, Ordering::Relaxed),
+        index: cut.index.fetch_add(1, Ordering::Relaxed),
+        fingerprint,
         _reservation: mb_reservation,
     };
     tokio::select! {
@@ -271,7 +405,7 @@ mod tests {
             }
             n
         });
-        dispatch(inputs.clone(), task_ctx.clone(), state.clone(), tx).await;
+        dispatch(inputs.clone(), task_ctx.clone(), state.clone(), None, tx).await;
         let n = reader.await.unwrap();
         let counts = state.counts();
         assert!(n > 1, "{counts:?}");
@@ -281,7 +415,7 @@ mod tests {
         // Cancelled while waiting for room in the queue: only a lower bound was cut.
         let state = JobState::new(settings(), Arc::new(NoopObserver));
         let (tx, _rx) = mpsc::channel(1);
-        let task = tokio::spawn(dispatch(inputs, task_ctx, state.clone(), tx));
+        let task = tokio::spawn(dispatch(inputs, task_ctx, state.clone(), None, tx));
         for _ in 0..1000 {
             if state.counts().mini_batches_total >= 2 {
                 break;

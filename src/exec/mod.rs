@@ -14,7 +14,7 @@ pub mod state;
 pub mod stream;
 
 pub use crate::batch::MiniBatchRecord;
-pub use dispatch::InputInfo;
+pub use dispatch::{InputInfo, ResumeSkips, SkippedMiniBatch};
 pub use logical::ParallelRunNode;
 pub use planner::{plan_node, ParallelRunPlanner, ParallelRunQueryPlanner};
 pub use spec::{OperatorSpec, SPEC_FORMAT_VERSION};
@@ -49,11 +49,12 @@ use crate::worker::WorkerFactoryRef;
 /// A stream of succeeded mini-batches from one partition.
 pub type MiniBatchStream = Pin<Box<dyn Stream<Item = Result<CompletedMiniBatch>> + Send>>;
 
-/// Where succeeded mini-batches go instead of the operator's output stream: the job's
-/// exactly-once append_row sink (`crate::output::StagedSink`). Called once per succeeded
-/// mini-batch, from any partition; an error aborts the job.
+/// Where finished mini-batches go instead of the operator's output stream: the job's ledger
+/// and exactly-once append_row sink (`crate::ledger::LedgerSink`, `crate::output::StagedSink`).
+/// Called once per mini-batch that reached its final status (failed ones too, with no
+/// results), from any partition; an error aborts the job.
 pub trait MiniBatchSink: Send + Sync {
-    /// Commits the results of `done` (complete or not at all).
+    /// Commits `done`: its results (complete or not at all) and its record.
     fn commit(&self, done: &CompletedMiniBatch) -> Result<()>;
 }
 
@@ -68,6 +69,8 @@ pub struct OperatorRuntime {
     pub observer: Arc<dyn JobObserver>,
     /// When set, results are committed here and the operator emits no rows.
     pub sink: Option<Arc<dyn MiniBatchSink>>,
+    /// A resumed run: the mini-batches an earlier run finished, counted and not run.
+    pub skips: Option<Arc<ResumeSkips>>,
 }
 
 impl OperatorRuntime {
@@ -77,7 +80,14 @@ impl OperatorRuntime {
             factory,
             observer,
             sink: None,
+            skips: None,
         }
+    }
+
+    /// The same runtime skipping the mini-batches in `skips` (a resumed run).
+    pub fn with_skips(mut self, skips: Arc<ResumeSkips>) -> Self {
+        self.skips = Some(skips);
+        self
     }
 
     /// The same runtime committing results to `sink` instead of emitting them.
@@ -219,6 +229,7 @@ impl ParallelRunExec {
                     self.inputs.clone(),
                     context.clone(),
                     self.state.clone(),
+                    self.runtime.skips.clone(),
                     tx,
                 ));
                 let e = Arc::new(Execution {

@@ -86,7 +86,8 @@ pub struct NoopObserver;
 impl JobObserver for NoopObserver {}
 
 /// Counts over the whole job. Cheap to copy.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct JobCounts {
     /// Mini-batches cut so far (all of them once `scheduling_done`).
     pub mini_batches_total: u64,
@@ -110,6 +111,9 @@ pub struct JobCounts {
     pub tries: u64,
     /// init() failures.
     pub init_failures: u64,
+    /// Mini-batches an earlier run finished and this (resumed) run did not run again; they
+    /// are counted in the totals above.
+    pub mini_batches_skipped: u64,
     /// The items of all inputs, exactly, from metadata known before reading them (Parquet
     /// footers); `None` when some input's count is not known that way.
     pub items_expected: Option<u64>,
@@ -295,6 +299,17 @@ impl JobState {
         if let Some(mut c) = self.open_counts() {
             c.tries += 1;
         }
+    }
+
+    /// A mini-batch an earlier run of the job finished (a resumed run): counted as cut and
+    /// processed with its recorded status, reported, not run.
+    pub fn mini_batch_skipped(&self, record: &MiniBatchRecord) {
+        if let Some(mut c) = self.open_counts() {
+            c.mini_batches_total += 1;
+            c.items_total += record.total_items;
+            c.mini_batches_skipped += 1;
+        }
+        self.mini_batch_finished(record);
     }
 
     /// A try failed; tells the observer.

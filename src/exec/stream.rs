@@ -15,7 +15,8 @@ use crate::exec::dispatch::{Dispatched, SharedQueue};
 use crate::exec::state::JobState;
 use crate::worker::{MiniBatchContext, RunError, Worker, WorkerFactoryRef, WorkerSlot};
 
-/// A succeeded mini-batch and the rows its run() returned.
+/// A mini-batch that reached its final status: its record and, when it succeeded and results
+/// are kept, the rows its run() returned.
 #[derive(Debug, Clone)]
 pub struct CompletedMiniBatch {
     /// Stable id.
@@ -29,10 +30,14 @@ pub struct CompletedMiniBatch {
     /// Elements run() returned: the output rows (pre-formatted text lines may hold several in
     /// one value).
     pub returned: u64,
+    /// Its record (status, tries, timings, worker), as the observer received it.
+    pub record: MiniBatchRecord,
+    /// What identifies its input slice ([`crate::batch::slice_fingerprint`]).
+    pub fingerprint: u64,
 }
 
 /// Runs partition `partition` until the queue is drained or the job is aborted, sending each
-/// succeeded mini-batch to `out`.
+/// mini-batch that reached its final status (succeeded or failed) to `out`.
 pub async fn run_partition(
     partition: usize,
     queue: SharedQueue,
@@ -85,11 +90,10 @@ impl PartitionRunner {
             let Some(dispatched) = next else {
                 return Ok(());
             };
-            if let Some(done) = self.process(dispatched).await? {
-                if out.send(Ok(done)).await.is_err() {
-                    // Nobody reads our results any more: stop quietly.
-                    return Ok(());
-                }
+            let done = self.process(dispatched).await?;
+            if out.send(Ok(done)).await.is_err() {
+                // Nobody reads our results any more: stop quietly.
+                return Ok(());
             }
         }
     }
@@ -155,9 +159,9 @@ impl PartitionRunner {
         })
     }
 
-    /// Runs one mini-batch with up to `run_max_try` tries. Returns the completed mini-batch
-    /// when it succeeded and has results to pass on.
-    async fn process(&mut self, dispatched: Dispatched) -> Result<Option<CompletedMiniBatch>> {
+    /// Runs one mini-batch with up to `run_max_try` tries and returns it with its final
+    /// status (an error only when the job was aborted meanwhile).
+    async fn process(&mut self, dispatched: Dispatched) -> Result<CompletedMiniBatch> {
         let settings = self.state.settings().clone();
         let mb = &dispatched.mini_batch;
         let id_text = mb.id.to_string();
@@ -223,14 +227,15 @@ impl PartitionRunner {
                         earlier_errors: Vec::new(),
                     };
                     self.state.mini_batch_finished(&record);
-                    let returned = ret.returned;
-                    return Ok(ret.result.map(|result| CompletedMiniBatch {
+                    return Ok(CompletedMiniBatch {
                         id: mb.id,
                         index: dispatched.index,
                         lineage: mb.lineage.clone(),
-                        result: Some(result),
-                        returned,
-                    }));
+                        result: ret.result,
+                        returned: ret.returned,
+                        record,
+                        fingerprint: dispatched.fingerprint,
+                    });
                 }
                 Err(e) => {
                     let message = e.message(&id_text);
@@ -278,7 +283,15 @@ impl PartitionRunner {
             traceback: error.traceback().map(str::to_string),
         };
         self.state.mini_batch_finished(&record);
-        Ok(None)
+        Ok(CompletedMiniBatch {
+            id: mb.id,
+            index: dispatched.index,
+            lineage: mb.lineage.clone(),
+            result: None,
+            returned: 0,
+            record,
+            fingerprint: dispatched.fingerprint,
+        })
     }
 
     async fn shutdown(&mut self) {

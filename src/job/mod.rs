@@ -30,7 +30,8 @@ use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, JobState, MiniBatchRecord, ParallelRunExec};
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
-use crate::output::{prepare_output_dir, OutputLock, StagedSink, WORK_DIR_NAME};
+use crate::ledger::{self, LedgerSink, ResumeMode, ResumeOptions};
+use crate::output::{staging_dir, OutputLock, StagedSink, WORK_DIR_NAME};
 use crate::report::{JobSummary, ReportWriter};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
@@ -40,12 +41,14 @@ pub type JobReport = JobSummary;
 
 /// Loads nothing: runs a validated [`JobSpec`] with the Rust scripts of `registry` available.
 /// `overwrite` lets the job replace an earlier run's results in its output folder (see
-/// [`crate::output::prepare_output_dir`]); without it such a folder is refused.
+/// [`crate::output::prepare_output_dir`]); without it such a folder is refused. `resume`
+/// continues an interrupted run from its ledger (see [`ledger::prepare_run`]).
 pub async fn run_job_spec(
     spec: &JobSpec,
     registry: &ScriptRegistry,
     progress: Progress,
     overwrite: bool,
+    resume: ResumeOptions,
 ) -> Result<JobReport> {
     spec.validate()?;
     let output = spec.output.clone().ok_or_else(|| {
@@ -62,10 +65,20 @@ pub async fn run_job_spec(
     let _lock = OutputLock::acquire(&settings.output)?;
     // Before any worker writes its bootstrap into the folder.
     let final_name = settings.final_file_name();
+    let mode = ledger::prepare_run(
+        &settings.output,
+        &settings.log_dir,
+        &final_name,
+        resume,
+        overwrite,
+    )?;
     if let Some(remote) = storage.remote_output() {
-        remote.prepare(&final_name, overwrite, &storage).await?;
+        // A resumed run continues from the local mirror (its staging and ledger): what an
+        // earlier, failed run uploaded is replaced when this one commits.
+        let replace = overwrite || mode != ResumeMode::Fresh;
+        remote.prepare(&final_name, replace, &storage).await?;
     }
-    prepare_output_dir(&settings.output, &final_name, overwrite)?;
+    let resume = ResumeOptions { mode, ..resume };
     // Folders the script writes into (an Azure v2 job's outputs) exist before init() runs.
     for folder in &spec.output_folders {
         std::fs::create_dir_all(folder).map_err(|e| PrsError::io(folder, e))?;
@@ -98,7 +111,15 @@ pub async fn run_job_spec(
     }
     let plan = JobPlan::with_factory(settings, &schemas(&inputs), None, factory)?;
     let inputs = inputs.into_iter().map(|(plan, _)| plan).collect();
-    execute(&plan, inputs, ctx.task_ctx(), Some(&storage), progress).await
+    execute(
+        &plan,
+        inputs,
+        ctx.task_ctx(),
+        Some(&storage),
+        progress,
+        resume,
+    )
+    .await
 }
 
 /// The schemas and infos of planned inputs, as [`JobPlan`] takes them.
@@ -243,17 +264,35 @@ fn without_file_metadata(plan: LogicalPlan) -> Result<LogicalPlan> {
 /// mini-batches finish, and an output on object storage is uploaded when the job commits (the
 /// final file with a multipart upload, then the logs).
 ///
+/// Every mini-batch that reaches its final status is recorded in the job's ledger
+/// (`<log_dir>/ledger/`, see [`crate::ledger`]) after its results are committed; with
+/// `resume` (a mode other than fresh) the mini-batches the ledger holds are counted and not
+/// run, and their committed parts are merged into the final file with the new ones.
+///
 /// The output folder is taken as it is: [`run_job_spec`] and [`crate::ParallelRun`] refuse
 /// (or clear, with `overwrite`) an earlier run's results before their workers start
-/// ([`crate::output::prepare_output_dir`]); other callers do that themselves.
+/// ([`ledger::prepare_run`]); other callers do that themselves.
 pub async fn execute(
     plan: &JobPlan,
     inputs: Vec<Arc<dyn ExecutionPlan>>,
     task_ctx: Arc<TaskContext>,
     storage: Option<&Arc<StorageContext>>,
     progress: Progress,
+    resume: ResumeOptions,
 ) -> Result<JobReport> {
     let settings = plan.settings();
+    let parts_dir = staging_dir(&settings.output).join("parts");
+    let (writer, resumed) = ledger::open(
+        &ledger::ledger_dir(&settings.log_dir),
+        &plan.spec,
+        resume.mode,
+        resume.force,
+        &parts_dir,
+    )?;
+    for warning in &resumed.warnings {
+        eprintln!("parallel-run: warning: {warning}");
+    }
+    let resuming = resume.mode != ResumeMode::Fresh;
     let reports = Arc::new(ReportWriter::create(&settings.log_dir)?);
     // File datasets on object storage: each finished mini-batch frees its downloads.
     let observer: Arc<dyn JobObserver> = match storage.filter(|s| s.has_caches()) {
@@ -270,22 +309,32 @@ pub async fn execute(
     let workers = plan.spec.settings().workers;
     let sink = match settings.config.output_action {
         OutputAction::AppendRow => {
-            let sink = Arc::new(StagedSink::new(
+            let mut sink = StagedSink::new(
                 &settings.output,
                 &settings.config.append_row_file_name,
                 settings.output_format,
                 !settings.preserve_order,
-            ));
+            );
+            if resuming {
+                sink = sink.resuming(resumed.parts);
+            }
+            let sink = Arc::new(sink);
             sink.open()?;
             Some(sink)
         }
         OutputAction::SummaryOnly => None,
     };
-    let mut runtime = plan.runtime(observer);
-    if let Some(sink) = &sink {
-        runtime = runtime.with_sink(sink.clone());
+    let ledger_sink = Arc::new(LedgerSink::new(sink.clone(), writer.sync_before(parts_dir)));
+    let mut runtime = plan.runtime(observer).with_sink(ledger_sink.clone());
+    let skips = Arc::new(resumed.skips);
+    if resuming {
+        runtime = runtime.with_skips(skips.clone());
     }
     let exec = ParallelRunExec::new(inputs, plan.spec.clone(), runtime, state.clone());
+    // A single Ctrl+C stops the run cleanly, resumable; a second one ends the process.
+    let interrupt = HANDLE_CTRL_C
+        .load(std::sync::atomic::Ordering::SeqCst)
+        .then(|| spawn_interrupt_handler(state.clone()));
 
     if let Some(storage) = storage {
         storage.start_read_ahead();
@@ -308,13 +357,23 @@ pub async fn execute(
         }
     }
     drop(merged);
+    drop(interrupt);
     // Closes the counts: the console, the progress file and the report all state these.
     let mut summary = run.summarize();
+    summary.resumed = resuming;
+    summary.mini_batches_rerun = resumed.rerun;
+    if let Err(e) = ledger_sink.close() {
+        summary.fail(format!("writing the job's ledger failed: {e}"));
+    }
+    if let Some(sink) = sink.as_ref().filter(|_| resuming) {
+        // Only the parts of mini-batches this run's cut still has (see `ResumeSkips`).
+        sink.retain_resumed(|id| skips.was_skipped(id));
+    }
     let sink = sink.and_then(|sink| sink.take());
     if summary.succeeded() {
         if let Some(sink) = sink {
             let staging = sink.staging_dir().to_path_buf();
-            match sink.finish(settings.preserve_order) {
+            match sink.finish(settings.preserve_order, summary.mini_batches_failed > 0) {
                 Ok(out) => {
                     summary.output = Some(out.path);
                     summary.output_rows = out.rows;
@@ -342,17 +401,76 @@ pub async fn execute(
         }
     }
     if summary.succeeded() {
-        // Committed: the parts, worker folders, bootstrap copies and caches are done with.
-        // A failed job keeps them: the report names the committed parts.
+        // Committed: the worker folders, bootstrap copies and caches are done with, and the
+        // parts too unless some mini-batch failed (`--rerun-failed` rebuilds the output from
+        // them). A failed job keeps everything: the report names the committed parts.
         drop(exec);
         let work = settings.output.join(WORK_DIR_NAME);
-        if let Err(e) = std::fs::remove_dir_all(&work) {
+        let keep_parts = summary.mini_batches_failed > 0;
+        let removed = if keep_parts {
+            remove_all_but(&work, "staging")
+        } else {
+            std::fs::remove_dir_all(&work)
+        };
+        if let Err(e) = removed {
             if e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!("removing {} failed: {e}", work.display());
             }
         }
+    } else if state.abort_reason().as_deref() == Some(INTERRUPTED) {
+        eprintln!(
+            "parallel-run: stopped by Ctrl+C; the work done so far is kept. Continue with the \
+             same command and --resume"
+        );
     }
     Ok(summary)
+}
+
+static HANDLE_CTRL_C: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether runs in this process stop cleanly on Ctrl+C (the command line turns it on; a
+/// library caller keeps its own signal handling).
+pub fn handle_ctrl_c(on: bool) {
+    HANDLE_CTRL_C.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The abort reason of a run stopped by Ctrl+C.
+pub const INTERRUPTED: &str =
+    "interrupted (Ctrl+C): the committed mini-batches are kept; run again with --resume";
+
+/// Aborts the run on the first Ctrl+C (the workers stop, the committed work and the ledger
+/// stay: the run can be resumed) and ends the process on the second.
+fn spawn_interrupt_handler(state: Arc<JobState>) -> datafusion::common::runtime::SpawnedTask<()> {
+    datafusion::common::runtime::SpawnedTask::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_err() {
+            return;
+        }
+        eprintln!(
+            "\nparallel-run: Ctrl+C: stopping the workers (press Ctrl+C again to quit at once)"
+        );
+        state.abort(INTERRUPTED);
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("parallel-run: quitting; continue later with --resume");
+            std::process::exit(crate::cli::EXIT_INTERRUPTED);
+        }
+    })
+}
+
+/// Removes everything in `dir` but its entry `keep`.
+fn remove_all_but(dir: &Path, keep: &str) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == keep {
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -226,11 +226,13 @@ fn an_earlier_runs_results_are_refused_unless_overwrite() {
     assert_eq!(run.code, 42, "{run:?}");
     assert!(!final_file.exists(), "a failed run leaves no final file");
     assert_eq!(summary(&out)["status"], "failed");
-    // Its report counts as results too: the next run must choose.
+    // An unfinished job is there now: the next run must choose to continue it or start over.
     let run = run_job(&job, &[]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
-        run.stderr.contains("logs/job_summary.json"),
+        run.stderr.contains("unfinished job")
+            && run.stderr.contains("--resume")
+            && run.stderr.contains("--restart"),
         "{}",
         run.stderr
     );

@@ -14,4 +14,5 @@ mod object_store;
 mod outputs;
 mod partition;
 mod python;
+mod resume;
 mod sql;
