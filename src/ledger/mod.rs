@@ -398,6 +398,17 @@ pub fn open(
             write_header(dir, &header)?;
         }
         Some(old) => {
+            // Matching mini-batches with the ledger needs the same rows in the same order.
+            if let Some(input) = spec.inputs().iter().find(|i| i.source.is_none()) {
+                return Err(PrsError::config(
+                    mode.flag(),
+                    format!("input {}", input.name),
+                    "is a query or DataFrame, whose row order is not guaranteed from one run \
+                     to the next, so its mini-batches cannot be matched with the ones the \
+                     ledger recorded: such a job cannot be resumed. Read the input from files \
+                     (a Parquet/CSV/JSON path or a file dataset), or run again with --restart",
+                ));
+            }
             let changes = output_changes(&old.spec()?, spec);
             if !changes.is_empty() {
                 if !force {

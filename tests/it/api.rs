@@ -222,3 +222,62 @@ async fn the_builder_refuses_an_earlier_run_unless_overwrite() {
     assert!(report.succeeded(), "{report:?}");
     assert_eq!(report.output_rows, 500);
 }
+
+#[tokio::test]
+async fn builder_reruns_failed_mini_batches_and_refuses_to_resume_a_dataframe() {
+    use parallel_run::config::{InputFormat, InputSpec};
+    use parallel_run::ledger::{ResumeMode, ResumeOptions};
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 1_000, 100);
+    let path = d.path().join("in.parquet").display().to_string();
+    let mut c = ParallelRunConfig::new("rust:echo", -1, OutputAction::AppendRow);
+    c.run_max_try = 1;
+    c.mini_batch_size = Some(parallel_run::config::MiniBatchSize::parse("8KB").unwrap());
+    let job = |out: &str| {
+        ParallelRun::new(c.clone())
+            .registry(parallel_run::scripts::builtin_registry())
+            .input_spec(InputSpec::path("rows", path.clone(), InputFormat::Parquet))
+            .arguments(["--fail-ids", "150"])
+            .output(d.path().join(out))
+    };
+    let first = job("out").await.unwrap();
+    assert_eq!(first.mini_batches_failed, 1, "{first:?}");
+    // The same script again: the failed mini-batch runs again (and fails again), nothing else.
+    let rerun = job("out")
+        .resume(ResumeOptions {
+            mode: ResumeMode::RerunFailed,
+            force: false,
+        })
+        .await
+        .unwrap();
+    assert!(rerun.resumed, "{rerun:?}");
+    assert_eq!(rerun.mini_batches_rerun, 1, "{rerun:?}");
+    assert_eq!(
+        rerun.mini_batches_skipped + 1,
+        rerun.mini_batches_total,
+        "{rerun:?}"
+    );
+    assert_eq!(rerun.tries, 1, "only the failed mini-batch ran: {rerun:?}");
+
+    // A DataFrame has no guaranteed row order: its job cannot be resumed.
+    let ctx = SessionContext::new();
+    let df = ctx.read_parquet(path.as_str(), Default::default()).await.unwrap();
+    let mut strict = c.clone();
+    strict.error_threshold = 0;
+    let failed = ParallelRun::new(strict.clone())
+        .registry(parallel_run::scripts::builtin_registry())
+        .input("rows", df.clone())
+        .arguments(["--fail-ids", "150"])
+        .output(d.path().join("frame"))
+        .await;
+    assert!(failed.is_err());
+    let resumed = ParallelRun::new(strict)
+        .registry(parallel_run::scripts::builtin_registry())
+        .input("rows", df)
+        .arguments(["--fail-ids", "150"])
+        .output(d.path().join("frame"))
+        .resume(ResumeOptions::resume())
+        .await;
+    let e = resumed.unwrap_err().to_string();
+    assert!(e.contains("cannot be resumed"), "{e}");
+}
