@@ -49,11 +49,105 @@ pub struct InputSpec {
     pub name: String,
     /// Where its data comes from.
     pub source: InputSource,
-    /// For file datasets: Azure's FileDataset partition format, e.g. `{country}/{year}/*.jpg`,
-    /// whose `{key}` fields become columns (usable as partition_keys). Hive-style folders
-    /// (`country=fr/`) become columns without it.
+    /// Azure's partition format, e.g. `{country}/{year}/*.jpg`, whose `{key}` fields become
+    /// columns (usable as partition_keys); files that do not match are left out. For file
+    /// datasets, hive-style folders (`country=fr/`) become columns without it.
     pub partition_format: Option<String>,
+    /// How CSV files are read (delimiter, header rows, empty fields); ignored for other
+    /// formats.
+    #[serde(default)]
+    pub csv: CsvOptions,
+    /// Tabular inputs: a column of this name holds each row's source file path (MLTable's
+    /// `include_path_column`, whose column is `Path`).
+    #[serde(default)]
+    pub path_column: Option<String>,
 }
+
+/// How the rows of CSV files are read. The default is Azure's and DataFusion's: a comma, a
+/// header row at the top of every file, empty fields read as null.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct CsvOptions {
+    /// The field delimiter (one ASCII character: `,`, `;`, a tab, `|`, ...).
+    pub delimiter: u8,
+    /// Which files start with a header row.
+    pub header: CsvHeader,
+    /// An empty field is an empty string rather than null (a column with empty fields is
+    /// then read as text).
+    pub empty_as_string: bool,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: b',',
+            header: CsvHeader::AllFilesSameHeaders,
+            empty_as_string: false,
+        }
+    }
+}
+
+/// Which CSV files start with a header row, with Azure's names (MLTable's `header:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CsvHeader {
+    /// Every file starts with the same header row (`all_files_same_headers`).
+    AllFilesSameHeaders,
+    /// The first file (in path order) starts with the header row; every line of the other
+    /// files is data (`from_first_file`).
+    FromFirstFile,
+    /// No file has a header row: the columns are `Column1`, `Column2`, ... as Azure names
+    /// them (`no_header`).
+    NoHeader,
+}
+
+impl CsvHeader {
+    /// Azure's name (`all_files_same_headers`, `from_first_file`, `no_header`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CsvHeader::AllFilesSameHeaders => "all_files_same_headers",
+            CsvHeader::FromFirstFile => "from_first_file",
+            CsvHeader::NoHeader => "no_header",
+        }
+    }
+
+    /// Parses Azure's name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            CsvHeader::AllFilesSameHeaders,
+            CsvHeader::FromFirstFile,
+            CsvHeader::NoHeader,
+        ]
+        .into_iter()
+        .find(|h| h.as_str() == name.trim())
+    }
+}
+
+/// What `header:` allows.
+pub(super) const CSV_HEADER_RULE: &str =
+    "must be all_files_same_headers, from_first_file or no_header (Azure's names; \
+     all_files_different_headers is not supported: give each header's files their own input)";
+
+impl CsvOptions {
+    /// Parses a delimiter: one ASCII character (a tab also as the two characters `\t`, or `tab`).
+    pub fn parse_delimiter(text: &str) -> Option<u8> {
+        match text {
+            "\\t" | "tab" => Some(b'\t'),
+            _ => match text.as_bytes() {
+                [b] if b.is_ascii() && *b != b'\n' && *b != b'\r' && *b != b'"' => Some(*b),
+                _ => None,
+            },
+        }
+    }
+
+    /// The delimiter as one character (YAML writes a tab as "\t").
+    pub fn delimiter_text(&self) -> String {
+        (self.delimiter as char).to_string()
+    }
+}
+
+/// What `delimiter:` allows.
+pub(super) const DELIMITER_RULE: &str =
+    "must be one ASCII character, e.g. ',', ';', '|' or a tab (\"\\t\")";
 
 impl InputSpec {
     /// A path input.
@@ -65,6 +159,8 @@ impl InputSpec {
                 format,
             },
             partition_format: None,
+            csv: CsvOptions::default(),
+            path_column: None,
         }
     }
 
@@ -85,6 +181,8 @@ impl InputSpec {
             name: name.into(),
             source: InputSource::Sql(query.into()),
             partition_format: None,
+            csv: CsvOptions::default(),
+            path_column: None,
         }
     }
 }
@@ -250,8 +348,18 @@ pub(super) const STORAGE_OPTIONS_RULE: &str = "must map object_store keys (e.g. 
 pub(super) const RETRY_KEYS: &[&str] = &["max_retries", "timeout"];
 
 /// Keys of one `inputs:` entry.
-pub(super) const INPUT_KEYS: &[&str] =
-    &["name", "path", "sql", "format", "partition_format", "side"];
+pub(super) const INPUT_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "sql",
+    "format",
+    "partition_format",
+    "side",
+    "delimiter",
+    "header",
+    "empty_as_string",
+    "path_column",
+];
 
 /// What the job-level keys (and v2's `retry_settings.max_retries`) allow; the PRS parameters'
 /// rules are in the [`catalogue`](crate::config::catalogue).

@@ -97,14 +97,11 @@ fn minimal_job_gets_the_defaults() {
     assert_eq!(spec.config, expected);
     assert_eq!(
         spec.inputs,
-        vec![InputSpec {
-            name: "reviews".into(),
-            source: InputSource::Path {
-                path: "/jobs/demo/data/reviews.parquet".into(),
-                format: InputFormat::Parquet,
-            },
-            partition_format: None,
-        }]
+        vec![InputSpec::path(
+            "reviews",
+            "/jobs/demo/data/reviews.parquet",
+            InputFormat::Parquet
+        )]
     );
     assert_eq!(spec.output, None);
     assert_eq!(spec.output_format, OutputFormat::Txt);
@@ -970,4 +967,59 @@ fn format_names() {
         &"xml".parse::<OutputFormat>().unwrap_err().to_string(),
         &["output_format", "xml"],
     );
+}
+
+#[test]
+fn csv_and_path_column_options_are_read_checked_and_saved() {
+    let job = |input: &str| {
+        MINIMAL.replace(
+            "  - {name: reviews, path: data/reviews.parquet, format: parquet}\n",
+            &format!("  - {input}\n"),
+        )
+    };
+    let spec = load(&job(
+        "{name: t, path: data/, format: csv, delimiter: '|', header: no_header, empty_as_string: true, path_column: Path, partition_format: '{Store}/*.csv'}",
+    ))
+    .spec;
+    let input = &spec.inputs[0];
+    assert_eq!(
+        input.csv,
+        CsvOptions {
+            delimiter: b'|',
+            header: CsvHeader::NoHeader,
+            empty_as_string: true
+        }
+    );
+    assert_eq!(input.path_column.as_deref(), Some("Path"));
+    assert_eq!(input.partition_format.as_deref(), Some("{Store}/*.csv"));
+    assert_round_trips(&spec);
+    // A tab survives the round trip too.
+    let spec = load(&job(
+        "{name: t, path: a.tsv, format: csv, delimiter: \"\\t\"}",
+    ))
+    .spec;
+    assert_eq!(spec.inputs[0].csv.delimiter, b'\t');
+    assert_round_trips(&spec);
+
+    let e = error(&job("{name: t, path: a.parquet, delimiter: ';'}"), &[]);
+    assert_mentions(&e, &["inputs[0].delimiter", "csv inputs only"]);
+    let e = error(
+        &job("{name: t, path: a.csv, header: all_files_different_headers}"),
+        &[],
+    );
+    assert_mentions(
+        &e,
+        &[
+            "inputs[0].header",
+            "all_files_different_headers",
+            "no_header",
+        ],
+    );
+    let e = error(&job("{name: t, path: a.csv, delimiter: ';;'}"), &[]);
+    assert_mentions(&e, &["inputs[0].delimiter", ";;", "one ASCII character"]);
+    let e = error(
+        &job("{name: t, path: in/, format: files, path_column: Path}"),
+        &[],
+    );
+    assert_mentions(&e, &["inputs[0].path_column", "file dataset"]);
 }

@@ -2,16 +2,21 @@
 //! file itself), turned into the inputs parallel-run reads: a path with its format, and a
 //! `sql` input over it when columns are kept or dropped.
 //!
-//! Supported: `paths` (one `file`, `folder` or `pattern`), and the transformations
-//! `read_delimited` (delimiter `,`, `header: all_files_same_headers | from_first_file` with a
-//! single file, encoding utf8/ascii, `empty_as_string`), `read_parquet`, `read_json_lines`,
-//! `keep_columns` and `drop_columns`. Anything else is an error that names it: never ignored.
+//! Supported: `paths` (one `file`, `folder` or `pattern`, local or an object-storage URL), and
+//! the transformations `read_delimited` (`delimiter`, `header: all_files_same_headers |
+//! from_first_file | no_header`, `encoding: utf8` (or ascii), `empty_as_string`,
+//! `include_path_column`, `support_multi_line`, `infer_column_types: true`), `read_parquet`
+//! and `read_json_lines` (`include_path_column`), `keep_columns`, `drop_columns` and
+//! `extract_columns_from_partition_format`. They become the options of a path input
+//! (`delimiter`, `header`, `empty_as_string`, `path_column: Path`, `partition_format`), read by
+//! the input layer. Anything else is an error that names it: never ignored.
 
 use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
 use crate::config::yaml::{scalar_text, show};
+use crate::config::{CsvHeader, CsvOptions};
 use crate::error::{PrsError, Result};
 
 /// True for an `inputs:` entry with `format: mltable`.
@@ -53,7 +58,7 @@ pub(super) fn expand(field: &str, item: Value, base_dir: &Path) -> Result<Vec<Va
     let table = parse(&text, &file)?;
     let data_path = match &table.path {
         DataPath::File(p) | DataPath::Folder(p) | DataPath::Pattern(p) => {
-            crate::config::resolve_path(&folder, p)
+            data_location(&file, &folder, p)?
         }
     };
     let mut entries = Vec::new();
@@ -64,8 +69,11 @@ pub(super) fn expand(field: &str, item: Value, base_dir: &Path) -> Result<Vec<Va
     };
     let mut raw = Mapping::new();
     raw.insert("name".into(), raw_name.as_str().into());
-    raw.insert("path".into(), data_path.display().to_string().into());
+    raw.insert("path".into(), data_path.into());
     raw.insert("format".into(), table.format.into());
+    for (key, value) in table.options {
+        raw.insert(key.into(), value);
+    }
     entries.push(Value::Mapping(raw));
     if let Some(columns) = table.columns {
         let mut sql = Mapping::new();
@@ -111,7 +119,43 @@ impl Columns {
 struct Table {
     path: DataPath,
     format: &'static str,
+    /// Options of the path input: `delimiter`, `header`, `empty_as_string`, `path_column`,
+    /// `partition_format` (checked again, with the job file's rules, when the entry is read).
+    options: Vec<(&'static str, Value)>,
     columns: Option<Columns>,
+}
+
+/// The column `include_path_column: true` adds, named as Azure names it.
+const PATH_COLUMN: &str = "Path";
+
+/// Where a `paths:` entry points: a local path relative to the MLTable file's folder, or an
+/// object-storage URL (`s3://`, `az://`, `abfss://...`) kept as written.
+fn data_location(file: &Path, folder: &Path, path: &str) -> Result<String> {
+    if !crate::config::is_object_url(path) {
+        if crate::config::is_url(path) {
+            return Ok(path.to_string()); // file://, resolved with the job file's rules
+        }
+        let mut text = crate::config::resolve_path(folder, path)
+            .display()
+            .to_string();
+        if path.ends_with('/') && !text.ends_with('/') {
+            text.push('/');
+        }
+        return Ok(text);
+    }
+    if path.starts_with("azureml://") {
+        return Err(error(
+            file,
+            "paths[0]",
+            path,
+            "azureml:// data paths are not resolved inside MLTable files; write the \
+             datastore's own URL (s3://bucket/..., az://container/..., \
+             abfss://container@account.dfs.core.windows.net/...) or a local path",
+        ));
+    }
+    let field = format!("MLTable {} paths[0]", file.display());
+    crate::config::ObjectUrl::parse(&field, path)?;
+    Ok(path.to_string())
 }
 
 fn error(file: &Path, key: &str, value: impl std::fmt::Display, why: &str) -> PrsError {
@@ -179,6 +223,7 @@ fn parse(text: &str, file: &Path) -> Result<Table> {
         }
     };
     let mut format = None;
+    let mut options = Vec::new();
     let mut columns = None;
     let transformations = match doc.remove("transformations") {
         None | Some(Value::Null) => Vec::new(),
@@ -193,7 +238,7 @@ fn parse(text: &str, file: &Path) -> Result<Table> {
         }
     };
     for item in transformations {
-        let (name, options) = match &item {
+        let (name, item_options) = match &item {
             Value::Mapping(m) if m.len() == 1 => match m.iter().next() {
                 Some((Value::String(k), v)) => (k.clone(), v.clone()),
                 _ => {
@@ -215,23 +260,35 @@ fn parse(text: &str, file: &Path) -> Result<Table> {
                 ))
             }
         };
+        let read = match name.as_str() {
+            "read_delimited" => Some("csv"),
+            "read_parquet" => Some("parquet"),
+            "read_json_lines" => Some("json"),
+            _ => None,
+        };
+        if let Some(read) = read {
+            if format.is_some() {
+                return Err(error(
+                    file,
+                    &name,
+                    "",
+                    "one read_delimited, read_parquet or read_json_lines per MLTable",
+                ));
+            }
+            options.extend(read_options(file, &name, &item_options)?);
+            format = Some(read);
+            continue;
+        }
         match name.as_str() {
-            "read_delimited" => {
-                check_delimited(file, &options, &path)?;
-                format = Some("csv");
-            }
-            "read_parquet" => {
-                no_options(file, &name, &options)?;
-                format = Some("parquet");
-            }
-            "read_json_lines" => {
-                check_json(file, &options)?;
-                format = Some("json");
-            }
             "keep_columns" | "drop_columns" => {
-                let list = column_list(file, &name, &options)?;
+                let list = column_list(file, &name, &item_options)?;
                 if columns.is_some() {
-                    return Err(error(file, &name, "", "use one keep_columns or drop_columns"));
+                    return Err(error(
+                        file,
+                        &name,
+                        "",
+                        "use one keep_columns or drop_columns",
+                    ));
                 }
                 columns = Some(if name == "keep_columns" {
                     Columns::Keep(list)
@@ -239,12 +296,20 @@ fn parse(text: &str, file: &Path) -> Result<Table> {
                     Columns::Drop(list)
                 });
             }
+            "extract_columns_from_partition_format" => {
+                if options.iter().any(|(k, _)| *k == "partition_format") {
+                    return Err(error(file, &name, "", "give it once"));
+                }
+                let pattern = partition_format(file, &item_options)?;
+                options.push(("partition_format", pattern.into()));
+            }
             other => {
                 return Err(error(
                     file,
                     "transformations",
                     other,
-                    "is not supported (supported: read_delimited, read_parquet, read_json_lines, keep_columns, drop_columns)",
+                    "is not supported (supported: read_delimited, read_parquet, read_json_lines, \
+                     keep_columns, drop_columns, extract_columns_from_partition_format)",
                 ))
             }
         }
@@ -268,6 +333,7 @@ fn parse(text: &str, file: &Path) -> Result<Table> {
     Ok(Table {
         path,
         format,
+        options,
         columns,
     })
 }
@@ -280,63 +346,112 @@ fn no_options(file: &Path, name: &str, options: &Value) -> Result<()> {
     }
 }
 
-fn check_delimited(file: &Path, options: &Value, path: &DataPath) -> Result<()> {
+/// The path-input options of a `read_delimited`, `read_parquet` or `read_json_lines`
+/// transformation named `name`: every option is mapped or refused, never ignored.
+fn read_options(file: &Path, name: &str, options: &Value) -> Result<Vec<(&'static str, Value)>> {
     let Value::Mapping(options) = options else {
-        return no_options(file, "read_delimited", options);
+        no_options(file, name, options)?;
+        return Ok(Vec::new());
     };
+    let delimited = name == "read_delimited";
+    let mut out = Vec::new();
     for (key, value) in options {
         let key = key.as_str().unwrap_or_default();
-        let text = scalar_text(value).unwrap_or_default();
-        let ok = match key {
-            "delimiter" => text == ",",
-            "encoding" => matches!(
-                text.to_ascii_lowercase().as_str(),
-                "utf8" | "utf-8" | "ascii"
-            ),
-            "header" => match text.as_str() {
-                "all_files_same_headers" => true,
-                "from_first_file" => matches!(path, DataPath::File(_)),
-                _ => false,
+        let text = scalar_text(value).unwrap_or_else(|| show(value));
+        let field = format!("{name}.{key}");
+        let refuse = |why: &str| Err(error(file, &field, &text, why));
+        match key {
+            "delimiter" if delimited => match CsvOptions::parse_delimiter(&text) {
+                Some(_) => out.push(("delimiter", text.as_str().into())),
+                None => return refuse("must be one ASCII character, e.g. ',', ';', '|' or '\\t'"),
             },
-            "empty_as_string" | "support_multi_line" => matches!(value, Value::Bool(_)),
-            "infer_column_types" => true,
-            _ => false,
-        };
-        if !ok {
-            return Err(error(
-                file,
-                &format!("read_delimited.{key}"),
-                &text,
-                "is not supported yet (supported: delimiter ',', header all_files_same_headers \
-                 (or from_first_file with one file), encoding utf8/ascii)",
-            ));
+            "header" if delimited => match CsvHeader::from_name(&text) {
+                Some(_) => out.push(("header", text.as_str().into())),
+                None => {
+                    return refuse(
+                        "must be all_files_same_headers, from_first_file or no_header \
+                         (all_files_different_headers is not supported: give each header's \
+                         files their own MLTable)",
+                    )
+                }
+            },
+            "encoding" => {
+                if !matches!(
+                    text.to_ascii_lowercase().as_str(),
+                    "utf8" | "utf-8" | "ascii"
+                ) {
+                    return refuse(
+                        "is not supported: files are read as utf8 (ascii is a part of it); \
+                         convert them (e.g. iconv -f latin1 -t utf-8) and write encoding: utf8",
+                    );
+                }
+            }
+            "empty_as_string" if delimited => match value {
+                Value::Bool(b) => out.push(("empty_as_string", (*b).into())),
+                _ => return refuse("must be true or false"),
+            },
+            "include_path_column" => match value {
+                Value::Bool(true) => out.push(("path_column", PATH_COLUMN.into())),
+                Value::Bool(false) => {}
+                _ => return refuse("must be true or false"),
+            },
+            // Quoted fields may always hold line breaks here: both values read the same.
+            "support_multi_line" if delimited => {
+                if !matches!(value, Value::Bool(_)) {
+                    return refuse("must be true or false");
+                }
+            }
+            "infer_column_types" if delimited => {
+                if !matches!(value, Value::Bool(true)) {
+                    return refuse(
+                        "only true is supported (column types are inferred from the data); \
+                         remove it, or cast the columns in your entry script",
+                    );
+                }
+            }
+            _ => {
+                return refuse(if delimited {
+                    "is not supported (supported: delimiter, header, encoding, \
+                     empty_as_string, include_path_column, support_multi_line, \
+                     infer_column_types: true)"
+                } else {
+                    "is not supported (supported: include_path_column, encoding)"
+                })
+            }
         }
     }
-    Ok(())
+    Ok(out)
 }
 
-fn check_json(file: &Path, options: &Value) -> Result<()> {
-    let Value::Mapping(options) = options else {
-        return no_options(file, "read_json_lines", options);
-    };
-    for (key, value) in options {
-        let key = key.as_str().unwrap_or_default();
-        let text = scalar_text(value).unwrap_or_default();
-        if !(key == "encoding"
-            && matches!(
-                text.to_ascii_lowercase().as_str(),
-                "utf8" | "utf-8" | "ascii"
-            ))
-        {
-            return Err(error(
-                file,
-                &format!("read_json_lines.{key}"),
-                &text,
-                "is not supported yet",
-            ));
+/// The pattern of `extract_columns_from_partition_format: {partition_format: P}` (or `: P`).
+fn partition_format(file: &Path, options: &Value) -> Result<String> {
+    let name = "extract_columns_from_partition_format";
+    let pattern = match options {
+        Value::Mapping(m) => {
+            if let Some((key, _)) = m
+                .iter()
+                .find(|(k, _)| k.as_str() != Some("partition_format"))
+            {
+                return Err(error(
+                    file,
+                    &format!("{name}.{}", show(key)),
+                    "",
+                    "is not supported (supported: partition_format)",
+                ));
+            }
+            m.get("partition_format").and_then(scalar_text)
         }
-    }
-    Ok(())
+        other => scalar_text(other),
+    };
+    pattern.filter(|p| p.contains('{')).ok_or_else(|| {
+        error(
+            file,
+            name,
+            show(options),
+            "needs partition_format: a path pattern with {column} fields, e.g. \
+             \"{Store}/{Brand}/*.csv\"",
+        )
+    })
 }
 
 fn column_list(file: &Path, name: &str, options: &Value) -> Result<Vec<String>> {
@@ -412,33 +527,118 @@ mod tests {
     }
 
     #[test]
+    fn read_options_become_the_path_inputs_options() {
+        let d = tempfile::tempdir().unwrap();
+        let got = table(
+            d.path(),
+            "paths:\n  - folder: ./sales/\ntransformations:\n  - read_delimited:\n      delimiter: ';'\n      header: no_header\n      encoding: utf8\n      empty_as_string: true\n      include_path_column: true\n      support_multi_line: false\n      infer_column_types: true\n  - extract_columns_from_partition_format:\n      partition_format: '{Store}/{Brand}/*.csv'\n",
+        );
+        assert_eq!(got.len(), 1);
+        let input = &got[0];
+        assert_eq!(input["format"], "csv");
+        assert_eq!(
+            input["path"],
+            format!("{}/", d.path().join("sales").display())
+        );
+        assert_eq!(input["delimiter"], ";");
+        assert_eq!(input["header"], "no_header");
+        assert_eq!(input["empty_as_string"], true);
+        assert_eq!(input["path_column"], "Path");
+        assert_eq!(input["partition_format"], "{Store}/{Brand}/*.csv");
+        // A tab, written as YAML's escape or as the two characters Azure's samples use.
+        for written in ["\"\\t\"", "'\\t'"] {
+            let got = table(
+                d.path(),
+                &format!("paths:\n  - file: a.tsv\ntransformations:\n  - read_delimited: {{delimiter: {written}}}\n"),
+            );
+            assert_eq!(
+                CsvOptions::parse_delimiter(got[0]["delimiter"].as_str().unwrap()),
+                Some(b'\t'),
+                "{written}"
+            );
+        }
+        // Parquet and JSON lines take include_path_column; false adds nothing.
+        let got = table(
+            d.path(),
+            "paths:\n  - pattern: ./*.parquet\ntransformations:\n  - read_parquet: {include_path_column: true}\n",
+        );
+        assert_eq!(got[0]["path_column"], "Path");
+        let got = table(
+            d.path(),
+            "paths:\n  - file: a.jsonl\ntransformations:\n  - read_json_lines: {include_path_column: false, encoding: utf8}\n",
+        );
+        assert!(got[0].get("path_column").is_none());
+        // Data on object storage keeps its URL.
+        let got = table(
+            d.path(),
+            "paths:\n  - folder: s3://bucket/sales/\ntransformations:\n  - read_parquet\n",
+        );
+        assert_eq!(got[0]["path"], "s3://bucket/sales/");
+    }
+
+    #[test]
     fn anything_else_is_named_in_an_error() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(
-            d.path().join("MLTable"),
-            "paths:\n  - file: ./a.csv\ntransformations:\n  - read_delimited: {delimiter: ';'}\n",
-        )
-        .unwrap();
         let item: Value = serde_yaml::from_str(&format!(
             "{{name: t, path: {}, format: mltable}}",
             d.path().display()
         ))
         .unwrap();
-        let e = expand("inputs[0]", item.clone(), Path::new("/"))
-            .unwrap_err()
-            .to_string();
+        let error_of = |text: &str| {
+            std::fs::write(d.path().join("MLTable"), text).unwrap();
+            expand("inputs[0]", item.clone(), Path::new("/"))
+                .unwrap_err()
+                .to_string()
+        };
+        let delimited = |options: &str| {
+            error_of(&format!(
+                "paths:\n  - file: ./a.csv\ntransformations:\n  - read_delimited: {{{options}}}\n"
+            ))
+        };
+        for (options, named) in [
+            ("delimiter: '::'", "read_delimited.delimiter"),
+            ("encoding: latin1", "read_delimited.encoding"),
+            (
+                "header: all_files_different_headers",
+                "read_delimited.header",
+            ),
+            ("empty_as_string: maybe", "read_delimited.empty_as_string"),
+            (
+                "include_path_column: 1",
+                "read_delimited.include_path_column",
+            ),
+            (
+                "infer_column_types: false",
+                "read_delimited.infer_column_types",
+            ),
+            ("quoting: none", "read_delimited.quoting"),
+        ] {
+            let e = delimited(options);
+            let value = options.split(": ").nth(1).unwrap().trim_matches('\'');
+            assert!(e.contains(named) && e.contains(value), "{options}: {e}");
+        }
+        let e = error_of(
+            "paths:\n  - file: ./a.csv\ntransformations:\n  - read_delimited\n  - take: 10\n",
+        );
+        assert!(e.contains("take") && e.contains("not supported"), "{e}");
+        let e = error_of(
+            "paths:\n  - file: ./a.parquet\ntransformations:\n  - read_parquet: {delimiter: ';'}\n",
+        );
+        assert!(e.contains("read_parquet.delimiter"), "{e}");
+        let e = error_of(
+            "paths:\n  - folder: ./x\ntransformations:\n  - read_parquet\n  - extract_columns_from_partition_format: {partition_format: 'no/fields'}\n",
+        );
         assert!(
-            e.contains("read_delimited.delimiter") && e.contains(';'),
+            e.contains("extract_columns_from_partition_format") && e.contains("{column}"),
             "{e}"
         );
-        std::fs::write(
-            d.path().join("MLTable"),
-            "paths:\n  - file: ./a.csv\ntransformations:\n  - read_delimited\n  - take: 10\n",
-        )
-        .unwrap();
-        let e = expand("inputs[0]", item, Path::new("/"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("take") && e.contains("not supported"), "{e}");
+        let e = error_of(
+            "paths:\n  - folder: azureml://datastores/workspaceblobstore/paths/sales/\ntransformations:\n  - read_parquet\n",
+        );
+        assert!(e.contains("paths[0]") && e.contains("azureml://"), "{e}");
+        let e = error_of(
+            "paths:\n  - folder: wasbs://c@acct.blob.core.windows.net/x/\ntransformations:\n  - read_parquet\n",
+        );
+        assert!(e.contains("paths[0]") && e.contains("wasbs://"), "{e}");
     }
 }

@@ -22,7 +22,8 @@ mod yaml;
 pub use catalogue::{Param, CATALOGUE, RESERVED_ARGUMENTS};
 pub(crate) use job::{resolve as resolve_path, validate_arguments};
 pub use job::{
-    InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, MiniBatchFormat, OutputFormat,
+    CsvHeader, CsvOptions, InputFormat, InputSource, InputSpec, JobSpec, LoadedJob,
+    MiniBatchFormat, OutputFormat,
 };
 pub use location::{glob_matcher, is_object_url, is_url, ObjectUrl, StoreKind};
 pub use params::{

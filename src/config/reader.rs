@@ -16,15 +16,16 @@ use crate::config::catalogue::{
 };
 use crate::config::environment::parse_environment;
 use crate::config::job::{
-    path_text, resolve, rule, CONFIG, INPUT_KEYS, JOB_OVERRIDE_KEYS, MEMORY_LIMIT_RULE,
-    MINI_BATCH_FORMAT_RULE, RETRY_KEYS, STORAGE_OPTIONS_RULE, TOP_LEVEL_KEYS,
+    path_text, resolve, rule, CONFIG, CSV_HEADER_RULE, DELIMITER_RULE, INPUT_KEYS,
+    JOB_OVERRIDE_KEYS, MEMORY_LIMIT_RULE, MINI_BATCH_FORMAT_RULE, RETRY_KEYS, STORAGE_OPTIONS_RULE,
+    TOP_LEVEL_KEYS,
 };
 use crate::config::yaml::{show, string_map, unknown_key, Section};
 use crate::config::{is_object_url, is_url, StorageOptions};
 use crate::config::{mltable, named};
 use crate::config::{
-    ComputeTarget, InputFormat, InputSource, InputSpec, JobSpec, LoadedJob, LoggingLevel,
-    MiniBatchFormat, MiniBatchSize, OutputAction, OutputFormat, ParallelRunConfig,
+    ComputeTarget, CsvHeader, CsvOptions, InputFormat, InputSource, InputSpec, JobSpec, LoadedJob,
+    LoggingLevel, MiniBatchFormat, MiniBatchSize, OutputAction, OutputFormat, ParallelRunConfig,
 };
 use crate::error::{PrsError, Result};
 
@@ -486,6 +487,11 @@ pub(super) fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<
         "partition_format",
         "must be a path pattern with {key} fields, e.g. \"{country}/{year}/*.jpg\"",
     )?;
+    let csv = read_csv_options(&mut s)?;
+    let path_column = s.string(
+        "path_column",
+        "must be a column name, e.g. Path (the column then holds each row's file path)",
+    )?;
     let source = match (path, sql) {
         (Some(_), Some(sql)) => {
             return Err(PrsError::config(
@@ -530,19 +536,16 @@ pub(super) fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<
             InputSource::Path { path, format }
         }
     };
+    let path_format = match &source {
+        InputSource::Path { format, .. } => Some(*format),
+        InputSource::Sql(_) => None,
+    };
     if let Some(pattern) = &partition_format {
-        let is_files = matches!(
-            &source,
-            InputSource::Path {
-                format: InputFormat::Files,
-                ..
-            }
-        );
-        if !is_files {
+        if path_format.is_none() {
             return Err(PrsError::config(
                 s.field("partition_format"),
                 pattern,
-                "applies to file datasets (format: files) only",
+                "applies to path inputs only; remove it from a sql input",
             ));
         }
         if !pattern.contains('{') {
@@ -553,11 +556,56 @@ pub(super) fn read_input(index: usize, value: Value, base_dir: &Path) -> Result<
             ));
         }
     }
+    if let Some((key, value)) = csv.as_ref().map(|(key, value, _)| (key, value)) {
+        if path_format != Some(InputFormat::Csv) {
+            return Err(PrsError::config(
+                s.field(key),
+                value,
+                "applies to csv inputs only; remove it",
+            ));
+        }
+    }
+    if let Some(column) = &path_column {
+        let tabular = path_format.is_some_and(|f| f != InputFormat::Files);
+        if !tabular || column.trim().is_empty() {
+            return Err(PrsError::config(
+                s.field("path_column"),
+                column,
+                "applies to parquet, csv and json path inputs (a file dataset's rows are \
+                 paths already) and must name a column, e.g. Path",
+            ));
+        }
+    }
     Ok(InputSpec {
         name,
         source,
         partition_format,
+        csv: csv.map(|(_, _, options)| options).unwrap_or_default(),
+        path_column,
     })
+}
+
+/// The CSV options of an `inputs:` entry (`delimiter`, `header`, `empty_as_string`), with the
+/// first key given and its value (for the error when the input is not CSV); `None` when none
+/// is given.
+fn read_csv_options(s: &mut Section) -> Result<Option<(&'static str, String, CsvOptions)>> {
+    let mut options = CsvOptions::default();
+    let mut given = None;
+    if let Some(text) = s.scalar("delimiter", DELIMITER_RULE)? {
+        options.delimiter = CsvOptions::parse_delimiter(&text)
+            .ok_or_else(|| PrsError::config(s.field("delimiter"), &text, DELIMITER_RULE))?;
+        given.get_or_insert(("delimiter", text));
+    }
+    if let Some(text) = s.scalar("header", CSV_HEADER_RULE)? {
+        options.header = CsvHeader::from_name(&text)
+            .ok_or_else(|| PrsError::config(s.field("header"), &text, CSV_HEADER_RULE))?;
+        given.get_or_insert(("header", text));
+    }
+    if let Some(value) = s.boolean("empty_as_string", rule::BOOLEAN)? {
+        options.empty_as_string = value;
+        given.get_or_insert(("empty_as_string", value.to_string()));
+    }
+    Ok(given.map(|(key, text)| (key, text, options)))
 }
 
 /// An input location: URLs are kept, `file://` URLs become paths, relative paths resolve

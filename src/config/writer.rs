@@ -7,7 +7,7 @@ use serde_yaml::{Mapping, Value};
 
 use crate::config::catalogue::config_params;
 use crate::config::job::{path_text, CONFIG};
-use crate::config::{InputSource, InputSpec, JobSpec, OutputFormat, ParallelRunConfig};
+use crate::config::{CsvOptions, InputSource, InputSpec, JobSpec, OutputFormat, ParallelRunConfig};
 use crate::error::{PrsError, Result};
 
 impl JobSpec {
@@ -108,6 +108,20 @@ fn input_to_yaml(input: &InputSpec) -> Value {
     }
     if let Some(pattern) = &input.partition_format {
         mapping.insert("partition_format".into(), pattern.as_str().into());
+    }
+    let csv = &input.csv;
+    let defaults = CsvOptions::default();
+    if csv.delimiter != defaults.delimiter {
+        mapping.insert("delimiter".into(), csv.delimiter_text().into());
+    }
+    if csv.header != defaults.header {
+        mapping.insert("header".into(), csv.header.as_str().into());
+    }
+    if csv.empty_as_string != defaults.empty_as_string {
+        mapping.insert("empty_as_string".into(), csv.empty_as_string.into());
+    }
+    if let Some(column) = &input.path_column {
+        mapping.insert("path_column".into(), column.as_str().into());
     }
     Value::Mapping(mapping)
 }

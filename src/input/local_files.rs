@@ -89,7 +89,7 @@ fn hive_pairs(relative: &str) -> Vec<(String, String)> {
 }
 
 /// Turns a partition format such as `{country}/{year}/*.jpg` into an anchored regex and its
-/// key names.
+/// key names. A format ending with `/` matches every file below the folders it describes.
 fn partition_format_regex(
     format: &str,
 ) -> std::result::Result<(Vec<String>, regex::Regex), String> {
@@ -121,6 +121,10 @@ fn partition_format_regex(
             pattern.push_str(&regex::escape(&c.to_string()));
             rest = &rest[c.len_utf8()..];
         }
+    }
+    // A format naming folders only (`{Store}/{Brand}/`) takes every file below them.
+    if format.ends_with('/') {
+        pattern.push_str(".+");
     }
     pattern.push('$');
     let regex =
@@ -522,6 +526,13 @@ mod key_tests {
         assert_eq!(&caps["year"], "2024");
         assert!(regex.captures("fr/2024/a.png").is_none());
         assert!(regex.captures("fr/a.jpg").is_none());
+        let (names, regex) = partition_format_regex("/{Store}/{Brand}/").unwrap();
+        assert_eq!(names, ["Store", "Brand"]);
+        assert_eq!(
+            &regex.captures("1000/dominicks/part/0.csv").unwrap()["Brand"],
+            "dominicks"
+        );
+        assert!(regex.captures("1000/dominicks/").is_none());
         assert!(partition_format_regex("{bad key}/x").is_err());
         assert!(partition_format_regex("{open/x").is_err());
     }

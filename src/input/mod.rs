@@ -3,6 +3,8 @@
 //! - Tabular inputs (Parquet, CSV with a header, newline-delimited JSON; a file, folder or
 //!   glob) are registered as listing tables; local Parquet as a [`LocalParquetTable`], read
 //!   page by page so memory does not grow with the files' row groups.
+//! - Local tables with columns from their file paths (`path_column`, a `partition_format`) or
+//!   CSV with `header: from_first_file` become a [`PathColumnsTable`].
 //! - File datasets become a [`FileListingTable`] of `(path, size, modified)`, local
 //!   ([`FileListing`]) or on object storage ([`remote_files::RemoteFiles`]).
 //! - `sql:` inputs are views over the others.
@@ -18,6 +20,7 @@ pub mod files;
 pub mod formats;
 pub mod local_files;
 pub mod local_parquet;
+pub mod path_columns;
 pub mod remote;
 pub mod remote_files;
 
@@ -26,6 +29,7 @@ pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
 pub use formats::{listing_options, usual_extension};
 pub use local_files::FileListing;
 pub use local_parquet::{LocalParquetExec, LocalParquetFactory, LocalParquetTable};
+pub use path_columns::{PathColumnsInput, PathColumnsTable};
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -34,6 +38,9 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
 use datafusion::error::Result as DFResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::LogicalPlan;
@@ -47,7 +54,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
-use crate::config::{InputFormat, InputSource, InputSpec};
+use crate::config::{CsvHeader, CsvOptions, InputFormat, InputSource, InputSpec};
 use crate::error::{PrsError, Result};
 use crate::exec::InputInfo;
 use crate::storage::{is_object_url, StorageContext, StorageOptions};
@@ -162,14 +169,24 @@ pub async fn register_inputs_with(
     for spec in specs {
         kinds.push(match &spec.source {
             InputSource::Path { path, format } if is_object_url(path) => {
-                if spec.partition_format.is_some() {
+                let unsupported = if spec.partition_format.is_some() {
+                    Some("partition_format")
+                } else if spec.path_column.is_some() && *format != InputFormat::Files {
+                    Some("path_column (MLTable's include_path_column)")
+                } else {
+                    None
+                };
+                if let Some(what) = unsupported {
                     return Err(PrsError::Input {
                         input: spec.name.clone(),
                         location: path.clone(),
-                        message: "partition_format is not supported on object storage yet".into(),
+                        message: format!(
+                            "{what} is not supported on object storage yet; read the files \
+                             from a local copy, or remove it"
+                        ),
                     });
                 }
-                remote::register_remote_input(storage, ctx, &spec.name, path, *format).await?;
+                remote::register_remote_input(storage, ctx, spec, path, *format).await?;
                 Some(if *format == InputFormat::Files {
                     ItemKind::Files
                 } else {
@@ -177,14 +194,7 @@ pub async fn register_inputs_with(
                 })
             }
             InputSource::Path { path, format } => {
-                register_path(
-                    ctx,
-                    &spec.name,
-                    path,
-                    *format,
-                    spec.partition_format.as_deref(),
-                )
-                .await?;
+                register_path(ctx, spec, path, *format).await?;
                 Some(if *format == InputFormat::Files {
                     ItemKind::Files
                 } else {
@@ -239,13 +249,16 @@ fn scanned_tables(plan: &LogicalPlan) -> BTreeSet<String> {
     names
 }
 
+/// Registers the local input `spec` at `location`: a file dataset, a tabular input with
+/// columns from its file paths ([`PathColumnsTable`]), local Parquet, or a listing table.
 async fn register_path(
     ctx: &SessionContext,
-    name: &str,
+    spec: &InputSpec,
     location: &str,
     format: InputFormat,
-    partition_format: Option<&str>,
 ) -> Result<()> {
+    let name = spec.name.as_str();
+    let partition_format = spec.partition_format.as_deref();
     let input_error = |message: String| PrsError::Input {
         input: name.to_string(),
         location: location.to_string(),
@@ -257,6 +270,24 @@ async fn register_path(
         return Ok(());
     }
     let local = location.strip_prefix("file://").unwrap_or(location);
+    let from_first_file = format == InputFormat::Csv && spec.csv.header == CsvHeader::FromFirstFile;
+    if spec.path_column.is_some() || partition_format.is_some() || from_first_file {
+        let table = PathColumnsTable::try_new(
+            ctx,
+            PathColumnsInput {
+                name,
+                location: local,
+                format,
+                csv: &spec.csv,
+                path_column: spec.path_column.as_deref(),
+                partition_format,
+            },
+        )
+        .await?;
+        let table = formats::csv_table(ctx, Arc::new(table), format, &spec.csv)?;
+        ctx.register_table(name, table)?;
+        return Ok(());
+    }
     let is_url = local.contains("://");
     let mut table_path = local.to_string();
     // A single file: accept whatever its extension is. A folder: files with the format's usual
@@ -290,11 +321,37 @@ async fn register_path(
             Err(e) => Err(e),
         }
     } else {
-        let options = listing_options(ctx, format, extension)
+        let options = listing_options(ctx, format, extension, &spec.csv)
             .ok_or_else(|| input_error("a file dataset is not a table".into()))?;
-        ctx.register_listing_table(name, &table_path, options, None, None)
-            .await
+        register_listing(ctx, name, &table_path, options, format, &spec.csv).await
     };
     result.map_err(|e| input_error(format!("cannot read it as {format:?}: {e}")))?;
+    Ok(())
+}
+
+/// Registers a listing table at `table_path` (as `SessionContext::register_listing_table`
+/// does); CSV without a header row gets Azure's column names (`Column1`, ...) in place of
+/// DataFusion's, and `empty_as_string` its view (see [`formats::csv_table`]).
+async fn register_listing(
+    ctx: &SessionContext,
+    name: &str,
+    table_path: &str,
+    options: ListingOptions,
+    format: InputFormat,
+    csv: &CsvOptions,
+) -> DFResult<()> {
+    let table_path = ListingTableUrl::parse(table_path)?.with_table_ref(name.into());
+    let inferred = options.infer_schema(&ctx.state(), &table_path).await?;
+    let schema = if format == InputFormat::Csv {
+        formats::csv_schema(inferred, csv)
+    } else {
+        inferred
+    };
+    let config = ListingTableConfig::new(table_path)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = ListingTable::try_new(config)?
+        .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
+    ctx.register_table(name, formats::csv_table(ctx, Arc::new(table), format, csv)?)?;
     Ok(())
 }

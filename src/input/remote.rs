@@ -12,10 +12,10 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectMeta;
 use url::Url;
 
-use crate::config::InputFormat;
+use crate::config::{CsvHeader, CsvOptions, InputFormat, InputSpec};
 use crate::error::{PrsError, Result};
 use crate::input::files::FileListingTable;
-use crate::input::formats::{listing_options, usual_extension};
+use crate::input::formats::{csv_schema, csv_table, listing_options, usual_extension};
 use crate::input::remote_files::RemoteFiles;
 use crate::storage::cache::FileCache;
 use crate::storage::{sanitize_segment, ObjectLocation, Probe, StorageContext};
@@ -28,16 +28,17 @@ const READ_AHEAD_OBJECTS: usize = 10_000;
 pub async fn register_remote_input(
     storage: &StorageContext,
     ctx: &SessionContext,
-    name: &str,
+    spec: &InputSpec,
     location: &str,
     format: InputFormat,
 ) -> Result<()> {
+    let name = spec.name.as_str();
     let parsed = ObjectLocation::parse("inputs", location)?;
     match format {
         InputFormat::Files => {
             register_files(storage, ctx, name, &parsed, storage.files_per_batch()).await
         }
-        _ => register_table(storage, ctx, name, &parsed, format).await,
+        _ => register_table(storage, ctx, name, &parsed, format, &spec.csv).await,
     }
 }
 
@@ -58,6 +59,7 @@ async fn register_table(
     name: &str,
     location: &ObjectLocation,
     format: InputFormat,
+    csv: &CsvOptions,
 ) -> Result<()> {
     let input_error = |message: String| input_error(name, location, message);
     let store = storage.register_store(ctx, location)?;
@@ -92,12 +94,17 @@ async fn register_table(
             .map_err(|e| input_error(format!("bad glob {glob:?}: {e}")))?;
     }
     let table_path = table_path.with_table_ref(name.into());
-    let listing_options = listing_options(ctx, format, &extension)
+    let listing_options = listing_options(ctx, format, &extension, csv)
         .ok_or_else(|| input_error("a file dataset is not a table".into()))?;
     let schema = listing_options
         .infer_schema(&ctx.state(), &table_path)
         .await
         .map_err(|e| input_error(format!("cannot read it as {format:?}: {e}")))?;
+    let schema = if format == InputFormat::Csv {
+        csv_schema(schema, csv)
+    } else {
+        schema
+    };
     // The objects DataFusion will read, in its order, for the read-ahead (the first
     // READ_AHEAD_OBJECTS of them: more are read straight from the store).
     let mut objects: Vec<ObjectMeta> = table_path
@@ -113,6 +120,16 @@ async fn register_table(
         .await
         .map_err(|e| input_error(format!("cannot list it: {e}")))?;
     objects.sort_by(|a, b| a.location.cmp(&b.location));
+    // Every object is read with one reader here: a header row in the first object only
+    // would be read as data, or a first data row dropped, without a word.
+    if format == InputFormat::Csv && csv.header == CsvHeader::FromFirstFile && objects.len() > 1 {
+        return Err(input_error(format!(
+            "header: from_first_file with {} objects is not supported on object storage yet; \
+             use all_files_same_headers (every object starts with the header row), or read a \
+             local copy",
+            objects.len()
+        )));
+    }
     let cache_options = storage.options().cache();
     store
         .read_ahead(
@@ -126,7 +143,7 @@ async fn register_table(
         .with_schema(schema);
     let table = ListingTable::try_new(table_config)?
         .with_cache(ctx.runtime_env().cache_manager.get_file_statistic_cache());
-    ctx.register_table(name, Arc::new(table))?;
+    ctx.register_table(name, csv_table(ctx, Arc::new(table), format, csv)?)?;
     Ok(())
 }
 

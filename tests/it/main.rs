@@ -10,6 +10,7 @@ mod azure;
 mod batching;
 mod cli;
 mod faults;
+mod mltable;
 mod object_store;
 mod outputs;
 mod partition;

@@ -261,3 +261,56 @@ def run(mini_batch):
     assert!(remote.join("mirror/logs/job_result.txt").is_file());
     assert!(!remote.join("mirror/parallel_run_step.txt").exists());
 }
+
+/// A local MLTable file whose `paths:` point at each store: the data is read from the store
+/// with the MLTable's read_delimited options (`;`, no header row); options the object-storage
+/// reader cannot honour yet (include_path_column) are refused, naming the input.
+#[test]
+fn mltable_paths_on_each_store_are_read() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = unique("mltable");
+    for store in [shared(Kind::S3), shared(Kind::Azure)] {
+        let data = format!("{prefix}/{:?}/sales", store.kind);
+        store.put(&format!("{data}/a.csv"), b"1;ann\n2;bob\n".to_vec());
+        store.put(&format!("{data}/b.csv"), b"3;cy\n".to_vec());
+        let dir = d.path().join(format!("{:?}", store.kind));
+        std::fs::create_dir_all(dir.join("table")).unwrap();
+        let mltable = |extra: &str| {
+            std::fs::write(
+                dir.join("table/MLTable"),
+                format!(
+                    "paths:\n  - folder: {}\ntransformations:\n  - read_delimited:\n      delimiter: ';'\n      header: no_header\n{extra}",
+                    store.url(&format!("{data}/"))
+                ),
+            )
+            .unwrap();
+        };
+        mltable("");
+        let job = echo_job(
+            &dir,
+            "",
+            "inputs:\n  - {name: sales, path: table, format: mltable}\noutput: out\noutput_format: csv\npreserve_order: true\n",
+        );
+        let run = run_env(&job, &store.env());
+        assert_eq!(run.code, 0, "{:?}: {run:?}", store.kind);
+        assert_eq!(
+            lines(&dir.join("out/parallel_run_step.csv")),
+            ["Column1,Column2", "1,ann", "2,bob", "3,cy"],
+            "{:?}",
+            store.kind
+        );
+        mltable("      include_path_column: true\n");
+        let run = cli_env(
+            &["run", job.to_str().unwrap(), "--quiet", "--overwrite"],
+            &store.env(),
+        );
+        assert_eq!(run.code, 2, "{:?}: {run:?}", store.kind);
+        assert!(
+            run.stderr.contains("\"sales\"")
+                && run.stderr.contains("include_path_column")
+                && run.stderr.contains("object storage"),
+            "{:?}: {run:?}",
+            store.kind
+        );
+    }
+}
