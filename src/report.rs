@@ -412,6 +412,9 @@ pub struct JobSummary {
     pub mini_batches_skipped: u64,
     /// Failed mini-batches of earlier runs that this run ran again (`--rerun-failed`).
     pub mini_batches_rerun: u64,
+    /// Seconds spent on the ledger (fingerprinting input slices, writing and syncing
+    /// records), summed over the job's tasks: an upper bound of what the ledger costs.
+    pub ledger_seconds: f64,
     /// Wall time, seconds.
     pub elapsed_seconds: f64,
     /// The append_row file (absent for summary_only or a failed job).
@@ -478,6 +481,7 @@ impl JobSummary {
             resumed: false,
             mini_batches_skipped: c.mini_batches_skipped,
             mini_batches_rerun: 0,
+            ledger_seconds: 0.0,
             elapsed_seconds: elapsed.as_secs_f64(),
             output: None,
             output_rows: 0,

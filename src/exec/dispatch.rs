@@ -277,7 +277,9 @@ async fn enqueue(
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
 ) -> Result<bool> {
+    let t = std::time::Instant::now();
     let fingerprint = slice_fingerprint(&mini_batch);
+    state.add_ledger_time(t.elapsed());
     let skip = cut
         .skips
         .as_ref()

@@ -151,6 +151,8 @@ pub struct JobState {
     init_failures_per_node: Mutex<BTreeMap<usize, u64>>,
     /// Time spent inside run() calls, every try of every worker, in nanoseconds.
     worker_nanos: AtomicU64,
+    /// Time spent on the ledger's behalf (input-slice fingerprints), in nanoseconds.
+    ledger_nanos: AtomicU64,
 }
 
 impl std::fmt::Debug for JobState {
@@ -175,7 +177,19 @@ impl JobState {
             started: Instant::now(),
             init_failures_per_node: Mutex::new(BTreeMap::new()),
             worker_nanos: AtomicU64::new(0),
+            ledger_nanos: AtomicU64::new(0),
         })
+    }
+
+    /// Adds time spent for the ledger (fingerprinting an input slice).
+    pub fn add_ledger_time(&self, time: Duration) {
+        let nanos = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+        self.ledger_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Time spent for the ledger so far in the operator.
+    pub fn ledger_time(&self) -> Duration {
+        Duration::from_nanos(self.ledger_nanos.load(Ordering::Relaxed))
     }
 
     /// Adds the time of one run() call (a try) to the job's time in workers.

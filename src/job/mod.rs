@@ -365,6 +365,7 @@ pub async fn execute(
     if let Err(e) = ledger_sink.close() {
         summary.fail(format!("writing the job's ledger failed: {e}"));
     }
+    summary.ledger_seconds = (ledger_sink.time() + state.ledger_time()).as_secs_f64();
     if let Some(sink) = sink.as_ref().filter(|_| resuming) {
         // Only the parts of mini-batches this run's cut still has (see `ResumeSkips`).
         sink.retain_resumed(|id| skips.was_skipped(id));

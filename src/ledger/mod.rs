@@ -614,6 +614,8 @@ impl LedgerWriter {
 pub struct LedgerSink {
     output: Option<Arc<StagedSink>>,
     writer: Mutex<LedgerWriter>,
+    /// Time spent writing and syncing records, in nanoseconds.
+    nanos: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for LedgerSink {
@@ -628,12 +630,27 @@ impl LedgerSink {
         LedgerSink {
             output,
             writer: Mutex::new(writer),
+            nanos: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
     /// Syncs the records written so far (the run ends).
     pub fn close(&self) -> Result<()> {
-        crate::lock(&self.writer).sync()
+        let t = Instant::now();
+        let result = crate::lock(&self.writer).sync();
+        self.add_time(t.elapsed());
+        result
+    }
+
+    /// Time spent writing and syncing records (waiting for the lock included).
+    pub fn time(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn add_time(&self, time: Duration) {
+        let nanos = u64::try_from(time.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos
+            .fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -643,7 +660,10 @@ impl MiniBatchSink for LedgerSink {
             Some(output) if done.record.succeeded() => output.commit_part(done)?,
             _ => None,
         };
-        crate::lock(&self.writer).append(done, part)
+        let t = Instant::now();
+        let result = crate::lock(&self.writer).append(done, part);
+        self.add_time(t.elapsed());
+        result
     }
 }
 

@@ -261,7 +261,10 @@ async fn builder_reruns_failed_mini_batches_and_refuses_to_resume_a_dataframe() 
 
     // A DataFrame has no guaranteed row order: its job cannot be resumed.
     let ctx = SessionContext::new();
-    let df = ctx.read_parquet(path.as_str(), Default::default()).await.unwrap();
+    let df = ctx
+        .read_parquet(path.as_str(), Default::default())
+        .await
+        .unwrap();
     let mut strict = c.clone();
     strict.error_threshold = 0;
     let failed = ParallelRun::new(strict.clone())
