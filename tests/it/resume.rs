@@ -405,3 +405,59 @@ fn ctrl_c_stops_cleanly_and_the_run_resumes() {
     let text = std::fs::read_to_string(out.join("parallel_run_step.csv")).unwrap();
     assert_eq!(text.lines().count(), 1001, "header and every row once");
 }
+
+#[test]
+fn killed_before_any_commit_then_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = slow_job(dir.path(), Kind::Table);
+    let out = dir.path().join("out");
+    let mut run = start(&job, &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !out.join("logs/ledger/job.json").is_file() {
+        assert!(Instant::now() < deadline, "the run starts its ledger");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill9(&mut run);
+    let plain = run_job(&job, &[]);
+    assert_eq!(plain.code, 2, "{plain:?}");
+    let resumed = run_job(&job, &["--resume"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    let text = std::fs::read_to_string(out.join("parallel_run_step.csv")).unwrap();
+    assert_eq!(text.lines().count(), 1001, "header and every row once");
+}
+
+/// Killed when every mini-batch but the last was committed, with what a merge cut short
+/// leaves behind (a partial temporary final file, even a stale final file): the resumed run
+/// runs the last one and writes the final file anew.
+#[test]
+fn a_merge_cut_short_is_redone_by_the_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = slow_job(dir.path(), Kind::Table);
+    // The last rows' mini-batch is slow: a wide window with all the others committed.
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(
+        &job,
+        text.replace(
+            "[--sleep-ms, '120']",
+            "[--sleep-ms, '20', --sleep-ids, '999']",
+        ),
+    )
+    .unwrap();
+    let clean = dir.path().join("clean");
+    let reference = run_job(&job, &["--output", clean.to_str().unwrap()]);
+    assert_eq!(reference.code, 0, "{reference:?}");
+    let total = summary(&clean)["mini_batches_total"].as_u64().unwrap() as usize;
+    let out = dir.path().join("out");
+    let mut run = start(&job, &[]);
+    assert!(wait_for_records(&mut run, &out, total - 1));
+    kill9(&mut run);
+    std::fs::write(out.join(".parallel_run_step.csv.tmp"), "id,key\n1,partial").unwrap();
+    std::fs::write(out.join("parallel_run_step.csv"), "stale").unwrap();
+    let resumed = run_job(&job, &["--resume"]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    assert_eq!(
+        std::fs::read(out.join("parallel_run_step.csv")).unwrap(),
+        std::fs::read(clean.join("parallel_run_step.csv")).unwrap()
+    );
+    assert!(!out.join(".parallel_run_step.csv.tmp").exists());
+}

@@ -21,4 +21,5 @@ mod store;
 
 mod checks;
 mod faults;
+mod resume;
 mod transfer;
