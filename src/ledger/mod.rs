@@ -20,6 +20,7 @@
 //! records, the last one counts.
 
 pub mod status;
+pub mod table;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -56,6 +57,23 @@ pub const LEDGER_FORMAT_VERSION: u32 = 1;
 /// The ledger folder of a job logging to `log_dir`.
 pub fn ledger_dir(log_dir: &Path) -> PathBuf {
     log_dir.join(LEDGER_DIR)
+}
+
+/// The log folder holding the ledger of the job in `folder`: `folder/logs` (a job's output
+/// folder) or `folder` itself (a log or SQL report folder); an error naming `folder` and
+/// `what` (the command or function asking) when neither has one.
+pub fn find_log_dir(folder: &Path, what: &str) -> Result<PathBuf> {
+    [folder.join("logs"), folder.to_path_buf()]
+        .into_iter()
+        .find(|d| ledger_dir(d).join(HEADER_FILE).is_file())
+        .ok_or_else(|| {
+            PrsError::config(
+                what,
+                folder.display(),
+                "holds no job ledger (logs/ledger/job.json): give the output folder of a job \
+                 (or a SQL job's report folder) run by this version of parallel-run",
+            )
+        })
 }
 
 /// What a job is, as its first run recorded it.

@@ -44,17 +44,7 @@ pub struct JobStatusReport {
 
 /// Reads the state of the job whose output (or, for SQL, report) folder is `folder`.
 pub fn job_status(folder: &Path) -> Result<JobStatusReport> {
-    let log_dir = [folder.join("logs"), folder.to_path_buf()]
-        .into_iter()
-        .find(|d| ledger_dir(d).join(super::HEADER_FILE).is_file())
-        .ok_or_else(|| {
-            PrsError::config(
-                "status",
-                folder.display(),
-                "holds no job ledger (logs/ledger/job.json): give the output folder of a job \
-                 run by this version of parallel-run",
-            )
-        })?;
+    let log_dir = super::find_log_dir(folder, "status")?;
     let dir = ledger_dir(&log_dir);
     let header = read_header(&dir)?.ok_or_else(|| {
         PrsError::config("status", dir.display(), "has no job.json: not a job ledger")

@@ -66,6 +66,7 @@
 
 pub mod config;
 pub mod exec;
+pub mod ledger_table;
 pub mod probe;
 pub mod relation;
 pub mod runner;
@@ -155,6 +156,12 @@ pub(crate) fn register_shared(
     let getter: SessionGetter = Box::new(move || weak.upgrade().map(|s| s.read().clone()));
     let _ = shared.session.set(getter);
     ctx.register_relation_planner(Arc::new(ParallelRunRelationPlanner::new(shared.clone())))?;
+    ctx.register_udtf(
+        "parallel_run_ledger",
+        Arc::new(ledger_table::LedgerFunction {
+            base_dir: shared.base_dir.clone(),
+        }),
+    );
     Ok((ctx, shared))
 }
 

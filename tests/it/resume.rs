@@ -461,3 +461,23 @@ fn a_merge_cut_short_is_redone_by_the_resume() {
     );
     assert!(!out.join(".parallel_run_step.csv.tmp").exists());
 }
+
+#[test]
+fn sql_reads_the_ledger_as_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_job, out) = interrupted(dir.path());
+    let query = format!(
+        "SELECT status, count(*) AS n, sum(total_items) AS items FROM parallel_run_ledger('{}') GROUP BY status",
+        out.display()
+    );
+    let run = cli(&["sql", "-e", &query]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("SUCCEEDED"), "{run:?}");
+    let bad = cli(&[
+        "sql",
+        "-e",
+        "SELECT * FROM parallel_run_ledger('/nonexistent')",
+    ]);
+    assert_eq!(bad.code, 2, "{bad:?}");
+    assert!(bad.stderr.contains("holds no job ledger"), "{bad:?}");
+}
