@@ -162,13 +162,14 @@ pub(super) fn read_job(
 }
 
 /// `models:`: a mapping of model names (`iris`, or `iris:2` for a version) to local files or
-/// folders, resolved against the job's folder.
+/// folders, resolved against the job's folder, or object-storage URLs (kept as written).
 pub(super) fn read_models(
     value: Option<Value>,
     base_dir: &Path,
 ) -> Result<BTreeMap<String, String>> {
-    const RULE: &str = "must map model names (or name:version) to local files or folders, e.g. \
-                        {iris: ./models/iris.pkl, \"iris:2\": ./models/iris-v2/}";
+    const RULE: &str = "must map model names (or name:version) to local files or folders or \
+                        object-storage URLs, e.g. {iris: ./models/iris.pkl, \"iris:2\": \
+                        s3://bucket/models/iris-v2/}";
     let Some(value) = value else {
         return Ok(BTreeMap::new());
     };
@@ -179,12 +180,17 @@ pub(super) fn read_models(
         if model.is_empty() || version.is_empty() || version.contains(['/', ':']) {
             return Err(PrsError::config(&field, &name, RULE));
         }
+        // On object storage: downloaded when the job starts (into the job's cache).
+        if is_object_url(&path) {
+            out.insert(name.clone(), path);
+            continue;
+        }
         if is_url(&path) {
             return Err(PrsError::config(
                 &field,
                 &path,
-                "models on object storage are not downloaded yet: copy the model to a local \
-                 folder and name that",
+                "is a URL of no supported store: use a local file or folder, or an s3://, \
+                 az:// or abfss:// URL",
             ));
         }
         let resolved = resolve(base_dir, &path);

@@ -18,8 +18,7 @@ use datafusion::common::runtime::SpawnedTask;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use globset::GlobMatcher;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use tokio::io::AsyncWriteExt;
+use object_store::{ObjectMeta, ObjectStore};
 use tokio::sync::Semaphore;
 
 use crate::config::glob_matcher;
@@ -27,7 +26,7 @@ use crate::error::{PrsError, Result};
 use crate::input::files::{FileEntry, FileSource, LISTING_BATCH};
 use crate::storage::cache::FileCache;
 use crate::storage::named::NamedStore;
-use crate::storage::{local_path, storage_error, ObjectLocation, StorageOptions};
+use crate::storage::{download_object, local_path, storage_error, ObjectLocation, StorageOptions};
 
 /// A file dataset on object storage and how it is downloaded.
 pub struct RemoteFiles {
@@ -160,45 +159,15 @@ impl RemoteFiles {
             .acquire()
             .await
             .map_err(|_| PrsError::Cancelled("downloads stopped".into()))?;
-        let object = self.location.url_of(&meta.location);
         let local = local_path(&self.cache.dir()?, &self.location.relative(&meta.location));
-        if let Some(parent) = local.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| PrsError::io(parent, e))?;
-        }
-        let name = local
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        let part = local.with_file_name(format!(".{name}.part"));
-        let written = async {
-            let result =
-                self.store.get(&meta.location).await.map_err(|e| {
-                    storage_error(&self.location, "GET", &object, &e, &self.options)
-                })?;
-            let mut body = result.into_stream();
-            let mut file = tokio::fs::File::create(&part)
-                .await
-                .map_err(|e| PrsError::io(&part, e))?;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
-                    storage_error(&self.location, "GET", &object, &e, &self.options)
-                })?;
-                file.write_all(&chunk)
-                    .await
-                    .map_err(|e| PrsError::io(&part, e))?;
-            }
-            file.flush().await.map_err(|e| PrsError::io(&part, e))?;
-            tokio::fs::rename(&part, &local)
-                .await
-                .map_err(|e| PrsError::io(&local, e))
-        }
-        .await;
-        if let Err(e) = written {
-            let _ = tokio::fs::remove_file(&part).await;
-            return Err(e);
-        }
+        download_object(
+            &self.store,
+            &self.location,
+            &meta.location,
+            &local,
+            &self.options,
+        )
+        .await?;
         Ok(local)
     }
 
@@ -310,6 +279,7 @@ mod tests {
     use object_store::memory::InMemory;
     use object_store::path::Path as ObjectPath;
     use object_store::throttle::{ThrottleConfig, ThrottledStore};
+    use object_store::ObjectStoreExt;
     use std::time::{Duration, Instant};
 
     /// 200 objects of 10 bytes listed at 5 ms per entry (1 s in all), a 50-byte budget and a

@@ -83,8 +83,10 @@ pub async fn run_job_spec(
     for folder in &spec.output_folders {
         std::fs::create_dir_all(folder).map_err(|e| PrsError::io(folder, e))?;
     }
-    // `models:` reach the workers through environment variables (and a folder layout).
-    for (name, value) in model_environment(&spec.models, &settings.output)? {
+    // `models:` reach the workers through environment variables (and a folder layout); those
+    // on object storage are downloaded first, once.
+    let models = download_models(&spec.models, &storage).await?;
+    for (name, value) in model_environment(&models, &settings.output)? {
         settings
             .config
             .environment_variables
@@ -128,6 +130,36 @@ pub fn schemas(inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)]) -> Vec<(SchemaRef
         .iter()
         .map(|(plan, info)| (plan.schema(), info.clone()))
         .collect()
+}
+
+/// `models` with each object-storage URL replaced by a local copy: the object (or every object
+/// below the prefix) downloaded into `<cache>/models/<name>/<version>/`.
+async fn download_models(
+    models: &BTreeMap<String, String>,
+    storage: &StorageContext,
+) -> Result<BTreeMap<String, String>> {
+    let mut local = BTreeMap::new();
+    for (key, path) in models {
+        if !crate::config::is_object_url(path) {
+            local.insert(key.clone(), path.clone());
+            continue;
+        }
+        let field = format!("models.{key}");
+        let location = crate::storage::ObjectLocation::parse(&field, path)?;
+        let (name, version) = key.split_once(':').unwrap_or((key, "1"));
+        let dir = storage
+            .cache_parent()
+            .join("models")
+            .join(name)
+            .join(version);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| PrsError::io(&dir, e))?;
+        }
+        let copy = storage.download(&field, &location, &dir).await?;
+        tracing::info!("model {key}: downloaded {path} to {}", copy.display());
+        local.insert(key.clone(), copy.display().to_string());
+    }
+    Ok(local)
 }
 
 /// The worker environment for a job's `models:` (name or `name:version` -> local path):

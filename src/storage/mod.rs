@@ -123,6 +123,55 @@ impl ObjectLocation {
     }
 }
 
+/// Downloads the object `path` of `location`'s store into the file `local` (its folder is
+/// created): streamed to `.NAME.part` beside it, then renamed, so `local` is complete or
+/// absent.
+pub async fn download_object(
+    store: &NamedStore,
+    location: &ObjectLocation,
+    path: &ObjectPath,
+    local: &Path,
+    options: &StorageOptions,
+) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let object = location.url_of(path);
+    if let Some(parent) = local.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| PrsError::io(parent, e))?;
+    }
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let part = local.with_file_name(format!(".{name}.part"));
+    let written = async {
+        let result = store
+            .get(path)
+            .await
+            .map_err(|e| storage_error(location, "GET", &object, &e, options))?;
+        let mut body = result.into_stream();
+        let mut file = tokio::fs::File::create(&part)
+            .await
+            .map_err(|e| PrsError::io(&part, e))?;
+        while let Some(chunk) = futures::StreamExt::next(&mut body).await {
+            let chunk = chunk.map_err(|e| storage_error(location, "GET", &object, &e, options))?;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| PrsError::io(&part, e))?;
+        }
+        file.flush().await.map_err(|e| PrsError::io(&part, e))?;
+        tokio::fs::rename(&part, local)
+            .await
+            .map_err(|e| PrsError::io(local, e))
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&part).await;
+    }
+    written
+}
+
 /// A storage failure as a [`PrsError::Storage`], using the context a [`NamedStore`] added.
 pub fn storage_error(
     location: &ObjectLocation,
@@ -394,6 +443,51 @@ impl StorageContext {
         if let Some(cache) = self.cache(input) {
             cache.release(rows);
         }
+    }
+
+    /// Downloads `location` into the folder `dir`: the object itself (as `dir/NAME`) when it
+    /// is one, else every object below the prefix (keeping their paths below it). Returns the
+    /// local file, or `dir` for a prefix. Nothing found is an error naming `field` and the URL.
+    pub async fn download(
+        &self,
+        field: &str,
+        location: &ObjectLocation,
+        dir: &Path,
+    ) -> Result<PathBuf> {
+        let store = self.store(location)?;
+        if !location.is_dir && location.glob.is_none() {
+            if let Ok(meta) = store.head(&location.prefix).await {
+                let name = meta.location.filename().unwrap_or("object").to_string();
+                let local = dir.join(name);
+                download_object(&store, location, &meta.location, &local, &self.options).await?;
+                return Ok(local);
+            }
+        }
+        let listed: Vec<ObjectMeta> = store
+            .list(Some(&location.prefix))
+            .try_collect()
+            .await
+            .map_err(|e| {
+                storage_error(
+                    location,
+                    "LIST",
+                    &location.prefix_dir_url(),
+                    &e,
+                    &self.options,
+                )
+            })?;
+        if listed.is_empty() {
+            return Err(PrsError::config(
+                field,
+                &location.text,
+                "has no object at or below it: check the URL",
+            ));
+        }
+        for meta in listed {
+            let local = dir.join(location.relative(&meta.location));
+            download_object(&store, location, &meta.location, &local, &self.options).await?;
+        }
+        Ok(dir.to_path_buf())
     }
 
     /// The store for `location`, built on first use.

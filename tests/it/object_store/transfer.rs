@@ -314,3 +314,72 @@ fn mltable_paths_on_each_store_are_read() {
         );
     }
 }
+
+/// `models:` naming an object and a prefix on each store: downloaded once when the job
+/// starts, and `Model.get_model_path` gives the local copies.
+#[test]
+fn models_on_each_store_are_downloaded_for_the_model_stand_in() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = unique("models");
+    for store in [shared(Kind::S3), shared(Kind::Azure)] {
+        let root = format!("{prefix}/{:?}", store.kind);
+        store.put(&format!("{root}/iris.txt"), b"iris-weights".to_vec());
+        store.put(&format!("{root}/big/a.bin"), b"A".to_vec());
+        store.put(&format!("{root}/big/sub/b.bin"), b"BB".to_vec());
+        let dir = d.path().join(format!("{:?}", store.kind));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("in.csv"), "x\n1\n2\n").unwrap();
+        std::fs::write(
+            dir.join("score.py"),
+            "import os\n\
+             from azureml.core.model import Model\n\
+             def init():\n\
+             \x20   global line\n\
+             \x20   text = open(Model.get_model_path('iris')).read()\n\
+             \x20   big = Model.get_model_path('big', version=2)\n\
+             \x20   files = sorted(os.path.relpath(os.path.join(r, f), big) for r, _, fs in os.walk(big) for f in fs)\n\
+             \x20   line = text + ' ' + ','.join(files)\n\
+             def run(mini_batch):\n\
+             \x20   return [line] * len(mini_batch)\n",
+        )
+        .unwrap();
+        let job = write_job(
+            &dir,
+            &format!(
+                "entry_script: score.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 1",
+                python()
+            ),
+            &format!(
+                "inputs:\n  - {{name: rows, path: in.csv, format: csv}}\nmodels: {{iris: \"{}\", \"big:2\": \"{}\"}}\noutput: out\n",
+                store.url(&format!("{root}/iris.txt")),
+                store.url(&format!("{root}/big/"))
+            ),
+        );
+        let run = run_env(&job, &store.env());
+        assert_eq!(run.code, 0, "{:?}: {run:?}", store.kind);
+        assert_eq!(
+            lines(&dir.join("out/parallel_run_step.txt")),
+            [
+                "iris-weights a.bin,sub/b.bin",
+                "iris-weights a.bin,sub/b.bin"
+            ],
+            "{:?}",
+            store.kind
+        );
+        // A model URL with nothing behind it fails before any worker starts.
+        let missing = write_job(
+            &dir,
+            &format!(
+                "entry_script: score.py\nenvironment: {{python: {}}}\nerror_threshold: 0\noutput_action: append_row\nnode_count: 1",
+                python()
+            ),
+            &format!(
+                "inputs:\n  - {{name: rows, path: in.csv, format: csv}}\nmodels: {{iris: \"{}\"}}\noutput: out-missing\n",
+                store.url(&format!("{root}/nothing/"))
+            ),
+        );
+        let run = run_env(&missing, &store.env());
+        assert_eq!(run.code, 2, "{:?}: {run:?}", store.kind);
+        assert!(run.stderr.contains("models.iris"), "{run:?}");
+    }
+}
