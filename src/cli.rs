@@ -285,7 +285,7 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
         }
         Command::Validate { args } => {
             let loaded = load(&args)?;
-            let spec = &loaded.spec;
+            let spec = &crate::input::resolve_remote_mltables(&loaded.spec).await?;
             let output = spec
                 .output
                 .clone()

@@ -251,6 +251,10 @@ pub struct JobSpec {
     /// `models:`: model name (or `name:version`) -> local path, for the entry script's
     /// `Model.get_model_path(name, version)` (see the README); paths are absolute.
     pub models: BTreeMap<String, String>,
+    /// MLTable inputs whose MLTable file is on object storage, not yet in `inputs`: they are
+    /// expanded into it once their files are fetched ([`JobSpec::with_remote_mltables`], done
+    /// by `crate::input::resolve_remote_mltables` before a job is validated or run).
+    pub remote_mltables: Vec<crate::config::mltable::RemoteMlTable>,
     /// The folder relative paths were resolved against (the job file's); not saved by
     /// [`JobSpec::to_yaml`]. Python workers run in it unless `source_directory` is set, as on
     /// Azure where the code snapshot is the working directory. `None` for a job built in code.
@@ -444,6 +448,26 @@ impl std::str::FromStr for OutputFormat {
 }
 
 impl JobSpec {
+    /// The spec with its remote MLTable inputs expanded, `texts[i]` being the text of
+    /// `remote_mltables[i]`'s MLTable file: their inputs take their places among the others.
+    pub fn with_remote_mltables(mut self, texts: &[String]) -> Result<JobSpec> {
+        let remotes = std::mem::take(&mut self.remote_mltables);
+        let base_dir = self.base_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        for (remote, text) in remotes.iter().zip(texts).rev() {
+            let mut inputs = Vec::new();
+            for (k, item) in remote.expand(text)?.into_iter().enumerate() {
+                inputs.push(crate::config::reader::read_input(
+                    remote.position + k,
+                    item,
+                    &base_dir,
+                )?);
+            }
+            let at = remote.position.min(self.inputs.len());
+            self.inputs.splice(at..at, inputs);
+        }
+        Ok(self)
+    }
+
     /// Loads and validates a job file. `overrides` are `key=value` pairs applied to the
     /// `parallel_run_config` mapping (values parsed as YAML scalars) before validation, as the
     /// CLI's `--set` does; unknown keys are errors. The job-level `output`, `output_format` and
@@ -498,7 +522,7 @@ impl JobSpec {
 
     /// At least one input; names are unique SQL identifiers; paths and queries are non-empty.
     fn validate_inputs(&self) -> Result<()> {
-        if self.inputs.is_empty() {
+        if self.inputs.is_empty() && self.remote_mltables.is_empty() {
             return Err(PrsError::missing(
                 "inputs",
                 "required: at least one input, e.g. inputs: [{name: reviews, path: \

@@ -24,8 +24,56 @@ pub(super) fn is_mltable(item: &Value) -> bool {
     item.get("format").and_then(Value::as_str) == Some("mltable")
 }
 
-/// The entries that replace an `inputs:` entry with `format: mltable` at `field`.
-pub(super) fn expand(field: &str, item: Value, base_dir: &Path) -> Result<Vec<Value>> {
+/// An `inputs:` entry with `format: mltable` whose MLTable file is on object storage: it is
+/// expanded once the file was fetched (`crate::input::resolve_remote_mltables`, which has the
+/// stores), into the inputs it describes, at `position` among the job's inputs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteMlTable {
+    /// Where its inputs go in the job's `inputs` (before what is there now).
+    pub position: usize,
+    /// The entry's place in the job file, for messages (`inputs[2]`).
+    pub field: String,
+    /// The input's name.
+    pub name: String,
+    /// The MLTable folder (or the MLTable file itself) on object storage.
+    pub url: String,
+}
+
+impl RemoteMlTable {
+    /// The URL of the MLTable file.
+    pub fn file_url(&self) -> String {
+        if self.url.ends_with("/MLTable") {
+            self.url.clone()
+        } else {
+            format!("{}/MLTable", self.url.trim_end_matches('/'))
+        }
+    }
+
+    /// The inputs it describes, given the text of its MLTable file; relative `paths:` resolve
+    /// against the file's folder on the store.
+    pub fn expand(&self, text: &str) -> Result<Vec<Value>> {
+        let file_url = self.file_url();
+        let folder = format!("{}/", file_url.trim_end_matches("/MLTable"));
+        entries(&self.name, text, Path::new(&file_url), &Base::Url(&folder))
+    }
+}
+
+/// What an `inputs:` entry with `format: mltable` becomes.
+pub(super) enum Expansion {
+    /// The entries that replace it.
+    Local(Vec<Value>),
+    /// Its MLTable file is on object storage: expanded later.
+    Remote(RemoteMlTable),
+}
+
+/// The entries that replace an `inputs:` entry with `format: mltable` at `field`, or the
+/// remote MLTable to expand later (`position`: where its entries go).
+pub(super) fn expand(
+    field: &str,
+    item: Value,
+    base_dir: &Path,
+    position: usize,
+) -> Result<Expansion> {
     let name = item
         .get("name")
         .and_then(scalar_text)
@@ -34,11 +82,21 @@ pub(super) fn expand(field: &str, item: Value, base_dir: &Path) -> Result<Vec<Va
         .get("path")
         .and_then(scalar_text)
         .ok_or_else(|| PrsError::missing(format!("{field}.path"), "the MLTable folder or file"))?;
+    if crate::config::is_object_url(&path) {
+        crate::config::ObjectUrl::parse(&format!("{field}.path"), &path)?;
+        return Ok(Expansion::Remote(RemoteMlTable {
+            position,
+            field: field.to_string(),
+            name,
+            url: path,
+        }));
+    }
     if crate::config::is_url(&path) {
         return Err(PrsError::config(
             format!("{field}.path"),
             &path,
-            "MLTable files on object storage are not supported yet: give the data's own URL with format: csv | parquet | json",
+            "is a URL of no supported store: give a local MLTable folder or an s3://, az:// or \
+             abfss:// URL",
         ));
     }
     let location = crate::config::resolve_path(base_dir, &path);
@@ -55,17 +113,28 @@ pub(super) fn expand(field: &str, item: Value, base_dir: &Path) -> Result<Vec<Va
         )
     })?;
     let folder = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let table = parse(&text, &file)?;
+    entries(&name, &text, &file, &Base::Local(&folder)).map(Expansion::Local)
+}
+
+/// What relative `paths:` of an MLTable file resolve against: its folder, local or on a store.
+enum Base<'a> {
+    Local(&'a Path),
+    Url(&'a str),
+}
+
+/// The inputs an MLTable file (`text`, read from `file`) describes for the input `name`.
+fn entries(name: &str, text: &str, file: &Path, base: &Base) -> Result<Vec<Value>> {
+    let table = parse(text, file)?;
     let data_path = match &table.path {
         DataPath::File(p) | DataPath::Folder(p) | DataPath::Pattern(p) => {
-            data_location(&file, &folder, p)?
+            data_location(file, base, p)?
         }
     };
     let mut entries = Vec::new();
     let raw_name = if table.columns.is_some() {
         format!("{name}__mltable")
     } else {
-        name.clone()
+        name.to_string()
     };
     let mut raw = Mapping::new();
     raw.insert("name".into(), raw_name.as_str().into());
@@ -77,7 +146,7 @@ pub(super) fn expand(field: &str, item: Value, base_dir: &Path) -> Result<Vec<Va
     entries.push(Value::Mapping(raw));
     if let Some(columns) = table.columns {
         let mut sql = Mapping::new();
-        sql.insert("name".into(), name.as_str().into());
+        sql.insert("name".into(), name.into());
         sql.insert("sql".into(), columns.query(&raw_name).into());
         entries.push(Value::Mapping(sql));
     }
@@ -128,13 +197,29 @@ struct Table {
 /// The column `include_path_column: true` adds, named as Azure names it.
 const PATH_COLUMN: &str = "Path";
 
-/// Where a `paths:` entry points: a local path relative to the MLTable file's folder, or an
-/// object-storage URL (`s3://`, `az://`, `abfss://...`) kept as written.
-fn data_location(file: &Path, folder: &Path, path: &str) -> Result<String> {
+/// Where a `paths:` entry points: a path relative to the MLTable file's folder (local, or on
+/// the store of a remote MLTable file), or an object-storage URL (`s3://`, `az://`,
+/// `abfss://...`) kept as written.
+fn data_location(file: &Path, base: &Base, path: &str) -> Result<String> {
     if !crate::config::is_object_url(path) {
         if crate::config::is_url(path) {
             return Ok(path.to_string()); // file://, resolved with the job file's rules
         }
+        let folder = match base {
+            Base::Local(folder) => folder,
+            Base::Url(folder) => {
+                if Path::new(path).is_absolute() {
+                    return Err(error(
+                        file,
+                        "paths[0]",
+                        path,
+                        "an MLTable file on object storage names its data relative to its \
+                         folder or by URL, not by a local path",
+                    ));
+                }
+                return Ok(format!("{folder}{}", path.trim_start_matches("./")));
+            }
+        };
         let mut text = crate::config::resolve_path(folder, path)
             .display()
             .to_string();
@@ -496,7 +581,34 @@ mod tests {
             dir.display()
         ))
         .unwrap();
-        expand("inputs[0]", item, Path::new("/")).unwrap()
+        match expand("inputs[0]", item, Path::new("/"), 0).unwrap() {
+            Expansion::Local(entries) => entries,
+            Expansion::Remote(r) => panic!("{r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_remote_mltable_resolves_its_paths_on_its_store() {
+        let item: Value =
+            serde_yaml::from_str("{name: t, path: 's3://b/tables/sales/', format: mltable}")
+                .unwrap();
+        let Expansion::Remote(remote) = expand("inputs[1]", item, Path::new("/"), 1).unwrap()
+        else {
+            panic!("remote")
+        };
+        assert_eq!(remote.file_url(), "s3://b/tables/sales/MLTable");
+        let entries = remote
+            .expand("paths:\n  - folder: ./data/\ntransformations:\n  - read_parquet\n")
+            .unwrap();
+        assert_eq!(
+            entries[0]["path"].as_str(),
+            Some("s3://b/tables/sales/data/")
+        );
+        let e = remote
+            .expand("paths:\n  - file: /etc/data.csv\ntransformations:\n  - read_delimited\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not by a local path"), "{e}");
     }
 
     #[test]
@@ -586,9 +698,10 @@ mod tests {
         .unwrap();
         let error_of = |text: &str| {
             std::fs::write(d.path().join("MLTable"), text).unwrap();
-            expand("inputs[0]", item.clone(), Path::new("/"))
-                .unwrap_err()
-                .to_string()
+            match expand("inputs[0]", item.clone(), Path::new("/"), 0) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{text} was accepted"),
+            }
         };
         let delimited = |options: &str| {
             error_of(&format!(

@@ -9,7 +9,7 @@ pub mod catalogue;
 mod environment;
 mod job;
 mod location;
-mod mltable;
+pub mod mltable;
 mod named;
 mod params;
 mod reader;

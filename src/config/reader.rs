@@ -115,7 +115,7 @@ pub(super) fn read_job(
         )
     })?;
     let config = read_config(config, base_dir, warnings)?;
-    let inputs = read_inputs(top.take("inputs"), base_dir)?;
+    let (inputs, remote_mltables) = read_inputs(top.take("inputs"), base_dir)?;
     let output = top.string(OUTPUT_FOLDER.name, &OUTPUT_FOLDER.message())?;
     let output = output
         .map(|path| resolve_output(base_dir, &path))
@@ -157,6 +157,7 @@ pub(super) fn read_job(
         },
         storage_options,
         models: read_models(top.take("models"), base_dir)?,
+        remote_mltables,
         base_dir: Some(base_dir.to_path_buf()),
     })
 }
@@ -442,13 +443,19 @@ pub(super) fn resolve_entry_script(config: &ParallelRunConfig, base_dir: &Path) 
     )
 }
 
-/// Reads `inputs:` (absent = none; `validate` then asks for one).
-pub(super) fn read_inputs(value: Option<Value>, base_dir: &Path) -> Result<Vec<InputSpec>> {
+/// Reads `inputs:` (absent = none; `validate` then asks for one), and the MLTable inputs on
+/// object storage still to expand.
+pub(super) fn read_inputs(
+    value: Option<Value>,
+    base_dir: &Path,
+) -> Result<(Vec<InputSpec>, Vec<mltable::RemoteMlTable>)> {
     match value {
-        None => Ok(Vec::new()),
+        None => Ok((Vec::new(), Vec::new())),
         Some(Value::Sequence(items)) => {
-            // MLTable inputs become the path (and sql) inputs they describe.
+            // MLTable inputs become the path (and sql) inputs they describe (those on object
+            // storage once their file is fetched).
             let mut expanded = Vec::with_capacity(items.len());
+            let mut remote_mltables = Vec::new();
             for (i, mut item) in items.into_iter().enumerate() {
                 let untyped_folder = item.get("format").is_none()
                     && item
@@ -462,16 +469,21 @@ pub(super) fn read_inputs(value: Option<Value>, base_dir: &Path) -> Result<Vec<I
                     }
                 }
                 if mltable::is_mltable(&item) {
-                    expanded.extend(mltable::expand(&format!("inputs[{i}]"), item, base_dir)?);
+                    let field = format!("inputs[{i}]");
+                    match mltable::expand(&field, item, base_dir, expanded.len())? {
+                        mltable::Expansion::Local(entries) => expanded.extend(entries),
+                        mltable::Expansion::Remote(remote) => remote_mltables.push(remote),
+                    }
                 } else {
                     expanded.push(item);
                 }
             }
-            expanded
+            let inputs = expanded
                 .into_iter()
                 .enumerate()
                 .map(|(i, item)| read_input(i, item, base_dir))
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            Ok((inputs, remote_mltables))
         }
         Some(other) => Err(PrsError::config(
             "inputs",

@@ -19,7 +19,16 @@ impl JobSpec {
             CONFIG.into(),
             config_to_yaml(&self.config, self.output_format)?,
         );
-        let inputs = self.inputs.iter().map(input_to_yaml).collect();
+        let mut inputs: Vec<Value> = self.inputs.iter().map(input_to_yaml).collect();
+        // MLTable inputs on object storage not expanded yet: as written, in their places.
+        for remote in self.remote_mltables.iter().rev() {
+            let mut entry = Mapping::new();
+            entry.insert("name".into(), remote.name.as_str().into());
+            entry.insert("path".into(), remote.url.as_str().into());
+            entry.insert("format".into(), "mltable".into());
+            let at = remote.position.min(inputs.len());
+            inputs.insert(at, Value::Mapping(entry));
+        }
         root.insert("inputs".into(), Value::Sequence(inputs));
         let output = match &self.output {
             Some(path) => Value::String(path_text("output", path)?),

@@ -54,7 +54,7 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
-use crate::config::{CsvHeader, CsvOptions, InputFormat, InputSource, InputSpec};
+use crate::config::{CsvHeader, CsvOptions, InputFormat, InputSource, InputSpec, JobSpec};
 use crate::error::{PrsError, Result};
 use crate::exec::InputInfo;
 use crate::storage::{is_object_url, StorageContext, StorageOptions};
@@ -144,6 +144,43 @@ pub(crate) fn blocking_stream(
         schema,
         blocking_items(produce),
     ))
+}
+
+/// `spec` with its MLTable inputs on object storage expanded: each MLTable file fetched with
+/// the job's storage options and read (see `JobSpec::with_remote_mltables`). A job without
+/// them is returned as it is. A file that cannot be fetched is an error naming the input's
+/// `path`, the store and the object.
+pub async fn resolve_remote_mltables(spec: &JobSpec) -> Result<JobSpec> {
+    if spec.remote_mltables.is_empty() {
+        return Ok(spec.clone());
+    }
+    let storage = StorageContext::new(spec.storage_options.clone(), None);
+    let mut texts = Vec::with_capacity(spec.remote_mltables.len());
+    for remote in &spec.remote_mltables {
+        let field = format!("{}.path", remote.field);
+        let url = remote.file_url();
+        let location = crate::storage::ObjectLocation::parse(&field, &url)?;
+        let store = storage.store(&location)?;
+        let fetch = |e: object_store::Error| match e {
+            object_store::Error::NotFound { .. } => PrsError::config(
+                &field,
+                &remote.url,
+                format!("holds no MLTable file ({url} does not exist): give the MLTable folder"),
+            ),
+            e => crate::storage::storage_error(&location, "GET", &url, &e, storage.options()),
+        };
+        let bytes = object_store::ObjectStoreExt::get(store.as_ref(), &location.prefix)
+            .await
+            .map_err(fetch)?
+            .bytes()
+            .await
+            .map_err(fetch)?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+            PrsError::config(&field, &url, "is not a text file: not an MLTable file")
+        })?;
+        texts.push(text);
+    }
+    spec.clone().with_remote_mltables(&texts)
 }
 
 /// Registers every input as a table of `ctx` and returns the processed ones, in job order.

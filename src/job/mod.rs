@@ -50,6 +50,9 @@ pub async fn run_job_spec(
     overwrite: bool,
     resume: ResumeOptions,
 ) -> Result<JobReport> {
+    // MLTable inputs on object storage: their files are fetched and read first.
+    let resolved = crate::input::resolve_remote_mltables(spec).await?;
+    let spec = &resolved;
     spec.validate()?;
     let output = spec.output.clone().ok_or_else(|| {
         PrsError::missing(

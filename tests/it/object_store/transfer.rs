@@ -383,3 +383,62 @@ fn models_on_each_store_are_downloaded_for_the_model_stand_in() {
         assert!(run.stderr.contains("models.iris"), "{run:?}");
     }
 }
+
+/// An MLTable file on each store (its data beside it, named relatively): fetched and read
+/// before the job starts; `show-config` writes the input as given.
+#[test]
+fn mltable_files_on_each_store_are_fetched_and_read() {
+    let d = tempfile::tempdir().unwrap();
+    let prefix = unique("mltable-file");
+    for store in [shared(Kind::S3), shared(Kind::Azure)] {
+        let table = format!("{prefix}/{:?}/sales", store.kind);
+        store.put(
+            &format!("{table}/MLTable"),
+            b"paths:\n  - folder: ./data/\ntransformations:\n  - read_delimited:\n      delimiter: ';'\n      header: no_header\n  - keep_columns: [Column2]\n".to_vec(),
+        );
+        store.put(&format!("{table}/data/a.csv"), b"1;ann\n2;bob\n".to_vec());
+        store.put(&format!("{table}/data/b.csv"), b"3;cy\n".to_vec());
+        let dir = d.path().join(format!("{:?}", store.kind));
+        std::fs::create_dir_all(&dir).unwrap();
+        let job = echo_job(
+            &dir,
+            "",
+            &format!(
+                "inputs:\n  - {{name: sales, path: \"{}\", format: mltable}}\noutput: out\noutput_format: csv\npreserve_order: true\n",
+                store.url(&format!("{table}/"))
+            ),
+        );
+        let run = run_env(&job, &store.env());
+        assert_eq!(run.code, 0, "{:?}: {run:?}", store.kind);
+        assert_eq!(
+            lines(&dir.join("out/parallel_run_step.csv")),
+            ["Column2", "ann", "bob", "cy"],
+            "{:?}",
+            store.kind
+        );
+        let shown = cli_env(&["show-config", job.to_str().unwrap()], &store.env());
+        assert_eq!(shown.code, 0, "{shown:?}");
+        assert!(
+            shown.stdout.contains("format: mltable") && shown.stdout.contains(&table),
+            "{}",
+            shown.stdout
+        );
+        let validate = cli_env(&["validate", job.to_str().unwrap()], &store.env());
+        assert_eq!(validate.code, 0, "{validate:?}");
+        // No MLTable file there: a configuration error naming the input.
+        let missing = echo_job(
+            &dir,
+            "",
+            &format!(
+                "inputs:\n  - {{name: sales, path: \"{}\", format: mltable}}\noutput: out-missing\n",
+                store.url(&format!("{prefix}/nothing/"))
+            ),
+        );
+        let run = run_env(&missing, &store.env());
+        assert_eq!(run.code, 2, "{:?}: {run:?}", store.kind);
+        assert!(
+            run.stderr.contains("MLTable") && run.stderr.contains("nothing"),
+            "{run:?}"
+        );
+    }
+}
