@@ -640,3 +640,78 @@ fn the_total_file_size_sample_runs_with_the_notebooks_partition_format() {
         "{printed}"
     );
 }
+
+/// An oj_sales-style training script (azureml-examples `1a_oj_sales_prediction`'s
+/// `parallel_train.py` layout: argparse `--model_folder`, one model per `partition_keys`
+/// tuple written to `os.path.join(model_folder, *partition_key_value.values())`) whose first
+/// try for one key dies after writing half a model: the retry writes it again and the job
+/// succeeds with every model complete (files a script writes are outside the exactly-once
+/// guarantee, so they must be written idempotently, as this one does).
+#[test]
+fn an_oj_sales_style_training_job_survives_a_retried_try() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut csv = String::from("Store,Brand,week,Quantity\n");
+    for (store, brand) in [(1000, "dominicks"), (1000, "tropicana"), (1001, "minute.maid")] {
+        for week in 0..5 {
+            csv.push_str(&format!("{store},{brand},{week},{}\n", 100 + week * store % 7));
+        }
+    }
+    std::fs::write(dir.join("sales.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("parallel_train.py"),
+        r#"
+import argparse
+import os
+import pickle
+
+import pandas as pd
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--model_folder", type=str)
+args, _ = parser.parse_known_args()
+MARKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "crash-once")
+
+
+def init():
+    os.makedirs(args.model_folder, exist_ok=True)
+
+
+def run(input_data, mini_batch_context):
+    keys = mini_batch_context.partition_key_value
+    folder = os.path.join(args.model_folder, *[str(v) for v in keys.values()])
+    os.makedirs(folder, exist_ok=True)
+    model = {"mean": float(input_data["Quantity"].mean()), "rows": len(input_data)}
+    path = os.path.join(folder, "model.pkl")
+    with open(path, "wb") as f:
+        f.write(b"half a model")
+        if keys["Brand"] == "tropicana" and os.path.exists(MARKER):
+            os.remove(MARKER)
+            os._exit(3)
+    with open(path, "wb") as f:
+        pickle.dump(model, f)
+    return pd.DataFrame({"Store": [keys["Store"]], "Brand": [keys["Brand"]], "rows": [len(input_data)]})
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("crash-once"), "").unwrap();
+    let job = write_job(
+        dir,
+        &format!("entry_script: parallel_train.py\nenvironment: {{python: {}}}\nerror_threshold: -1\nmini_batch_error_threshold: 5\nrun_max_try: 3\noutput_action: append_row\nnode_count: 1\nprocess_count_per_node: 2\npartition_keys: [Store, Brand]", samples_python()),
+        "inputs:\n  - {name: sales, path: sales.csv, format: csv}\noutput: out\noutput_format: csv\narguments: [--model_folder, models]\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(!dir.join("crash-once").exists(), "the crash happened");
+    let s = summary(&dir.join("out"));
+    assert_eq!(s["mini_batches_failed"], 0, "{s}");
+    assert!(s["tries"].as_u64().unwrap() >= 4, "one key was retried: {s}");
+    for (store, brand) in [(1000, "dominicks"), (1000, "tropicana"), (1001, "minute.maid")] {
+        let model = dir.join(format!("models/{store}/{brand}/model.pkl"));
+        let bytes = std::fs::read(&model).unwrap();
+        assert!(bytes.starts_with(&[0x80]), "{} is a complete pickle", model.display());
+    }
+    let mut rows = lines(&dir.join("out/parallel_run_step.csv"));
+    rows.sort();
+    assert_eq!(rows.len(), 4, "header and one row per key: {rows:?}");
+}
