@@ -10,8 +10,9 @@ use clap::Parser;
     bin_name = "cargo bench --bench harness --",
     about = "parallel-run's benchmark harness: reference workloads against the multiprocessing \
              baselines, wall time and peak process-tree memory; writes BENCHMARKS.md",
-    after_help = "Workloads: score-20k, score-2M, files-20k, rust-score-2M, s3-score-2M and the \
-                  memory check score-<rows-large> (alias: memory)."
+    after_help = "Workloads: score-20k, score-2M, files-20k, rust-score-2M, s3-score-2M, \
+                  keyed-2M, resume-2M, the memory check score-<rows-large> (alias: memory) \
+                  and keyed-<rows-large>."
 )]
 pub struct Args {
     /// Runs per workload and side (medians are reported).
@@ -20,10 +21,11 @@ pub struct Args {
     /// Run only this workload (repeatable).
     #[arg(long = "only", value_name = "NAME")]
     pub only: Vec<String>,
-    /// Rows of the memory-check data set.
+    /// Rows of the large data set (the memory check and keyed-<rows-large>).
     #[arg(long, default_value_t = 20_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub rows_large: u64,
-    /// Skip the large memory-check workload (and generating its data).
+    /// Skip the large workloads, score-<rows-large> and keyed-<rows-large> (and generating
+    /// their data).
     #[arg(long)]
     pub skip_large: bool,
     /// Python with numpy, pandas and pyarrow (default: $PARALLEL_RUN_PYTHON, else the crate's

@@ -60,6 +60,8 @@ pub enum HarnessError {
         status: ExitStatus,
         command: String,
     },
+    #[error("{}: no mini_batches_total to learn the job's mini-batch count from", .0.display())]
+    NoMiniBatchCount(PathBuf),
     #[error("--only {name}: no such workload; choose from {choices}")]
     UnknownWorkload { name: String, choices: String },
     #[error("cannot start `{command}`: {source}")]
@@ -191,4 +193,32 @@ pub enum RunFailure {
         rows: Option<u64>,
         expect: u64,
     },
+    #[error("{}: mini_batches_total {total:?}, expected {expect}", path.display())]
+    MiniBatches {
+        path: PathBuf,
+        total: Option<u64>,
+        expect: u64,
+    },
+    #[error(
+        "{}: resumed {resumed:?}, mini_batches_skipped {skipped:?}; expected a resumed run \
+         skipping at least {min}",
+        path.display()
+    )]
+    NotResumed {
+        path: PathBuf,
+        resumed: Option<bool>,
+        skipped: Option<u64>,
+        min: u64,
+    },
+    #[error(
+        "{label}: the job to interrupt finished every time before its ledger held {at} \
+         records (it held {finished:?} when it finished), so there was nothing to resume"
+    )]
+    NotInterrupted {
+        label: String,
+        at: u64,
+        finished: Vec<u64>,
+    },
+    #[error("{}: {problem}", path.display())]
+    Ids { path: PathBuf, problem: String },
 }

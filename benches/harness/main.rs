@@ -42,8 +42,9 @@ use crate::report::{import_walls, machine, median, Report};
 use crate::s3::{s3_setup, s3_workload};
 use crate::setup::{absolute, check_python, count_label, find_python, shell_word, Ctx, DataSet};
 use crate::workloads::{
-    files_workload, run_workload, rust_score_workload, score_workload, Outcome, Workload,
-    FILES_JOB, RUST_SCORE, S3_SCORE, SCORE_MAIN, SCORE_SMALL,
+    files_workload, keyed_workload, resume_workload, run_workload, rust_score_workload,
+    score_workload, Outcome, Workload, FILES_JOB, KEYED_MAIN, RESUME, RUST_SCORE, S3_SCORE,
+    SCORE_MAIN, SCORE_SMALL,
 };
 
 /// The parallel-run binary cargo built for this bench (release profile under `cargo bench`).
@@ -126,13 +127,17 @@ fn run(args: Args) -> Result<bool> {
     };
 
     let large_name = format!("score-{}", count_label(args.rows_large));
+    let keyed_large_name = format!("keyed-{}", count_label(args.rows_large));
     let all = [
         SCORE_SMALL,
         SCORE_MAIN,
         FILES_JOB,
         RUST_SCORE,
         S3_SCORE,
+        KEYED_MAIN,
+        RESUME,
         large_name.as_str(),
+        keyed_large_name.as_str(),
     ];
     for name in &args.only {
         if !all.contains(&name.as_str()) && name != MEMORY_ALIAS {
@@ -159,6 +164,13 @@ fn run(args: Args) -> Result<bool> {
             args.rows_large
         ));
     }
+    let run_keyed_large = wanted(&keyed_large_name) && !args.skip_large;
+    if wanted(&keyed_large_name) && args.skip_large {
+        skipped.push(format!(
+            "{keyed_large_name} (partition_keys over {} rows): --skip-large",
+            args.rows_large
+        ));
+    }
 
     // Data, generated once.
     let small = DataSet::rows(&ctx, ROWS_SMALL);
@@ -168,13 +180,16 @@ fn run(args: Args) -> Result<bool> {
     if wanted(SCORE_SMALL) {
         small.ensure(&ctx)?;
     }
-    if wanted(SCORE_MAIN) || wanted(RUST_SCORE) || wanted(S3_SCORE) {
+    if [SCORE_MAIN, RUST_SCORE, S3_SCORE, KEYED_MAIN, RESUME]
+        .iter()
+        .any(|name| wanted(name))
+    {
         main.ensure(&ctx)?;
     }
     if wanted(FILES_JOB) {
         files.ensure(&ctx)?;
     }
-    if run_large {
+    if run_large || run_keyed_large {
         large.ensure(&ctx)?;
     }
 
@@ -218,10 +233,23 @@ fn run(args: Args) -> Result<bool> {
             }
         }
     }
+    if wanted(KEYED_MAIN) {
+        add(keyed_workload(&ctx, &main), KEYED_MAIN, &mut outcomes);
+    }
+    if wanted(RESUME) {
+        add(resume_workload(&ctx, &main), RESUME, &mut outcomes);
+    }
     if run_large {
         add(
             score_workload(&ctx, &large, true),
             &large_name,
+            &mut outcomes,
+        );
+    }
+    if run_keyed_large {
+        add(
+            keyed_workload(&ctx, &large),
+            &keyed_large_name,
             &mut outcomes,
         );
     }
@@ -241,6 +269,7 @@ fn run(args: Args) -> Result<bool> {
         outcomes,
         skipped,
         large_name,
+        keyed_large_name,
         argv: argv.join(" "),
     };
     let text = report.markdown();

@@ -1,9 +1,11 @@
 //! Running and measuring one command: wall time, peak memory of its process tree, CPU
-//! time, and checking its output (never timed).
+//! time, and checking its output (never timed). A side may have an untimed preparation
+//! before each run: starting the job and killing it part way, for the resume workload.
 
 use std::collections::HashMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,17 +33,25 @@ pub struct Sample {
     /// From logs/job_summary.json (parallel-run runs only).
     pub mini_batches: Option<u64>,
     pub job_elapsed: Option<f64>,
+    /// `ledger_seconds`: time spent on the ledger, summed over the job's tasks.
+    pub ledger: Option<f64>,
+    /// `mini_batches_skipped` of a resumed run (committed by the run it continued).
+    pub skipped: Option<u64>,
+    /// Ledger records when the side's preparation killed the job (resume workload).
+    pub killed_at: Option<u64>,
 }
 
 /// How a run's output is checked (never timed).
 pub enum Check {
-    /// parallel-run: exit 0 and `logs/job_summary.json` says succeeded with every item, and
-    /// the output has a row per item: `output_rows`, or the lines of `lines_file` for `txt`
-    /// output (whose `output_rows` counts pre-formatted chunks, not lines).
+    /// parallel-run: exit 0 and `logs/job_summary.json` says succeeded with every item, the
+    /// output is as `output` says, and (when given) the job had `mini_batches` mini-batches
+    /// and was a resumed run that skipped at least `min_skipped` of them.
     Job {
         out_dir: PathBuf,
         items: u64,
-        lines_file: Option<PathBuf>,
+        output: JobOutput,
+        mini_batches: Option<u64>,
+        min_skipped: Option<u64>,
     },
     /// mp_baseline.py: exit 0 and a `rows=N` line in its output.
     RowsLine { expect: u64 },
@@ -49,16 +59,47 @@ pub enum Check {
     Lines { file: PathBuf, expect: u64 },
 }
 
-/// One side of a workload: a command, what to remove before each run, how to check it.
+/// What a parallel-run job's output must hold.
+pub enum JobOutput {
+    /// `output_rows` (job_summary.json) is the item count.
+    Rows,
+    /// `txt` output: this file has a line per item (`output_rows` counts pre-formatted
+    /// chunks, not lines).
+    Lines(PathBuf),
+    /// This Parquet file's `id` column holds every id 0..items exactly once (the reference
+    /// data's ids), and `output_rows` is the item count.
+    EveryIdOnce(PathBuf),
+    /// `summary_only`: no output file to check.
+    None,
+}
+
+/// One side of a workload: a command, what to remove before each run, an untimed
+/// preparation after that, how to check it.
 pub struct Side {
     pub label: String,
     pub cmd: Command,
     pub clean: PathBuf,
+    /// Run (untimed) after cleaning, before each timed run.
+    pub prepare: Option<Interrupt>,
     pub check: Check,
     /// A process outside the tree whose CPU time during the run is recorded too (the S3
     /// server the harness started).
     pub server_pid: Option<i32>,
 }
+
+/// An untimed preparation: start `cmd` (a job), wait until its ledger's `records` file holds
+/// at least `at` lines (mini-batches that reached their final status), then SIGKILL it, as
+/// the out-of-memory killer or a lost VM would. A job that finishes before that is started
+/// again, up to `attempts` times.
+pub struct Interrupt {
+    pub cmd: Command,
+    pub records: PathBuf,
+    pub at: u64,
+    pub attempts: u32,
+}
+
+/// How often the preparation counts the ledger's records.
+const POLL_EVERY: Duration = Duration::from_millis(1);
 
 /// User + system CPU seconds `pid` has used so far (`/proc/PID/stat`).
 fn process_cpu(pid: i32) -> Option<f64> {
@@ -166,6 +207,10 @@ pub fn run_side(ctx: &Ctx, side: &mut Side, log: &Path) -> Result<Sample> {
     if side.clean.exists() {
         fs::remove_dir_all(&side.clean).map_err(HarnessError::io("removing", &side.clean))?;
     }
+    let killed_at = match side.prepare.as_mut() {
+        Some(prepare) => Some(interrupt(ctx, &side.label, prepare, &side.clean, log)?),
+        None => None,
+    };
     let out = fs::File::create(log).map_err(HarnessError::io("creating", log))?;
     let err = out.try_clone().map_err(HarnessError::io("opening", log))?;
     side.cmd
@@ -244,13 +289,16 @@ pub fn run_side(ctx: &Ctx, side: &mut Side, log: &Path) -> Result<Sample> {
             (Some(before), Some(after)) => Some(after - before),
             _ => None,
         },
+        killed_at,
         ..Sample::default()
     };
     match &side.check {
         Check::Job {
             out_dir,
             items,
-            lines_file,
+            output,
+            mini_batches,
+            min_skipped,
         } => {
             let path = out_dir.join("logs/job_summary.json");
             let text = read(&path).map_err(fail)?;
@@ -276,19 +324,52 @@ pub fn run_side(ctx: &Ctx, side: &mut Side, log: &Path) -> Result<Sample> {
                     items: *items,
                 }));
             }
-            match lines_file {
-                Some(file) => check_lines(file, *items).map_err(fail)?,
-                None if written != Some(*items) => {
-                    return Err(fail(RunFailure::OutputRows {
-                        path,
+            let rows_written = || {
+                if written == Some(*items) {
+                    Ok(())
+                } else {
+                    Err(fail(RunFailure::OutputRows {
+                        path: path.clone(),
                         written,
                         items: *items,
+                    }))
+                }
+            };
+            match output {
+                JobOutput::Rows => rows_written()?,
+                JobOutput::Lines(file) => check_lines(file, *items).map_err(fail)?,
+                JobOutput::EveryIdOnce(file) => {
+                    rows_written()?;
+                    check_ids(file, *items).map_err(fail)?;
+                }
+                JobOutput::None => {}
+            }
+            let total = num("mini_batches_total");
+            if let Some(expect) = mini_batches {
+                if total != Some(*expect) {
+                    return Err(fail(RunFailure::MiniBatches {
+                        path,
+                        total,
+                        expect: *expect,
                     }));
                 }
-                None => {}
             }
-            sample.mini_batches = num("mini_batches_total");
+            let skipped = num("mini_batches_skipped");
+            if let Some(min) = min_skipped {
+                let resumed = v.get("resumed").and_then(serde_json::Value::as_bool);
+                if resumed != Some(true) || skipped.is_none_or(|n| n < *min) {
+                    return Err(fail(RunFailure::NotResumed {
+                        path,
+                        resumed,
+                        skipped,
+                        min: *min,
+                    }));
+                }
+            }
+            sample.mini_batches = total;
+            sample.skipped = skipped.filter(|_| min_skipped.is_some());
             sample.job_elapsed = v.get("elapsed_seconds").and_then(|s| s.as_f64());
+            sample.ledger = v.get("ledger_seconds").and_then(|s| s.as_f64());
         }
         Check::RowsLine { expect } => {
             let text = fs::read_to_string(log).unwrap_or_default();
@@ -308,6 +389,186 @@ pub fn run_side(ctx: &Ctx, side: &mut Side, log: &Path) -> Result<Sample> {
         Check::Lines { file, expect } => check_lines(file, *expect).map_err(fail)?,
     }
     Ok(sample)
+}
+
+/// The untimed preparation of a run: starts the job, kills it once its ledger holds
+/// `prepare.at` records, and returns how many it held then. Its console output goes to
+/// `<log>.interrupted.log`, beside the timed run's.
+fn interrupt(
+    ctx: &Ctx,
+    label: &str,
+    prepare: &mut Interrupt,
+    clean: &Path,
+    log: &Path,
+) -> Result<u64> {
+    let log = log.with_extension("interrupted.log");
+    let command = shell_line(&prepare.cmd);
+    let fail = |failure: RunFailure| {
+        HarnessError::Run(Box::new(FailedRun {
+            failure,
+            command: command.clone(),
+            log: log.clone(),
+            tail: tail(&log, 1500),
+        }))
+    };
+    let mut finished = Vec::new();
+    for _ in 0..prepare.attempts.max(1) {
+        if clean.exists() {
+            fs::remove_dir_all(clean).map_err(HarnessError::io("removing", clean))?;
+        }
+        let out = fs::File::create(&log).map_err(HarnessError::io("creating", &log))?;
+        let err = out.try_clone().map_err(HarnessError::io("opening", &log))?;
+        // Its own process group, so that the kill reaches any process it started.
+        prepare
+            .cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            .process_group(0);
+        let start = Instant::now();
+        let mut child = prepare.cmd.spawn().map_err(|source| HarnessError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+        let pid = child.id() as i32;
+        let mut records = RecordCounter::new(&prepare.records);
+        loop {
+            if let Some(status) = child.try_wait().map_err(|source| HarnessError::Wait {
+                label: label.to_string(),
+                source,
+            })? {
+                // Finished (or failed) before it could be killed.
+                let n = records.count();
+                if !status.success() {
+                    return Err(fail(RunFailure::Failed {
+                        label: format!("{label} (the run to interrupt)"),
+                        how: format!("{status} after {n} ledger records"),
+                    }));
+                }
+                finished.push(n);
+                break;
+            }
+            if records.count() >= prepare.at {
+                // SAFETY: plain syscall on the process group of our own unreaped child.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                let _ = child.wait();
+                return Ok(records.count());
+            }
+            if start.elapsed() > ctx.timeout {
+                // SAFETY: as above.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(fail(RunFailure::TimedOut {
+                    label: format!("{label} (the run to interrupt)"),
+                    secs: ctx.timeout.as_secs(),
+                }));
+            }
+            thread::sleep(POLL_EVERY);
+        }
+    }
+    Err(fail(RunFailure::NotInterrupted {
+        label: label.to_string(),
+        at: prepare.at,
+        finished,
+    }))
+}
+
+/// Counts the lines of a growing file, reading only what was appended since the last call.
+struct RecordCounter<'a> {
+    path: &'a Path,
+    file: Option<fs::File>,
+    offset: u64,
+    lines: u64,
+}
+
+impl<'a> RecordCounter<'a> {
+    fn new(path: &'a Path) -> Self {
+        RecordCounter {
+            path,
+            file: None,
+            offset: 0,
+            lines: 0,
+        }
+    }
+
+    /// Complete lines so far (a line being written counts once its newline is there).
+    fn count(&mut self) -> u64 {
+        if self.file.is_none() {
+            self.file = fs::File::open(self.path).ok();
+        }
+        let Some(file) = self.file.as_mut() else {
+            return 0;
+        };
+        let mut buf = Vec::new();
+        if file.seek(SeekFrom::Start(self.offset)).is_ok() && file.read_to_end(&mut buf).is_ok() {
+            self.offset += buf.len() as u64;
+            self.lines += buf.iter().filter(|b| **b == b'\n').count() as u64;
+        }
+        self.lines
+    }
+}
+
+/// The Parquet `file`'s `id` column holds each of 0..items exactly once.
+fn check_ids(file: &Path, items: u64) -> std::result::Result<(), RunFailure> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::Int64Type;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ProjectionMask;
+
+    let bad = |problem: String| RunFailure::Ids {
+        path: file.to_path_buf(),
+        problem,
+    };
+    let f = fs::File::open(file).map_err(|source| RunFailure::Unreadable {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| bad(e.to_string()))?;
+    let schema = builder.parquet_schema();
+    let Some(column) = (0..schema.num_columns()).find(|i| schema.column(*i).name() == "id") else {
+        return Err(bad("no `id` column".into()));
+    };
+    let mask = ProjectionMask::leaves(schema, [column]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| bad(e.to_string()))?;
+    let mut seen = vec![false; items as usize];
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(e.to_string()))?;
+        let ids = batch
+            .column(0)
+            .as_primitive_opt::<Int64Type>()
+            .ok_or_else(|| {
+                bad(format!(
+                    "`id` is {}, not Int64",
+                    batch.column(0).data_type()
+                ))
+            })?;
+        if ids.null_count() > 0 {
+            return Err(bad("null ids".into()));
+        }
+        for id in ids.values().iter().copied() {
+            let slot = usize::try_from(id)
+                .ok()
+                .and_then(|i| seen.get_mut(i))
+                .ok_or_else(|| bad(format!("id {id} is not in 0..{items}")))?;
+            if *slot {
+                return Err(bad(format!("id {id} twice")));
+            }
+            *slot = true;
+            rows += 1;
+        }
+    }
+    if rows != items {
+        let first = seen.iter().position(|s| !s).unwrap_or_default();
+        return Err(bad(format!(
+            "{rows} ids, expected {items}; {} missing, the first {first}",
+            items - rows
+        )));
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> std::result::Result<String, RunFailure> {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::error::{HarnessError, Result};
-use crate::measure::{run_side, Check, Sample, Side};
+use crate::measure::{run_side, Check, Interrupt, JobOutput, Sample, Side};
 use crate::report::mb;
 use crate::setup::{count_label, shell_line, Ctx, DataSet};
 
@@ -17,8 +17,24 @@ pub const SCORE_MAIN: &str = "score-2M";
 pub const FILES_JOB: &str = "files-20k";
 pub const RUST_SCORE: &str = "rust-score-2M";
 pub const S3_SCORE: &str = "s3-score-2M";
+pub const KEYED_MAIN: &str = "keyed-2M";
+pub const RESUME: &str = "resume-2M";
 /// The reference job's init() sleeps this long (score_entry.py and rust:score).
 pub const SCORE_INIT_SECS: f64 = 1.0;
+/// Distinct values of the reference data's `key` column (gen_data.py's N_KEYS): the keyed
+/// jobs' mini-batches.
+pub const KEYS: u64 = 1000;
+/// The keyed jobs' workers and `memory_limit` (binary units, as the job file reads it):
+/// well below the data (the 2M-row set is 259 MB of Parquet, the 20M-row one 2.3 GB).
+pub const KEYED_WORKERS: u32 = 4;
+pub const KEYED_MEMORY_LIMIT: &str = "128MB";
+pub const KEYED_MEMORY_LIMIT_BYTES: u64 = 128 << 20;
+/// What a keyed job's peak tree RSS may exceed `memory_limit` by, bytes: the memory the
+/// limit does not account for and that does not grow with the data (see the report's
+/// "How it is measured").
+pub const KEYED_MARGIN_BYTES: u64 = 128_000_000;
+/// resume-2M kills its job once the ledger holds this share of the mini-batches.
+pub const RESUME_AT: f64 = 0.9;
 
 /// A YAML/JSON string scalar.
 pub fn q(s: &str) -> String {
@@ -34,13 +50,37 @@ struct JobFile<'a> {
     python: Option<&'a Path>,
     input: String,
     format: &'a str,
-    mini_batch_size: &'a str,
+    /// None with `partition_keys` (the two exclude each other).
+    mini_batch_size: Option<&'a str>,
     output: &'a Path,
     output_format: &'a str,
     storage_options: Option<String>,
+    output_action: &'a str,
+    workers: u32,
+    partition_keys: Option<&'a str>,
+    memory_limit: Option<&'a str>,
 }
 
-impl JobFile<'_> {
+impl<'a> JobFile<'a> {
+    /// The settings every workload shares (2 workers, append_row, no keys, the default
+    /// memory limit) for `entry_script` over `input`.
+    fn new(entry_script: String, input: String, format: &'a str, output: &'a Path) -> Self {
+        JobFile {
+            entry_script,
+            python: None,
+            input,
+            format,
+            mini_batch_size: None,
+            output,
+            output_format: "parquet",
+            storage_options: None,
+            output_action: "append_row",
+            workers: 2,
+            partition_keys: None,
+            memory_limit: None,
+        }
+    }
+
     fn write(&self, path: &Path) -> Result<()> {
         let mut y = String::from("# Written by benches/harness (cargo bench --bench harness).\n");
         y.push_str("parallel_run_config:\n");
@@ -49,10 +89,15 @@ impl JobFile<'_> {
             let _ = writeln!(y, "  environment: {{python: {}}}", qp(python));
         }
         y.push_str("  error_threshold: 0\n");
-        y.push_str("  output_action: append_row\n");
+        let _ = writeln!(y, "  output_action: {}", self.output_action);
         y.push_str("  node_count: 1\n");
-        y.push_str("  process_count_per_node: 2\n");
-        let _ = writeln!(y, "  mini_batch_size: {}", q(self.mini_batch_size));
+        let _ = writeln!(y, "  process_count_per_node: {}", self.workers);
+        if let Some(size) = self.mini_batch_size {
+            let _ = writeln!(y, "  mini_batch_size: {}", q(size));
+        }
+        if let Some(keys) = self.partition_keys {
+            let _ = writeln!(y, "  partition_keys: [{}]", q(keys));
+        }
         y.push_str("inputs:\n");
         let _ = writeln!(
             y,
@@ -61,7 +106,12 @@ impl JobFile<'_> {
             self.format
         );
         let _ = writeln!(y, "output: {}", qp(self.output));
-        let _ = writeln!(y, "output_format: {}", self.output_format);
+        if self.output_action == "append_row" {
+            let _ = writeln!(y, "output_format: {}", self.output_format);
+        }
+        if let Some(limit) = self.memory_limit {
+            let _ = writeln!(y, "memory_limit: {limit}");
+        }
         if let Some(options) = &self.storage_options {
             let _ = writeln!(y, "storage_options: {options}");
         }
@@ -194,10 +244,13 @@ pub fn engine_side(ctx: &Ctx, label: &str, job: &Path, out_dir: &Path, items: u6
         label: label.to_string(),
         cmd,
         clean: out_dir.to_path_buf(),
+        prepare: None,
         check: Check::Job {
             out_dir: out_dir.to_path_buf(),
             items,
-            lines_file: None,
+            output: JobOutput::Rows,
+            mini_batches: None,
+            min_skipped: None,
         },
         server_pid: None,
     }
@@ -218,6 +271,7 @@ fn baseline_side(ctx: &Ctx, data: &DataSet, out_dir: &Path) -> Side {
         label: script.to_string(),
         cmd,
         clean: out_dir.to_path_buf(),
+        prepare: None,
         server_pid: None,
         check: if data.files {
             Check::Lines {
@@ -240,18 +294,18 @@ pub fn score_job(
     let job = ctx.data.join("jobs").join(format!("{name}.yaml"));
     let out = ctx.data.join("out").join(name);
     JobFile {
-        entry_script: ctx
-            .bench
-            .join("score_entry.py")
-            .to_string_lossy()
-            .into_owned(),
         python: Some(&ctx.python),
-        input,
-        format: "parquet",
-        mini_batch_size: "1MB",
-        output: &out,
-        output_format: "parquet",
+        mini_batch_size: Some("1MB"),
         storage_options,
+        ..JobFile::new(
+            ctx.bench
+                .join("score_entry.py")
+                .to_string_lossy()
+                .into_owned(),
+            input,
+            "parquet",
+            &out,
+        )
     }
     .write(&job)?;
     Ok((job, out))
@@ -291,23 +345,23 @@ pub fn files_workload(ctx: &Ctx, data: &DataSet) -> Result<Workload> {
     let job = ctx.data.join("jobs").join(format!("{name}.yaml"));
     let out = ctx.data.join("out").join(&name);
     JobFile {
-        entry_script: ctx
-            .bench
-            .join("files_entry.py")
-            .to_string_lossy()
-            .into_owned(),
         python: Some(&ctx.python),
-        input: dir_arg(&data.dir),
-        format: "files",
-        mini_batch_size: "100",
-        output: &out,
+        mini_batch_size: Some("100"),
         output_format: "txt",
-        storage_options: None,
+        ..JobFile::new(
+            ctx.bench
+                .join("files_entry.py")
+                .to_string_lossy()
+                .into_owned(),
+            dir_arg(&data.dir),
+            "files",
+            &out,
+        )
     }
     .write(&job)?;
     let mut a = engine_side(ctx, "parallel-run", &job, &out, data.items);
-    if let Check::Job { lines_file, .. } = &mut a.check {
-        *lines_file = Some(out.join("parallel_run_step.txt"));
+    if let Check::Job { output, .. } = &mut a.check {
+        *output = JobOutput::Lines(out.join("parallel_run_step.txt"));
     }
     Ok(Workload {
         what: format!(
@@ -332,17 +386,7 @@ pub fn rust_score_workload(ctx: &Ctx, data: &DataSet) -> Result<Workload> {
     let name = RUST_SCORE.to_string();
     let job = ctx.data.join("jobs").join(format!("{name}.yaml"));
     let out = ctx.data.join("out").join(&name);
-    JobFile {
-        entry_script: "rust:score".into(),
-        python: None,
-        input: dir_arg(&data.dir),
-        format: "parquet",
-        mini_batch_size: "1MB",
-        output: &out,
-        output_format: "parquet",
-        storage_options: None,
-    }
-    .write(&job)?;
+    rust_score_job(data, &job, &out)?;
     Ok(Workload {
         what: format!(
             "the same scoring as the in-process Rust script rust:score (init sleeps 1 s) over {} \
@@ -356,5 +400,120 @@ pub fn rust_score_workload(ctx: &Ctx, data: &DataSet) -> Result<Workload> {
         b: None,
         name,
         setup_note: None,
+    })
+}
+
+/// rust-score-2M's job file: rust:score over `data`, 2 workers, 1MB, Parquet output.
+fn rust_score_job(data: &DataSet, job: &Path, out: &Path) -> Result<()> {
+    JobFile {
+        mini_batch_size: Some("1MB"),
+        ..JobFile::new("rust:score".into(), dir_arg(&data.dir), "parquet", out)
+    }
+    .write(job)
+}
+
+/// keyed-2M / keyed-20M: rust:echo over `data` with `partition_keys: [key]` (one mini-batch
+/// per key), `summary_only`, 4 workers and a `memory_limit` well below the data.
+pub fn keyed_workload(ctx: &Ctx, data: &DataSet) -> Result<Workload> {
+    let name = format!("keyed-{}", count_label(data.items));
+    let job = ctx.data.join("jobs").join(format!("{name}.yaml"));
+    let out = ctx.data.join("out").join(&name);
+    JobFile {
+        output_action: "summary_only",
+        workers: KEYED_WORKERS,
+        partition_keys: Some("key"),
+        memory_limit: Some(KEYED_MEMORY_LIMIT),
+        ..JobFile::new("rust:echo".into(), dir_arg(&data.dir), "parquet", &out)
+    }
+    .write(&job)?;
+    let mut a = engine_side(ctx, "parallel-run rust:echo", &job, &out, data.items);
+    if let Check::Job {
+        output,
+        mini_batches,
+        ..
+    } = &mut a.check
+    {
+        *output = JobOutput::None;
+        *mini_batches = Some(KEYS);
+    }
+    Ok(Workload {
+        what: format!(
+            "the in-process Rust script rust:echo over {} rows with `partition_keys: [key]` \
+             ({KEYS} keys, so {KEYS} mini-batches), summary_only, {KEYED_WORKERS} workers, \
+             `memory_limit: {KEYED_MEMORY_LIMIT}`",
+            data.items
+        ),
+        items: data.items,
+        unit: "rows",
+        init_secs: 0.0,
+        a,
+        b: None,
+        name,
+        setup_note: None,
+    })
+}
+
+/// resume-2M: rust-score-2M's job (rust:score, 2 workers, 1MB, Parquet output) SIGKILLed once
+/// its ledger holds 90% of the mini-batches (untimed), then `--resume` (timed), against the
+/// same job run whole (interleaved). One untimed whole run first learns the mini-batch count.
+pub fn resume_workload(ctx: &Ctx, data: &DataSet) -> Result<Workload> {
+    let name = RESUME.to_string();
+    let job = ctx.data.join("jobs").join(format!("{name}.yaml"));
+    let out = ctx.data.join("out").join(&name);
+    rust_score_job(data, &job, &out)?;
+    let mut full = engine_side(ctx, "parallel-run (whole job)", &job, &out, data.items);
+    let log = ctx.logs.join(format!("{name}-count.log"));
+    let total = run_side(ctx, &mut full, &log)?
+        .mini_batches
+        .filter(|n| *n > 0)
+        .ok_or_else(|| HarnessError::NoMiniBatchCount(out.join("logs/job_summary.json")))?;
+    let at = (total as f64 * RESUME_AT).ceil() as u64;
+    let mut run = Command::new(&ctx.binary);
+    run.arg("run").arg(&job).arg("--quiet");
+    let records = out.join("logs/ledger/records.jsonl");
+    let setup_note = format!(
+        "one whole run (not timed) counted {total} mini-batches; before each timed resume, `{}` \
+         runs (not timed) until `{}` holds at least {at} lines ({:.0}% of the mini-batches) and \
+         is then killed with SIGKILL",
+        ctx.relative(&shell_line(&run)),
+        ctx.show(&records),
+        RESUME_AT * 100.0
+    );
+    let mut resume = Command::new(&ctx.binary);
+    resume.arg("run").arg(&job).arg("--resume").arg("--quiet");
+    let a = Side {
+        label: "parallel-run --resume".into(),
+        cmd: resume,
+        clean: out.clone(),
+        prepare: Some(Interrupt {
+            cmd: run,
+            records,
+            at,
+            attempts: 5,
+        }),
+        check: Check::Job {
+            out_dir: out.clone(),
+            items: data.items,
+            output: JobOutput::EveryIdOnce(out.join("parallel_run_step.parquet")),
+            mini_batches: Some(total),
+            min_skipped: Some(at),
+        },
+        server_pid: None,
+    };
+    Ok(Workload {
+        what: format!(
+            "rust-score-2M's job (rust:score, init sleeps 1 s, {} rows, 2 workers, 1MB, Parquet \
+             output) killed with SIGKILL after {:.0}% of its mini-batches, then `--resume`, \
+             against the same job run whole",
+            data.items,
+            RESUME_AT * 100.0
+        ),
+        items: data.items,
+        unit: "rows",
+        init_secs: SCORE_INIT_SECS,
+        a,
+        b: Some(full),
+        name,
+        setup_note: Some(setup_note),
     })
 }
