@@ -253,7 +253,7 @@ pub struct JobSpec {
     pub models: BTreeMap<String, String>,
     /// MLTable inputs whose MLTable file is on object storage, not yet in `inputs`: they are
     /// expanded into it once their files are fetched ([`JobSpec::with_remote_mltables`], done
-    /// by `crate::input::resolve_remote_mltables` before a job is validated or run).
+    /// by `input::resolve_remote_mltables` before a job is validated or run).
     pub remote_mltables: Vec<crate::config::mltable::RemoteMlTable>,
     /// The folder relative paths were resolved against (the job file's); not saved by
     /// [`JobSpec::to_yaml`]. Python workers run in it unless `source_directory` is set, as on

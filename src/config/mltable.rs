@@ -25,7 +25,7 @@ pub(super) fn is_mltable(item: &Value) -> bool {
 }
 
 /// An `inputs:` entry with `format: mltable` whose MLTable file is on object storage: it is
-/// expanded once the file was fetched (`crate::input::resolve_remote_mltables`, which has the
+/// expanded once the file was fetched (`input::resolve_remote_mltables`, which has the
 /// stores), into the inputs it describes, at `position` among the job's inputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteMlTable {
