@@ -506,8 +506,13 @@ impl StagedSink {
     /// committed parts of the earlier runs) are merged into the final file with the new ones,
     /// at the end (in id order with `preserve_order`).
     pub fn resuming(self, parts: Vec<(MiniBatchId, PartRef)>) -> Self {
-        *lock(&self.resumed) = Some(parts);
+        self.resume_with(parts);
         self
+    }
+
+    /// [`StagedSink::resuming`] on a shared sink, before its first commit.
+    pub fn resume_with(&self, parts: Vec<(MiniBatchId, PartRef)>) {
+        *lock(&self.resumed) = Some(parts);
     }
 
     /// Parts only held until they are read back (SQL's `preserve_order`): whatever is still

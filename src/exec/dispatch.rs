@@ -33,6 +33,10 @@ pub struct InputInfo {
     /// for an input that is an arbitrary plan (a SQL subquery, a DataFrame, a `sql:` input):
     /// those travel through DataFusion's plan codec.
     pub source: Option<InputSpec>,
+    /// Its rows come in the same order in every run (files read in path order, a plain table
+    /// scan), so a resumed run can match its mini-batches with the ledger's.
+    #[serde(default)]
+    pub ordered: bool,
 }
 
 impl InputInfo {
@@ -42,12 +46,20 @@ impl InputInfo {
             name: name.into(),
             kind,
             source: None,
+            ordered: false,
         }
     }
 
-    /// The same input described by `spec` (a file-backed input of a job file).
+    /// The same input described by `spec` (a file-backed input of a job file): ordered.
     pub fn with_source(mut self, spec: InputSpec) -> Self {
         self.source = Some(spec);
+        self.ordered = true;
+        self
+    }
+
+    /// The same input, marked as reading its rows in the same order in every run.
+    pub fn ordered(mut self) -> Self {
+        self.ordered = true;
         self
     }
 }
@@ -72,32 +84,69 @@ pub struct SkippedMiniBatch {
 /// ([`ResumeSkips::was_skipped`]): the output stays the rows of the new cut, each once.
 #[derive(Debug, Default)]
 pub struct ResumeSkips {
-    done: HashMap<MiniBatchId, SkippedMiniBatch>,
-    /// Refuse a mini-batch whose input slice changed (and an input with fewer mini-batches).
-    pub check_slices: bool,
+    inner: std::sync::RwLock<SkipsInner>,
     /// The mini-batches skipped so far (found again, with the same slice).
     skipped: std::sync::Mutex<std::collections::HashSet<MiniBatchId>>,
+}
+
+#[derive(Debug, Default)]
+struct SkipsInner {
+    done: HashMap<MiniBatchId, SkippedMiniBatch>,
+    check_slices: bool,
 }
 
 impl ResumeSkips {
     /// Adds a finished mini-batch.
     pub fn insert(&mut self, id: MiniBatchId, skipped: SkippedMiniBatch) {
-        self.done.insert(id, skipped);
+        self.inner_mut().done.insert(id, skipped);
+    }
+
+    /// Refuse a mini-batch whose input slice changed (and an input with fewer mini-batches);
+    /// off for a forced resume.
+    pub fn set_check_slices(&mut self, on: bool) {
+        self.inner_mut().check_slices = on;
+    }
+
+    fn inner_mut(&mut self) -> &mut SkipsInner {
+        self.inner.get_mut().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn inner(&self) -> std::sync::RwLockReadGuard<'_, SkipsInner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes over what `other` skips (a resume opened after the plan was built: SQL opens its
+    /// ledger when the statement first executes, before the dispatcher starts).
+    pub fn load(&self, other: ResumeSkips) {
+        let other = other.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+        *self.inner.write().unwrap_or_else(|p| p.into_inner()) = other;
+    }
+
+    /// Whether slices are checked.
+    pub fn check_slices(&self) -> bool {
+        self.inner().check_slices
     }
 
     /// Number of mini-batches to skip.
     pub fn len(&self) -> usize {
-        self.done.len()
+        self.inner().done.len()
     }
 
     /// True when nothing is skipped.
     pub fn is_empty(&self) -> bool {
-        self.done.is_empty()
+        self.inner().done.is_empty()
     }
 
     /// The skipped mini-batch `id`, if it is one.
-    pub fn get(&self, id: &MiniBatchId) -> Option<&SkippedMiniBatch> {
-        self.done.get(id)
+    pub fn get(&self, id: &MiniBatchId) -> Option<SkippedMiniBatch> {
+        self.inner().done.get(id).cloned()
+    }
+
+    /// The ids to skip, in order.
+    pub fn ids(&self) -> Vec<MiniBatchId> {
+        let mut ids: Vec<MiniBatchId> = self.inner().done.keys().copied().collect();
+        ids.sort();
+        ids
     }
 
     /// True when mini-batch `id` was found again with the same slice and skipped.
@@ -228,15 +277,10 @@ async fn dispatch_all(
             }
         }
     }
-    if let Some(skips) = cut.skips.as_ref().filter(|s| s.check_slices) {
+    if let Some(skips) = cut.skips.as_ref().filter(|s| s.check_slices()) {
         let found = cut.skipped.load(Ordering::Relaxed);
         if found < skips.len() as u64 {
-            let mut missing: Vec<String> = skips
-                .done
-                .values()
-                .map(|s| s.record.id.to_string())
-                .collect();
-            missing.sort();
+            let mut missing: Vec<String> = skips.ids().iter().map(ToString::to_string).collect();
             missing.truncate(3);
             return Err(resume_refused(
                 &missing[0],
@@ -286,7 +330,7 @@ async fn enqueue(
         .and_then(|s| s.get(&mini_batch.id).map(|e| (s, e)));
     if let Some((skips, skipped)) = skip {
         let same = fingerprint == skipped.fingerprint;
-        if !same && skips.check_slices {
+        if !same && skips.check_slices() {
             return Err(resume_refused(
                 &mini_batch.id.to_string(),
                 format!(

@@ -32,7 +32,7 @@ impl ExtensionPlanner for ParallelRunPlanner {
         let Some(node) = node.as_any().downcast_ref::<ParallelRunNode>() else {
             return Ok(None);
         };
-        Ok(Some(Arc::new(plan_node(node, physical_inputs, None))))
+        Ok(Some(Arc::new(plan_node(node, physical_inputs, None, None))))
     }
 }
 
@@ -43,11 +43,15 @@ pub fn plan_node(
     node: &ParallelRunNode,
     physical_inputs: &[Arc<dyn ExecutionPlan>],
     sink: Option<Arc<dyn MiniBatchSink>>,
+    skips: Option<Arc<crate::exec::ResumeSkips>>,
 ) -> ParallelRunExec {
     let spec = node.spec().clone();
     let mut runtime = node.runtime().clone();
     if let Some(sink) = sink {
         runtime = runtime.with_sink(sink);
+    }
+    if let Some(skips) = skips {
+        runtime = runtime.with_skips(skips);
     }
     let state = JobState::new(spec.settings().clone(), runtime.observer.clone());
     ParallelRunExec::new(physical_inputs.to_vec(), spec, runtime, state)

@@ -265,6 +265,8 @@ pub struct ResumeState {
     pub lost_parts: u64,
     /// Warnings to show (a changed entry script, a forced change).
     pub warnings: Vec<String>,
+    /// An existing ledger was continued (not a new one started).
+    pub continued: bool,
 }
 
 /// Compares the spec of a resumed run with the one its ledger recorded: the changes to
@@ -416,8 +418,9 @@ pub fn open(
             write_header(dir, &header)?;
         }
         Some(old) => {
+            resume.continued = true;
             // Matching mini-batches with the ledger needs the same rows in the same order.
-            if let Some(input) = spec.inputs().iter().find(|i| i.source.is_none()) {
+            if let Some(input) = spec.inputs().iter().find(|i| !i.ordered) {
                 return Err(PrsError::config(
                     mode.flag(),
                     format!("input {}", input.name),
@@ -483,7 +486,7 @@ pub fn open(
                     },
                 );
             }
-            resume.skips.check_slices = !force;
+            resume.skips.set_check_slices(!force);
             // Merged in id order (the completion order of earlier runs is not kept).
             resume.parts.sort_by_key(|(id, _)| *id);
             if resume.lost_parts > 0 {
@@ -631,7 +634,8 @@ impl LedgerWriter {
 /// ledger. Every mini-batch that reaches a final status passes here, failed ones too.
 pub struct LedgerSink {
     output: Option<Arc<StagedSink>>,
-    writer: Mutex<LedgerWriter>,
+    /// `None` until the ledger is opened (SQL opens it when the statement first executes).
+    writer: Mutex<Option<LedgerWriter>>,
     /// Time spent writing and syncing records, in nanoseconds.
     nanos: std::sync::atomic::AtomicU64,
 }
@@ -647,15 +651,33 @@ impl LedgerSink {
     pub fn new(output: Option<Arc<StagedSink>>, writer: LedgerWriter) -> Self {
         LedgerSink {
             output,
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Some(writer)),
             nanos: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A sink whose ledger is opened later ([`LedgerSink::open_with`]), before the first
+    /// mini-batch finishes.
+    pub fn unopened(output: Option<Arc<StagedSink>>) -> Self {
+        LedgerSink {
+            output,
+            writer: Mutex::new(None),
+            nanos: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Starts writing to `writer`.
+    pub fn open_with(&self, writer: LedgerWriter) {
+        *crate::lock(&self.writer) = Some(writer);
     }
 
     /// Syncs the records written so far (the run ends).
     pub fn close(&self) -> Result<()> {
         let t = Instant::now();
-        let result = crate::lock(&self.writer).sync();
+        let result = match crate::lock(&self.writer).as_mut() {
+            Some(writer) => writer.sync(),
+            None => Ok(()),
+        };
         self.add_time(t.elapsed());
         result
     }
@@ -679,7 +701,13 @@ impl MiniBatchSink for LedgerSink {
             _ => None,
         };
         let t = Instant::now();
-        let result = crate::lock(&self.writer).append(done, part);
+        let result = match crate::lock(&self.writer).as_mut() {
+            Some(writer) => writer.append(done, part),
+            None => Err(ledger_error(
+                "records",
+                "the ledger was not opened before the first mini-batch finished",
+            )),
+        };
         self.add_time(t.elapsed());
         result
     }
@@ -805,7 +833,7 @@ pub fn prepare_run(
 }
 
 /// The status `job_summary.json` in `log_dir` states (`succeeded` / `failed`), if any.
-fn finished_status(log_dir: &Path) -> Option<String> {
+pub fn finished_status(log_dir: &Path) -> Option<String> {
     let bytes = fs::read(log_dir.join("job_summary.json")).ok()?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
     value.get("status")?.as_str().map(str::to_string)

@@ -52,6 +52,8 @@ enum Kind {
     Folder,
     /// `output_schema`: column definitions.
     Schema,
+    /// `resume`: false, true or rerun_failed.
+    Resume,
 }
 
 /// One key of the namespace.
@@ -132,6 +134,11 @@ const OWN_KEYS: &[Key] = &[
         "report_dir",
         Kind::Folder,
         "Folder of the report (job_result.txt, job_summary.json, sys/, user/). Default: <COPY target>.logs, else ./parallel_run_logs.",
+    ),
+    Key::own(
+        "resume",
+        Kind::Resume,
+        "true: the run keeps a ledger in its report folder and continues the one an interrupted or failed run of the same statement left (committed mini-batches are not run again; rows come back in mini-batch order once the run ends); rerun_failed: also runs the failed mini-batches again; default false.",
     ),
     Key::own(
         "output_schema",
@@ -277,6 +284,8 @@ pub struct SqlJob {
     pub report_dir: Option<PathBuf>,
     /// run()'s result columns as written (`id BIGINT, score DOUBLE`), when given.
     pub output_schema: Option<String>,
+    /// A resumable run (`resume`): it keeps a ledger and continues an earlier one.
+    pub resume: Option<crate::ledger::ResumeMode>,
     /// Warnings worth showing (e.g. from the environment).
     pub warnings: Vec<String>,
 }
@@ -300,6 +309,7 @@ impl SqlJob {
             arguments: Vec::new(),
             report_dir: None,
             output_schema: None,
+            resume: None,
             warnings: Vec::new(),
         };
         for (name, text) in values {
@@ -332,6 +342,20 @@ impl SqlJob {
                 Kind::Schema => {
                     crate::sql::relation::parse_columns(text)?;
                     job.output_schema = Some(text.clone());
+                }
+                Kind::Resume => {
+                    job.resume = match text.trim().to_ascii_lowercase().as_str() {
+                        "false" => None,
+                        "true" => Some(crate::ledger::ResumeMode::Resume),
+                        "rerun_failed" => Some(crate::ledger::ResumeMode::RerunFailed),
+                        _ => {
+                            return Err(PrsError::config(
+                                name,
+                                text,
+                                "must be true, false or rerun_failed",
+                            ))
+                        }
+                    };
                 }
             }
         }

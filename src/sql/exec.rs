@@ -50,13 +50,15 @@ use futures::{Stream, StreamExt};
 use crate::batch::MiniBatchId;
 use crate::config::{JobSettings, OutputFormat, ParallelRunConfig};
 use crate::error::PrsError;
+use crate::exec::ResumeSkips;
 use crate::exec::{
     conform, plan_node, JobObserver, JobState, MiniBatchRecord, MiniBatchSink, OperatorSpec,
     ParallelRunNode, ParallelRunPlanner,
 };
 use crate::job::{JobRun, Progress};
+use crate::ledger::{self, LedgerSink, ResumeMode};
 use crate::lock;
-use crate::output::{AppendRowSink, StagedSink};
+use crate::output::{staging_dir, AppendRowSink, StagedSink};
 use crate::report::{self, JobSummary, ReportWriter};
 use crate::sql::SqlShared;
 
@@ -66,6 +68,8 @@ use crate::sql::SqlShared;
 pub struct SqlRun {
     label: String,
     spec: Arc<OperatorSpec>,
+    /// A resumable run (`SET parallel_run.resume`): it keeps a ledger in its report folder.
+    resume: Option<ResumeMode>,
     writer: Mutex<Option<Arc<ReportWriter>>>,
     summary: Mutex<Option<JobSummary>>,
     started: AtomicBool,
@@ -87,11 +91,23 @@ impl SqlRun {
         SqlRun {
             label,
             spec,
+            resume: None,
             writer: Mutex::new(None),
             summary: Mutex::new(None),
             started: AtomicBool::new(false),
             probed: AtomicBool::new(false),
         }
+    }
+
+    /// The same run, resumable with `mode` (see `SET parallel_run.resume`).
+    pub(crate) fn with_resume(mut self, mode: Option<ResumeMode>) -> Self {
+        self.resume = mode;
+        self
+    }
+
+    /// How the run treats its ledger, when it keeps one.
+    pub fn resume(&self) -> Option<ResumeMode> {
+        self.resume
     }
 
     /// The spec it runs.
@@ -202,6 +218,8 @@ impl JobObserver for SqlRun {
 struct Tracker {
     run: Arc<SqlRun>,
     state: Arc<JobState>,
+    /// A resumable run's ledger, opened by the first execute().
+    ledger: Option<Arc<SqlLedger>>,
     partitions: usize,
     open: AtomicUsize,
     ended: AtomicUsize,
@@ -211,10 +229,16 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(run: Arc<SqlRun>, state: Arc<JobState>, partitions: usize) -> Self {
+    fn new(
+        run: Arc<SqlRun>,
+        state: Arc<JobState>,
+        partitions: usize,
+        ledger: Option<Arc<SqlLedger>>,
+    ) -> Self {
         Tracker {
             run,
             state,
+            ledger,
             partitions,
             open: AtomicUsize::new(partitions),
             ended: AtomicUsize::new(0),
@@ -229,6 +253,9 @@ impl Tracker {
         let mut job_run = lock(&self.job_run);
         if job_run.is_some() {
             return Ok(());
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.open(&self.run).map_err(PrsError::into_datafusion)?;
         }
         let writer = self.run.begin().map_err(PrsError::into_datafusion)?;
         *job_run = Some(JobRun::begin(
@@ -286,9 +313,63 @@ impl Tracker {
             );
         }
         summary.output_rows = self.rows.load(Ordering::SeqCst);
+        if let Some(ledger) = &self.ledger {
+            summary.resumed = ledger.continued.load(Ordering::SeqCst);
+            summary.mini_batches_rerun = ledger.rerun.load(Ordering::SeqCst);
+            if let Err(e) = ledger.sink.close() {
+                summary.fail(format!("writing the ledger failed: {e}"));
+            }
+            summary.ledger_seconds = (ledger.sink.time() + self.state.ledger_time()).as_secs_f64();
+        }
         job_run.write(&mut summary);
         *lock(&self.run.summary) = Some(summary.clone());
         Some(summary)
+    }
+}
+
+/// A resumable SQL run's ledger (`SET parallel_run.resume`): the sink its operator commits
+/// to (results staged under the report folder, then the record), and what its dispatcher
+/// skips; opened when the statement first executes, so EXPLAIN touches no file.
+pub(crate) struct SqlLedger {
+    sink: Arc<LedgerSink>,
+    staged: Arc<StagedSink>,
+    skips: Arc<ResumeSkips>,
+    continued: AtomicBool,
+    rerun: AtomicU64,
+}
+
+impl SqlLedger {
+    /// Opens the ledger of `run` in its report folder: continues an unfinished one (a
+    /// finished one is started anew, as a statement runs again), refusing changed settings or
+    /// inputs as a job's `--resume` does.
+    fn open(&self, run: &SqlRun) -> crate::Result<()> {
+        let Some(mode) = run.resume() else {
+            return Ok(());
+        };
+        let report_dir = run.report_dir();
+        let mode = match ledger::finished_status(report_dir).as_deref() {
+            Some("succeeded") => ResumeMode::Fresh,
+            _ => mode,
+        };
+        let parts = staging_dir(report_dir).join("parts");
+        let (writer, resumed) = ledger::open(
+            &ledger::ledger_dir(report_dir),
+            run.spec(),
+            mode,
+            false,
+            &parts,
+        )?;
+        for warning in &resumed.warnings {
+            tracing::warn!("{}: {warning}", run.label());
+        }
+        if resumed.continued {
+            self.staged.resume_with(resumed.parts);
+        }
+        self.continued.store(resumed.continued, Ordering::SeqCst);
+        self.rerun.store(resumed.rerun, Ordering::SeqCst);
+        self.skips.load(resumed.skips);
+        self.sink.open_with(writer.sync_before(parts));
+        self.staged.open()
     }
 }
 
@@ -323,13 +404,14 @@ impl fmt::Debug for ParallelRunReportExec {
 impl ParallelRunReportExec {
     /// The report writer above `input` (a [`ParallelRunExec`](crate::exec::ParallelRunExec) reporting to `state`; with
     /// `preserve_order`, committing to `staged`).
-    pub fn new(
+    pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
         run: Arc<SqlRun>,
         state: Arc<JobState>,
         staged: Option<Arc<StagedSink>>,
+        ledger: Option<Arc<SqlLedger>>,
     ) -> Self {
-        let properties = Arc::new(if run.settings().preserve_order {
+        let properties = Arc::new(if staged.is_some() {
             // One partition, emitted once the job is done, in mini-batch order (not an
             // ordering of any column).
             PlanProperties::new(
@@ -350,7 +432,7 @@ impl ParallelRunReportExec {
             )
         });
         let partitions = properties.output_partitioning().partition_count();
-        let tracker = Arc::new(Tracker::new(run.clone(), state.clone(), partitions));
+        let tracker = Arc::new(Tracker::new(run.clone(), state.clone(), partitions, ledger));
         ParallelRunReportExec {
             input,
             run,
@@ -469,7 +551,7 @@ impl ExecutionPlan for ParallelRunReportExec {
     }
 
     fn maintains_input_order(&self) -> Vec<bool> {
-        vec![!self.run.settings().preserve_order]
+        vec![self.staged.is_none()]
     }
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
@@ -501,6 +583,7 @@ impl ExecutionPlan for ParallelRunReportExec {
             self.run.clone(),
             self.state.clone(),
             self.staged.clone(),
+            self.tracker.ledger.clone(),
         )))
     }
 
@@ -620,23 +703,45 @@ impl ExtensionPlanner for SqlRunPlanner {
             return Ok(None);
         };
         // preserve_order: results are staged on disk under the report folder and read back
-        // in mini-batch order (not sorted in memory).
-        let staged = run.settings().preserve_order.then(|| {
-            Arc::new(
-                StagedSink::new(
-                    run.report_dir(),
-                    "ordered_results",
-                    OutputFormat::Parquet,
-                    false,
-                )
-                .transient(),
+        // in mini-batch order (not sorted in memory). A resumable run stages them too (kept
+        // when the statement does not finish) and records each mini-batch in its ledger.
+        let staged_sink = || {
+            StagedSink::new(
+                run.report_dir(),
+                "ordered_results",
+                OutputFormat::Parquet,
+                false,
             )
-        });
-        let sink = staged.clone().map(|s| s as Arc<dyn MiniBatchSink>);
-        let exec = Arc::new(plan_node(node, physical_inputs, sink));
+        };
+        let (staged, sink, ledger) = match run.resume() {
+            Some(_) => {
+                let staged = Arc::new(staged_sink());
+                let sink = Arc::new(LedgerSink::unopened(Some(staged.clone())));
+                let ledger = Arc::new(SqlLedger {
+                    sink: sink.clone(),
+                    staged: staged.clone(),
+                    skips: Arc::new(ResumeSkips::default()),
+                    continued: AtomicBool::new(false),
+                    rerun: AtomicU64::new(0),
+                });
+                (
+                    Some(staged),
+                    Some(sink as Arc<dyn MiniBatchSink>),
+                    Some(ledger),
+                )
+            }
+            None if run.settings().preserve_order => {
+                let staged = Arc::new(staged_sink().transient());
+                let sink = staged.clone() as Arc<dyn MiniBatchSink>;
+                (Some(staged), Some(sink), None)
+            }
+            None => (None, None, None),
+        };
+        let skips = ledger.as_ref().map(|l| l.skips.clone());
+        let exec = Arc::new(plan_node(node, physical_inputs, sink, skips));
         let state = exec.state().clone();
         Ok(Some(Arc::new(ParallelRunReportExec::new(
-            exec, run, state, staged,
+            exec, run, state, staged, ledger,
         ))))
     }
 }

@@ -221,7 +221,7 @@ impl ParallelRunRelationPlanner {
         let label = format!("{NAME}({})", factory.describe());
         let plan = JobPlan::with_factory(settings, &schemas, Some(schema), factory)?
             .with_call(self.shared.next_call());
-        let run = Arc::new(SqlRun::new(label, plan.spec.clone()));
+        let run = Arc::new(SqlRun::new(label, plan.spec.clone()).with_resume(job.resume));
         if job.output_schema.is_none() {
             run.mark_probed();
         }
@@ -237,19 +237,23 @@ impl ParallelRunRelationPlanner {
         expr: ast::Expr,
         context: &mut dyn RelationPlannerContext,
     ) -> DFResult<(LogicalPlan, InputInfo)> {
-        let plan =
+        let (plan, table) =
             match expr {
-                ast::Expr::Subquery(query) => context.plan(TableFactor::Derived {
-                    lateral: false,
-                    subquery: query,
-                    alias: None,
-                    sample: None,
-                })?,
-                ast::Expr::Identifier(ident) => {
-                    self.plan_table(ObjectName::from(vec![ident]), context)?
-                }
+                ast::Expr::Subquery(query) => (
+                    context.plan(TableFactor::Derived {
+                        lateral: false,
+                        subquery: query,
+                        alias: None,
+                        sample: None,
+                    })?,
+                    false,
+                ),
+                ast::Expr::Identifier(ident) => (
+                    self.plan_table(ObjectName::from(vec![ident]), context)?,
+                    true,
+                ),
                 ast::Expr::CompoundIdentifier(idents) => {
-                    self.plan_table(ObjectName::from(idents), context)?
+                    (self.plan_table(ObjectName::from(idents), context)?, true)
                 }
                 other => return Err(usage(PrsError::config(
                     "parallel_run input",
@@ -259,7 +263,13 @@ impl ParallelRunRelationPlanner {
                 ))),
             };
         let name = first_table(&plan).unwrap_or_else(|| "input".to_string());
-        Ok((plan, InputInfo::new(name, ItemKind::Rows)))
+        let mut info = InputInfo::new(name, ItemKind::Rows);
+        // A table named directly (not a view with joins or aggregates) is read in the same
+        // order every run: its statement can be resumed.
+        if table && is_plain_scan(&plan) {
+            info = info.ordered();
+        }
+        Ok((plan, info))
     }
 
     /// A scan of the table `name`. A table named only as an argument is not among the tables
@@ -464,5 +474,17 @@ mod tests {
         );
         let e = literal_text("k", &parse("1 + 2")).unwrap_err().to_string();
         assert!(e.contains("must be a literal"), "{e}");
+    }
+}
+
+/// True when `plan` is a table scan, possibly under aliases, projections and filters (which
+/// keep its row order).
+fn is_plain_scan(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::SubqueryAlias(a) => is_plain_scan(&a.input),
+        LogicalPlan::Projection(p) => is_plain_scan(&p.input),
+        LogicalPlan::Filter(f) => is_plain_scan(&f.input),
+        _ => false,
     }
 }

@@ -652,9 +652,16 @@ fn an_oj_sales_style_training_job_survives_a_retried_try() {
     let d = tempfile::tempdir().unwrap();
     let dir = d.path();
     let mut csv = String::from("Store,Brand,week,Quantity\n");
-    for (store, brand) in [(1000, "dominicks"), (1000, "tropicana"), (1001, "minute.maid")] {
+    for (store, brand) in [
+        (1000, "dominicks"),
+        (1000, "tropicana"),
+        (1001, "minute.maid"),
+    ] {
         for week in 0..5 {
-            csv.push_str(&format!("{store},{brand},{week},{}\n", 100 + week * store % 7));
+            csv.push_str(&format!(
+                "{store},{brand},{week},{}\n",
+                100 + week * store % 7
+            ));
         }
     }
     std::fs::write(dir.join("sales.csv"), csv).unwrap();
@@ -705,11 +712,22 @@ def run(input_data, mini_batch_context):
     assert!(!dir.join("crash-once").exists(), "the crash happened");
     let s = summary(&dir.join("out"));
     assert_eq!(s["mini_batches_failed"], 0, "{s}");
-    assert!(s["tries"].as_u64().unwrap() >= 4, "one key was retried: {s}");
-    for (store, brand) in [(1000, "dominicks"), (1000, "tropicana"), (1001, "minute.maid")] {
+    assert!(
+        s["tries"].as_u64().unwrap() >= 4,
+        "one key was retried: {s}"
+    );
+    for (store, brand) in [
+        (1000, "dominicks"),
+        (1000, "tropicana"),
+        (1001, "minute.maid"),
+    ] {
         let model = dir.join(format!("models/{store}/{brand}/model.pkl"));
         let bytes = std::fs::read(&model).unwrap();
-        assert!(bytes.starts_with(&[0x80]), "{} is a complete pickle", model.display());
+        assert!(
+            bytes.starts_with(&[0x80]),
+            "{} is a complete pickle",
+            model.display()
+        );
     }
     let mut rows = lines(&dir.join("out/parallel_run_step.csv"));
     rows.sort();

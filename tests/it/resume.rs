@@ -481,3 +481,90 @@ fn sql_reads_the_ledger_as_a_table() {
     assert_eq!(bad.code, 2, "{bad:?}");
     assert!(bad.stderr.contains("holds no job ledger"), "{bad:?}");
 }
+
+/// A resumable SQL statement (`SET parallel_run.resume = true`) killed part-way: run again,
+/// it continues from its ledger in the report folder and writes every row once.
+#[test]
+fn a_resumable_sql_statement_continues_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..10 {
+        write_parquet(
+            &dir.path().join(format!("in/p{i}.parquet")),
+            i * 100,
+            100,
+            100,
+        );
+    }
+    let sql = |target: &str| {
+        format!(
+            "CREATE EXTERNAL TABLE rows STORED AS PARQUET LOCATION 'in/';\n\
+             SET parallel_run.entry_script = 'rust:echo';\n\
+             SET parallel_run.error_threshold = 0;\n\
+             SET parallel_run.process_count_per_node = 2;\n\
+             SET parallel_run.mini_batch_size = '4KB';\n\
+             SET parallel_run.arguments = '--sleep-ms 120';\n\
+             SET parallel_run.output_schema = 'id BIGINT';\n\
+             SET parallel_run.report_dir = 'report';\n\
+             SET parallel_run.resume = true;\n\
+             COPY (SELECT id FROM parallel_run(rows)) TO '{target}' STORED AS CSV;\n"
+        )
+    };
+    std::fs::write(dir.path().join("job.sql"), sql("out.csv")).unwrap();
+    let report = dir.path().join("report");
+    let mut run = Running(
+        Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+            .args([
+                "sql",
+                dir.path().join("job.sql").to_str().unwrap(),
+                "--quiet",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ledger = report.join("ledger/records.jsonl");
+    while std::fs::read_to_string(&ledger).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the statement records mini-batches"
+        );
+        assert!(run.0.try_wait().unwrap().is_none(), "killed before the end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill9(&mut run);
+    let committed = std::fs::read_to_string(&ledger).unwrap().lines().count() as u64;
+
+    let again = cli(&[
+        "sql",
+        dir.path().join("job.sql").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(again.code, 0, "{again:?}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("job_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(s["resumed"], true, "{s}");
+    assert!(
+        s["mini_batches_skipped"].as_u64().unwrap() >= committed,
+        "{s}"
+    );
+    let text = std::fs::read_to_string(dir.path().join("out.csv")).unwrap();
+    let mut ids: Vec<i64> = text.lines().skip(1).map(|l| l.parse().unwrap()).collect();
+    assert_eq!(ids.len(), 1000, "every row once");
+    ids.sort();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+    // Finished: the next run of the statement starts anew.
+    std::fs::write(dir.path().join("job.sql"), sql("out2.csv")).unwrap();
+    let fresh = cli(&[
+        "sql",
+        dir.path().join("job.sql").to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(fresh.code, 0, "{fresh:?}");
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("job_summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(s["resumed"], false, "{s}");
+}
