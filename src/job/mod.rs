@@ -349,11 +349,13 @@ pub async fn execute(
     let mut merged = futures::stream::select_all(streams);
     while let Some(item) = merged.next().await {
         if let Err(e) = item {
-            // Every partition ends with the abort error; the first one is enough.
+            // Every partition ends with the abort error; the first one is enough. The streams
+            // are still drained: a mini-batch that finished before its partition stopped (the
+            // one that crossed a threshold among them) is counted, so it is committed and
+            // recorded in the ledger too.
             if state.abort_reason().is_none() {
                 state.abort(PrsError::from_datafusion(e).to_string());
             }
-            break;
         }
     }
     drop(merged);

@@ -6,8 +6,9 @@
 //!   [`crate::exec::OperatorSpec::encode`]) and the entry script's digest, written once by the
 //!   first run (temporary name, then a rename) and replaced only by a forced resume.
 //! - `records.jsonl`: one [`LedgerEntry`] per line, appended as each mini-batch reaches its
-//!   final status: its [`MiniBatchRecord`], the fingerprint of its input slice and, for a
-//!   succeeded one, the part file it committed. A part is complete (written under a temporary
+//!   final status: its [`MiniBatchRecord`], the fingerprint of its input slice and the part
+//!   file it committed: a succeeded one's, or a failed one's whose good items bisection
+//!   (`isolate_failures`) committed. A part is complete (written under a temporary
 //!   name, then renamed) before the line naming it is written, so a record never names a part
 //!   that is not there; a line is written whole by one `write` and the file is synced at
 //!   most every [`SYNC_INTERVAL`] and when the run ends. A `kill -9` can at most cut the last
@@ -17,7 +18,9 @@
 //!   forced).
 //!
 //! Later lines win: a mini-batch failed in one run and re-run by `--rerun-failed` has two
-//! records, the last one counts.
+//! records, the last one counts. A failed record with a part (bisection isolated its failing
+//! items) is kept by `--resume` like a succeeded one (skipped, its part merged); `--rerun-failed`
+//! runs it again and does not merge its part (the new part replaces the file of that name).
 
 pub mod status;
 
@@ -101,7 +104,8 @@ pub struct LedgerEntry {
     pub record: MiniBatchRecord,
     /// The fingerprint of its input slice ([`crate::batch::slice_fingerprint`]), hex.
     pub slice: String,
-    /// The committed part of a succeeded mini-batch with results.
+    /// The committed part: of a mini-batch with results that succeeded, or failed after
+    /// bisection committed its good items.
     pub part: Option<PartRef>,
     /// The run (1-based, see `runs.jsonl`) that wrote it.
     pub run: u32,
@@ -239,7 +243,8 @@ pub fn final_entries(entries: Vec<LedgerEntry>) -> HashMap<MiniBatchId, LedgerEn
 pub struct ResumeState {
     /// What the dispatcher skips.
     pub skips: ResumeSkips,
-    /// The committed parts of the skipped succeeded mini-batches.
+    /// The committed parts of the skipped mini-batches (succeeded ones, and failed ones whose
+    /// good items bisection committed).
     pub parts: Vec<(MiniBatchId, PartRef)>,
     /// Failed mini-batches that run again (`--rerun-failed`).
     pub rerun: u64,
@@ -597,9 +602,11 @@ impl LedgerWriter {
     }
 }
 
-/// The job's sink: commits each succeeded mini-batch's results to the output's staged sink
-/// (when the job keeps results), then writes the mini-batch's record, naming the part, to the
-/// ledger. Every mini-batch that reaches a final status passes here, failed ones too.
+/// The job's sink: commits each mini-batch's results to the output's staged sink (when the
+/// job keeps results and run() returned some: a succeeded mini-batch, or a failed one whose
+/// good items bisection committed), then writes the mini-batch's record, naming the part, to
+/// the ledger.
+/// Every mini-batch that reaches a final status passes here, failed ones too.
 pub struct LedgerSink {
     output: Option<Arc<StagedSink>>,
     writer: Mutex<LedgerWriter>,
@@ -629,7 +636,7 @@ impl LedgerSink {
 impl MiniBatchSink for LedgerSink {
     fn commit(&self, done: &CompletedMiniBatch) -> Result<()> {
         let part = match &self.output {
-            Some(output) if done.record.succeeded() => output.commit_part(done)?,
+            Some(output) if done.result.is_some() => output.commit_part(done)?,
             _ => None,
         };
         crate::lock(&self.writer).append(done, part)
