@@ -39,7 +39,7 @@ use crate::config::catalogue::{flagged, OUTPUT};
 use crate::config::JobSettings;
 use crate::error::{PrsError, Result};
 use crate::exec::{CompletedMiniBatch, MiniBatchSink, OperatorSpec, ResumeSkips, SkippedMiniBatch};
-use crate::output::{PartRef, StagedSink};
+use crate::output::{FailedRowsWriter, PartRef, StagedSink};
 
 /// The ledger's folder below the log folder.
 pub const LEDGER_DIR: &str = "ledger";
@@ -604,11 +604,12 @@ impl LedgerWriter {
 
 /// The job's sink: commits each mini-batch's results to the output's staged sink (when the
 /// job keeps results and run() returned some: a succeeded mini-batch, or a failed one whose
-/// good items bisection committed), then writes the mini-batch's record, naming the part, to
-/// the ledger.
+/// good items bisection committed), writes the input of its failed items to `failed_rows/`
+/// (`dead_letter_rows`), then writes the mini-batch's record, naming the part, to the ledger.
 /// Every mini-batch that reaches a final status passes here, failed ones too.
 pub struct LedgerSink {
     output: Option<Arc<StagedSink>>,
+    failed_rows: Option<FailedRowsWriter>,
     writer: Mutex<LedgerWriter>,
 }
 
@@ -623,8 +624,15 @@ impl LedgerSink {
     pub fn new(output: Option<Arc<StagedSink>>, writer: LedgerWriter) -> Self {
         LedgerSink {
             output,
+            failed_rows: None,
             writer: Mutex::new(writer),
         }
+    }
+
+    /// Also writes the input of failed items with `failed_rows` (`dead_letter_rows`).
+    pub fn with_failed_rows(mut self, failed_rows: FailedRowsWriter) -> Self {
+        self.failed_rows = Some(failed_rows);
+        self
     }
 
     /// Syncs the records written so far (the run ends).
@@ -639,6 +647,9 @@ impl MiniBatchSink for LedgerSink {
             Some(output) if done.result.is_some() => output.commit_part(done)?,
             _ => None,
         };
+        if let Some(failed_rows) = &self.failed_rows {
+            failed_rows.write(done)?;
+        }
         crate::lock(&self.writer).append(done, part)
     }
 }
