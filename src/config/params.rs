@@ -599,10 +599,17 @@ mod tests {
         c.partition_keys = vec!["country".into()];
         assert_mentions(
             &rejected(&c),
-            &["isolate_timeouts", "partition_keys [country]", "never split"],
+            &[
+                "isolate_timeouts",
+                "partition_keys [country]",
+                "never split",
+            ],
         );
         c.isolate_failures = true;
-        assert_mentions(&rejected(&c), &["isolate_failures", "remove isolate_failures"]);
+        assert_mentions(
+            &rejected(&c),
+            &["isolate_failures", "remove isolate_failures"],
+        );
     }
 
     #[test]

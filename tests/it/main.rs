@@ -10,6 +10,7 @@ mod azure;
 mod batching;
 mod cli;
 mod faults;
+mod isolate;
 mod object_store;
 mod outputs;
 mod partition;
