@@ -433,3 +433,63 @@ fn a_resume_keeps_the_isolated_failure_and_rerun_failed_runs_it_again() {
     assert_eq!(s["mini_batches_rerun"], 1, "{s}");
     assert_eq!(s["items_failed"], 0, "{s}");
 }
+
+#[test]
+fn a_python_exception_and_os_exit_are_isolated_with_traceback_and_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    write_parquet(&dir.path().join("in.parquet"), 0, 1000, 1000);
+    std::fs::write(
+        dir.path().join("entry.py"),
+        r#"
+import os
+
+def init():
+    pass
+
+def run(mini_batch):
+    ids = set(mini_batch["id"])
+    if 333 in ids:
+        raise ValueError("row 333 is poison")
+    if 777 in ids:
+        os._exit(3)
+    return mini_batch[["id"]]
+"#,
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: entry.py\nenvironment: {{python: {}}}\nnode_count: 1\n\
+             process_count_per_node: 2\nmini_batch_size: 6KB\nrun_max_try: 1\n\
+             error_threshold: 2\noutput_action: append_row\nisolate_failures: true",
+            python()
+        ),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n\
+         output_format: csv\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = dir.path().join("out");
+    let expected: Vec<i64> = (0..1000).filter(|id| *id != 333 && *id != 777).collect();
+    assert_eq!(csv_ids_sorted(&out), expected);
+    let items: Vec<_> = dead_letters(&out)
+        .into_iter()
+        .filter(|r| r["level"] == "item")
+        .collect();
+    assert_eq!(items.len(), 2, "{items:?}");
+    let (exception, crash) = (&items[0], &items[1]);
+    assert_eq!(exception["rows_start"], "333");
+    assert_eq!(exception["error_class"], "RUN_EXCEPTION");
+    assert!(
+        exception["message"].contains("row 333 is poison"),
+        "{exception:?}"
+    );
+    assert!(
+        exception["traceback"].contains("ValueError"),
+        "{exception:?}"
+    );
+    assert_eq!(crash["rows_start"], "777");
+    assert_eq!(crash["error_class"], "PROCESS_CRASHED");
+    assert!(crash["message"].contains("exit code 3"), "{crash:?}");
+    assert_eq!(summary(&out)["items_failed"], 2);
+}
