@@ -46,6 +46,7 @@ pub struct ParallelRun {
     output_format: OutputFormat,
     preserve_order: bool,
     allow_empty_input: bool,
+    dead_letter_rows: bool,
     arguments: Vec<String>,
     mini_batch_format: MiniBatchFormat,
     progress: Progress,
@@ -66,6 +67,7 @@ impl ParallelRun {
             output_format: OutputFormat::Txt,
             preserve_order: false,
             allow_empty_input: false,
+            dead_letter_rows: false,
             arguments: Vec::new(),
             mini_batch_format: MiniBatchFormat::default(),
             progress: Progress::Quiet,
@@ -139,6 +141,13 @@ impl ParallelRun {
         self
     }
 
+    /// Write the input rows (or paths) of failed items to `<output>/failed_rows/` (see the
+    /// README's dead letters).
+    pub fn dead_letter_rows(mut self, on: bool) -> Self {
+        self.dead_letter_rows = on;
+        self
+    }
+
     /// Extra arguments for the entry script's argv.
     pub fn arguments(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
         self.arguments = args.into_iter().map(Into::into).collect();
@@ -195,6 +204,7 @@ impl ParallelRun {
             arguments: self.arguments,
             preserve_order: self.preserve_order,
             allow_empty_input: self.allow_empty_input,
+            dead_letter_rows: self.dead_letter_rows,
             mini_batch_format: self.mini_batch_format,
             ..JobSettings::new(config, output)
         };

@@ -5,8 +5,8 @@
 //! - `job_result.txt`: the outcome, the PRS summary sentence and where to look;
 //! - `job_summary.json`: the same, machine-readable;
 //! - `failed_items.parquet` and its twin `failed_items.csv`: the dead letters, one row per
-//!   failed mini-batch ([`dead_letter_schema`]), written as they fail; present (empty) when
-//!   nothing failed.
+//!   failed mini-batch and per item bisection isolated ([`dead_letter_schema`]), written as
+//!   they fail; present (empty) when nothing failed.
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
@@ -41,12 +41,15 @@ pub struct ReportWriter {
     dead_letters: Mutex<DeadLetters>,
 }
 
-/// The schema of `failed_items.parquet` / `failed_items.csv`, one row per failed mini-batch:
-/// `level` (`mini_batch`; `item` is reserved for items isolated by bisection),
-/// `mini_batch_id`, `input`, `rows_start`, `rows_end` (the row range in the input's ordered
-/// stream), `partition_key_value` (JSON, null when not keyed), `error_class` (`RUN_EXCEPTION`,
-/// `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`), `message`, `traceback`, `tries`, `process`
-/// (the worker of the last try), `start_time` (UTC), `elapsed_seconds`.
+/// The schema of `failed_items.parquet` / `failed_items.csv`: one row per failed mini-batch
+/// (`level` `mini_batch`) and, after it, one per item bisection isolated in it (`level`
+/// `item`, see `isolate_failures`). Columns: `level`, `mini_batch_id` (an item's is the
+/// derived id of the part that held only it, e.g. `0-17.0110`), `input`, `rows_start`,
+/// `rows_end` (the row range in the input's ordered stream), `row_index` (an item's position
+/// within its mini-batch; null for a mini-batch), `partition_key_value` (JSON, null when not
+/// keyed), `error_class` (`RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`),
+/// `message`, `traceback`, `tries` (1 for an item: its one bisection call), `process` (the
+/// worker of the last try), `start_time` (UTC) and `elapsed_seconds` (of the mini-batch).
 pub fn dead_letter_schema() -> SchemaRef {
     let text = |name: &str, nullable: bool| Field::new(name, DataType::Utf8, nullable);
     Arc::new(Schema::new(vec![
@@ -55,6 +58,7 @@ pub fn dead_letter_schema() -> SchemaRef {
         text("input", false),
         Field::new("rows_start", DataType::UInt64, false),
         Field::new("rows_end", DataType::UInt64, false),
+        Field::new("row_index", DataType::UInt64, true),
         text("partition_key_value", true),
         text("error_class", false),
         text("message", false),
@@ -70,12 +74,68 @@ pub fn dead_letter_schema() -> SchemaRef {
     ]))
 }
 
-/// Failed mini-batches held until the next flush of the dead-letter files.
+/// Dead-letter rows held until the next flush of the dead-letter files.
 const DEAD_LETTERS_PER_FLUSH: usize = 256;
+
+/// One row of the dead letters ([`dead_letter_schema`]).
+#[derive(Debug, Clone)]
+struct DeadLetter {
+    level: &'static str,
+    id: String,
+    input: String,
+    rows: std::ops::Range<u64>,
+    row_index: Option<u64>,
+    keys: Option<String>,
+    error_class: &'static str,
+    message: String,
+    traceback: Option<String>,
+    tries: u32,
+    process: String,
+    start_time: SystemTime,
+    elapsed_seconds: f64,
+}
+
+impl DeadLetter {
+    /// The rows of a failed mini-batch: its own, then one per isolated item.
+    fn of(r: &MiniBatchRecord) -> Vec<DeadLetter> {
+        let keys = (!r.partition_key_value.is_empty())
+            .then(|| serde_json::to_string(&r.partition_key_value).unwrap_or_default());
+        let base = DeadLetter {
+            level: "mini_batch",
+            id: r.id.to_string(),
+            input: r.lineage.input.to_string(),
+            rows: r.lineage.rows.clone(),
+            row_index: None,
+            keys,
+            error_class: r.status.as_str(),
+            message: r.error_message.clone(),
+            traceback: r.traceback.clone(),
+            tries: r.tries,
+            process: r.process.clone(),
+            start_time: r.start_time,
+            elapsed_seconds: r.elapsed_seconds,
+        };
+        let start = r.lineage.rows.start;
+        let items = r.isolated.iter().map(|item| DeadLetter {
+            level: "item",
+            id: item.id.to_string(),
+            rows: start + item.rows.start..start + item.rows.end,
+            row_index: Some(item.rows.start),
+            error_class: item.status.as_str(),
+            message: item.error_message.clone(),
+            traceback: item.traceback.clone(),
+            tries: 1,
+            ..base.clone()
+        });
+        let mut rows = vec![base.clone()];
+        rows.extend(items);
+        rows
+    }
+}
 
 /// The dead-letter files being written.
 struct DeadLetters {
-    pending: Vec<MiniBatchRecord>,
+    pending: Vec<DeadLetter>,
     parquet: Option<ArrowWriter<File>>,
     csv: Option<arrow::csv::Writer<BufWriter<File>>>,
     /// Whether a batch (an empty one included) reached the files.
@@ -107,7 +167,7 @@ impl DeadLetters {
     }
 
     fn push(&mut self, record: &MiniBatchRecord) {
-        self.pending.push(record.clone());
+        self.pending.extend(DeadLetter::of(record));
         if self.pending.len() >= DEAD_LETTERS_PER_FLUSH {
             self.flush();
         }
@@ -168,44 +228,38 @@ fn dead_letter_error(path: &Path, e: parquet::errors::ParquetError) -> PrsError 
     }
 }
 
-/// The rows of `records` in [`dead_letter_schema`].
-fn dead_letter_batch(records: &[MiniBatchRecord]) -> Result<RecordBatch> {
-    let text = |f: &dyn Fn(&MiniBatchRecord) -> Option<String>| -> ArrayRef {
-        Arc::new(records.iter().map(f).collect::<StringArray>())
+/// `rows` in [`dead_letter_schema`].
+fn dead_letter_batch(rows: &[DeadLetter]) -> Result<RecordBatch> {
+    let text = |f: &dyn Fn(&DeadLetter) -> Option<String>| -> ArrayRef {
+        Arc::new(rows.iter().map(f).collect::<StringArray>())
     };
     let millis = |t: SystemTime| {
         t.duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64)
     };
     let columns: Vec<ArrayRef> = vec![
-        text(&|_| Some("mini_batch".to_string())),
-        text(&|r| Some(r.id.to_string())),
-        text(&|r| Some(r.lineage.input.to_string())),
+        text(&|r| Some(r.level.to_string())),
+        text(&|r| Some(r.id.clone())),
+        text(&|r| Some(r.input.clone())),
         Arc::new(UInt64Array::from_iter_values(
-            records.iter().map(|r| r.lineage.rows.start),
+            rows.iter().map(|r| r.rows.start),
         )),
         Arc::new(UInt64Array::from_iter_values(
-            records.iter().map(|r| r.lineage.rows.end),
+            rows.iter().map(|r| r.rows.end),
         )),
-        text(&|r| {
-            (!r.partition_key_value.is_empty())
-                .then(|| serde_json::to_string(&r.partition_key_value).unwrap_or_default())
-        }),
-        text(&|r| Some(r.status.as_str().to_string())),
-        text(&|r| Some(r.error_message.clone())),
+        Arc::new(rows.iter().map(|r| r.row_index).collect::<UInt64Array>()),
+        text(&|r| r.keys.clone()),
+        text(&|r| Some(r.error_class.to_string())),
+        text(&|r| Some(r.message.clone())),
         text(&|r| r.traceback.clone()),
-        Arc::new(UInt32Array::from_iter_values(
-            records.iter().map(|r| r.tries),
-        )),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.tries))),
         text(&|r| Some(r.process.clone())),
         Arc::new(
-            TimestampMillisecondArray::from_iter_values(
-                records.iter().map(|r| millis(r.start_time)),
-            )
-            .with_timezone("UTC"),
+            TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| millis(r.start_time)))
+                .with_timezone("UTC"),
         ),
         Arc::new(Float64Array::from_iter_values(
-            records.iter().map(|r| r.elapsed_seconds),
+            rows.iter().map(|r| r.elapsed_seconds),
         )),
     ];
     Ok(RecordBatch::try_new(dead_letter_schema(), columns)?)
@@ -331,6 +385,9 @@ impl JobObserver for ReportWriter {
             let _ = writeln!(processed, "{line}");
             let _ = processed.flush();
         }
+        if r.bisection_calls > 0 {
+            self.event(&bisection_text(r));
+        }
         if !r.succeeded() {
             let mut text = format!(
                 "mini batch {} ({}) failed after {} tries: {} ({})",
@@ -342,6 +399,19 @@ impl JobObserver for ReportWriter {
             }
             for (attempt, message) in &r.earlier_errors {
                 text.push_str(&format!("\n  try {attempt} failed differently: {message}"));
+            }
+            if !r.isolated.is_empty() {
+                let rows: Vec<String> = r
+                    .isolated
+                    .iter()
+                    .map(|i| format!("{} ({})", i.rows.start, i.id))
+                    .collect();
+                text.push_str(&format!(
+                    "\n  bisection isolated the failing item(s) at row(s) {} of the mini batch; \
+                     its other {} item(s) were committed",
+                    rows.join(", "),
+                    r.succeeded_items
+                ));
             }
             self.event(&text);
             lock(&self.dead_letters).push(r);
@@ -361,6 +431,34 @@ impl JobObserver for ReportWriter {
     fn worker_event(&self, process: &str, message: &str) {
         self.event(&format!("{process}: {message}"));
     }
+}
+
+/// The events line of a bisected mini-batch: the calls made and what they isolated.
+fn bisection_text(r: &MiniBatchRecord) -> String {
+    let mut text = format!(
+        "mini batch {} ({}): bisection made {} run() calls; ",
+        r.id, r.lineage, r.bisection_calls
+    );
+    if r.isolated.is_empty() {
+        text.push_str("every part succeeded alone, no item isolated");
+        return text;
+    }
+    text.push_str(&format!(
+        "{} item(s) failed, {} committed:",
+        r.failed_items, r.succeeded_items
+    ));
+    for item in &r.isolated {
+        let rows = if item.rows.end - item.rows.start == 1 {
+            format!("row {}", item.rows.start)
+        } else {
+            format!("rows {}..{}", item.rows.start, item.rows.end)
+        };
+        text.push_str(&format!(
+            "\n  {rows} ({}): {} ({})",
+            item.id, item.error_message, item.status
+        ));
+    }
+    text
 }
 
 /// Whether a job succeeded (written `succeeded` / `failed` in `job_summary.json`).
@@ -403,6 +501,8 @@ pub struct JobSummary {
     pub items_failed: u64,
     /// run() calls, retries included.
     pub tries: u64,
+    /// ... of which bisection made (`isolate_failures`).
+    pub bisection_calls: u64,
     /// init() failures.
     pub init_failures: u64,
     /// This run continued an interrupted one (`--resume`, `--rerun-failed`).
@@ -477,6 +577,7 @@ impl JobSummary {
             items_succeeded: c.items_succeeded,
             items_failed: c.items_failed,
             tries: c.tries,
+            bisection_calls: c.bisection_calls,
             init_failures: c.init_failures,
             resumed: false,
             mini_batches_skipped: c.mini_batches_skipped,

@@ -8,6 +8,8 @@
 //!   `--drop-ids 4,5` leave these rows out of the result (fewer returned rows = failed items);
 //!   `--sleep-ms N` sleep N ms in every run(); `--sleep-ids 9` ... only for these ids;
 //!   `--panic-ids 2` panic (like a crashed worker) for these ids;
+//!   `--fail-paths a.txt,b.txt` (file datasets) raise an error for any mini-batch holding a
+//!   file whose path ends with one of these names;
 //!   `--init-fail` fail in init(); `--as-list` return the `id` column as a list;
 //!   `--read-files` (file datasets) return `file, size, content`: each local file's name,
 //!   the bytes read and its text.
@@ -44,6 +46,7 @@ pub struct EchoScript {
     sleep: Duration,
     sleep_ids: BTreeSet<i64>,
     panic_ids: BTreeSet<i64>,
+    fail_paths: Vec<String>,
     as_list: bool,
     read_files: bool,
 }
@@ -78,6 +81,14 @@ impl EntryScript for EchoScript {
         self.drop_ids = parse_ids(value("--drop-ids"))?;
         self.sleep_ids = parse_ids(value("--sleep-ids"))?;
         self.panic_ids = parse_ids(value("--panic-ids"))?;
+        self.fail_paths = value("--fail-paths")
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
         self.sleep = Duration::from_millis(
             value("--sleep-ms")
                 .map(|v| v.parse())
@@ -101,6 +112,19 @@ impl EntryScript for EchoScript {
         }
         if !self.sleep.is_zero() && (self.sleep_ids.is_empty() || has(&self.sleep_ids)) {
             std::thread::sleep(self.sleep);
+        }
+        if !self.fail_paths.is_empty() {
+            if let Some(paths) = batch.column_by_name("path") {
+                let paths = cast(paths, &DataType::Utf8)?;
+                let failing = paths.as_string::<i32>().iter().flatten().find(|p| {
+                    self.fail_paths
+                        .iter()
+                        .any(|name| p.ends_with(name.as_str()))
+                });
+                if let Some(path) = failing {
+                    return Err(format!("failing on purpose (--fail-paths): {path}").into());
+                }
+            }
         }
         if has(&self.fail_ids) && self.fail_tries.is_none_or(|n| context.attempt <= n) {
             return Err(format!("failing on purpose (--fail-ids), try {}", context.attempt).into());

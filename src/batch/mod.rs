@@ -21,7 +21,7 @@ pub(crate) use chunker::compact_concat;
 pub use chunker::{slice_memory_size, ByteChunker, FileChunker};
 pub use fingerprint::slice_fingerprint;
 pub use keyed::{json_value, key_id, KeyChunker};
-pub use record::MiniBatchRecord;
+pub use record::{IsolatedItem, MiniBatchRecord};
 
 use std::collections::BTreeMap;
 use std::fmt;

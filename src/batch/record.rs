@@ -44,6 +44,33 @@ pub struct MiniBatchRecord {
     /// The other errors of the failed tries, distinct, each with the first try that had it
     /// (the cause is often in an early try: a crash, then timeouts of the replacement).
     pub earlier_errors: Vec<(u32, String)>,
+    /// run() calls made by bisection (`isolate_failures`), counted in `tries` too.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bisection_calls: u32,
+    /// The items bisection isolated as failing, in row order (empty when not bisected).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub isolated: Vec<IsolatedItem>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// An item (row or file) that bisection isolated as failing: the derived mini-batch that
+/// held only it, and why its run() call failed. When bisection stopped before reaching single
+/// items (its call budget was spent), `rows` spans the part that was still failing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct IsolatedItem {
+    /// The derived id (`0-17.0110`).
+    pub id: MiniBatchId,
+    /// Positions within the original mini-batch, `[start, end)` (one item: `end = start + 1`).
+    pub rows: std::ops::Range<u64>,
+    /// How its call failed (`RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`).
+    pub status: MiniBatchStatus,
+    /// The error message.
+    pub error_message: String,
+    /// The traceback, when known.
+    pub traceback: Option<String>,
 }
 
 impl MiniBatchRecord {

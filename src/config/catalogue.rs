@@ -56,6 +56,8 @@ pub enum Type {
     Map,
     /// The Python environment: a mapping of its own, or an Azure environment.
     Environment,
+    /// true or false.
+    Boolean,
 }
 
 /// Flag: settable with SQL `SET parallel_run.KEY` and as a `parallel_run(...)` argument.
@@ -415,6 +417,37 @@ catalogue! {
         flags: SQL | REMOTE | OUTPUT,
         write: Some(|c, _| Ok(strings(&c.partition_keys))),
         argv: Some(|c, _| (!c.partition_keys.is_empty()).then(|| c.partition_keys.join(","))),
+        ..Param::BASE
+    };
+    /// `isolate_failures`: bisect a mini-batch that failed every try down to its failing items.
+    ISOLATE_FAILURES = Param {
+        name: "isolate_failures",
+        kind: Type::Boolean,
+        default: "false",
+        rule: "true or false: true splits a mini-batch that failed every try (an exception, a \
+               crashed worker, a bad result) in halves, recursively, until the failing items \
+               are isolated; not with partition_keys",
+        help: "true: a mini-batch that fails every try is bisected (one run() per half) until \
+               its failing rows or files are isolated; the others are committed and only the \
+               isolated items count as failed items. Not with partition_keys (default false).",
+        example: "true",
+        flags: SQL | REMOTE,
+        write: Some(|c, _| Ok(c.isolate_failures.into())),
+        ..Param::BASE
+    };
+    /// `isolate_timeouts`: bisect timed-out mini-batches too.
+    ISOLATE_TIMEOUTS = Param {
+        name: "isolate_timeouts",
+        kind: Type::Boolean,
+        default: "false",
+        rule: "true or false: true also bisects a mini-batch whose last try timed out (and \
+               turns on isolate_failures); not with partition_keys",
+        help: "true: isolate_failures (which it turns on) also bisects mini-batches whose last \
+               try timed out; each timed-out half costs a whole run_invocation_timeout \
+               (default false).",
+        example: "true",
+        flags: SQL | REMOTE,
+        write: Some(|c, _| Ok(c.isolate_timeouts.into())),
         ..Param::BASE
     };
     /// `source_directory`: the folder with the script and its helpers.

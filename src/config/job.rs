@@ -240,6 +240,9 @@ pub struct JobSpec {
     /// A job with zero items overall (an empty input, a query returning no rows) succeeds
     /// instead of failing (exit 42).
     pub allow_empty_input: bool,
+    /// Write the input rows of failed mini-batches (the isolated ones when bisection found
+    /// them) to `<output>/failed_rows/`: Parquet for tables, a text file of paths for files.
+    pub dead_letter_rows: bool,
     /// What a Python run() receives for tabular mini-batches.
     pub mini_batch_format: MiniBatchFormat,
     /// Object-storage settings (`storage_options:`): object_store keys and parallel-run's
@@ -327,6 +330,7 @@ pub(super) const TOP_LEVEL_KEYS: &[&str] = &[
     "arguments",
     "preserve_order",
     "allow_empty_input",
+    "dead_letter_rows",
     "mini_batch_format",
     "memory_limit",
     "storage_options",
@@ -339,6 +343,7 @@ pub(super) const JOB_OVERRIDE_KEYS: &[&str] = &[
     "output_format",
     "preserve_order",
     "allow_empty_input",
+    "dead_letter_rows",
     "mini_batch_format",
     "storage_options",
 ];

@@ -96,6 +96,14 @@ pub struct ParallelRunConfig {
     pub partition_keys: Vec<String>,
     /// Set in every worker process.
     pub environment_variables: BTreeMap<String, String>,
+    /// A mini-batch that fails every try is split in halves, recursively, until its failing
+    /// items are isolated; the others are committed (not with partition_keys).
+    #[serde(default)]
+    pub isolate_failures: bool,
+    /// ... timeouts too (each timed-out half costs a whole run_invocation_timeout); implies
+    /// `isolate_failures`.
+    #[serde(default)]
+    pub isolate_timeouts: bool,
 }
 
 impl OutputAction {
@@ -194,6 +202,8 @@ impl ParallelRunConfig {
             allowed_failed_percent: None,
             partition_keys: Vec::new(),
             environment_variables: BTreeMap::new(),
+            isolate_failures: false,
+            isolate_timeouts: false,
         }
     }
 
@@ -209,6 +219,7 @@ impl ParallelRunConfig {
         validate_append_row_file_name(&self.append_row_file_name)?;
         self.validate_failure_limits()?;
         self.validate_partition_keys()?;
+        self.validate_isolation()?;
         self.validate_environment_variables()?;
         self.validate_environment()
     }
@@ -308,6 +319,34 @@ impl ParallelRunConfig {
             }
         }
         Ok(())
+    }
+
+    /// isolate_failures (or isolate_timeouts, which implies it) not with partition_keys: a
+    /// key's rows belong together and are never split.
+    fn validate_isolation(&self) -> Result<()> {
+        if self.isolates_failures() && !self.partition_keys.is_empty() {
+            let param = if self.isolate_failures {
+                params::ISOLATE_FAILURES
+            } else {
+                params::ISOLATE_TIMEOUTS
+            };
+            return Err(param.reject(
+                "true",
+                format!(
+                    "is set together with partition_keys [{}]: a key's rows belong together and \
+                     are never split; remove {} (or partition_keys)",
+                    self.partition_keys.join(", "),
+                    param.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a mini-batch that failed every try is bisected: `isolate_failures`, or
+    /// `isolate_timeouts` (which implies it).
+    pub fn isolates_failures(&self) -> bool {
+        self.isolate_failures || self.isolate_timeouts
     }
 
     /// partition_keys: non-empty unique names, not together with mini_batch_size.
@@ -548,6 +587,29 @@ mod tests {
                 &["allowed_failed_percent", "between 0 and 100", "-1"],
             );
         }
+    }
+
+    #[test]
+    fn isolation_is_never_for_keyed_jobs_and_timeouts_imply_it() {
+        let mut c = config();
+        assert!(!c.isolates_failures());
+        c.isolate_timeouts = true;
+        assert!(c.isolates_failures());
+        c.validate().unwrap();
+        c.partition_keys = vec!["country".into()];
+        assert_mentions(
+            &rejected(&c),
+            &[
+                "isolate_timeouts",
+                "partition_keys [country]",
+                "never split",
+            ],
+        );
+        c.isolate_failures = true;
+        assert_mentions(
+            &rejected(&c),
+            &["isolate_failures", "remove isolate_failures"],
+        );
     }
 
     #[test]

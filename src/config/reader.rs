@@ -11,8 +11,9 @@ use crate::config::azure_v2::{self, V2Options};
 use crate::config::catalogue::{
     self, Param, ALLOWED_FAILED_COUNT, ALLOWED_FAILED_PERCENT, APPEND_ROW_FILE_NAME,
     COMPUTE_TARGET, DESCRIPTION, ENTRY_SCRIPT, ENVIRONMENT_VARIABLES, ERROR_THRESHOLD,
-    LOGGING_LEVEL, MINI_BATCH_SIZE, NODE_COUNT, OUTPUT_ACTION, OUTPUT_FOLDER, PARTITION_KEYS,
-    PROCESS_COUNT_PER_NODE, RUN_INVOCATION_TIMEOUT, RUN_MAX_TRY, SOURCE_DIRECTORY,
+    ISOLATE_FAILURES, ISOLATE_TIMEOUTS, LOGGING_LEVEL, MINI_BATCH_SIZE, NODE_COUNT, OUTPUT_ACTION,
+    OUTPUT_FOLDER, PARTITION_KEYS, PROCESS_COUNT_PER_NODE, RUN_INVOCATION_TIMEOUT, RUN_MAX_TRY,
+    SOURCE_DIRECTORY,
 };
 use crate::config::environment::parse_environment;
 use crate::config::job::{
@@ -145,6 +146,9 @@ pub(super) fn read_job(
             .unwrap_or(false),
         allow_empty_input: top
             .boolean("allow_empty_input", rule::BOOLEAN)?
+            .unwrap_or(false),
+        dead_letter_rows: top
+            .boolean("dead_letter_rows", rule::BOOLEAN)?
             .unwrap_or(false),
         output_folders: Vec::new(),
         mini_batch_format: match top.string("mini_batch_format", MINI_BATCH_FORMAT_RULE)? {
@@ -291,6 +295,12 @@ pub(super) fn read_config_in(
     config.partition_keys = s
         .string_list(PARTITION_KEYS.name, &PARTITION_KEYS.message())?
         .unwrap_or_default();
+    config.isolate_failures = s
+        .boolean(ISOLATE_FAILURES.name, &ISOLATE_FAILURES.message())?
+        .unwrap_or(false);
+    config.isolate_timeouts = s
+        .boolean(ISOLATE_TIMEOUTS.name, &ISOLATE_TIMEOUTS.message())?
+        .unwrap_or(false);
     let variables = ENVIRONMENT_VARIABLES;
     config.environment_variables = s
         .string_map(variables.name, &variables.message())?

@@ -33,6 +33,9 @@ pub struct JobSettings {
     pub preserve_order: bool,
     /// Zero items overall is a success, not a failure.
     pub allow_empty_input: bool,
+    /// The input rows (or paths) of failed items go to `<output>/failed_rows/`.
+    #[serde(default)]
+    pub dead_letter_rows: bool,
     /// What a Python run() receives for tabular mini-batches.
     pub mini_batch_format: MiniBatchFormat,
     /// The job file's folder: Python workers run in it when `source_directory` is not set
@@ -53,6 +56,7 @@ impl JobSettings {
             arguments: Vec::new(),
             preserve_order: false,
             allow_empty_input: false,
+            dead_letter_rows: false,
             mini_batch_format: MiniBatchFormat::default(),
             job_dir: None,
         }
@@ -66,6 +70,7 @@ impl JobSettings {
             arguments: spec.arguments.clone(),
             preserve_order: spec.preserve_order,
             allow_empty_input: spec.allow_empty_input,
+            dead_letter_rows: spec.dead_letter_rows,
             mini_batch_format: spec.mini_batch_format,
             job_dir: spec.base_dir.clone(),
             ..JobSettings::new(spec.config.clone(), output)

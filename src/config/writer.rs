@@ -40,6 +40,7 @@ impl JobSpec {
         root.insert("arguments".into(), Value::Sequence(arguments));
         root.insert("preserve_order".into(), self.preserve_order.into());
         root.insert("allow_empty_input".into(), self.allow_empty_input.into());
+        root.insert("dead_letter_rows".into(), self.dead_letter_rows.into());
         root.insert(
             "mini_batch_format".into(),
             self.mini_batch_format.as_str().into(),

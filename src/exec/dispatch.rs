@@ -426,6 +426,9 @@ mod tests {
             allowed_failed_percent: None,
             queue_depth: 1,
             partition_keys: Vec::new(),
+            isolate_failures: false,
+            isolate_timeouts: false,
+            keep_failed_rows: false,
         }
     }
 

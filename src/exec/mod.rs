@@ -5,6 +5,7 @@
 //! Layout: `dispatch` (the shared queue), `stream` (one partition's retry/timeout loop),
 //! `state` (counters, thresholds, cancellation), `logical` and `planner`.
 
+pub mod bisect;
 pub mod dispatch;
 pub mod keyed;
 pub mod logical;
@@ -19,7 +20,7 @@ pub use logical::ParallelRunNode;
 pub use planner::{plan_node, ParallelRunPlanner, ParallelRunQueryPlanner};
 pub use spec::{OperatorSpec, SPEC_FORMAT_VERSION};
 pub use state::{JobCounts, JobObserver, JobState, NoopObserver, RunSettings};
-pub use stream::CompletedMiniBatch;
+pub use stream::{CompletedMiniBatch, FailedInput};
 
 use std::fmt;
 use std::pin::Pin;

@@ -65,7 +65,8 @@ impl OperatorSpec {
     ) -> Result<Self> {
         job.validate()?;
         let has_files = inputs.iter().any(|i| i.kind == ItemKind::Files);
-        let settings = RunSettings::from_config(&job.config, has_files)?;
+        let mut settings = RunSettings::from_config(&job.config, has_files)?;
+        settings.keep_failed_rows = job.dead_letter_rows;
         Ok(OperatorSpec {
             job,
             inputs,

@@ -39,6 +39,12 @@ pub struct RunSettings {
     pub queue_depth: usize,
     /// Columns whose distinct value tuples each form one mini-batch (empty: byte-sized).
     pub partition_keys: Vec<String>,
+    /// Bisect a mini-batch that failed every try down to its failing items.
+    pub isolate_failures: bool,
+    /// ... also when its last try timed out.
+    pub isolate_timeouts: bool,
+    /// Keep the input rows of failed items for the job's sink (`dead_letter_rows`).
+    pub keep_failed_rows: bool,
 }
 
 impl RunSettings {
@@ -64,6 +70,9 @@ impl RunSettings {
             allowed_failed_percent: config.allowed_failed_percent,
             queue_depth: workers * 2,
             partition_keys: config.partition_keys.clone(),
+            isolate_failures: config.isolates_failures(),
+            isolate_timeouts: config.isolate_timeouts,
+            keep_failed_rows: false,
         })
     }
 }
@@ -109,6 +118,8 @@ pub struct JobCounts {
     pub items_failed: u64,
     /// run() calls made, retries included.
     pub tries: u64,
+    /// ... of which bisection made (`isolate_failures`).
+    pub bisection_calls: u64,
     /// init() failures.
     pub init_failures: u64,
     /// Mini-batches an earlier run finished and this (resumed) run did not run again; they
@@ -315,6 +326,14 @@ impl JobState {
         }
     }
 
+    /// Counts one run() call made by bisection (a try too).
+    pub fn bisection_call_started(&self) {
+        if let Some(mut c) = self.open_counts() {
+            c.tries += 1;
+            c.bisection_calls += 1;
+        }
+    }
+
     /// A mini-batch an earlier run of the job finished (a resumed run): counted as cut and
     /// processed with its recorded status, reported, not run.
     pub fn mini_batch_skipped(&self, record: &MiniBatchRecord) {
@@ -459,6 +478,9 @@ mod tests {
             allowed_failed_percent: Some(50.0),
             queue_depth: 4,
             partition_keys: Vec::new(),
+            isolate_failures: false,
+            isolate_timeouts: false,
+            keep_failed_rows: false,
         }
     }
 
@@ -512,6 +534,8 @@ mod tests {
             error_message: String::new(),
             traceback: None,
             earlier_errors: Vec::new(),
+            bisection_calls: 0,
+            isolated: Vec::new(),
         }
     }
 

@@ -8,12 +8,12 @@ use std::time::{Instant, SystemTime};
 use arrow::record_batch::RecordBatch;
 use tokio::sync::mpsc;
 
-use crate::batch::MiniBatchRecord;
-use crate::batch::{Lineage, MiniBatchId, MiniBatchStatus};
+use crate::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, MiniBatchRecord, MiniBatchStatus};
 use crate::error::{PrsError, Result};
+use crate::exec::bisect;
 use crate::exec::dispatch::{Dispatched, SharedQueue};
 use crate::exec::state::JobState;
-use crate::worker::{MiniBatchContext, RunError, Worker, WorkerFactoryRef, WorkerSlot};
+use crate::worker::{MiniBatchContext, RunError, RunReturn, Worker, WorkerFactoryRef, WorkerSlot};
 
 /// A mini-batch that reached its final status: its record and, when it succeeded and results
 /// are kept, the rows its run() returned.
@@ -34,6 +34,33 @@ pub struct CompletedMiniBatch {
     pub record: MiniBatchRecord,
     /// What identifies its input slice ([`crate::batch::slice_fingerprint`]).
     pub fingerprint: u64,
+    /// The input items that failed (all of a failed mini-batch's, or those bisection
+    /// isolated), kept only for `dead_letter_rows`.
+    pub failed_input: Option<FailedInput>,
+}
+
+/// The input items of a mini-batch's failed items (see [`CompletedMiniBatch::failed_input`]).
+#[derive(Debug, Clone)]
+pub struct FailedInput {
+    /// Rows of a table or entries of a file dataset.
+    pub kind: ItemKind,
+    /// The items, with every input column, in row order.
+    pub rows: RecordBatch,
+}
+
+/// The items a successful run() counts as succeeded (returned elements, capped at `total`),
+/// and the warning when it returned more.
+fn returned_items(id: &str, ret: &RunReturn, total: u64) -> (u64, String) {
+    if ret.returned > total {
+        let w = format!(
+            "run() returned {} elements for {} items; counted as {} succeeded",
+            ret.returned, total, total
+        );
+        tracing::warn!("mini batch {id}: {w}");
+        (total, w)
+    } else {
+        (ret.returned, String::new())
+    }
 }
 
 /// Runs partition `partition` until the queue is drained or the job is aborted, sending each
@@ -159,8 +186,54 @@ impl PartitionRunner {
         })
     }
 
+    /// One run() call of `mb` on this slot's worker (started as needed), counted as a try (and
+    /// as a bisection call when `bisection`); a worker lost by the call (timeout, crash) is
+    /// replaced by the next call. Returns the outcome and the seconds inside run(); an error
+    /// only when the job was aborted meanwhile.
+    async fn call(
+        &mut self,
+        mb: &MiniBatch,
+        context: &MiniBatchContext,
+        bisection: bool,
+    ) -> Result<(std::result::Result<RunReturn, RunError>, f64)> {
+        let timeout = self.state.settings().run_timeout;
+        let cancel = self.state.cancellation().clone();
+        let state = self.state.clone();
+        let worker = self.ensure_worker().await?;
+        if bisection {
+            state.bisection_call_started();
+        } else {
+            state.try_started();
+        }
+        let t = Instant::now();
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = worker.run(mb, context, timeout) => Some(r),
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        self.state.add_worker_time(t.elapsed());
+        let Some(outcome) = outcome else {
+            // Aborted mid-run: the worker may be busy with work nobody wants; stop it.
+            self.worker = None;
+            return Err(self.state.abort_error());
+        };
+        if let Err(e) = &outcome {
+            if e.worker_lost() {
+                // The worker was stopped (timeout) or died: a new one takes the slot.
+                self.worker = None;
+                self.slot.generation += 1;
+                self.state.observer().worker_event(
+                    &self.slot.agent_name,
+                    &format!("worker replaced: {}", e.message(&mb.id.to_string())),
+                );
+            }
+        }
+        Ok((outcome, seconds))
+    }
+
     /// Runs one mini-batch with up to `run_max_try` tries and returns it with its final
-    /// status (an error only when the job was aborted meanwhile).
+    /// status (an error only when the job was aborted meanwhile). A mini-batch that failed
+    /// every try is bisected when the job isolates failures ([`bisect::eligible`]).
     async fn process(&mut self, dispatched: Dispatched) -> Result<CompletedMiniBatch> {
         let settings = self.state.settings().clone();
         let mb = &dispatched.mini_batch;
@@ -172,6 +245,27 @@ impl PartitionRunner {
         let mut errors: Vec<(u32, String)> = Vec::new();
         let mut attempt = 0;
         let mut run_seconds = 0.0;
+        let process = self.slot.agent_name.clone();
+        let record = |tries: u32, status: MiniBatchStatus, run_seconds: f64| MiniBatchRecord {
+            id: mb.id,
+            index: dispatched.index,
+            lineage: mb.lineage.clone(),
+            partition_key_value: mb.partition_key_value.clone(),
+            tries,
+            process: process.clone(),
+            start_time,
+            total_items: total,
+            succeeded_items: 0,
+            failed_items: total,
+            elapsed_seconds: t0.elapsed().as_secs_f64(),
+            run_seconds,
+            status,
+            error_message: String::new(),
+            traceback: None,
+            earlier_errors: Vec::new(),
+            bisection_calls: 0,
+            isolated: Vec::new(),
+        };
         while attempt < settings.run_max_try {
             attempt += 1;
             let context = MiniBatchContext {
@@ -179,52 +273,16 @@ impl PartitionRunner {
                 attempt,
                 input_name: mb.lineage.input.to_string(),
             };
-            let cancel = self.state.cancellation().clone();
-            let state = self.state.clone();
-            let worker = self.ensure_worker().await?;
-            state.try_started();
-            let t = Instant::now();
-            let outcome = tokio::select! {
-                _ = cancel.cancelled() => None,
-                r = worker.run(mb, &context, settings.run_timeout) => Some(r),
-            };
-            run_seconds = t.elapsed().as_secs_f64();
-            self.state.add_worker_time(t.elapsed());
-            let Some(outcome) = outcome else {
-                // Aborted mid-run: the worker may be busy with work nobody wants; stop it.
-                self.worker = None;
-                return Err(self.state.abort_error());
-            };
+            let (outcome, seconds) = self.call(mb, &context, false).await?;
+            run_seconds = seconds;
             match outcome {
                 Ok(ret) => {
-                    let succeeded = ret.returned.min(total);
-                    let error_message = if ret.returned > total {
-                        let w = format!(
-                            "run() returned {} elements for {} items; counted as {} succeeded",
-                            ret.returned, total, total
-                        );
-                        tracing::warn!("mini batch {id_text}: {w}");
-                        w
-                    } else {
-                        String::new()
-                    };
+                    let (succeeded, error_message) = returned_items(&id_text, &ret, total);
                     let record = MiniBatchRecord {
-                        id: mb.id,
-                        index: dispatched.index,
-                        lineage: mb.lineage.clone(),
-                        partition_key_value: mb.partition_key_value.clone(),
-                        tries: attempt,
-                        process: self.slot.agent_name.clone(),
-                        start_time,
-                        total_items: total,
                         succeeded_items: succeeded,
                         failed_items: total - succeeded,
-                        elapsed_seconds: t0.elapsed().as_secs_f64(),
-                        run_seconds,
-                        status: MiniBatchStatus::Succeeded,
                         error_message,
-                        traceback: None,
-                        earlier_errors: Vec::new(),
+                        ..record(attempt, MiniBatchStatus::Succeeded, run_seconds)
                     };
                     self.state.mini_batch_finished(&record);
                     return Ok(CompletedMiniBatch {
@@ -235,6 +293,7 @@ impl PartitionRunner {
                         returned: ret.returned,
                         record,
                         fingerprint: dispatched.fingerprint,
+                        failed_input: None,
                     });
                 }
                 Err(e) => {
@@ -244,15 +303,6 @@ impl PartitionRunner {
                     if !errors.iter().any(|(_, m)| *m == message) {
                         errors.push((attempt, message.clone()));
                     }
-                    if e.worker_lost() {
-                        // The worker was stopped (timeout) or died: a new one takes the slot.
-                        self.worker = None;
-                        self.slot.generation += 1;
-                        self.state.observer().worker_event(
-                            &self.slot.agent_name,
-                            &format!("worker replaced: {message}"),
-                        );
-                    }
                     last_error = Some(e);
                 }
             }
@@ -261,26 +311,20 @@ impl PartitionRunner {
             detail: "no try was made".into(),
         });
         let error_message = error.message(&id_text);
+        let earlier_errors: Vec<(u32, String)> = errors
+            .into_iter()
+            .filter(|(_, m)| *m != error_message)
+            .collect();
+        if bisect::eligible(&settings, mb, &error) {
+            let found = self.bisect(&dispatched, &error, attempt).await?;
+            let elapsed = record(attempt, MiniBatchStatus::Succeeded, run_seconds);
+            return Ok(self.bisected(&dispatched, found, elapsed, error, earlier_errors));
+        }
         let record = MiniBatchRecord {
-            id: mb.id,
-            index: dispatched.index,
-            lineage: mb.lineage.clone(),
-            partition_key_value: mb.partition_key_value.clone(),
-            tries: attempt,
-            process: self.slot.agent_name.clone(),
-            start_time,
-            total_items: total,
-            succeeded_items: 0,
-            failed_items: total,
-            elapsed_seconds: t0.elapsed().as_secs_f64(),
-            run_seconds,
-            status: error.status(),
-            earlier_errors: errors
-                .into_iter()
-                .filter(|(_, m)| *m != error_message)
-                .collect(),
+            earlier_errors,
             error_message,
             traceback: error.traceback().map(str::to_string),
+            ..record(attempt, error.status(), run_seconds)
         };
         self.state.mini_batch_finished(&record);
         Ok(CompletedMiniBatch {
@@ -291,7 +335,123 @@ impl PartitionRunner {
             returned: 0,
             record,
             fingerprint: dispatched.fingerprint,
+            failed_input: settings.keep_failed_rows.then(|| FailedInput {
+                kind: mb.kind,
+                rows: mb.data.clone(),
+            }),
         })
+    }
+
+    /// Bisects `dispatched`, which failed its `tries` tries with `error`: splits it in halves
+    /// and runs each half once, splitting every failing half again, until the failing items
+    /// stand alone (or the call budget is spent, see [`bisect::Bisection`]).
+    async fn bisect(
+        &mut self,
+        dispatched: &Dispatched,
+        error: &RunError,
+        tries: u32,
+    ) -> Result<bisect::Found> {
+        let settings = self.state.settings().clone();
+        let mb = &dispatched.mini_batch;
+        let mut bisection = bisect::Bisection::new(mb, error.clone(), &settings);
+        let mut attempt = tries;
+        while let Some(piece) = bisection.next_piece() {
+            attempt += 1;
+            let sub = bisect::sub_mini_batch(mb, &piece)?;
+            let context = MiniBatchContext {
+                minibatch_index: dispatched.index,
+                attempt,
+                input_name: mb.lineage.input.to_string(),
+            };
+            let (outcome, _) = self.call(&sub, &context, true).await?;
+            if let Err(e) = &outcome {
+                self.state.try_failed(
+                    sub.id,
+                    attempt,
+                    &self.slot.agent_name,
+                    &format!("(bisection) {}", e.message(&sub.id.to_string())),
+                );
+            }
+            bisection.record(piece, outcome);
+        }
+        Ok(bisection.finish())
+    }
+
+    /// The completed mini-batch of a bisected one: the good parts' results in row order, the
+    /// isolated items as its failed items, and its record (see `docs/design/mini-batches.md`).
+    fn bisected(
+        &self,
+        dispatched: &Dispatched,
+        found: bisect::Found,
+        base: MiniBatchRecord,
+        error: RunError,
+        earlier_errors: Vec<(u32, String)>,
+    ) -> CompletedMiniBatch {
+        let mb = &dispatched.mini_batch;
+        let id_text = mb.id.to_string();
+        let calls = found.calls;
+        let tries = base.tries + calls;
+        let (result, returned, succeeded, problem) = match found.result(&id_text) {
+            Ok((result, returned, succeeded)) => (result, returned, succeeded, None),
+            Err(e) => (None, 0, 0, Some(e)),
+        };
+        let failed_input = self
+            .state
+            .settings()
+            .keep_failed_rows
+            .then(|| found.failed_input(mb, problem.is_some()))
+            .flatten();
+        let mut record = MiniBatchRecord {
+            tries,
+            succeeded_items: succeeded,
+            failed_items: base.total_items - succeeded,
+            elapsed_seconds: base.start_time.elapsed().map_or(0.0, |d| d.as_secs_f64()),
+            bisection_calls: calls,
+            earlier_errors,
+            ..base
+        };
+        match problem {
+            Some(problem) => {
+                // The parts' results could not be put together: nothing of it is committed.
+                record.status = MiniBatchStatus::BadResult;
+                record.error_message = format!(
+                    "{problem} (after bisection of a mini batch that failed with: {})",
+                    error.message(&id_text)
+                );
+                record.succeeded_items = 0;
+                record.failed_items = record.total_items;
+            }
+            None if found.isolated.is_empty() => {
+                // Every part ran when run alone: the failure needed the whole mini-batch.
+                record.status = MiniBatchStatus::Succeeded;
+                record.error_message = format!(
+                    "succeeded after bisection ({calls} run() calls): every part ran alone; \
+                     the whole mini batch failed with: {}",
+                    error.message(&id_text)
+                );
+            }
+            None => {
+                record.status = error.status();
+                record.error_message = error.message(&id_text);
+                record.traceback = error.traceback().map(str::to_string);
+                record.isolated = found.isolated;
+            }
+        }
+        self.state.mini_batch_finished(&record);
+        CompletedMiniBatch {
+            id: mb.id,
+            index: dispatched.index,
+            lineage: mb.lineage.clone(),
+            result: if record.succeeded_items > 0 || record.succeeded() {
+                result
+            } else {
+                None
+            },
+            returned,
+            record,
+            fingerprint: dispatched.fingerprint,
+            failed_input,
+        }
     }
 
     async fn shutdown(&mut self) {

@@ -31,7 +31,7 @@ use crate::exec::{InputInfo, JobObserver, JobState, MiniBatchRecord, ParallelRun
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
 use crate::ledger::{self, LedgerSink, ResumeMode, ResumeOptions};
-use crate::output::{staging_dir, OutputLock, StagedSink, WORK_DIR_NAME};
+use crate::output::{staging_dir, FailedRowsWriter, OutputLock, StagedSink, WORK_DIR_NAME};
 use crate::report::{JobSummary, ReportWriter};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
@@ -359,7 +359,11 @@ pub async fn execute(
         }
         OutputAction::SummaryOnly => None,
     };
-    let ledger_sink = Arc::new(LedgerSink::new(sink.clone(), writer.sync_before(parts_dir)));
+    let mut ledger_sink = LedgerSink::new(sink.clone(), writer.sync_before(parts_dir));
+    if settings.dead_letter_rows {
+        ledger_sink = ledger_sink.with_failed_rows(FailedRowsWriter::create(&settings.output)?);
+    }
+    let ledger_sink = Arc::new(ledger_sink);
     let mut runtime = plan.runtime(observer).with_sink(ledger_sink.clone());
     let skips = Arc::new(resumed.skips);
     if resuming {
@@ -384,11 +388,13 @@ pub async fn execute(
     let mut merged = futures::stream::select_all(streams);
     while let Some(item) = merged.next().await {
         if let Err(e) = item {
-            // Every partition ends with the abort error; the first one is enough.
+            // Every partition ends with the abort error; the first one is enough. The streams
+            // are still drained: a mini-batch that finished before its partition stopped (the
+            // one that crossed a threshold among them) is counted, so it is committed and
+            // recorded in the ledger too.
             if state.abort_reason().is_none() {
                 state.abort(PrsError::from_datafusion(e).to_string());
             }
-            break;
         }
     }
     drop(merged);

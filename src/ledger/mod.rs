@@ -6,8 +6,9 @@
 //!   [`crate::exec::OperatorSpec::encode`]) and the entry script's digest, written once by the
 //!   first run (temporary name, then a rename) and replaced only by a forced resume.
 //! - `records.jsonl`: one [`LedgerEntry`] per line, appended as each mini-batch reaches its
-//!   final status: its [`MiniBatchRecord`], the fingerprint of its input slice and, for a
-//!   succeeded one, the part file it committed. A part is complete (written under a temporary
+//!   final status: its [`MiniBatchRecord`], the fingerprint of its input slice and the part
+//!   file it committed: a succeeded one's, or a failed one's whose good items bisection
+//!   (`isolate_failures`) committed. A part is complete (written under a temporary
 //!   name, then renamed) before the line naming it is written, so a record never names a part
 //!   that is not there; a line is written whole by one `write` and the file is synced at
 //!   most every [`SYNC_INTERVAL`] and when the run ends. A `kill -9` can at most cut the last
@@ -17,7 +18,9 @@
 //!   forced).
 //!
 //! Later lines win: a mini-batch failed in one run and re-run by `--rerun-failed` has two
-//! records, the last one counts.
+//! records, the last one counts. A failed record with a part (bisection isolated its failing
+//! items) is kept by `--resume` like a succeeded one (skipped, its part merged); `--rerun-failed`
+//! runs it again and does not merge its part (the new part replaces the file of that name).
 
 pub mod status;
 pub mod table;
@@ -37,7 +40,7 @@ use crate::config::catalogue::{flagged, OUTPUT};
 use crate::config::JobSettings;
 use crate::error::{PrsError, Result};
 use crate::exec::{CompletedMiniBatch, MiniBatchSink, OperatorSpec, ResumeSkips, SkippedMiniBatch};
-use crate::output::{PartRef, StagedSink};
+use crate::output::{FailedRowsWriter, PartRef, StagedSink};
 
 /// The ledger's folder below the log folder.
 pub const LEDGER_DIR: &str = "ledger";
@@ -119,7 +122,8 @@ pub struct LedgerEntry {
     pub record: MiniBatchRecord,
     /// The fingerprint of its input slice ([`crate::batch::slice_fingerprint`]), hex.
     pub slice: String,
-    /// The committed part of a succeeded mini-batch with results.
+    /// The committed part: of a mini-batch with results that succeeded, or failed after
+    /// bisection committed its good items.
     pub part: Option<PartRef>,
     /// The run (1-based, see `runs.jsonl`) that wrote it.
     pub run: u32,
@@ -257,7 +261,8 @@ pub fn final_entries(entries: Vec<LedgerEntry>) -> HashMap<MiniBatchId, LedgerEn
 pub struct ResumeState {
     /// What the dispatcher skips.
     pub skips: ResumeSkips,
-    /// The committed parts of the skipped succeeded mini-batches.
+    /// The committed parts of the skipped mini-batches (succeeded ones, and failed ones whose
+    /// good items bisection committed).
     pub parts: Vec<(MiniBatchId, PartRef)>,
     /// Failed mini-batches that run again (`--rerun-failed`).
     pub rerun: u64,
@@ -629,11 +634,14 @@ impl LedgerWriter {
     }
 }
 
-/// The job's sink: commits each succeeded mini-batch's results to the output's staged sink
-/// (when the job keeps results), then writes the mini-batch's record, naming the part, to the
-/// ledger. Every mini-batch that reaches a final status passes here, failed ones too.
+/// The job's sink: commits each mini-batch's results to the output's staged sink (when the
+/// job keeps results and run() returned some: a succeeded mini-batch, or a failed one whose
+/// good items bisection committed), writes the input of its failed items to `failed_rows/`
+/// (`dead_letter_rows`), then writes the mini-batch's record, naming the part, to the ledger.
+/// Every mini-batch that reaches a final status passes here, failed ones too.
 pub struct LedgerSink {
     output: Option<Arc<StagedSink>>,
+    failed_rows: Option<FailedRowsWriter>,
     /// `None` until the ledger is opened (SQL opens it when the statement first executes).
     writer: Mutex<Option<LedgerWriter>>,
     /// Time spent writing and syncing records, in nanoseconds.
@@ -651,6 +659,7 @@ impl LedgerSink {
     pub fn new(output: Option<Arc<StagedSink>>, writer: LedgerWriter) -> Self {
         LedgerSink {
             output,
+            failed_rows: None,
             writer: Mutex::new(Some(writer)),
             nanos: std::sync::atomic::AtomicU64::new(0),
         }
@@ -661,6 +670,7 @@ impl LedgerSink {
     pub fn unopened(output: Option<Arc<StagedSink>>) -> Self {
         LedgerSink {
             output,
+            failed_rows: None,
             writer: Mutex::new(None),
             nanos: std::sync::atomic::AtomicU64::new(0),
         }
@@ -669,6 +679,12 @@ impl LedgerSink {
     /// Starts writing to `writer`.
     pub fn open_with(&self, writer: LedgerWriter) {
         *crate::lock(&self.writer) = Some(writer);
+    }
+
+    /// Also writes the input of failed items with `failed_rows` (`dead_letter_rows`).
+    pub fn with_failed_rows(mut self, failed_rows: FailedRowsWriter) -> Self {
+        self.failed_rows = Some(failed_rows);
+        self
     }
 
     /// Syncs the records written so far (the run ends).
@@ -697,9 +713,12 @@ impl LedgerSink {
 impl MiniBatchSink for LedgerSink {
     fn commit(&self, done: &CompletedMiniBatch) -> Result<()> {
         let part = match &self.output {
-            Some(output) if done.record.succeeded() => output.commit_part(done)?,
+            Some(output) if done.result.is_some() => output.commit_part(done)?,
             _ => None,
         };
+        if let Some(failed_rows) = &self.failed_rows {
+            failed_rows.write(done)?;
+        }
         let t = Instant::now();
         let result = match crate::lock(&self.writer).as_mut() {
             Some(writer) => writer.append(done, part),

@@ -34,6 +34,8 @@ enum Kind {
     Columns,
     /// A mapping (`environment_variables`): comma-separated `NAME=value` pairs.
     Variables,
+    /// A `parallel_run_config` flag (`isolate_failures`): true or false.
+    Flag,
     /// `python`: the interpreter (`environment.python`).
     Python,
     /// `pip`: comma-separated packages (`environment.pip`).
@@ -74,6 +76,7 @@ impl Key {
             kind: match param.kind {
                 Type::List => Kind::Columns,
                 Type::Map => Kind::Variables,
+                Type::Boolean => Kind::Flag,
                 _ => Kind::Config,
             },
             help: param.help,
@@ -319,6 +322,7 @@ impl SqlJob {
                 Kind::Config => entries.push((name.into(), Value::from(text.as_str()))),
                 Kind::Columns => entries.push((name.into(), Value::Sequence(list(text)))),
                 Kind::Variables => entries.push((name.into(), variables(text)?)),
+                Kind::Flag => entries.push((name.into(), Value::Bool(flag(name, text)?))),
                 Kind::Python => {
                     environment.insert("python".into(), Value::from(text.as_str()));
                 }

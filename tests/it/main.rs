@@ -10,6 +10,7 @@ mod azure;
 mod batching;
 mod cli;
 mod faults;
+mod isolate;
 mod mltable;
 mod object_store;
 mod outputs;

@@ -104,6 +104,7 @@ const OWN_KEYS: &[&str] = &[
     "output_format",
     "preserve_order",
     "allow_empty_input",
+    "dead_letter_rows",
     "mini_batch_format",
     "memory_limit",
     "storage_options",
