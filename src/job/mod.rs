@@ -10,7 +10,9 @@
 pub mod plan;
 pub mod run;
 
-pub use plan::{factory_with_env, with_thread_limits, worker_env, worker_factory, JobPlan};
+pub use plan::{
+    factory_with_env, with_thread_limits, worker_env, worker_factory, JobPlan, JobRuntimes,
+};
 pub use run::{JobRun, Progress};
 
 use std::collections::BTreeMap;

@@ -1,0 +1,229 @@
+//! Multi-node runs on Ballista: the operator's codec and the manifest restricted per task.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::physical_plan::AsExecutionPlan;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::StreamExt;
+
+use parallel_run::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, PartitionKeyValue};
+use parallel_run::cluster::{PrsPhysicalCodec, PRS_MAGIC};
+use parallel_run::config::{InputFormat, InputSpec, JobSettings, OutputAction, ParallelRunConfig};
+use parallel_run::exec::manifest::{manifest_batch, manifest_schema, read_envelopes};
+use parallel_run::exec::{ExecMode, InputInfo, OperatorSpec, ParallelRunExec};
+use parallel_run::job::JobRuntimes;
+
+fn registry() -> parallel_run::worker::ScriptRegistry {
+    parallel_run::scripts::builtin_registry()
+}
+
+fn codec() -> PrsPhysicalCodec {
+    PrsPhysicalCodec::new(Arc::new(JobRuntimes::new(registry())))
+}
+
+fn spec(entry_script: &str, python: Option<&str>, workers: u32) -> Arc<OperatorSpec> {
+    let mut config = ParallelRunConfig::new(entry_script, -1, OutputAction::AppendRow);
+    config.node_count = workers;
+    config.process_count_per_node = Some(1);
+    config.environment.python = python.map(str::to_string);
+    let job = JobSettings::new(config, "/jobs/out");
+    let input = InputInfo::new("t", ItemKind::Rows).with_source(InputSpec::path(
+        "t",
+        "/data/t.csv",
+        InputFormat::Csv,
+    ));
+    Arc::new(OperatorSpec::new(job, vec![input], None).unwrap())
+}
+
+/// A manifest of `n` three-row mini-batches of input 0, mini-batch `i` in partition
+/// `i % partitions`.
+fn manifest(n: u64, partitions: usize) -> Arc<dyn ExecutionPlan> {
+    let mut dealt = vec![Vec::new(); partitions];
+    for seq in 0..n {
+        let start = (seq * 3) as i64;
+        let data = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(Int64Array::from_iter_values(start..start + 3)) as ArrayRef,
+        )])
+        .unwrap();
+        let mb = MiniBatch {
+            id: MiniBatchId::new(0, seq),
+            kind: ItemKind::Rows,
+            data,
+            lineage: Lineage {
+                input: Arc::from("t"),
+                rows: seq * 3..seq * 3 + 3,
+            },
+            partition_key_value: PartitionKeyValue::default(),
+        };
+        dealt[seq as usize % partitions].push((mb, seq, seq + 100));
+    }
+    let batches: Vec<Vec<RecordBatch>> = dealt
+        .iter()
+        .map(|part| vec![manifest_batch(part).unwrap()])
+        .collect();
+    MemorySourceConfig::try_new_exec(&batches, manifest_schema(), None).unwrap()
+}
+
+fn round_trip(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let codec = codec();
+    let node = PhysicalPlanNode::try_from_physical_plan(plan, &codec).unwrap();
+    let mut bytes = Vec::new();
+    node.try_encode(&mut bytes).unwrap();
+    let node = PhysicalPlanNode::try_decode(&bytes).unwrap();
+    let ctx = SessionContext::new();
+    node.try_into_physical_plan(&ctx.task_ctx(), &codec)
+        .unwrap()
+}
+
+/// The pids of this process's children (every thread's).
+fn children() -> BTreeSet<String> {
+    let mut pids = BTreeSet::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path().join("children");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            pids.extend(text.split_whitespace().map(str::to_string));
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_codec_round_trips_the_operator_in_both_modes() {
+    let spec = spec("rust:echo", None, 4);
+    let runtimes = Arc::new(JobRuntimes::new(registry()));
+    let op = ParallelRunExec::deferred(
+        ExecMode::Manifest,
+        vec![manifest(10, 4)],
+        spec.clone(),
+        runtimes.clone(),
+    )
+    .unwrap();
+    assert_eq!(op.properties().partitioning.partition_count(), 4);
+    let back = round_trip(Arc::new(op));
+    let back = back.downcast_ref::<ParallelRunExec>().unwrap();
+    assert_eq!(back.spec(), &spec, "the spec travels as a value");
+    assert_eq!(back.mode(), ExecMode::Manifest);
+    assert_eq!(back.properties().partitioning.partition_count(), 4);
+    assert!(back.runtime().is_none(), "no runtime is built by decoding");
+    assert_eq!(
+        back.children()[0].output_partitioning().partition_count(),
+        4
+    );
+
+    // Local mode: as many children as inputs, `workers` partitions.
+    let input = MemorySourceConfig::try_new_exec(&[vec![]], manifest_schema(), None).unwrap();
+    let op =
+        ParallelRunExec::deferred(ExecMode::Local, vec![input], spec.clone(), runtimes).unwrap();
+    let back = round_trip(Arc::new(op));
+    let back = back.downcast_ref::<ParallelRunExec>().unwrap();
+    assert_eq!((back.mode(), back.spec()), (ExecMode::Local, &spec));
+    assert_eq!(back.properties().partitioning.partition_count(), 4);
+
+    // Our bytes start with the magic; Ballista's own nodes do not reach our decoder.
+    let codec = codec();
+    let mut buf = Vec::new();
+    use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+    codec
+        .try_encode(
+            back.children()[0].clone(),
+            &mut buf,
+            &datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {},
+        )
+        .unwrap_err();
+    let op: Arc<dyn ExecutionPlan> = Arc::new(
+        ParallelRunExec::deferred(
+            ExecMode::Manifest,
+            vec![manifest(1, 1)],
+            spec,
+            Arc::new(JobRuntimes::new(registry())),
+        )
+        .unwrap(),
+    );
+    codec
+        .try_encode(
+            op,
+            &mut buf,
+            &datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {},
+        )
+        .unwrap();
+    assert!(buf.starts_with(PRS_MAGIC));
+}
+
+#[tokio::test]
+async fn decoding_names_no_interpreter_and_starts_nothing() {
+    let spec = spec(
+        "/nonexistent/folder/score.py",
+        Some("/nonexistent/bin/python9.99"),
+        2,
+    );
+    let op = ParallelRunExec::deferred(
+        ExecMode::Manifest,
+        vec![manifest(4, 2)],
+        spec.clone(),
+        Arc::new(JobRuntimes::new(registry())),
+    )
+    .unwrap();
+    let before = children();
+    let back = round_trip(Arc::new(op));
+    assert_eq!(children(), before, "decoding started no process");
+    let op = back.downcast_ref::<ParallelRunExec>().unwrap();
+    assert!(op.runtime().is_none());
+    assert_eq!(op.spec().entry_script(), "/nonexistent/folder/score.py");
+    // The script is looked for when the operator runs, and the error names it.
+    let err = match back.execute(0, SessionContext::new().task_ctx()) {
+        Ok(_) => panic!("executing a missing script must fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("/nonexistent/folder/score.py"), "{err}");
+    assert_eq!(children(), before, "and still nothing was started");
+}
+
+#[tokio::test]
+async fn a_restricted_manifest_runs_exactly_its_partitions() {
+    let spec = spec("rust:echo", None, 4);
+    let op: Arc<dyn ExecutionPlan> = Arc::new(
+        ParallelRunExec::deferred(
+            ExecMode::Manifest,
+            vec![manifest(12, 4)],
+            spec,
+            Arc::new(JobRuntimes::new(registry())),
+        )
+        .unwrap(),
+    );
+    // What the scheduler does to a task's plan: its leaves keep the task's partitions.
+    let task =
+        ballista_scheduler::state::task_builder::restrict_plan_to_partitions(op, &[1, 3]).unwrap();
+    assert_eq!(task.output_partitioning().partition_count(), 2);
+    let ctx = SessionContext::new().task_ctx();
+    let mut streams = Vec::new();
+    for p in 0..2 {
+        streams.push(task.execute(p, ctx.clone()).unwrap());
+    }
+    let mut ids = Vec::new();
+    let mut merged = futures::stream::select_all(streams);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some(batch) = tokio::time::timeout_at(deadline, merged.next())
+        .await
+        .expect("the task finishes")
+    {
+        for done in read_envelopes(&batch.unwrap()).unwrap() {
+            assert!(done.record.succeeded(), "{:?}", done.record);
+            assert_eq!(done.fingerprint, done.id.seq + 100, "fingerprints travel");
+            assert_eq!(done.result.unwrap().num_rows(), 3);
+            ids.push(done.id.seq);
+        }
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        [1, 3, 5, 7, 9, 11],
+        "partitions 1 and 3 of 4, each once"
+    );
+}
