@@ -1,8 +1,11 @@
-//! Multi-node runs on Ballista: the operator's codec and the manifest restricted per task.
+//! Multi-node runs on Ballista: the operator's codec, the manifest restricted per task, and
+//! the `scheduler` / `executor` processes.
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -226,4 +229,134 @@ async fn a_restricted_manifest_runs_exactly_its_partitions() {
         [1, 3, 5, 7, 9, 11],
         "partitions 1 and 3 of 4, each once"
     );
+}
+
+/// A child process killed (and reaped) when dropped, its stderr lines sent to a channel.
+struct Process {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most `limit`) for a stderr line containing `text`.
+    fn wait_for(&mut self, text: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        if self.seen.iter().any(|l| l.contains(text)) {
+            return true;
+        }
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn executor_processes_register_with_a_scheduler_process() {
+    let scheduler_address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &scheduler_address,
+        "--executor-timeout",
+        "10",
+        "--expire-interval",
+        "1",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "the scheduler starts: {:?}",
+        scheduler.seen
+    );
+    let mut executors = Vec::new();
+    for _ in 0..2 {
+        let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+        executors.push(Process::start(&[
+            "executor",
+            "--scheduler",
+            &scheduler_address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ]));
+    }
+    let registrations = |p: &Process| {
+        p.seen
+            .iter()
+            .filter(|l| l.contains("register executor request"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while registrations(&scheduler) < 2 && Instant::now() < deadline {
+        // Reads the scheduler's lines for up to a second.
+        scheduler.wait_for("\u{0}", Duration::from_secs(1));
+    }
+    let registered = registrations(&scheduler);
+    assert!(
+        registered >= 2,
+        "both executors register: scheduler said {:?}",
+        scheduler.seen
+    );
+    for executor in &mut executors {
+        assert!(
+            executor.child.try_wait().unwrap().is_none(),
+            "the executor keeps running"
+        );
+    }
 }
