@@ -1,8 +1,10 @@
-//! Multi-node runs on Ballista: the operator's codec, the manifest restricted per task, and
-//! the `scheduler` / `executor` processes.
+//! Multi-node runs on Ballista: the operator's codec, the manifest restricted per task, the
+//! `scheduler` / `executor` processes, and a job on an in-process cluster giving the rows of
+//! a local run.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,6 +23,8 @@ use parallel_run::config::{InputFormat, InputSpec, JobSettings, OutputAction, Pa
 use parallel_run::exec::manifest::{manifest_batch, manifest_schema, read_envelopes};
 use parallel_run::exec::{ExecMode, InputInfo, OperatorSpec, ParallelRunExec};
 use parallel_run::job::JobRuntimes;
+
+use crate::common::*;
 
 fn registry() -> parallel_run::worker::ScriptRegistry {
     parallel_run::scripts::builtin_registry()
@@ -302,8 +306,34 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// `parallel-run ARGS` in `dir`, killed after `limit`: (exit code, stderr).
+fn run_bounded(dir: &Path, args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let err_path = dir.join("driver.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, std::fs::read_to_string(err_path).unwrap_or_default())
+}
+
 #[test]
-fn executor_processes_register_with_a_scheduler_process() {
+fn a_job_runs_on_scheduler_and_executor_processes() {
     let scheduler_address = format!("127.0.0.1:{}", free_port());
     let mut scheduler = Process::start(&[
         "scheduler",
@@ -358,5 +388,208 @@ fn executor_processes_register_with_a_scheduler_process() {
             executor.child.try_wait().unwrap().is_none(),
             "the executor keeps running"
         );
+    }
+
+    // The same job locally and on the cluster (the driver is `parallel-run run`).
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/a.csv"), 0, 300);
+    write_csv(&dir.path().join("data/b.csv"), 300, 200);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 4KB",
+        "inputs:\n  - {name: t, path: data/, format: csv}\n",
+    );
+    let job = job.to_str().unwrap();
+    let limit = Duration::from_secs(120);
+    let (code, stderr) = run_bounded(dir.path(), &["run", job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    let target = format!("compute_target=df://{scheduler_address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", job, "-q", "--output", "cluster", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    let file = "parallel_run_step.txt";
+    let sorted = |out: &str| {
+        let mut lines = lines(&dir.path().join(out).join(file));
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted("cluster").len(), 500);
+    assert_eq!(sorted("cluster"), sorted("local"));
+    let local = summary(&dir.path().join("local"));
+    let cluster = summary(&dir.path().join("cluster"));
+    assert_eq!(
+        cluster["mini_batches_succeeded"],
+        local["mini_batches_succeeded"]
+    );
+    // Run by the executors (each record names its node); usually both take part, but a
+    // loaded machine may have one executor declared lost and the other rerun its task.
+    let nodes: BTreeSet<String> = processed(&dir.path().join("cluster"))
+        .into_iter()
+        .map(|r| r["process"].split('/').next().unwrap().to_string())
+        .collect();
+    assert!(
+        (1..=2).contains(&nodes.len()) && nodes.iter().all(|n| n.contains(':')),
+        "{nodes:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_scheduler_is_a_usage_error_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("t.csv"), 0, 10);
+    let port = free_port();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+             node_count: 2\nprocess_count_per_node: 1\ncompute_target: df://127.0.0.1:{port}"
+        ),
+        "inputs:\n  - {name: t, path: t.csv, format: csv}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("compute_target")
+            && run.stderr.contains(&format!("127.0.0.1:{port}"))
+            && run.stderr.contains("parallel-run scheduler"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("out").exists(), "nothing written");
+}
+
+/// An in-process scheduler and `executors` executors of one worker slot, with our codec.
+async fn in_process_cluster(executors: usize) -> std::net::SocketAddr {
+    use ballista_core::serde::BallistaCodec;
+    use ballista_core::utils::{default_config_producer, default_session_builder};
+    let physical = Arc::new(codec());
+    let scheduler_codec = BallistaCodec::new(
+        Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+        physical.clone(),
+    );
+    let address = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
+        Arc::new(default_session_builder),
+        Arc::new(default_config_producer),
+        scheduler_codec,
+    )
+    .await
+    .unwrap();
+    for _ in 0..executors {
+        let client =
+            ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
+                format!("http://{address}"),
+            )
+            .await
+            .unwrap();
+        let executor_codec = BallistaCodec::new(
+            Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+            physical.clone(),
+        );
+        let runtime_env = Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default());
+        ballista_executor::new_standalone_executor_from_builder(
+            client,
+            1,
+            Arc::new(default_config_producer),
+            Arc::new(move |_| Ok(runtime_env.clone())),
+            executor_codec,
+            ballista_core::registry::BallistaFunctionRegistry::default(),
+        )
+        .await
+        .unwrap();
+    }
+    address
+}
+
+async fn run_spec(job: &Path, sets: &[String]) -> parallel_run::JobReport {
+    let loaded = parallel_run::config::JobSpec::load_yaml(job, sets).unwrap();
+    parallel_run::job::run_job_spec(
+        &loaded.spec,
+        &registry(),
+        parallel_run::Progress::Quiet,
+        false,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/a.csv"), 0, 700);
+    write_csv(&dir.path().join("data/b.csv"), 700, 500);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 4KB",
+        "inputs:\n  - {name: t, path: data/, format: csv}\n",
+    );
+    let local_out = dir.path().join("local");
+    let local = run_spec(&job, &[format!("output={}", local_out.display())]).await;
+    assert!(local.succeeded(), "{local:?}");
+
+    let address = tokio::time::timeout(Duration::from_secs(60), in_process_cluster(2))
+        .await
+        .expect("the cluster starts");
+    let cluster_out = dir.path().join("cluster");
+    let cluster = tokio::time::timeout(
+        Duration::from_secs(180),
+        run_spec(
+            &job,
+            &[
+                format!("output={}", cluster_out.display()),
+                format!("compute_target=df://{address}"),
+            ],
+        ),
+    )
+    .await
+    .expect("the cluster job finishes");
+    assert!(cluster.succeeded(), "{cluster:?}");
+    assert!(local.mini_batches_total > 4, "{local:?}");
+    assert_eq!(
+        (
+            cluster.mini_batches_total,
+            cluster.mini_batches_succeeded,
+            cluster.output_rows
+        ),
+        (
+            local.mini_batches_total,
+            local.mini_batches_succeeded,
+            local.output_rows
+        )
+    );
+    let file = "parallel_run_step.txt";
+    let sorted = |path: &Path| {
+        let mut lines = lines(path);
+        lines.sort();
+        lines
+    };
+    assert_eq!(txt_ids(&cluster_out.join(file)).len(), 1200);
+    assert_eq!(
+        sorted(&cluster_out.join(file)),
+        sorted(&local_out.join(file)),
+        "the same rows"
+    );
+    // The same mini-batches (ids and rows), one record each.
+    let ids = |out: &Path| {
+        let mut ids: Vec<(String, String)> = processed(out)
+            .into_iter()
+            .map(|r| (r["mini_batch_id"].clone(), r["rows"].clone()))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&cluster_out), ids(&local_out));
+    // Run by the cluster's executors: their records name the node.
+    let node = format!(":{}/process", std::process::id());
+    for row in processed(&cluster_out) {
+        assert!(row["process"].contains(&node), "{row:?}");
+    }
+    for row in processed(&local_out) {
+        assert!(row["process"].starts_with("process"), "{row:?}");
     }
 }
