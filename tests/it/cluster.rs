@@ -593,3 +593,133 @@ async fn a_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
         assert!(row["process"].starts_with("process"), "{row:?}");
     }
 }
+
+#[test]
+fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
+    let scheduler_address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &scheduler_address,
+        "--executor-timeout",
+        "3",
+        "--expire-interval",
+        "1",
+        "--no-executors-grace",
+        "20",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "{:?}",
+        scheduler.seen
+    );
+    let start_executor = || {
+        let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+        Process::start(&[
+            "executor",
+            "--scheduler",
+            &scheduler_address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ])
+    };
+    let mut a = start_executor();
+    let mut b = start_executor();
+    for executor in [&mut a, &mut b] {
+        assert!(
+            executor.wait_for("registration succeed", Duration::from_secs(60)),
+            "{:?}",
+            executor.seen
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 1000);
+    std::fs::write(
+        dir.path().join("slow.py"),
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(0.3)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 2KB\nrun_max_try: 3",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let target = format!("compute_target=df://{scheduler_address}");
+    let driver_dir = dir.path().to_path_buf();
+    let driver = std::thread::spawn(move || {
+        run_bounded(
+            &driver_dir,
+            &["run", &job, "-q", "--output", "cluster", "--set", &target],
+            limit,
+        )
+    });
+    // SIGKILL executor B once it works on its task (outcomes are asserted whatever the timing).
+    b.wait_for("Execute task", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let (code, stderr) = driver.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+
+    let file = "parallel_run_step.txt";
+    let sorted = |out: &str| {
+        let mut lines = lines(&dir.path().join(out).join(file));
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted("cluster").len(), 1000);
+    assert_eq!(
+        sorted("cluster"),
+        sorted("local"),
+        "no row lost, none twice"
+    );
+    let ids = |out: &str| {
+        let mut ids: Vec<String> = processed(&dir.path().join(out))
+            .into_iter()
+            .map(|r| r["mini_batch_id"].clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let cluster_ids = ids("cluster");
+    assert_eq!(cluster_ids, ids("local"), "one record per mini-batch");
+    assert!(cluster_ids.len() > 10, "{cluster_ids:?}");
+
+    // No worker of the killed executor is left behind (bounded wait).
+    let marker = dir.path().join("cluster").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let workers = || {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&marker) && cmdline.contains("prs_worker") {
+                    found.push(cmdline);
+                }
+            }
+        }
+        found
+    };
+    while !workers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(workers().is_empty(), "orphan workers: {:?}", workers());
+    drop(a);
+}
