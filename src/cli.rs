@@ -1,10 +1,12 @@
 //! The command line: `parallel-run run | validate | show-config JOB.yaml` and
-//! `parallel-run sql JOB.sql` ([`crate::sql::runner`]).
+//! `parallel-run sql JOB.sql` ([`crate::sql::runner`]), and a cluster's
+//! `parallel-run scheduler` / `parallel-run executor` ([`crate::cluster::server`]).
 //!
 //! Exit codes: 0 success, 42 the job ran and failed (PRS's code), 2 usage or configuration
 //! error.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
@@ -176,6 +178,14 @@ pub enum Command {
     /// Run a file of SQL statements with parallel_run(...) (or -e "..."): CREATE EXTERNAL
     /// TABLE for inputs, SET parallel_run.KEY for parameters, SELECT / COPY to run jobs.
     Sql(crate::sql::runner::SqlArgs),
+    /// Run a cluster scheduler (Apache Ballista with parallel-run's operator): jobs with
+    /// `compute_target: df://HOST:PORT` are sent to it. Trusted network only: executors run
+    /// the code of the plans they receive, without authentication.
+    Scheduler(SchedulerArgs),
+    /// Run a cluster executor: it registers with the scheduler and runs mini-batches of
+    /// cluster jobs on --processes worker slots. Inputs, outputs, entry scripts and
+    /// interpreters must be reachable under the same path or URL on every node.
+    Executor(ExecutorArgs),
     /// Remove what a failed or unfinished run left in an output folder (its committed parts
     /// and work files, .parallel_run/); its results and logs/ stay. Refused while a run is
     /// writing the folder.
@@ -183,6 +193,54 @@ pub enum Command {
         /// The job's output folder.
         output: PathBuf,
     },
+}
+
+/// `parallel-run scheduler` options.
+#[derive(Debug, clap::Args)]
+pub struct SchedulerArgs {
+    /// HOST:PORT to listen on (0.0.0.0:PORT for every interface).
+    #[arg(long, default_value = crate::cluster::server::DEFAULT_SCHEDULER)]
+    pub bind: String,
+    /// Seconds without a heartbeat after which an executor is lost and its work runs
+    /// elsewhere (short values are for tests).
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub executor_timeout: u64,
+    /// Seconds between checks for lost executors.
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub expire_interval: u64,
+    /// Seconds running jobs wait for an executor when none is left, before they fail.
+    #[arg(long, default_value_t = 20, value_name = "SECONDS")]
+    pub no_executors_grace: u64,
+}
+
+/// `parallel-run executor` options.
+#[derive(Debug, clap::Args)]
+pub struct ExecutorArgs {
+    /// The scheduler's HOST:PORT.
+    #[arg(long, default_value = crate::cluster::server::DEFAULT_SCHEDULER)]
+    pub scheduler: String,
+    /// Worker processes run at once (the ceiling of a job's process_count_per_node on this
+    /// node); default: the number of cores.
+    #[arg(long)]
+    pub processes: Option<usize>,
+    /// Host (IP) to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// The executor's Arrow Flight (data) port.
+    #[arg(long, default_value_t = 50051)]
+    pub port: u16,
+    /// The executor's gRPC (control) port.
+    #[arg(long, default_value_t = 50052)]
+    pub grpc_port: u16,
+    /// The host advertised to the scheduler and the driver (when bound to 0.0.0.0).
+    #[arg(long)]
+    pub external_host: Option<String>,
+    /// Seconds between heartbeats to the scheduler (short values are for tests).
+    #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+    pub heartbeat: u64,
+    /// Folder for the executor's shuffle and result files (default: a temporary folder).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
 }
 
 fn load(args: &JobArgs) -> Result<LoadedJob> {
@@ -343,6 +401,35 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Scheduler(args) => {
+            init_cluster_tracing();
+            let options = crate::cluster::server::SchedulerOptions {
+                bind: args.bind,
+                executor_timeout_seconds: args.executor_timeout,
+                expire_interval_seconds: args.expire_interval,
+                no_executors_grace_seconds: args.no_executors_grace,
+            };
+            let runtimes = Arc::new(crate::job::JobRuntimes::new(registry));
+            crate::cluster::server::run_scheduler(&options, runtimes).await?;
+            Ok(0)
+        }
+        Command::Executor(args) => {
+            init_cluster_tracing();
+            let defaults = crate::cluster::server::ExecutorOptions::default();
+            let options = crate::cluster::server::ExecutorOptions {
+                scheduler: args.scheduler,
+                processes: args.processes.unwrap_or(defaults.processes),
+                bind: args.bind,
+                port: args.port,
+                grpc_port: args.grpc_port,
+                external_host: args.external_host,
+                heartbeat_seconds: args.heartbeat,
+                work_dir: args.work_dir,
+            };
+            let runtimes = Arc::new(crate::job::JobRuntimes::new(registry));
+            crate::cluster::server::run_executor(&options, runtimes).await?;
+            Ok(0)
+        }
         Command::Clean { output } => {
             let removed = crate::output::clean_output_dir(&output)?;
             if removed.is_empty() {
@@ -354,6 +441,22 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// A scheduler's or executor's messages (Ballista's included) on stderr (`RUST_LOG`
+/// overrides the levels).
+fn init_cluster_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "parallel_run=info,ballista_scheduler=info,ballista_executor=info,warn",
+        )
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .try_init();
 }
 
 /// Engine messages on stderr at `level` (`RUST_LOG` overrides it); once per process, later

@@ -69,6 +69,7 @@ pub mod storage;
 pub use api::{ParallelRun, ParallelRunDataFrameExt};
 pub use job::{JobReport, Progress};
 pub mod cli;
+pub mod cluster;
 pub mod scripts;
 pub mod sql;
 
@@ -129,6 +130,16 @@ mod layout {
         assert!(
             found.is_empty(),
             "config imports more than error:\n{}",
+            found.join("\n")
+        );
+    }
+
+    #[test]
+    fn the_cluster_ships_the_operator_and_never_names_a_job_driver() {
+        let found = offenders("cluster", &["cluster", "exec", "batch", "config", "error"]);
+        assert!(
+            found.is_empty(),
+            "cluster imports more than exec, batch, config and error:\n{}",
             found.join("\n")
         );
     }

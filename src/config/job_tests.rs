@@ -502,15 +502,17 @@ fn compute_targets() {
     let azure = load(&with("compute_target_name: cpu-cluster"));
     assert_eq!(azure.spec.config.compute_target, ComputeTarget::Local);
     assert_mentions(&azure.warnings.join("\n"), &["cpu-cluster", "this machine"]);
-    let e = error(&with("compute_target: df://head:50050"), &[]);
+    assert_eq!(
+        load(&with("compute_target: df://head:50050"))
+            .spec
+            .config
+            .compute_target,
+        ComputeTarget::Cluster("df://head:50050".into())
+    );
+    let e = error(&with("compute_target: df://head"), &[]);
     assert_mentions(
         &e,
-        &[
-            "compute_target",
-            "df://head:50050",
-            "not available yet",
-            "local",
-        ],
+        &["compute_target", "df://head", "df://HOST:PORT", "local"],
     );
     let e = error(
         &with("compute_target: local\n  compute_target_name: local"),

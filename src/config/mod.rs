@@ -27,7 +27,7 @@ pub use job::{
 };
 pub use location::{glob_matcher, is_object_url, is_url, ObjectUrl, StoreKind};
 pub use params::{
-    ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig,
+    cluster_host_port, ComputeTarget, Environment, LoggingLevel, OutputAction, ParallelRunConfig,
     DEFAULT_APPEND_ROW_FILE_NAME, DEFAULT_MINI_BATCH_FILES,
 };
 pub(crate) use reader::{read_config_entries, read_job_file};

@@ -38,8 +38,23 @@ pub enum LoggingLevel {
 pub enum ComputeTarget {
     /// This machine (`local`, or absent).
     Local,
-    /// A cluster address such as `df://host:50050` (multi-node; not available yet).
+    /// A Ballista scheduler's address, `df://host:50050` or `ballista://host:50050`.
     Cluster(String),
+}
+
+/// `HOST:PORT` of a cluster target `df://HOST:PORT` or `ballista://HOST:PORT` (a trailing
+/// `/` allowed); `None` for any other form.
+pub fn cluster_host_port(target: &str) -> Option<&str> {
+    let rest = target
+        .strip_prefix("df://")
+        .or_else(|| target.strip_prefix("ballista://"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest.rsplit_once(':')?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':'));
+    (host_ok && port.parse::<u16>().is_ok_and(|p| p > 0)).then_some(rest)
 }
 
 /// The Python environment the entry script runs in.
@@ -279,12 +294,17 @@ impl ParallelRunConfig {
         Ok(())
     }
 
-    /// compute_target (local only for now), node_count and process_count_per_node.
+    /// compute_target (`local`, or a Ballista scheduler `df://HOST:PORT`), node_count and
+    /// process_count_per_node.
     fn validate_compute(&self) -> Result<()> {
         if let ComputeTarget::Cluster(address) = &self.compute_target {
-            return Err(
-                params::COMPUTE_TARGET.reject(address, "multi-node runs are not available yet")
-            );
+            if cluster_host_port(address).is_none() {
+                return Err(params::COMPUTE_TARGET.reject(
+                    address,
+                    "a cluster is a Ballista scheduler's address, df://HOST:PORT (or \
+                     ballista://HOST:PORT), e.g. df://127.0.0.1:50050; use local for this machine",
+                ));
+            }
         }
         if self.node_count == 0 {
             return Err(params::NODE_COUNT.error(self.node_count));
@@ -674,18 +694,30 @@ mod tests {
     }
 
     #[test]
-    fn cluster_targets_are_not_available_yet() {
+    fn cluster_targets_are_scheduler_addresses() {
         let mut c = config();
-        c.compute_target = ComputeTarget::Cluster("df://host:50050".into());
-        assert_mentions(
-            &rejected(&c),
-            &[
-                "compute_target",
-                "df://host:50050",
-                "not available yet",
-                "local",
-            ],
-        );
+        for ok in [
+            "df://host:50050",
+            "ballista://10.0.0.1:50050/",
+            "df://[::1]:1",
+        ] {
+            c.compute_target = ComputeTarget::Cluster(ok.into());
+            assert!(c.validate().is_ok(), "{ok}");
+        }
+        assert_eq!(cluster_host_port("ballista://h:5/"), Some("h:5"));
+        for bad in [
+            "df://host",
+            "http://host:50050",
+            "df://:50050",
+            "df://h:0",
+            "df://h:x",
+        ] {
+            c.compute_target = ComputeTarget::Cluster(bad.into());
+            assert_mentions(
+                &rejected(&c),
+                &["compute_target", bad, "df://HOST:PORT", "local"],
+            );
+        }
     }
 
     #[test]

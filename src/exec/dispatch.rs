@@ -168,6 +168,24 @@ pub struct Dispatched {
     _reservation: MemoryReservation,
 }
 
+impl Dispatched {
+    /// `mini_batch`, dispatched as number `index` of the job, with its slice's `fingerprint`,
+    /// holding `reservation` while queued or running (the manifest of a multi-node run).
+    pub fn new(
+        mini_batch: MiniBatch,
+        index: u64,
+        fingerprint: u64,
+        reservation: MemoryReservation,
+    ) -> Self {
+        Dispatched {
+            mini_batch,
+            index,
+            fingerprint,
+            _reservation: reservation,
+        }
+    }
+}
+
 /// The memory pool for the engine's own buffers (queued mini-batches, key groups being
 /// collected), kept apart from the pool DataFusion's operators spill against so that a sort
 /// cannot take all of it. Set as a session-config extension; without it the task's pool is

@@ -9,6 +9,7 @@ pub mod bisect;
 pub mod dispatch;
 pub mod keyed;
 pub mod logical;
+pub mod manifest;
 pub mod planner;
 pub mod spec;
 pub mod state;
@@ -24,7 +25,7 @@ pub use stream::{CompletedMiniBatch, FailedInput};
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use arrow::compute::cast;
 use arrow::datatypes::SchemaRef;
@@ -106,16 +107,81 @@ impl fmt::Debug for OperatorRuntime {
     }
 }
 
+/// How the operator gets its mini-batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecMode {
+    /// One process: a single dispatcher reads every input and cuts it into mini-batches;
+    /// the `workers` output partitions share its queue.
+    Local,
+    /// One task of a multi-node run: the only child is the driver's mini-batch manifest
+    /// ([`manifest`]); the operator is partition-preserving over it (output partition `i`
+    /// runs the mini-batches of child partition `i`, the task's partitions sharing one queue)
+    /// and emits one envelope row per finished mini-batch.
+    Manifest,
+}
+
+/// Builds the runtime of an operator decoded from bytes, in the process that runs it (a
+/// multi-node executor): at its first `execute()`, never while decoding (decoding starts
+/// nothing and probes nothing: the scheduler decodes every plan too).
+pub trait RuntimeProvider: Send + Sync {
+    /// The runtime for `spec` in this process.
+    fn runtime(&self, spec: &OperatorSpec) -> Result<OperatorRuntime>;
+}
+
+/// The operator's runtime: given, or built on first use by a [`RuntimeProvider`].
+struct RuntimeCell {
+    ready: OnceLock<OperatorRuntime>,
+    provider: Option<Arc<dyn RuntimeProvider>>,
+    building: Mutex<()>,
+}
+
+impl RuntimeCell {
+    fn ready(runtime: OperatorRuntime) -> Self {
+        RuntimeCell {
+            ready: OnceLock::from(runtime),
+            provider: None,
+            building: Mutex::new(()),
+        }
+    }
+
+    fn deferred(provider: Arc<dyn RuntimeProvider>) -> Self {
+        RuntimeCell {
+            ready: OnceLock::new(),
+            provider: Some(provider),
+            building: Mutex::new(()),
+        }
+    }
+
+    fn get(&self, spec: &OperatorSpec) -> Result<&OperatorRuntime> {
+        if let Some(runtime) = self.ready.get() {
+            return Ok(runtime);
+        }
+        // One build at a time: the partitions of a task start together.
+        let _building = self.building.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(runtime) = self.ready.get() {
+            return Ok(runtime);
+        }
+        let provider = self.provider.as_ref().ok_or_else(|| {
+            PrsError::from_datafusion(internal_datafusion_err!(
+                "ParallelRunExec has neither a runtime nor a way to build one"
+            ))
+        })?;
+        let built = provider.runtime(spec)?;
+        Ok(self.ready.get_or_init(|| built))
+    }
+}
+
 /// Runs an entry script over mini-batches of its inputs.
 ///
-/// Output partition `p` is worker slot `p`. Its inputs are read one after the other (each
-/// input's partitions in order) by a single dispatcher that cuts them into mini-batches, so
-/// mini-batch ids do not depend on the number of workers. Only rows of succeeded mini-batches
-/// are emitted.
+/// [`ExecMode::Local`]: output partition `p` is worker slot `p`. Its inputs are read one after
+/// the other (each input's partitions in order) by a single dispatcher that cuts them into
+/// mini-batches, so mini-batch ids do not depend on the number of workers. Only rows of
+/// succeeded mini-batches are emitted. [`ExecMode::Manifest`]: see there.
 pub struct ParallelRunExec {
+    mode: ExecMode,
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     spec: Arc<OperatorSpec>,
-    runtime: OperatorRuntime,
+    runtime: Arc<RuntimeCell>,
     state: Arc<JobState>,
     properties: Arc<PlanProperties>,
     schema: SchemaRef,
@@ -134,6 +200,7 @@ struct Execution {
 impl fmt::Debug for ParallelRunExec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ParallelRunExec")
+            .field("mode", &self.mode)
             .field("spec", &self.spec)
             .finish()
     }
@@ -148,21 +215,72 @@ impl ParallelRunExec {
         runtime: OperatorRuntime,
         state: Arc<JobState>,
     ) -> Self {
-        let schema = spec
-            .output_schema()
-            .cloned()
-            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()));
-        let inputs = inputs
-            .into_iter()
-            .zip(spec.inputs().iter().cloned())
-            .collect();
+        let runtime = Arc::new(RuntimeCell::ready(runtime));
+        Self::build(ExecMode::Local, inputs, spec, runtime, state)
+    }
+
+    /// An operator in `mode` over `inputs` whose runtime `provider` builds at the first
+    /// `execute()` (an operator decoded from bytes, or one the driver ships). Pure: starts
+    /// nothing, probes nothing. `inputs` are the spec's inputs in local mode, the manifest in
+    /// manifest mode.
+    pub fn deferred(
+        mode: ExecMode,
+        inputs: Vec<Arc<dyn ExecutionPlan>>,
+        spec: Arc<OperatorSpec>,
+        provider: Arc<dyn RuntimeProvider>,
+    ) -> Result<Self> {
+        let expected = match mode {
+            ExecMode::Local => spec.inputs().len(),
+            ExecMode::Manifest => 1,
+        };
+        if inputs.len() != expected {
+            return Err(PrsError::from_datafusion(internal_datafusion_err!(
+                "ParallelRunExec ({mode:?}) needs {expected} input(s), got {}",
+                inputs.len()
+            )));
+        }
+        let state = JobState::new(spec.settings().clone(), Arc::new(NoopObserver));
+        let runtime = Arc::new(RuntimeCell::deferred(provider));
+        Ok(Self::build(mode, inputs, spec, runtime, state))
+    }
+
+    fn build(
+        mode: ExecMode,
+        inputs: Vec<Arc<dyn ExecutionPlan>>,
+        spec: Arc<OperatorSpec>,
+        runtime: Arc<RuntimeCell>,
+        state: Arc<JobState>,
+    ) -> Self {
+        let (schema, inputs, partitions): (SchemaRef, Vec<_>, usize) = match mode {
+            ExecMode::Local => (
+                spec.output_schema()
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty())),
+                inputs
+                    .into_iter()
+                    .zip(spec.inputs().iter().cloned())
+                    .collect(),
+                spec.settings().workers,
+            ),
+            ExecMode::Manifest => {
+                let partitions = inputs
+                    .first()
+                    .map_or(0, |m| m.properties().partitioning.partition_count());
+                let inputs = inputs
+                    .into_iter()
+                    .map(|m| (m, InputInfo::new("manifest", ItemKind::Rows)))
+                    .collect();
+                (manifest::envelope_schema(), inputs, partitions)
+            }
+        };
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(spec.settings().workers),
+            Partitioning::UnknownPartitioning(partitions),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
         ParallelRunExec {
+            mode,
             inputs,
             spec,
             runtime,
@@ -179,9 +297,19 @@ impl ParallelRunExec {
         &self.spec
     }
 
-    /// The factory and observer it runs with.
-    pub fn runtime(&self) -> &OperatorRuntime {
-        &self.runtime
+    /// How it gets its mini-batches.
+    pub fn mode(&self) -> ExecMode {
+        self.mode
+    }
+
+    /// The factory and observer it runs with, once known (an operator decoded from bytes
+    /// builds them at its first `execute()`).
+    pub fn runtime(&self) -> Option<&OperatorRuntime> {
+        self.runtime.ready.get()
+    }
+
+    fn partitions(&self) -> usize {
+        self.properties.partitioning.partition_count()
     }
 
     /// The job state (counters, cancellation).
@@ -196,18 +324,19 @@ impl ParallelRunExec {
 
     /// Runs partition `partition` and returns its succeeded mini-batches with their ids.
     fn mini_batches(&self, partition: usize, context: Arc<TaskContext>) -> Result<MiniBatchStream> {
-        if partition >= self.spec.settings().workers {
-            let workers = self.spec.settings().workers;
+        let partitions = self.partitions();
+        if partition >= partitions {
             return Err(PrsError::from_datafusion(internal_datafusion_err!(
-                "ParallelRunExec has {workers} partitions, partition {partition} requested"
+                "ParallelRunExec has {partitions} partitions, partition {partition} requested"
             )));
         }
-        let execution = self.claim_execution(&context);
+        let runtime = self.runtime.get(&self.spec)?;
+        let execution = self.claim_execution(&context, runtime);
         let (tx, rx) = mpsc::channel(2);
         let task = SpawnedTask::spawn(stream::run_partition(
             partition,
             execution.queue.clone(),
-            self.runtime.factory.clone(),
+            runtime.factory.clone(),
             self.state.clone(),
             tx,
         ));
@@ -220,19 +349,33 @@ impl ParallelRunExec {
         )))
     }
 
-    fn claim_execution(&self, context: &Arc<TaskContext>) -> Arc<Execution> {
+    fn claim_execution(
+        &self,
+        context: &Arc<TaskContext>,
+        runtime: &OperatorRuntime,
+    ) -> Arc<Execution> {
         let mut slot = self.execution.lock().unwrap_or_else(|p| p.into_inner());
         let execution = match slot.as_ref() {
             Some(e) => e.clone(),
             None => {
                 let (tx, rx) = mpsc::channel(self.spec.settings().queue_depth.max(1));
-                let dispatcher = SpawnedTask::spawn(dispatch::dispatch(
-                    self.inputs.clone(),
-                    context.clone(),
-                    self.state.clone(),
-                    self.runtime.skips.clone(),
-                    tx,
-                ));
+                let dispatcher = match (self.mode, self.inputs.first()) {
+                    (ExecMode::Manifest, Some((manifest, _))) => {
+                        SpawnedTask::spawn(manifest::dispatch_manifest(
+                            manifest.clone(),
+                            context.clone(),
+                            self.state.clone(),
+                            tx,
+                        ))
+                    }
+                    _ => SpawnedTask::spawn(dispatch::dispatch(
+                        self.inputs.clone(),
+                        context.clone(),
+                        self.state.clone(),
+                        runtime.skips.clone(),
+                        tx,
+                    )),
+                };
                 let e = Arc::new(Execution {
                     queue: Arc::new(tokio::sync::Mutex::new(rx)),
                     _dispatcher: dispatcher,
@@ -244,7 +387,7 @@ impl ParallelRunExec {
         };
         let mut claimed = execution.claimed.lock().unwrap_or_else(|p| p.into_inner());
         *claimed += 1;
-        if *claimed >= self.spec.settings().workers {
+        if *claimed >= self.partitions() {
             // Every partition has its share: a later execute() starts a fresh execution.
             *slot = None;
         }
@@ -257,17 +400,26 @@ impl DisplayAs for ParallelRunExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let s = &self.spec.settings();
         let names: Vec<&str> = self.inputs.iter().map(|(_, i)| i.name.as_str()).collect();
+        let script = match self.runtime() {
+            Some(runtime) => runtime.factory.describe(),
+            None => self.spec.entry_script().to_string(),
+        };
         if t == DisplayFormatType::TreeRender {
             // One short key=value per line, as the tree renderer expects.
-            writeln!(f, "script={}", self.runtime.factory.describe())?;
+            writeln!(f, "script={script}")?;
             writeln!(f, "workers={}", s.workers)?;
             return writeln!(f, "inputs=[{}]", names.join(", "));
         }
+        if self.mode == ExecMode::Manifest {
+            write!(f, "ParallelRunExec[manifest]: ")?;
+        } else {
+            write!(f, "ParallelRunExec: ")?;
+        }
         write!(
             f,
-            "ParallelRunExec: script={}, workers={}, {}, run_max_try={}, \
+            "script={}, workers={}, {}, run_max_try={}, \
              run_invocation_timeout={}s, error_threshold={}, allowed_failed_count={}, allowed_failed_percent={}, inputs=[{}]",
-            self.runtime.factory.describe(),
+            script,
             s.workers,
             if s.partition_keys.is_empty() {
                 mini_batch_size_text(s, self.inputs.iter().map(|(_, i)| i.kind))
@@ -378,7 +530,10 @@ impl ExecutionPlan for ParallelRunExec {
                 children.len()
             );
         }
-        Ok(Arc::new(ParallelRunExec::new(
+        // Ballista restricts a manifest to a task's partitions and rebuilds the operator over
+        // it: the partition count follows the child's.
+        Ok(Arc::new(ParallelRunExec::build(
+            self.mode,
             children,
             self.spec.clone(),
             self.runtime.clone(),
@@ -397,14 +552,27 @@ impl ExecutionPlan for ParallelRunExec {
             .map_err(PrsError::into_datafusion)?;
         let target = schema.clone();
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
-        let (sink, state) = (self.runtime.sink.clone(), self.state.clone());
+        // A runtime exists once mini_batches() succeeded.
+        let sink = self.runtime().and_then(|r| r.sink.clone());
+        let (mode, state) = (self.mode, self.state.clone());
+        // A cluster task's records name the node (host and executor process) of the worker.
+        let node = (mode == ExecMode::Manifest).then(node_name);
         let batches = stream.filter_map(move |item| {
             let target = target.clone();
             let output_rows = output_rows.clone();
-            let (sink, state) = (sink.clone(), state.clone());
+            let (sink, state, node) = (sink.clone(), state.clone(), node.clone());
             async move {
                 match item {
                     Err(e) => Some(Err(e.into_datafusion())),
+                    // An executor's task: the outcome goes back to the driver, which commits.
+                    Ok(mut done) if mode == ExecMode::Manifest => Some({
+                        if let Some(node) = &node {
+                            done.record.process = format!("{node}/{}", done.record.process);
+                        }
+                        manifest::envelope_batch(&done)
+                            .inspect(|batch| output_rows.add(batch.num_rows()))
+                            .map_err(PrsError::into_datafusion)
+                    }),
                     Ok(done) => match &sink {
                         // Committed to the job's sink: nothing to emit.
                         Some(sink) => sink.commit(&done).err().map(|e| {
@@ -426,6 +594,16 @@ impl ExecutionPlan for ParallelRunExec {
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
+}
+
+/// This process as a node of a cluster: `HOST:PID` (an executor is one process).
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{host}:{}", std::process::id())
 }
 
 /// Casts a result batch to the declared output schema, by column name, naming the mini-batch

@@ -372,6 +372,17 @@ impl JobState {
         self.check_thresholds();
     }
 
+    /// A mini-batch another process ran (an executor of a cluster) reached its final status:
+    /// its tries and the time of its last run() call are counted here, then it is recorded as
+    /// by [`JobState::mini_batch_finished`].
+    pub fn mini_batch_finished_elsewhere(&self, record: &MiniBatchRecord) {
+        if let Some(mut c) = self.open_counts() {
+            c.tries += u64::from(record.tries);
+        }
+        self.add_worker_time(Duration::try_from_secs_f64(record.run_seconds).unwrap_or_default());
+        self.mini_batch_finished(record);
+    }
+
     /// Records an init() failure on `node`; aborts the job once a node has failed
     /// 3 x process_count_per_node times (PRS's rule). Returns true when the job was aborted.
     pub fn init_failed(&self, node: usize, process: &str, message: &str) -> bool {

@@ -10,7 +10,9 @@
 pub mod plan;
 pub mod run;
 
-pub use plan::{factory_with_env, with_thread_limits, worker_env, worker_factory, JobPlan};
+pub use plan::{
+    factory_with_env, with_thread_limits, worker_env, worker_factory, JobPlan, JobRuntimes,
+};
 pub use run::{JobRun, Progress};
 
 use std::collections::BTreeMap;
@@ -25,9 +27,11 @@ use datafusion::physical_plan::{ExecutionPlan, StatisticsArgs, StatisticsContext
 use futures::StreamExt;
 
 use crate::batch::{ItemKind, MiniBatchId};
-use crate::config::{JobSettings, JobSpec, OutputAction};
+use crate::config::{ComputeTarget, JobSettings, JobSpec, OutputAction};
 use crate::error::{PrsError, Result};
-use crate::exec::{InputInfo, JobObserver, JobState, MiniBatchRecord, ParallelRunExec};
+use crate::exec::{
+    InputInfo, JobObserver, JobState, MiniBatchRecord, MiniBatchSink, ParallelRunExec,
+};
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
 use crate::ledger::{self, LedgerSink, ResumeMode, ResumeOptions};
@@ -54,6 +58,11 @@ pub async fn run_job_spec(
     let resolved = crate::input::resolve_remote_mltables(spec).await?;
     let spec = &resolved;
     spec.validate()?;
+    let cluster = cluster_target(&spec.config.compute_target);
+    if let Some(target) = cluster {
+        // Before anything is written: an unreachable cluster is a usage error.
+        crate::cluster::check_reachable(target, std::time::Duration::from_secs(10)).await?;
+    }
     let output = spec.output.clone().ok_or_else(|| {
         PrsError::missing(
             "output",
@@ -98,9 +107,11 @@ pub async fn run_job_spec(
     }
     // Workers first: they start (and run init()) while the inputs are listed and planned.
     let factory = worker_factory(&settings, spec.has_tabular_inputs(), registry)?;
-    factory
-        .prestart(&plan::worker_slots(&settings.config))
-        .await;
+    if cluster.is_none() {
+        factory
+            .prestart(&plan::worker_slots(&settings.config))
+            .await;
+    }
     let ctx = job_session_with(spec.memory_limit.as_ref().map(|m| m.value));
     let prepared = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
     let state = ctx.state();
@@ -125,6 +136,14 @@ pub async fn run_job_spec(
         resume,
     )
     .await
+}
+
+/// The scheduler address of a cluster target; `None` for this machine.
+fn cluster_target(target: &ComputeTarget) -> Option<&str> {
+    match target {
+        ComputeTarget::Cluster(address) => Some(address.as_str()),
+        ComputeTarget::Local => None,
+    }
 }
 
 /// The schemas and infos of planned inputs, as [`JobPlan`] takes them.
@@ -369,7 +388,6 @@ pub async fn execute(
     if resuming {
         runtime = runtime.with_skips(skips.clone());
     }
-    let exec = ParallelRunExec::new(inputs, plan.spec.clone(), runtime, state.clone());
     // A single Ctrl+C stops the run cleanly, resumable; a second one ends the process.
     let interrupt = HANDLE_CTRL_C
         .load(std::sync::atomic::Ordering::SeqCst)
@@ -379,25 +397,55 @@ pub async fn execute(
         storage.start_read_ahead();
     }
     let mut run = JobRun::begin(settings, reports, state.clone(), progress);
-    // The operator commits each succeeded mini-batch to the sink and emits no rows: draining
-    // its partitions runs the job.
-    let mut streams = Vec::with_capacity(workers);
-    for p in 0..workers {
-        streams.push(exec.execute(p, task_ctx.clone())?);
-    }
-    let mut merged = futures::stream::select_all(streams);
-    while let Some(item) = merged.next().await {
-        if let Err(e) = item {
-            // Every partition ends with the abort error; the first one is enough. The streams
-            // are still drained: a mini-batch that finished before its partition stopped (the
-            // one that crossed a threshold among them) is counted, so it is committed and
-            // recorded in the ledger too.
-            if state.abort_reason().is_none() {
-                state.abort(PrsError::from_datafusion(e).to_string());
+    let exec = match cluster_target(&settings.config.compute_target) {
+        None => {
+            let exec = ParallelRunExec::new(inputs, plan.spec.clone(), runtime, state.clone());
+            // The operator commits each succeeded mini-batch to the sink and emits no rows:
+            // draining its partitions runs the job.
+            let mut streams = Vec::with_capacity(workers);
+            for p in 0..workers {
+                streams.push(exec.execute(p, task_ctx.clone())?);
             }
+            let mut merged = futures::stream::select_all(streams);
+            while let Some(item) = merged.next().await {
+                if let Err(e) = item {
+                    // Every partition ends with the abort error; the first one is enough.
+                    // The streams are still drained: a mini-batch that finished before its
+                    // partition stopped (the one that crossed a threshold among them) is
+                    // counted, so it is committed and recorded in the ledger too.
+                    if state.abort_reason().is_none() {
+                        state.abort(PrsError::from_datafusion(e).to_string());
+                    }
+                }
+            }
+            drop(merged);
+            Some(exec)
         }
-    }
-    drop(merged);
+        Some(target) => {
+            // The executors run the mini-batches; their outcomes are committed here, through
+            // the same sink and ledger as a local run's.
+            let inputs = inputs
+                .into_iter()
+                .zip(plan.spec.inputs().iter().cloned())
+                .collect();
+            let ran = crate::cluster::submit::run_on_cluster(
+                target,
+                &plan.spec,
+                inputs,
+                task_ctx,
+                &state,
+                runtime.skips.clone(),
+                |done| ledger_sink.commit(done),
+            )
+            .await;
+            if let Err(e) = ran {
+                if state.abort_reason().is_none() {
+                    state.abort(format!("the cluster job failed: {e}"));
+                }
+            }
+            None
+        }
+    };
     drop(interrupt);
     // Closes the counts: the console, the progress file and the report all state these.
     let mut summary = run.summarize();

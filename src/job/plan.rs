@@ -92,6 +92,33 @@ impl JobPlan {
     }
 }
 
+/// Builds the runtime of a decoded operator in this process (a cluster executor): its worker
+/// factory from the spec's entry script and environment recipe, Rust scripts from
+/// `registry`. Used by the codec of `parallel-run scheduler|executor`; called at the
+/// operator's first `execute()`, never while decoding.
+#[derive(Debug, Clone)]
+pub struct JobRuntimes {
+    registry: ScriptRegistry,
+}
+
+impl JobRuntimes {
+    /// Runtimes whose `rust:NAME` scripts come from `registry`.
+    pub fn new(registry: ScriptRegistry) -> Self {
+        JobRuntimes { registry }
+    }
+}
+
+impl crate::exec::RuntimeProvider for JobRuntimes {
+    fn runtime(&self, spec: &OperatorSpec) -> Result<OperatorRuntime> {
+        let tabular = spec.inputs().iter().any(|i| i.kind == ItemKind::Rows);
+        let factory = worker_factory(spec.job(), tabular, &self.registry)?;
+        Ok(OperatorRuntime::new(
+            factory,
+            Arc::new(crate::exec::NoopObserver),
+        ))
+    }
+}
+
 /// The first-generation slots of a job's workers, as the operator's partitions use them.
 pub fn worker_slots(config: &ParallelRunConfig) -> Vec<WorkerSlot> {
     let per_node = config.processes_per_node().max(1);

@@ -440,6 +440,18 @@ fn usage(e: PrsError) -> DataFusionError {
     e.into_datafusion()
 }
 
+/// True when `plan` is a table scan, possibly under aliases, projections and filters (which
+/// keep its row order).
+fn is_plain_scan(plan: &LogicalPlan) -> bool {
+    match plan {
+        LogicalPlan::TableScan(_) => true,
+        LogicalPlan::SubqueryAlias(a) => is_plain_scan(&a.input),
+        LogicalPlan::Projection(p) => is_plain_scan(&p.input),
+        LogicalPlan::Filter(f) => is_plain_scan(&f.input),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,17 +486,5 @@ mod tests {
         );
         let e = literal_text("k", &parse("1 + 2")).unwrap_err().to_string();
         assert!(e.contains("must be a literal"), "{e}");
-    }
-}
-
-/// True when `plan` is a table scan, possibly under aliases, projections and filters (which
-/// keep its row order).
-fn is_plain_scan(plan: &LogicalPlan) -> bool {
-    match plan {
-        LogicalPlan::TableScan(_) => true,
-        LogicalPlan::SubqueryAlias(a) => is_plain_scan(&a.input),
-        LogicalPlan::Projection(p) => is_plain_scan(&p.input),
-        LogicalPlan::Filter(f) => is_plain_scan(&f.input),
-        _ => false,
     }
 }

@@ -9,6 +9,7 @@ mod api;
 mod azure;
 mod batching;
 mod cli;
+mod cluster;
 mod faults;
 mod isolate;
 mod mltable;

@@ -1,0 +1,108 @@
+//! [`PrsPhysicalCodec`]: how a `ParallelRunExec` travels between the driver, the scheduler
+//! and the executors of a Ballista cluster.
+//!
+//! Our bytes are [`PRS_MAGIC`], the operator's mode, then the [`OperatorSpec`] bytes (the
+//! plan as a value, versioned); the operator's children (the manifest leaf) are encoded by
+//! DataFusion's own converter. Everything that is not ours (shuffle writers and readers...)
+//! goes to Ballista's codec. Decoding is pure: the scheduler decodes every stage plan, and
+//! its host may have no Python and none of the job's files; the runtime (worker factory) is
+//! built at the operator's first `execute()`, by the [`RuntimeProvider`] of the process.
+
+use std::fmt;
+use std::sync::Arc;
+
+use ballista_core::serde::BallistaPhysicalExtensionCodec;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+
+use crate::error::PrsError;
+use crate::exec::{ExecMode, OperatorSpec, ParallelRunExec, RuntimeProvider};
+
+/// The first bytes of an encoded `ParallelRunExec`. Ballista's own nodes are protobuf
+/// messages, whose first byte is a field tag (never `P` followed by these).
+pub const PRS_MAGIC: &[u8; 4] = b"PRS\x01";
+
+/// The physical codec of every parallel-run process of a cluster (driver, scheduler,
+/// executors): ours for `ParallelRunExec`, Ballista's for the rest.
+pub struct PrsPhysicalCodec {
+    inner: BallistaPhysicalExtensionCodec,
+    runtimes: Arc<dyn RuntimeProvider>,
+}
+
+impl fmt::Debug for PrsPhysicalCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrsPhysicalCodec").finish_non_exhaustive()
+    }
+}
+
+impl PrsPhysicalCodec {
+    /// A codec whose decoded operators build their runtime with `runtimes` (when they run).
+    pub fn new(runtimes: Arc<dyn RuntimeProvider>) -> Self {
+        PrsPhysicalCodec {
+            inner: BallistaPhysicalExtensionCodec::default(),
+            runtimes,
+        }
+    }
+}
+
+fn mode_byte(mode: ExecMode) -> u8 {
+    match mode {
+        ExecMode::Local => 0,
+        ExecMode::Manifest => 1,
+    }
+}
+
+fn mode_of(byte: u8) -> Result<ExecMode> {
+    match byte {
+        0 => Ok(ExecMode::Local),
+        1 => Ok(ExecMode::Manifest),
+        other => Err(DataFusionError::Plan(format!(
+            "ParallelRunExec: unknown operator mode {other}: run the same parallel-run version \
+             on the driver, the scheduler and every executor"
+        ))),
+    }
+}
+
+impl PhysicalExtensionCodec for PrsPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let Some(body) = buf.strip_prefix(PRS_MAGIC.as_slice()) else {
+            return self.inner.try_decode(buf, inputs, ctx, proto_converter);
+        };
+        let (mode, spec) = body.split_first().ok_or_else(|| {
+            DataFusionError::Plan("ParallelRunExec: the encoded operator is empty".into())
+        })?;
+        let spec = OperatorSpec::decode(spec).map_err(PrsError::into_datafusion)?;
+        let exec = ParallelRunExec::deferred(
+            mode_of(*mode)?,
+            inputs.to_vec(),
+            Arc::new(spec),
+            self.runtimes.clone(),
+        )
+        .map_err(PrsError::into_datafusion)?;
+        Ok(Arc::new(exec))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(exec) = node.downcast_ref::<ParallelRunExec>() else {
+            return self.inner.try_encode(node, buf, proto_converter);
+        };
+        let spec = exec.spec().encode().map_err(PrsError::into_datafusion)?;
+        buf.extend_from_slice(PRS_MAGIC);
+        buf.push(mode_byte(exec.mode()));
+        buf.extend_from_slice(&spec);
+        Ok(())
+    }
+}

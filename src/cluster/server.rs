@@ -1,0 +1,217 @@
+//! `parallel-run scheduler` and `parallel-run executor`: Ballista's scheduler and executor
+//! processes, built from its libraries with [`PrsPhysicalCodec`] (a stock Ballista binary
+//! cannot decode `ParallelRunExec`). Executors run the code named by the plans they receive,
+//! without authentication: a cluster belongs on a trusted network.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::start_server;
+
+use crate::cluster::PrsPhysicalCodec;
+use crate::error::{PrsError, Result};
+use crate::exec::RuntimeProvider;
+
+/// The default scheduler address (`scheduler --bind`, `executor --scheduler`).
+pub const DEFAULT_SCHEDULER: &str = "127.0.0.1:50050";
+
+/// How a scheduler runs.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// `HOST:PORT` to listen on.
+    pub bind: String,
+    /// An executor silent for this long is lost and its tasks run elsewhere.
+    pub executor_timeout_seconds: u64,
+    /// How often lost executors are looked for.
+    pub expire_interval_seconds: u64,
+    /// How long running jobs wait for an executor when none is left before they fail.
+    pub no_executors_grace_seconds: u64,
+}
+
+impl Default for SchedulerOptions {
+    fn default() -> Self {
+        SchedulerOptions {
+            bind: DEFAULT_SCHEDULER.to_string(),
+            // Loss noticed within 30 s (20 s of silence, checked every 5 s).
+            executor_timeout_seconds: 20,
+            expire_interval_seconds: 5,
+            no_executors_grace_seconds: 20,
+        }
+    }
+}
+
+/// How an executor runs.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// The scheduler's `HOST:PORT`.
+    pub scheduler: String,
+    /// Worker slots (tasks at once): the ceiling of a job's process_count_per_node here.
+    pub processes: usize,
+    /// The host (IP) to listen on.
+    pub bind: String,
+    /// The Arrow Flight (data) port.
+    pub port: u16,
+    /// The gRPC (control) port.
+    pub grpc_port: u16,
+    /// The host advertised to the scheduler and the other executors (when bound to 0.0.0.0).
+    pub external_host: Option<String>,
+    /// Seconds between heartbeats to the scheduler.
+    pub heartbeat_seconds: u64,
+    /// Where shuffle and result files go (a temporary folder when absent).
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        ExecutorOptions {
+            scheduler: DEFAULT_SCHEDULER.to_string(),
+            processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            bind: "127.0.0.1".to_string(),
+            port: 50051,
+            grpc_port: 50052,
+            external_host: None,
+            heartbeat_seconds: 5,
+            work_dir: None,
+        }
+    }
+}
+
+/// `HOST:PORT` split and checked; `flag` names the option in errors.
+fn host_port<'a>(flag: &str, value: &'a str) -> Result<(&'a str, u16)> {
+    let bad = |why: &str| {
+        PrsError::config(
+            flag,
+            value,
+            format!("{why}: expected HOST:PORT, e.g. {DEFAULT_SCHEDULER}"),
+        )
+    };
+    let (host, port) = value.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    let port = port
+        .parse::<u16>()
+        .map_err(|_| bad("the port is not a number"))?;
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok((host.trim_start_matches('[').trim_end_matches(']'), port))
+}
+
+/// Runs a scheduler until the process is stopped. Fails at once when the address cannot be
+/// bound.
+pub async fn run_scheduler(
+    options: &SchedulerOptions,
+    runtimes: Arc<dyn RuntimeProvider>,
+) -> Result<()> {
+    let (host, port) = host_port("--bind", &options.bind)?;
+    let address: SocketAddr = tokio::net::lookup_host((host, port))
+        .await
+        .ok()
+        .and_then(|mut addresses| addresses.next())
+        .ok_or_else(|| PrsError::config("--bind", &options.bind, "cannot resolve this host"))?;
+    let config = SchedulerConfig {
+        bind_host: address.ip().to_string(),
+        bind_port: port,
+        external_host: host.to_string(),
+        executor_timeout_seconds: options.executor_timeout_seconds,
+        expire_dead_executor_interval_seconds: options.expire_interval_seconds,
+        no_executors_grace_period_seconds: options.no_executors_grace_seconds,
+        override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes))),
+        ..SchedulerConfig::default()
+    };
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| PrsError::config("scheduler", &options.bind, e.to_string()))?;
+    eprintln!(
+        "parallel-run {}: scheduler listening on {address} (trusted network only)",
+        env!("CARGO_PKG_VERSION")
+    );
+    start_server(cluster, address, Arc::new(config))
+        .await
+        .map_err(|e| {
+            PrsError::config(
+                "--bind",
+                &options.bind,
+                format!("the scheduler stopped: {e}"),
+            )
+        })
+}
+
+/// Runs an executor until the process is stopped (or the scheduler tells it to stop).
+pub async fn run_executor(
+    options: &ExecutorOptions,
+    runtimes: Arc<dyn RuntimeProvider>,
+) -> Result<()> {
+    let (scheduler_host, scheduler_port) = host_port("--scheduler", &options.scheduler)?;
+    if options.processes == 0 {
+        return Err(PrsError::config(
+            "--processes",
+            0,
+            "must be at least 1 (the worker processes this executor runs at once)",
+        ));
+    }
+    if options.port == options.grpc_port {
+        return Err(PrsError::config(
+            "--grpc-port",
+            options.grpc_port,
+            "must differ from --port (the executor listens on both)",
+        ));
+    }
+    let work_dir = match &options.work_dir {
+        Some(dir) => Some(
+            dir.to_str()
+                .ok_or_else(|| {
+                    PrsError::config("--work-dir", dir.display(), "must be valid UTF-8")
+                })?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let config = ExecutorProcessConfig {
+        bind_host: options.bind.clone(),
+        external_host: options.external_host.clone(),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        scheduler_host: scheduler_host.to_string(),
+        scheduler_port,
+        scheduler_connect_timeout_seconds: 20,
+        vcores: options.processes,
+        work_dir,
+        executor_heartbeat_interval_seconds: options.heartbeat_seconds.max(1),
+        override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes))),
+        ..ExecutorProcessConfig::default()
+    };
+    eprintln!(
+        "parallel-run {}: executor on {}:{} (grpc {}), {} worker slot(s), scheduler {}",
+        env!("CARGO_PKG_VERSION"),
+        options.bind,
+        options.port,
+        options.grpc_port,
+        options.processes,
+        options.scheduler
+    );
+    start_executor_process(Arc::new(config)).await.map_err(|e| {
+        PrsError::config(
+            "executor",
+            &options.scheduler,
+            format!("the executor stopped: {e}"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_host_and_port() {
+        assert_eq!(host_port("--bind", "0.0.0.0:1").unwrap(), ("0.0.0.0", 1));
+        assert_eq!(host_port("--bind", "[::1]:7").unwrap(), ("::1", 7));
+        for bad in ["host", ":5", "h:x", "h:70000"] {
+            let e = host_port("--scheduler", bad).unwrap_err().to_string();
+            assert!(e.contains("--scheduler") && e.contains("HOST:PORT"), "{e}");
+        }
+    }
+}

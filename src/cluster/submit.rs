@@ -1,0 +1,217 @@
+//! The driver's side of a job on a cluster: cut the mini-batches (as a local run does, so
+//! ids, indexes and fingerprints are the same), deal them into a manifest of
+//! `node_count x process_count_per_node` partitions, submit the physical plan to the
+//! scheduler, and hand every finished mini-batch that comes back to the job's commit (the
+//! staged sink and ledger of a local run).
+//!
+//! For now outcomes come back through Ballista's result stream, once the Ballista job has
+//! succeeded; the shared-store commit protocol (records written by the executors as they go)
+//! is the next step (see `docs/design/mini-batches.md`).
+
+use std::sync::Arc;
+
+use ballista_core::execution_plans::execute_physical_plan;
+use ballista_core::extension::SessionConfigExt;
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::batch::MiniBatch;
+use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
+use crate::error::{PrsError, Result};
+use crate::exec::manifest::{
+    manifest_batch, manifest_schema, read_envelopes, MANIFEST_LIMIT_BYTES,
+};
+use crate::exec::{
+    dispatch, CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorRuntime, OperatorSpec,
+    ParallelRunExec, ResumeSkips, RuntimeProvider,
+};
+
+/// The driver ships the operator but never runs it.
+struct DriverOnly;
+
+impl RuntimeProvider for DriverOnly {
+    fn runtime(&self, _spec: &OperatorSpec) -> Result<OperatorRuntime> {
+        Err(PrsError::config(
+            "compute_target",
+            "(driver)",
+            "the driver does not run mini-batches of a cluster job",
+        ))
+    }
+}
+
+/// Runs the job of `spec` over `inputs` on the cluster at `target` (`df://HOST:PORT`):
+/// counts and reports go to `state` as on a local run, and `commit` receives every finished
+/// mini-batch (results and record). Returns when every outcome was committed; an error
+/// (the Ballista job failed, a commit failed) is returned as it is.
+pub async fn run_on_cluster(
+    target: &str,
+    spec: &Arc<OperatorSpec>,
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    task_ctx: Arc<TaskContext>,
+    state: &Arc<JobState>,
+    skips: Option<Arc<ResumeSkips>>,
+    commit: impl Fn(&CompletedMiniBatch) -> Result<()>,
+) -> Result<()> {
+    let host_port = scheduler_host_port(target)?;
+    for (_, info) in &inputs {
+        if info.source.is_none() {
+            return Err(PrsError::config(
+                "compute_target",
+                target,
+                format!(
+                    "input {:?} is not file-backed (a SQL query or a DataFrame): a cluster job \
+                     reads its inputs by path on every node. Give the input as a path or URL \
+                     (with format:), or run locally (compute_target: local)",
+                    info.name
+                ),
+            ));
+        }
+    }
+    if !spec.settings().partition_keys.is_empty() {
+        return Err(PrsError::config(
+            "compute_target",
+            target,
+            "partition_keys jobs do not run on a cluster yet: run them locally \
+             (compute_target: local)",
+        ));
+    }
+    if spec.job().dead_letter_rows {
+        return Err(PrsError::config(
+            "compute_target",
+            target,
+            "dead_letter_rows is not supported on a cluster yet (the failed rows stay on the \
+             executors): remove it, or run locally (compute_target: local)",
+        ));
+    }
+    let cut = cut_mini_batches(inputs, task_ctx, state, skips).await?;
+    let partitions = spec.settings().workers.max(1);
+    let manifest = deal(cut, partitions, target)?;
+    let codec = Arc::new(PrsPhysicalCodec::new(Arc::new(DriverOnly)));
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(ParallelRunExec::deferred(
+        ExecMode::Manifest,
+        vec![manifest],
+        spec.clone(),
+        Arc::new(DriverOnly),
+    )?);
+    let session_config = SessionConfig::new_with_ballista()
+        .with_ballista_physical_extension_codec(codec.clone())
+        .with_ballista_job_name(&format!("parallel-run {}", spec.job().output.display()));
+    let ballista_config = session_config.ballista_config();
+    let session_id = format!("parallel-run-{}", std::process::id());
+    let unreachable = |e: datafusion::error::DataFusionError| {
+        PrsError::config(
+            "compute_target",
+            target,
+            format!(
+                "submitting the job to the Ballista scheduler at {host_port} failed: {e}. \
+                 Check that `parallel-run scheduler` runs there, with the same parallel-run \
+                 version as this driver"
+            ),
+        )
+    };
+    let mut stream = execute_physical_plan::<PhysicalPlanNode>(
+        format!("http://{host_port}"),
+        &ballista_config,
+        plan,
+        codec.as_ref(),
+        session_id,
+        session_config,
+    )
+    .await
+    .map_err(unreachable)?;
+    loop {
+        // Ctrl+C or a threshold on the driver stops waiting (the Ballista job itself is not
+        // cancelled yet: that needs our own submit loop with the scheduler's cancel call).
+        let next = tokio::select! {
+            _ = state.cancellation().cancelled() => break,
+            next = stream.next() => next,
+        };
+        let Some(batch) = next else { break };
+        let batch = batch.map_err(PrsError::from_datafusion)?;
+        for done in read_envelopes(&batch)? {
+            state.mini_batch_finished_elsewhere(&done.record);
+            commit(&done)?;
+        }
+    }
+    Ok(())
+}
+
+/// Cuts the inputs with the local dispatcher (ids, indexes, fingerprints and resume skips as
+/// on a local run), keeping the mini-batches instead of running them.
+async fn cut_mini_batches(
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    task_ctx: Arc<TaskContext>,
+    state: &Arc<JobState>,
+    skips: Option<Arc<ResumeSkips>>,
+) -> Result<Vec<(MiniBatch, u64, u64)>> {
+    let (tx, mut rx) = mpsc::channel(64);
+    let dispatcher = tokio::spawn(dispatch::dispatch(
+        inputs,
+        task_ctx,
+        state.clone(),
+        skips,
+        tx,
+    ));
+    let mut cut = Vec::new();
+    while let Some(dispatched) = rx.recv().await {
+        cut.push((
+            dispatched.mini_batch,
+            dispatched.index,
+            dispatched.fingerprint,
+        ));
+    }
+    dispatcher.await.map_err(|e| PrsError::Output {
+        path: "(cutting the inputs)".into(),
+        message: format!("the dispatcher stopped: {e}"),
+    })?;
+    if state.abort_reason().is_some() {
+        return Err(state.abort_error());
+    }
+    Ok(cut)
+}
+
+/// The manifest leaf: mini-batch `i` (in dispatch order) in partition `i % partitions`.
+fn deal(
+    cut: Vec<(MiniBatch, u64, u64)>,
+    partitions: usize,
+    target: &str,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut dealt: Vec<Vec<(MiniBatch, u64, u64)>> = vec![Vec::new(); partitions];
+    for (i, entry) in cut.into_iter().enumerate() {
+        dealt[i % partitions].push(entry);
+    }
+    let mut batches = Vec::with_capacity(partitions);
+    let mut bytes = 0usize;
+    for part in &dealt {
+        if part.is_empty() {
+            batches.push(Vec::new());
+            continue;
+        }
+        let batch = manifest_batch(part)?;
+        bytes += batch.get_array_memory_size();
+        batches.push(vec![batch]);
+    }
+    if bytes > MANIFEST_LIMIT_BYTES {
+        return Err(PrsError::config(
+            "compute_target",
+            target,
+            format!(
+                "the job's mini-batches add up to {} MiB, more than the {} MiB a cluster plan \
+                 carries for now (tables travel with their rows; file datasets as paths). \
+                 Run it locally, or split the input into several jobs",
+                bytes / (1024 * 1024),
+                MANIFEST_LIMIT_BYTES / (1024 * 1024)
+            ),
+        ));
+    }
+    Ok(MemorySourceConfig::try_new_exec(
+        &batches,
+        manifest_schema(),
+        None,
+    )?)
+}

@@ -1,0 +1,376 @@
+//! The operator's multi-node form: mini-batches cut by the driver travel to executors as a
+//! *manifest* (one row per mini-batch), and their outcomes come back as *envelopes* (one row
+//! per finished mini-batch).
+//!
+//! The driver cuts the inputs exactly as a local run does (same chunkers, ids, dispatch
+//! indexes and slice fingerprints) and deals the mini-batches into the partitions of a leaf
+//! Ballista can restrict per task (`DataSourceExec(MemorySourceConfig)`); the operator in
+//! [`crate::exec::ExecMode::Manifest`] is partition-preserving over it, so a task that runs
+//! partitions 1 and 3 sees exactly their mini-batches. A file dataset's mini-batch is its
+//! listing rows (paths: each executor reads the files itself); a table's mini-batch carries
+//! its rows (bounded by the plan size limit, see [`MANIFEST_LIMIT_BYTES`]).
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, MiniBatchRecord, PartitionKeyValue};
+use crate::error::{PrsError, Result};
+use crate::exec::dispatch::{Dispatched, EngineMemoryPool};
+use crate::exec::state::JobState;
+use crate::exec::stream::CompletedMiniBatch;
+
+/// The largest manifest a plan carries: Ballista's gRPC messages are limited to 16 MiB, and
+/// the plan has more than the manifest in it.
+pub const MANIFEST_LIMIT_BYTES: usize = 12 * 1024 * 1024;
+
+/// What a manifest row says of its mini-batch besides its data.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Descriptor {
+    id: MiniBatchId,
+    kind: ItemKind,
+    lineage: Lineage,
+    partition_key_value: PartitionKeyValue,
+}
+
+/// The manifest's schema: id text, dispatch index, slice fingerprint, descriptor (JSON) and
+/// the mini-batch's items (an Arrow IPC stream).
+pub fn manifest_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("mini_batch", DataType::Utf8, false),
+        Field::new("index", DataType::UInt64, false),
+        Field::new("fingerprint", DataType::UInt64, false),
+        Field::new("descriptor", DataType::Utf8, false),
+        Field::new("items", DataType::Binary, false),
+    ]))
+}
+
+/// The schema of the operator's output in manifest mode: one row per finished mini-batch
+/// with its record (JSON) and, when it succeeded and results are kept, its result rows (an
+/// Arrow IPC stream).
+pub fn envelope_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("mini_batch", DataType::Utf8, false),
+        Field::new("index", DataType::UInt64, false),
+        Field::new("fingerprint", DataType::UInt64, false),
+        Field::new("returned", DataType::UInt64, false),
+        Field::new("record", DataType::Utf8, false),
+        Field::new("result", DataType::Binary, true),
+    ]))
+}
+
+/// Manifest rows of `mini_batches` (in the order given), one batch.
+pub fn manifest_batch(mini_batches: &[(MiniBatch, u64, u64)]) -> Result<RecordBatch> {
+    let mut ids = Vec::with_capacity(mini_batches.len());
+    let mut indexes = Vec::with_capacity(mini_batches.len());
+    let mut fingerprints = Vec::with_capacity(mini_batches.len());
+    let mut descriptors = Vec::with_capacity(mini_batches.len());
+    let mut items = Vec::with_capacity(mini_batches.len());
+    for (mb, index, fingerprint) in mini_batches {
+        ids.push(mb.id.to_string());
+        indexes.push(*index);
+        fingerprints.push(*fingerprint);
+        let descriptor = Descriptor {
+            id: mb.id,
+            kind: mb.kind,
+            lineage: mb.lineage.clone(),
+            partition_key_value: mb.partition_key_value.clone(),
+        };
+        descriptors.push(
+            serde_json::to_string(&descriptor)
+                .map_err(|e| manifest_error(&mb.id.to_string(), e.to_string()))?,
+        );
+        items.push(ipc_bytes(&mb.data)?);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids)),
+        Arc::new(UInt64Array::from(indexes)),
+        Arc::new(UInt64Array::from(fingerprints)),
+        Arc::new(StringArray::from(descriptors)),
+        Arc::new(BinaryArray::from_iter_values(items.iter())),
+    ];
+    Ok(RecordBatch::try_new(manifest_schema(), columns)?)
+}
+
+/// The mini-batches of a manifest batch, with their dispatch index and fingerprint.
+pub fn read_manifest(batch: &RecordBatch) -> Result<Vec<(MiniBatch, u64, u64)>> {
+    let ids = string_column(batch, "mini_batch")?;
+    let indexes = u64_column(batch, "index")?;
+    let fingerprints = u64_column(batch, "fingerprint")?;
+    let descriptors = string_column(batch, "descriptor")?;
+    let items = binary_column(batch, "items")?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let id = ids.value(row);
+        let descriptor: Descriptor = serde_json::from_str(descriptors.value(row))
+            .map_err(|e| manifest_error(id, format!("bad descriptor: {e}")))?;
+        let data = batch_from_ipc(items.value(row))
+            .map_err(|e| manifest_error(id, format!("bad items: {e}")))?;
+        out.push((
+            MiniBatch {
+                id: descriptor.id,
+                kind: descriptor.kind,
+                data,
+                lineage: descriptor.lineage,
+                partition_key_value: descriptor.partition_key_value,
+            },
+            indexes.value(row),
+            fingerprints.value(row),
+        ));
+    }
+    Ok(out)
+}
+
+/// The envelope row of one finished mini-batch.
+pub fn envelope_batch(done: &CompletedMiniBatch) -> Result<RecordBatch> {
+    let id = done.id.to_string();
+    let record = serde_json::to_string(&done.record)
+        .map_err(|e| manifest_error(&id, format!("its record cannot be encoded: {e}")))?;
+    let result = match &done.result {
+        Some(batch) => Some(ipc_bytes(batch)?),
+        None => None,
+    };
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![id])),
+        Arc::new(UInt64Array::from(vec![done.index])),
+        Arc::new(UInt64Array::from(vec![done.fingerprint])),
+        Arc::new(UInt64Array::from(vec![done.returned])),
+        Arc::new(StringArray::from(vec![record])),
+        Arc::new(BinaryArray::from(vec![result.as_deref()])),
+    ];
+    Ok(RecordBatch::try_new(envelope_schema(), columns)?)
+}
+
+/// The finished mini-batches an envelope batch holds.
+pub fn read_envelopes(batch: &RecordBatch) -> Result<Vec<CompletedMiniBatch>> {
+    let ids = string_column(batch, "mini_batch")?;
+    let indexes = u64_column(batch, "index")?;
+    let fingerprints = u64_column(batch, "fingerprint")?;
+    let returned = u64_column(batch, "returned")?;
+    let records = string_column(batch, "record")?;
+    let results = binary_column(batch, "result")?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let id = ids.value(row);
+        let record: MiniBatchRecord = serde_json::from_str(records.value(row))
+            .map_err(|e| manifest_error(id, format!("bad record: {e}")))?;
+        let result = if results.is_null(row) {
+            None
+        } else {
+            Some(
+                batch_from_ipc(results.value(row))
+                    .map_err(|e| manifest_error(id, format!("bad result rows: {e}")))?,
+            )
+        };
+        out.push(CompletedMiniBatch {
+            id: record.id,
+            index: indexes.value(row),
+            lineage: record.lineage.clone(),
+            result,
+            returned: returned.value(row),
+            fingerprint: fingerprints.value(row),
+            record,
+            // Not sent back from executors (a cluster job refuses dead_letter_rows).
+            failed_input: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads every partition of `manifest` (the task's slice of the job's manifest) and queues
+/// its mini-batches for this task's workers. Errors abort the task's job state, so every
+/// partition stops.
+pub async fn dispatch_manifest(
+    manifest: Arc<dyn ExecutionPlan>,
+    context: Arc<TaskContext>,
+    state: Arc<JobState>,
+    queue: mpsc::Sender<Dispatched>,
+) {
+    let pool = match context.session_config().get_extension::<EngineMemoryPool>() {
+        Some(engine) => engine.0.clone(),
+        None => context.memory_pool().clone(),
+    };
+    let reservation = MemoryConsumer::new("ParallelRunExec[manifest]").register(&pool);
+    match queue_manifest(&manifest, &context, &state, &queue, &reservation).await {
+        Ok(true) => state.scheduling_finished(),
+        Ok(false) => {}
+        Err(e) => {
+            if !state.cancellation().is_cancelled() {
+                state.abort(format!("reading the mini-batch manifest failed: {e}"));
+            }
+        }
+    }
+}
+
+async fn queue_manifest(
+    manifest: &Arc<dyn ExecutionPlan>,
+    context: &Arc<TaskContext>,
+    state: &Arc<JobState>,
+    queue: &mpsc::Sender<Dispatched>,
+    reservation: &MemoryReservation,
+) -> Result<bool> {
+    for partition in 0..manifest.output_partitioning().partition_count() {
+        let mut stream = manifest.execute(partition, context.clone())?;
+        while let Some(batch) = stream.next().await {
+            for (mini_batch, index, fingerprint) in read_manifest(&batch?)? {
+                let held = reservation.new_empty();
+                held.try_grow(mini_batch.memory_size())?;
+                state.mini_batch_scheduled(mini_batch.items());
+                let dispatched = Dispatched::new(mini_batch, index, fingerprint, held);
+                let sent = tokio::select! {
+                    _ = state.cancellation().cancelled() => return Ok(false),
+                    sent = queue.send(dispatched) => sent,
+                };
+                if sent.is_err() {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// An Arrow IPC stream of one batch.
+pub fn ipc_bytes(batch: &RecordBatch) -> Result<Vec<u8>> {
+    let mut writer = StreamWriter::try_new(Vec::new(), batch.schema_ref())?;
+    writer.write(batch)?;
+    writer.finish()?;
+    Ok(writer.into_inner()?)
+}
+
+/// The one batch of an Arrow IPC stream (an empty batch of its schema when it has none).
+pub fn batch_from_ipc(bytes: &[u8]) -> Result<RecordBatch> {
+    let reader = StreamReader::try_new(Cursor::new(bytes), None)?;
+    let schema = reader.schema();
+    let mut batches = Vec::new();
+    for batch in reader {
+        batches.push(batch?);
+    }
+    match batches.len() {
+        1 => Ok(batches.remove(0)),
+        _ => Ok(arrow::compute::concat_batches(&schema, &batches)?),
+    }
+}
+
+fn manifest_error(mini_batch: &str, message: String) -> PrsError {
+    PrsError::Output {
+        path: format!("mini batch {mini_batch} (cluster manifest)"),
+        message,
+    }
+}
+
+fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| PrsError::Output {
+            path: "cluster manifest".into(),
+            message: format!(
+                "column {name:?} is missing or of another type: the driver and this executor \
+                 run different parallel-run versions"
+            ),
+        })
+}
+
+fn string_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a StringArray> {
+    column(batch, name)
+}
+
+fn u64_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a UInt64Array> {
+    column(batch, name)
+}
+
+fn binary_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a BinaryArray> {
+    column(batch, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::MiniBatchStatus;
+    use arrow::array::Int64Array;
+
+    fn mini_batch(seq: u64) -> MiniBatch {
+        let data = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(Int64Array::from_iter_values(0..3)) as ArrayRef,
+        )])
+        .unwrap();
+        MiniBatch {
+            id: MiniBatchId::new(0, seq),
+            kind: ItemKind::Rows,
+            data,
+            lineage: Lineage {
+                input: Arc::from("t"),
+                rows: seq * 3..seq * 3 + 3,
+            },
+            partition_key_value: PartitionKeyValue::default(),
+        }
+    }
+
+    #[test]
+    fn manifests_and_envelopes_round_trip() {
+        let mbs = vec![(mini_batch(0), 0, 11), (mini_batch(1), 1, 22)];
+        let batch = manifest_batch(&mbs).unwrap();
+        let back = read_manifest(&batch).unwrap();
+        assert_eq!(back.len(), 2);
+        for ((a, ai, af), (b, bi, bf)) in mbs.iter().zip(&back) {
+            assert_eq!((a.id, ai, af), (b.id, bi, bf));
+            assert_eq!(a.data, b.data);
+            assert_eq!(a.lineage, b.lineage);
+            assert_eq!(a.kind, b.kind);
+        }
+
+        let (mb, _, _) = &mbs[1];
+        let record = MiniBatchRecord {
+            id: mb.id,
+            index: 1,
+            lineage: mb.lineage.clone(),
+            partition_key_value: PartitionKeyValue::default(),
+            tries: 2,
+            process: "process001".into(),
+            start_time: std::time::SystemTime::UNIX_EPOCH,
+            total_items: 3,
+            succeeded_items: 3,
+            failed_items: 0,
+            elapsed_seconds: 0.5,
+            run_seconds: 0.25,
+            status: MiniBatchStatus::Succeeded,
+            error_message: String::new(),
+            traceback: None,
+            earlier_errors: vec![(1, "boom".into())],
+            bisection_calls: 0,
+            isolated: Vec::new(),
+        };
+        let done = CompletedMiniBatch {
+            id: mb.id,
+            index: 1,
+            lineage: mb.lineage.clone(),
+            result: Some(mb.data.clone()),
+            returned: 3,
+            record: record.clone(),
+            fingerprint: 22,
+            failed_input: None,
+        };
+        let back = read_envelopes(&envelope_batch(&done).unwrap()).unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].record, record);
+        assert_eq!(back[0].result.as_ref(), Some(&mb.data));
+        assert_eq!((back[0].returned, back[0].fingerprint), (3, 22));
+        let none = CompletedMiniBatch {
+            result: None,
+            ..done
+        };
+        let back = read_envelopes(&envelope_batch(&none).unwrap()).unwrap();
+        assert!(back[0].result.is_none());
+    }
+}

@@ -1,0 +1,725 @@
+//! Multi-node runs on Ballista: the operator's codec, the manifest restricted per task, the
+//! `scheduler` / `executor` processes, and a job on an in-process cluster giving the rows of
+//! a local run.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::prelude::SessionContext;
+use datafusion_proto::physical_plan::AsExecutionPlan;
+use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::StreamExt;
+
+use parallel_run::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, PartitionKeyValue};
+use parallel_run::cluster::{PrsPhysicalCodec, PRS_MAGIC};
+use parallel_run::config::{InputFormat, InputSpec, JobSettings, OutputAction, ParallelRunConfig};
+use parallel_run::exec::manifest::{manifest_batch, manifest_schema, read_envelopes};
+use parallel_run::exec::{ExecMode, InputInfo, OperatorSpec, ParallelRunExec};
+use parallel_run::job::JobRuntimes;
+
+use crate::common::*;
+
+fn registry() -> parallel_run::worker::ScriptRegistry {
+    parallel_run::scripts::builtin_registry()
+}
+
+fn codec() -> PrsPhysicalCodec {
+    PrsPhysicalCodec::new(Arc::new(JobRuntimes::new(registry())))
+}
+
+fn spec(entry_script: &str, python: Option<&str>, workers: u32) -> Arc<OperatorSpec> {
+    let mut config = ParallelRunConfig::new(entry_script, -1, OutputAction::AppendRow);
+    config.node_count = workers;
+    config.process_count_per_node = Some(1);
+    config.environment.python = python.map(str::to_string);
+    let job = JobSettings::new(config, "/jobs/out");
+    let input = InputInfo::new("t", ItemKind::Rows).with_source(InputSpec::path(
+        "t",
+        "/data/t.csv",
+        InputFormat::Csv,
+    ));
+    Arc::new(OperatorSpec::new(job, vec![input], None).unwrap())
+}
+
+/// A manifest of `n` three-row mini-batches of input 0, mini-batch `i` in partition
+/// `i % partitions`.
+fn manifest(n: u64, partitions: usize) -> Arc<dyn ExecutionPlan> {
+    let mut dealt = vec![Vec::new(); partitions];
+    for seq in 0..n {
+        let start = (seq * 3) as i64;
+        let data = RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(Int64Array::from_iter_values(start..start + 3)) as ArrayRef,
+        )])
+        .unwrap();
+        let mb = MiniBatch {
+            id: MiniBatchId::new(0, seq),
+            kind: ItemKind::Rows,
+            data,
+            lineage: Lineage {
+                input: Arc::from("t"),
+                rows: seq * 3..seq * 3 + 3,
+            },
+            partition_key_value: PartitionKeyValue::default(),
+        };
+        dealt[seq as usize % partitions].push((mb, seq, seq + 100));
+    }
+    let batches: Vec<Vec<RecordBatch>> = dealt
+        .iter()
+        .map(|part| vec![manifest_batch(part).unwrap()])
+        .collect();
+    MemorySourceConfig::try_new_exec(&batches, manifest_schema(), None).unwrap()
+}
+
+fn round_trip(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    let codec = codec();
+    let node = PhysicalPlanNode::try_from_physical_plan(plan, &codec).unwrap();
+    let mut bytes = Vec::new();
+    node.try_encode(&mut bytes).unwrap();
+    let node = PhysicalPlanNode::try_decode(&bytes).unwrap();
+    let ctx = SessionContext::new();
+    node.try_into_physical_plan(&ctx.task_ctx(), &codec)
+        .unwrap()
+}
+
+/// The pids of this process's children (every thread's).
+fn children() -> BTreeSet<String> {
+    let mut pids = BTreeSet::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path().join("children");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            pids.extend(text.split_whitespace().map(str::to_string));
+        }
+    }
+    pids
+}
+
+#[test]
+fn the_codec_round_trips_the_operator_in_both_modes() {
+    let spec = spec("rust:echo", None, 4);
+    let runtimes = Arc::new(JobRuntimes::new(registry()));
+    let op = ParallelRunExec::deferred(
+        ExecMode::Manifest,
+        vec![manifest(10, 4)],
+        spec.clone(),
+        runtimes.clone(),
+    )
+    .unwrap();
+    assert_eq!(op.properties().partitioning.partition_count(), 4);
+    let back = round_trip(Arc::new(op));
+    let back = back.downcast_ref::<ParallelRunExec>().unwrap();
+    assert_eq!(back.spec(), &spec, "the spec travels as a value");
+    assert_eq!(back.mode(), ExecMode::Manifest);
+    assert_eq!(back.properties().partitioning.partition_count(), 4);
+    assert!(back.runtime().is_none(), "no runtime is built by decoding");
+    assert_eq!(
+        back.children()[0].output_partitioning().partition_count(),
+        4
+    );
+
+    // Local mode: as many children as inputs, `workers` partitions.
+    let input = MemorySourceConfig::try_new_exec(&[vec![]], manifest_schema(), None).unwrap();
+    let op =
+        ParallelRunExec::deferred(ExecMode::Local, vec![input], spec.clone(), runtimes).unwrap();
+    let back = round_trip(Arc::new(op));
+    let back = back.downcast_ref::<ParallelRunExec>().unwrap();
+    assert_eq!((back.mode(), back.spec()), (ExecMode::Local, &spec));
+    assert_eq!(back.properties().partitioning.partition_count(), 4);
+
+    // Our bytes start with the magic; Ballista's own nodes do not reach our decoder.
+    let codec = codec();
+    let mut buf = Vec::new();
+    use datafusion_proto::physical_plan::PhysicalExtensionCodec;
+    codec
+        .try_encode(
+            back.children()[0].clone(),
+            &mut buf,
+            &datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {},
+        )
+        .unwrap_err();
+    let op: Arc<dyn ExecutionPlan> = Arc::new(
+        ParallelRunExec::deferred(
+            ExecMode::Manifest,
+            vec![manifest(1, 1)],
+            spec,
+            Arc::new(JobRuntimes::new(registry())),
+        )
+        .unwrap(),
+    );
+    codec
+        .try_encode(
+            op,
+            &mut buf,
+            &datafusion_proto::physical_plan::DefaultPhysicalProtoConverter {},
+        )
+        .unwrap();
+    assert!(buf.starts_with(PRS_MAGIC));
+}
+
+#[tokio::test]
+async fn decoding_names_no_interpreter_and_starts_nothing() {
+    let spec = spec(
+        "/nonexistent/folder/score.py",
+        Some("/nonexistent/bin/python9.99"),
+        2,
+    );
+    let op = ParallelRunExec::deferred(
+        ExecMode::Manifest,
+        vec![manifest(4, 2)],
+        spec.clone(),
+        Arc::new(JobRuntimes::new(registry())),
+    )
+    .unwrap();
+    let before = children();
+    let back = round_trip(Arc::new(op));
+    assert_eq!(children(), before, "decoding started no process");
+    let op = back.downcast_ref::<ParallelRunExec>().unwrap();
+    assert!(op.runtime().is_none());
+    assert_eq!(op.spec().entry_script(), "/nonexistent/folder/score.py");
+    // The script is looked for when the operator runs, and the error names it.
+    let err = match back.execute(0, SessionContext::new().task_ctx()) {
+        Ok(_) => panic!("executing a missing script must fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("/nonexistent/folder/score.py"), "{err}");
+    assert_eq!(children(), before, "and still nothing was started");
+}
+
+#[tokio::test]
+async fn a_restricted_manifest_runs_exactly_its_partitions() {
+    let spec = spec("rust:echo", None, 4);
+    let op: Arc<dyn ExecutionPlan> = Arc::new(
+        ParallelRunExec::deferred(
+            ExecMode::Manifest,
+            vec![manifest(12, 4)],
+            spec,
+            Arc::new(JobRuntimes::new(registry())),
+        )
+        .unwrap(),
+    );
+    // What the scheduler does to a task's plan: its leaves keep the task's partitions.
+    let task =
+        ballista_scheduler::state::task_builder::restrict_plan_to_partitions(op, &[1, 3]).unwrap();
+    assert_eq!(task.output_partitioning().partition_count(), 2);
+    let ctx = SessionContext::new().task_ctx();
+    let mut streams = Vec::new();
+    for p in 0..2 {
+        streams.push(task.execute(p, ctx.clone()).unwrap());
+    }
+    let mut ids = Vec::new();
+    let mut merged = futures::stream::select_all(streams);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while let Some(batch) = tokio::time::timeout_at(deadline, merged.next())
+        .await
+        .expect("the task finishes")
+    {
+        for done in read_envelopes(&batch.unwrap()).unwrap() {
+            assert!(done.record.succeeded(), "{:?}", done.record);
+            assert_eq!(done.fingerprint, done.id.seq + 100, "fingerprints travel");
+            assert_eq!(done.result.unwrap().num_rows(), 3);
+            ids.push(done.id.seq);
+        }
+    }
+    ids.sort();
+    assert_eq!(
+        ids,
+        [1, 3, 5, 7, 9, 11],
+        "partitions 1 and 3 of 4, each once"
+    );
+}
+
+/// A child process killed (and reaped) when dropped, its stderr lines sent to a channel.
+struct Process {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (at most `limit`) for a stderr line containing `text`.
+    fn wait_for(&mut self, text: &str, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        if self.seen.iter().any(|l| l.contains(text)) {
+            return true;
+        }
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(text);
+                    self.seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `parallel-run ARGS` in `dir`, killed after `limit`: (exit code, stderr).
+fn run_bounded(dir: &Path, args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let err_path = dir.join("driver.stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (code, std::fs::read_to_string(err_path).unwrap_or_default())
+}
+
+#[test]
+fn a_job_runs_on_scheduler_and_executor_processes() {
+    let scheduler_address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &scheduler_address,
+        "--executor-timeout",
+        "10",
+        "--expire-interval",
+        "1",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "the scheduler starts: {:?}",
+        scheduler.seen
+    );
+    let mut executors = Vec::new();
+    for _ in 0..2 {
+        let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+        executors.push(Process::start(&[
+            "executor",
+            "--scheduler",
+            &scheduler_address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ]));
+    }
+    let registrations = |p: &Process| {
+        p.seen
+            .iter()
+            .filter(|l| l.contains("register executor request"))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while registrations(&scheduler) < 2 && Instant::now() < deadline {
+        // Reads the scheduler's lines for up to a second.
+        scheduler.wait_for("\u{0}", Duration::from_secs(1));
+    }
+    let registered = registrations(&scheduler);
+    assert!(
+        registered >= 2,
+        "both executors register: scheduler said {:?}",
+        scheduler.seen
+    );
+    for executor in &mut executors {
+        assert!(
+            executor.child.try_wait().unwrap().is_none(),
+            "the executor keeps running"
+        );
+    }
+
+    // The same job locally and on the cluster (the driver is `parallel-run run`).
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/a.csv"), 0, 300);
+    write_csv(&dir.path().join("data/b.csv"), 300, 200);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 4KB",
+        "inputs:\n  - {name: t, path: data/, format: csv}\n",
+    );
+    let job = job.to_str().unwrap();
+    let limit = Duration::from_secs(120);
+    let (code, stderr) = run_bounded(dir.path(), &["run", job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    let target = format!("compute_target=df://{scheduler_address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", job, "-q", "--output", "cluster", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    let file = "parallel_run_step.txt";
+    let sorted = |out: &str| {
+        let mut lines = lines(&dir.path().join(out).join(file));
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted("cluster").len(), 500);
+    assert_eq!(sorted("cluster"), sorted("local"));
+    let local = summary(&dir.path().join("local"));
+    let cluster = summary(&dir.path().join("cluster"));
+    assert_eq!(
+        cluster["mini_batches_succeeded"],
+        local["mini_batches_succeeded"]
+    );
+    // Run by the executors (each record names its node); usually both take part, but a
+    // loaded machine may have one executor declared lost and the other rerun its task.
+    let nodes: BTreeSet<String> = processed(&dir.path().join("cluster"))
+        .into_iter()
+        .map(|r| r["process"].split('/').next().unwrap().to_string())
+        .collect();
+    assert!(
+        (1..=2).contains(&nodes.len()) && nodes.iter().all(|n| n.contains(':')),
+        "{nodes:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_scheduler_is_a_usage_error_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("t.csv"), 0, 10);
+    let port = free_port();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+             node_count: 2\nprocess_count_per_node: 1\ncompute_target: df://127.0.0.1:{port}"
+        ),
+        "inputs:\n  - {name: t, path: t.csv, format: csv}\noutput: out\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("compute_target")
+            && run.stderr.contains(&format!("127.0.0.1:{port}"))
+            && run.stderr.contains("parallel-run scheduler"),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("out").exists(), "nothing written");
+}
+
+/// An in-process scheduler and `executors` executors of one worker slot, with our codec.
+async fn in_process_cluster(executors: usize) -> std::net::SocketAddr {
+    use ballista_core::serde::BallistaCodec;
+    use ballista_core::utils::{default_config_producer, default_session_builder};
+    let physical = Arc::new(codec());
+    let scheduler_codec = BallistaCodec::new(
+        Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+        physical.clone(),
+    );
+    let address = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
+        Arc::new(default_session_builder),
+        Arc::new(default_config_producer),
+        scheduler_codec,
+    )
+    .await
+    .unwrap();
+    for _ in 0..executors {
+        let client =
+            ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
+                format!("http://{address}"),
+            )
+            .await
+            .unwrap();
+        let executor_codec = BallistaCodec::new(
+            Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
+            physical.clone(),
+        );
+        let runtime_env = Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default());
+        ballista_executor::new_standalone_executor_from_builder(
+            client,
+            1,
+            Arc::new(default_config_producer),
+            Arc::new(move |_| Ok(runtime_env.clone())),
+            executor_codec,
+            ballista_core::registry::BallistaFunctionRegistry::default(),
+        )
+        .await
+        .unwrap();
+    }
+    address
+}
+
+async fn run_spec(job: &Path, sets: &[String]) -> parallel_run::JobReport {
+    let loaded = parallel_run::config::JobSpec::load_yaml(job, sets).unwrap();
+    parallel_run::job::run_job_spec(
+        &loaded.spec,
+        &registry(),
+        parallel_run::Progress::Quiet,
+        false,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/a.csv"), 0, 700);
+    write_csv(&dir.path().join("data/b.csv"), 700, 500);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 4KB",
+        "inputs:\n  - {name: t, path: data/, format: csv}\n",
+    );
+    let local_out = dir.path().join("local");
+    let local = run_spec(&job, &[format!("output={}", local_out.display())]).await;
+    assert!(local.succeeded(), "{local:?}");
+
+    let address = tokio::time::timeout(Duration::from_secs(60), in_process_cluster(2))
+        .await
+        .expect("the cluster starts");
+    let cluster_out = dir.path().join("cluster");
+    let cluster = tokio::time::timeout(
+        Duration::from_secs(180),
+        run_spec(
+            &job,
+            &[
+                format!("output={}", cluster_out.display()),
+                format!("compute_target=df://{address}"),
+            ],
+        ),
+    )
+    .await
+    .expect("the cluster job finishes");
+    assert!(cluster.succeeded(), "{cluster:?}");
+    assert!(local.mini_batches_total > 4, "{local:?}");
+    assert_eq!(
+        (
+            cluster.mini_batches_total,
+            cluster.mini_batches_succeeded,
+            cluster.output_rows
+        ),
+        (
+            local.mini_batches_total,
+            local.mini_batches_succeeded,
+            local.output_rows
+        )
+    );
+    let file = "parallel_run_step.txt";
+    let sorted = |path: &Path| {
+        let mut lines = lines(path);
+        lines.sort();
+        lines
+    };
+    assert_eq!(txt_ids(&cluster_out.join(file)).len(), 1200);
+    assert_eq!(
+        sorted(&cluster_out.join(file)),
+        sorted(&local_out.join(file)),
+        "the same rows"
+    );
+    // The same mini-batches (ids and rows), one record each.
+    let ids = |out: &Path| {
+        let mut ids: Vec<(String, String)> = processed(out)
+            .into_iter()
+            .map(|r| (r["mini_batch_id"].clone(), r["rows"].clone()))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids(&cluster_out), ids(&local_out));
+    // Run by the cluster's executors: their records name the node.
+    let node = format!(":{}/process", std::process::id());
+    for row in processed(&cluster_out) {
+        assert!(row["process"].contains(&node), "{row:?}");
+    }
+    for row in processed(&local_out) {
+        assert!(row["process"].starts_with("process"), "{row:?}");
+    }
+}
+
+#[test]
+fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
+    let scheduler_address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &scheduler_address,
+        "--executor-timeout",
+        "3",
+        "--expire-interval",
+        "1",
+        "--no-executors-grace",
+        "20",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "{:?}",
+        scheduler.seen
+    );
+    let start_executor = || {
+        let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+        Process::start(&[
+            "executor",
+            "--scheduler",
+            &scheduler_address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ])
+    };
+    let mut a = start_executor();
+    let mut b = start_executor();
+    for executor in [&mut a, &mut b] {
+        assert!(
+            executor.wait_for("registration succeed", Duration::from_secs(60)),
+            "{:?}",
+            executor.seen
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 1000);
+    std::fs::write(
+        dir.path().join("slow.py"),
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(0.3)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 2KB\nrun_max_try: 3",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let target = format!("compute_target=df://{scheduler_address}");
+    let driver_dir = dir.path().to_path_buf();
+    let driver = std::thread::spawn(move || {
+        run_bounded(
+            &driver_dir,
+            &["run", &job, "-q", "--output", "cluster", "--set", &target],
+            limit,
+        )
+    });
+    // SIGKILL executor B once it works on its task (outcomes are asserted whatever the timing).
+    b.wait_for("Execute task", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let (code, stderr) = driver.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+
+    let file = "parallel_run_step.txt";
+    let sorted = |out: &str| {
+        let mut lines = lines(&dir.path().join(out).join(file));
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted("cluster").len(), 1000);
+    assert_eq!(
+        sorted("cluster"),
+        sorted("local"),
+        "no row lost, none twice"
+    );
+    let ids = |out: &str| {
+        let mut ids: Vec<String> = processed(&dir.path().join(out))
+            .into_iter()
+            .map(|r| r["mini_batch_id"].clone())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let cluster_ids = ids("cluster");
+    assert_eq!(cluster_ids, ids("local"), "one record per mini-batch");
+    assert!(cluster_ids.len() > 10, "{cluster_ids:?}");
+
+    // No worker of the killed executor is left behind (bounded wait).
+    let marker = dir.path().join("cluster").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let workers = || {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if cmdline.contains(&marker) && cmdline.contains("prs_worker") {
+                    found.push(cmdline);
+                }
+            }
+        }
+        found
+    };
+    while !workers().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(workers().is_empty(), "orphan workers: {:?}", workers());
+    drop(a);
+}
