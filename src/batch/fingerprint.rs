@@ -2,6 +2,8 @@
 //! tell, while it cuts the input again, whether the mini-batch it is about to skip is still
 //! made of the same items as the one an earlier run committed.
 
+use arrow::array::AsArray;
+use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use sha2::{Digest, Sha256};
 
@@ -34,18 +36,70 @@ pub fn slice_fingerprint(mini_batch: &MiniBatch) -> u64 {
         (ItemKind::Rows, 1) => vec![0],
         (ItemKind::Rows, _) => vec![0, rows - 1],
     };
+    if sampled.is_empty() {
+        return finish(hash);
+    }
     let options = FormatOptions::default().with_null("\u{0}null");
     for column in data.columns() {
-        // A type the formatter cannot show still counts by its length.
-        let Ok(formatter) = ArrayFormatter::try_new(column.as_ref(), &options) else {
-            hash.update(column.len().to_le_bytes());
-            continue;
+        let column = column.as_ref();
+        // Text and fixed-width values by their bytes (a file mini-batch hashes every entry);
+        // other types as the formatter shows them.
+        let width = column.data_type().primitive_width();
+        let values = column.to_data();
+        let text = match column.data_type() {
+            DataType::Utf8 => Some(Text::Utf8(column.as_string::<i32>())),
+            DataType::LargeUtf8 => Some(Text::Large(column.as_string::<i64>())),
+            DataType::Utf8View => Some(Text::View(column.as_string_view())),
+            _ => None,
+        };
+        let formatter = if text.is_none() && width.is_none() {
+            match ArrayFormatter::try_new(column, &options) {
+                Ok(f) => Some(f),
+                // A type the formatter cannot show still counts by its length.
+                Err(_) => {
+                    hash.update(column.len().to_le_bytes());
+                    continue;
+                }
+            }
+        } else {
+            None
         };
         for &row in &sampled {
-            hash.update(formatter.value(row).to_string().as_bytes());
+            if column.is_null(row) {
+                hash.update([0x00, 0x1e]);
+                continue;
+            }
+            match (&text, width, &formatter) {
+                (Some(Text::Utf8(a)), _, _) => hash.update(a.value(row).as_bytes()),
+                (Some(Text::Large(a)), _, _) => hash.update(a.value(row).as_bytes()),
+                (Some(Text::View(a)), _, _) => hash.update(a.value(row).as_bytes()),
+                (None, Some(width), _) => {
+                    let start = (values.offset() + row) * width;
+                    if let Some(bytes) = values
+                        .buffers()
+                        .first()
+                        .and_then(|b| b.as_slice().get(start..start + width))
+                    {
+                        hash.update(bytes);
+                    }
+                }
+                (_, _, Some(f)) => hash.update(f.value(row).to_string().as_bytes()),
+                _ => {}
+            }
             hash.update([0x1f]);
         }
     }
+    finish(hash)
+}
+
+/// The text columns a fingerprint reads directly.
+enum Text<'a> {
+    Utf8(&'a arrow::array::StringArray),
+    Large(&'a arrow::array::LargeStringArray),
+    View(&'a arrow::array::StringViewArray),
+}
+
+fn finish(hash: Sha256) -> u64 {
     let digest = hash.finalize();
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
