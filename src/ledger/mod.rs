@@ -10,10 +10,11 @@
 //!   file it committed: a succeeded one's, or a failed one's whose good items bisection
 //!   (`isolate_failures`) committed. A part is complete (written under a temporary
 //!   name, then renamed) before the line naming it is written, so a record never names a part
-//!   that is not there; a line is written whole by one `write` and the file is synced at
-//!   most every [`SYNC_INTERVAL`] and when the run ends. A `kill -9` can at most cut the last
-//!   line short, which a reader ignores ([`read_entries`]); after a power loss a record whose
-//!   part did not reach the disk is found by its size and the mini-batch runs again.
+//!   that is not there; a line is written whole by one `write` and the file is synced when a
+//!   record comes [`SYNC_INTERVAL`] or more after the last sync, and when the run ends. A
+//!   `kill -9` can at most cut the last line short, which a reader ignores ([`read_entries`]);
+//!   a power loss can lose the records since the last sync, and a record whose part did not
+//!   reach the disk is found by its size: those mini-batches run again.
 //! - `runs.jsonl`: one line per run of the job (started, how: run / resume / rerun-failed,
 //!   forced).
 //!
