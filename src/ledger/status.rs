@@ -34,6 +34,8 @@ pub struct JobStatusReport {
     pub items_processed: u64,
     /// Items returned by run().
     pub items_succeeded: u64,
+    /// Items bisection isolated as failing (`isolate_failures`).
+    pub items_isolated: u64,
     /// Mini-batches finished per second over the records' time span.
     pub rate_per_second: Option<f64>,
     /// Estimated time left for a running job.
@@ -66,6 +68,7 @@ pub fn job_status(folder: &Path) -> Result<JobStatusReport> {
         mini_batches_total: None,
         items_processed: 0,
         items_succeeded: 0,
+        items_isolated: 0,
         rate_per_second: None,
         eta_seconds: None,
         last_errors: Vec::new(),
@@ -84,6 +87,14 @@ pub fn job_status(folder: &Path) -> Result<JobStatusReport> {
         }
         report.items_processed += r.total_items;
         report.items_succeeded += r.succeeded_items;
+        report.items_isolated += r
+            .isolated
+            .iter()
+            .map(|i| i.rows.end - i.rows.start)
+            .sum::<u64>();
+        for item in &r.isolated {
+            failed.push((r.start_time, format!("{}: {}", item.id, item.error_message)));
+        }
         if entry.run == latest_run {
             in_latest += 1;
             let end = r.start_time + Duration::from_secs_f64(r.elapsed_seconds.max(0.0));
@@ -159,8 +170,17 @@ impl JobStatusReport {
         );
         let _ = writeln!(
             t,
-            "items:      {} processed, {} succeeded",
-            self.items_processed, self.items_succeeded
+            "items:      {} processed, {} succeeded{}",
+            self.items_processed,
+            self.items_succeeded,
+            if self.items_isolated > 0 {
+                format!(
+                    ", {} isolated as failing (isolate_failures)",
+                    self.items_isolated
+                )
+            } else {
+                String::new()
+            }
         );
         if let Some(rate) = self.rate_per_second {
             let _ = writeln!(t, "rate:       {rate:.2} mini-batches/s (latest run)");
