@@ -12,10 +12,9 @@ use crate::batch::{ItemKind, MiniBatch};
 /// A 64-bit fingerprint of `mini_batch`'s input slice: its id, row range, item count and key
 /// values, and the contents of its items: every entry of a file mini-batch (path, and size and
 /// modification time where listed), the first and last row of a table mini-batch (cheap, and
-/// a change anywhere before them shifts the mini-batch boundaries too). A keyed mini-batch
-/// (`partition_keys`) is identified by its key values and row count only: the order of the
-/// rows within a key is not guaranteed from one run to the next (the sort that groups them is
-/// not stable). Stable across runs, processes and worker counts.
+/// a change anywhere before them shifts the mini-batch boundaries too; a keyed mini-batch's
+/// rows keep their input order, the grouping sort breaking ties by row number). Stable across
+/// runs, processes and worker counts.
 pub fn slice_fingerprint(mini_batch: &MiniBatch) -> u64 {
     let mut hash = Sha256::new();
     hash.update(mini_batch.id.to_string().as_bytes());
@@ -28,10 +27,8 @@ pub fn slice_fingerprint(mini_batch: &MiniBatch) -> u64 {
     }
     let data = &mini_batch.data;
     let rows = data.num_rows();
-    let keyed = !mini_batch.partition_key_value.is_empty();
     let sampled: Vec<usize> = match (mini_batch.kind, rows) {
         (_, 0) => Vec::new(),
-        (ItemKind::Rows, _) if keyed => Vec::new(),
         (ItemKind::Files, _) => (0..rows).collect(),
         (ItemKind::Rows, 1) => vec![0],
         (ItemKind::Rows, _) => vec![0, rows - 1],
