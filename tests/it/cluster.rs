@@ -298,6 +298,24 @@ impl Drop for Process {
     }
 }
 
+/// `parallel-run executor` with one process on free ports, heartbeat 1 s.
+fn start_executor(scheduler_address: &str) -> Process {
+    let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+    Process::start(&[
+        "executor",
+        "--scheduler",
+        scheduler_address,
+        "--processes",
+        "1",
+        "--port",
+        &port,
+        "--grpc-port",
+        &grpc_port,
+        "--heartbeat",
+        "1",
+    ])
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -351,20 +369,7 @@ fn a_job_runs_on_scheduler_and_executor_processes() {
     );
     let mut executors = Vec::new();
     for _ in 0..2 {
-        let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
-        executors.push(Process::start(&[
-            "executor",
-            "--scheduler",
-            &scheduler_address,
-            "--processes",
-            "1",
-            "--port",
-            &port,
-            "--grpc-port",
-            &grpc_port,
-            "--heartbeat",
-            "1",
-        ]));
+        executors.push(start_executor(&scheduler_address));
     }
     let registrations = |p: &Process| {
         p.seen
@@ -613,22 +618,7 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
         "{:?}",
         scheduler.seen
     );
-    let start_executor = || {
-        let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
-        Process::start(&[
-            "executor",
-            "--scheduler",
-            &scheduler_address,
-            "--processes",
-            "1",
-            "--port",
-            &port,
-            "--grpc-port",
-            &grpc_port,
-            "--heartbeat",
-            "1",
-        ])
-    };
+    let start_executor = || start_executor(&scheduler_address);
     let mut a = start_executor();
     let mut b = start_executor();
     for executor in [&mut a, &mut b] {

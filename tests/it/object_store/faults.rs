@@ -36,7 +36,7 @@ fn s3_down_mid_job_then_back_the_job_completes() {
 /// operation; nothing is committed (no final object once the server is back); the report says
 /// where the committed parts are.
 #[test]
-fn s3_down_for_good_fails_the_job_clearly_and_commits_nothing() {
+fn s3_down_for_good_fails_the_job_clearly_commits_nothing_and_resumes_once_back() {
     let mut server = PrivateServer::start(Kind::S3);
     let store = server.store();
     let d = tempfile::tempdir().unwrap();
@@ -63,8 +63,28 @@ fn s3_down_for_good_fails_the_job_clearly_and_commits_nothing() {
     assert!(!reason.contains(S3_SECRET), "{reason}");
     let result = std::fs::read_to_string(mirror.join("logs/job_result.txt")).unwrap();
     assert!(result.contains(".parallel_run/staging"), "{result}");
+    let done_before = summary["mini_batches_succeeded"].as_u64().unwrap();
+    assert!(done_before >= 2);
     server.restart();
     assert_eq!(store.get("out/parallel_run_step.txt"), None);
+    std::thread::sleep(Duration::from_millis(200));
+
+    // Once the store is back, --resume finishes the job without running the committed
+    // mini-batches again; a plain run does not throw that work away.
+    let plain = cli_env(&["run", job.to_str().unwrap(), "--quiet"], &[]);
+    assert_eq!(
+        plain.code, 2,
+        "an unfinished job is not thrown away: {plain:?}"
+    );
+    let resumed = cli_env(&["run", job.to_str().unwrap(), "--quiet", "--resume"], &[]);
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    let text = String::from_utf8(store.get("out/parallel_run_step.txt").unwrap()).unwrap();
+    assert_eq!(sorted_ids(&text), (0..800).collect::<Vec<_>>());
+    let s = crate::common::summary(&mirror);
+    assert!(
+        s["mini_batches_skipped"].as_u64().unwrap() >= done_before,
+        "{s}"
+    );
 }
 
 /// A tabular input is downloaded ahead from the moment the job starts (within the cache's

@@ -1,10 +1,8 @@
 //! Resuming jobs whose output is on object storage: the staging area and the ledger are in
 //! the local mirror; a resumed run uploads the complete output.
 
-use std::time::Duration;
-
 use super::jobs::*;
-use super::store::{shared, PrivateServer};
+use super::store::shared;
 use crate::common::*;
 use crate::servers::Kind;
 
@@ -45,44 +43,4 @@ fn an_s3_output_job_killed_then_resumed_commits_every_row_once() {
     assert!(store
         .get(&format!("{prefix}/logs/ledger/records.jsonl"))
         .is_some());
-}
-
-/// The store went down for good and the job failed; once it is back, --resume finishes the
-/// job without running the committed mini-batches again.
-#[test]
-fn a_job_failed_by_a_store_outage_is_resumed_when_the_store_is_back() {
-    let mut server = PrivateServer::start(Kind::S3);
-    let store = server.store();
-    let d = tempfile::tempdir().unwrap();
-    let mirror = d.path().join("mirror");
-    let options = format!(
-        "{}\nlocal_dir: {}\ncache_size: 1KB",
-        retries(2),
-        mirror.display()
-    );
-    let job = slow_tabular_job(&store, d.path(), &store.url("out/"), &options);
-    let child = spawn_job(&job, &[]);
-    wait_for_mini_batches(&mirror, 2);
-    server.stop();
-    let run = finish(child);
-    assert_eq!(run.code, 42, "{run:?}");
-    let done_before = summary(&mirror)["mini_batches_succeeded"].as_u64().unwrap();
-    assert!(done_before >= 2);
-    server.restart();
-    std::thread::sleep(Duration::from_millis(200));
-
-    let plain = cli_env(&["run", job.to_str().unwrap(), "--quiet"], &[]);
-    assert_eq!(
-        plain.code, 2,
-        "an unfinished job is not thrown away: {plain:?}"
-    );
-    let resumed = cli_env(&["run", job.to_str().unwrap(), "--quiet", "--resume"], &[]);
-    assert_eq!(resumed.code, 0, "{resumed:?}");
-    let text = String::from_utf8(store.get("out/parallel_run_step.txt").unwrap()).unwrap();
-    assert_eq!(sorted_ids(&text), (0..800).collect::<Vec<_>>());
-    let s = summary(&mirror);
-    assert!(
-        s["mini_batches_skipped"].as_u64().unwrap() >= done_before,
-        "{s}"
-    );
 }
