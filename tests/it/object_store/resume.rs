@@ -26,6 +26,10 @@ fn an_s3_output_job_killed_then_resumed_commits_every_row_once() {
     child.kill().unwrap();
     let _ = child.wait();
     assert_eq!(store.get(&format!("{prefix}/parallel_run_step.txt")), None);
+    // What the ledger holds (the report lists a mini-batch just before its commit, so it may
+    // be one ahead of the ledger when the kill comes).
+    let committed = std::fs::read_to_string(mirror.join("logs/ledger/records.jsonl"))
+        .map_or(0, |t| t.lines().count()) as u64;
 
     let resumed = cli_env(&["run", job.to_str().unwrap(), "--quiet", "--resume"], &env);
     assert_eq!(resumed.code, 0, "{resumed:?}");
@@ -38,7 +42,10 @@ fn an_s3_output_job_killed_then_resumed_commits_every_row_once() {
     assert_eq!(sorted_ids(&text), (0..800).collect::<Vec<_>>());
     let s = summary(&mirror);
     assert_eq!(s["resumed"], true, "{s}");
-    assert!(s["mini_batches_skipped"].as_u64().unwrap() >= 3, "{s}");
+    assert!(
+        s["mini_batches_skipped"].as_u64().unwrap() >= committed.max(1),
+        "{committed} committed before the kill: {s}"
+    );
     // The ledger went up with the logs.
     assert!(store
         .get(&format!("{prefix}/logs/ledger/records.jsonl"))
