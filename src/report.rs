@@ -510,6 +510,9 @@ pub struct JobSummary {
     /// Mini-batches earlier runs finished and this one did not run again (counted in the
     /// totals above, which cover the whole job).
     pub mini_batches_skipped: u64,
+    /// Input rows of the skipped mini-batches that this run did not even read (local Parquet
+    /// inputs unchanged since they were cut: re-cut from the ledger's row ranges).
+    pub rows_not_read: u64,
     /// Failed mini-batches of earlier runs that this run ran again (`--rerun-failed`).
     pub mini_batches_rerun: u64,
     /// Seconds spent on the ledger (fingerprinting input slices, writing and syncing
@@ -581,6 +584,7 @@ impl JobSummary {
             init_failures: c.init_failures,
             resumed: false,
             mini_batches_skipped: c.mini_batches_skipped,
+            rows_not_read: c.rows_not_read,
             mini_batches_rerun: 0,
             ledger_seconds: 0.0,
             elapsed_seconds: elapsed.as_secs_f64(),

@@ -149,18 +149,31 @@ impl ByteChunker {
 
     /// Adds a record batch; returns the mini-batches it completes.
     pub fn push(&mut self, batch: RecordBatch) -> Result<Vec<MiniBatch>> {
+        let rows = batch.num_rows();
+        self.push_rows(&batch, 0..rows)
+    }
+
+    /// Adds rows `range` of `batch`, sized as the whole batch's rows are (so that a resumed
+    /// job that skips the rows before `range.start` cuts the rest as a full run does);
+    /// returns the mini-batches they complete.
+    pub fn push_rows(
+        &mut self,
+        batch: &RecordBatch,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<MiniBatch>> {
         let mut out = Vec::new();
         let rows = batch.num_rows();
-        if rows == 0 {
+        let end = range.end.min(rows);
+        if rows == 0 || range.start >= end {
             return Ok(out);
         }
-        let bytes = slice_memory_size(&batch).max(1);
+        let bytes = slice_memory_size(batch).max(1);
         let bytes_per_row = (bytes as f64 / rows as f64).max(f64::MIN_POSITIVE);
-        let mut offset = 0usize;
-        while offset < rows {
+        let mut offset = range.start;
+        while offset < end {
             let room = self.target_bytes.saturating_sub(self.pending_bytes);
             // At least one row, so progress is guaranteed even when one row exceeds the target.
-            let take = ((room as f64 / bytes_per_row).ceil() as usize).clamp(1, rows - offset);
+            let take = ((room as f64 / bytes_per_row).ceil() as usize).clamp(1, end - offset);
             let piece = batch.slice(offset, take);
             self.pending_bytes += (take as f64 * bytes_per_row).round() as usize;
             self.pending_rows += take as u64;
@@ -179,6 +192,22 @@ impl ByteChunker {
             return Ok(None);
         }
         self.emit().map(Some)
+    }
+
+    /// Where the next mini-batch starts (row within the input, sequence number), when no
+    /// rows are pending: the chunker is at a mini-batch boundary.
+    pub fn boundary(&self) -> Option<(u64, u64)> {
+        (self.pending_rows == 0).then_some((self.start_row, self.next_seq))
+    }
+
+    /// Continues at row `row` with mini-batch number `seq`, as if the mini-batches before
+    /// them had been cut (a resumed job that does not read what it skips). Only at a
+    /// boundary ([`ByteChunker::boundary`]); pending rows are kept otherwise.
+    pub fn skip_to(&mut self, row: u64, seq: u64) {
+        if self.pending_rows == 0 {
+            self.start_row = row;
+            self.next_seq = seq;
+        }
     }
 
     fn emit(&mut self) -> Result<MiniBatch> {

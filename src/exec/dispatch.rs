@@ -19,6 +19,7 @@ use crate::batch::{
 use crate::config::InputSpec;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed;
+use crate::exec::recut::{self, Recut, Step};
 use crate::exec::state::JobState;
 
 /// What the operator knows of each of its inputs.
@@ -72,12 +73,17 @@ pub struct SkippedMiniBatch {
     pub record: MiniBatchRecord,
     /// Its input slice's fingerprint then ([`slice_fingerprint`]).
     pub fingerprint: u64,
+    /// The input's source identity then (see [`CompletedMiniBatch::source`]).
+    ///
+    /// [`CompletedMiniBatch::source`]: crate::exec::CompletedMiniBatch::source
+    pub source: Option<u64>,
 }
 
 /// The mini-batches a resumed run skips (from the job's ledger). The dispatcher still cuts
 /// the input as before, so ids and boundaries are the same; each mini-batch found here is
 /// checked against its fingerprint (unless `check_slices` is off: `--force`) and counted
-/// without running.
+/// without running. A local Parquet input whose source identity is unchanged is not read
+/// where it is skipped (see the `exec::recut` module).
 ///
 /// Without the check (a forced resume) a mini-batch whose slice changed runs again, and the
 /// committed results of mini-batches the new cut does not have are left out of the output
@@ -164,6 +170,9 @@ pub struct Dispatched {
     pub index: u64,
     /// Its input slice's fingerprint ([`slice_fingerprint`]), for the ledger.
     pub fingerprint: u64,
+    /// Its input's source identity, for the ledger (see
+    /// [`crate::exec::CompletedMiniBatch::source`]).
+    pub source: Option<u64>,
     /// Memory held while the mini-batch is queued or running; released on drop.
     _reservation: MemoryReservation,
 }
@@ -181,6 +190,7 @@ impl Dispatched {
             mini_batch,
             index,
             fingerprint,
+            source: None,
             _reservation: reservation,
         }
     }
@@ -273,6 +283,45 @@ async fn dispatch_all(
             };
             (plan.clone(), chunker)
         };
+        // A local Parquet input: its source identity goes with each mini-batch to the
+        // ledger, and a resumed run skips without reading when the identity is unchanged.
+        let batch_size = context.session_config().batch_size();
+        let source = match &chunker {
+            Chunker::Bytes(_) => recut::source_identity(&plan, batch_size),
+            _ => None,
+        };
+        if let (Chunker::Bytes(bytes), Some(identity), Some(skips)) =
+            (&mut chunker, source, cut.skips.as_ref())
+        {
+            let recut = Recut::prepare(
+                &plan,
+                &info.name,
+                ordinal as u32,
+                skips,
+                identity,
+                batch_size,
+            )?;
+            if let Some((plan, recut)) = recut {
+                let to = Sink {
+                    cut,
+                    state,
+                    queue,
+                    reservation,
+                    source,
+                };
+                if !dispatch_recut(&plan, recut, bytes, context, &info.name, &to).await? {
+                    return Ok(false);
+                }
+                continue;
+            }
+        }
+        let to = Sink {
+            cut,
+            state,
+            queue,
+            reservation,
+            source,
+        };
         for partition in 0..plan.output_partitioning().partition_count() {
             let mut stream = plan.execute(partition, context.clone())?;
             loop {
@@ -283,14 +332,14 @@ async fn dispatch_all(
                 let Some(batch) = next else { break };
                 let batch = batch.map_err(|e| input_error(&info.name, e))?;
                 for mb in chunker.push(batch)? {
-                    if !enqueue(mb, cut, state, queue, reservation).await? {
+                    if !enqueue(mb, &to).await? {
                         return Ok(false);
                     }
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
-            if !enqueue(mb, cut, state, queue, reservation).await? {
+            if !enqueue(mb, &to).await? {
                 return Ok(false);
             }
         }
@@ -313,6 +362,81 @@ async fn dispatch_all(
     Ok(true)
 }
 
+/// Reads `plan` (a local Parquet scan leaving out what `recut` skips) and cuts it with
+/// `chunker`, counting the skipped mini-batches without reading them (see [`recut`]).
+async fn dispatch_recut(
+    plan: &Arc<dyn ExecutionPlan>,
+    mut recut: Recut,
+    chunker: &mut ByteChunker,
+    context: &Arc<TaskContext>,
+    input: &str,
+    to: &Sink<'_>,
+) -> Result<bool> {
+    to.state.rows_not_read(recut.rows_not_read);
+    let mut steps = Vec::new();
+    for partition in 0..plan.output_partitioning().partition_count() {
+        let mut stream = plan.execute(partition, context.clone())?;
+        loop {
+            let next = tokio::select! {
+                _ = to.state.cancellation().cancelled() => return Ok(false),
+                next = stream.next() => next,
+            };
+            let Some(batch) = next else { break };
+            let batch = batch.map_err(|e| input_error(input, e))?;
+            recut.feed(&batch, chunker, &mut steps)?;
+            if !take_steps(&mut steps, to).await? {
+                return Ok(false);
+            }
+        }
+    }
+    recut.finish(chunker, &mut steps)?;
+    steps.extend(chunker.finish()?.map(Step::Cut));
+    take_steps(&mut steps, to).await
+}
+
+/// Queues the mini-batches of `steps` and counts the skipped ones (emptying `steps`).
+async fn take_steps(steps: &mut Vec<Step>, to: &Sink<'_>) -> Result<bool> {
+    for step in steps.drain(..) {
+        let more = match step {
+            Step::Cut(mb) => enqueue(mb, to).await?,
+            Step::Skipped(id, skipped) => {
+                let Some(skips) = to.cut.skips.as_ref() else {
+                    continue;
+                };
+                count_skipped(id, &skipped, skips, to)
+            }
+        };
+        if !more {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Where the dispatcher's mini-batches go, and the source identity of the input being cut.
+struct Sink<'a> {
+    cut: &'a Cut,
+    state: &'a Arc<JobState>,
+    queue: &'a mpsc::Sender<Dispatched>,
+    reservation: &'a MemoryReservation,
+    source: Option<u64>,
+}
+
+/// Counts skipped mini-batch `id` (found again with the same slice, or not read); false when
+/// the job is cancelled.
+fn count_skipped(
+    id: MiniBatchId,
+    skipped: &SkippedMiniBatch,
+    skips: &ResumeSkips,
+    to: &Sink<'_>,
+) -> bool {
+    to.cut.skipped.fetch_add(1, Ordering::Relaxed);
+    crate::lock(&skips.skipped).insert(id);
+    to.cut.index.fetch_add(1, Ordering::Relaxed);
+    to.state.mini_batch_skipped(&skipped.record);
+    !to.state.cancellation().is_cancelled()
+}
+
 /// The dispatcher's position: the next dispatch index, and what a resumed run skips.
 struct Cut {
     index: AtomicU64,
@@ -332,13 +456,14 @@ fn resume_refused(mini_batch: &str, why: String) -> PrsError {
 }
 
 /// Queues one mini-batch; `Ok(false)` when nobody listens any more or the job is cancelled.
-async fn enqueue(
-    mini_batch: MiniBatch,
-    cut: &Cut,
-    state: &Arc<JobState>,
-    queue: &mpsc::Sender<Dispatched>,
-    reservation: &MemoryReservation,
-) -> Result<bool> {
+async fn enqueue(mini_batch: MiniBatch, to: &Sink<'_>) -> Result<bool> {
+    let Sink {
+        cut,
+        state,
+        queue,
+        reservation,
+        source,
+    } = *to;
     let t = std::time::Instant::now();
     let fingerprint = slice_fingerprint(&mini_batch);
     state.add_ledger_time(t.elapsed());
@@ -360,13 +485,10 @@ async fn enqueue(
                 ),
             ));
         }
-        cut.skipped.fetch_add(1, Ordering::Relaxed);
         if same {
-            crate::lock(&skips.skipped).insert(mini_batch.id);
-            cut.index.fetch_add(1, Ordering::Relaxed);
-            state.mini_batch_skipped(&skipped.record);
-            return Ok(!state.cancellation().is_cancelled());
+            return Ok(count_skipped(mini_batch.id, &skipped, skips, to));
         }
+        cut.skipped.fetch_add(1, Ordering::Relaxed);
         // Forced: its slice changed, so it runs again.
     }
     let bytes = mini_batch.memory_size();
@@ -383,6 +505,7 @@ async fn enqueue(
         mini_batch,
         index: cut.index.fetch_add(1, Ordering::Relaxed),
         fingerprint,
+        source,
         _reservation: mb_reservation,
     };
     tokio::select! {

@@ -178,6 +178,7 @@ pub fn read_envelopes(batch: &RecordBatch) -> Result<Vec<CompletedMiniBatch>> {
             result,
             returned: returned.value(row),
             fingerprint: fingerprints.value(row),
+            source: None,
             record,
             // Not sent back from executors (a cluster job refuses dead_letter_rows).
             failed_input: None,
@@ -359,6 +360,7 @@ mod tests {
             returned: 3,
             record: record.clone(),
             fingerprint: 22,
+            source: None,
             failed_input: None,
         };
         let back = read_envelopes(&envelope_batch(&done).unwrap()).unwrap();

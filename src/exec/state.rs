@@ -125,6 +125,9 @@ pub struct JobCounts {
     /// Mini-batches an earlier run finished and this (resumed) run did not run again; they
     /// are counted in the totals above.
     pub mini_batches_skipped: u64,
+    /// Input rows of skipped mini-batches that were not read at all (a resumed local
+    /// Parquet input re-cut from the ledger's row ranges).
+    pub rows_not_read: u64,
     /// The items of all inputs, exactly, from metadata known before reading them (Parquet
     /// footers); `None` when some input's count is not known that way.
     pub items_expected: Option<u64>,
@@ -343,6 +346,13 @@ impl JobState {
             c.mini_batches_skipped += 1;
         }
         self.mini_batch_finished(record);
+    }
+
+    /// A resumed run left `rows` input rows of skipped mini-batches unread.
+    pub fn rows_not_read(&self, rows: u64) {
+        if let Some(mut c) = self.open_counts() {
+            c.rows_not_read += rows;
+        }
     }
 
     /// A try failed; tells the observer.

@@ -34,6 +34,9 @@ pub struct CompletedMiniBatch {
     pub record: MiniBatchRecord,
     /// What identifies its input slice ([`crate::batch::slice_fingerprint`]).
     pub fingerprint: u64,
+    /// What identified the input's source when it was cut (a local Parquet scan's files and
+    /// batching), so a resumed run can skip its rows without reading them.
+    pub source: Option<u64>,
     /// The input items that failed (all of a failed mini-batch's, or those bisection
     /// isolated), kept only for `dead_letter_rows`.
     pub failed_input: Option<FailedInput>,
@@ -293,6 +296,7 @@ impl PartitionRunner {
                         returned: ret.returned,
                         record,
                         fingerprint: dispatched.fingerprint,
+                        source: dispatched.source,
                         failed_input: None,
                     });
                 }
@@ -335,6 +339,7 @@ impl PartitionRunner {
             returned: 0,
             record,
             fingerprint: dispatched.fingerprint,
+            source: dispatched.source,
             failed_input: settings.keep_failed_rows.then(|| FailedInput {
                 kind: mb.kind,
                 rows: mb.data.clone(),
@@ -450,6 +455,7 @@ impl PartitionRunner {
             returned,
             record,
             fingerprint: dispatched.fingerprint,
+            source: dispatched.source,
             failed_input,
         }
     }

@@ -14,6 +14,7 @@
 
 use std::fmt;
 use std::fs::File;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,18 +35,34 @@ use datafusion::physical_plan::{
 };
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReaderBuilder, RowSelection, RowSelectionPolicy, RowSelector,
+};
 use parquet::arrow::ProjectionMask;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 /// The Parquet files of a local input and their merged schema.
 #[derive(Debug)]
 pub struct LocalParquetTable {
     location: String,
-    files: Arc<Vec<PathBuf>>,
+    files: Arc<Vec<ParquetFile>>,
     schema: SchemaRef,
     /// Rows of all files, from their footers.
     rows: u64,
+}
+
+/// One file of a [`LocalParquetTable`], as listed when the table was made.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ParquetFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// Its rows (footer).
+    pub rows: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its modification time, in nanoseconds since the epoch (0 when unknown).
+    pub modified_ns: u128,
 }
 
 impl LocalParquetTable {
@@ -84,12 +101,12 @@ impl LocalParquetTable {
                 )
             }));
         }
-        let files = Arc::new(files);
         // Reading the footers blocks on the file system.
-        let list = files.clone();
-        let (schema, rows) = tokio::task::spawn_blocking(move || merged_schema(&list))
+        let (schema, files) = tokio::task::spawn_blocking(move || merged_schema(&files))
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
+        let rows = files.iter().map(|f| f.rows).sum();
+        let files = Arc::new(files);
         Ok(LocalParquetTable {
             location: table_path.to_string(),
             files,
@@ -99,7 +116,7 @@ impl LocalParquetTable {
     }
 
     /// The files, in reading order.
-    pub fn files(&self) -> &[PathBuf] {
+    pub fn files(&self) -> &[ParquetFile] {
         &self.files
     }
 }
@@ -147,13 +164,26 @@ impl TableProviderFactory for LocalParquetFactory {
 
 /// One schema for all files: fields merged by name (first file's order first), schema
 /// metadata dropped (as DataFusion's Parquet tables do: pandas' metadata would describe the
-/// file, not the table); and the rows of all files, from the same footers.
-fn merged_schema(files: &[PathBuf]) -> DFResult<(SchemaRef, u64)> {
-    let mut schemas = Vec::with_capacity(files.len());
-    let mut rows = 0u64;
-    for path in files {
+/// file, not the table); and each file's rows (from the same footers), size and modification
+/// time.
+fn merged_schema(paths: &[PathBuf]) -> DFResult<(SchemaRef, Vec<ParquetFile>)> {
+    let mut schemas = Vec::with_capacity(paths.len());
+    let mut files = Vec::with_capacity(paths.len());
+    for path in paths {
         let builder = open(path)?;
-        rows += builder.metadata().file_metadata().num_rows().max(0) as u64;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            DataFusionError::Execution(format!("cannot read {}: {e}", path.display()))
+        })?;
+        files.push(ParquetFile {
+            path: path.clone(),
+            rows: builder.metadata().file_metadata().num_rows().max(0) as u64,
+            bytes: meta.len(),
+            modified_ns: meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos()),
+        });
         let schema = builder.schema().as_ref().clone();
         schemas.push(Schema::new(schema.fields().clone()));
     }
@@ -175,7 +205,7 @@ fn merged_schema(files: &[PathBuf]) -> DFResult<(SchemaRef, u64)> {
             )
         })
         .collect();
-    Ok((Arc::new(Schema::new(fields)), rows))
+    Ok((Arc::new(Schema::new(fields)), files))
 }
 
 fn open(path: &PathBuf) -> DFResult<ParquetRecordBatchReaderBuilder<File>> {
@@ -219,12 +249,19 @@ impl TableProvider for LocalParquetTable {
     }
 }
 
-/// Reads a [`LocalParquetTable`]'s files one after the other (one partition).
+/// Reads a [`LocalParquetTable`]'s files one after the other (one partition), each in batches
+/// of the session's `batch_size` rows (the last batch of a file may be shorter).
+///
+/// A resumed job can leave out rows it already processed ([`LocalParquetExec::without_rows`]):
+/// whole reader batches are then not read, and the batches that are read are the same as
+/// without the omission, so the job cuts the rest of its mini-batches exactly as before.
 pub struct LocalParquetExec {
     location: String,
-    files: Arc<Vec<PathBuf>>,
+    files: Arc<Vec<ParquetFile>>,
     properties: Arc<PlanProperties>,
     rows: u64,
+    /// Per file, the row ranges (within the file) not read, sorted and disjoint.
+    omitted: Arc<Vec<Vec<Range<u64>>>>,
 }
 
 impl fmt::Debug for LocalParquetExec {
@@ -234,14 +271,87 @@ impl fmt::Debug for LocalParquetExec {
 }
 
 impl LocalParquetExec {
-    fn new(location: String, files: Arc<Vec<PathBuf>>, schema: SchemaRef, rows: u64) -> Self {
+    fn new(location: String, files: Arc<Vec<ParquetFile>>, schema: SchemaRef, rows: u64) -> Self {
         let properties = crate::input::leaf_properties(schema);
         LocalParquetExec {
             location,
             files,
             properties,
             rows,
+            omitted: Arc::new(Vec::new()),
         }
+    }
+
+    /// What identifies the rows this scan produces, and how it batches them: every file's
+    /// path, size, modification time and rows, the columns read, and `batch_size`. Two scans
+    /// with the same identity produce the same batches (unless a file was rewritten in place
+    /// with the same size within the file system's time resolution).
+    pub fn source_identity(&self, batch_size: usize) -> u64 {
+        let mut hash = Sha256::new();
+        hash.update(b"LocalParquetExec/1");
+        hash.update((batch_size as u64).to_le_bytes());
+        for field in self.schema().fields() {
+            hash.update(field.name().as_bytes());
+            hash.update(field.data_type().to_string().as_bytes());
+            hash.update([u8::from(field.is_nullable())]);
+        }
+        for file in self.files.iter() {
+            hash.update(file.path.to_string_lossy().as_bytes());
+            hash.update(file.rows.to_le_bytes());
+            hash.update(file.bytes.to_le_bytes());
+            hash.update(file.modified_ns.to_le_bytes());
+        }
+        let digest = hash.finalize();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_le_bytes(first)
+    }
+
+    /// This scan without the reader batches (of `batch_size` rows, counted from each file's
+    /// start) that lie wholly inside `skip` (row ranges of the whole input, sorted, disjoint),
+    /// and those batches' row ranges, merged and in order. The batches still read are exactly
+    /// the ones the full scan produces.
+    pub fn without_rows(&self, skip: &[Range<u64>], batch_size: usize) -> (Self, Vec<Range<u64>>) {
+        let batch_size = batch_size.max(1) as u64;
+        let mut omitted_all: Vec<Range<u64>> = Vec::new();
+        let mut per_file = Vec::with_capacity(self.files.len());
+        let mut file_start = 0u64;
+        let mut next_skip = 0usize;
+        for file in self.files.iter() {
+            let mut local: Vec<Range<u64>> = Vec::new();
+            let mut batch_start = 0u64;
+            while batch_start < file.rows {
+                let batch_end = (batch_start + batch_size).min(file.rows);
+                let (from, to) = (file_start + batch_start, file_start + batch_end);
+                while next_skip < skip.len() && skip[next_skip].end <= from {
+                    next_skip += 1;
+                }
+                let inside = skip
+                    .get(next_skip)
+                    .is_some_and(|s| s.start <= from && to <= s.end);
+                if inside {
+                    match local.last_mut() {
+                        Some(last) if last.end == batch_start => last.end = batch_end,
+                        _ => local.push(batch_start..batch_end),
+                    }
+                    match omitted_all.last_mut() {
+                        Some(last) if last.end == from => last.end = to,
+                        _ => omitted_all.push(from..to),
+                    }
+                }
+                batch_start = batch_end;
+            }
+            per_file.push(local);
+            file_start += file.rows;
+        }
+        let scan = LocalParquetExec {
+            location: self.location.clone(),
+            files: self.files.clone(),
+            properties: self.properties.clone(),
+            rows: self.rows,
+            omitted: Arc::new(per_file),
+        };
+        (scan, omitted_all)
     }
 }
 
@@ -278,10 +388,12 @@ impl ExecutionPlan for LocalParquetExec {
         let schema = self.properties.eq_properties.schema().clone();
         let batch_size = context.session_config().batch_size();
         let files = self.files.clone();
+        let omitted = self.omitted.clone();
         let out = schema.clone();
         Ok(crate::input::blocking_stream(schema, move |tx| {
-            for path in files.iter() {
-                match read_file(path, &out, batch_size, &tx) {
+            for (n, file) in files.iter().enumerate() {
+                let skip = omitted.get(n).map_or(&[][..], Vec::as_slice);
+                match read_file(&file.path, &out, batch_size, skip, &tx) {
                     Ok(true) => {}
                     Ok(false) => return, // the consumer has gone
                     Err(e) => {
@@ -294,14 +406,33 @@ impl ExecutionPlan for LocalParquetExec {
     }
 }
 
-/// Sends `path`'s rows as batches of `schema`; false when the receiver has gone.
+/// Sends `path`'s rows, but those in `omitted` (row ranges within the file), as batches of
+/// `schema`; false when the receiver has gone.
 fn read_file(
     path: &PathBuf,
     schema: &SchemaRef,
     batch_size: usize,
+    omitted: &[Range<u64>],
     tx: &mpsc::Sender<DFResult<RecordBatch>>,
 ) -> DFResult<bool> {
-    let builder = open(path)?;
+    let mut builder = open(path)?;
+    if !omitted.is_empty() {
+        let group_rows: Vec<u64> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|g| g.num_rows().max(0) as u64)
+            .collect();
+        let (groups, selectors) = read_plan(&group_rows, omitted);
+        if groups.is_empty() {
+            return Ok(true);
+        }
+        builder = builder
+            .with_row_groups(groups)
+            .with_row_selection(RowSelection::from(selectors))
+            // Selectors, not masks: a batch is filled across a skip, as without it.
+            .with_row_selection_policy(RowSelectionPolicy::Selectors);
+    }
     let file_schema = builder.schema().clone();
     // The table's columns this file has, by name; the others are filled with nulls.
     let mut roots = Vec::new();
@@ -330,6 +461,45 @@ fn read_file(
         }
     }
     Ok(true)
+}
+
+/// The row groups to read and the selection within them (relative to those groups) that
+/// leaves out `omitted` (row ranges within the file, sorted and disjoint), for a file whose
+/// row groups hold `group_rows` rows. Row groups wholly omitted are not read at all.
+fn read_plan(group_rows: &[u64], omitted: &[Range<u64>]) -> (Vec<usize>, Vec<RowSelector>) {
+    let mut groups = Vec::new();
+    let mut selectors: Vec<RowSelector> = Vec::new();
+    let mut push = |selector: RowSelector| match selectors.last_mut() {
+        Some(last) if last.skip == selector.skip => last.row_count += selector.row_count,
+        _ => selectors.push(selector),
+    };
+    let mut group_start = 0u64;
+    for (g, rows) in group_rows.iter().enumerate() {
+        let group = group_start..group_start + rows;
+        group_start = group.end;
+        let cuts: Vec<Range<u64>> = omitted
+            .iter()
+            .filter(|o| o.start < group.end && group.start < o.end)
+            .map(|o| o.start.max(group.start)..o.end.min(group.end))
+            .collect();
+        let left_out: u64 = cuts.iter().map(|c| c.end - c.start).sum();
+        if left_out == *rows {
+            continue;
+        }
+        groups.push(g);
+        let mut at = group.start;
+        for cut in cuts {
+            if cut.start > at {
+                push(RowSelector::select((cut.start - at) as usize));
+            }
+            push(RowSelector::skip((cut.end - cut.start) as usize));
+            at = cut.end;
+        }
+        if group.end > at {
+            push(RowSelector::select((group.end - at) as usize));
+        }
+    }
+    (groups, selectors)
 }
 
 fn read_error(path: &std::path::Path, e: impl fmt::Display) -> DataFusionError {
@@ -426,6 +596,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(table.files().len(), 3);
+        assert_eq!(
+            table.files().iter().map(|f| f.rows).collect::<Vec<_>>(),
+            [100, 50, 2]
+        );
         ctx.register_table("t", Arc::new(table)).unwrap();
         let batches = collect(&ctx, "SELECT id, x, name FROM t").await;
         let all = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
@@ -463,6 +637,84 @@ mod tests {
             rows("SELECT id FROM t WHERE x >= 120").await,
             Precision::Exact(_)
         ));
+    }
+
+    #[test]
+    fn read_plan_leaves_out_whole_row_groups_and_selects_the_rest() {
+        // Groups of 300, 300, 100 rows; rows 100..650 left out.
+        let (groups, selectors) = read_plan(&[300, 300, 100], &[100..250, 250..300, 300..650]);
+        assert_eq!(groups, [0, 2], "group 1 is wholly left out");
+        assert_eq!(
+            selectors,
+            [
+                RowSelector::select(100),
+                RowSelector::skip(200),
+                RowSelector::skip(50),
+                RowSelector::select(50)
+            ]
+            .into_iter()
+            .fold(Vec::<RowSelector>::new(), |mut v, s| {
+                match v.last_mut() {
+                    Some(l) if l.skip == s.skip => l.row_count += s.row_count,
+                    _ => v.push(s),
+                }
+                v
+            })
+        );
+        let (groups, _) = read_plan(&[10, 10], &[0..10, 10..20]);
+        assert!(groups.is_empty());
+    }
+
+    #[tokio::test]
+    async fn without_rows_reads_the_same_batches_but_the_omitted_ones() {
+        let d = tempfile::tempdir().unwrap();
+        write(&d.path().join("a.parquet"), &ids(0, 1000), 300);
+        write(&d.path().join("b.parquet"), &ids(1000, 500), 200);
+        let ctx = SessionContext::new();
+        let folder = format!("{}/", d.path().display());
+        let table = LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
+            .await
+            .unwrap();
+        let batch_size = 128;
+        let config = datafusion::prelude::SessionConfig::new().with_batch_size(batch_size);
+        let task = Arc::new(TaskContext::default().with_session_config(config));
+        let scan = LocalParquetExec::new(
+            "t".into(),
+            table.files.clone(),
+            table.schema.clone(),
+            table.rows,
+        );
+        let read = |scan: &LocalParquetExec| {
+            let stream = scan.execute(0, task.clone()).unwrap();
+            async move {
+                let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+                batches
+                    .iter()
+                    .map(|b| {
+                        let id = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                        (id.value(0) as u64)..(id.value(b.num_rows() - 1) as u64 + 1)
+                    })
+                    .collect::<Vec<_>>()
+            }
+        };
+        let full = read(&scan).await;
+        assert_eq!(full[0], 0..128);
+        assert_eq!(full[7], 896..1000, "a file's last batch is shorter");
+        assert_eq!(full[8], 1000..1128, "the next file starts a batch");
+        // Left out: rows 100..900 (batches 1..7 of a.parquet, 128..896) and 1100..1500
+        // (b.parquet's batches from 1128 on, all to its end).
+        let (part, omitted) = scan.without_rows(&[100..900, 1100..1500], batch_size);
+        assert_eq!(omitted, [128..896, 1128..1500]);
+        let expected: Vec<_> = full
+            .iter()
+            .filter(|b| !omitted.iter().any(|o| o.start <= b.start && b.end <= o.end))
+            .cloned()
+            .collect();
+        assert_eq!(read(&part).await, expected);
+        assert_ne!(
+            scan.source_identity(batch_size),
+            scan.source_identity(batch_size + 1)
+        );
     }
 
     #[tokio::test]

@@ -128,6 +128,11 @@ pub struct LedgerEntry {
     pub part: Option<PartRef>,
     /// The run (1-based, see `runs.jsonl`) that wrote it.
     pub run: u32,
+    /// The identity of its input's source when it was cut (hex; a local Parquet input's
+    /// files and batching): a resumed run whose input has the same identity skips the
+    /// mini-batch's rows without reading them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl LedgerEntry {
@@ -487,6 +492,10 @@ pub fn open(
                 resume.skips.insert(
                     id,
                     SkippedMiniBatch {
+                        source: entry
+                            .source
+                            .as_deref()
+                            .and_then(|s| u64::from_str_radix(s, 16).ok()),
                         record: entry.record,
                         fingerprint,
                     },
@@ -604,6 +613,7 @@ impl LedgerWriter {
             slice: format!("{:016x}", done.fingerprint),
             part,
             run: self.run,
+            source: done.source.map(|s| format!("{s:016x}")),
         };
         let mut line = serde_json::to_vec(&entry)
             .map_err(|e| ledger_error(&self.path.display().to_string(), e))?;
