@@ -37,6 +37,8 @@ pub struct Sample {
     pub ledger: Option<f64>,
     /// `mini_batches_skipped` of a resumed run (committed by the run it continued).
     pub skipped: Option<u64>,
+    /// `rows_not_read` of a resumed run (input rows of skipped mini-batches not read again).
+    pub not_read: Option<u64>,
     /// Ledger records when the side's preparation killed the job (resume workload).
     pub killed_at: Option<u64>,
 }
@@ -368,6 +370,7 @@ pub fn run_side(ctx: &Ctx, side: &mut Side, log: &Path) -> Result<Sample> {
             }
             sample.mini_batches = total;
             sample.skipped = skipped.filter(|_| min_skipped.is_some());
+            sample.not_read = num("rows_not_read").filter(|_| min_skipped.is_some());
             sample.job_elapsed = v.get("elapsed_seconds").and_then(|s| s.as_f64());
             sample.ledger = v.get("ledger_seconds").and_then(|s| s.as_f64());
         }

@@ -491,7 +491,7 @@ impl Report<'_> {
                     s,
                     "\nresume-2M: each timed `--resume` continued a run of the same job killed \
                      (SIGKILL) when its ledger held {} of its {} mini-batches, and skipped {} of \
-                     them. The whole job takes {whole:.2} s (median), {:.0} s of it init(), so \
+                     them without reading {} of their input rows again. The whole job takes {whole:.2} s (median), {:.0} s of it init(), so \
                      the remaining work is estimated at {:.0} s + {:.0}% × {:.2} s = {rest:.2} s; \
                      the resume took {resumed:.2} s. Beyond init(), the resume spent {:.0}% \
                      of what the whole job spends ({:.2} s of {:.2} s).",
@@ -500,6 +500,7 @@ impl Report<'_> {
                         .and_then(|x| x.mini_batches)
                         .map_or("?".into(), |n| n.to_string()),
                     range_text(o.a.iter().filter_map(|x| x.skipped)).unwrap_or("?".into()),
+                    range_text(o.a.iter().filter_map(|x| x.not_read)).unwrap_or("?".into()),
                     o.init_secs,
                     o.init_secs,
                     (1.0 - RESUME_AT) * 100.0,
