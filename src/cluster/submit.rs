@@ -20,16 +20,18 @@ use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::batch::MiniBatch;
+use crate::batch::ItemKind;
 use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
-    manifest_batch, manifest_schema, read_envelopes, MANIFEST_LIMIT_BYTES,
+    manifest_batch, manifest_schema, read_envelopes, ManifestEntry, MANIFEST_LIMIT_BYTES,
 };
+use crate::exec::recut::local_scan;
 use crate::exec::{
     dispatch, CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorRuntime, OperatorSpec,
     ParallelRunExec, ResumeSkips, RuntimeProvider,
 };
+use crate::input::RowLocator;
 
 /// The driver ships the operator but never runs it.
 struct DriverOnly;
@@ -142,13 +144,22 @@ pub async fn run_on_cluster(
 }
 
 /// Cuts the inputs with the local dispatcher (ids, indexes, fingerprints and resume skips as
-/// on a local run), keeping the mini-batches instead of running them.
+/// on a local run), keeping the mini-batches instead of running them. A mini-batch of a local
+/// Parquet input keeps only where its rows are (the executor reads them); others keep their
+/// rows.
 async fn cut_mini_batches(
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     task_ctx: Arc<TaskContext>,
     state: &Arc<JobState>,
     skips: Option<Arc<ResumeSkips>>,
-) -> Result<Vec<(MiniBatch, u64, u64)>> {
+) -> Result<Vec<ManifestEntry>> {
+    let locators: Vec<Option<RowLocator>> = inputs
+        .iter()
+        .map(|(plan, info)| match info.kind {
+            ItemKind::Rows => local_scan(plan).map(|scan| scan.locator()),
+            ItemKind::Files => None,
+        })
+        .collect();
     let (tx, mut rx) = mpsc::channel(64);
     let dispatcher = tokio::spawn(dispatch::dispatch(
         inputs,
@@ -159,11 +170,19 @@ async fn cut_mini_batches(
     ));
     let mut cut = Vec::new();
     while let Some(dispatched) = rx.recv().await {
-        cut.push((
+        let locator = locators
+            .get(dispatched.mini_batch.id.input as usize)
+            .and_then(Option::as_ref);
+        let rows = dispatched.mini_batch.lineage.rows.clone();
+        let entry = ManifestEntry::new(
             dispatched.mini_batch,
             dispatched.index,
             dispatched.fingerprint,
-        ));
+        );
+        cut.push(match locator {
+            Some(locator) => entry.read_from(locator.locate(rows)),
+            None => entry,
+        });
     }
     dispatcher.await.map_err(|e| PrsError::Output {
         path: "(cutting the inputs)".into(),
@@ -177,11 +196,11 @@ async fn cut_mini_batches(
 
 /// The manifest leaf: mini-batch `i` (in dispatch order) in partition `i % partitions`.
 fn deal(
-    cut: Vec<(MiniBatch, u64, u64)>,
+    cut: Vec<ManifestEntry>,
     partitions: usize,
     target: &str,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut dealt: Vec<Vec<(MiniBatch, u64, u64)>> = vec![Vec::new(); partitions];
+    let mut dealt: Vec<Vec<ManifestEntry>> = vec![Vec::new(); partitions];
     for (i, entry) in cut.into_iter().enumerate() {
         dealt[i % partitions].push(entry);
     }
@@ -202,8 +221,9 @@ fn deal(
             target,
             format!(
                 "the job's mini-batches add up to {} MiB, more than the {} MiB a cluster plan \
-                 carries for now (tables travel with their rows; file datasets as paths). \
-                 Run it locally, or split the input into several jobs",
+                 carries (local Parquet tables and file datasets travel as row ranges and \
+                 paths, other tables with their rows). Read the input from Parquet files, \
+                 run it locally, or split it into several jobs",
                 bytes / (1024 * 1024),
                 MANIFEST_LIMIT_BYTES / (1024 * 1024)
             ),

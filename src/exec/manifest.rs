@@ -7,8 +7,11 @@
 //! Ballista can restrict per task (`DataSourceExec(MemorySourceConfig)`); the operator in
 //! [`crate::exec::ExecMode::Manifest`] is partition-preserving over it, so a task that runs
 //! partitions 1 and 3 sees exactly their mini-batches. A file dataset's mini-batch is its
-//! listing rows (paths: each executor reads the files itself); a table's mini-batch carries
-//! its rows (bounded by the plan size limit, see [`MANIFEST_LIMIT_BYTES`]).
+//! listing rows (paths: each executor reads the files itself); a local Parquet table's
+//! mini-batch is its row range and the files holding it ([`RowsInFiles`]: the executor reads
+//! exactly those rows, checks the files are the ones the driver listed and the slice's
+//! fingerprint); any other table's mini-batch carries its rows (bounded by the plan size
+//! limit, see [`MANIFEST_LIMIT_BYTES`]).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -23,11 +26,15 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, MiniBatchRecord, PartitionKeyValue};
+use crate::batch::{
+    slice_fingerprint, ItemKind, Lineage, MiniBatch, MiniBatchId, MiniBatchRecord,
+    PartitionKeyValue,
+};
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::{Dispatched, EngineMemoryPool};
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
+use crate::input::{read_rows, RowsInFiles};
 
 /// The largest manifest a plan carries: Ballista's gRPC messages are limited to 16 MiB, and
 /// the plan has more than the manifest in it.
@@ -40,6 +47,41 @@ struct Descriptor {
     kind: ItemKind,
     lineage: Lineage,
     partition_key_value: PartitionKeyValue,
+    /// Where the executor reads the rows (the items then hold none, only the schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    read: Option<RowsInFiles>,
+}
+
+/// One mini-batch of a manifest.
+#[derive(Debug, Clone)]
+pub struct ManifestEntry {
+    /// The mini-batch (with no rows when `read` says where they are).
+    pub mini_batch: MiniBatch,
+    /// Its dispatch index.
+    pub index: u64,
+    /// Its slice's fingerprint.
+    pub fingerprint: u64,
+    /// Where an executor reads its rows, for a local Parquet input.
+    pub read: Option<RowsInFiles>,
+}
+
+impl ManifestEntry {
+    /// A mini-batch that travels with its items.
+    pub fn new(mini_batch: MiniBatch, index: u64, fingerprint: u64) -> Self {
+        ManifestEntry {
+            mini_batch,
+            index,
+            fingerprint,
+            read: None,
+        }
+    }
+
+    /// The same mini-batch read by the executor from `read`: its rows stay behind.
+    pub fn read_from(mut self, read: RowsInFiles) -> Self {
+        self.mini_batch.data = RecordBatch::new_empty(self.mini_batch.data.schema());
+        self.read = Some(read);
+        self
+    }
 }
 
 /// The manifest's schema: id text, dispatch index, slice fingerprint, descriptor (JSON) and
@@ -69,21 +111,23 @@ pub fn envelope_schema() -> SchemaRef {
 }
 
 /// Manifest rows of `mini_batches` (in the order given), one batch.
-pub fn manifest_batch(mini_batches: &[(MiniBatch, u64, u64)]) -> Result<RecordBatch> {
+pub fn manifest_batch(mini_batches: &[ManifestEntry]) -> Result<RecordBatch> {
     let mut ids = Vec::with_capacity(mini_batches.len());
     let mut indexes = Vec::with_capacity(mini_batches.len());
     let mut fingerprints = Vec::with_capacity(mini_batches.len());
     let mut descriptors = Vec::with_capacity(mini_batches.len());
     let mut items = Vec::with_capacity(mini_batches.len());
-    for (mb, index, fingerprint) in mini_batches {
+    for entry in mini_batches {
+        let mb = &entry.mini_batch;
         ids.push(mb.id.to_string());
-        indexes.push(*index);
-        fingerprints.push(*fingerprint);
+        indexes.push(entry.index);
+        fingerprints.push(entry.fingerprint);
         let descriptor = Descriptor {
             id: mb.id,
             kind: mb.kind,
             lineage: mb.lineage.clone(),
             partition_key_value: mb.partition_key_value.clone(),
+            read: entry.read.clone(),
         };
         descriptors.push(
             serde_json::to_string(&descriptor)
@@ -101,8 +145,9 @@ pub fn manifest_batch(mini_batches: &[(MiniBatch, u64, u64)]) -> Result<RecordBa
     Ok(RecordBatch::try_new(manifest_schema(), columns)?)
 }
 
-/// The mini-batches of a manifest batch, with their dispatch index and fingerprint.
-pub fn read_manifest(batch: &RecordBatch) -> Result<Vec<(MiniBatch, u64, u64)>> {
+/// The mini-batches of a manifest batch, with their dispatch index and fingerprint (those
+/// an executor reads itself still without their rows).
+pub fn read_manifest(batch: &RecordBatch) -> Result<Vec<ManifestEntry>> {
     let ids = string_column(batch, "mini_batch")?;
     let indexes = u64_column(batch, "index")?;
     let fingerprints = u64_column(batch, "fingerprint")?;
@@ -115,17 +160,18 @@ pub fn read_manifest(batch: &RecordBatch) -> Result<Vec<(MiniBatch, u64, u64)>> 
             .map_err(|e| manifest_error(id, format!("bad descriptor: {e}")))?;
         let data = batch_from_ipc(items.value(row))
             .map_err(|e| manifest_error(id, format!("bad items: {e}")))?;
-        out.push((
-            MiniBatch {
+        out.push(ManifestEntry {
+            mini_batch: MiniBatch {
                 id: descriptor.id,
                 kind: descriptor.kind,
                 data,
                 lineage: descriptor.lineage,
                 partition_key_value: descriptor.partition_key_value,
             },
-            indexes.value(row),
-            fingerprints.value(row),
-        ));
+            index: indexes.value(row),
+            fingerprint: fingerprints.value(row),
+            read: descriptor.read,
+        });
     }
     Ok(out)
 }
@@ -222,7 +268,15 @@ async fn queue_manifest(
     for partition in 0..manifest.output_partitioning().partition_count() {
         let mut stream = manifest.execute(partition, context.clone())?;
         while let Some(batch) = stream.next().await {
-            for (mini_batch, index, fingerprint) in read_manifest(&batch?)? {
+            for entry in read_manifest(&batch?)? {
+                let (mini_batch, index, fingerprint) = match entry.read {
+                    Some(read) => (
+                        read_mini_batch(entry.mini_batch, read, entry.fingerprint).await?,
+                        entry.index,
+                        entry.fingerprint,
+                    ),
+                    None => (entry.mini_batch, entry.index, entry.fingerprint),
+                };
                 let held = reservation.new_empty();
                 held.try_grow(mini_batch.memory_size())?;
                 state.mini_batch_scheduled(mini_batch.items());
@@ -238,6 +292,38 @@ async fn queue_manifest(
         }
     }
     Ok(true)
+}
+
+/// `mini_batch` with its rows read from the files `read` names (off the async threads), checked
+/// against the `fingerprint` the driver computed when it cut them.
+async fn read_mini_batch(
+    mut mini_batch: MiniBatch,
+    read: RowsInFiles,
+    fingerprint: u64,
+) -> Result<MiniBatch> {
+    let id = mini_batch.id.to_string();
+    let schema = mini_batch.data.schema();
+    let data = tokio::task::spawn_blocking(move || read_rows(&read, &schema))
+        .await
+        .map_err(|e| manifest_error(&id, format!("reading its rows stopped: {e}")))?
+        .map_err(|e| PrsError::Input {
+            input: mini_batch.lineage.input.to_string(),
+            location: format!("mini batch {id} on this executor"),
+            message: e.to_string(),
+        })?;
+    mini_batch.data = data;
+    if slice_fingerprint(&mini_batch) != fingerprint {
+        return Err(PrsError::Input {
+            input: mini_batch.lineage.input.to_string(),
+            location: format!("mini batch {id} on this executor"),
+            message: format!(
+                "rows {}..{} read here are not the ones the driver cut: the input files differ \
+                 between the nodes or changed during the job",
+                mini_batch.lineage.rows.start, mini_batch.lineage.rows.end
+            ),
+        });
+    }
+    Ok(mini_batch)
 }
 
 /// An Arrow IPC stream of one batch.
@@ -320,18 +406,25 @@ mod tests {
 
     #[test]
     fn manifests_and_envelopes_round_trip() {
-        let mbs = vec![(mini_batch(0), 0, 11), (mini_batch(1), 1, 22)];
+        let mbs = vec![
+            ManifestEntry::new(mini_batch(0), 0, 11),
+            ManifestEntry::new(mini_batch(1), 1, 22),
+        ];
         let batch = manifest_batch(&mbs).unwrap();
         let back = read_manifest(&batch).unwrap();
         assert_eq!(back.len(), 2);
-        for ((a, ai, af), (b, bi, bf)) in mbs.iter().zip(&back) {
-            assert_eq!((a.id, ai, af), (b.id, bi, bf));
-            assert_eq!(a.data, b.data);
-            assert_eq!(a.lineage, b.lineage);
-            assert_eq!(a.kind, b.kind);
+        for (a, b) in mbs.iter().zip(&back) {
+            assert_eq!(
+                (a.mini_batch.id, a.index, a.fingerprint),
+                (b.mini_batch.id, b.index, b.fingerprint)
+            );
+            assert_eq!(a.mini_batch.data, b.mini_batch.data);
+            assert_eq!(a.mini_batch.lineage, b.mini_batch.lineage);
+            assert_eq!(a.mini_batch.kind, b.mini_batch.kind);
+            assert!(b.read.is_none());
         }
 
-        let (mb, _, _) = &mbs[1];
+        let mb = &mbs[1].mini_batch;
         let record = MiniBatchRecord {
             id: mb.id,
             index: 1,

@@ -11,7 +11,7 @@ pub mod keyed;
 pub mod logical;
 pub mod manifest;
 pub mod planner;
-mod recut;
+pub(crate) mod recut;
 pub mod spec;
 pub mod state;
 pub mod stream;

@@ -40,7 +40,6 @@ use parquet::arrow::arrow_reader::{
 };
 use parquet::arrow::ProjectionMask;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 /// The Parquet files of a local input and their merged schema.
 #[derive(Debug)]
@@ -62,7 +61,103 @@ pub struct ParquetFile {
     /// Its size in bytes.
     pub bytes: u64,
     /// Its modification time, in nanoseconds since the epoch (0 when unknown).
-    pub modified_ns: u128,
+    pub modified_ns: u64,
+}
+
+/// Rows `rows` of a local Parquet input and the files holding them: what a cluster executor
+/// reads for a table mini-batch ([`read_rows`]) instead of receiving its rows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RowsInFiles {
+    /// The input's rows `[start, end)`.
+    pub rows: Range<u64>,
+    /// The files holding them, in order.
+    pub files: Vec<FileRows>,
+}
+
+/// One file of [`RowsInFiles`]: where its rows start in the input, and what it was when the
+/// driver cut the job.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRows {
+    /// Its path (absolute: the same on every node).
+    pub path: PathBuf,
+    /// The input row its first row is.
+    pub first_row: u64,
+    /// Its rows.
+    pub rows: u64,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Its modification time, in nanoseconds since the epoch (0 when unknown).
+    pub modified_ns: u64,
+}
+
+/// Finds the files holding a run of rows of a [`LocalParquetExec`]'s input.
+#[derive(Debug, Clone)]
+pub struct RowLocator {
+    files: Arc<Vec<ParquetFile>>,
+}
+
+impl RowLocator {
+    /// The files holding the input's rows `rows`.
+    pub fn locate(&self, rows: Range<u64>) -> RowsInFiles {
+        let mut files = Vec::new();
+        let mut first_row = 0u64;
+        for file in self.files.iter() {
+            let end = first_row + file.rows;
+            if first_row < rows.end && rows.start < end {
+                files.push(FileRows {
+                    path: file.path.clone(),
+                    first_row,
+                    rows: file.rows,
+                    bytes: file.bytes,
+                    modified_ns: file.modified_ns,
+                });
+            }
+            first_row = end;
+        }
+        RowsInFiles { rows, files }
+    }
+}
+
+/// Reads exactly the rows `what` describes, as one batch of `schema` (the columns the input
+/// reads), checking that every file is still the one the driver listed.
+pub fn read_rows(what: &RowsInFiles, schema: &SchemaRef) -> DFResult<RecordBatch> {
+    let mut pieces = Vec::new();
+    for file in &what.files {
+        let now = std::fs::metadata(&file.path).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "cannot read {} on this node: {e}; an input must be reachable under the same \
+                 path from every node (a shared folder) or be on object storage",
+                file.path.display()
+            ))
+        })?;
+        if now.len() != file.bytes || modified_ns(&now) != file.modified_ns {
+            return Err(DataFusionError::Execution(format!(
+                "{} is not the file the driver cut the job from (size or modification time \
+                 differ on this node): inputs must not change while a job runs",
+                file.path.display()
+            )));
+        }
+        let from = what.rows.start.max(file.first_row) - file.first_row;
+        let to = what.rows.end.min(file.first_row + file.rows) - file.first_row;
+        let omitted: Vec<Range<u64>> = [0..from, to..file.rows]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect();
+        let batch_size = (to - from).max(1) as usize;
+        read_file(&file.path, schema, batch_size, &omitted, &mut |batch| {
+            pieces.push(batch);
+            true
+        })?;
+    }
+    crate::batch::compact_concat(schema, &pieces)
+        .map_err(|e| DataFusionError::Execution(format!("joining the rows read: {e}")))
+}
+
+fn modified_ns(meta: &std::fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl LocalParquetTable {
@@ -178,11 +273,7 @@ fn merged_schema(paths: &[PathBuf]) -> DFResult<(SchemaRef, Vec<ParquetFile>)> {
             path: path.clone(),
             rows: builder.metadata().file_metadata().num_rows().max(0) as u64,
             bytes: meta.len(),
-            modified_ns: meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos()),
+            modified_ns: modified_ns(&meta),
         });
         let schema = builder.schema().as_ref().clone();
         schemas.push(Schema::new(schema.fields().clone()));
@@ -307,6 +398,13 @@ impl LocalParquetExec {
         u64::from_le_bytes(first)
     }
 
+    /// Where the rows of this scan's input are, by file.
+    pub fn locator(&self) -> RowLocator {
+        RowLocator {
+            files: self.files.clone(),
+        }
+    }
+
     /// This scan without the reader batches (of `batch_size` rows, counted from each file's
     /// start) that lie wholly inside `skip` (row ranges of the whole input, sorted, disjoint),
     /// and those batches' row ranges, merged and in order. The batches still read are exactly
@@ -393,7 +491,8 @@ impl ExecutionPlan for LocalParquetExec {
         Ok(crate::input::blocking_stream(schema, move |tx| {
             for (n, file) in files.iter().enumerate() {
                 let skip = omitted.get(n).map_or(&[][..], Vec::as_slice);
-                match read_file(&file.path, &out, batch_size, skip, &tx) {
+                let mut send = |batch| tx.blocking_send(Ok(batch)).is_ok();
+                match read_file(&file.path, &out, batch_size, skip, &mut send) {
                     Ok(true) => {}
                     Ok(false) => return, // the consumer has gone
                     Err(e) => {
@@ -406,14 +505,14 @@ impl ExecutionPlan for LocalParquetExec {
     }
 }
 
-/// Sends `path`'s rows, but those in `omitted` (row ranges within the file), as batches of
-/// `schema`; false when the receiver has gone.
+/// Gives `path`'s rows, but those in `omitted` (row ranges within the file), to `send` as
+/// batches of `schema`; false when `send` refused one (the receiver has gone).
 fn read_file(
     path: &PathBuf,
     schema: &SchemaRef,
     batch_size: usize,
     omitted: &[Range<u64>],
-    tx: &mpsc::Sender<DFResult<RecordBatch>>,
+    send: &mut dyn FnMut(RecordBatch) -> bool,
 ) -> DFResult<bool> {
     let mut builder = open(path)?;
     if !omitted.is_empty() {
@@ -456,7 +555,7 @@ fn read_file(
                 path.display()
             ))
         })?;
-        if tx.blocking_send(Ok(batch)).is_err() {
+        if !send(batch) {
             return Ok(false);
         }
     }
@@ -714,6 +813,46 @@ mod tests {
         assert_ne!(
             scan.source_identity(batch_size),
             scan.source_identity(batch_size + 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn read_rows_reads_a_row_range_across_files_and_refuses_a_changed_file() {
+        let d = tempfile::tempdir().unwrap();
+        write(&d.path().join("a.parquet"), &ids(0, 1000), 300);
+        write(&d.path().join("b.parquet"), &ids(1000, 500), 200);
+        let ctx = SessionContext::new();
+        let folder = format!("{}/", d.path().display());
+        let table = LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
+            .await
+            .unwrap();
+        let scan = LocalParquetExec::new(
+            "t".into(),
+            table.files.clone(),
+            table.schema.clone(),
+            table.rows,
+        );
+        let locator = scan.locator();
+        for rows in [0..10, 250..950, 990..1210, 1499..1500, 0..1500] {
+            let what = locator.locate(rows.clone());
+            let batch = read_rows(&what, &table.schema).unwrap();
+            let id = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            let expected: Vec<i64> = (rows.start as i64..rows.end as i64).collect();
+            assert_eq!(id.values().to_vec(), expected, "{rows:?}");
+        }
+        assert_eq!(locator.locate(990..1210).files.len(), 2);
+        let what = locator.locate(1100..1200);
+        assert_eq!(what.files.len(), 1);
+        // Rewritten since the listing: refused, naming the file.
+        write(&d.path().join("b.parquet"), &ids(5000, 500), 100);
+        let err = read_rows(&what, &table.schema).unwrap_err().to_string();
+        assert!(
+            err.contains("b.parquet") && err.contains("not the file"),
+            "{err}"
         );
     }
 

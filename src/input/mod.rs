@@ -28,7 +28,10 @@ pub use crate::session::{default_memory_limit, job_session, job_session_with};
 pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
 pub use formats::{listing_options, usual_extension};
 pub use local_files::FileListing;
-pub use local_parquet::{LocalParquetExec, LocalParquetFactory, LocalParquetTable};
+pub use local_parquet::{
+    read_rows, FileRows, LocalParquetExec, LocalParquetFactory, LocalParquetTable, RowLocator,
+    RowsInFiles,
+};
 pub use path_columns::{PathColumnsInput, PathColumnsTable};
 
 use std::collections::BTreeSet;

@@ -20,7 +20,9 @@ use futures::StreamExt;
 use parallel_run::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, PartitionKeyValue};
 use parallel_run::cluster::{PrsPhysicalCodec, PRS_MAGIC};
 use parallel_run::config::{InputFormat, InputSpec, JobSettings, OutputAction, ParallelRunConfig};
-use parallel_run::exec::manifest::{manifest_batch, manifest_schema, read_envelopes};
+use parallel_run::exec::manifest::{
+    manifest_batch, manifest_schema, read_envelopes, ManifestEntry,
+};
 use parallel_run::exec::{ExecMode, InputInfo, OperatorSpec, ParallelRunExec};
 use parallel_run::job::JobRuntimes;
 
@@ -69,7 +71,7 @@ fn manifest(n: u64, partitions: usize) -> Arc<dyn ExecutionPlan> {
             },
             partition_key_value: PartitionKeyValue::default(),
         };
-        dealt[seq as usize % partitions].push((mb, seq, seq + 100));
+        dealt[seq as usize % partitions].push(ManifestEntry::new(mb, seq, seq + 100));
     }
     let batches: Vec<Vec<RecordBatch>> = dealt
         .iter()
@@ -439,6 +441,36 @@ fn a_job_runs_on_scheduler_and_executor_processes() {
     assert!(
         (1..=2).contains(&nodes.len()) && nodes.iter().all(|n| n.contains(':')),
         "{nodes:?}"
+    );
+
+    // A local Parquet table travels as row ranges (the executors read their rows): the same
+    // rows as locally, mini-batches spanning files and row groups.
+    write_parquet(&dir.path().join("pq/a.parquet"), 0, 700, 128);
+    write_parquet(&dir.path().join("pq/b.parquet"), 700, 300, 100);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 4KB",
+        "inputs:\n  - {name: t, path: pq/, format: parquet}\n",
+    );
+    let job = job.to_str().unwrap();
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", job, "-q", "--output", "pq-local"],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", job, "-q", "--output", "pq-cluster", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    assert_eq!(sorted("pq-cluster").len(), 1000);
+    assert_eq!(sorted("pq-cluster"), sorted("pq-local"));
+    assert_eq!(
+        summary(&dir.path().join("pq-cluster"))["mini_batches_succeeded"],
+        summary(&dir.path().join("pq-local"))["mini_batches_succeeded"]
     );
 }
 
