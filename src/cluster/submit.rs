@@ -20,18 +20,16 @@ use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::batch::ItemKind;
 use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
-    manifest_batch, manifest_schema, read_envelopes, ManifestEntry, MANIFEST_LIMIT_BYTES,
+    manifest_batch, manifest_schema, read_envelopes, ManifestEntry, RowLocators,
+    MANIFEST_LIMIT_BYTES,
 };
-use crate::exec::recut::local_scan;
 use crate::exec::{
     dispatch, CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorRuntime, OperatorSpec,
     ParallelRunExec, ResumeSkips, RuntimeProvider,
 };
-use crate::input::RowLocator;
 
 /// The driver ships the operator but never runs it.
 struct DriverOnly;
@@ -153,13 +151,7 @@ async fn cut_mini_batches(
     state: &Arc<JobState>,
     skips: Option<Arc<ResumeSkips>>,
 ) -> Result<Vec<ManifestEntry>> {
-    let locators: Vec<Option<RowLocator>> = inputs
-        .iter()
-        .map(|(plan, info)| match info.kind {
-            ItemKind::Rows => local_scan(plan).map(|scan| scan.locator()),
-            ItemKind::Files => None,
-        })
-        .collect();
+    let locators = RowLocators::of(&inputs);
     let (tx, mut rx) = mpsc::channel(64);
     let dispatcher = tokio::spawn(dispatch::dispatch(
         inputs,
@@ -170,19 +162,7 @@ async fn cut_mini_batches(
     ));
     let mut cut = Vec::new();
     while let Some(dispatched) = rx.recv().await {
-        let locator = locators
-            .get(dispatched.mini_batch.id.input as usize)
-            .and_then(Option::as_ref);
-        let rows = dispatched.mini_batch.lineage.rows.clone();
-        let entry = ManifestEntry::new(
-            dispatched.mini_batch,
-            dispatched.index,
-            dispatched.fingerprint,
-        );
-        cut.push(match locator {
-            Some(locator) => entry.read_from(locator.locate(rows)),
-            None => entry,
-        });
+        cut.push(locators.entry(dispatched));
     }
     dispatcher.await.map_err(|e| PrsError::Output {
         path: "(cutting the inputs)".into(),

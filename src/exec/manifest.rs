@@ -31,10 +31,12 @@ use crate::batch::{
     PartitionKeyValue,
 };
 use crate::error::{PrsError, Result};
+use crate::exec::dispatch::InputInfo;
 use crate::exec::dispatch::{Dispatched, EngineMemoryPool};
+use crate::exec::recut::local_scan;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
-use crate::input::{read_rows, RowsInFiles};
+use crate::input::{read_rows, RowLocator, RowsInFiles};
 
 /// The largest manifest a plan carries: Ballista's gRPC messages are limited to 16 MiB, and
 /// the plan has more than the manifest in it.
@@ -108,6 +110,43 @@ pub fn envelope_schema() -> SchemaRef {
         Field::new("record", DataType::Utf8, false),
         Field::new("result", DataType::Binary, true),
     ]))
+}
+
+/// Where the rows of each input are, for the inputs an executor reads itself (local Parquet
+/// tables read as they are).
+pub struct RowLocators(Vec<Option<RowLocator>>);
+
+impl RowLocators {
+    /// The locators of `inputs` (by ordinal).
+    pub fn of(inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)]) -> Self {
+        RowLocators(
+            inputs
+                .iter()
+                .map(|(plan, info)| match info.kind {
+                    ItemKind::Rows => local_scan(plan).map(|scan| scan.locator()),
+                    ItemKind::Files => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// The manifest entry of `dispatched`: without its rows when its input has a locator.
+    pub fn entry(&self, dispatched: Dispatched) -> ManifestEntry {
+        let locator = self
+            .0
+            .get(dispatched.mini_batch.id.input as usize)
+            .and_then(Option::as_ref);
+        let rows = dispatched.mini_batch.lineage.rows.clone();
+        let entry = ManifestEntry::new(
+            dispatched.mini_batch,
+            dispatched.index,
+            dispatched.fingerprint,
+        );
+        match locator {
+            Some(locator) => entry.read_from(locator.locate(rows)),
+            None => entry,
+        }
+    }
 }
 
 /// Manifest rows of `mini_batches` (in the order given), one batch.
