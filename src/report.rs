@@ -515,6 +515,9 @@ pub struct JobSummary {
     /// Seconds spent on the ledger (fingerprinting input slices, writing and syncing
     /// records), summed over the job's tasks: an upper bound of what the ledger costs.
     pub ledger_seconds: f64,
+    /// Files of file datasets on object storage this run downloaded (a resumed run does not
+    /// download the files of the mini-batches it skips).
+    pub files_downloaded: u64,
     /// Wall time, seconds.
     pub elapsed_seconds: f64,
     /// The append_row file (absent for summary_only or a failed job).
@@ -583,6 +586,7 @@ impl JobSummary {
             mini_batches_skipped: c.mini_batches_skipped,
             mini_batches_rerun: 0,
             ledger_seconds: 0.0,
+            files_downloaded: 0,
             elapsed_seconds: elapsed.as_secs_f64(),
             output: None,
             output_rows: 0,
