@@ -27,7 +27,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arrow::compute::cast;
+use arrow::compute::cast_with_options;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::runtime::SpawnedTask;
@@ -609,6 +609,24 @@ fn node_name() -> String {
 /// Casts a result batch to the declared output schema, by column name, naming the mini-batch
 /// when it does not fit.
 pub fn conform(batch: RecordBatch, schema: &SchemaRef, mini_batch: &str) -> Result<RecordBatch> {
+    conform_with(batch, schema, mini_batch, true)
+}
+
+/// [`conform`], except that a value the cast cannot convert is an error instead of a null.
+pub fn conform_strict(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    mini_batch: &str,
+) -> Result<RecordBatch> {
+    conform_with(batch, schema, mini_batch, false)
+}
+
+fn conform_with(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    mini_batch: &str,
+    safe: bool,
+) -> Result<RecordBatch> {
     if batch.schema_ref().fields() == schema.fields() {
         return RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Into::into);
     }
@@ -633,13 +651,19 @@ pub fn conform(batch: RecordBatch, schema: &SchemaRef, mini_batch: &str) -> Resu
         let column = if column.data_type() == field.data_type() {
             column.clone()
         } else {
-            cast(column, field.data_type()).map_err(|e| PrsError::Output {
-                path: format!("mini batch {mini_batch}"),
-                message: format!(
-                    "column {:?} cannot be cast to {}: {e}",
-                    field.name(),
-                    field.data_type()
-                ),
+            let options = arrow::compute::CastOptions {
+                safe,
+                ..Default::default()
+            };
+            cast_with_options(column, field.data_type(), &options).map_err(|e| {
+                PrsError::Output {
+                    path: format!("mini batch {mini_batch}"),
+                    message: format!(
+                        "column {:?} cannot be cast to {}: {e}",
+                        field.name(),
+                        field.data_type()
+                    ),
+                }
             })?
         };
         columns.push(column);

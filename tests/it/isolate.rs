@@ -493,3 +493,83 @@ def run(mini_batch):
     assert!(crash["message"].contains("exit code 3"), "{crash:?}");
     assert_eq!(summary(&out)["items_failed"], 2);
 }
+
+#[test]
+fn rows_that_make_run_return_a_bad_result_are_isolated_and_every_good_row_is_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_parquet(&dir.path().join("in.parquet"), 0, 1000, 1000);
+    // Invalid only when a poison row is present: a dict is no result at all, and a column
+    // mixing numbers and text cannot become Arrow.
+    std::fs::write(
+        dir.path().join("entry.py"),
+        r#"
+def run(mini_batch):
+    ids = set(mini_batch["id"])
+    if 333 in ids:
+        return {"not": "a result"}
+    result = mini_batch[["id"]].astype(object)
+    if 777 in ids:
+        result.loc[result["id"] == 777, "id"] = "seven hundred seventy-seven"
+    return result
+"#,
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: entry.py\nenvironment: {{python: {}}}\nnode_count: 1\n\
+             process_count_per_node: 2\nmini_batch_size: 6KB\nrun_max_try: 2\n\
+             error_threshold: 2\noutput_action: append_row\nisolate_failures: true",
+            python()
+        ),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n\
+         output_format: csv\ndead_letter_rows: true\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = dir.path().join("out");
+    let expected: Vec<i64> = (0..1000).filter(|id| *id != 333 && *id != 777).collect();
+    assert_eq!(csv_ids_sorted(&out), expected, "every good row once");
+
+    let letters = dead_letters(&out);
+    let batches: Vec<_> = letters
+        .iter()
+        .filter(|r| r["level"] == "mini_batch")
+        .collect();
+    assert_eq!(batches.len(), 2, "{letters:?}");
+    assert!(
+        batches
+            .iter()
+            .all(|r| r["error_class"] == "BAD_RESULT" && r["tries"] != "2"),
+        "each failed both tries, then was bisected: {batches:?}"
+    );
+    let items: Vec<_> = letters.iter().filter(|r| r["level"] == "item").collect();
+    assert_eq!(items.len(), 2, "{letters:?}");
+    let (dict, mixed) = (&items[0], &items[1]);
+    assert_eq!(
+        (dict["rows_start"].as_str(), dict["error_class"].as_str()),
+        ("333", "BAD_RESULT")
+    );
+    assert!(dict["message"].contains("returned dict"), "{dict:?}");
+    assert_eq!(
+        (mixed["rows_start"].as_str(), mixed["error_class"].as_str()),
+        ("777", "BAD_RESULT")
+    );
+    assert!(
+        mixed["message"].contains("id Utf8") && mixed["message"].contains("id Int64"),
+        "alone, the row's result is a valid text column that does not fit the others': {mixed:?}"
+    );
+    let s = summary(&out);
+    assert_eq!(s["items_failed"], 2, "{s}");
+    assert_eq!(s["items_succeeded"], 998, "{s}");
+    assert!(s["bisection_calls"].as_u64().unwrap() > 0, "{s}");
+
+    // dead_letter_rows: the two poison rows, with every input column.
+    let mut failed: Vec<i64> = std::fs::read_dir(out.join("failed_rows"))
+        .unwrap()
+        .flat_map(|e| parquet_rows(&e.unwrap().path()))
+        .map(|row| row["id"].parse().unwrap())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, [333, 777]);
+}
