@@ -46,6 +46,7 @@ use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
 use crate::error::{PrsError, Result};
+use crate::output::FailedRowsWriter;
 use crate::worker::WorkerFactoryRef;
 
 /// A stream of succeeded mini-batches from one partition.
@@ -73,6 +74,9 @@ pub struct OperatorRuntime {
     pub sink: Option<Arc<dyn MiniBatchSink>>,
     /// A resumed run: the mini-batches an earlier run finished, counted and not run.
     pub skips: Option<Arc<ResumeSkips>>,
+    /// `dead_letter_rows`: where the input of each finished mini-batch's failed items is
+    /// written, before it is committed or emitted.
+    pub failed_rows: Option<Arc<FailedRowsWriter>>,
 }
 
 impl OperatorRuntime {
@@ -83,7 +87,15 @@ impl OperatorRuntime {
             observer,
             sink: None,
             skips: None,
+            failed_rows: None,
         }
+    }
+
+    /// The same runtime writing the input of failed items with `failed_rows`
+    /// (`dead_letter_rows`).
+    pub fn with_failed_rows(mut self, failed_rows: Arc<FailedRowsWriter>) -> Self {
+        self.failed_rows = Some(failed_rows);
+        self
     }
 
     /// The same runtime skipping the mini-batches in `skips` (a resumed run).
@@ -554,6 +566,7 @@ impl ExecutionPlan for ParallelRunExec {
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         // A runtime exists once mini_batches() succeeded.
         let sink = self.runtime().and_then(|r| r.sink.clone());
+        let failed_rows = self.runtime().and_then(|r| r.failed_rows.clone());
         let (mode, state) = (self.mode, self.state.clone());
         // A cluster task's records name the node (host and executor process) of the worker.
         let node = (mode == ExecMode::Manifest).then(node_name);
@@ -561,7 +574,19 @@ impl ExecutionPlan for ParallelRunExec {
             let target = target.clone();
             let output_rows = output_rows.clone();
             let (sink, state, node) = (sink.clone(), state.clone(), node.clone());
+            let failed_rows = failed_rows.clone();
             async move {
+                if let (Ok(done), Some(failed_rows)) = (&item, &failed_rows) {
+                    // Before the commit: the ledger's record of a mini-batch comes after its
+                    // dead letters are on disk.
+                    if let Err(e) = failed_rows.write(done) {
+                        state.abort(format!(
+                            "writing the failed rows of mini batch {} failed: {e}",
+                            done.id
+                        ));
+                        return Some(Err(e.into_datafusion()));
+                    }
+                }
                 match item {
                     Err(e) => Some(Err(e.into_datafusion())),
                     // An executor's task: the outcome goes back to the driver, which commits.

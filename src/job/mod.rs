@@ -403,12 +403,12 @@ pub async fn execute(
         }
         OutputAction::SummaryOnly => None,
     };
-    let mut ledger_sink = LedgerSink::new(sink.clone(), writer.sync_before(parts_dir));
-    if settings.dead_letter_rows {
-        ledger_sink = ledger_sink.with_failed_rows(FailedRowsWriter::create(&settings.output)?);
-    }
-    let ledger_sink = Arc::new(ledger_sink);
+    let ledger_sink = Arc::new(LedgerSink::new(sink.clone(), writer.sync_before(parts_dir)));
     let mut runtime = plan.runtime(observer).with_sink(ledger_sink.clone());
+    if settings.dead_letter_rows {
+        let failed_rows = FailedRowsWriter::create(&settings.output)?;
+        runtime = runtime.with_failed_rows(Arc::new(failed_rows));
+    }
     if let Some(storage) = storage.filter(|_| resuming) {
         skip_downloads(storage, &resumed.skips, plan.spec.settings());
     }
