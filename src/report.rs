@@ -47,7 +47,8 @@ pub struct ReportWriter {
 /// derived id of the part that held only it, e.g. `0-17.0110`), `input`, `rows_start`,
 /// `rows_end` (the row range in the input's ordered stream), `row_index` (an item's position
 /// within its mini-batch; null for a mini-batch), `partition_key_value` (JSON, null when not
-/// keyed), `error_class` (`RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`),
+/// keyed), `error_class` (`RUN_EXCEPTION`, `RUN_TIMEOUT`, `PROCESS_CRASHED`, `BAD_RESULT`, or
+/// [`MISSING_RESULTS`] for a mini-batch whose run() succeeded with fewer results than items),
 /// `message`, `traceback`, `tries` (1 for an item: its one bisection call), `process` (the
 /// worker of the last try), `start_time` (UTC) and `elapsed_seconds` (of the mini-batch).
 pub fn dead_letter_schema() -> SchemaRef {
@@ -73,6 +74,10 @@ pub fn dead_letter_schema() -> SchemaRef {
         Field::new("elapsed_seconds", DataType::Float64, false),
     ]))
 }
+
+/// The dead letters' `error_class` of a mini-batch whose run() succeeded but returned fewer
+/// results than items: PRS counts the missing ones as failed items, which ones is not known.
+pub const MISSING_RESULTS: &str = "MISSING_RESULTS";
 
 /// Dead-letter rows held until the next flush of the dead-letter files.
 const DEAD_LETTERS_PER_FLUSH: usize = 256;
@@ -107,7 +112,11 @@ impl DeadLetter {
             rows: r.lineage.rows.clone(),
             row_index: None,
             keys,
-            error_class: r.status.as_str(),
+            error_class: if r.succeeded() {
+                MISSING_RESULTS
+            } else {
+                r.status.as_str()
+            },
             message: r.error_message.clone(),
             traceback: r.traceback.clone(),
             tries: r.tries,
@@ -388,6 +397,14 @@ impl JobObserver for ReportWriter {
         if r.bisection_calls > 0 {
             self.event(&bisection_text(r));
         }
+        if r.succeeded() && r.failed_items > 0 {
+            // run() left items out: a dead letter for the mini-batch (not a failed one).
+            self.event(&format!(
+                "mini batch {} ({}): {} ({MISSING_RESULTS})",
+                r.id, r.lineage, r.error_message
+            ));
+            lock(&self.dead_letters).push(r);
+        }
         if !r.succeeded() {
             let mut text = format!(
                 "mini batch {} ({}) failed after {} tries: {} ({})",
@@ -518,6 +535,9 @@ pub struct JobSummary {
     /// Seconds spent on the ledger (fingerprinting input slices, writing and syncing
     /// records), summed over the job's tasks: an upper bound of what the ledger costs.
     pub ledger_seconds: f64,
+    /// Files of file datasets on object storage this run downloaded (a resumed run does not
+    /// download the files of the mini-batches it skips).
+    pub files_downloaded: u64,
     /// Wall time, seconds.
     pub elapsed_seconds: f64,
     /// The append_row file (absent for summary_only or a failed job).
@@ -587,6 +607,7 @@ impl JobSummary {
             rows_not_read: c.rows_not_read,
             mini_batches_rerun: 0,
             ledger_seconds: 0.0,
+            files_downloaded: 0,
             elapsed_seconds: elapsed.as_secs_f64(),
             output: None,
             output_rows: 0,

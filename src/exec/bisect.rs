@@ -17,6 +17,7 @@ use std::ops::Range;
 
 use arrow::array::UInt64Array;
 use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
 use crate::batch::{IsolatedItem, Lineage, MiniBatch, MiniBatchId};
@@ -68,7 +69,7 @@ pub struct Piece {
 #[derive(Debug)]
 pub struct Bisection {
     pending: Vec<Piece>,
-    good: Vec<(Range<u64>, RunReturn)>,
+    good: Vec<(MiniBatchId, Range<u64>, RunReturn)>,
     isolated: Vec<IsolatedItem>,
     calls: u32,
     budget: u32,
@@ -135,7 +136,7 @@ impl Bisection {
                         }
                     }
                 }
-                self.good.push((piece.rows, ret))
+                self.good.push((piece.id, piece.rows, ret))
             }
             Err(e) if matches!(e, RunError::Timeout { .. }) && !self.isolate_timeouts => {
                 self.isolate(piece.id, piece.rows, &e, None)
@@ -185,16 +186,92 @@ impl Bisection {
         });
     }
 
-    /// The outcome, once [`Bisection::next_piece`] returned `None`.
+    /// The outcome, once [`Bisection::next_piece`] returned `None`. A good part whose result
+    /// cannot be put together with the others' is isolated ([`Bisection::isolate_odd_results`]).
     pub fn finish(mut self) -> Found {
-        self.good.sort_by_key(|(rows, _)| rows.start);
+        self.good.sort_by_key(|(_, rows, _)| rows.start);
+        self.isolate_odd_results();
         self.isolated.sort_by_key(|i| i.rows.start);
         Found {
-            good: self.good,
+            good: self
+                .good
+                .into_iter()
+                .map(|(_, rows, ret)| (rows, ret))
+                .collect(),
             isolated: self.isolated,
             calls: self.calls,
         }
     }
+
+    /// A result can be invalid only next to others: a column whose values are numbers for
+    /// most rows and text for a poison row cannot become Arrow in one part, yet the poison
+    /// row alone returns a valid text column. The good parts' results are cast to the schema
+    /// of those holding the most rows (the first on a tie), strictly (a value that does not
+    /// convert is an error, never a null); the parts that cannot be are isolated as
+    /// `BAD_RESULT` items.
+    fn isolate_odd_results(&mut self) {
+        let mut rows_per_schema: Vec<(SchemaRef, usize)> = Vec::new();
+        for batch in self
+            .good
+            .iter()
+            .filter_map(|(_, _, ret)| ret.result.as_ref())
+        {
+            let schema = batch.schema();
+            match rows_per_schema.iter_mut().find(|(s, _)| *s == schema) {
+                Some((_, rows)) => *rows += batch.num_rows(),
+                None => rows_per_schema.push((schema, batch.num_rows())),
+            }
+        }
+        if rows_per_schema.len() < 2 {
+            return;
+        }
+        let mut reference = &rows_per_schema[0];
+        for candidate in &rows_per_schema[1..] {
+            if candidate.1 > reference.1 {
+                reference = candidate;
+            }
+        }
+        let reference = reference.0.clone();
+        for (id, rows, mut ret) in std::mem::take(&mut self.good) {
+            let Some(batch) = ret.result.take() else {
+                self.good.push((id, rows, ret));
+                continue;
+            };
+            if batch.schema() == reference {
+                ret.result = Some(batch);
+                self.good.push((id, rows, ret));
+                continue;
+            }
+            let columns = describe_columns(&batch.schema());
+            match super::conform_strict(batch, &reference, &id.to_string()) {
+                Ok(batch) => {
+                    ret.result = Some(batch);
+                    self.good.push((id, rows, ret));
+                }
+                Err(e) => {
+                    let error = RunError::BadResult {
+                        message: format!(
+                            "run() returned ({columns}) for these items but ({}) for the rest \
+                             of the mini batch, and the results cannot be put together ({e}); \
+                             return the same columns and types whatever the rows",
+                            describe_columns(&reference)
+                        ),
+                    };
+                    self.isolate(id, rows, &error, None);
+                }
+            }
+        }
+    }
+}
+
+/// `id Int64, name Utf8`.
+fn describe_columns(schema: &SchemaRef) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl Found {
@@ -443,6 +520,60 @@ mod tests {
         let found = bisection.finish();
         assert_eq!(found.isolated[0].rows, 0..4);
         assert_eq!(found.isolated[0].status.as_str(), "RUN_TIMEOUT");
+    }
+
+    #[test]
+    fn a_part_whose_result_only_fits_alone_is_isolated_as_a_bad_result() {
+        // Like a DataFrame column of numbers that holds text for the poison row: any part
+        // mixing both fails to convert; the poison row alone returns a text column.
+        let mb = mini_batch(100);
+        let poison = 1000 + 37;
+        let mut bisection = Bisection::new(
+            &mb,
+            RunError::BadResult {
+                message: "cannot be converted".into(),
+            },
+            &settings(),
+        );
+        while let Some(piece) = bisection.next_piece() {
+            let sub = sub_mini_batch(&mb, &piece).unwrap();
+            let ids = ids(&sub.data);
+            let outcome = if ids == [poison] {
+                let text: ArrayRef = Arc::new(arrow::array::StringArray::from(vec!["poison"]));
+                Ok(RunReturn {
+                    returned: 1,
+                    result: Some(RecordBatch::try_from_iter(vec![("id", text)]).unwrap()),
+                })
+            } else if ids.contains(&poison) {
+                Err(RunError::BadResult {
+                    message: "cannot be converted".into(),
+                })
+            } else {
+                Ok(RunReturn {
+                    returned: sub.items(),
+                    result: Some(sub.data.clone()),
+                })
+            };
+            bisection.record(piece, outcome);
+        }
+        let found = bisection.finish();
+        assert_eq!(found.isolated.len(), 1, "{:?}", found.isolated);
+        let item = &found.isolated[0];
+        assert_eq!(item.rows, 37..38);
+        assert_eq!(item.status.as_str(), "BAD_RESULT");
+        assert!(
+            item.error_message.contains("id Utf8") && item.error_message.contains("id Int64"),
+            "{}",
+            item.error_message
+        );
+        let (result, _, succeeded) = found.result("0-17").unwrap();
+        let expected: Vec<i64> = (1000..1100).filter(|id| *id != poison).collect();
+        assert_eq!(
+            ids(&result.unwrap()),
+            expected,
+            "no null in place of the text"
+        );
+        assert_eq!(succeeded, 99);
     }
 
     #[test]

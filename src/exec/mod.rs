@@ -28,7 +28,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use arrow::compute::cast;
+use arrow::compute::cast_with_options;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::runtime::SpawnedTask;
@@ -47,6 +47,7 @@ use tokio::sync::mpsc;
 
 use crate::batch::ItemKind;
 use crate::error::{PrsError, Result};
+use crate::output::FailedRowsWriter;
 use crate::worker::WorkerFactoryRef;
 
 /// A stream of succeeded mini-batches from one partition.
@@ -74,6 +75,9 @@ pub struct OperatorRuntime {
     pub sink: Option<Arc<dyn MiniBatchSink>>,
     /// A resumed run: the mini-batches an earlier run finished, counted and not run.
     pub skips: Option<Arc<ResumeSkips>>,
+    /// `dead_letter_rows`: where the input of each finished mini-batch's failed items is
+    /// written, before it is committed or emitted.
+    pub failed_rows: Option<Arc<FailedRowsWriter>>,
 }
 
 impl OperatorRuntime {
@@ -84,7 +88,15 @@ impl OperatorRuntime {
             observer,
             sink: None,
             skips: None,
+            failed_rows: None,
         }
+    }
+
+    /// The same runtime writing the input of failed items with `failed_rows`
+    /// (`dead_letter_rows`).
+    pub fn with_failed_rows(mut self, failed_rows: Arc<FailedRowsWriter>) -> Self {
+        self.failed_rows = Some(failed_rows);
+        self
     }
 
     /// The same runtime skipping the mini-batches in `skips` (a resumed run).
@@ -555,6 +567,7 @@ impl ExecutionPlan for ParallelRunExec {
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         // A runtime exists once mini_batches() succeeded.
         let sink = self.runtime().and_then(|r| r.sink.clone());
+        let failed_rows = self.runtime().and_then(|r| r.failed_rows.clone());
         let (mode, state) = (self.mode, self.state.clone());
         // A cluster task's records name the node (host and executor process) of the worker.
         let node = (mode == ExecMode::Manifest).then(node_name);
@@ -562,7 +575,19 @@ impl ExecutionPlan for ParallelRunExec {
             let target = target.clone();
             let output_rows = output_rows.clone();
             let (sink, state, node) = (sink.clone(), state.clone(), node.clone());
+            let failed_rows = failed_rows.clone();
             async move {
+                if let (Ok(done), Some(failed_rows)) = (&item, &failed_rows) {
+                    // Before the commit: the ledger's record of a mini-batch comes after its
+                    // dead letters are on disk.
+                    if let Err(e) = failed_rows.write(done) {
+                        state.abort(format!(
+                            "writing the failed rows of mini batch {} failed: {e}",
+                            done.id
+                        ));
+                        return Some(Err(e.into_datafusion()));
+                    }
+                }
                 match item {
                     Err(e) => Some(Err(e.into_datafusion())),
                     // An executor's task: the outcome goes back to the driver, which commits.
@@ -610,6 +635,24 @@ fn node_name() -> String {
 /// Casts a result batch to the declared output schema, by column name, naming the mini-batch
 /// when it does not fit.
 pub fn conform(batch: RecordBatch, schema: &SchemaRef, mini_batch: &str) -> Result<RecordBatch> {
+    conform_with(batch, schema, mini_batch, true)
+}
+
+/// [`conform`], except that a value the cast cannot convert is an error instead of a null.
+pub fn conform_strict(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    mini_batch: &str,
+) -> Result<RecordBatch> {
+    conform_with(batch, schema, mini_batch, false)
+}
+
+fn conform_with(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    mini_batch: &str,
+    safe: bool,
+) -> Result<RecordBatch> {
     if batch.schema_ref().fields() == schema.fields() {
         return RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Into::into);
     }
@@ -634,13 +677,19 @@ pub fn conform(batch: RecordBatch, schema: &SchemaRef, mini_batch: &str) -> Resu
         let column = if column.data_type() == field.data_type() {
             column.clone()
         } else {
-            cast(column, field.data_type()).map_err(|e| PrsError::Output {
-                path: format!("mini batch {mini_batch}"),
-                message: format!(
-                    "column {:?} cannot be cast to {}: {e}",
-                    field.name(),
-                    field.data_type()
-                ),
+            let options = arrow::compute::CastOptions {
+                safe,
+                ..Default::default()
+            };
+            cast_with_options(column, field.data_type(), &options).map_err(|e| {
+                PrsError::Output {
+                    path: format!("mini batch {mini_batch}"),
+                    message: format!(
+                        "column {:?} cannot be cast to {}: {e}",
+                        field.name(),
+                        field.data_type()
+                    ),
+                }
             })?
         };
         columns.push(column);

@@ -38,7 +38,8 @@ pub struct CompletedMiniBatch {
     /// batching), so a resumed run can skip its rows without reading them.
     pub source: Option<u64>,
     /// The input items that failed (all of a failed mini-batch's, or those bisection
-    /// isolated), kept only for `dead_letter_rows`.
+    /// isolated, or all of one whose run() returned fewer results than items: which ones it
+    /// left out is not known), kept only for `dead_letter_rows`.
     pub failed_input: Option<FailedInput>,
 }
 
@@ -52,7 +53,8 @@ pub struct FailedInput {
 }
 
 /// The items a successful run() counts as succeeded (returned elements, capped at `total`),
-/// and the warning when it returned more.
+/// and what the record says when that is not `total`: PRS counts input items minus returned
+/// elements as failed items, and more than `total` as `total` (with a warning).
 fn returned_items(id: &str, ret: &RunReturn, total: u64) -> (u64, String) {
     if ret.returned > total {
         let w = format!(
@@ -61,9 +63,20 @@ fn returned_items(id: &str, ret: &RunReturn, total: u64) -> (u64, String) {
         );
         tracing::warn!("mini batch {id}: {w}");
         (total, w)
+    } else if ret.returned < total {
+        (ret.returned, missing_results_message(ret.returned, total))
     } else {
         (ret.returned, String::new())
     }
+}
+
+/// The message of a mini-batch whose run() succeeded with fewer results than items.
+fn missing_results_message(returned: u64, total: u64) -> String {
+    format!(
+        "run() returned {returned} results for {total} items: the {} missing count as failed \
+         items (which ones is not known; return one element or row per succeeded item)",
+        total - returned
+    )
 }
 
 /// Runs partition `partition` until the queue is drained or the job is aborted, sending each
@@ -288,6 +301,12 @@ impl PartitionRunner {
                         ..record(attempt, MiniBatchStatus::Succeeded, run_seconds)
                     };
                     self.state.mini_batch_finished(&record);
+                    // Items run() left out: which ones is not known, so the whole input.
+                    let failed_input =
+                        (settings.keep_failed_rows && succeeded < total).then(|| FailedInput {
+                            kind: mb.kind,
+                            rows: mb.data.clone(),
+                        });
                     return Ok(CompletedMiniBatch {
                         id: mb.id,
                         index: dispatched.index,
@@ -297,7 +316,7 @@ impl PartitionRunner {
                         record,
                         fingerprint: dispatched.fingerprint,
                         source: dispatched.source,
-                        failed_input: None,
+                        failed_input,
                     });
                 }
                 Err(e) => {
@@ -472,5 +491,28 @@ impl PartitionRunner {
                     .worker_event(&self.slot.agent_name, &format!("shutdown() failed: {e}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fewer_results_than_items_count_the_rest_as_failed_and_say_so() {
+        let ret = |returned| RunReturn {
+            returned,
+            result: None,
+        };
+        assert_eq!(returned_items("0-1", &ret(10), 10), (10, String::new()));
+        let (succeeded, message) = returned_items("0-1", &ret(7), 10);
+        assert_eq!(succeeded, 7);
+        assert!(
+            message.starts_with("run() returned 7 results for 10 items: the 3 missing"),
+            "{message}"
+        );
+        let (succeeded, message) = returned_items("0-1", &ret(12), 10);
+        assert_eq!(succeeded, 10);
+        assert!(message.contains("counted as 10 succeeded"), "{message}");
     }
 }

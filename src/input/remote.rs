@@ -164,11 +164,25 @@ async fn register_files(
         .await
         .map_err(|e| input_error(e.to_string()))?;
     let cache_options = storage.options().cache();
-    let cache = Arc::new(FileCache::new(
-        storage.cache_parent(),
-        &format!("{}-", sanitize_segment(name)),
-        cache_options.size,
-    ));
+    let cache = Arc::new(match storage.local_output() {
+        // A job's cache folder is named after its output and the input, the same in every
+        // run: the rows' local paths are part of the mini-batches' slice fingerprints, which
+        // a resumed run checks. (One output is run by one job at a time: its lock.)
+        Some(output) => FileCache::stable(
+            storage.cache_parent(),
+            &format!(
+                "{}-{}",
+                sanitize_segment(name),
+                stable_suffix(&[&output.to_string_lossy(), &location.text])
+            ),
+            cache_options.size,
+        ),
+        None => FileCache::new(
+            storage.cache_parent(),
+            &format!("{}-", sanitize_segment(name)),
+            cache_options.size,
+        ),
+    });
     let prefetch = cache_options
         .prefetch_files
         .unwrap_or_else(|| (2 * files_per_batch as usize).max(16))
@@ -191,4 +205,19 @@ async fn register_files(
     storage.add_cache(name, cache);
     ctx.register_table(name, Arc::new(FileListingTable::new(dataset)))?;
     Ok(())
+}
+
+/// 16 hex digits of the SHA-256 of `parts`: a folder-name suffix that is the same in every
+/// run for the same parts.
+fn stable_suffix(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -8,6 +8,8 @@
 //! object is downloaded by its own task, at most `prefetch` objects ahead of what the
 //! dispatcher has taken and `download_concurrency` at a time, within the cache's disk budget
 //! ([`FileCache`]). Rows come out in listing order, in small batches as downloads complete.
+//! The objects of mini-batches a resumed run skips are listed but not downloaded
+//! ([`FileCache::skip_rows`]): their rows carry the local path a download would have.
 
 use std::fmt;
 use std::pin::Pin;
@@ -139,12 +141,7 @@ impl RemoteFiles {
                 self.cache.downloaded(seq, local.clone());
                 Ok(Downloaded {
                     seq,
-                    entry: FileEntry {
-                        path: local.to_string_lossy().into_owned(),
-                        size: meta.size,
-                        modified: Some(meta.last_modified.timestamp_millis()),
-                        keys: Vec::new(),
-                    },
+                    entry: entry(&local, &meta),
                 })
             }
             Err(e) => {
@@ -154,12 +151,31 @@ impl RemoteFiles {
         }
     }
 
+    /// The entry of object `seq` without downloading it (a resumed run skips its
+    /// mini-batch, see [`FileCache::skip_rows`]): its local path is the one a download would
+    /// have, so the mini-batch's input slice is recognised.
+    async fn pass(self: Arc<Self>, seq: u64, meta: ObjectMeta) -> Result<Downloaded> {
+        self.cache.pass(seq).await;
+        Ok(Downloaded {
+            seq,
+            entry: entry(&self.local_path(&meta)?, &meta),
+        })
+    }
+
+    /// Where object `meta` is downloaded: its path below the prefix, in the cache folder.
+    fn local_path(&self, meta: &ObjectMeta) -> Result<std::path::PathBuf> {
+        Ok(local_path(
+            &self.cache.dir()?,
+            &self.location.relative(&meta.location),
+        ))
+    }
+
     async fn fetch(&self, meta: &ObjectMeta, permits: &Semaphore) -> Result<std::path::PathBuf> {
         let _permit = permits
             .acquire()
             .await
             .map_err(|_| PrsError::Cancelled("downloads stopped".into()))?;
-        let local = local_path(&self.cache.dir()?, &self.location.relative(&meta.location));
+        let local = self.local_path(meta)?;
         download_object(
             &self.store,
             &self.location,
@@ -185,7 +201,11 @@ impl RemoteFiles {
                 // Its own task, so downloads go on while the dispatcher is busy.
                 let task = SpawnedTask::spawn(async move {
                     let meta = item?;
-                    this.download(seq as u64, meta, permits).await
+                    let seq = seq as u64;
+                    if this.cache.skips(seq) {
+                        return this.pass(seq, meta).await;
+                    }
+                    this.download(seq, meta, permits).await
                 });
                 async move {
                     task.join()
@@ -202,6 +222,16 @@ impl RemoteFiles {
         futures::stream::unfold(state, |mut state| async move {
             state.next_batch().await.map(|item| (item, state))
         })
+    }
+}
+
+/// The row of object `meta`, at `local`.
+fn entry(local: &std::path::Path, meta: &ObjectMeta) -> FileEntry {
+    FileEntry {
+        path: local.to_string_lossy().into_owned(),
+        size: meta.size,
+        modified: Some(meta.last_modified.timestamp_millis()),
+        keys: Vec::new(),
     }
 }
 

@@ -30,7 +30,8 @@ use crate::batch::{ItemKind, MiniBatchId};
 use crate::config::{ComputeTarget, JobSettings, JobSpec, OutputAction};
 use crate::error::{PrsError, Result};
 use crate::exec::{
-    InputInfo, JobObserver, JobState, MiniBatchRecord, MiniBatchSink, ParallelRunExec,
+    InputInfo, JobObserver, JobState, MiniBatchRecord, MiniBatchSink, ParallelRunExec, ResumeSkips,
+    RunSettings,
 };
 use crate::input::files::FILE_METADATA_COLUMNS;
 use crate::input::{job_session_with, register_inputs_with};
@@ -253,6 +254,30 @@ async fn commit_output(storage: &StorageContext, summary: &mut JobSummary) {
     }
 }
 
+/// Tells the download caches of file datasets on object storage which files not to download:
+/// those of the mini-batches a resumed run skips. Their rows are the files' positions in the
+/// listing, as the mini-batches are cut again the same way; not for keyed jobs (their rows
+/// are positions in the key order) nor a forced resume (a changed slice runs again).
+fn skip_downloads(storage: &StorageContext, skips: &ResumeSkips, settings: &RunSettings) {
+    if !settings.partition_keys.is_empty() || !skips.check_slices() {
+        return;
+    }
+    let mut rows: BTreeMap<String, Vec<std::ops::Range<u64>>> = BTreeMap::new();
+    for id in skips.ids() {
+        if let Some(skipped) = skips.get(&id) {
+            let lineage = &skipped.record.lineage;
+            rows.entry(lineage.input.to_string())
+                .or_default()
+                .push(lineage.rows.clone());
+        }
+    }
+    for (input, rows) in rows {
+        if let Some(cache) = storage.cache(&input) {
+            cache.skip_rows(rows);
+        }
+    }
+}
+
 /// Passes every event on to `inner` and frees the downloaded files of each finished
 /// mini-batch of a file dataset on object storage.
 struct ReleasingObserver {
@@ -378,12 +403,15 @@ pub async fn execute(
         }
         OutputAction::SummaryOnly => None,
     };
-    let mut ledger_sink = LedgerSink::new(sink.clone(), writer.sync_before(parts_dir));
-    if settings.dead_letter_rows {
-        ledger_sink = ledger_sink.with_failed_rows(FailedRowsWriter::create(&settings.output)?);
-    }
-    let ledger_sink = Arc::new(ledger_sink);
+    let ledger_sink = Arc::new(LedgerSink::new(sink.clone(), writer.sync_before(parts_dir)));
     let mut runtime = plan.runtime(observer).with_sink(ledger_sink.clone());
+    if settings.dead_letter_rows {
+        let failed_rows = FailedRowsWriter::create(&settings.output)?;
+        runtime = runtime.with_failed_rows(Arc::new(failed_rows));
+    }
+    if let Some(storage) = storage.filter(|_| resuming) {
+        skip_downloads(storage, &resumed.skips, plan.spec.settings());
+    }
     let skips = Arc::new(resumed.skips);
     if resuming {
         runtime = runtime.with_skips(skips.clone());
@@ -482,6 +510,7 @@ pub async fn execute(
     } else if let Some(sink) = sink {
         summary.partial_output = Some(sink.staging_dir().to_path_buf());
     }
+    summary.files_downloaded = storage.map_or(0, |s| s.files_downloaded());
     run.write(&mut summary);
     if let Some(storage) = storage {
         // A final file whose upload failed stays local: a plain PUT must not publish it.

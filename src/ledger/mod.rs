@@ -41,7 +41,7 @@ use crate::config::catalogue::{flagged, OUTPUT};
 use crate::config::JobSettings;
 use crate::error::{PrsError, Result};
 use crate::exec::{CompletedMiniBatch, MiniBatchSink, OperatorSpec, ResumeSkips, SkippedMiniBatch};
-use crate::output::{FailedRowsWriter, PartRef, StagedSink};
+use crate::output::{PartRef, StagedSink};
 
 /// The ledger's folder below the log folder.
 pub const LEDGER_DIR: &str = "ledger";
@@ -647,12 +647,12 @@ impl LedgerWriter {
 
 /// The job's sink: commits each mini-batch's results to the output's staged sink (when the
 /// job keeps results and run() returned some: a succeeded mini-batch, or a failed one whose
-/// good items bisection committed), writes the input of its failed items to `failed_rows/`
-/// (`dead_letter_rows`), then writes the mini-batch's record, naming the part, to the ledger.
-/// Every mini-batch that reaches a final status passes here, failed ones too.
+/// good items bisection committed), then writes the mini-batch's record, naming the part, to
+/// the ledger. Every mini-batch that reaches a final status passes here, failed ones too
+/// (with `dead_letter_rows`, after the operator wrote the input of its failed items to
+/// `failed_rows/`).
 pub struct LedgerSink {
     output: Option<Arc<StagedSink>>,
-    failed_rows: Option<FailedRowsWriter>,
     /// `None` until the ledger is opened (SQL opens it when the statement first executes).
     writer: Mutex<Option<LedgerWriter>>,
     /// Time spent writing and syncing records, in nanoseconds.
@@ -670,7 +670,6 @@ impl LedgerSink {
     pub fn new(output: Option<Arc<StagedSink>>, writer: LedgerWriter) -> Self {
         LedgerSink {
             output,
-            failed_rows: None,
             writer: Mutex::new(Some(writer)),
             nanos: std::sync::atomic::AtomicU64::new(0),
         }
@@ -681,7 +680,6 @@ impl LedgerSink {
     pub fn unopened(output: Option<Arc<StagedSink>>) -> Self {
         LedgerSink {
             output,
-            failed_rows: None,
             writer: Mutex::new(None),
             nanos: std::sync::atomic::AtomicU64::new(0),
         }
@@ -690,12 +688,6 @@ impl LedgerSink {
     /// Starts writing to `writer`.
     pub fn open_with(&self, writer: LedgerWriter) {
         *crate::lock(&self.writer) = Some(writer);
-    }
-
-    /// Also writes the input of failed items with `failed_rows` (`dead_letter_rows`).
-    pub fn with_failed_rows(mut self, failed_rows: FailedRowsWriter) -> Self {
-        self.failed_rows = Some(failed_rows);
-        self
     }
 
     /// Syncs the records written so far (the run ends).
@@ -727,9 +719,6 @@ impl MiniBatchSink for LedgerSink {
             Some(output) if done.result.is_some() => output.commit_part(done)?,
             _ => None,
         };
-        if let Some(failed_rows) = &self.failed_rows {
-            failed_rows.write(done)?;
-        }
         let t = Instant::now();
         let result = match crate::lock(&self.writer).as_mut() {
             Some(writer) => writer.append(done, part),

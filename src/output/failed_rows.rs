@@ -20,7 +20,8 @@ pub const FAILED_ROWS_DIR: &str = "failed_rows";
 /// `<output>/failed_rows/`, one file per failed mini-batch named by its id: `<ID>.parquet`
 /// with every input column for a table, `<ID>.txt` with one path per line for a file dataset.
 /// Each file is written under a temporary name and renamed when complete. A mini-batch that
-/// now succeeds (`--rerun-failed`) has its earlier file removed.
+/// now succeeds (`--rerun-failed`) has its earlier file removed. The operator writes them
+/// ([`crate::exec::OperatorRuntime::with_failed_rows`]) before it commits the mini-batch.
 #[derive(Debug)]
 pub struct FailedRowsWriter {
     dir: PathBuf,
@@ -32,6 +33,22 @@ impl FailedRowsWriter {
         let dir = output_dir.join(FAILED_ROWS_DIR);
         fs::create_dir_all(&dir).map_err(|e| PrsError::io(&dir, e))?;
         Ok(FailedRowsWriter { dir })
+    }
+
+    /// A writer for `<parent>/failed_rows/`, created when the first file is written (a SQL
+    /// run's report folder: EXPLAIN creates nothing).
+    pub fn in_folder(parent: &Path) -> Self {
+        FailedRowsWriter {
+            dir: parent.join(FAILED_ROWS_DIR),
+        }
+    }
+
+    /// Removes the folder and what it holds (a run that starts anew).
+    pub fn clear(&self) -> Result<()> {
+        match fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(PrsError::io(&self.dir, e)),
+            _ => Ok(()),
+        }
     }
 
     /// The folder.
@@ -67,6 +84,7 @@ impl FailedRowsWriter {
                 done.id
             ),
         };
+        fs::create_dir_all(&self.dir).map_err(|e| PrsError::io(&self.dir, e))?;
         let file = File::create(&tmp).map_err(|e| PrsError::io(&tmp, e))?;
         match failed.kind {
             crate::batch::ItemKind::Rows => {

@@ -56,6 +56,8 @@ enum Kind {
     Schema,
     /// `resume`: false, true or rerun_failed.
     Resume,
+    /// `dead_letter_rows`.
+    DeadLetterRows,
 }
 
 /// One key of the namespace.
@@ -142,6 +144,11 @@ const OWN_KEYS: &[Key] = &[
         "resume",
         Kind::Resume,
         "true: the run keeps a ledger in its report folder and continues the one an interrupted or failed run of the same statement left (committed mini-batches are not run again; rows come back in mini-batch order once the run ends); rerun_failed: also runs the failed mini-batches again; default false.",
+    ),
+    Key::own(
+        "dead_letter_rows",
+        Kind::DeadLetterRows,
+        "true: the input rows of failed items go to failed_rows/ in the report folder, one Parquet file per mini-batch with every input column (as a job file's dead_letter_rows); default false.",
     ),
     Key::own(
         "output_schema",
@@ -289,6 +296,8 @@ pub struct SqlJob {
     pub output_schema: Option<String>,
     /// A resumable run (`resume`): it keeps a ledger and continues an earlier one.
     pub resume: Option<crate::ledger::ResumeMode>,
+    /// The input rows of failed items go to `failed_rows/` in the report folder.
+    pub dead_letter_rows: bool,
     /// Warnings worth showing (e.g. from the environment).
     pub warnings: Vec<String>,
 }
@@ -313,6 +322,7 @@ impl SqlJob {
             report_dir: None,
             output_schema: None,
             resume: None,
+            dead_letter_rows: false,
             warnings: Vec::new(),
         };
         for (name, text) in values {
@@ -332,6 +342,7 @@ impl SqlJob {
                 Kind::OutputFormat => job.output_format = text.parse()?,
                 Kind::PreserveOrder => job.preserve_order = flag(name, text)?,
                 Kind::AllowEmptyInput => job.allow_empty_input = flag(name, text)?,
+                Kind::DeadLetterRows => job.dead_letter_rows = flag(name, text)?,
                 Kind::MiniBatchFormat => job.mini_batch_format = text.parse()?,
                 Kind::Arguments => {
                     job.arguments = split_arguments(text)?;

@@ -58,7 +58,7 @@ use crate::exec::{
 use crate::job::{JobRun, Progress};
 use crate::ledger::{self, LedgerSink, ResumeMode};
 use crate::lock;
-use crate::output::{staging_dir, AppendRowSink, StagedSink};
+use crate::output::{staging_dir, AppendRowSink, FailedRowsWriter, StagedSink};
 use crate::report::{self, JobSummary, ReportWriter};
 use crate::sql::SqlShared;
 
@@ -256,6 +256,17 @@ impl Tracker {
         }
         if let Some(ledger) = &self.ledger {
             ledger.open(&self.run).map_err(PrsError::into_datafusion)?;
+        }
+        let continued = self
+            .ledger
+            .as_ref()
+            .is_some_and(|l| l.continued.load(Ordering::SeqCst));
+        if self.run.settings().dead_letter_rows && !continued {
+            // An earlier execution's failed rows are not this one's (a continued run keeps
+            // those of the mini-batches it skips).
+            FailedRowsWriter::in_folder(self.run.report_dir())
+                .clear()
+                .map_err(PrsError::into_datafusion)?;
         }
         let writer = self.run.begin().map_err(PrsError::into_datafusion)?;
         *job_run = Some(JobRun::begin(

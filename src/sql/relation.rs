@@ -37,6 +37,7 @@ use crate::config::{JobSettings, OutputFormat};
 use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, ParallelRunNode};
 use crate::job::{worker_factory, JobPlan};
+use crate::output::FailedRowsWriter;
 use crate::sql::config::{canonical_key, ParallelRunOptions, SqlJob};
 use crate::sql::exec::SqlRun;
 use crate::sql::{block_on, probe, SqlShared};
@@ -184,6 +185,7 @@ impl ParallelRunRelationPlanner {
             arguments: job.arguments.clone(),
             preserve_order: job.preserve_order,
             allow_empty_input: job.allow_empty_input,
+            dead_letter_rows: job.dead_letter_rows,
             mini_batch_format: job.mini_batch_format,
             ..JobSettings::new(job.config.clone(), report_dir.clone())
         };
@@ -226,7 +228,11 @@ impl ParallelRunRelationPlanner {
             run.mark_probed();
         }
         self.shared.add_run(&run);
-        let runtime = plan.runtime(run);
+        let mut runtime = plan.runtime(run);
+        if job.dead_letter_rows {
+            // In the report folder, made when the first mini-batch fails.
+            runtime = runtime.with_failed_rows(Arc::new(FailedRowsWriter::in_folder(&report_dir)));
+        }
         let plans = inputs.into_iter().map(|(plan, _)| plan).collect();
         Ok(ParallelRunNode::try_new(plans, plan.spec, runtime)?.into_plan())
     }

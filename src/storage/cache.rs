@@ -8,6 +8,11 @@
 //! holding them has finished ([`FileCache::release`], called with the mini-batch's row range),
 //! and the whole folder when the cache is dropped (the folder is created on the first
 //! download, so registering an input for `validate` leaves nothing behind).
+//!
+//! A job's cache folder has a stable name ([`FileCache::stable`]): the local paths its rows
+//! carry are then the same in every run of the job, so a resumed run recognises the input
+//! slices of the mini-batches it skips, and the files of those are not downloaded at all
+//! ([`FileCache::skip_rows`]).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -29,6 +34,8 @@ pub struct CacheStats {
     pub downloaded: u64,
     /// Files deleted after their mini-batch finished.
     pub released: u64,
+    /// Files not downloaded: their mini-batch was finished by an earlier run (`--resume`).
+    pub skipped: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,16 +45,46 @@ struct State {
     next_emit: u64,
     /// seq -> (local file once downloaded, reserved bytes)
     files: BTreeMap<u64, (Option<PathBuf>, u64)>,
+    /// Rows (listing sequence numbers) not to download, sorted, not overlapping.
+    skip: Vec<Range<u64>>,
     stats: CacheStats,
+}
+
+/// The cache folder, once made.
+#[derive(Debug)]
+enum CacheDir {
+    /// A fresh folder with a random name, removed on drop.
+    Temp(tempfile::TempDir),
+    /// A folder with a stable name (emptied when made), removed on drop.
+    Fixed(PathBuf),
+}
+
+impl CacheDir {
+    fn path(&self) -> &std::path::Path {
+        match self {
+            CacheDir::Temp(dir) => dir.path(),
+            CacheDir::Fixed(path) => path,
+        }
+    }
+}
+
+impl Drop for CacheDir {
+    fn drop(&mut self) {
+        if let CacheDir::Fixed(path) = self {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// The local cache of one file-dataset input.
 #[derive(Debug)]
 pub struct FileCache {
     parent: PathBuf,
+    /// The folder's name prefix (a random suffix follows), or its whole name when `stable`.
     prefix: String,
+    stable: bool,
     /// Created on first use in `parent`, removed on drop.
-    dir: Mutex<Option<tempfile::TempDir>>,
+    dir: Mutex<Option<CacheDir>>,
     budget: u64,
     state: Mutex<State>,
     changed: Notify,
@@ -60,11 +97,21 @@ impl FileCache {
         FileCache {
             parent,
             prefix: prefix.to_string(),
+            stable: false,
             dir: Mutex::new(None),
             budget,
             state: Mutex::new(State::default()),
             changed: Notify::new(),
         }
+    }
+
+    /// A cache in the folder `<parent>/<name>`, the same in every run: emptied when it is
+    /// made (what a killed run left), removed when the cache is dropped. `name` must belong
+    /// to one job and input (two jobs at once must not share it).
+    pub fn stable(parent: PathBuf, name: &str, budget: u64) -> Self {
+        let mut cache = FileCache::new(parent, name, budget);
+        cache.stable = true;
+        cache
     }
 
     /// The cache folder, created on first use.
@@ -74,13 +121,66 @@ impl FileCache {
             return Ok(d.path().to_path_buf());
         }
         std::fs::create_dir_all(&self.parent).map_err(|e| PrsError::io(&self.parent, e))?;
-        let created = tempfile::Builder::new()
-            .prefix(&self.prefix)
-            .tempdir_in(&self.parent)
-            .map_err(|e| PrsError::io(&self.parent, e))?;
+        let created = if self.stable {
+            let path = self.parent.join(&self.prefix);
+            match std::fs::remove_dir_all(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(PrsError::io(&path, e))
+                }
+                _ => {}
+            }
+            std::fs::create_dir(&path).map_err(|e| PrsError::io(&path, e))?;
+            CacheDir::Fixed(path)
+        } else {
+            CacheDir::Temp(
+                tempfile::Builder::new()
+                    .prefix(&self.prefix)
+                    .tempdir_in(&self.parent)
+                    .map_err(|e| PrsError::io(&self.parent, e))?,
+            )
+        };
         let path = created.path().to_path_buf();
         *dir = Some(created);
         Ok(path)
+    }
+
+    /// Rows (listing sequence numbers) whose files are not to be downloaded: their
+    /// mini-batches were finished by an earlier run and a resumed run skips them. Set before
+    /// the listing starts; kept by [`FileCache::reset`].
+    pub fn skip_rows(&self, rows: impl IntoIterator<Item = Range<u64>>) {
+        let mut state = self.lock();
+        state
+            .skip
+            .extend(rows.into_iter().filter(|r| r.start < r.end));
+        state.skip.sort_by_key(|r| r.start);
+    }
+
+    /// True when file `seq` is not to be downloaded ([`FileCache::skip_rows`]).
+    pub fn skips(&self, seq: u64) -> bool {
+        let state = self.lock();
+        let after = state.skip.partition_point(|r| r.start <= seq);
+        after > 0 && state.skip[after - 1].end > seq
+    }
+
+    /// Waits for file `seq`'s turn (as [`FileCache::reserve`]) and passes it without
+    /// reserving anything: it is not downloaded ([`FileCache::skips`]).
+    pub async fn pass(&self, seq: u64) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if seq <= state.next_reserve {
+                    state.next_reserve = state.next_reserve.max(seq + 1);
+                    state.stats.skipped += 1;
+                    drop(state);
+                    self.changed.notify_waiters();
+                    return;
+                }
+            }
+            notified.await;
+        }
     }
 
     /// The disk budget in bytes.
@@ -270,6 +370,45 @@ mod tests {
         assert_eq!(cache.stats().released, 1);
         let root = cache.dir().unwrap();
         assert!(root.starts_with(dir.path().join("c")));
+        drop(cache);
+        assert!(!root.exists());
+    }
+
+    #[tokio::test]
+    async fn skipped_rows_pass_in_turn_and_a_stable_folder_is_emptied_then_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let stale = dir.path().join("c/docs-1234/old.txt");
+        std::fs::create_dir_all(stale.parent().unwrap()).unwrap();
+        std::fs::write(&stale, "left by a killed run").unwrap();
+        let cache = Arc::new(FileCache::stable(dir.path().join("c"), "docs-1234", 1000));
+        cache.skip_rows([4..6, 0..2]);
+        let skipped: Vec<u64> = (0..8).filter(|seq| cache.skips(*seq)).collect();
+        assert_eq!(skipped, [0, 1, 4, 5]);
+        // File 2 waits for 0 and 1 to pass; they reserve nothing.
+        let c = cache.clone();
+        let third = tokio::spawn(async move { c.reserve(2, 10).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !third.is_finished(),
+            "file 2 waits for the turn of files 0 and 1"
+        );
+        cache.pass(0).await;
+        cache.pass(1).await;
+        tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .unwrap()
+            .unwrap();
+        let stats = cache.stats();
+        assert_eq!((stats.used, stats.skipped, stats.downloaded), (10, 2, 0));
+        // The same folder every time, emptied when first used, removed with the cache.
+        let root = cache.dir().unwrap();
+        assert_eq!(root, dir.path().join("c/docs-1234"));
+        assert!(!stale.exists());
+        cache.reset();
+        assert!(
+            cache.skips(4),
+            "a new pass over the listing keeps the rows to skip"
+        );
         drop(cache);
         assert!(!root.exists());
     }

@@ -632,6 +632,16 @@ impl StorageContext {
             .cloned()
     }
 
+    /// Files the download caches of the file datasets downloaded.
+    pub fn files_downloaded(&self) -> u64 {
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|cache| cache.stats().downloaded)
+            .sum()
+    }
+
     /// True when some input is a file dataset on object storage.
     pub fn has_caches(&self) -> bool {
         !self

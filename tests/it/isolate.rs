@@ -493,3 +493,176 @@ def run(mini_batch):
     assert!(crash["message"].contains("exit code 3"), "{crash:?}");
     assert_eq!(summary(&out)["items_failed"], 2);
 }
+
+#[test]
+fn rows_that_make_run_return_a_bad_result_are_isolated_and_every_good_row_is_kept_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write_parquet(&dir.path().join("in.parquet"), 0, 1000, 1000);
+    // Invalid only when a poison row is present: a dict is no result at all, and a column
+    // mixing numbers and text cannot become Arrow.
+    std::fs::write(
+        dir.path().join("entry.py"),
+        r#"
+def run(mini_batch):
+    ids = set(mini_batch["id"])
+    if 333 in ids:
+        return {"not": "a result"}
+    result = mini_batch[["id"]].astype(object)
+    if 777 in ids:
+        result.loc[result["id"] == 777, "id"] = "seven hundred seventy-seven"
+    return result
+"#,
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: entry.py\nenvironment: {{python: {}}}\nnode_count: 1\n\
+             process_count_per_node: 2\nmini_batch_size: 6KB\nrun_max_try: 2\n\
+             error_threshold: 2\noutput_action: append_row\nisolate_failures: true",
+            python()
+        ),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n\
+         output_format: csv\ndead_letter_rows: true\n",
+    );
+    let run = run_job(&job, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = dir.path().join("out");
+    let expected: Vec<i64> = (0..1000).filter(|id| *id != 333 && *id != 777).collect();
+    assert_eq!(csv_ids_sorted(&out), expected, "every good row once");
+
+    let letters = dead_letters(&out);
+    let batches: Vec<_> = letters
+        .iter()
+        .filter(|r| r["level"] == "mini_batch")
+        .collect();
+    assert_eq!(batches.len(), 2, "{letters:?}");
+    assert!(
+        batches
+            .iter()
+            .all(|r| r["error_class"] == "BAD_RESULT" && r["tries"] != "2"),
+        "each failed both tries, then was bisected: {batches:?}"
+    );
+    let items: Vec<_> = letters.iter().filter(|r| r["level"] == "item").collect();
+    assert_eq!(items.len(), 2, "{letters:?}");
+    let (dict, mixed) = (&items[0], &items[1]);
+    assert_eq!(
+        (dict["rows_start"].as_str(), dict["error_class"].as_str()),
+        ("333", "BAD_RESULT")
+    );
+    assert!(dict["message"].contains("returned dict"), "{dict:?}");
+    assert_eq!(
+        (mixed["rows_start"].as_str(), mixed["error_class"].as_str()),
+        ("777", "BAD_RESULT")
+    );
+    assert!(
+        mixed["message"].contains("id Utf8") && mixed["message"].contains("id Int64"),
+        "alone, the row's result is a valid text column that does not fit the others': {mixed:?}"
+    );
+    let s = summary(&out);
+    assert_eq!(s["items_failed"], 2, "{s}");
+    assert_eq!(s["items_succeeded"], 998, "{s}");
+    assert!(s["bisection_calls"].as_u64().unwrap() > 0, "{s}");
+
+    // dead_letter_rows: the two poison rows, with every input column.
+    let mut failed: Vec<i64> = std::fs::read_dir(out.join("failed_rows"))
+        .unwrap()
+        .flat_map(|e| parquet_rows(&e.unwrap().path()))
+        .map(|row| row["id"].parse().unwrap())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, [333, 777]);
+}
+
+/// A job over 1000 rows whose Python run() leaves out rows 17 and 40 (it succeeds), with
+/// `error_threshold` and `dead_letter_rows: true`.
+fn dropping_job(dir: &Path, error_threshold: i64) -> PathBuf {
+    if !dir.join("in.parquet").exists() {
+        write_parquet(&dir.join("in.parquet"), 0, 1000, 1000);
+        std::fs::write(
+            dir.join("entry.py"),
+            "def run(mini_batch):\n    return mini_batch[~mini_batch[\"id\"].isin([17, 40])][[\"id\"]]\n",
+        )
+        .unwrap();
+    }
+    write_job(
+        dir,
+        &format!(
+            "entry_script: entry.py\nenvironment: {{python: {}}}\nnode_count: 1\n\
+             process_count_per_node: 2\nmini_batch_size: 6KB\n\
+             error_threshold: {error_threshold}\noutput_action: append_row",
+            python()
+        ),
+        "inputs:\n  - {name: rows, path: in.parquet, format: parquet}\noutput: out\n\
+         output_format: csv\ndead_letter_rows: true\n",
+    )
+}
+
+#[test]
+fn rows_a_succeeding_run_leaves_out_are_failed_items_with_a_dead_letter_and_their_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_job(&dropping_job(dir.path(), 2), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let out = dir.path().join("out");
+    let expected: Vec<i64> = (0..1000).filter(|id| *id != 17 && *id != 40).collect();
+    assert_eq!(csv_ids_sorted(&out), expected);
+    let s = summary(&out);
+    assert_eq!(s["items_failed"], 2, "{s}");
+    assert_eq!(
+        s["mini_batches_failed"], 0,
+        "the mini-batch itself succeeded: {s}"
+    );
+
+    // One dead letter, for the mini-batch: which rows are missing is not known.
+    let letters = dead_letters(&out);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["level"], "mini_batch");
+    assert_eq!(letter["error_class"], "MISSING_RESULTS");
+    let (start, end): (i64, i64) = (
+        letter["rows_start"].parse().unwrap(),
+        letter["rows_end"].parse().unwrap(),
+    );
+    assert!(start <= 17 && 40 < end, "{letter:?}");
+    let items = end - start;
+    assert!(
+        letter["message"].contains(&format!(
+            "run() returned {} results for {items} items",
+            items - 2
+        )),
+        "{letter:?}"
+    );
+    let row = processed(&out)
+        .into_iter()
+        .find(|r| r["mini_batch_id"] == letter["mini_batch_id"])
+        .unwrap();
+    assert_eq!(
+        (row["status"].as_str(), row["failed_items"].as_str()),
+        ("SUCCEEDED", "2")
+    );
+    assert_eq!(row["error_message"], letter["message"]);
+
+    // dead_letter_rows: the mini-batch's whole input, every column.
+    let files: Vec<PathBuf> = std::fs::read_dir(out.join("failed_rows"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(format!("{}.parquet", letter["mini_batch_id"])));
+    let rows = parquet_rows(&files[0]);
+    let ids: Vec<i64> = rows.iter().map(|r| r["id"].parse().unwrap()).collect();
+    assert_eq!(ids, (start..end).collect::<Vec<_>>());
+    assert_eq!(rows[0].len(), 4, "every input column: {:?}", rows[0]);
+
+    // The missing rows count against error_threshold, as in PRS.
+    let run = run_job(&dropping_job(dir.path(), 1), &["--overwrite"]);
+    assert_eq!(run.code, 42, "{run:?}");
+    let s = summary(&out);
+    assert!(
+        s["reason"]
+            .as_str()
+            .unwrap()
+            .contains("error_threshold exceeded: 2 items failed"),
+        "{s}"
+    );
+}

@@ -929,3 +929,73 @@ fn an_empty_input_fails_unless_allowed() {
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(report_summary(&d.path().join("r"))["status"], "succeeded");
 }
+
+/// `SET parallel_run.dead_letter_rows = true`: the input rows of failed items go to
+/// `failed_rows/` in the report folder, as a job file's do; a statement run again starts the
+/// folder anew.
+#[test]
+fn dead_letter_rows_go_to_the_report_folder() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 400, 400);
+    std::fs::write(
+        d.path().join("entry.py"),
+        "import os\n\nFAIL_ID = int(os.environ[\"FAIL_ID\"])\n\n\
+         def run(mini_batch):\n    \
+             if FAIL_ID in set(mini_batch[\"id\"]):\n        \
+                 raise ValueError(\"row %d is poison\" % FAIL_ID)\n    \
+             return mini_batch[[\"id\"]]\n",
+    )
+    .unwrap();
+    let statement = |fail_id: i64, isolate: bool| {
+        format!(
+            "CREATE EXTERNAL TABLE rows STORED AS PARQUET LOCATION 'in.parquet';\n\
+             SET parallel_run.python = '{}';\n\
+             SET parallel_run.dead_letter_rows = true;\n\
+             COPY (SELECT * FROM parallel_run(rows, entry_script => 'entry.py',\n\
+                   error_threshold => -1, mini_batch_size => '2KB', process_count_per_node => 2,\n\
+                   run_max_try => 1, isolate_failures => {isolate}, output_schema => 'id BIGINT',\n\
+                   environment_variables => 'FAIL_ID={fail_id}', report_dir => 'report'))\n\
+               TO 'out/rows.parquet' STORED AS PARQUET;\n",
+            python()
+        )
+    };
+    let report = d.path().join("report");
+    let failed_rows = report.join("failed_rows");
+    let files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&failed_rows)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    };
+
+    // A failed mini-batch: all its rows, every input column, in a file named by its id.
+    let run = run_sql(d.path(), &statement(150, false), &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let letters = parquet_rows(&report.join("failed_items.parquet"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter: Vec<&str> = letters[0].split('|').collect();
+    let (id, start, end) = (letter[1], letter[3], letter[4]);
+    let (start, end): (i64, i64) = (start.parse().unwrap(), end.parse().unwrap());
+    assert_eq!(files(), [failed_rows.join(format!("{id}.parquet"))]);
+    let rows = parquet_rows(&files()[0]);
+    assert_eq!(rows.len() as i64, end - start, "{rows:?}");
+    assert!(
+        rows.contains(&"150|k3|75.0|row number 150 with some text".to_string()),
+        "{rows:?}"
+    );
+    let out = parquet_rows(&d.path().join("out/rows.parquet"));
+    assert_eq!(out.len() as i64, 400 - (end - start));
+
+    // Run again with nothing failing: the earlier execution's file is gone.
+    let run = run_sql(d.path(), &statement(-1, false), &["--quiet"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(files(), Vec::<std::path::PathBuf>::new());
+
+    // With isolate_failures: only the poison row.
+    let run = run_sql(d.path(), &statement(150, true), &["--quiet"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(files().len(), 1);
+    assert_eq!(
+        parquet_rows(&files()[0]),
+        ["150|k3|75.0|row number 150 with some text"]
+    );
+}

@@ -51,3 +51,74 @@ fn an_s3_output_job_killed_then_resumed_commits_every_row_once() {
         .get(&format!("{prefix}/logs/ledger/records.jsonl"))
         .is_some());
 }
+
+/// A file dataset on S3 whose job stopped at its error_threshold, resumed with a higher one:
+/// the files of the mini-batches the resume skips are not downloaded again (job_summary.json's
+/// `files_downloaded` counts the downloads of one run), and the output holds every good file
+/// once.
+#[test]
+fn a_resumed_file_dataset_downloads_only_the_files_of_the_mini_batches_it_runs() {
+    let store = shared(Kind::S3);
+    let d = tempfile::tempdir().unwrap();
+    let prefix = super::store::unique("resume-files");
+    let data = d.path().join("files");
+    text_files(&data, 30);
+    store.upload_dir(&data, &format!("{prefix}/docs"));
+    let job = |threshold: u32| {
+        crate::common::write_job(
+            d.path(),
+            &format!(
+                "entry_script: rust:echo\noutput_action: append_row\nnode_count: 1\n\
+                 process_count_per_node: 2\nmini_batch_size: 2\nrun_max_try: 1\n\
+                 error_threshold: {threshold}"
+            ),
+            &format!(
+                "inputs:\n  - {{name: docs, path: \"{}\", format: files}}\noutput: out\n\
+                 arguments: [--read-files, --fail-paths, f14.txt]\n{}",
+                store.url(&format!("{prefix}/docs/")),
+                store.storage_options("prefetch_files: 4")
+            ),
+        )
+    };
+    let out = d.path().join("out");
+    let first = run_env(&job(0), &store.env());
+    assert_eq!(first.code, 42, "the failing file stops the job: {first:?}");
+    // Every mini-batch the first run finished (succeeded or failed) is skipped by the resume.
+    let records: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("logs/ledger/records.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let skipped_files: u64 = records
+        .iter()
+        .map(|r| r["record"]["total_items"].as_u64().unwrap())
+        .sum();
+    assert!(!records.is_empty() && skipped_files < 30, "{records:?}");
+
+    let resumed = cli_env(
+        &["run", job(2).to_str().unwrap(), "--quiet", "--resume"],
+        &store.env(),
+    );
+    assert_eq!(resumed.code, 0, "{resumed:?}");
+    let s = summary(&out);
+    assert_eq!(s["mini_batches_skipped"], records.len() as u64, "{s}");
+    assert_eq!(
+        s["files_downloaded"],
+        30 - skipped_files,
+        "only the files of the mini-batches the resume runs are downloaded: {s}"
+    );
+    let output = lines(&out.join("parallel_run_step.txt"));
+    let mut names: Vec<&str> = output
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), output.len(), "every file once: {output:?}");
+    assert_eq!(
+        output.len(),
+        28,
+        "30 files but the failing mini-batch's 2: {output:?}"
+    );
+}
