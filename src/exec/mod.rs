@@ -632,27 +632,12 @@ fn node_name() -> String {
     format!("{host}:{}", std::process::id())
 }
 
-/// Casts a result batch to the declared output schema, by column name, naming the mini-batch
-/// when it does not fit.
+/// Casts a result batch to `schema` (the declared output schema, or the one earlier results
+/// set), by column name, naming the mini-batch when it does not fit. Only lossless casts are
+/// made: a value the cast cannot convert (text that is not a number), or converts with a
+/// loss (2.5 to an integer, a large integer to a float, nanoseconds to microseconds), is an
+/// error, never a null or a changed value in the output.
 pub fn conform(batch: RecordBatch, schema: &SchemaRef, mini_batch: &str) -> Result<RecordBatch> {
-    conform_with(batch, schema, mini_batch, true)
-}
-
-/// [`conform`], except that a value the cast cannot convert is an error instead of a null.
-pub fn conform_strict(
-    batch: RecordBatch,
-    schema: &SchemaRef,
-    mini_batch: &str,
-) -> Result<RecordBatch> {
-    conform_with(batch, schema, mini_batch, false)
-}
-
-fn conform_with(
-    batch: RecordBatch,
-    schema: &SchemaRef,
-    mini_batch: &str,
-    safe: bool,
-) -> Result<RecordBatch> {
     if batch.schema_ref().fields() == schema.fields() {
         return RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).map_err(Into::into);
     }
@@ -677,24 +662,46 @@ fn conform_with(
         let column = if column.data_type() == field.data_type() {
             column.clone()
         } else {
-            let options = arrow::compute::CastOptions {
-                safe,
-                ..Default::default()
-            };
-            cast_with_options(column, field.data_type(), &options).map_err(|e| {
-                PrsError::Output {
-                    path: format!("mini batch {mini_batch}"),
-                    message: format!(
-                        "column {:?} cannot be cast to {}: {e}",
-                        field.name(),
-                        field.data_type()
-                    ),
-                }
+            lossless_cast(column, field.data_type()).map_err(|e| PrsError::Output {
+                path: format!("mini batch {mini_batch}"),
+                message: format!(
+                    "run() returned column {:?} as {}, but the output has it as {} (declared, \
+                     or as earlier mini-batches returned it): {e}. Return the same types from \
+                     every mini-batch (e.g. cast in run()), or declare a type every result \
+                     converts to without loss",
+                    field.name(),
+                    column.data_type(),
+                    field.data_type()
+                ),
             })?
         };
         columns.push(column);
     }
     RecordBatch::try_new(schema.clone(), columns).map_err(Into::into)
+}
+
+/// `column` cast to `to` when every value converts and converts back unchanged.
+fn lossless_cast(
+    column: &arrow::array::ArrayRef,
+    to: &arrow::datatypes::DataType,
+) -> std::result::Result<arrow::array::ArrayRef, String> {
+    let strict = arrow::compute::CastOptions {
+        safe: false,
+        ..Default::default()
+    };
+    let cast = cast_with_options(column, to, &strict).map_err(|e| e.to_string())?;
+    let back = cast_with_options(&cast, column.data_type(), &strict)
+        .map_err(|e| format!("its values do not convert back ({e})"))?;
+    if back.as_ref() != column.as_ref() {
+        let row = (0..column.len())
+            .find(|&i| back.slice(i, 1).as_ref() != column.slice(i, 1).as_ref())
+            .unwrap_or(0);
+        let shown = arrow::util::display::array_value_to_string(column, row).unwrap_or_default();
+        return Err(format!(
+            "the value {shown:?} (row {row}) would change in the conversion"
+        ));
+    }
+    Ok(cast)
 }
 
 #[cfg(test)]

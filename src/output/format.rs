@@ -65,11 +65,14 @@ impl FinalWriter {
                 let target = schema
                     .get_or_insert_with(|| output_schema(batch.schema_ref()))
                     .clone();
-                let batch = nested_as_json(&conform(batch.clone(), &target, &id.to_string())?)
-                    .map_err(|e| PrsError::Output {
+                // Text: each value as its own type shows it (a column may be numbers in one
+                // mini-batch and text in another); the columns are the first result's.
+                let batch = nested_as_json(&same_columns(batch, &target, id)?).map_err(|e| {
+                    PrsError::Output {
                         path: "append_row file".into(),
                         message: format!("writing the rows of mini batch {id}: {e}"),
-                    })?;
+                    }
+                })?;
                 if writer.is_none() {
                     let file = out.take().ok_or_else(closed)?;
                     *writer = Some(
@@ -89,6 +92,7 @@ impl FinalWriter {
                 let target = schema
                     .get_or_insert_with(|| output_schema(batch.schema_ref()))
                     .clone();
+                same_columns(batch, &target, id)?;
                 let batch = conform(batch.clone(), &target, &id.to_string())?;
                 if writer.is_none() {
                     let file = out.take().ok_or_else(closed)?;
@@ -186,6 +190,43 @@ pub(super) fn parquet_err(e: parquet::errors::ParquetError) -> PrsError {
 
 /// The schema written to csv/parquet: the first result's columns, nullable, without our
 /// metadata.
+/// `batch`'s columns in `target`'s order (with their own types); an error when it has other
+/// columns than the file's (set by the first result), which would otherwise be dropped or
+/// made up.
+fn same_columns(batch: &RecordBatch, target: &SchemaRef, id: &MiniBatchId) -> Result<RecordBatch> {
+    let names = |s: &Schema| {
+        s.fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let differ = || PrsError::Output {
+        path: format!("mini batch {id}"),
+        message: format!(
+            "run() returned columns [{}], but the output file has columns [{}] (from the \
+             first mini-batch written): return the same columns from every mini-batch",
+            names(batch.schema_ref()),
+            names(target)
+        ),
+    };
+    if batch.num_columns() != target.fields().len() {
+        return Err(differ());
+    }
+    let mut fields = Vec::with_capacity(target.fields().len());
+    let mut columns = Vec::with_capacity(target.fields().len());
+    for field in target.fields() {
+        let (i, own) = batch
+            .schema_ref()
+            .column_with_name(field.name())
+            .ok_or_else(differ)?;
+        fields.push(own.clone().with_nullable(true));
+        columns.push(batch.column(i).clone());
+    }
+    let schema = Schema::new_with_metadata(fields, target.metadata().clone());
+    Ok(RecordBatch::try_new(Arc::new(schema), columns)?)
+}
+
 pub(super) fn output_schema(schema: &SchemaRef) -> SchemaRef {
     let fields: Vec<_> = schema
         .fields()
@@ -329,4 +370,94 @@ pub(super) fn nested_as_json(
         Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())),
         columns,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+
+    fn batch(columns: Vec<(&str, ArrayRef)>) -> RecordBatch {
+        RecordBatch::try_from_iter(columns).unwrap()
+    }
+
+    fn writer(format: OutputFormat, path: &Path) -> FinalWriter {
+        FinalWriter::new(format, BufWriter::new(File::create(path).unwrap()))
+    }
+
+    #[test]
+    fn csv_keeps_each_value_as_returned_and_refuses_other_columns() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out.csv");
+        let mut w = writer(OutputFormat::Csv, &path);
+        let ints = batch(vec![
+            ("id", Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef),
+            (
+                "score",
+                Arc::new(Int64Array::from(vec![10, 20])) as ArrayRef,
+            ),
+        ]);
+        // Later: the same columns in another order, a score that is text.
+        let text = batch(vec![
+            (
+                "score",
+                Arc::new(StringArray::from(vec!["n/a"])) as ArrayRef,
+            ),
+            ("id", Arc::new(Int64Array::from(vec![3])) as ArrayRef),
+        ]);
+        w.write(&ints, &MiniBatchId::new(0, 0)).unwrap();
+        w.write(&text, &MiniBatchId::new(0, 1)).unwrap();
+        let extra = batch(vec![
+            ("id", Arc::new(Int64Array::from(vec![4])) as ArrayRef),
+            ("score", Arc::new(Int64Array::from(vec![40])) as ArrayRef),
+            ("note", Arc::new(StringArray::from(vec!["x"])) as ArrayRef),
+        ]);
+        let err = w
+            .write(&extra, &MiniBatchId::new(0, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("0-2") && err.contains("note") && err.contains("same columns"),
+            "{err}"
+        );
+        w.close(&path).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(written, "id,score\n1,10\n2,20\n3,n/a\n");
+    }
+
+    #[test]
+    fn parquet_refuses_a_value_that_would_change() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("out.parquet");
+        let mut w = writer(OutputFormat::Parquet, &path);
+        let ints = batch(vec![(
+            "score",
+            Arc::new(Int64Array::from(vec![1, 2])) as ArrayRef,
+        )]);
+        w.write(&ints, &MiniBatchId::new(0, 0)).unwrap();
+        // 3.0 is an integer; 2.5 is not, and "n/a" is no number: errors, not nulls.
+        let whole = batch(vec![(
+            "score",
+            Arc::new(Float64Array::from(vec![3.0])) as ArrayRef,
+        )]);
+        w.write(&whole, &MiniBatchId::new(0, 1)).unwrap();
+        let half = batch(vec![(
+            "score",
+            Arc::new(Float64Array::from(vec![4.0, 2.5])) as ArrayRef,
+        )]);
+        let err = w
+            .write(&half, &MiniBatchId::new(0, 2))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0-2") && err.contains("2.5"), "{err}");
+        let text = batch(vec![(
+            "score",
+            Arc::new(StringArray::from(vec!["n/a"])) as ArrayRef,
+        )]);
+        let err = w
+            .write(&text, &MiniBatchId::new(0, 3))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("0-3") && err.contains("score"), "{err}");
+    }
 }
