@@ -8,7 +8,9 @@
 //! task, submits the physical plan, and commits the outcomes that come back through its
 //! staged sink and ledger (see `docs/design/mini-batches.md`).
 
+pub mod client;
 pub mod codec;
+pub mod engine;
 pub mod server;
 pub mod submit;
 

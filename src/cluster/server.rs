@@ -12,6 +12,7 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 
+use crate::cluster::engine::StoppingEngine;
 use crate::cluster::PrsPhysicalCodec;
 use crate::error::{PrsError, Result};
 use crate::exec::RuntimeProvider;
@@ -181,6 +182,8 @@ pub async fn run_executor(
         work_dir,
         executor_heartbeat_interval_seconds: options.heartbeat_seconds.max(1),
         override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes))),
+        // Cancelled tasks stop their workers (Ballista's own engine leaves them running).
+        override_execution_engine: Some(Arc::new(StoppingEngine::new())),
         ..ExecutorProcessConfig::default()
     };
     eprintln!(

@@ -693,23 +693,207 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
     assert!(cluster_ids.len() > 10, "{cluster_ids:?}");
 
     // No worker of the killed executor is left behind (bounded wait).
-    let marker = dir.path().join("cluster").display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let workers = || {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains(&marker) && cmdline.contains("prs_worker") {
-                    found.push(cmdline);
-                }
+    let out = dir.path().join("cluster");
+    assert!(
+        workers_gone(&out, Duration::from_secs(20)),
+        "orphan workers: {:?}",
+        python_workers(&out)
+    );
+    drop(a);
+}
+
+/// The command lines of the Python workers of the job whose output folder is `out`.
+fn python_workers(out: &Path) -> Vec<String> {
+    let marker = out.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&marker) && cmdline.contains("prs_worker") {
+                found.push(cmdline);
             }
         }
-        found
-    };
-    while !workers().is_empty() && Instant::now() < deadline {
+    }
+    found
+}
+
+/// Polls (at most `limit`) until no Python worker of the job writing to `out` is left.
+fn workers_gone(out: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !python_workers(out).is_empty() {
+        if Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(workers().is_empty(), "orphan workers: {:?}", workers());
-    drop(a);
+    true
+}
+
+/// A scheduler with short executor-loss settings, started and listening.
+fn start_scheduler() -> (Process, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &address,
+        "--executor-timeout",
+        "10",
+        "--expire-interval",
+        "1",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "the scheduler starts: {:?}",
+        scheduler.seen
+    );
+    (scheduler, address)
+}
+
+/// The driver `parallel-run ARGS` in `dir`, running: (child, its stderr file).
+fn start_driver(dir: &Path, args: &[&str]) -> (Child, std::path::PathBuf) {
+    let err_path = dir.join("driver.stderr");
+    let child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    (child, err_path)
+}
+
+/// The status of job `job_id` as the scheduler at `address` reports it.
+fn job_status(
+    address: &str,
+    job_id: &str,
+) -> Option<ballista_core::serde::protobuf::job_status::Status> {
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    use ballista_core::serde::protobuf::GetJobStatusParams;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = SchedulerGrpcClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+        client
+            .get_job_status(GetJobStatusParams {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .and_then(|s| s.status)
+    })
+}
+
+#[test]
+fn ctrl_c_on_the_driver_cancels_the_cluster_job_and_stops_its_workers() {
+    let (mut scheduler, address) = start_scheduler();
+    let mut executors = [start_executor(&address), start_executor(&address)];
+    for executor in &mut executors {
+        assert!(
+            executor.wait_for("registration succeed", Duration::from_secs(60)),
+            "{:?}",
+            executor.seen
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 1000);
+    // Every run() outlasts the test: only a cancellation ends the job.
+    std::fs::write(
+        dir.path().join("slow.py"),
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 2KB\nrun_invocation_timeout: 900",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let target = format!("compute_target=df://{address}");
+    let (mut driver, stderr) = start_driver(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "cluster",
+            "--set",
+            &target,
+        ],
+    );
+    // The executors run the job: their workers are up (bounded wait).
+    let out = dir.path().join("cluster");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while python_workers(&out).is_empty() {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "the job's workers start: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    unsafe {
+        libc::kill(driver.id() as i32, libc::SIGINT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let code = loop {
+        if let Some(status) = driver.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = driver.kill();
+            let _ = driver.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(130), "the driver stops as interrupted: {text}");
+    assert!(text.contains("--resume"), "{text}");
+
+    // The scheduler cancelled the job, and the executors stopped its workers.
+    assert!(
+        scheduler.wait_for("Job cancelled", Duration::from_secs(30)),
+        "{:?}",
+        scheduler.seen
+    );
+    let line = scheduler
+        .seen
+        .iter()
+        .find(|l| l.contains("Job cancelled"))
+        .unwrap();
+    let job_id = line
+        .rsplit_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(id, _)| id.to_string())
+        .unwrap();
+    use ballista_core::serde::protobuf::job_status::Status;
+    let status = job_status(&address, &job_id);
+    assert!(
+        matches!(status, Some(Status::Failed(_))),
+        "job {job_id}: {status:?}"
+    );
+    assert!(
+        workers_gone(&out, Duration::from_secs(60)),
+        "workers still run the cancelled job: {:?}",
+        python_workers(&out)
+    );
+    for executor in &mut executors {
+        assert!(
+            executor.child.try_wait().unwrap().is_none(),
+            "the executors keep running"
+        );
+    }
 }
