@@ -129,7 +129,10 @@ impl ClusterJob {
                     None => "no reason given".to_string(),
                 };
                 let why = ballista_mismatch.map_or(why.clone(), |m| format!("{m} ({why})"));
-                return Err(failed("the job was refused by", why));
+                return Err(failed(
+                    "submitting the job to",
+                    format!("it refused the job: {why}"),
+                ));
             }
             None => return Err(failed("submitting the job to", "no answer".into())),
         };
@@ -148,7 +151,7 @@ impl ClusterJob {
             job.cancel().await;
             return Err(failed("submitting the job to", mismatch));
         }
-        tracing::info!(job = %job.job_id, scheduler = %host_port, "cluster job submitted");
+        tracing::debug!(job = %job.job_id, scheduler = %host_port, "cluster job submitted");
         Ok(job)
     }
 
@@ -254,7 +257,7 @@ impl ClusterJob {
         while tokio::time::Instant::now() < deadline {
             match self.status().await {
                 Ok(Some(job_status::Status::Failed(_) | job_status::Status::Successful(_))) => {
-                    tracing::info!(job = %self.job_id, "cluster job cancelled");
+                    tracing::debug!(job = %self.job_id, "cluster job cancelled");
                     return true;
                 }
                 Ok(_) | Err(_) => tokio::time::sleep(STATUS_EVERY).await,

@@ -11,6 +11,7 @@
 pub mod client;
 pub mod codec;
 pub mod engine;
+pub mod gate;
 pub mod server;
 pub mod submit;
 
@@ -19,6 +20,20 @@ pub use codec::{PrsPhysicalCodec, PRS_MAGIC};
 use std::time::Duration;
 
 use crate::error::{PrsError, Result};
+
+/// Test-only: makes this process advertise another parallel-run version to the other
+/// processes of a cluster (in its codec's bytes and its executor id), so tests can check
+/// that processes of different versions refuse each other. Never set it otherwise.
+pub const VERSION_OVERRIDE_ENV: &str = "PARALLEL_RUN_TEST_CLUSTER_VERSION";
+
+/// The parallel-run version this process advertises to the other processes of a cluster:
+/// this build's, unless [`VERSION_OVERRIDE_ENV`] says otherwise.
+pub fn advertised_version() -> String {
+    std::env::var(VERSION_OVERRIDE_ENV)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_string())
+}
 
 /// A scheduler address from `compute_target` (`df://HOST:PORT` or `ballista://HOST:PORT`):
 /// `HOST:PORT`. The config layer has checked the form.

@@ -244,8 +244,14 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Process {
+        Process::start_with(args, &[])
+    }
+
+    /// With extra environment variables.
+    fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -751,9 +757,19 @@ fn start_scheduler() -> (Process, String) {
 
 /// The driver `parallel-run ARGS` in `dir`, running: (child, its stderr file).
 fn start_driver(dir: &Path, args: &[&str]) -> (Child, std::path::PathBuf) {
+    start_driver_with(dir, args, &[])
+}
+
+/// [`start_driver`] with extra environment variables.
+fn start_driver_with(
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Child, std::path::PathBuf) {
     let err_path = dir.join("driver.stderr");
     let child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
         .args(args)
+        .envs(envs.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -761,6 +777,23 @@ fn start_driver(dir: &Path, args: &[&str]) -> (Child, std::path::PathBuf) {
         .spawn()
         .unwrap();
     (child, err_path)
+}
+
+/// Waits (at most `limit`) for `child` to exit: its exit code, `None` when it was killed
+/// at the limit (or by a signal).
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The status of job `job_id` as the scheduler at `address` reports it.
@@ -847,18 +880,7 @@ fn ctrl_c_on_the_driver_cancels_the_cluster_job_and_stops_its_workers() {
     unsafe {
         libc::kill(driver.id() as i32, libc::SIGINT);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let code = loop {
-        if let Some(status) = driver.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = driver.kill();
-            let _ = driver.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = wait_exit(&mut driver, Duration::from_secs(60));
     let text = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert_eq!(code, Some(130), "the driver stops as interrupted: {text}");
     assert!(text.contains("--resume"), "{text}");
@@ -896,4 +918,85 @@ fn ctrl_c_on_the_driver_cancels_the_cluster_job_and_stops_its_workers() {
             "the executors keep running"
         );
     }
+}
+
+/// A small `rust:echo` job over 50 rows, `node_count` executors of one process.
+fn echo_job(dir: &Path, node_count: u32, extra: &str) -> std::path::PathBuf {
+    write_csv(&dir.join("t.csv"), 0, 50);
+    write_job(
+        dir,
+        &format!(
+            "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+             node_count: {node_count}\nprocess_count_per_node: 1\n{extra}"
+        ),
+        "inputs:\n  - {name: t, path: t.csv, format: csv}\n",
+    )
+}
+
+#[test]
+fn processes_of_another_parallel_run_version_refuse_each_other() {
+    let ours = env!("CARGO_PKG_VERSION");
+    let other = "9.9.9-test";
+    let (mut scheduler, address) = start_scheduler();
+
+    // An executor of another version is refused at registration and stops, saying why.
+    let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+    let mut stranger = Process::start_with(
+        &[
+            "executor",
+            "--scheduler",
+            &address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ],
+        &[(parallel_run::cluster::VERSION_OVERRIDE_ENV, other)],
+    );
+    let code = wait_exit(&mut stranger.child, Duration::from_secs(60));
+    stranger.wait_for("\u{0}", Duration::from_secs(2));
+    let said = stranger.seen.join("\n");
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {said}");
+    assert!(said.contains(other) && said.contains(ours), "{said}");
+    assert!(
+        scheduler.wait_for("refusing an executor", Duration::from_secs(10)),
+        "{:?}",
+        scheduler.seen
+    );
+
+    // A driver of another version: the scheduler refuses its plan, and the driver says so.
+    let mut executor = start_executor(&address);
+    assert!(
+        executor.wait_for("registration succeed", Duration::from_secs(60)),
+        "{:?}",
+        executor.seen
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let job = echo_job(dir.path(), 1, "");
+    let target = format!("compute_target=df://{address}");
+    let (mut driver, stderr) = start_driver_with(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+        &[(parallel_run::cluster::VERSION_OVERRIDE_ENV, other)],
+    );
+    let code = wait_exit(&mut driver, Duration::from_secs(120));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {text}");
+    assert!(
+        text.contains(other) && text.contains(ours) && text.contains(&address),
+        "{text}"
+    );
+    assert!(!dir.path().join("out/parallel_run_step.txt").exists());
 }
