@@ -473,22 +473,34 @@ fn an_unreachable_scheduler_is_a_usage_error_and_nothing_is_written() {
     assert!(!dir.path().join("out").exists(), "nothing written");
 }
 
-/// An in-process scheduler and `executors` executors of one worker slot, with our codec.
+/// An in-process scheduler (serving Ballista's `/readyz`, which the driver reads) and
+/// `executors` executors of one worker slot, with our codec.
 async fn in_process_cluster(executors: usize) -> std::net::SocketAddr {
     use ballista_core::serde::BallistaCodec;
-    use ballista_core::utils::{default_config_producer, default_session_builder};
+    use ballista_core::utils::default_config_producer;
+    use ballista_scheduler::config::SchedulerConfig;
     let physical = Arc::new(codec());
-    let scheduler_codec = BallistaCodec::new(
-        Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
-        physical.clone(),
-    );
-    let address = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
-        Arc::new(default_session_builder),
-        Arc::new(default_config_producer),
-        scheduler_codec,
-    )
+    let config = Arc::new(SchedulerConfig {
+        override_physical_codec: Some(physical.clone()),
+        ..SchedulerConfig::default()
+            .with_scheduler_policy(ballista_core::config::TaskSchedulingPolicy::PullStaged)
+    });
+    let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&config)
+        .await
+        .unwrap();
+    let scheduler = ballista_scheduler::scheduler_process::create_scheduler::<
+        datafusion_proto::protobuf::LogicalPlanNode,
+        PhysicalPlanNode,
+    >(cluster, config)
     .await
     .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        ballista_scheduler::scheduler_process::start_grpc_service_with_listener(
+            listener, scheduler,
+        ),
+    );
     for _ in 0..executors {
         let client =
             ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
@@ -999,4 +1011,76 @@ fn processes_of_another_parallel_run_version_refuse_each_other() {
         "{text}"
     );
     assert!(!dir.path().join("out/parallel_run_step.txt").exists());
+}
+
+#[test]
+fn a_cluster_job_waits_for_node_count_executors_or_says_how_many_it_found() {
+    let (_scheduler, address) = start_scheduler();
+    let mut first = start_executor(&address);
+    assert!(
+        first.wait_for("registration succeed", Duration::from_secs(60)),
+        "{:?}",
+        first.seen
+    );
+    let target = format!("compute_target=df://{address}");
+
+    // Too few, and none comes: a usage error naming the counts, before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let job = echo_job(dir.path(), 2, "executor_wait_timeout: 1");
+    let (mut driver, stderr) = start_driver(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+    );
+    let code = wait_exit(&mut driver, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "found 1 of 2 executors at {address}; start more executors or lower node_count"
+        )),
+        "{text}"
+    );
+    assert!(!dir.path().join("out").exists(), "nothing written");
+
+    // The second executor comes while the driver waits: the job runs.
+    let job = echo_job(dir.path(), 2, "executor_wait_timeout: 300");
+    let (mut driver, stderr) = start_driver(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&stderr)
+        .unwrap_or_default()
+        .contains("waiting up to 300 s for 2 executors")
+    {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "the driver waits: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _second = start_executor(&address);
+    let code = wait_exit(&mut driver, Duration::from_secs(180));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        txt_ids(&dir.path().join("out/parallel_run_step.txt")).len(),
+        50
+    );
 }
