@@ -89,6 +89,16 @@ pub enum PrsError {
         report: Box<crate::report::JobSummary>,
     },
 
+    /// Talking to a Ballista cluster failed: its scheduler could not be reached, refused the
+    /// job, or reported it failed.
+    #[error("{message}")]
+    Cluster {
+        /// The scheduler's `HOST:PORT`.
+        scheduler: String,
+        /// What went wrong (naming the scheduler) and what to do.
+        message: String,
+    },
+
     /// The job was cancelled (e.g. by Ctrl-C) before it finished.
     #[error("job cancelled: {0}")]
     Cancelled(String),

@@ -1,8 +1,10 @@
 //! [`PrsPhysicalCodec`]: how a `ParallelRunExec` travels between the driver, the scheduler
 //! and the executors of a Ballista cluster.
 //!
-//! Our bytes are [`PRS_MAGIC`], the operator's mode, then the [`OperatorSpec`] bytes (the
-//! plan as a value, versioned); the operator's children (the manifest leaf) are encoded by
+//! Our bytes are [`PRS_MAGIC`], the encoding process's parallel-run version (a length byte,
+//! then the text), the operator's mode, then the [`OperatorSpec`] bytes (the plan as a
+//! value, versioned). A process of another parallel-run version refuses to decode them,
+//! naming both versions (see [`super::gate`]); the operator's children (the manifest leaf) are encoded by
 //! DataFusion's own converter. Everything that is not ours (shuffle writers and readers...)
 //! goes to Ballista's codec. Decoding is pure: the scheduler decodes every stage plan, and
 //! its host may have no Python and none of the job's files; the runtime (worker factory) is
@@ -17,6 +19,7 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
 
+use crate::cluster::advertised_version;
 use crate::error::PrsError;
 use crate::exec::{ExecMode, OperatorSpec, ParallelRunExec, RuntimeProvider};
 
@@ -29,6 +32,8 @@ pub const PRS_MAGIC: &[u8; 4] = b"PRS\x01";
 pub struct PrsPhysicalCodec {
     inner: BallistaPhysicalExtensionCodec,
     runtimes: Arc<dyn RuntimeProvider>,
+    /// The parallel-run version written into, and required of, our bytes.
+    version: String,
 }
 
 impl fmt::Debug for PrsPhysicalCodec {
@@ -38,12 +43,34 @@ impl fmt::Debug for PrsPhysicalCodec {
 }
 
 impl PrsPhysicalCodec {
-    /// A codec whose decoded operators build their runtime with `runtimes` (when they run).
+    /// A codec whose decoded operators build their runtime with `runtimes` (when they run),
+    /// of this process's [`advertised_version`].
     pub fn new(runtimes: Arc<dyn RuntimeProvider>) -> Self {
         PrsPhysicalCodec {
             inner: BallistaPhysicalExtensionCodec::default(),
             runtimes,
+            version: advertised_version(),
         }
+    }
+
+    /// Checks the version at the start of `body` (after the magic): the rest when it is ours.
+    fn strip_version<'a>(&self, body: &'a [u8]) -> Result<&'a [u8]> {
+        let truncated =
+            || DataFusionError::Plan("ParallelRunExec: the encoded operator is cut short".into());
+        let (length, rest) = body.split_first().ok_or_else(truncated)?;
+        let (version, rest) = rest
+            .split_at_checked(usize::from(*length))
+            .ok_or_else(truncated)?;
+        if version != self.version.as_bytes() {
+            return Err(DataFusionError::Plan(format!(
+                "ParallelRunExec: the plan comes from parallel-run {} (the driver or the \
+                 scheduler), this process runs parallel-run {}: run the same parallel-run \
+                 version on the driver, the scheduler and every executor",
+                String::from_utf8_lossy(version),
+                self.version
+            )));
+        }
+        Ok(rest)
     }
 }
 
@@ -76,6 +103,7 @@ impl PhysicalExtensionCodec for PrsPhysicalCodec {
         let Some(body) = buf.strip_prefix(PRS_MAGIC.as_slice()) else {
             return self.inner.try_decode(buf, inputs, ctx, proto_converter);
         };
+        let body = self.strip_version(body)?;
         let (mode, spec) = body.split_first().ok_or_else(|| {
             DataFusionError::Plan("ParallelRunExec: the encoded operator is empty".into())
         })?;
@@ -100,7 +128,16 @@ impl PhysicalExtensionCodec for PrsPhysicalCodec {
             return self.inner.try_encode(node, buf, proto_converter);
         };
         let spec = exec.spec().encode().map_err(PrsError::into_datafusion)?;
+        let version = self.version.as_bytes();
+        let length = u8::try_from(version.len()).map_err(|_| {
+            DataFusionError::Plan(format!(
+                "ParallelRunExec: version {:?} is longer than 255 bytes",
+                self.version
+            ))
+        })?;
         buf.extend_from_slice(PRS_MAGIC);
+        buf.push(length);
+        buf.extend_from_slice(version);
         buf.push(mode_byte(exec.mode()));
         buf.extend_from_slice(&spec);
         Ok(())

@@ -12,6 +12,9 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
 
+use crate::cluster::advertised_version;
+use crate::cluster::engine::StoppingEngine;
+use crate::cluster::gate::{executor_id, VersionGate};
 use crate::cluster::PrsPhysicalCodec;
 use crate::error::{PrsError, Result};
 use crate::exec::RuntimeProvider;
@@ -121,13 +124,16 @@ pub async fn run_scheduler(
         override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes))),
         ..SchedulerConfig::default()
     };
-    let cluster = BallistaCluster::new_from_config(&config)
+    let ballista = BallistaCluster::new_from_config(&config)
         .await
         .map_err(|e| PrsError::config("scheduler", &options.bind, e.to_string()))?;
-    eprintln!(
-        "parallel-run {}: scheduler listening on {address} (trusted network only)",
-        env!("CARGO_PKG_VERSION")
+    // Ballista's in-memory state, admitting executors of our version only.
+    let version = advertised_version();
+    let cluster = BallistaCluster::new(
+        Arc::new(VersionGate::new(ballista.cluster_state(), version.clone())),
+        ballista.job_state(),
     );
+    eprintln!("parallel-run {version}: scheduler listening on {address} (trusted network only)");
     start_server(cluster, address, Arc::new(config))
         .await
         .map_err(|e| {
@@ -169,7 +175,12 @@ pub async fn run_executor(
         ),
         None => None,
     };
+    let version = advertised_version();
+    let defaults = ExecutorProcessConfig::default();
+    // The id carries our version: the scheduler admits executors of its own version only.
+    let executor_id = executor_id(&version, &defaults.executor_id);
     let config = ExecutorProcessConfig {
+        executor_id,
         bind_host: options.bind.clone(),
         external_host: options.external_host.clone(),
         port: options.port,
@@ -181,16 +192,13 @@ pub async fn run_executor(
         work_dir,
         executor_heartbeat_interval_seconds: options.heartbeat_seconds.max(1),
         override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes))),
-        ..ExecutorProcessConfig::default()
+        // Cancelled tasks stop their workers (Ballista's own engine leaves them running).
+        override_execution_engine: Some(Arc::new(StoppingEngine::new())),
+        ..defaults
     };
     eprintln!(
-        "parallel-run {}: executor on {}:{} (grpc {}), {} worker slot(s), scheduler {}",
-        env!("CARGO_PKG_VERSION"),
-        options.bind,
-        options.port,
-        options.grpc_port,
-        options.processes,
-        options.scheduler
+        "parallel-run {version}: executor on {}:{} (grpc {}), {} worker slot(s), scheduler {}",
+        options.bind, options.port, options.grpc_port, options.processes, options.scheduler
     );
     start_executor_process(Arc::new(config)).await.map_err(|e| {
         PrsError::config(

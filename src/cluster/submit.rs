@@ -4,22 +4,24 @@
 //! scheduler, and hand every finished mini-batch that comes back to the job's commit (the
 //! staged sink and ledger of a local run).
 //!
-//! For now outcomes come back through Ballista's result stream, once the Ballista job has
-//! succeeded; the shared-store commit protocol (records written by the executors as they go)
-//! is the next step (see `docs/design/mini-batches.md`).
+//! The job is submitted and watched by our own loop ([`ClusterJob`]), which cancels it on the
+//! scheduler when the driver stops (Ctrl+C, an error). For now outcomes come back once the
+//! Ballista job has succeeded; the shared-store commit protocol (records written by the
+//! executors as they go) is the next step (see `docs/design/mini-batches.md`).
 
 use std::sync::Arc;
 
-use ballista_core::execution_plans::execute_physical_plan;
 use ballista_core::extension::SessionConfigExt;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
+use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::PhysicalPlanNode;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use crate::cluster::client::{ClusterJob, JobEnd};
 use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
@@ -101,41 +103,44 @@ pub async fn run_on_cluster(
     let session_config = SessionConfig::new_with_ballista()
         .with_ballista_physical_extension_codec(codec.clone())
         .with_ballista_job_name(&format!("parallel-run {}", spec.job().output.display()));
-    let ballista_config = session_config.ballista_config();
+    let encoded = PhysicalPlanNode::try_from_physical_plan(plan, codec.as_ref())
+        .and_then(|node| {
+            let mut bytes = Vec::new();
+            node.try_encode(&mut bytes)?;
+            Ok(bytes)
+        })
+        .map_err(PrsError::from_datafusion)?;
     let session_id = format!("parallel-run-{}", std::process::id());
-    let unreachable = |e: datafusion::error::DataFusionError| {
-        PrsError::config(
-            "compute_target",
-            target,
-            format!(
-                "submitting the job to the Ballista scheduler at {host_port} failed: {e}. \
-                 Check that `parallel-run scheduler` runs there, with the same parallel-run \
-                 version as this driver"
-            ),
-        )
+    // Our own submit loop: it knows the job id, so Ctrl+C, an error or the driver dropping
+    // the job cancels it on the scheduler (see `ClusterJob`).
+    let mut job = ClusterJob::submit(host_port, encoded, &session_config, session_id).await?;
+    let locations = match job.wait(state.cancellation()).await? {
+        JobEnd::Succeeded(locations) => locations,
+        JobEnd::Cancelled { confirmed } => {
+            if !confirmed {
+                eprintln!(
+                    "parallel-run: warning: the scheduler at {host_port} did not confirm that \
+                     cluster job {} was cancelled; its tasks may still run",
+                    job.id()
+                );
+            }
+            // The job state holds why (Ctrl+C, a threshold...).
+            return Ok(());
+        }
     };
-    let mut stream = execute_physical_plan::<PhysicalPlanNode>(
-        format!("http://{host_port}"),
-        &ballista_config,
-        plan,
-        codec.as_ref(),
-        session_id,
-        session_config,
-    )
-    .await
-    .map_err(unreachable)?;
-    loop {
-        // Ctrl+C or a threshold on the driver stops waiting (the Ballista job itself is not
-        // cancelled yet: that needs our own submit loop with the scheduler's cancel call).
-        let next = tokio::select! {
-            _ = state.cancellation().cancelled() => break,
-            next = stream.next() => next,
-        };
-        let Some(batch) = next else { break };
-        let batch = batch.map_err(PrsError::from_datafusion)?;
-        for done in read_envelopes(&batch)? {
-            state.mini_batch_finished_elsewhere(&done.record);
-            commit(&done)?;
+    for mut stream in job.results(locations).await? {
+        loop {
+            // Ctrl+C while results are read: the job has ended, nothing to cancel.
+            let next = tokio::select! {
+                _ = state.cancellation().cancelled() => return Ok(()),
+                next = stream.next() => next,
+            };
+            let Some(batch) = next else { break };
+            let batch = batch.map_err(PrsError::from_datafusion)?;
+            for done in read_envelopes(&batch)? {
+                state.mini_batch_finished_elsewhere(&done.record);
+                commit(&done)?;
+            }
         }
     }
     Ok(())

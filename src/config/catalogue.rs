@@ -516,6 +516,19 @@ catalogue! {
         }),
         ..Param::BASE
     };
+    /// `executor_wait_timeout`: how long a cluster job waits for node_count executors.
+    EXECUTOR_WAIT_TIMEOUT = Param {
+        name: "executor_wait_timeout",
+        kind: Type::Integer,
+        default: "60",
+        rule: "an integer >= 0: the seconds a cluster job waits for node_count executors to \
+               register with the scheduler before it fails (0: check once, do not wait)",
+        help: "Cluster jobs: seconds to wait for node_count executors to register before \
+               failing (default 60; 0 checks once).",
+        example: "300",
+        write: Some(|c, _| Ok(c.executor_wait_timeout.into())),
+        ..Param::BASE
+    };
     /// `environment`: the Python environment.
     ENVIRONMENT = Param {
         name: "environment",

@@ -84,6 +84,9 @@ pub struct ParallelRunConfig {
     pub output_action: OutputAction,
     /// Where it runs (default: this machine).
     pub compute_target: ComputeTarget,
+    /// Seconds a cluster job waits for `node_count` executors to register (0: check once).
+    #[serde(default = "default_executor_wait_timeout")]
+    pub executor_wait_timeout: u64,
     /// Nodes, >= 1. Required.
     pub node_count: u32,
     /// Worker processes per node; `None` means the number of cores.
@@ -181,6 +184,13 @@ impl std::fmt::Display for LoggingLevel {
     }
 }
 
+/// Seconds a cluster job waits for its executors by default (`executor_wait_timeout`).
+pub const DEFAULT_EXECUTOR_WAIT_TIMEOUT: u64 = 60;
+
+fn default_executor_wait_timeout() -> u64 {
+    DEFAULT_EXECUTOR_WAIT_TIMEOUT
+}
+
 /// PRS's default `append_row_file_name`.
 pub const DEFAULT_APPEND_ROW_FILE_NAME: &str = "parallel_run_step.txt";
 
@@ -204,6 +214,7 @@ impl ParallelRunConfig {
             error_threshold,
             output_action,
             compute_target: ComputeTarget::Local,
+            executor_wait_timeout: DEFAULT_EXECUTOR_WAIT_TIMEOUT,
             node_count: 1,
             process_count_per_node: None,
             mini_batch_size: None,

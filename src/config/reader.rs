@@ -11,9 +11,9 @@ use crate::config::azure_v2::{self, V2Options};
 use crate::config::catalogue::{
     self, Param, ALLOWED_FAILED_COUNT, ALLOWED_FAILED_PERCENT, APPEND_ROW_FILE_NAME,
     COMPUTE_TARGET, DESCRIPTION, ENTRY_SCRIPT, ENVIRONMENT_VARIABLES, ERROR_THRESHOLD,
-    ISOLATE_FAILURES, ISOLATE_TIMEOUTS, LOGGING_LEVEL, MINI_BATCH_SIZE, NODE_COUNT, OUTPUT_ACTION,
-    OUTPUT_FOLDER, PARTITION_KEYS, PROCESS_COUNT_PER_NODE, RUN_INVOCATION_TIMEOUT, RUN_MAX_TRY,
-    SOURCE_DIRECTORY,
+    EXECUTOR_WAIT_TIMEOUT, ISOLATE_FAILURES, ISOLATE_TIMEOUTS, LOGGING_LEVEL, MINI_BATCH_SIZE,
+    NODE_COUNT, OUTPUT_ACTION, OUTPUT_FOLDER, PARTITION_KEYS, PROCESS_COUNT_PER_NODE,
+    RUN_INVOCATION_TIMEOUT, RUN_MAX_TRY, SOURCE_DIRECTORY,
 };
 use crate::config::environment::parse_environment;
 use crate::config::job::{
@@ -305,6 +305,11 @@ pub(super) fn read_config_in(
     config.environment_variables = s
         .string_map(variables.name, &variables.message())?
         .unwrap_or_default();
+    if let Some(seconds) =
+        s.integer::<u64>(EXECUTOR_WAIT_TIMEOUT.name, &EXECUTOR_WAIT_TIMEOUT.message())?
+    {
+        config.executor_wait_timeout = seconds;
+    }
     let key = pick(&s, &COMPUTE_TARGET)?;
     if let Some(target) = s.string(key, &COMPUTE_TARGET.message())? {
         config.compute_target = parse_compute_target(&s.field(key), &target, warnings);

@@ -305,6 +305,18 @@ impl ParallelRunExec {
         }
     }
 
+    /// Stops this operator's work with `reason`, as an exceeded threshold does: its
+    /// partitions end with that error and their workers are stopped. For a cluster task that
+    /// Ballista cancelled (see `cluster::engine`).
+    pub fn stop(&self, reason: &str) {
+        self.state.abort(reason);
+    }
+
+    /// Why the operator was stopped ([`ParallelRunExec::stop`], a threshold...), if it was.
+    pub fn stopped(&self) -> Option<String> {
+        self.state.abort_reason()
+    }
+
     /// The spec.
     pub fn spec(&self) -> &Arc<OperatorSpec> {
         &self.spec

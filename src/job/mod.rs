@@ -63,6 +63,13 @@ pub async fn run_job_spec(
     if let Some(target) = cluster {
         // Before anything is written: an unreachable cluster is a usage error.
         crate::cluster::check_reachable(target, std::time::Duration::from_secs(10)).await?;
+        crate::cluster::wait_for_executors(
+            target,
+            spec.config.node_count,
+            std::time::Duration::from_secs(spec.config.executor_wait_timeout),
+            !matches!(progress, Progress::Quiet),
+        )
+        .await?;
     }
     let output = spec.output.clone().ok_or_else(|| {
         PrsError::missing(

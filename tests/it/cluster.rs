@@ -246,8 +246,14 @@ struct Process {
 
 impl Process {
     fn start(args: &[&str]) -> Process {
+        Process::start_with(args, &[])
+    }
+
+    /// With extra environment variables.
+    fn start_with(args: &[&str], envs: &[(&str, &str)]) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
             .args(args)
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -499,22 +505,34 @@ fn an_unreachable_scheduler_is_a_usage_error_and_nothing_is_written() {
     assert!(!dir.path().join("out").exists(), "nothing written");
 }
 
-/// An in-process scheduler and `executors` executors of one worker slot, with our codec.
+/// An in-process scheduler (serving Ballista's `/readyz`, which the driver reads) and
+/// `executors` executors of one worker slot, with our codec.
 async fn in_process_cluster(executors: usize) -> std::net::SocketAddr {
     use ballista_core::serde::BallistaCodec;
-    use ballista_core::utils::{default_config_producer, default_session_builder};
+    use ballista_core::utils::default_config_producer;
+    use ballista_scheduler::config::SchedulerConfig;
     let physical = Arc::new(codec());
-    let scheduler_codec = BallistaCodec::new(
-        Arc::new(ballista_core::serde::BallistaLogicalExtensionCodec::default()),
-        physical.clone(),
-    );
-    let address = ballista_scheduler::standalone::new_standalone_scheduler_with_builder(
-        Arc::new(default_session_builder),
-        Arc::new(default_config_producer),
-        scheduler_codec,
-    )
+    let config = Arc::new(SchedulerConfig {
+        override_physical_codec: Some(physical.clone()),
+        ..SchedulerConfig::default()
+            .with_scheduler_policy(ballista_core::config::TaskSchedulingPolicy::PullStaged)
+    });
+    let cluster = ballista_scheduler::cluster::BallistaCluster::new_from_config(&config)
+        .await
+        .unwrap();
+    let scheduler = ballista_scheduler::scheduler_process::create_scheduler::<
+        datafusion_proto::protobuf::LogicalPlanNode,
+        PhysicalPlanNode,
+    >(cluster, config)
     .await
     .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(
+        ballista_scheduler::scheduler_process::start_grpc_service_with_listener(
+            listener, scheduler,
+        ),
+    );
     for _ in 0..executors {
         let client =
             ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient::connect(
@@ -725,23 +743,376 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
     assert!(cluster_ids.len() > 10, "{cluster_ids:?}");
 
     // No worker of the killed executor is left behind (bounded wait).
-    let marker = dir.path().join("cluster").display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let workers = || {
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if cmdline.contains(&marker) && cmdline.contains("prs_worker") {
-                    found.push(cmdline);
-                }
+    let out = dir.path().join("cluster");
+    assert!(
+        workers_gone(&out, Duration::from_secs(20)),
+        "orphan workers: {:?}",
+        python_workers(&out)
+    );
+    drop(a);
+}
+
+/// The command lines of the Python workers of the job whose output folder is `out`.
+fn python_workers(out: &Path) -> Vec<String> {
+    let marker = out.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&marker) && cmdline.contains("prs_worker") {
+                found.push(cmdline);
             }
         }
-        found
-    };
-    while !workers().is_empty() && Instant::now() < deadline {
+    }
+    found
+}
+
+/// Polls (at most `limit`) until no Python worker of the job writing to `out` is left.
+fn workers_gone(out: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while !python_workers(out).is_empty() {
+        if Instant::now() > deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(workers().is_empty(), "orphan workers: {:?}", workers());
-    drop(a);
+    true
+}
+
+/// A scheduler with short executor-loss settings, started and listening.
+fn start_scheduler() -> (Process, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &address,
+        "--executor-timeout",
+        "10",
+        "--expire-interval",
+        "1",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "the scheduler starts: {:?}",
+        scheduler.seen
+    );
+    (scheduler, address)
+}
+
+/// The driver `parallel-run ARGS` in `dir`, running: (child, its stderr file).
+fn start_driver(dir: &Path, args: &[&str]) -> (Child, std::path::PathBuf) {
+    start_driver_with(dir, args, &[])
+}
+
+/// [`start_driver`] with extra environment variables.
+fn start_driver_with(
+    dir: &Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Child, std::path::PathBuf) {
+    let err_path = dir.join("driver.stderr");
+    let child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    (child, err_path)
+}
+
+/// Waits (at most `limit`) for `child` to exit: its exit code, `None` when it was killed
+/// at the limit (or by a signal).
+fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The status of job `job_id` as the scheduler at `address` reports it.
+fn job_status(
+    address: &str,
+    job_id: &str,
+) -> Option<ballista_core::serde::protobuf::job_status::Status> {
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    use ballista_core::serde::protobuf::GetJobStatusParams;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut client = SchedulerGrpcClient::connect(format!("http://{address}"))
+            .await
+            .unwrap();
+        client
+            .get_job_status(GetJobStatusParams {
+                job_id: job_id.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .and_then(|s| s.status)
+    })
+}
+
+#[test]
+fn ctrl_c_on_the_driver_cancels_the_cluster_job_and_stops_its_workers() {
+    let (mut scheduler, address) = start_scheduler();
+    let mut executors = [start_executor(&address), start_executor(&address)];
+    for executor in &mut executors {
+        assert!(
+            executor.wait_for("registration succeed", Duration::from_secs(60)),
+            "{:?}",
+            executor.seen
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 1000);
+    // Every run() outlasts the test: only a cancellation ends the job.
+    std::fs::write(
+        dir.path().join("slow.py"),
+        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(600)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 2KB\nrun_invocation_timeout: 900",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let target = format!("compute_target=df://{address}");
+    let (mut driver, stderr) = start_driver(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "cluster",
+            "--set",
+            &target,
+        ],
+    );
+    // The executors run the job: their workers are up (bounded wait).
+    let out = dir.path().join("cluster");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while python_workers(&out).is_empty() {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "the job's workers start: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    unsafe {
+        libc::kill(driver.id() as i32, libc::SIGINT);
+    }
+    let code = wait_exit(&mut driver, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(130), "the driver stops as interrupted: {text}");
+    assert!(text.contains("--resume"), "{text}");
+
+    // The scheduler cancelled the job, and the executors stopped its workers.
+    assert!(
+        scheduler.wait_for("Job cancelled", Duration::from_secs(30)),
+        "{:?}",
+        scheduler.seen
+    );
+    let line = scheduler
+        .seen
+        .iter()
+        .find(|l| l.contains("Job cancelled"))
+        .unwrap();
+    let job_id = line
+        .rsplit_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(id, _)| id.to_string())
+        .unwrap();
+    use ballista_core::serde::protobuf::job_status::Status;
+    let status = job_status(&address, &job_id);
+    assert!(
+        matches!(status, Some(Status::Failed(_))),
+        "job {job_id}: {status:?}"
+    );
+    assert!(
+        workers_gone(&out, Duration::from_secs(60)),
+        "workers still run the cancelled job: {:?}",
+        python_workers(&out)
+    );
+    for executor in &mut executors {
+        assert!(
+            executor.child.try_wait().unwrap().is_none(),
+            "the executors keep running"
+        );
+    }
+}
+
+/// A small `rust:echo` job over 50 rows, `node_count` executors of one process.
+fn echo_job(dir: &Path, node_count: u32, extra: &str) -> std::path::PathBuf {
+    write_csv(&dir.join("t.csv"), 0, 50);
+    write_job(
+        dir,
+        &format!(
+            "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+             node_count: {node_count}\nprocess_count_per_node: 1\n{extra}"
+        ),
+        "inputs:\n  - {name: t, path: t.csv, format: csv}\n",
+    )
+}
+
+#[test]
+fn processes_of_another_parallel_run_version_refuse_each_other() {
+    let ours = env!("CARGO_PKG_VERSION");
+    let other = "9.9.9-test";
+    let (mut scheduler, address) = start_scheduler();
+
+    // An executor of another version is refused at registration and stops, saying why.
+    let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
+    let mut stranger = Process::start_with(
+        &[
+            "executor",
+            "--scheduler",
+            &address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ],
+        &[(parallel_run::cluster::VERSION_OVERRIDE_ENV, other)],
+    );
+    let code = wait_exit(&mut stranger.child, Duration::from_secs(60));
+    stranger.wait_for("\u{0}", Duration::from_secs(2));
+    let said = stranger.seen.join("\n");
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {said}");
+    assert!(said.contains(other) && said.contains(ours), "{said}");
+    assert!(
+        scheduler.wait_for("refusing an executor", Duration::from_secs(10)),
+        "{:?}",
+        scheduler.seen
+    );
+
+    // A driver of another version: the scheduler refuses its plan, and the driver says so.
+    let mut executor = start_executor(&address);
+    assert!(
+        executor.wait_for("registration succeed", Duration::from_secs(60)),
+        "{:?}",
+        executor.seen
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let job = echo_job(dir.path(), 1, "");
+    let target = format!("compute_target=df://{address}");
+    let (mut driver, stderr) = start_driver_with(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+        &[(parallel_run::cluster::VERSION_OVERRIDE_ENV, other)],
+    );
+    let code = wait_exit(&mut driver, Duration::from_secs(120));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(matches!(code, Some(c) if c != 0), "{code:?}: {text}");
+    assert!(
+        text.contains(other) && text.contains(ours) && text.contains(&address),
+        "{text}"
+    );
+    assert!(!dir.path().join("out/parallel_run_step.txt").exists());
+}
+
+#[test]
+fn a_cluster_job_waits_for_node_count_executors_or_says_how_many_it_found() {
+    let (_scheduler, address) = start_scheduler();
+    let mut first = start_executor(&address);
+    assert!(
+        first.wait_for("registration succeed", Duration::from_secs(60)),
+        "{:?}",
+        first.seen
+    );
+    let target = format!("compute_target=df://{address}");
+
+    // Too few, and none comes: a usage error naming the counts, before anything is written.
+    let dir = tempfile::tempdir().unwrap();
+    let job = echo_job(dir.path(), 2, "executor_wait_timeout: 1");
+    let (mut driver, stderr) = start_driver(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+    );
+    let code = wait_exit(&mut driver, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains(&format!(
+            "found 1 of 2 executors at {address}; start more executors or lower node_count"
+        )),
+        "{text}"
+    );
+    assert!(!dir.path().join("out").exists(), "nothing written");
+
+    // The second executor comes while the driver waits: the job runs.
+    let job = echo_job(dir.path(), 2, "executor_wait_timeout: 300");
+    let (mut driver, stderr) = start_driver(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&stderr)
+        .unwrap_or_default()
+        .contains("waiting up to 300 s for 2 executors")
+    {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "the driver waits: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _second = start_executor(&address);
+    let code = wait_exit(&mut driver, Duration::from_secs(180));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        txt_ids(&dir.path().join("out/parallel_run_step.txt")).len(),
+        50
+    );
 }
