@@ -18,6 +18,9 @@
 //! - `runs.jsonl`: one line per run of the job (started, how: run / resume / rerun-failed,
 //!   forced).
 //!
+//! For an object-storage output the records and parts are also copied to the bucket as they
+//! commit, and a resume restores them from there: see [`bucket`].
+//!
 //! Later lines win: a mini-batch failed in one run and re-run by `--rerun-failed` has two
 //! records, the last one counts. A failed record with a part (bisection isolated its failing
 //! items) is kept by `--resume` like a succeeded one (skipped, its part merged); `--rerun-failed`

@@ -1,6 +1,6 @@
 //! One run at a time on an object-storage output: a lease object.
 //!
-//! A local output folder is held with a lock file ([`crate::output::OutputLock`]); the runs
+//! A local output folder is held with a lock file (`OutputLock`); the runs
 //! writing one bucket prefix may be on different machines, so an object-storage output is held
 //! with `<output>/.parallel_run/lease.json` ([`LEASE_OBJECT`]):
 //!
@@ -11,11 +11,16 @@
 //!   (`PutMode::Update`): a renewal refused for a changed e-tag means another run took the
 //!   lease over, and this run stops ([`OutputLease::on_lost`]);
 //! - it deletes it when the run ends;
-//! - a run finding a lease refuses to start ([`crate::PrsError::OutputLeased`], exit 2) unless
+//! - a run finding a lease refuses to start (`PrsError::OutputLeased`, exit 2) unless
 //!   the lease is stale: not renewed for [`LEASE_TTL`] (its holder was killed, or its machine
 //!   lost), or held by a process of this very machine (same host name and boot id) that no
 //!   longer exists. A stale lease is taken over with a PUT conditional on its e-tag, so two
 //!   runs taking over one stale lease cannot both win.
+//!
+//! The stores decide the conditions atomically (S3, MinIO, R2, Azure). s3s-fs, the S3 server
+//! of the tests, checks `If-None-Match`/`If-Match` before it writes, not atomically with the
+//! write: two requests racing within the same instant could both pass there (the tests never
+//! race two creates; the refusal, renewal and take-over paths are what they exercise).
 //!
 //! Staleness compares the holder's renewal time with this machine's clock: the machines'
 //! clocks are assumed to agree within a few seconds (NTP), well inside [`LEASE_TTL`].
@@ -30,6 +35,8 @@ use object_store::{
     ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult, UpdateVersion,
 };
 use serde::{Deserialize, Serialize};
+
+use super::lock;
 
 /// The lease object, below the output prefix.
 pub const LEASE_OBJECT: &str = ".parallel_run/lease.json";
@@ -337,7 +344,7 @@ impl OutputLease {
 
     /// Why the lease was lost (another run took it over), if it was.
     pub fn lost(&self) -> Option<String> {
-        crate::lock(&self.state.lost).clone()
+        lock(&self.state.lost).clone()
     }
 
     /// Calls `f` with the reason when the lease is lost (at once if it already is).
@@ -346,7 +353,7 @@ impl OutputLease {
             f(&why);
             return;
         }
-        *crate::lock(&self.state.on_lost) = Some(Box::new(f));
+        *lock(&self.state.on_lost) = Some(Box::new(f));
     }
 
     /// Stops the renewals and deletes the lease (unless another run took it over). Returns
@@ -385,7 +392,7 @@ async fn renew(
     loop {
         tokio::time::sleep(every).await;
         let (payload, version) = {
-            let mut holder = crate::lock(&state.holder);
+            let mut holder = lock(&state.holder);
             holder.renewed = unix_now();
             holder.renewals += 1;
             let run = state.run.load(Ordering::Relaxed);
@@ -395,13 +402,13 @@ async fn renew(
             let Ok(payload) = holder.payload() else {
                 continue;
             };
-            (payload, crate::lock(&state.version).clone())
+            (payload, lock(&state.version).clone())
         };
         match store
             .put_opts(&object, payload, PutOptions::from(PutMode::Update(version)))
             .await
         {
-            Ok(put) => *crate::lock(&state.version) = UpdateVersion::from(put),
+            Ok(put) => *lock(&state.version) = UpdateVersion::from(put),
             Err(object_store::Error::Precondition { .. })
             | Err(object_store::Error::NotFound { .. }) => {
                 let why = format!(
@@ -409,8 +416,8 @@ async fn renew(
                      run stops so that two runs do not write one output"
                 );
                 tracing::error!("{why}");
-                *crate::lock(&state.lost) = Some(why.clone());
-                if let Some(f) = crate::lock(&state.on_lost).as_ref() {
+                *lock(&state.lost) = Some(why.clone());
+                if let Some(f) = lock(&state.on_lost).as_ref() {
                     f(&why);
                 }
                 return;

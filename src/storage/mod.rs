@@ -301,6 +301,12 @@ fn registry_key(url: &Url) -> String {
     )
 }
 
+/// `m`'s guard, also after a panic elsewhere held it (the crate's `lock`, kept inside this
+/// module, which imports nothing of the crate but `config` and `error`).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What a check of an input location found.
 #[derive(Debug, Clone)]
 pub enum Probe {
@@ -397,19 +403,19 @@ impl StorageContext {
         };
         let lease = remote.acquire_lease(self).await?;
         let taken = lease.taken_over().map(str::to_string);
-        *crate::lock(&self.lease) = Some(lease);
+        *lock(&self.lease) = Some(lease);
         Ok(taken)
     }
 
     /// `f` of the held lease (`None` when none is held).
     pub fn with_lease<R>(&self, f: impl FnOnce(&lease::OutputLease) -> R) -> Option<R> {
-        crate::lock(&self.lease).as_ref().map(f)
+        lock(&self.lease).as_ref().map(f)
     }
 
     /// Releases the held lease (deletes its object). Returns a warning when that failed (the
     /// lease then goes stale by itself).
     pub async fn release_lease(&self) -> Option<String> {
-        let lease = crate::lock(&self.lease).take()?;
+        let lease = lock(&self.lease).take()?;
         lease
             .release()
             .await

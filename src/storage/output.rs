@@ -3,7 +3,7 @@
 //! The job writes into a local mirror folder exactly as for a local output: logs, the report,
 //! and the exactly-once staging of committed mini-batch parts. As mini-batches commit, their
 //! parts and ledger records are also copied to the bucket in the background
-//! ([`crate::ledger::bucket`]: `.parallel_run/staging/parts/` and `logs/ledger/`), so a lost
+//! (the ledger module's `bucket`: `.parallel_run/staging/parts/` and `logs/ledger/`), so a lost
 //! machine loses nothing committed and `--resume` on another machine continues from the
 //! bucket; one run at a time holds the output through its lease object
 //! ([`crate::storage::lease`]). When the job commits, the final append_row file is assembled
@@ -30,7 +30,7 @@ use crate::storage::lease::{LeaseError, OutputLease, LEASE_OBJECT};
 use crate::storage::named::NamedStore;
 use crate::storage::{storage_error, ObjectLocation, StorageContext};
 
-/// The ledger's folder in the bucket (see [`crate::ledger::bucket`]).
+/// The ledger's folder in the bucket (written by the ledger module's `bucket`).
 pub const LEDGER_PREFIX: &str = "logs/ledger";
 /// The committed parts in the bucket.
 pub const STAGING_PARTS: &str = ".parallel_run/staging/parts";

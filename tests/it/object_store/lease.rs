@@ -1,6 +1,8 @@
 //! One run at a time on an object-storage output: the lease object
 //! `<output>/.parallel_run/lease.json` (created if absent, renewed on its e-tag, removed at the
-//! end), against the S3 test server (s3s-fs, which honours `If-None-Match: *` and `If-Match`).
+//! end), against the S3 test server (s3s-fs 0.14.1 honours `If-None-Match: *` and `If-Match` on
+//! PUT, checked before the write rather than atomically with it: these tests never race two
+//! creates).
 
 use super::jobs::*;
 use super::store::{shared, unique, Store};
