@@ -121,6 +121,18 @@ pub enum PrsError {
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),
 
+    /// Another run holds the lease of an object-storage output (see
+    /// [`crate::storage::lease`]): two runs must not write one output at once.
+    #[error("output {output} is being written by another parallel-run run ({holder}): {advice}")]
+    OutputLeased {
+        /// The output URL.
+        output: String,
+        /// Who holds the lease: host, process, run, when it started and was last renewed.
+        holder: String,
+        /// What to do.
+        advice: String,
+    },
+
     /// An error from the object store.
     #[error(transparent)]
     ObjectStore(#[from] object_store::Error),
@@ -186,6 +198,19 @@ impl PrsError {
         }
     }
 
+    /// The same error about the output named `output` (an object-storage output's URL for the
+    /// local mirror that stands for it).
+    pub fn naming_output(self, output: &str) -> Self {
+        match self {
+            PrsError::Config { field, reason, .. } if field == "output" => PrsError::Config {
+                field,
+                value: format!("{output:?}"),
+                reason,
+            },
+            other => other,
+        }
+    }
+
     /// Is this a configuration or usage error (exit code 2) rather than a failed job (42)?
     pub fn is_usage(&self) -> bool {
         matches!(
@@ -194,6 +219,7 @@ impl PrsError {
                 | PrsError::JobFile { .. }
                 | PrsError::EntryScript { .. }
                 | PrsError::Input { .. }
+                | PrsError::OutputLeased { .. }
         )
     }
 

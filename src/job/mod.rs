@@ -38,6 +38,7 @@ use crate::input::{job_session_with, register_inputs_with};
 use crate::ledger::{self, LedgerSink, ResumeMode, ResumeOptions};
 use crate::output::{staging_dir, FailedRowsWriter, OutputLock, StagedSink, WORK_DIR_NAME};
 use crate::report::{JobSummary, ReportWriter};
+use crate::storage::output::{Prepare, STAGING_PARTS};
 use crate::storage::StorageContext;
 use crate::worker::ScriptRegistry;
 
@@ -59,8 +60,7 @@ pub async fn run_job_spec(
     let resolved = crate::input::resolve_remote_mltables(spec).await?;
     let spec = &resolved;
     spec.validate()?;
-    let cluster = cluster_target(&spec.config.compute_target);
-    if let Some(target) = cluster {
+    if let Some(target) = cluster_target(&spec.config.compute_target) {
         // Before anything is written: an unreachable cluster is a usage error.
         crate::cluster::check_reachable(target, std::time::Duration::from_secs(10)).await?;
         crate::cluster::wait_for_executors(
@@ -80,23 +80,90 @@ pub async fn run_job_spec(
     // Object storage: an output URL gets a local mirror folder; stores are checked first.
     let storage = StorageContext::prepare(spec, &output).await?;
     let output = storage.local_output().map_or(output, Path::to_path_buf);
-    let mut settings = JobSettings::from_spec(spec, output);
-    // One run at a time per output folder (held until this function returns).
+    let settings = JobSettings::from_spec(spec, output);
+    // One run at a time per output folder (held until this function returns), and for an
+    // object-storage output across machines too: its lease, released when the run ends.
     let _lock = OutputLock::acquire(&settings.output)?;
-    // Before any worker writes its bootstrap into the folder.
+    if let Some(taken) = storage.acquire_lease().await? {
+        eprintln!("parallel-run: {taken}");
+    }
+    let result = run_held(
+        spec, registry, progress, overwrite, resume, &storage, settings,
+    )
+    .await;
+    if let Some(warning) = storage.release_lease().await {
+        tracing::warn!("{warning}");
+    }
+    result
+}
+
+/// [`run_job_spec`] once the output is held.
+async fn run_held(
+    spec: &JobSpec,
+    registry: &ScriptRegistry,
+    progress: Progress,
+    overwrite: bool,
+    resume: ResumeOptions,
+    storage: &Arc<StorageContext>,
+    mut settings: JobSettings,
+) -> Result<JobReport> {
+    let cluster = cluster_target(&spec.config.compute_target);
     let final_name = settings.final_file_name();
+    let checked_fresh = match storage.remote_output() {
+        // Refused first with the output's URL, before the bucket's ledger comes into the
+        // mirror (whose folder the refusal below would name).
+        Some(remote) if !overwrite && resume.mode == ResumeMode::Fresh => {
+            remote.prepare(&final_name, Prepare::Fresh, storage).await?;
+            true
+        }
+        _ => false,
+    };
+    if let (Some(remote), false) = (storage.remote_output(), overwrite) {
+        // The bucket's ledger comes into the mirror where it holds more (a fresh machine).
+        let restored = ledger::bucket::restore(remote, storage, &settings.log_dir).await?;
+        if restored.records > 0 {
+            eprintln!(
+                "parallel-run: {} ledger record(s) restored from {}",
+                restored.records,
+                remote.url()
+            );
+        }
+    }
+    // Before any worker writes its bootstrap into the folder.
     let mode = ledger::prepare_run(
         &settings.output,
         &settings.log_dir,
         &final_name,
         resume,
         overwrite,
-    )?;
+    )
+    .map_err(|e| match storage.remote_output() {
+        // The mirror stands for the output: name the output.
+        Some(remote) => e.naming_output(remote.url()),
+        None => e,
+    })?;
     if let Some(remote) = storage.remote_output() {
-        // A resumed run continues from the local mirror (its staging and ledger): what an
-        // earlier, failed run uploaded is replaced when this one commits.
-        let replace = overwrite || mode != ResumeMode::Fresh;
-        remote.prepare(&final_name, replace, &storage).await?;
+        // A resumed run continues from the ledger and staging (in the mirror and the bucket):
+        // what an earlier, failed run uploaded besides them is replaced when this one commits.
+        let how = match (overwrite, mode) {
+            (true, _) => Prepare::Overwrite,
+            (false, ResumeMode::Fresh) => Prepare::Fresh,
+            _ => Prepare::Resume,
+        };
+        if !(checked_fresh && how == Prepare::Fresh) {
+            remote.prepare(&final_name, how, storage).await?;
+        }
+        if how == Prepare::Resume {
+            let parts = staging_dir(&settings.output).join("parts");
+            let fetched =
+                ledger::bucket::fetch_parts(remote, storage, &settings.log_dir, &parts).await?;
+            if fetched > 0 {
+                eprintln!(
+                    "parallel-run: {fetched} committed part(s) downloaded from {}",
+                    remote.url()
+                );
+            }
+        }
     }
     let resume = ResumeOptions { mode, ..resume };
     // Folders the script writes into (an Azure v2 job's outputs) exist before init() runs.
@@ -105,7 +172,7 @@ pub async fn run_job_spec(
     }
     // `models:` reach the workers through environment variables (and a folder layout); those
     // on object storage are downloaded first, once.
-    let models = download_models(&spec.models, &storage).await?;
+    let models = download_models(&spec.models, storage).await?;
     for (name, value) in model_environment(&models, &settings.output)? {
         settings
             .config
@@ -121,7 +188,7 @@ pub async fn run_job_spec(
             .await;
     }
     let ctx = job_session_with(spec.memory_limit.as_ref().map(|m| m.value));
-    let prepared = register_inputs_with(&ctx, &spec.inputs, &storage).await?;
+    let prepared = register_inputs_with(&ctx, &spec.inputs, storage).await?;
     let state = ctx.state();
     let mut inputs = Vec::with_capacity(prepared.len());
     for p in prepared {
@@ -139,7 +206,7 @@ pub async fn run_job_spec(
         &plan,
         inputs,
         ctx.task_ctx(),
-        Some(&storage),
+        Some(storage),
         progress,
         resume,
     )
@@ -378,6 +445,19 @@ pub async fn execute(
     for warning in &resumed.warnings {
         eprintln!("parallel-run: warning: {warning}");
     }
+    // An object-storage output: records and parts also go to the bucket as they commit.
+    let replica = match storage.filter(|s| s.remote_output().is_some()) {
+        Some(storage) => {
+            storage.with_lease(|lease| lease.set_run(writer.run()));
+            Some(ledger::bucket::BucketReplica::start(
+                storage.clone(),
+                &ledger::ledger_dir(&settings.log_dir),
+                writer.run(),
+                parts_dir.clone(),
+            )?)
+        }
+        None => None,
+    };
     let resuming = resume.mode != ResumeMode::Fresh;
     let reports = Arc::new(ReportWriter::create(&settings.log_dir)?);
     // File datasets on object storage: each finished mini-batch frees its downloads.
@@ -389,6 +469,15 @@ pub async fn execute(
         None => reports.clone(),
     };
     let state = JobState::new(plan.spec.settings().clone(), observer.clone());
+    if let Some(storage) = storage {
+        // Another run took the output's lease over: this one stops.
+        let state = state.clone();
+        storage.with_lease(move |lease| {
+            lease.on_lost(move |why| {
+                state.abort(why);
+            })
+        });
+    }
     if let Some(items) = expected_items(&inputs) {
         state.expect_items(items);
     }
@@ -410,7 +499,11 @@ pub async fn execute(
         }
         OutputAction::SummaryOnly => None,
     };
-    let ledger_sink = Arc::new(LedgerSink::new(sink.clone(), writer.sync_before(parts_dir)));
+    let mut ledger_sink = LedgerSink::new(sink.clone(), writer.sync_before(parts_dir));
+    if let Some(sender) = replica.as_ref().and_then(|r| r.sender()) {
+        ledger_sink = ledger_sink.with_replica(sender);
+    }
+    let ledger_sink = Arc::new(ledger_sink);
     let mut runtime = plan.runtime(observer).with_sink(ledger_sink.clone());
     if settings.dead_letter_rows {
         let failed_rows = FailedRowsWriter::create(&settings.output)?;
@@ -489,6 +582,35 @@ pub async fn execute(
     if let Err(e) = ledger_sink.close() {
         summary.fail(format!("writing the job's ledger failed: {e}"));
     }
+    match replica {
+        // Every mini-batch succeeded: the output is committed next, and the bucket's parts
+        // removed, so what is still queued need not wait (off the critical path).
+        Some(replica) if summary.succeeded() && summary.mini_batches_failed == 0 => {
+            replica.abandon()
+        }
+        // Failed, interrupted or with failed mini-batches: everything reaches the bucket, so
+        // that a resume on any machine continues from it.
+        Some(replica) => {
+            let t = std::time::Instant::now();
+            let stats = replica.finish().await;
+            tracing::info!(
+                "bucket ledger: {} segment(s), {} record(s), {} part(s); {:.3} s waited at \
+                 the end",
+                stats.segments,
+                stats.records,
+                stats.parts,
+                t.elapsed().as_secs_f64()
+            );
+            if let Some(e) = &stats.error {
+                eprintln!(
+                    "parallel-run: warning: {} of this run's ledger records reached the bucket, \
+                     {} did not ({e}); the local mirror holds them all",
+                    stats.records, stats.dropped
+                );
+            }
+        }
+        None => {}
+    }
     summary.ledger_seconds = (ledger_sink.time() + state.ledger_time()).as_secs_f64();
     if let Some(sink) = sink.as_ref().filter(|_| resuming) {
         // Only the parts of mini-batches this run's cut still has (see `ResumeSkips`).
@@ -512,7 +634,11 @@ pub async fn execute(
             }
         }
         if let Some(storage) = storage.filter(|_| summary.succeeded()) {
-            commit_output(storage, &mut summary).await;
+            // A run whose lease another run took over must not publish over that run's work.
+            match storage.with_lease(|lease| lease.lost()).flatten() {
+                Some(why) => summary.fail(why),
+                None => commit_output(storage, &mut summary).await,
+            }
         }
     } else if let Some(sink) = sink {
         summary.partial_output = Some(sink.staging_dir().to_path_buf());
@@ -522,8 +648,26 @@ pub async fn execute(
     if let Some(storage) = storage {
         // A final file whose upload failed stays local: a plain PUT must not publish it.
         let skip: Vec<PathBuf> = summary.partial_output.iter().cloned().collect();
-        if let Some(warning) = storage.upload_logs(&skip).await {
+        // Committed with nothing failed: the bucket's parts are done with (removed while the
+        // logs go up).
+        let clean = summary.succeeded() && summary.mini_batches_failed == 0;
+        let remove_parts = async {
+            match storage.remote_output().filter(|_| clean) {
+                Some(remote) => remote.delete_prefix(STAGING_PARTS, storage).await.err(),
+                None => None,
+            }
+        };
+        let t = std::time::Instant::now();
+        let (logs, parts) = futures::join!(storage.upload_logs(&skip), remove_parts);
+        tracing::info!(
+            "logs uploaded (and parts removed) in {:.3} s",
+            t.elapsed().as_secs_f64()
+        );
+        if let Some(warning) = logs {
             tracing::warn!("{warning}");
+        }
+        if let Some(e) = parts {
+            tracing::warn!("removing the committed parts from the bucket failed: {e}");
         }
     }
     if summary.succeeded() {

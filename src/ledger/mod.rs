@@ -18,11 +18,15 @@
 //! - `runs.jsonl`: one line per run of the job (started, how: run / resume / rerun-failed,
 //!   forced).
 //!
+//! For an object-storage output the records and parts are also copied to the bucket as they
+//! commit, and a resume restores them from there: see [`bucket`].
+//!
 //! Later lines win: a mini-batch failed in one run and re-run by `--rerun-failed` has two
 //! records, the last one counts. A failed record with a part (bisection isolated its failing
 //! items) is kept by `--resume` like a succeeded one (skipped, its part merged); `--rerun-failed`
 //! runs it again and does not merge its part (the new part replaces the file of that name).
 
+pub mod bucket;
 pub mod status;
 pub mod table;
 
@@ -606,8 +610,8 @@ impl LedgerWriter {
         self
     }
 
-    /// Appends the record of `done` (with the part it committed).
-    pub fn append(&mut self, done: &CompletedMiniBatch, part: Option<PartRef>) -> Result<()> {
+    /// Appends the record of `done` (with the part it committed); returns the line written.
+    pub fn append(&mut self, done: &CompletedMiniBatch, part: Option<PartRef>) -> Result<Vec<u8>> {
         let entry = LedgerEntry {
             record: done.record.clone(),
             slice: format!("{:016x}", done.fingerprint),
@@ -625,7 +629,7 @@ impl LedgerWriter {
         if self.last_sync.elapsed() >= SYNC_INTERVAL {
             self.sync()?;
         }
-        Ok(())
+        Ok(line)
     }
 
     /// Makes every record written so far durable.
@@ -657,6 +661,8 @@ pub struct LedgerSink {
     writer: Mutex<Option<LedgerWriter>>,
     /// Time spent writing and syncing records, in nanoseconds.
     nanos: std::sync::atomic::AtomicU64,
+    /// Where records also go (an object-storage output's bucket, see [`bucket`]).
+    replica: Mutex<Option<bucket::ReplicaSender>>,
 }
 
 impl std::fmt::Debug for LedgerSink {
@@ -672,6 +678,7 @@ impl LedgerSink {
             output,
             writer: Mutex::new(Some(writer)),
             nanos: std::sync::atomic::AtomicU64::new(0),
+            replica: Mutex::new(None),
         }
     }
 
@@ -682,6 +689,7 @@ impl LedgerSink {
             output,
             writer: Mutex::new(None),
             nanos: std::sync::atomic::AtomicU64::new(0),
+            replica: Mutex::new(None),
         }
     }
 
@@ -690,8 +698,16 @@ impl LedgerSink {
         *crate::lock(&self.writer) = Some(writer);
     }
 
-    /// Syncs the records written so far (the run ends).
+    /// Also queues each record, with its part, for the bucket (`replica`).
+    pub fn with_replica(self, replica: bucket::ReplicaSender) -> Self {
+        *crate::lock(&self.replica) = Some(replica);
+        self
+    }
+
+    /// Syncs the records written so far (the run ends) and stops queueing them for the
+    /// bucket.
     pub fn close(&self) -> Result<()> {
+        crate::lock(&self.replica).take();
         let t = Instant::now();
         let result = match crate::lock(&self.writer).as_mut() {
             Some(writer) => writer.sync(),
@@ -720,8 +736,14 @@ impl MiniBatchSink for LedgerSink {
             _ => None,
         };
         let t = Instant::now();
-        let result = match crate::lock(&self.writer).as_mut() {
-            Some(writer) => writer.append(done, part),
+        let mut writer = crate::lock(&self.writer);
+        let result = match writer.as_mut() {
+            Some(writer) => writer.append(done, part.clone()).map(|line| {
+                // Queued under the writer's lock: the bucket gets the records in file order.
+                if let Some(replica) = crate::lock(&self.replica).as_ref() {
+                    replica.send(line, part.as_ref());
+                }
+            }),
             None => Err(ledger_error(
                 "records",
                 "the ledger was not opened before the first mini-batch finished",

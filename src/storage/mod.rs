@@ -14,6 +14,7 @@
 //! - Outputs are written to a local folder and uploaded when the job commits ([`output`]).
 
 pub mod cache;
+pub mod lease;
 pub mod named;
 pub mod options;
 pub mod output;
@@ -300,6 +301,12 @@ fn registry_key(url: &Url) -> String {
     )
 }
 
+/// `m`'s guard, also after a panic elsewhere held it (the crate's `lock`, kept inside this
+/// module, which imports nothing of the crate but `config` and `error`).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What a check of an input location found.
 #[derive(Debug, Clone)]
 pub enum Probe {
@@ -324,6 +331,8 @@ pub struct StorageContext {
     /// DataFusion registry key -> our store label (to catch two stores sharing a key).
     registered: Mutex<BTreeMap<String, String>>,
     caches: Mutex<BTreeMap<String, Arc<FileCache>>>,
+    /// The lease of the output on object storage, while the job holds it.
+    lease: Mutex<Option<lease::OutputLease>>,
 }
 
 impl StorageContext {
@@ -338,6 +347,7 @@ impl StorageContext {
             stores: Mutex::new(BTreeMap::new()),
             registered: Mutex::new(BTreeMap::new()),
             caches: Mutex::new(BTreeMap::new()),
+            lease: Mutex::new(None),
         }
     }
 
@@ -382,6 +392,35 @@ impl StorageContext {
     /// The output on object storage, if it is there.
     pub fn remote_output(&self) -> Option<&RemoteOutput> {
         self.remote_output.as_ref()
+    }
+
+    /// Takes the lease of the output on object storage (see [`lease`]) and holds it until
+    /// [`StorageContext::release_lease`]; returns what it took over (a stale lease,
+    /// described). Nothing to do for a local output.
+    pub async fn acquire_lease(&self) -> Result<Option<String>> {
+        let Some(remote) = &self.remote_output else {
+            return Ok(None);
+        };
+        let lease = remote.acquire_lease(self).await?;
+        let taken = lease.taken_over().map(str::to_string);
+        *lock(&self.lease) = Some(lease);
+        Ok(taken)
+    }
+
+    /// `f` of the held lease (`None` when none is held).
+    pub fn with_lease<R>(&self, f: impl FnOnce(&lease::OutputLease) -> R) -> Option<R> {
+        lock(&self.lease).as_ref().map(f)
+    }
+
+    /// Releases the held lease (deletes its object). Returns a warning when that failed (the
+    /// lease then goes stale by itself).
+    pub async fn release_lease(&self) -> Option<String> {
+        let lease = lock(&self.lease).take()?;
+        lease
+            .release()
+            .await
+            .err()
+            .map(|e| format!("removing the output's lease failed ({e}); it goes stale by itself"))
     }
 
     /// Checks the output on object storage (bucket, credentials) before the job starts.

@@ -1,25 +1,50 @@
 //! Outputs on object storage (`output: s3://bucket/run1/`).
 //!
 //! The job writes into a local mirror folder exactly as for a local output: logs, the report,
-//! and the exactly-once staging of committed mini-batch parts. When the job commits, the final
-//! append_row file is assembled locally and uploaded with a multipart upload, which makes the
-//! object visible only when the upload completes; then the logs (and anything else the entry
-//! script wrote into the output folder) are uploaded beside it. An aborted job uploads no final
-//! object: its committed parts stay in the mirror's `.parallel_run/staging/`, and
-//! `job_result.txt` says so.
+//! and the exactly-once staging of committed mini-batch parts. As mini-batches commit, their
+//! parts and ledger records are also copied to the bucket in the background
+//! (the ledger module's `bucket`: `.parallel_run/staging/parts/` and `logs/ledger/`), so a lost
+//! machine loses nothing committed and `--resume` on another machine continues from the
+//! bucket; one run at a time holds the output through its lease object
+//! ([`crate::storage::lease`]). When the job commits, the final append_row file is assembled
+//! locally and uploaded with a multipart upload, which makes the object visible only when the
+//! upload completes; then the logs (and anything else the entry script wrote into the output
+//! folder) are uploaded beside it, and the bucket's parts are removed unless some mini-batch
+//! failed. An aborted job uploads no final object: its committed parts stay in the mirror's
+//! `.parallel_run/staging/` and in the bucket, and `job_result.txt` says so.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use crate::error::{PrsError, Result};
+use crate::storage::lease::{LeaseError, OutputLease, LEASE_OBJECT};
 use crate::storage::named::NamedStore;
 use crate::storage::{storage_error, ObjectLocation, StorageContext};
+
+/// The ledger's folder in the bucket (written by the ledger module's `bucket`).
+pub const LEDGER_PREFIX: &str = "logs/ledger";
+/// The committed parts in the bucket.
+pub const STAGING_PARTS: &str = ".parallel_run/staging/parts";
+
+/// What [`RemoteOutput::prepare`] clears before a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepare {
+    /// A new run: an earlier run's results are refused.
+    Fresh,
+    /// A new run replacing everything an earlier one left (`--overwrite`, `--restart`).
+    Overwrite,
+    /// A resumed run: its ledger and staging stay.
+    Resume,
+}
 
 /// Size of one uploaded part (S3 needs at least 5 MiB for all parts but the last).
 const PART_SIZE: usize = 8 << 20;
@@ -69,7 +94,7 @@ impl RemoteOutput {
     }
 
     /// The object path of `relative` (a `/`-separated path) below the output prefix.
-    fn object(&self, relative: &str) -> ObjectPath {
+    pub fn object(&self, relative: &str) -> ObjectPath {
         let mut parts: Vec<String> = self
             .location
             .prefix
@@ -83,6 +108,11 @@ impl RemoteOutput {
                 .map(str::to_string),
         );
         ObjectPath::from_iter(parts)
+    }
+
+    /// The URL of `object` (a full object path).
+    pub fn location_url(&self, object: &ObjectPath) -> String {
+        self.location.url_of(object)
     }
 
     /// The URL of `relative` below the output.
@@ -105,46 +135,193 @@ impl RemoteOutput {
     }
 
     /// Refuses an output prefix holding an earlier run's results (the final object `final_name`
-    /// or `logs/job_summary.json`) unless `overwrite`, which deletes them first (the final
-    /// object and everything below `logs/`).
+    /// or `logs/job_summary.json`) unless `how` replaces them, and clears what `how` says:
+    /// [`Prepare::Overwrite`] deletes the final object, everything below `logs/` (the bucket's
+    /// ledger too) and the bucket's staging ([`STAGING_PARTS`]); [`Prepare::Resume`] deletes
+    /// the final object and `logs/` but keeps `logs/ledger/` and the staging, which the
+    /// resumed run continues.
     pub async fn prepare(
         &self,
         final_name: &str,
-        overwrite: bool,
+        how: Prepare,
         storage: &StorageContext,
     ) -> Result<()> {
-        let fail = |operation: &str, object: &ObjectPath, e: &object_store::Error| {
-            let url = self.location.url_of(object);
-            storage_error(&self.location, operation, &url, e, storage.options())
-        };
         let mut found = Vec::new();
         for relative in [final_name, "logs/job_summary.json"] {
-            let object = self.object(relative);
-            match self.store.head(&object).await {
-                Ok(_) => found.push(self.location.url_of(&object)),
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(fail("HEAD", &object, &e)),
+            if self.head(relative, storage).await?.is_some() {
+                found.push(self.url_of(relative));
             }
         }
-        if found.is_empty() {
-            return Ok(());
-        }
-        if !overwrite {
+        if !found.is_empty() && how == Prepare::Fresh {
             return Err(PrsError::earlier_results(self.url(), &found));
         }
-        let mut doomed = vec![self.object(final_name)];
-        let logs = self.object("logs");
-        let mut listing = self.store.list(Some(&logs));
-        while let Some(meta) = listing.next().await {
-            doomed.push(meta.map_err(|e| fail("LIST", &logs, &e))?.location);
+        if how == Prepare::Fresh {
+            return Ok(());
         }
-        for object in doomed {
-            match self.store.delete(&object).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(fail("DELETE", &object, &e)),
+        let mut doomed = vec![self.object(final_name)];
+        let ledger = self.object(LEDGER_PREFIX);
+        for meta in self.list("logs", storage).await? {
+            let keep = how == Prepare::Resume && meta.location.prefix_matches(&ledger);
+            if !keep {
+                doomed.push(meta.location);
             }
         }
+        if how == Prepare::Overwrite {
+            doomed.extend(
+                self.list(STAGING_PARTS, storage)
+                    .await?
+                    .into_iter()
+                    .map(|m| m.location),
+            );
+        }
+        for object in doomed {
+            self.delete_object(&object, storage).await?;
+        }
         Ok(())
+    }
+
+    /// Takes the output's lease ([`LEASE_OBJECT`]): refused while another live run holds it.
+    pub async fn acquire_lease(&self, storage: &StorageContext) -> Result<OutputLease> {
+        let object = self.object(LEASE_OBJECT);
+        let url = self.location.url_of(&object);
+        let store: Arc<dyn ObjectStore> = self.store.clone();
+        OutputLease::acquire(store, object.clone())
+            .await
+            .map_err(|e| match e {
+                LeaseError::Held { holder, ttl_secs } => PrsError::OutputLeased {
+                    output: self.url().to_string(),
+                    holder,
+                    advice: format!(
+                        "wait for it to finish, or write another output. If that run is gone \
+                         (killed on another machine, or its machine lost), its lease {url} goes \
+                         stale {ttl_secs} s after its last renewal and the next run takes it \
+                         over (a run on the same machine takes it over at once); to take it \
+                         over now, delete that object and run again (with --resume to continue \
+                         the job)"
+                    ),
+                },
+                LeaseError::Store { operation, source } => {
+                    storage_error(&self.location, operation, &url, &source, storage.options())
+                }
+                other => PrsError::config("output", self.url(), format!("its lease {url} {other}")),
+            })
+    }
+
+    /// The store of the output.
+    pub fn store(&self) -> &Arc<NamedStore> {
+        &self.store
+    }
+
+    /// The metadata of `relative`, `None` when there is no such object.
+    pub async fn head(
+        &self,
+        relative: &str,
+        storage: &StorageContext,
+    ) -> Result<Option<ObjectMeta>> {
+        let object = self.object(relative);
+        match self.store.head(&object).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("HEAD", &object, &e, storage)),
+        }
+    }
+
+    /// The content of `relative`, `None` when there is no such object.
+    pub async fn get(&self, relative: &str, storage: &StorageContext) -> Result<Option<Bytes>> {
+        self.get_object(&self.object(relative), storage).await
+    }
+
+    /// The content of `object`, `None` when there is no such object.
+    pub async fn get_object(
+        &self,
+        object: &ObjectPath,
+        storage: &StorageContext,
+    ) -> Result<Option<Bytes>> {
+        let got = match self.store.get(object).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.fail("GET", object, &e, storage)),
+        };
+        match got.bytes().await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) => Err(self.fail("GET", object, &e, storage)),
+        }
+    }
+
+    /// Writes `data` as `relative` with `mode` (an immutable object: [`PutMode::Create`]).
+    pub async fn put(
+        &self,
+        relative: &str,
+        data: Bytes,
+        mode: PutMode,
+        storage: &StorageContext,
+    ) -> Result<()> {
+        let object = self.object(relative);
+        self.store
+            .put_opts(&object, PutPayload::from(data), PutOptions::from(mode))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail("PUT", &object, &e, storage))
+    }
+
+    /// Every object below `relative` (a folder).
+    pub async fn list(&self, relative: &str, storage: &StorageContext) -> Result<Vec<ObjectMeta>> {
+        let prefix = self.object(relative);
+        let mut listing = self.store.list(Some(&prefix));
+        let mut found = Vec::new();
+        while let Some(meta) = listing.next().await {
+            found.push(meta.map_err(|e| self.fail("LIST", &prefix, &e, storage))?);
+        }
+        Ok(found)
+    }
+
+    /// Deletes `object` (gone already is fine).
+    pub async fn delete_object(&self, object: &ObjectPath, storage: &StorageContext) -> Result<()> {
+        match self.store.delete(object).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail("DELETE", object, &e, storage)),
+        }
+    }
+
+    /// Deletes every object below `relative` (a folder) with the store's bulk delete.
+    /// Returns how many were deleted.
+    pub async fn delete_prefix(&self, relative: &str, storage: &StorageContext) -> Result<usize> {
+        let prefix = self.object(relative);
+        let locations = self
+            .store
+            .list(Some(&prefix))
+            .map(|meta| meta.map(|m| m.location))
+            .boxed();
+        let mut deleted = self.store.delete_stream(locations);
+        let mut n = 0;
+        while let Some(done) = deleted.next().await {
+            match done {
+                Ok(_) => n += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.fail("DELETE", &prefix, &e, storage)),
+            }
+        }
+        Ok(n)
+    }
+
+    /// The relative path of `object` below the output prefix (`None` when it is not below).
+    pub fn relative(&self, object: &ObjectPath) -> Option<String> {
+        let parts: Vec<String> = object
+            .prefix_match(&self.location.prefix)?
+            .map(|p| p.as_ref().to_string())
+            .collect();
+        Some(parts.join("/"))
+    }
+
+    fn fail(
+        &self,
+        operation: &str,
+        object: &ObjectPath,
+        e: &object_store::Error,
+        storage: &StorageContext,
+    ) -> PrsError {
+        let url = self.location.url_of(object);
+        storage_error(&self.location, operation, &url, e, storage.options())
     }
 
     /// Uploads the local file `local` as `name` below the output with a multipart upload: the

@@ -14,12 +14,15 @@
 //! - [`jobs`]: job files, data and running the CLI with only the store's credentials;
 //! - [`transfer`]: jobs reading from and writing to each store;
 //! - [`faults`]: servers stopped in the middle of a job;
-//! - [`checks`]: what is refused before a job starts.
+//! - [`checks`]: what is refused before a job starts;
+//! - [`lease`]: one run at a time on an output in a bucket (the lease object);
+//! - [`resume`]: jobs killed and resumed, on the same machine or a fresh one.
 
 mod jobs;
 mod store;
 
 mod checks;
 mod faults;
+mod lease;
 mod resume;
 mod transfer;
