@@ -659,10 +659,12 @@ pub async fn execute(
         };
         let t = std::time::Instant::now();
         let (logs, parts) = futures::join!(storage.upload_logs(&skip), remove_parts);
-        tracing::info!(
-            "logs uploaded (and parts removed) in {:.3} s",
-            t.elapsed().as_secs_f64()
-        );
+        if storage.remote_output().is_some() {
+            tracing::info!(
+                "logs uploaded (and parts removed) in {:.3} s",
+                t.elapsed().as_secs_f64()
+            );
+        }
         if let Some(warning) = logs {
             tracing::warn!("{warning}");
         }

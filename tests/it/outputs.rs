@@ -299,3 +299,55 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     found
 }
+
+/// A column that is numbers in one mini-batch and text in another: CSV keeps each value as
+/// returned; Parquet (one type per column) fails loudly naming the mini-batch and the value,
+/// never writing nulls in their place.
+#[test]
+fn results_of_different_types_are_never_silently_changed() {
+    let d = tempfile::tempdir().unwrap();
+    write_parquet(&d.path().join("in.parquet"), 0, 400, 400);
+    std::fs::write(
+        d.path().join("entry.py"),
+        "import pandas as pd\n\
+         def run(mini_batch):\n\
+         \x20   out = pd.DataFrame({'id': mini_batch['id']})\n\
+         \x20   out['score'] = 1 if int(mini_batch['id'].iloc[0]) == 0 else 'n/a'\n\
+         \x20   return out\n",
+    )
+    .unwrap();
+    for format in ["csv", "parquet"] {
+        let job = write_job(
+            d.path(),
+            &format!(
+                "entry_script: entry.py\nenvironment: {{python: {}}}\nnode_count: 1\n\
+                 process_count_per_node: 1\nerror_threshold: 0\noutput_action: append_row\n\
+                 mini_batch_size: 2KB",
+                python()
+            ),
+            &format!(
+                "inputs:\n  - {{name: t, path: in.parquet, format: parquet}}\noutput: out-{format}\n\
+                 output_format: {format}\npreserve_order: true\n"
+            ),
+        );
+        let run = run_job(&job, &[]);
+        let out = d.path().join(format!("out-{format}"));
+        if format == "csv" {
+            assert_eq!(run.code, 0, "{run:?}");
+            let text = std::fs::read_to_string(out.join("parallel_run_step.csv")).unwrap();
+            let rows: Vec<&str> = text.lines().collect();
+            assert_eq!(rows.len(), 401, "{text}");
+            assert_eq!(rows[1], "0,1");
+            assert_eq!(rows[400], "399,n/a");
+        } else {
+            assert_ne!(run.code, 0, "{run:?}");
+            assert!(
+                run.stderr.contains("mini batch 0-1")
+                    && run.stderr.contains("score")
+                    && run.stderr.contains("n/a"),
+                "{run:?}"
+            );
+            assert!(!out.join("parallel_run_step.parquet").exists());
+        }
+    }
+}
