@@ -290,6 +290,13 @@ async fn dispatch_all(
             Chunker::Bytes(_) => recut::source_identity(&plan, batch_size),
             _ => None,
         };
+        let to = Sink {
+            cut,
+            state,
+            queue,
+            reservation,
+            source,
+        };
         if let (Chunker::Bytes(bytes), Some(identity), Some(skips)) =
             (&mut chunker, source, cut.skips.as_ref())
         {
@@ -302,26 +309,12 @@ async fn dispatch_all(
                 batch_size,
             )?;
             if let Some((plan, recut)) = recut {
-                let to = Sink {
-                    cut,
-                    state,
-                    queue,
-                    reservation,
-                    source,
-                };
                 if !dispatch_recut(&plan, recut, bytes, context, &info.name, &to).await? {
                     return Ok(false);
                 }
                 continue;
             }
         }
-        let to = Sink {
-            cut,
-            state,
-            queue,
-            reservation,
-            source,
-        };
         for partition in 0..plan.output_partitioning().partition_count() {
             let mut stream = plan.execute(partition, context.clone())?;
             loop {
