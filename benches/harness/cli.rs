@@ -11,8 +11,9 @@ use clap::Parser;
     about = "parallel-run's benchmark harness: reference workloads against the multiprocessing \
              baselines, wall time and peak process-tree memory; writes BENCHMARKS.md",
     after_help = "Workloads: score-20k, score-2M, files-20k, rust-score-2M, s3-score-2M, \
-                  keyed-2M, resume-2M, the memory check score-<rows-large> (alias: memory) \
-                  and keyed-<rows-large>."
+                  keyed-2M, resume-2M, cluster-score-2M, the memory check \
+                  score-<rows-large> (alias: memory), keyed-<rows-large> and \
+                  cluster-score-<rows-large>."
 )]
 pub struct Args {
     /// Runs per workload and side (medians are reported).

@@ -36,6 +36,12 @@ pub enum HarnessError {
     SharedFileMissing(PathBuf),
     #[error("the parallel-run binary {} is missing", .0.display())]
     BinaryMissing(PathBuf),
+    #[error(
+        "the loopback cluster (scheduler at {address}) did not get its executors within 120 s; \
+         see the cluster-*.log files in {}",
+        logs.display()
+    )]
+    ClusterNotReady { address: String, logs: PathBuf },
     #[error("cannot run Python {}: {source}", python.display())]
     PythonStart {
         python: PathBuf,

@@ -20,6 +20,7 @@
 //! - [`error`]: what can go wrong, typed.
 
 mod cli;
+mod cluster;
 mod error;
 mod measure;
 mod report;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cli::Args;
+use crate::cluster::{cluster_setup, cluster_workload};
 use crate::error::{HarnessError, Result};
 use crate::report::{import_walls, machine, median, Report};
 use crate::s3::{s3_setup, s3_workload};
@@ -127,6 +129,8 @@ fn run(args: Args) -> Result<bool> {
     };
 
     let large_name = format!("score-{}", count_label(args.rows_large));
+    let cluster_main = format!("cluster-{SCORE_MAIN}");
+    let cluster_large = format!("cluster-{large_name}");
     let keyed_large_name = format!("keyed-{}", count_label(args.rows_large));
     let all = [
         SCORE_SMALL,
@@ -138,6 +142,8 @@ fn run(args: Args) -> Result<bool> {
         RESUME,
         large_name.as_str(),
         keyed_large_name.as_str(),
+        cluster_main.as_str(),
+        cluster_large.as_str(),
     ];
     for name in &args.only {
         if !all.contains(&name.as_str()) && name != MEMORY_ALIAS {
@@ -164,6 +170,13 @@ fn run(args: Args) -> Result<bool> {
             args.rows_large
         ));
     }
+    let run_cluster_large = wanted(&cluster_large) && !args.skip_large;
+    if wanted(&cluster_large) && args.skip_large {
+        skipped.push(format!(
+            "{cluster_large} (the score job over {} rows on a loopback cluster): --skip-large",
+            args.rows_large
+        ));
+    }
     let run_keyed_large = wanted(&keyed_large_name) && !args.skip_large;
     if wanted(&keyed_large_name) && args.skip_large {
         skipped.push(format!(
@@ -180,7 +193,7 @@ fn run(args: Args) -> Result<bool> {
     if wanted(SCORE_SMALL) {
         small.ensure(&ctx)?;
     }
-    if [SCORE_MAIN, RUST_SCORE, S3_SCORE, KEYED_MAIN, RESUME]
+    if [SCORE_MAIN, RUST_SCORE, S3_SCORE, KEYED_MAIN, RESUME, &cluster_main]
         .iter()
         .any(|name| wanted(name))
     {
@@ -189,7 +202,7 @@ fn run(args: Args) -> Result<bool> {
     if wanted(FILES_JOB) {
         files.ensure(&ctx)?;
     }
-    if run_large || run_keyed_large {
+    if run_large || run_keyed_large || run_cluster_large {
         large.ensure(&ctx)?;
     }
 
@@ -252,6 +265,32 @@ fn run(args: Args) -> Result<bool> {
             &keyed_large_name,
             &mut outcomes,
         );
+    }
+
+    if wanted(&cluster_main) || run_cluster_large {
+        match cluster_setup(&ctx) {
+            Ok(cluster) => {
+                if wanted(&cluster_main) {
+                    add(cluster_workload(&ctx, &cluster, &main), &cluster_main, &mut outcomes);
+                }
+                if run_cluster_large {
+                    add(
+                        cluster_workload(&ctx, &cluster, &large),
+                        &cluster_large,
+                        &mut outcomes,
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("harness: the cluster workloads: {e}");
+                let name = if wanted(&cluster_main) {
+                    &cluster_main
+                } else {
+                    &cluster_large
+                };
+                outcomes.push(Outcome::failed(name, e));
+            }
+        }
     }
 
     let argv: Vec<String> = std::env::args()

@@ -355,6 +355,16 @@ impl Report<'_> {
             )
             .unless_failed(self.ran(S3_SCORE)),
         );
+        let cluster_large = format!("cluster-{}", self.large_name);
+        v.push(
+            verdict(
+                &format!("{cluster_large}: wall on 2 executors x 1 process vs 2 local processes"),
+                ratio(&cluster_large),
+                1.3,
+                "<= 1.30".into(),
+            )
+            .unless_failed(self.ran(&cluster_large)),
+        );
         let keyed_limit = (KEYED_MEMORY_LIMIT_BYTES + KEYED_MARGIN_BYTES) as f64;
         for name in [KEYED_MAIN, self.keyed_large_name.as_str()] {
             v.push(
@@ -716,6 +726,14 @@ impl Report<'_> {
              the whole job's counts, and the output file's `id` column holds every input id \
              exactly once. The compared side is the same job run whole (interleaved); the \
              remaining work is estimated as init + {rest:.0}% × (whole − init).\n\
+             - **Cluster** (cluster-score-2M, cluster-score-<rows-large>): the score job on a \
+             cluster the harness starts once before the runs (not timed): `parallel-run \
+             scheduler` and 2 `parallel-run executor --processes 1` on loopback, waited for \
+             until both are registered; the timed command is the job with `--set \
+             compute_target=df://...`, `node_count=2` and `process_count_per_node=1`. The \
+             compared side is the same job file run locally (2 processes). Peak memory is the \
+             driver's process tree only (the executors and their workers are not in it); \
+             \"(wall − compared) / mini-batch\" is what the cluster adds per mini-batch.\n\
              - **ledger_seconds** is the engine's own measure in job_summary.json of the time \
              spent on the ledger (fingerprinting input slices, writing and syncing records), \
              summed over the job's tasks, which overlap: an upper bound of what the ledger \
