@@ -11,6 +11,9 @@
 //! jobs failed for memory on data a few times the limit. One sort has the whole pool whatever
 //! the worker count, and [`RowIdExec`] cuts its input into batches small against the pool, so
 //! a sort never meets a batch it cannot hold. Only the largest key group must fit in memory.
+//! Its merge reads a bounded number of spill files at once
+//! ([`crate::session::spill_merge_fan_in`]), so the memory it holds outside the pool depends on
+//! the limit, not on the data's size.
 //!
 //! Mini-batch ids of keyed inputs are derived from the key values (see
 //! [`crate::batch::key_id`]), so they do not depend on the number of workers.
