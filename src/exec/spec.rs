@@ -260,6 +260,19 @@ mod tests {
     }
 
     #[test]
+    fn the_shared_staging_location_travels_with_the_spec() {
+        let location = SharedLocation::Folder(std::path::PathBuf::from("/shared/out"));
+        let shared = spec().with_shared(location.clone());
+        let back = OperatorSpec::decode(&shared.encode().unwrap()).unwrap();
+        assert_eq!(back.shared(), Some(&location));
+        assert_eq!(back, shared);
+        // A spec without one encodes without the field (bytes of earlier builds decode).
+        let plain = spec().encode().unwrap();
+        assert!(!String::from_utf8_lossy(&plain).contains("\"shared\""));
+        assert_eq!(OperatorSpec::decode(&plain).unwrap().shared(), None);
+    }
+
+    #[test]
     fn specs_compare_by_value_and_the_call_position_counts() {
         let (a, b) = (spec(), spec());
         assert_eq!(a, b, "two specs built from the same job are equal");
