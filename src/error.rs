@@ -99,6 +99,10 @@ pub enum PrsError {
         message: String,
     },
 
+    /// The shared staging area of a cluster job (see `exec::shared`).
+    #[error(transparent)]
+    SharedStore(#[from] crate::exec::shared::SharedStoreError),
+
     /// The job was cancelled (e.g. by Ctrl-C) before it finished.
     #[error("job cancelled: {0}")]
     Cancelled(String),

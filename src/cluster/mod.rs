@@ -5,8 +5,9 @@
 //!
 //! The driver cuts the mini-batches exactly as a local run does (same ids), deals them into
 //! `node_count x process_count_per_node` partitions of a manifest Ballista restricts per
-//! task, submits the physical plan, and commits the outcomes that come back through its
-//! staged sink and ledger (see `docs/design/mini-batches.md`).
+//! task, and submits the physical plan; the executors commit each finished mini-batch to
+//! the output's shared staging area (`exec::shared`), where the driver follows them and
+//! commits them through its staged sink and ledger (see `docs/design/mini-batches.md`).
 
 pub mod client;
 pub mod codec;

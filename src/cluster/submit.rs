@@ -5,11 +5,14 @@
 //! staged sink and ledger of a local run).
 //!
 //! The job is submitted and watched by our own loop ([`ClusterJob`]), which cancels it on the
-//! scheduler when the driver stops (Ctrl+C, an error). For now outcomes come back once the
-//! Ballista job has succeeded; the shared-store commit protocol (records written by the
-//! executors as they go) is the next step (see `docs/design/mini-batches.md`).
+//! scheduler when the driver stops (Ctrl+C, an error, an exceeded threshold). Executors
+//! commit each finished mini-batch to the output's shared staging area
+//! ([`crate::exec::shared`]); the driver follows the records there while the job runs and
+//! commits them through its own sink and ledger (see `docs/design/mini-batches.md`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ballista_core::extension::SessionConfigExt;
 use datafusion::datasource::memory::MemorySourceConfig;
@@ -18,16 +21,15 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::PhysicalPlanNode;
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::cluster::client::{ClusterJob, JobEnd};
 use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
-    manifest_batch, manifest_schema, read_envelopes, ManifestEntry, RowLocators,
-    MANIFEST_LIMIT_BYTES,
+    manifest_batch, manifest_schema, ManifestEntry, RowLocators, MANIFEST_LIMIT_BYTES,
 };
+use crate::exec::shared::{SharedLocation, SharedStaging};
 use crate::exec::{
     dispatch, CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorRuntime, OperatorSpec,
     ParallelRunExec, ResumeSkips, RuntimeProvider,
@@ -46,13 +48,18 @@ impl RuntimeProvider for DriverOnly {
     }
 }
 
-/// Runs the job of `spec` over `inputs` on the cluster at `target` (`df://HOST:PORT`):
-/// counts and reports go to `state` as on a local run, and `commit` receives every finished
-/// mini-batch (results and record). Returns when every outcome was committed; an error
-/// (the Ballista job failed, a commit failed) is returned as it is.
+/// Runs the job of `spec` over `inputs` on the cluster at `target` (`df://HOST:PORT`), the
+/// executors committing through the shared staging area at `shared`: counts and reports go
+/// to `state` as on a local run (while the job runs: the driver follows the records the
+/// executors commit, so progress moves and thresholds are checked over the whole job), and
+/// `commit` receives every finished mini-batch (results read from its part, and record).
+/// Returns when every outcome was committed; an error (the Ballista job failed, a
+/// mini-batch without a record, a commit failed) is returned as it is.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_on_cluster(
     target: &str,
     spec: &Arc<OperatorSpec>,
+    shared: SharedLocation,
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     task_ctx: Arc<TaskContext>,
     state: &Arc<JobState>,
@@ -90,7 +97,13 @@ pub async fn run_on_cluster(
              executors): remove it, or run locally (compute_target: local)",
         ));
     }
+    let staging = SharedStaging::open(&shared, "(driver)")?;
+    // Records of an earlier run of this output are not this run's: the driver's ledger holds
+    // what it committed of them.
+    staging.clear().await?;
+    let spec = Arc::new(spec.as_ref().clone().with_shared(shared));
     let cut = cut_mini_batches(inputs, task_ctx, state, skips).await?;
+    let expected: Vec<String> = cut.iter().map(|e| e.mini_batch.id.to_string()).collect();
     let partitions = spec.settings().workers.max(1);
     let manifest = deal(cut, partitions, target)?;
     let codec = Arc::new(PrsPhysicalCodec::new(Arc::new(DriverOnly)));
@@ -111,39 +124,127 @@ pub async fn run_on_cluster(
         })
         .map_err(PrsError::from_datafusion)?;
     let session_id = format!("parallel-run-{}", std::process::id());
-    // Our own submit loop: it knows the job id, so Ctrl+C, an error or the driver dropping
-    // the job cancels it on the scheduler (see `ClusterJob`).
+    // Our own submit loop: it knows the job id, so Ctrl+C, an error, an exceeded threshold or
+    // the driver dropping the job cancels it on the scheduler (see `ClusterJob`).
     let mut job = ClusterJob::submit(host_port, encoded, &session_config, session_id).await?;
-    let locations = match job.wait(state.cancellation()).await? {
-        JobEnd::Succeeded(locations) => locations,
+    let job_id = job.id().to_string();
+    let mut follower = Follower::new(staging);
+    let ended = {
+        let wait = job.wait(state.cancellation());
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                ended = &mut wait => break ended,
+                _ = tokio::time::sleep(FOLLOW_EVERY) => {
+                    // A threshold crossed here aborts the state: the wait cancels the job.
+                    follower.poll(state, &commit).await?;
+                }
+            }
+        }
+    };
+    // Whatever ended the job, what was committed until now is this run's (a resume skips it).
+    let end = match ended {
+        Ok(end) => end,
+        Err(e) => {
+            if let Err(late) = follower.poll(state, &commit).await {
+                tracing::warn!("reading the last records of the failed job: {late}");
+            }
+            return Err(e);
+        }
+    };
+    follower.poll(state, &commit).await?;
+    match end {
+        // The results are in the shared store: nothing is fetched from the executors (an
+        // executor lost after its task succeeded would make that fetch fail).
+        JobEnd::Succeeded(_) => {}
         JobEnd::Cancelled { confirmed } => {
             if !confirmed {
                 eprintln!(
                     "parallel-run: warning: the scheduler at {host_port} did not confirm that \
-                     cluster job {} was cancelled; its tasks may still run",
-                    job.id()
+                     cluster job {job_id} was cancelled; its tasks may still run"
                 );
             }
             // The job state holds why (Ctrl+C, a threshold...).
             return Ok(());
         }
-    };
-    for mut stream in job.results(locations).await? {
-        loop {
-            // Ctrl+C while results are read: the job has ended, nothing to cancel.
-            let next = tokio::select! {
-                _ = state.cancellation().cancelled() => return Ok(()),
-                next = stream.next() => next,
-            };
-            let Some(batch) = next else { break };
-            let batch = batch.map_err(PrsError::from_datafusion)?;
-            for done in read_envelopes(&batch)? {
-                state.mini_batch_finished_elsewhere(&done.record);
-                commit(&done)?;
-            }
-        }
+    }
+    if let Some(missing) = expected.iter().find(|id| !follower.seen.contains(*id)) {
+        return Err(PrsError::Cluster {
+            scheduler: host_port.to_string(),
+            message: format!(
+                "cluster job {job_id} succeeded, but mini batch {missing} has no record in the \
+                 shared staging area {}: {} of {} mini-batches were recorded. Its executor \
+                 could not write there, or the staging area was changed during the job; run \
+                 the job again with --resume",
+                follower.staging.shown(),
+                follower.seen.len(),
+                expected.len()
+            ),
+        });
+    }
+    // Committed here (the driver's ledger and staged parts): the shared copies are done with.
+    if let Err(e) = follower.staging.clear().await {
+        tracing::warn!("removing the shared staging area failed: {e}");
     }
     Ok(())
+}
+
+/// How often the driver lists the records committed in the shared store.
+const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+
+/// The driver following a cluster job through the records its executors commit.
+struct Follower {
+    staging: SharedStaging,
+    /// Ids already committed by the driver.
+    seen: HashSet<String>,
+}
+
+impl Follower {
+    fn new(staging: SharedStaging) -> Self {
+        Follower {
+            staging,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// Commits the records that appeared since the last poll (with their parts' results).
+    async fn poll(
+        &mut self,
+        state: &Arc<JobState>,
+        commit: &impl Fn(&CompletedMiniBatch) -> Result<()>,
+    ) -> Result<()> {
+        let mut names = self.staging.record_names().await?;
+        names.sort();
+        for name in names {
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            if self.seen.contains(id) {
+                continue;
+            }
+            let shared = self.staging.read_record(&name).await?;
+            let result = match &shared.part {
+                Some(part) => Some(self.staging.read_part(part).await?),
+                None => None,
+            };
+            let done = CompletedMiniBatch {
+                id: shared.record.id,
+                index: shared.index,
+                lineage: shared.record.lineage.clone(),
+                result,
+                returned: shared.returned,
+                fingerprint: shared.fingerprint,
+                source: None,
+                record: shared.record,
+                // Not kept on the executors (a cluster job refuses dead_letter_rows).
+                failed_input: None,
+            };
+            state.mini_batch_finished_elsewhere(&done.record);
+            commit(&done)?;
+            self.seen.insert(id.to_string());
+        }
+        Ok(())
+    }
 }
 
 /// Cuts the inputs with the local dispatcher (ids, indexes, fingerprints and resume skips as

@@ -130,6 +130,22 @@ impl StorageOptions {
         Ok(StorageOptions { entries })
     }
 
+    /// Options from entries already checked elsewhere (the non-secret options a cluster
+    /// plan carries, see [`StorageOptions::without_secrets`]).
+    pub fn from_entries(entries: BTreeMap<String, String>) -> Self {
+        StorageOptions { entries }
+    }
+
+    /// The entries whose keys are not secrets (a `${VAR}` reference of a secret key is
+    /// dropped too: each node reads secrets from its own environment).
+    pub fn without_secrets(&self) -> BTreeMap<String, String> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| !is_secret_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// No options at all.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()

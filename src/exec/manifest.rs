@@ -13,6 +13,7 @@
 //! fingerprint); any other table's mini-batch carries its rows (bounded by the plan size
 //! limit, see [`MANIFEST_LIMIT_BYTES`]).
 
+use std::collections::HashSet;
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -34,6 +35,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::dispatch::InputInfo;
 use crate::exec::dispatch::{Dispatched, EngineMemoryPool};
 use crate::exec::recut::local_scan;
+use crate::exec::shared::SharedStaging;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
 use crate::input::{read_rows, RowLocator, RowsInFiles};
@@ -275,10 +277,15 @@ pub fn read_envelopes(batch: &RecordBatch) -> Result<Vec<CompletedMiniBatch>> {
 /// Reads every partition of `manifest` (the task's slice of the job's manifest) and queues
 /// its mini-batches for this task's workers. Errors abort the task's job state, so every
 /// partition stops.
+///
+/// With a shared store (`shared`: the staging area and this executor's name), the executor
+/// first checks it can write there, then lists the records already committed (by an earlier
+/// try of this task, e.g. on an executor since lost) and does not run those mini-batches.
 pub async fn dispatch_manifest(
     manifest: Arc<dyn ExecutionPlan>,
     context: Arc<TaskContext>,
     state: Arc<JobState>,
+    shared: Option<(Arc<SharedStaging>, String)>,
     queue: mpsc::Sender<Dispatched>,
 ) {
     let pool = match context.session_config().get_extension::<EngineMemoryPool>() {
@@ -286,7 +293,24 @@ pub async fn dispatch_manifest(
         None => context.memory_pool().clone(),
     };
     let reservation = MemoryConsumer::new("ParallelRunExec[manifest]").register(&pool);
-    match queue_manifest(&manifest, &context, &state, &queue, &reservation).await {
+    let recorded = match &shared {
+        Some((staging, executor)) => {
+            let checked = match staging.check_writable(executor).await {
+                Ok(()) => staging.recorded().await,
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(recorded) => recorded,
+                Err(e) => {
+                    state.abort(PrsError::from(e).to_string());
+                    return;
+                }
+            }
+        }
+        None => HashSet::new(),
+    };
+    let queued = queue_manifest(&manifest, &context, &state, &queue, &reservation, &recorded);
+    match queued.await {
         Ok(true) => state.scheduling_finished(),
         Ok(false) => {}
         Err(e) => {
@@ -303,11 +327,16 @@ async fn queue_manifest(
     state: &Arc<JobState>,
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
+    recorded: &HashSet<String>,
 ) -> Result<bool> {
     for partition in 0..manifest.output_partitioning().partition_count() {
         let mut stream = manifest.execute(partition, context.clone())?;
         while let Some(batch) = stream.next().await {
             for entry in read_manifest(&batch?)? {
+                if recorded.contains(&entry.mini_batch.id.to_string()) {
+                    // Committed by an earlier try: not run again.
+                    continue;
+                }
                 let (mini_batch, index, fingerprint) = match entry.read {
                     Some(read) => (
                         read_mini_batch(entry.mini_batch, read, entry.fingerprint).await?,

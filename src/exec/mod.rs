@@ -12,6 +12,7 @@ pub mod logical;
 pub mod manifest;
 pub mod planner;
 pub(crate) mod recut;
+pub mod shared;
 pub mod spec;
 pub mod state;
 pub mod stream;
@@ -206,6 +207,8 @@ pub struct ParallelRunExec {
 /// The dispatcher and queue of one execution; alive while any partition runs.
 struct Execution {
     queue: dispatch::SharedQueue,
+    /// Where a cluster task commits its mini-batches (manifest mode with a shared store).
+    shared: Option<Arc<shared::SharedStaging>>,
     _dispatcher: SpawnedTask<()>,
     claimed: Mutex<usize>,
 }
@@ -347,8 +350,13 @@ impl ParallelRunExec {
         &self.inputs
     }
 
-    /// Runs partition `partition` and returns its succeeded mini-batches with their ids.
-    fn mini_batches(&self, partition: usize, context: Arc<TaskContext>) -> Result<MiniBatchStream> {
+    /// Runs partition `partition` and returns its succeeded mini-batches with their ids, and
+    /// the shared staging area a cluster task commits them to.
+    fn mini_batches(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<(MiniBatchStream, Option<Arc<shared::SharedStaging>>)> {
         let partitions = self.partitions();
         if partition >= partitions {
             return Err(PrsError::from_datafusion(internal_datafusion_err!(
@@ -356,7 +364,8 @@ impl ParallelRunExec {
             )));
         }
         let runtime = self.runtime.get(&self.spec)?;
-        let execution = self.claim_execution(&context, runtime);
+        let execution = self.claim_execution(&context, runtime)?;
+        let shared = execution.shared.clone();
         let (tx, rx) = mpsc::channel(2);
         let task = SpawnedTask::spawn(stream::run_partition(
             partition,
@@ -368,28 +377,38 @@ impl ParallelRunExec {
         // The stream owns the partition task (aborted when the stream is dropped) and a share of
         // the execution (the dispatcher stops when no partition is left).
         let guard = (task, execution);
-        Ok(Box::pin(futures::stream::unfold(
+        let stream: MiniBatchStream = Box::pin(futures::stream::unfold(
             (rx, guard),
             |(mut rx, guard)| async move { rx.recv().await.map(|item| (item, (rx, guard))) },
-        )))
+        ));
+        Ok((stream, shared))
     }
 
     fn claim_execution(
         &self,
         context: &Arc<TaskContext>,
         runtime: &OperatorRuntime,
-    ) -> Arc<Execution> {
+    ) -> Result<Arc<Execution>> {
         let mut slot = self.execution.lock().unwrap_or_else(|p| p.into_inner());
         let execution = match slot.as_ref() {
             Some(e) => e.clone(),
             None => {
                 let (tx, rx) = mpsc::channel(self.spec.settings().queue_depth.max(1));
+                // A cluster task commits through the shared store (opened, and checked
+                // writable, when its first partition starts).
+                let shared = match (self.mode, self.spec.shared()) {
+                    (ExecMode::Manifest, Some(location)) => Some(Arc::new(
+                        shared::SharedStaging::open(location, &node_name())?,
+                    )),
+                    _ => None,
+                };
                 let dispatcher = match (self.mode, self.inputs.first()) {
                     (ExecMode::Manifest, Some((manifest, _))) => {
                         SpawnedTask::spawn(manifest::dispatch_manifest(
                             manifest.clone(),
                             context.clone(),
                             self.state.clone(),
+                            shared.clone().map(|s| (s, node_name())),
                             tx,
                         ))
                     }
@@ -403,6 +422,7 @@ impl ParallelRunExec {
                 };
                 let e = Arc::new(Execution {
                     queue: Arc::new(tokio::sync::Mutex::new(rx)),
+                    shared,
                     _dispatcher: dispatcher,
                     claimed: Mutex::new(0),
                 });
@@ -417,7 +437,7 @@ impl ParallelRunExec {
             *slot = None;
         }
         drop(claimed);
-        execution
+        Ok(execution)
     }
 }
 
@@ -572,7 +592,11 @@ impl ExecutionPlan for ParallelRunExec {
         context: Arc<TaskContext>,
     ) -> datafusion::error::Result<SendableRecordBatchStream> {
         let schema = self.schema.clone();
-        let stream = self
+        // Names this try's parts in the shared store: unique per task attempt.
+        let task = context
+            .task_id()
+            .unwrap_or_else(|| format!("partition {partition} of {}", std::process::id()));
+        let (stream, shared) = self
             .mini_batches(partition, context)
             .map_err(PrsError::into_datafusion)?;
         let target = schema.clone();
@@ -587,6 +611,7 @@ impl ExecutionPlan for ParallelRunExec {
             let target = target.clone();
             let output_rows = output_rows.clone();
             let (sink, state, node) = (sink.clone(), state.clone(), node.clone());
+            let (shared, task) = (shared.clone(), task.clone());
             let failed_rows = failed_rows.clone();
             async move {
                 if let (Ok(done), Some(failed_rows)) = (&item, &failed_rows) {
@@ -603,14 +628,27 @@ impl ExecutionPlan for ParallelRunExec {
                 match item {
                     Err(e) => Some(Err(e.into_datafusion())),
                     // An executor's task: the outcome goes back to the driver, which commits.
-                    Ok(mut done) if mode == ExecMode::Manifest => Some({
-                        if let Some(node) = &node {
-                            done.record.process = format!("{node}/{}", done.record.process);
+                    Ok(mut done) if mode == ExecMode::Manifest => {
+                        let node = node.unwrap_or_else(node_name);
+                        done.record.process = format!("{node}/{}", done.record.process);
+                        if let Some(shared) = &shared {
+                            // Committed in the shared store; only the record goes back.
+                            match shared.commit(&done, &node, &task).await {
+                                Ok(shared::Commit::Won) => done.result = None,
+                                Ok(shared::Commit::Lost) => return None,
+                                Err(e) => {
+                                    let e = PrsError::from(e);
+                                    state.abort(e.to_string());
+                                    return Some(Err(e.into_datafusion()));
+                                }
+                            }
                         }
-                        manifest::envelope_batch(&done)
-                            .inspect(|batch| output_rows.add(batch.num_rows()))
-                            .map_err(PrsError::into_datafusion)
-                    }),
+                        Some(
+                            manifest::envelope_batch(&done)
+                                .inspect(|batch| output_rows.add(batch.num_rows()))
+                                .map_err(PrsError::into_datafusion),
+                        )
+                    }
                     Ok(done) => match &sink {
                         // Committed to the job's sink: nothing to emit.
                         Some(sink) => sink.commit(&done).err().map(|e| {

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::ItemKind;
 use crate::config::JobSettings;
 use crate::error::{PrsError, Result};
+use crate::exec::shared::SharedLocation;
 use crate::exec::{InputInfo, RunSettings};
 
 /// The name of the wire format, checked on decoding.
@@ -39,6 +40,8 @@ pub struct OperatorSpec {
     inputs: Vec<InputInfo>,
     output_schema: Option<SchemaRef>,
     call: u64,
+    /// A cluster job's shared staging area (where executors commit; `None` elsewhere).
+    shared: Option<SharedLocation>,
     /// Derived from `job` and `inputs` (not encoded).
     settings: RunSettings,
 }
@@ -53,6 +56,8 @@ struct Wire {
     /// The schema as an Arrow IPC stream with no batches (keeps every type and metadata).
     output_schema: Option<Vec<u8>>,
     call: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    shared: Option<SharedLocation>,
 }
 
 impl OperatorSpec {
@@ -72,6 +77,7 @@ impl OperatorSpec {
             inputs,
             output_schema,
             call: 0,
+            shared: None,
             settings,
         })
     }
@@ -81,6 +87,18 @@ impl OperatorSpec {
     pub fn with_call(mut self, call: u64) -> Self {
         self.call = call;
         self
+    }
+
+    /// The same spec committing through the shared staging area at `location` (a cluster
+    /// job: see [`crate::exec::shared`]).
+    pub fn with_shared(mut self, location: SharedLocation) -> Self {
+        self.shared = Some(location);
+        self
+    }
+
+    /// Where a cluster job's executors commit, when they do.
+    pub fn shared(&self) -> Option<&SharedLocation> {
+        self.shared.as_ref()
     }
 
     /// The job's settings.
@@ -126,6 +144,7 @@ impl OperatorSpec {
             inputs: self.inputs.clone(),
             output_schema,
             call: self.call,
+            shared: self.shared.clone(),
         };
         serde_json::to_vec(&wire).map_err(|e| wire_error(format!("encoding failed: {e}")))
     }
@@ -155,7 +174,11 @@ impl OperatorSpec {
             Some(bytes) => Some(schema_from_bytes(&bytes)?),
             None => None,
         };
-        Ok(OperatorSpec::new(wire.job, wire.inputs, output_schema)?.with_call(wire.call))
+        let spec = OperatorSpec::new(wire.job, wire.inputs, output_schema)?.with_call(wire.call);
+        Ok(match wire.shared {
+            Some(location) => spec.with_shared(location),
+            None => spec,
+        })
     }
 }
 
@@ -234,6 +257,19 @@ mod tests {
             "the same spec, the same bytes"
         );
         assert_eq!(spec.clone().encode().unwrap(), bytes);
+    }
+
+    #[test]
+    fn the_shared_staging_location_travels_with_the_spec() {
+        let location = SharedLocation::Folder(std::path::PathBuf::from("/shared/out"));
+        let shared = spec().with_shared(location.clone());
+        let back = OperatorSpec::decode(&shared.encode().unwrap()).unwrap();
+        assert_eq!(back.shared(), Some(&location));
+        assert_eq!(back, shared);
+        // A spec without one encodes without the field (bytes of earlier builds decode).
+        let plain = spec().encode().unwrap();
+        assert!(!String::from_utf8_lossy(&plain).contains("\"shared\""));
+        assert_eq!(OperatorSpec::decode(&plain).unwrap().shared(), None);
     }
 
     #[test]

@@ -29,6 +29,7 @@ use futures::StreamExt;
 use crate::batch::{ItemKind, MiniBatchId};
 use crate::config::{ComputeTarget, JobSettings, JobSpec, OutputAction};
 use crate::error::{PrsError, Result};
+use crate::exec::shared::SharedLocation;
 use crate::exec::{
     InputInfo, JobObserver, JobState, MiniBatchRecord, MiniBatchSink, ParallelRunExec, ResumeSkips,
     RunSettings,
@@ -556,9 +557,19 @@ pub async fn execute(
                 .into_iter()
                 .zip(plan.spec.inputs().iter().cloned())
                 .collect();
+            // Executors commit into the output's staging area: a folder every node sees
+            // under the same path, or the output's bucket.
+            let shared = match storage.and_then(|s| s.remote_output().map(|r| (s, r))) {
+                Some((storage, remote)) => SharedLocation::url(remote.url(), storage.options()),
+                None => SharedLocation::Folder(
+                    std::path::absolute(&settings.output)
+                        .map_err(|e| PrsError::io(&settings.output, e))?,
+                ),
+            };
             let ran = crate::cluster::submit::run_on_cluster(
                 target,
                 &plan.spec,
+                shared,
                 inputs,
                 task_ctx,
                 &state,

@@ -2,7 +2,7 @@
 //! `scheduler` / `executor` processes, and a job on an in-process cluster giving the rows of
 //! a local run.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -681,9 +681,11 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
 
     let dir = tempfile::tempdir().unwrap();
     write_csv(&dir.path().join("data/t.csv"), 0, 1000);
+    // Every run() call appends the first id of its mini-batch to calls.txt.
+    let calls = dir.path().join("calls.txt");
     std::fs::write(
         dir.path().join("slow.py"),
-        "import time\n\ndef init():\n    pass\n\ndef run(mini_batch):\n    time.sleep(0.3)\n    return mini_batch\n",
+        counting_script(&calls, "return mini_batch"),
     )
     .unwrap();
     let job = write_job(
@@ -700,6 +702,7 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
     let limit = Duration::from_secs(180);
     let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
     assert_eq!(code, Some(0), "{stderr}");
+    std::fs::remove_file(&calls).unwrap();
 
     let target = format!("compute_target=df://{scheduler_address}");
     let driver_dir = dir.path().to_path_buf();
@@ -710,9 +713,20 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
             limit,
         )
     });
-    // SIGKILL executor B once it works on its task (outcomes are asserted whatever the timing).
-    b.wait_for("Execute task", Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(1500));
+    // SIGKILL executor B once it has committed two mini-batches to the shared store.
+    let b_pid = b.child.id();
+    let records = dir
+        .path()
+        .join("cluster/.parallel_run/staging/shared/records");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while recorded_by(&records, b_pid) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "executor B committed no mini-batch: {:?}",
+            b.seen
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = b.child.kill();
     let _ = b.child.wait();
     let (code, stderr) = driver.join().unwrap();
@@ -742,6 +756,27 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
     assert_eq!(cluster_ids, ids("local"), "one record per mini-batch");
     assert!(cluster_ids.len() > 10, "{cluster_ids:?}");
 
+    // The mini-batches B committed before it was killed kept B's record and were not run
+    // again by the retry of its task: one run() call each.
+    let calls = run_calls(&calls);
+    let by_b: Vec<String> = processed(&dir.path().join("cluster"))
+        .into_iter()
+        .filter(|r| r["process"].contains(&format!(":{b_pid}/")))
+        .map(|r| first_row(&r["rows"]))
+        .collect();
+    assert!(by_b.len() >= 2, "B's records kept: {by_b:?}");
+    for first in &by_b {
+        assert_eq!(
+            calls.get(first),
+            Some(&1),
+            "mini-batch at row {first}: {calls:?}"
+        );
+    }
+    // Every mini-batch ran (at least once: B's unfinished one again on A).
+    assert_eq!(calls.len(), cluster_ids.len(), "{calls:?}");
+    // The shared staging area was removed after the commit.
+    assert!(!records.exists());
+
     // No worker of the killed executor is left behind (bounded wait).
     let out = dir.path().join("cluster");
     assert!(
@@ -750,6 +785,44 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
         python_workers(&out)
     );
     drop(a);
+}
+
+/// A Python entry script whose run() sleeps 0.3 s, appends the first id of its mini-batch
+/// to `calls`, then runs `body` (e.g. `return mini_batch`).
+fn counting_script(calls: &Path, body: &str) -> String {
+    format!(
+        "import time\n\nCALLS = {:?}\n\ndef init():\n    pass\n\n\
+         def run(mini_batch):\n    time.sleep(0.3)\n    with open(CALLS, 'a') as f:\n        \
+         f.write(str(mini_batch.iloc[0, 0]) + '\\n')\n    {body}\n",
+        calls.display().to_string()
+    )
+}
+
+/// run() calls per first id of a mini-batch, from a [`counting_script`]'s file.
+fn run_calls(calls: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in std::fs::read_to_string(calls).unwrap_or_default().lines() {
+        *counts.entry(line.trim().to_string()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The first row of a `rows` range of processed_mini-batches.csv (`17..34` -> `17`).
+fn first_row(rows: &str) -> String {
+    rows.split_once("..").map_or(rows, |(a, _)| a).to_string()
+}
+
+/// The records in the shared store's `records` folder that executor `pid` committed.
+fn recorded_by(records: &Path, pid: u32) -> usize {
+    let mark = format!(":{pid}\",\"task\"");
+    std::fs::read_dir(records)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&mark)))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The command lines of the Python workers of the job whose output folder is `out`.
@@ -1115,4 +1188,66 @@ fn a_cluster_job_waits_for_node_count_executors_or_says_how_many_it_found() {
         txt_ids(&dir.path().join("out/parallel_run_step.txt")).len(),
         50
     );
+}
+
+#[test]
+fn a_job_exceeding_error_threshold_on_two_executors_stops_promptly() {
+    let (_scheduler, address) = start_scheduler();
+    let mut executors = [start_executor(&address), start_executor(&address)];
+    for executor in &mut executors {
+        assert!(
+            executor.wait_for("registration succeed", Duration::from_secs(60)),
+            "{:?}",
+            executor.seen
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 2000);
+    let calls = dir.path().join("calls.txt");
+    std::fs::write(
+        dir.path().join("fail.py"),
+        counting_script(&calls, "raise ValueError('bad batch')"),
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: fail.py\nenvironment: {{python: {}}}\nerror_threshold: 190\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB\nrun_max_try: 1",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (local_code, stderr) =
+        run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_ne!(local_code, Some(0), "{stderr}");
+    std::fs::remove_file(&calls).unwrap();
+
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", &job, "-q", "--output", "cluster", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, local_code, "exit code as locally: {stderr}");
+    assert!(stderr.contains("error_threshold"), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("cluster/logs/job_summary.json")).unwrap(),
+    )
+    .unwrap();
+    let total = summary["mini_batches_total"].as_u64().unwrap();
+    let processed = processed(&dir.path().join("cluster")).len() as u64;
+    let ran = run_calls(&calls).values().sum::<usize>() as u64;
+    assert!(total > 40, "{summary}");
+    // error_threshold counts items (about 19 per mini-batch): over the whole job it is
+    // crossed after about 10 failed mini-batches, 5 per executor (each executor alone would
+    // cross it after 10 of its own). The job stopped on both executors well before the end.
+    assert!(
+        processed > 5 && processed < total / 2,
+        "{processed} of {total}: {summary}"
+    );
+    assert!(ran < total, "{ran} run() calls for {total} mini-batches");
 }
