@@ -36,8 +36,8 @@ impl Drop for Cluster {
 }
 
 fn free_port() -> Result<u16> {
-    let listener =
-        TcpListener::bind("127.0.0.1:0").map_err(HarnessError::io("binding", Path::new("127.0.0.1:0")))?;
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(HarnessError::io("binding", Path::new("127.0.0.1:0")))?;
     let port = listener
         .local_addr()
         .map_err(HarnessError::io("binding", Path::new("127.0.0.1:0")))?
@@ -83,7 +83,9 @@ pub fn cluster_setup(ctx: &Ctx) -> Result<Cluster> {
             .stdout(Stdio::from(file))
             .stderr(Stdio::from(err));
         cluster.by_hand.push(ctx.relative(&shell_line(&cmd)));
-        let child = cmd.spawn().map_err(HarnessError::io("starting", &ctx.binary))?;
+        let child = cmd
+            .spawn()
+            .map_err(HarnessError::io("starting", &ctx.binary))?;
         cluster.processes.push(child);
         Ok(())
     };

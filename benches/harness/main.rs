@@ -193,9 +193,16 @@ fn run(args: Args) -> Result<bool> {
     if wanted(SCORE_SMALL) {
         small.ensure(&ctx)?;
     }
-    if [SCORE_MAIN, RUST_SCORE, S3_SCORE, KEYED_MAIN, RESUME, &cluster_main]
-        .iter()
-        .any(|name| wanted(name))
+    if [
+        SCORE_MAIN,
+        RUST_SCORE,
+        S3_SCORE,
+        KEYED_MAIN,
+        RESUME,
+        &cluster_main,
+    ]
+    .iter()
+    .any(|name| wanted(name))
     {
         main.ensure(&ctx)?;
     }
@@ -271,7 +278,11 @@ fn run(args: Args) -> Result<bool> {
         match cluster_setup(&ctx) {
             Ok(cluster) => {
                 if wanted(&cluster_main) {
-                    add(cluster_workload(&ctx, &cluster, &main), &cluster_main, &mut outcomes);
+                    add(
+                        cluster_workload(&ctx, &cluster, &main),
+                        &cluster_main,
+                        &mut outcomes,
+                    );
                 }
                 if run_cluster_large {
                     add(
