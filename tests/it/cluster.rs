@@ -872,6 +872,21 @@ fn start_scheduler() -> (Process, String) {
     (scheduler, address)
 }
 
+/// `n` executors of the scheduler at `address`, each waited for until registered.
+fn registered_executors(address: &str, n: usize) -> Vec<Process> {
+    (0..n)
+        .map(|_| {
+            let mut executor = start_executor(address);
+            assert!(
+                executor.wait_for("registration succeed", Duration::from_secs(60)),
+                "{:?}",
+                executor.seen
+            );
+            executor
+        })
+        .collect()
+}
+
 /// The driver `parallel-run ARGS` in `dir`, running: (child, its stderr file).
 fn start_driver(dir: &Path, args: &[&str]) -> (Child, std::path::PathBuf) {
     start_driver_with(dir, args, &[])
@@ -943,14 +958,7 @@ fn job_status(
 #[test]
 fn ctrl_c_on_the_driver_cancels_the_cluster_job_and_stops_its_workers() {
     let (mut scheduler, address) = start_scheduler();
-    let mut executors = [start_executor(&address), start_executor(&address)];
-    for executor in &mut executors {
-        assert!(
-            executor.wait_for("registration succeed", Duration::from_secs(60)),
-            "{:?}",
-            executor.seen
-        );
-    }
+    let mut executors = registered_executors(&address, 2);
     let dir = tempfile::tempdir().unwrap();
     write_csv(&dir.path().join("data/t.csv"), 0, 1000);
     // Every run() outlasts the test: only a cancellation ends the job.
@@ -1193,14 +1201,7 @@ fn a_cluster_job_waits_for_node_count_executors_or_says_how_many_it_found() {
 #[test]
 fn a_job_exceeding_error_threshold_on_two_executors_stops_promptly() {
     let (_scheduler, address) = start_scheduler();
-    let mut executors = [start_executor(&address), start_executor(&address)];
-    for executor in &mut executors {
-        assert!(
-            executor.wait_for("registration succeed", Duration::from_secs(60)),
-            "{:?}",
-            executor.seen
-        );
-    }
+    let _executors = registered_executors(&address, 2);
     let dir = tempfile::tempdir().unwrap();
     write_csv(&dir.path().join("data/t.csv"), 0, 2000);
     let calls = dir.path().join("calls.txt");
