@@ -346,17 +346,21 @@ impl SharedStaging {
         }
     }
 
+    /// The bytes of `object` (relative to the staging area).
+    async fn read_bytes(&self, object: &str) -> Result<bytes::Bytes, SharedStoreError> {
+        self.store
+            .get(&self.object(object))
+            .await
+            .map_err(|e| self.failed("reading", object, e))?
+            .bytes()
+            .await
+            .map_err(|e| self.failed("reading", object, e))
+    }
+
     /// The record object `name` (`<id>.json`).
     pub async fn read_record(&self, name: &str) -> Result<SharedRecord, SharedStoreError> {
         let object = format!("records/{name}");
-        let bytes = self
-            .store
-            .get(&self.object(&object))
-            .await
-            .map_err(|e| self.failed("reading", &object, e))?
-            .bytes()
-            .await
-            .map_err(|e| self.failed("reading", &object, e))?;
+        let bytes = self.read_bytes(&object).await?;
         serde_json::from_slice(&bytes).map_err(|e| SharedStoreError::Unreadable {
             object,
             location: self.shown.clone(),
@@ -367,14 +371,7 @@ impl SharedStaging {
     /// The results in part `name`.
     pub async fn read_part(&self, name: &str) -> Result<RecordBatch, SharedStoreError> {
         let object = format!("parts/{name}");
-        let bytes = self
-            .store
-            .get(&self.object(&object))
-            .await
-            .map_err(|e| self.failed("reading", &object, e))?
-            .bytes()
-            .await
-            .map_err(|e| self.failed("reading", &object, e))?;
+        let bytes = self.read_bytes(&object).await?;
         batch_from_ipc_file(&bytes).map_err(|message| SharedStoreError::Unreadable {
             object,
             location: self.shown.clone(),
