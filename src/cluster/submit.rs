@@ -280,15 +280,20 @@ async fn cut_mini_batches(
     Ok(cut)
 }
 
-/// The manifest leaf: mini-batch `i` (in dispatch order) in partition `i % partitions`.
+/// The manifest leaf: the mini-batches in dispatch order, dealt in contiguous runs of (almost)
+/// equal length, one per partition, so that each task reads its rows in one forward pass
+/// over its part of the files (round-robin dealing would have every task decode nearly every
+/// page of the input, then skip most of its rows).
 fn deal(
     cut: Vec<ManifestEntry>,
     partitions: usize,
     target: &str,
 ) -> Result<Arc<dyn ExecutionPlan>> {
+    let partitions = partitions.max(1);
+    let total = cut.len();
     let mut dealt: Vec<Vec<ManifestEntry>> = vec![Vec::new(); partitions];
     for (i, entry) in cut.into_iter().enumerate() {
-        dealt[i % partitions].push(entry);
+        dealt[i * partitions / total.max(1)].push(entry);
     }
     let mut batches = Vec::with_capacity(partitions);
     let mut bytes = 0usize;

@@ -13,7 +13,7 @@
 //! fingerprint); any other table's mini-batch carries its rows (bounded by the plan size
 //! limit, see [`MANIFEST_LIMIT_BYTES`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -38,7 +38,7 @@ use crate::exec::recut::local_scan;
 use crate::exec::shared::SharedStaging;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
-use crate::input::{read_rows, RowLocator, RowsInFiles};
+use crate::input::{RowLocator, RowsInFiles, RowsReader};
 
 /// The largest manifest a plan carries: Ballista's gRPC messages are limited to 16 MiB, and
 /// the plan has more than the manifest in it.
@@ -329,69 +329,110 @@ async fn queue_manifest(
     reservation: &MemoryReservation,
     recorded: &HashSet<String>,
 ) -> Result<bool> {
+    // The task's mini-batches first (the manifest is small: descriptors, or rows bounded by
+    // the plan's size), so each input's rows are read in one forward pass.
+    let mut entries = Vec::new();
     for partition in 0..manifest.output_partitioning().partition_count() {
         let mut stream = manifest.execute(partition, context.clone())?;
         while let Some(batch) = stream.next().await {
             for entry in read_manifest(&batch?)? {
-                if recorded.contains(&entry.mini_batch.id.to_string()) {
-                    // Committed by an earlier try: not run again.
-                    continue;
-                }
-                let (mini_batch, index, fingerprint) = match entry.read {
-                    Some(read) => (
-                        read_mini_batch(entry.mini_batch, read, entry.fingerprint).await?,
-                        entry.index,
-                        entry.fingerprint,
-                    ),
-                    None => (entry.mini_batch, entry.index, entry.fingerprint),
-                };
-                let held = reservation.new_empty();
-                held.try_grow(mini_batch.memory_size())?;
-                state.mini_batch_scheduled(mini_batch.items());
-                let dispatched = Dispatched::new(mini_batch, index, fingerprint, held);
-                let sent = tokio::select! {
-                    _ = state.cancellation().cancelled() => return Ok(false),
-                    sent = queue.send(dispatched) => sent,
-                };
-                if sent.is_err() {
-                    return Ok(false);
+                // Committed by an earlier try: not run (nor read) again.
+                if !recorded.contains(&entry.mini_batch.id.to_string()) {
+                    entries.push(entry);
                 }
             }
+        }
+    }
+    let mut readers = RowReaders::of(&entries);
+    for entry in entries {
+        let (mini_batch, index, fingerprint) = match entry.read {
+            Some(read) => (
+                readers
+                    .read(entry.mini_batch, read, entry.fingerprint)
+                    .await?,
+                entry.index,
+                entry.fingerprint,
+            ),
+            None => (entry.mini_batch, entry.index, entry.fingerprint),
+        };
+        let held = reservation.new_empty();
+        held.try_grow(mini_batch.memory_size())?;
+        state.mini_batch_scheduled(mini_batch.items());
+        let dispatched = Dispatched::new(mini_batch, index, fingerprint, held);
+        let sent = tokio::select! {
+            _ = state.cancellation().cancelled() => return Ok(false),
+            sent = queue.send(dispatched) => sent,
+        };
+        if sent.is_err() {
+            return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// `mini_batch` with its rows read from the files `read` names (off the async threads), checked
-/// against the `fingerprint` the driver computed when it cut them.
-async fn read_mini_batch(
-    mut mini_batch: MiniBatch,
-    read: RowsInFiles,
-    fingerprint: u64,
-) -> Result<MiniBatch> {
-    let id = mini_batch.id.to_string();
-    let schema = mini_batch.data.schema();
-    let data = tokio::task::spawn_blocking(move || read_rows(&read, &schema))
+/// One [`RowsReader`] per input of a task's mini-batches.
+struct RowReaders {
+    readers: HashMap<String, RowsReader>,
+}
+
+impl RowReaders {
+    fn of(entries: &[ManifestEntry]) -> Self {
+        let mut reads: HashMap<String, (SchemaRef, Vec<RowsInFiles>)> = HashMap::new();
+        for entry in entries {
+            if let Some(read) = &entry.read {
+                reads
+                    .entry(entry.mini_batch.lineage.input.to_string())
+                    .or_insert_with(|| (entry.mini_batch.data.schema(), Vec::new()))
+                    .1
+                    .push(read.clone());
+            }
+        }
+        let readers = reads
+            .into_iter()
+            .map(|(input, (schema, reads))| (input, RowsReader::new(schema, &reads)))
+            .collect();
+        RowReaders { readers }
+    }
+
+    /// `mini_batch` with its rows read from the files `read` names (off the async threads),
+    /// checked against the `fingerprint` the driver computed when it cut them.
+    async fn read(
+        &mut self,
+        mut mini_batch: MiniBatch,
+        read: RowsInFiles,
+        fingerprint: u64,
+    ) -> Result<MiniBatch> {
+        let id = mini_batch.id.to_string();
+        let input = mini_batch.lineage.input.to_string();
+        let mut reader = match self.readers.remove(&input) {
+            Some(reader) => reader,
+            None => RowsReader::new(mini_batch.data.schema(), std::slice::from_ref(&read)),
+        };
+        let (reader, data) = tokio::task::spawn_blocking(move || {
+            let data = reader.read(&read);
+            (reader, data)
+        })
         .await
-        .map_err(|e| manifest_error(&id, format!("reading its rows stopped: {e}")))?
-        .map_err(|e| PrsError::Input {
-            input: mini_batch.lineage.input.to_string(),
+        .map_err(|e| manifest_error(&id, format!("reading its rows stopped: {e}")))?;
+        self.readers.insert(input.clone(), reader);
+        mini_batch.data = data.map_err(|e| PrsError::Input {
+            input: input.clone(),
             location: format!("mini batch {id} on this executor"),
             message: e.to_string(),
         })?;
-    mini_batch.data = data;
-    if slice_fingerprint(&mini_batch) != fingerprint {
-        return Err(PrsError::Input {
-            input: mini_batch.lineage.input.to_string(),
-            location: format!("mini batch {id} on this executor"),
-            message: format!(
-                "rows {}..{} read here are not the ones the driver cut: the input files differ \
-                 between the nodes or changed during the job",
-                mini_batch.lineage.rows.start, mini_batch.lineage.rows.end
-            ),
-        });
+        if slice_fingerprint(&mini_batch) != fingerprint {
+            return Err(PrsError::Input {
+                input,
+                location: format!("mini batch {id} on this executor"),
+                message: format!(
+                    "rows {}..{} read here are not the ones the driver cut: the input files \
+                     differ between the nodes or changed during the job",
+                    mini_batch.lineage.rows.start, mini_batch.lineage.rows.end
+                ),
+            });
+        }
+        Ok(mini_batch)
     }
-    Ok(mini_batch)
 }
 
 /// An Arrow IPC stream of one batch.
