@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{HarnessError, Result};
 use crate::setup::{count_label, shell_line, Ctx, DataSet};
-use crate::workloads::{dir_arg, engine_side, score_job, Workload, SCORE_INIT_SECS};
+use crate::workloads::{dir_arg, echo_job, engine_side, score_job, Workload, SCORE_INIT_SECS};
 
 /// Executors of the cluster, and worker processes in each.
 pub const EXECUTORS: u32 = 2;
@@ -151,6 +151,45 @@ pub fn cluster_workload(ctx: &Ctx, cluster: &Cluster, data: &DataSet) -> Result<
         items: data.items,
         unit: "rows",
         init_secs: SCORE_INIT_SECS,
+        a,
+        b: Some(b),
+        name,
+        setup_note: Some(format!(
+            "the cluster (started once, untimed, before the runs): {}",
+            cluster.by_hand.join("; ")
+        )),
+    })
+}
+
+/// `cluster-noop-<rows>`: what the cluster adds per mini-batch, with nothing else to hide it:
+/// the in-process no-op script rust:echo over `data` in 16KB mini-batches (about 16k of
+/// them for 2M rows) on `cluster` (2 executors x 1 process) against 2 local processes.
+pub fn cluster_noop_workload(ctx: &Ctx, cluster: &Cluster, data: &DataSet) -> Result<Workload> {
+    let name = format!("cluster-noop-{}", count_label(data.items));
+    let (job, out) = echo_job(ctx, &name, dir_arg(&data.dir), "16KB")?;
+    let local_out = ctx.data.join("out").join(format!("{name}-local"));
+    let mut a = engine_side(ctx, "parallel-run (cluster)", &job, &out, data.items);
+    a.cmd.args([
+        "--set",
+        &format!("compute_target=df://{}", cluster.address),
+        "--set",
+        &format!("node_count={EXECUTORS}"),
+        "--set",
+        "process_count_per_node=1",
+    ]);
+    let mut b = engine_side(ctx, "parallel-run (local)", &job, &local_out, data.items);
+    b.cmd.args(["--output", &local_out.to_string_lossy()]);
+    Ok(Workload {
+        what: format!(
+            "the no-op rust:echo over {} rows in 16KB mini-batches, Parquet output: on a \
+             loopback cluster of {EXECUTORS} executors x 1 process vs 2 local processes (the \
+             cluster's cost per mini-batch: manifest, reading rows, part and record in the \
+             shared store, the driver's commit)",
+            data.items
+        ),
+        items: data.items,
+        unit: "rows",
+        init_secs: 0.0,
         a,
         b: Some(b),
         name,

@@ -38,7 +38,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cli::Args;
-use crate::cluster::{cluster_setup, cluster_workload};
+use crate::cluster::{cluster_noop_workload, cluster_setup, cluster_workload};
 use crate::error::{HarnessError, Result};
 use crate::report::{import_walls, machine, median, Report};
 use crate::s3::{s3_setup, s3_workload};
@@ -131,6 +131,7 @@ fn run(args: Args) -> Result<bool> {
     let large_name = format!("score-{}", count_label(args.rows_large));
     let cluster_main = format!("cluster-{SCORE_MAIN}");
     let cluster_large = format!("cluster-{large_name}");
+    let cluster_noop = format!("cluster-noop-{}", count_label(ROWS_MAIN));
     let keyed_large_name = format!("keyed-{}", count_label(args.rows_large));
     let all = [
         SCORE_SMALL,
@@ -144,6 +145,7 @@ fn run(args: Args) -> Result<bool> {
         keyed_large_name.as_str(),
         cluster_main.as_str(),
         cluster_large.as_str(),
+        cluster_noop.as_str(),
     ];
     for name in &args.only {
         if !all.contains(&name.as_str()) && name != MEMORY_ALIAS {
@@ -200,6 +202,7 @@ fn run(args: Args) -> Result<bool> {
         KEYED_MAIN,
         RESUME,
         &cluster_main,
+        &cluster_noop,
     ]
     .iter()
     .any(|name| wanted(name))
@@ -274,13 +277,20 @@ fn run(args: Args) -> Result<bool> {
         );
     }
 
-    if wanted(&cluster_main) || run_cluster_large {
+    if wanted(&cluster_main) || run_cluster_large || wanted(&cluster_noop) {
         match cluster_setup(&ctx) {
             Ok(cluster) => {
                 if wanted(&cluster_main) {
                     add(
                         cluster_workload(&ctx, &cluster, &main),
                         &cluster_main,
+                        &mut outcomes,
+                    );
+                }
+                if wanted(&cluster_noop) {
+                    add(
+                        cluster_noop_workload(&ctx, &cluster, &main),
+                        &cluster_noop,
                         &mut outcomes,
                     );
                 }
@@ -296,6 +306,8 @@ fn run(args: Args) -> Result<bool> {
                 eprintln!("harness: the cluster workloads: {e}");
                 let name = if wanted(&cluster_main) {
                     &cluster_main
+                } else if wanted(&cluster_noop) {
+                    &cluster_noop
                 } else {
                     &cluster_large
                 };

@@ -284,6 +284,24 @@ fn baseline_side(ctx: &Ctx, data: &DataSet, out_dir: &Path) -> Side {
     }
 }
 
+/// The no-op job of the cluster overhead workload: rust:echo over `input` (Parquet) in
+/// `mini_batch_size` mini-batches, 2 workers, Parquet output.
+pub fn echo_job(
+    ctx: &Ctx,
+    name: &str,
+    input: String,
+    mini_batch_size: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let job = ctx.data.join("jobs").join(format!("{name}.yaml"));
+    let out = ctx.data.join("out").join(name);
+    JobFile {
+        mini_batch_size: Some(mini_batch_size),
+        ..JobFile::new("rust:echo".into(), input, "parquet", &out)
+    }
+    .write(&job)?;
+    Ok((job, out))
+}
+
 /// The Python score job over `data` (score_entry.py, 2 workers, 1MB, Parquet output).
 pub fn score_job(
     ctx: &Ctx,
