@@ -130,17 +130,7 @@ pub fn cluster_workload(ctx: &Ctx, cluster: &Cluster, data: &DataSet) -> Result<
     let name = format!("cluster-score-{}", count_label(data.items));
     let (job, out) = score_job(ctx, &name, dir_arg(&data.dir), None)?;
     let local_out = ctx.data.join("out").join(format!("{name}-local"));
-    let mut a = engine_side(ctx, "parallel-run (cluster)", &job, &out, data.items);
-    a.cmd.args([
-        "--set",
-        &format!("compute_target=df://{}", cluster.address),
-        "--set",
-        &format!("node_count={EXECUTORS}"),
-        "--set",
-        "process_count_per_node=1",
-    ]);
-    let mut b = engine_side(ctx, "parallel-run (local)", &job, &local_out, data.items);
-    b.cmd.args(["--output", &local_out.to_string_lossy()]);
+    let (a, b) = both_sides(ctx, cluster, &job, &out, &local_out, data.items);
     fs::create_dir_all(&ctx.logs).map_err(HarnessError::io("creating", &ctx.logs))?;
     Ok(Workload {
         what: format!(
@@ -168,17 +158,7 @@ pub fn cluster_noop_workload(ctx: &Ctx, cluster: &Cluster, data: &DataSet) -> Re
     let name = format!("cluster-noop-{}", count_label(data.items));
     let (job, out) = echo_job(ctx, &name, dir_arg(&data.dir), "16KB")?;
     let local_out = ctx.data.join("out").join(format!("{name}-local"));
-    let mut a = engine_side(ctx, "parallel-run (cluster)", &job, &out, data.items);
-    a.cmd.args([
-        "--set",
-        &format!("compute_target=df://{}", cluster.address),
-        "--set",
-        &format!("node_count={EXECUTORS}"),
-        "--set",
-        "process_count_per_node=1",
-    ]);
-    let mut b = engine_side(ctx, "parallel-run (local)", &job, &local_out, data.items);
-    b.cmd.args(["--output", &local_out.to_string_lossy()]);
+    let (a, b) = both_sides(ctx, cluster, &job, &out, &local_out, data.items);
     Ok(Workload {
         what: format!(
             "the no-op rust:echo over {} rows in 16KB mini-batches, Parquet output: on a \
@@ -198,4 +178,28 @@ pub fn cluster_noop_workload(ctx: &Ctx, cluster: &Cluster, data: &DataSet) -> Re
             cluster.by_hand.join("; ")
         )),
     })
+}
+
+/// The two sides of a cluster workload: `job` on `cluster` (2 executors x 1 process) into
+/// `out`, and the same job run locally into `local_out`.
+fn both_sides(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    job: &Path,
+    out: &Path,
+    local_out: &Path,
+    items: u64,
+) -> (crate::measure::Side, crate::measure::Side) {
+    let mut a = engine_side(ctx, "parallel-run (cluster)", job, out, items);
+    a.cmd.args([
+        "--set",
+        &format!("compute_target=df://{}", cluster.address),
+        "--set",
+        &format!("node_count={EXECUTORS}"),
+        "--set",
+        "process_count_per_node=1",
+    ]);
+    let mut b = engine_side(ctx, "parallel-run (local)", job, local_out, items);
+    b.cmd.args(["--output", &local_out.to_string_lossy()]);
+    (a, b)
 }
