@@ -9,7 +9,11 @@
 //! - [`rust`]: in-process Rust entry scripts ([`EntryScript`]), registered by name in a
 //!   [`ScriptRegistry`].
 //! - [`python`]: a Python process per worker, speaking Arrow IPC over dedicated pipes.
+//!
+//! A cluster executor lends its workers to the tasks of a job through a [`pool::WorkerPool`]
+//! (init() once per worker slot per executor per job); a local run does not use it.
 
+pub mod pool;
 pub mod python;
 pub mod rust;
 
