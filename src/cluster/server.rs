@@ -255,7 +255,9 @@ async fn watch_job_ends(scheduler: String, runtimes: Arc<dyn RuntimeProvider>, e
         };
         for job in jobs {
             let answer = connected
-                .get_job_status(GetJobStatusParams { job_id: job.clone() })
+                .get_job_status(GetJobStatusParams {
+                    job_id: job.clone(),
+                })
                 .await;
             match answer {
                 Ok(answer) => {

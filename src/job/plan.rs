@@ -154,7 +154,9 @@ impl crate::exec::RuntimeProvider for JobRuntimes {
     }
 
     fn idle_jobs(&self) -> Vec<String> {
-        self.pool.as_ref().map_or_else(Vec::new, WorkerPool::idle_jobs)
+        self.pool
+            .as_ref()
+            .map_or_else(Vec::new, WorkerPool::idle_jobs)
     }
 
     fn job_ended(&self, job: &str) {

@@ -106,7 +106,8 @@ impl WorkerPool {
         };
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&pool.inner);
-            let every = (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+            let every =
+                (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
             runtime.spawn(reaper(weak, every));
         }
         pool
@@ -160,7 +161,12 @@ impl WorkerPool {
     pub fn end_job(&self, job: &str) {
         let stopping = {
             let mut state = self.inner.lock();
-            let keys: Vec<PoolKey> = state.jobs.keys().filter(|k| k.job == job).cloned().collect();
+            let keys: Vec<PoolKey> = state
+                .jobs
+                .keys()
+                .filter(|k| k.job == job)
+                .cloned()
+                .collect();
             let mut stopping = Vec::new();
             for key in keys {
                 if let Some(workers) = state.jobs.remove(&key) {
@@ -171,7 +177,11 @@ impl WorkerPool {
             stopping
         };
         if !stopping.is_empty() {
-            tracing::info!(job, workers = stopping.len(), "job over: stopping its workers");
+            tracing::info!(
+                job,
+                workers = stopping.len(),
+                "job over: stopping its workers"
+            );
         }
         stop_all(stopping);
     }
@@ -330,9 +340,7 @@ impl WorkerFactory for PooledFactory {
         stop_all(evicted);
         if let Some((own_slot, worker)) = reused {
             tracing::debug!(worker = %own_slot.agent_name, job = %self.key.job, "worker reused");
-            return Ok(Box::new(PooledWorker::new(
-                self, own_slot, worker, true,
-            )));
+            return Ok(Box::new(PooledWorker::new(self, own_slot, worker, true)));
         }
         match self.inner.start(slot).await {
             Ok(worker) => Ok(Box::new(PooledWorker::new(
@@ -623,7 +631,10 @@ mod tests {
         let f = pool.factory(key("a"), || Ok(factory(&counts))).unwrap();
         // run() outlasts its timeout: the worker is lost and not given back.
         let outcome = task(&f, 0, Duration::from_millis(100)).await;
-        assert!(matches!(outcome, Err(RunError::Timeout { .. })), "{outcome:?}");
+        assert!(
+            matches!(outcome, Err(RunError::Timeout { .. })),
+            "{outcome:?}"
+        );
         assert_eq!((pool.started(), pool.idle("a")), (0, 0));
 
         // A task dropped mid-call (cancelled): the worker is in doubt.
@@ -636,7 +647,11 @@ mod tests {
             .await
             .is_err());
         worker.shutdown().await.unwrap();
-        assert_eq!((pool.started(), pool.idle("a")), (0, 0), "stopped, not kept");
+        assert_eq!(
+            (pool.started(), pool.idle("a")),
+            (0, 0),
+            "stopped, not kept"
+        );
 
         // A worker never initialised is not kept either.
         let mut worker = f.start(&WorkerSlot::new(0, 0)).await.unwrap();
