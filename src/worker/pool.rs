@@ -173,7 +173,7 @@ impl WorkerPool {
                     stopping.extend(workers.idle);
                 }
             }
-            state.started -= stopping.len();
+            state.started = state.started.saturating_sub(stopping.len());
             stopping
         };
         if !stopping.is_empty() {
@@ -244,7 +244,7 @@ fn reap(inner: &Inner) -> usize {
                 stopping.extend(workers.idle);
             }
         }
-        state.started -= stopping.len();
+        state.started = state.started.saturating_sub(stopping.len());
         stopping
     };
     let stopped = stopping.len();
