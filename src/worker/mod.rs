@@ -228,6 +228,13 @@ pub trait Worker: Send {
 
     /// Runs `shutdown()` (when the script has one) and stops the worker.
     async fn shutdown(&mut self) -> Result<()>;
+
+    /// Whether the worker may still take mini-batches: false once it is known to be dead
+    /// (its process exited). A cluster executor checks a worker it kept idle between tasks
+    /// before lending it again ([`pool`]). The default: true.
+    fn alive(&mut self) -> bool {
+        true
+    }
 }
 
 /// What a successful run() returned.

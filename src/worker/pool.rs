@@ -9,7 +9,8 @@
 //! and the worker's `shutdown()` at the end of the task gives it back, still initialised.
 //! A worker is given back only when it is known to be sound: initialised, not lost (a
 //! timeout or a crash), not interrupted mid-call (a cancelled task drops its workers, which
-//! kills them), so an aborted, failed or doubtful worker is never lent again.
+//! kills them), so an aborted, failed or doubtful worker is never lent again; and one that
+//! died while idle ([`Worker::alive`]) is dropped instead of lent.
 //!
 //! The pool holds at most `limit` started workers (the executor's `--processes`): to start a
 //! worker beyond it, idle workers of other jobs are shut down first (when every worker is
@@ -304,7 +305,7 @@ impl fmt::Debug for PooledFactory {
 #[async_trait]
 impl WorkerFactory for PooledFactory {
     async fn start(&self, slot: &WorkerSlot) -> Result<Box<dyn Worker>> {
-        let (reused, evicted) = {
+        let (reused, evicted, dead) = {
             let mut state = self.pool.lock();
             let state = &mut *state;
             let workers = state
@@ -312,14 +313,26 @@ impl WorkerFactory for PooledFactory {
                 .entry(self.key.clone())
                 .or_insert_with(|| JobWorkers::new(self.inner.clone()));
             workers.since = Instant::now();
-            // The worker that was in this slot before, else any idle one of the job.
-            let idle = workers
-                .idle
-                .iter()
-                .position(|(s, _)| s.index == slot.index)
-                .or_else(|| workers.idle.len().checked_sub(1))
-                .map(|i| workers.idle.swap_remove(i));
+            // The worker that was in this slot before, else any idle one of the job; one
+            // that died while idle is dropped.
+            let mut dead = Vec::new();
+            let idle = loop {
+                let Some(i) = workers
+                    .idle
+                    .iter()
+                    .position(|(s, _)| s.index == slot.index)
+                    .or_else(|| workers.idle.len().checked_sub(1))
+                else {
+                    break None;
+                };
+                let (own_slot, mut worker) = workers.idle.swap_remove(i);
+                if worker.alive() {
+                    break Some((own_slot, worker));
+                }
+                dead.push((own_slot, worker));
+            };
             workers.lent += 1;
+            state.started = state.started.saturating_sub(dead.len());
             let mut evicted = Vec::new();
             if idle.is_none() {
                 // Room for one more: idle workers of other jobs go first.
@@ -335,8 +348,16 @@ impl WorkerFactory for PooledFactory {
                 }
                 state.started += 1;
             }
-            (idle, evicted)
+            (idle, evicted, dead)
         };
+        for (own_slot, _) in &dead {
+            tracing::warn!(
+                worker = %own_slot.agent_name,
+                job = %self.key.job,
+                "a kept worker died while idle: a new one starts"
+            );
+        }
+        drop(dead);
         stop_all(evicted);
         if let Some((own_slot, worker)) = reused {
             tracing::debug!(worker = %own_slot.agent_name, job = %self.key.job, "worker reused");
@@ -452,6 +473,10 @@ impl Worker for PooledWorker {
             self.lost = true;
         }
         outcome
+    }
+
+    fn alive(&mut self) -> bool {
+        self.worker.as_mut().is_some_and(|w| w.alive())
     }
 
     /// Gives a sound worker back to the pool (its job's next task reuses it); stops any other.
