@@ -1,7 +1,9 @@
 //! `parallel-run scheduler` and `parallel-run executor`: Ballista's scheduler and executor
 //! processes, built from its libraries with [`PrsPhysicalCodec`] (a stock Ballista binary
 //! cannot decode `ParallelRunExec`). Executors run the code named by the plans they receive,
-//! without authentication: a cluster belongs on a trusted network.
+//! without authentication: a cluster belongs on a trusted network. An executor keeps a job's
+//! workers between its tasks (its `RuntimeProvider`, see `worker::pool` in the crate) and
+//! asks the scheduler every few seconds whether the jobs it keeps idle workers for ended.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,12 +13,11 @@ use std::time::Duration;
 use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
 use ballista_core::serde::protobuf::{job_status, GetJobStatusParams};
 use ballista_core::utils::create_grpc_client_endpoint;
-use datafusion::common::runtime::SpawnedTask;
-
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
+use datafusion::common::runtime::SpawnedTask;
 
 use crate::cluster::advertised_version;
 use crate::cluster::engine::StoppingEngine;
@@ -213,8 +214,14 @@ pub async fn run_executor(
         ..defaults
     };
     eprintln!(
-        "parallel-run {version}: executor on {}:{} (grpc {}), {} worker slot(s), scheduler {}",
-        options.bind, options.port, options.grpc_port, options.processes, options.scheduler
+        "parallel-run {version}: executor on {}:{} (grpc {}), {} worker slot(s) (a job's \
+         workers kept until it ends, at most {} s idle), scheduler {}",
+        options.bind,
+        options.port,
+        options.grpc_port,
+        options.processes,
+        options.worker_idle_timeout_seconds,
+        options.scheduler
     );
     // Shuts down the workers kept for a job once the scheduler says it ended (Ballista's
     // executor has no hook for its own job clean-up); ends with the executor.
