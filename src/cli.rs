@@ -241,6 +241,15 @@ pub struct ExecutorArgs {
     /// Folder for the executor's shuffle and result files (default: a temporary folder).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
+    /// A job's Python workers are started once on this executor and reused by all its
+    /// tasks here; they are shut down (the entry script's shutdown()) when the scheduler
+    /// reports the job ended, or after this many seconds without a task of the job.
+    #[arg(
+        long,
+        default_value_t = crate::cluster::server::DEFAULT_WORKER_IDLE_TIMEOUT,
+        value_name = "SECONDS"
+    )]
+    pub worker_idle_timeout: u64,
 }
 
 fn load(args: &JobArgs) -> Result<LoadedJob> {
@@ -425,8 +434,14 @@ async fn dispatch(cli: Cli, registry: ScriptRegistry) -> Result<i32> {
                 external_host: args.external_host,
                 heartbeat_seconds: args.heartbeat,
                 work_dir: args.work_dir,
+                worker_idle_timeout_seconds: args.worker_idle_timeout,
             };
-            let runtimes = Arc::new(crate::job::JobRuntimes::new(registry));
+            // The executor's workers, reused across the tasks of a job.
+            let pool = crate::worker::pool::WorkerPool::new(
+                options.processes,
+                std::time::Duration::from_secs(options.worker_idle_timeout_seconds),
+            );
+            let runtimes = Arc::new(crate::job::JobRuntimes::pooled(registry, pool));
             crate::cluster::server::run_executor(&options, runtimes).await?;
             Ok(0)
         }

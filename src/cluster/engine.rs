@@ -1,5 +1,6 @@
-//! [`StoppingEngine`]: the executor's Ballista execution engine, which stops a task's
-//! `ParallelRunExec` (and so kills its Python workers) when Ballista cancels the task.
+//! [`StoppingEngine`]: the executor's Ballista execution engine, which tells a task's
+//! `ParallelRunExec` its job (so the executor reuses the job's workers across its tasks) and
+//! stops it (and so kills its Python workers) when Ballista cancels the task.
 //!
 //! Ballista 55 cancels a task by aborting the future of its query stage, but its default
 //! engine drives the stage's partitions in `tokio::spawn`ed tasks that the abort does not
@@ -65,6 +66,13 @@ impl ExecutionEngine for StoppingEngine {
         config: &SessionConfig,
     ) -> Result<Arc<dyn QueryStageExecutor>> {
         let operators = operators_in(&plan)?;
+        for operator in &operators {
+            if let Some(exec) = operator.downcast_ref::<ParallelRunExec>() {
+                // The executor keeps a job's workers between its tasks (see
+                // `RuntimeProvider::runtime_for_job`).
+                exec.set_cluster_job(job_id.as_str());
+            }
+        }
         let inner = self.inner.create_query_stage_exec(
             job_id,
             stage_id,

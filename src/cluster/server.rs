@@ -1,16 +1,23 @@
 //! `parallel-run scheduler` and `parallel-run executor`: Ballista's scheduler and executor
 //! processes, built from its libraries with [`PrsPhysicalCodec`] (a stock Ballista binary
 //! cannot decode `ParallelRunExec`). Executors run the code named by the plans they receive,
-//! without authentication: a cluster belongs on a trusted network.
+//! without authentication: a cluster belongs on a trusted network. An executor keeps a job's
+//! workers between its tasks (its `RuntimeProvider`, see `worker::pool` in the crate) and
+//! asks the scheduler every few seconds whether the jobs it keeps idle workers for ended.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::protobuf::{job_status, GetJobStatusParams};
+use ballista_core::utils::create_grpc_client_endpoint;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::start_server;
+use datafusion::common::runtime::SpawnedTask;
 
 use crate::cluster::advertised_version;
 use crate::cluster::engine::StoppingEngine;
@@ -66,6 +73,9 @@ pub struct ExecutorOptions {
     pub heartbeat_seconds: u64,
     /// Where shuffle and result files go (a temporary folder when absent).
     pub work_dir: Option<PathBuf>,
+    /// A job's workers are kept between its tasks; they are shut down when the scheduler
+    /// reports the job ended, or after this many seconds without a task of the job.
+    pub worker_idle_timeout_seconds: u64,
 }
 
 impl Default for ExecutorOptions {
@@ -79,9 +89,16 @@ impl Default for ExecutorOptions {
             external_host: None,
             heartbeat_seconds: 5,
             work_dir: None,
+            worker_idle_timeout_seconds: DEFAULT_WORKER_IDLE_TIMEOUT,
         }
     }
 }
+
+/// The default of `executor --worker-idle-timeout` (seconds).
+pub const DEFAULT_WORKER_IDLE_TIMEOUT: u64 = 60;
+
+/// How often an executor asks the scheduler whether the jobs it keeps workers for ended.
+const JOB_END_EVERY: Duration = Duration::from_secs(2);
 
 /// `HOST:PORT` split and checked; `flag` names the option in errors.
 fn host_port<'a>(flag: &str, value: &'a str) -> Result<(&'a str, u16)> {
@@ -191,15 +208,28 @@ pub async fn run_executor(
         vcores: options.processes,
         work_dir,
         executor_heartbeat_interval_seconds: options.heartbeat_seconds.max(1),
-        override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes))),
+        override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes.clone()))),
         // Cancelled tasks stop their workers (Ballista's own engine leaves them running).
         override_execution_engine: Some(Arc::new(StoppingEngine::new())),
         ..defaults
     };
     eprintln!(
-        "parallel-run {version}: executor on {}:{} (grpc {}), {} worker slot(s), scheduler {}",
-        options.bind, options.port, options.grpc_port, options.processes, options.scheduler
+        "parallel-run {version}: executor on {}:{} (grpc {}), {} worker slot(s) (a job's \
+         workers kept until it ends, at most {} s idle), scheduler {}",
+        options.bind,
+        options.port,
+        options.grpc_port,
+        options.processes,
+        options.worker_idle_timeout_seconds,
+        options.scheduler
     );
+    // Shuts down the workers kept for a job once the scheduler says it ended (Ballista's
+    // executor has no hook for its own job clean-up); ends with the executor.
+    let _watch = SpawnedTask::spawn(watch_job_ends(
+        options.scheduler.clone(),
+        runtimes,
+        JOB_END_EVERY,
+    ));
     start_executor_process(Arc::new(config)).await.map_err(|e| {
         PrsError::config(
             "executor",
@@ -207,6 +237,63 @@ pub async fn run_executor(
             format!("the executor stopped: {e}"),
         )
     })
+}
+
+/// Every `every`, asks the scheduler at `scheduler` (`HOST:PORT`) for the status of each job
+/// `runtimes` keeps idle workers for, and tells `runtimes` of those that ended (succeeded,
+/// failed or cancelled), so their workers stop within seconds of the job's end. A scheduler
+/// that does not answer is asked again later; meanwhile the pool's idle timeout applies.
+async fn watch_job_ends(scheduler: String, runtimes: Arc<dyn RuntimeProvider>, every: Duration) {
+    let mut client: Option<SchedulerGrpcClient<tonic::transport::Channel>> = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let jobs = runtimes.idle_jobs();
+        if jobs.is_empty() {
+            continue;
+        }
+        if client.is_none() {
+            client = connect(&scheduler)
+                .await
+                .inspect_err(|e| tracing::debug!("asking {scheduler} for job status: {e}"))
+                .ok();
+        }
+        let Some(connected) = client.as_mut() else {
+            continue;
+        };
+        for job in jobs {
+            let answer = connected
+                .get_job_status(GetJobStatusParams {
+                    job_id: job.clone(),
+                })
+                .await;
+            match answer {
+                Ok(answer) => {
+                    let status = answer.into_inner().status.and_then(|s| s.status);
+                    if matches!(
+                        status,
+                        Some(job_status::Status::Successful(_) | job_status::Status::Failed(_))
+                    ) {
+                        runtimes.job_ended(&job);
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(job, "asking {scheduler} for the job's status: {e}");
+                    client = None;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A gRPC client of the scheduler at `scheduler` (`HOST:PORT`).
+async fn connect(
+    scheduler: &str,
+) -> std::result::Result<SchedulerGrpcClient<tonic::transport::Channel>, String> {
+    let endpoint = create_grpc_client_endpoint(format!("http://{scheduler}"), None)
+        .map_err(|e| e.to_string())?;
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    Ok(SchedulerGrpcClient::new(channel))
 }
 
 #[cfg(test)]

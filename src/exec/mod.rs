@@ -140,6 +140,25 @@ pub enum ExecMode {
 pub trait RuntimeProvider: Send + Sync {
     /// The runtime for `spec` in this process.
     fn runtime(&self, spec: &OperatorSpec) -> Result<OperatorRuntime>;
+
+    /// The runtime for `spec` in a task of cluster job `job` (an executor may keep the job's
+    /// workers between its tasks). The default is [`RuntimeProvider::runtime`].
+    fn runtime_for_job(&self, spec: &OperatorSpec, job: &str) -> Result<OperatorRuntime> {
+        let _ = job;
+        self.runtime(spec)
+    }
+
+    /// The cluster jobs whose workers this process keeps while none of its tasks runs (see
+    /// [`RuntimeProvider::job_ended`]). The default: none.
+    fn idle_jobs(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Cluster job `job` is over: the workers kept for it are shut down. The default does
+    /// nothing.
+    fn job_ended(&self, job: &str) {
+        let _ = job;
+    }
 }
 
 /// The operator's runtime: given, or built on first use by a [`RuntimeProvider`].
@@ -147,6 +166,8 @@ struct RuntimeCell {
     ready: OnceLock<OperatorRuntime>,
     provider: Option<Arc<dyn RuntimeProvider>>,
     building: Mutex<()>,
+    /// The cluster job a task's operator runs in (set by the executor before it runs).
+    job: OnceLock<String>,
 }
 
 impl RuntimeCell {
@@ -155,6 +176,7 @@ impl RuntimeCell {
             ready: OnceLock::from(runtime),
             provider: None,
             building: Mutex::new(()),
+            job: OnceLock::new(),
         }
     }
 
@@ -163,6 +185,7 @@ impl RuntimeCell {
             ready: OnceLock::new(),
             provider: Some(provider),
             building: Mutex::new(()),
+            job: OnceLock::new(),
         }
     }
 
@@ -180,7 +203,10 @@ impl RuntimeCell {
                 "ParallelRunExec has neither a runtime nor a way to build one"
             ))
         })?;
-        let built = provider.runtime(spec)?;
+        let built = match self.job.get() {
+            Some(job) => provider.runtime_for_job(spec, job)?,
+            None => provider.runtime(spec)?,
+        };
         Ok(self.ready.get_or_init(|| built))
     }
 }
@@ -313,6 +339,14 @@ impl ParallelRunExec {
     /// Ballista cancelled (see `cluster::engine`).
     pub fn stop(&self, reason: &str) {
         self.state.abort(reason);
+    }
+
+    /// Tells an operator decoded on a cluster executor which cluster job its task belongs
+    /// to, before it runs: its runtime is then built with
+    /// [`RuntimeProvider::runtime_for_job`] (the executor's workers of that job are reused
+    /// across its tasks). The first call wins.
+    pub fn set_cluster_job(&self, job: &str) {
+        let _ = self.runtime.job.set(job.to_string());
     }
 
     /// Why the operator was stopped ([`ParallelRunExec::stop`], a threshold...), if it was.

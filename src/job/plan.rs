@@ -14,6 +14,7 @@ use crate::config::{JobSettings, MiniBatchFormat, OutputAction, ParallelRunConfi
 use crate::error::{PrsError, Result};
 use crate::exec::{InputInfo, JobObserver, OperatorRuntime, OperatorSpec};
 use crate::output::WORK_DIR_NAME;
+use crate::worker::pool::{PoolKey, WorkerPool};
 use crate::worker::python::{resolve_interpreter, PythonWorkerFactory, PythonWorkerSpec};
 use crate::worker::rust::RustWorkerFactory;
 use crate::worker::{ScriptRegistry, WorkerEnv, WorkerFactoryRef, WorkerSlot};
@@ -95,28 +96,83 @@ impl JobPlan {
 /// Builds the runtime of a decoded operator in this process (a cluster executor): its worker
 /// factory from the spec's entry script and environment recipe, Rust scripts from
 /// `registry`. Used by the codec of `parallel-run scheduler|executor`; called at the
-/// operator's first `execute()`, never while decoding.
+/// operator's first `execute()`, never while decoding. An executor's runtimes lend the
+/// workers of a [`WorkerPool`] ([`JobRuntimes::pooled`]): a job's workers are started and
+/// initialised once per executor and serve all its tasks there.
 #[derive(Debug, Clone)]
 pub struct JobRuntimes {
     registry: ScriptRegistry,
+    pool: Option<WorkerPool>,
 }
 
 impl JobRuntimes {
-    /// Runtimes whose `rust:NAME` scripts come from `registry`.
+    /// Runtimes whose `rust:NAME` scripts come from `registry`, each task starting and
+    /// stopping its own workers.
     pub fn new(registry: ScriptRegistry) -> Self {
-        JobRuntimes { registry }
+        JobRuntimes {
+            registry,
+            pool: None,
+        }
+    }
+
+    /// Runtimes whose tasks of a cluster job take their workers from `pool` and give them
+    /// back (see [`crate::worker::pool`]).
+    pub fn pooled(registry: ScriptRegistry, pool: WorkerPool) -> Self {
+        JobRuntimes {
+            registry,
+            pool: Some(pool),
+        }
+    }
+
+    fn factory(&self, spec: &OperatorSpec) -> Result<WorkerFactoryRef> {
+        let tabular = spec.inputs().iter().any(|i| i.kind == ItemKind::Rows);
+        worker_factory(spec.job(), tabular, &self.registry)
     }
 }
 
 impl crate::exec::RuntimeProvider for JobRuntimes {
     fn runtime(&self, spec: &OperatorSpec) -> Result<OperatorRuntime> {
-        let tabular = spec.inputs().iter().any(|i| i.kind == ItemKind::Rows);
-        let factory = worker_factory(spec.job(), tabular, &self.registry)?;
+        Ok(OperatorRuntime::new(
+            self.factory(spec)?,
+            Arc::new(crate::exec::NoopObserver),
+        ))
+    }
+
+    fn runtime_for_job(&self, spec: &OperatorSpec, job: &str) -> Result<OperatorRuntime> {
+        let Some(pool) = &self.pool else {
+            return self.runtime(spec);
+        };
+        let key = PoolKey {
+            job: job.to_string(),
+            spec: spec_identity(spec)?,
+        };
+        let factory = pool.factory(key, || self.factory(spec))?;
         Ok(OperatorRuntime::new(
             factory,
             Arc::new(crate::exec::NoopObserver),
         ))
     }
+
+    fn idle_jobs(&self) -> Vec<String> {
+        self.pool
+            .as_ref()
+            .map_or_else(Vec::new, WorkerPool::idle_jobs)
+    }
+
+    fn job_ended(&self, job: &str) {
+        if let Some(pool) = &self.pool {
+            pool.end_job(job);
+        }
+    }
+}
+
+/// What tells two operators' workers apart within a job: a hash of the spec's bytes (entry
+/// script, interpreter, environment, arguments...).
+fn spec_identity(spec: &OperatorSpec) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    spec.encode()?.hash(&mut hasher);
+    Ok(hasher.finish())
 }
 
 /// The first-generation slots of a job's workers, as the operator's partitions use them.

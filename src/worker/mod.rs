@@ -9,7 +9,11 @@
 //! - [`rust`]: in-process Rust entry scripts ([`EntryScript`]), registered by name in a
 //!   [`ScriptRegistry`].
 //! - [`python`]: a Python process per worker, speaking Arrow IPC over dedicated pipes.
+//!
+//! A cluster executor lends its workers to the tasks of a job through a [`pool::WorkerPool`]
+//! (init() once per worker slot per executor per job); a local run does not use it.
 
+pub mod pool;
 pub mod python;
 pub mod rust;
 
@@ -224,6 +228,13 @@ pub trait Worker: Send {
 
     /// Runs `shutdown()` (when the script has one) and stops the worker.
     async fn shutdown(&mut self) -> Result<()>;
+
+    /// Whether the worker may still take mini-batches: false once it is known to be dead
+    /// (its process exited). A cluster executor checks a worker it kept idle between tasks
+    /// before lending it again ([`pool`]). The default: true.
+    fn alive(&mut self) -> bool {
+        true
+    }
 }
 
 /// What a successful run() returned.

@@ -308,8 +308,13 @@ impl Drop for Process {
 
 /// `parallel-run executor` with one process on free ports, heartbeat 1 s.
 fn start_executor(scheduler_address: &str) -> Process {
+    start_executor_with(scheduler_address, &[])
+}
+
+/// [`start_executor`] with more flags.
+fn start_executor_with(scheduler_address: &str, extra: &[&str]) -> Process {
     let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
-    Process::start(&[
+    let mut args = vec![
         "executor",
         "--scheduler",
         scheduler_address,
@@ -321,7 +326,9 @@ fn start_executor(scheduler_address: &str) -> Process {
         &grpc_port,
         "--heartbeat",
         "1",
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Process::start(&args)
 }
 
 fn free_port() -> u16 {
@@ -1294,4 +1301,261 @@ fn a_job_exceeding_error_threshold_on_two_executors_stops_promptly() {
         "{processed} of {total}: {summary}"
     );
     assert!(ran < total, "{ran} run() calls for {total} mini-batches");
+}
+
+/// A Python entry script writing `init PID TIME`, `run PID TIME` (per mini-batch, after
+/// sleeping `pause` seconds) and `shutdown PID TIME` lines to `events`.
+fn life_cycle_script(events: &Path, pause: f64) -> String {
+    format!(
+        "import os, time\n\nEVENTS = {:?}\n\n\
+         def note(what):\n    with open(EVENTS, 'a') as f:\n        \
+         f.write('%s %d %.3f\\n' % (what, os.getpid(), time.time()))\n\n\
+         def init():\n    note('init')\n\n\
+         def run(mini_batch):\n    time.sleep({pause})\n    note('run')\n    \
+         return mini_batch\n\n\
+         def shutdown():\n    note('shutdown')\n",
+        events.display().to_string()
+    )
+}
+
+/// The pids of `what` lines in a [`life_cycle_script`]'s file, in order.
+fn events(path: &Path, what: &str) -> Vec<String> {
+    timed_events(path, what)
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The (pid, time in seconds) of `what` lines in a [`life_cycle_script`]'s file, in order.
+fn timed_events(path: &Path, what: &str) -> Vec<(String, f64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.split(' ');
+            (fields.next()? == what).then_some(())?;
+            let pid = fields.next()?.to_string();
+            Some((pid, fields.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Polls (at most `limit`) until `done`.
+fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+#[test]
+fn an_executor_initialises_a_job_s_worker_once_and_stops_it_when_the_job_ends() {
+    let (_scheduler, address) = start_scheduler();
+    // One worker slot, and an idle timeout longer than the test: only the job's end, which
+    // the executor learns from the scheduler, stops the worker.
+    let mut executor = start_executor_with(&address, &["--worker-idle-timeout", "600"]);
+    assert!(
+        executor.wait_for("registration succeed", Duration::from_secs(60)),
+        "{:?}",
+        executor.seen
+    );
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 300);
+    let log = dir.path().join("events.txt");
+    std::fs::write(dir.path().join("life.py"), life_cycle_script(&log, 0.0)).unwrap();
+    // 3 partitions on an executor of one slot: 3 tasks, one after the other.
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: life.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 1\nprocess_count_per_node: 3\n\
+             mini_batch_size: 1KB",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let job = job.to_str().unwrap().to_string();
+    let target = format!("compute_target=df://{address}");
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", &job, "-q", "--output", "first", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}\nexecutor: {:?}", executor.seen);
+    assert_eq!(
+        lines(&dir.path().join("first/parallel_run_step.txt")).len(),
+        300
+    );
+    let succeeded = summary(&dir.path().join("first"))["mini_batches_succeeded"]
+        .as_u64()
+        .unwrap();
+    assert!(succeeded >= 6, "mini-batches in every task: {succeeded}");
+
+    // The job's three tasks ran on one worker, initialised once.
+    let inits = events(&log, "init");
+    assert_eq!(inits.len(), 1, "init() once per slot per job: {inits:?}");
+    let runs = events(&log, "run");
+    assert_eq!(runs.len() as u64, succeeded);
+    assert!(runs.iter().all(|pid| *pid == inits[0]), "{runs:?}");
+
+    // The job is over: the executor stops its worker (the script's shutdown() runs) within
+    // seconds, without waiting for the idle timeout.
+    let out = dir.path().join("first");
+    assert!(
+        eventually(Duration::from_secs(30), || events(&log, "shutdown")
+            == inits),
+        "shutdown() of the worker: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    assert!(
+        workers_gone(&out, Duration::from_secs(20)),
+        "workers left: {:?}",
+        python_workers(&out)
+    );
+
+    // The same job again is another cluster job: its own worker, initialised once.
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", &job, "-q", "--output", "second", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let inits = events(&log, "init");
+    assert_eq!(inits.len(), 2, "{inits:?}");
+    assert_ne!(inits[0], inits[1]);
+    assert_eq!(events(&log, "run").len() as u64, 2 * succeeded);
+    assert!(
+        eventually(Duration::from_secs(30), || events(&log, "shutdown")
+            == inits),
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+    assert!(
+        executor.child.try_wait().unwrap().is_none(),
+        "the executor runs on"
+    );
+}
+
+#[test]
+fn an_executor_stops_a_running_job_s_idle_workers_after_the_idle_timeout() {
+    let (_scheduler, address) = start_scheduler();
+    let executors: Vec<Process> = (0..2)
+        .map(|_| {
+            let mut executor = start_executor_with(&address, &["--worker-idle-timeout", "2"]);
+            assert!(
+                executor.wait_for("registration succeed", Duration::from_secs(60)),
+                "{:?}",
+                executor.seen
+            );
+            executor
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 300);
+    let log = dir.path().join("events.txt");
+    // The worker whose init() comes second is slow (2 s per mini-batch): its task keeps the
+    // job running long after the other executor's task ended and gave its worker back.
+    let marker = dir.path().join("fast.marker");
+    let script = life_cycle_script(&log, 0.0).replace(
+        "def init():\n    note('init')\n",
+        &format!(
+            "SLOW = [False]\n\ndef init():\n    note('init')\n    try:\n        \
+             os.close(os.open({:?}, os.O_CREAT | os.O_EXCL))\n    except FileExistsError:\n        \
+             SLOW[0] = True\n",
+            marker.display().to_string()
+        ),
+    );
+    let script = script.replace(
+        "def run(mini_batch):\n",
+        "def run(mini_batch):\n    if SLOW[0]:\n        time.sleep(2)\n",
+    );
+    assert!(script.contains("SLOW[0] = True") && script.contains("if SLOW[0]"));
+    std::fs::write(dir.path().join("life.py"), script).unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: life.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let target = format!("compute_target=df://{address}");
+    let (mut driver, stderr) = start_driver(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+    );
+    // Both workers start; the fast one's task ends, and its worker, idle while the job still
+    // runs on the other executor, is shut down (its shutdown() runs) after the idle timeout.
+    assert!(
+        eventually(Duration::from_secs(120), || events(&log, "init").len() == 2),
+        "both workers start: {:?} {}",
+        std::fs::read_to_string(&log),
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    let stopped_while_running = eventually(Duration::from_secs(60), || {
+        !events(&log, "shutdown").is_empty()
+    }) && driver.try_wait().unwrap().is_none();
+    assert!(
+        stopped_while_running,
+        "an idle worker is shut down while the job runs: {:?}",
+        std::fs::read_to_string(&log)
+    );
+    // Not at the end of its task, as without the pool: after the idle timeout (2 s).
+    let (fast, stopped_at) = timed_events(&log, "shutdown")[0].clone();
+    let last_run = timed_events(&log, "run")
+        .into_iter()
+        .filter(|(pid, _)| *pid == fast)
+        .map(|(_, at)| at)
+        .fold(0.0, f64::max);
+    let idle = stopped_at - last_run;
+    assert!(
+        (1.5..30.0).contains(&idle),
+        "worker {fast} stopped {idle:.2} s after its last run(): {:?}",
+        std::fs::read_to_string(&log)
+    );
+    let code = wait_exit(&mut driver, Duration::from_secs(180));
+    assert_eq!(
+        code,
+        Some(0),
+        "{}",
+        std::fs::read_to_string(&stderr).unwrap_or_default()
+    );
+    assert_eq!(
+        lines(&dir.path().join("out/parallel_run_step.txt")).len(),
+        300
+    );
+    // After the job, the other worker stops too: no worker is left.
+    let mut inits = events(&log, "init");
+    inits.sort();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            let mut stopped = events(&log, "shutdown");
+            stopped.sort();
+            stopped == inits
+        }),
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+    let out = dir.path().join("out");
+    assert!(
+        workers_gone(&out, Duration::from_secs(20)),
+        "workers left: {:?}",
+        python_workers(&out)
+    );
+    drop(executors);
 }

@@ -471,6 +471,9 @@ def run(mini_batch):
         os._exit(3)
     if kind == "segv":
         ctypes.string_at(0)
+    if kind == "later":
+        import threading
+        threading.Timer(0.2, lambda: os._exit(4)).start()
     if kind == "fork":
         if os.fork() == 0:
             time.sleep(30)  # keeps the protocol pipe open
@@ -507,17 +510,84 @@ async fn crashes_are_reported_with_exit_code_or_signal_and_workers_can_be_replac
         );
     }
     let mut w = ready(&factory, 0).await;
+    assert!(w.alive());
     assert_eq!(run_ok(&mut w, &named("fine")).await.returned, 1);
     assert_eq!(
         std::fs::read_to_string(&inits).unwrap().lines().count(),
         4,
         "init() runs in every replacement"
     );
+    // A worker that dies while idle is known dead before it gets another mini-batch.
+    assert_eq!(run_ok(&mut w, &named("later")).await.returned, 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.alive() {
+        assert!(Instant::now() < deadline, "the worker's exit is seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let stderr = std::fs::read_to_string(job.logs(0).stderr).unwrap();
     assert!(
         stderr.contains("Fatal Python error: Segmentation fault"),
         "faulthandler output: {stderr}"
     );
+}
+
+const IDLE_DEATH_SCRIPT: &str = r#"
+import os, threading
+
+def init():
+    with open(os.environ["INITS"], "a") as f:
+        f.write("%d\n" % os.getpid())
+
+def run(mini_batch):
+    if mini_batch["name"].iloc[0] == "later":
+        threading.Timer(0.2, lambda: os._exit(4)).start()
+    return ["ok"]
+"#;
+
+#[tokio::test]
+async fn a_kept_worker_that_died_while_idle_is_replaced_not_lent() {
+    use crate::worker::pool::{PoolKey, WorkerPool};
+    let mut job = Job::new(IDLE_DEATH_SCRIPT);
+    let inits = job.path("inits.txt");
+    job.spec
+        .env
+        .environment_variables
+        .insert("INITS".into(), inits.to_string_lossy().into_owned());
+    let pool = WorkerPool::new(1, Duration::from_secs(600));
+    let key = PoolKey {
+        job: "j".into(),
+        spec: 1,
+    };
+    let pids = || -> Vec<i32> {
+        std::fs::read_to_string(&inits)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect()
+    };
+    let factory = pool
+        .factory(key, || {
+            Ok(Arc::new(job.factory()) as crate::worker::WorkerFactoryRef)
+        })
+        .unwrap();
+    // A task's worker runs a mini-batch, is given back, and dies while idle.
+    let mut w = factory.start(&WorkerSlot::new(0, 0)).await.unwrap();
+    w.init().await.unwrap();
+    run_ok(&mut w, &named("later")).await;
+    w.shutdown().await.unwrap();
+    assert_eq!((pool.started(), pool.idle("j")), (1, 1));
+    let first = pids();
+    assert_eq!(first.len(), 1);
+    assert!(wait_gone(first[0]).await, "the worker exits");
+    // The next task gets a new worker (init() again), not the dead one.
+    let mut w = factory.start(&WorkerSlot::new(0, 0)).await.unwrap();
+    w.init().await.unwrap();
+    assert_eq!(run_ok(&mut w, &named("fine")).await.returned, 1);
+    assert_eq!(pids().len(), 2);
+    assert_eq!(pool.started(), 1);
+    w.shutdown().await.unwrap();
+    pool.end_job("j");
+    assert_eq!(pool.started(), 0);
 }
 
 #[tokio::test]

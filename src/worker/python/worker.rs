@@ -464,6 +464,14 @@ impl Worker for PythonWorker {
         }
     }
 
+    fn alive(&mut self) -> bool {
+        self.state == State::Ready
+            && self
+                .child
+                .as_mut()
+                .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
+    }
+
     async fn shutdown(&mut self) -> Result<()> {
         if self.state == State::Gone {
             return Ok(());
