@@ -7,6 +7,7 @@
 //! parts/<id>.<executor>.<task>.arrow   results of one try (Arrow IPC file), unique per try
 //! records/<id>.json                    the commit: created if absent, names the part
 //! executors/<executor>.json            written when an executor's task starts (write check)
+//! job.json                             the driver's: the scheduler and id of the cluster job
 //! ```
 //! A record is created with `PutMode::Create` after its part is complete, so the first try
 //! to finish wins; a later try (a zombie of an executor declared lost) that loses the create
@@ -14,6 +15,11 @@
 //! mini-batches that have one. The driver follows `records/` during the job and reads
 //! exactly the part each record names, so a mini-batch reaches the output once whatever ran
 //! twice.
+//!
+//! The staging area outlives a driver that crashes (its cluster job runs on, its records
+//! stay): `job.json` tells the next run which cluster job wrote there, so that it can stop
+//! that job if it still runs, and a `--resume` adopts the records it left (see
+//! `cluster::submit`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -133,6 +139,32 @@ pub struct SharedRecord {
     /// The task attempt that ran it (Ballista's task id).
     pub task: String,
 }
+
+impl SharedRecord {
+    /// The id of the cluster job whose task wrote the record (Ballista's task identity is
+    /// `TID <job>/<stage>.<attempt>/<task>.<attempt>`); `None` when `task` is not one.
+    pub fn job(&self) -> Option<&str> {
+        let rest = self.task.strip_prefix("TID ")?;
+        let (job, _) = rest.split_once('/')?;
+        (!job.is_empty()).then_some(job)
+    }
+}
+
+/// The driver's note of the cluster job committing into a staging area (`job.json`),
+/// written when the job is submitted: a later run of the output reads it to stop that job
+/// if it still runs (its driver crashed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMarker {
+    /// The scheduler's `HOST:PORT`.
+    pub scheduler: String,
+    /// The cluster job's id on that scheduler.
+    pub job_id: String,
+    /// The driver process (`HOST:PID`).
+    pub driver: String,
+}
+
+/// The driver's job marker, relative to the staging area.
+const JOB_MARKER: &str = "job.json";
 
 /// How a try's commit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -377,6 +409,36 @@ impl SharedStaging {
             location: self.shown.clone(),
             message,
         })
+    }
+
+    /// Notes the cluster job that commits here (replacing an earlier note).
+    pub async fn write_marker(&self, marker: &JobMarker) -> Result<(), SharedStoreError> {
+        let body = serde_json::to_vec(marker)
+            .map_err(|e| self.failed("encoding the job marker for", JOB_MARKER, e))?;
+        self.store
+            .put(&self.object(JOB_MARKER), PutPayload::from(body))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed("writing", JOB_MARKER, e))
+    }
+
+    /// The cluster job an earlier driver noted here, if any.
+    pub async fn read_marker(&self) -> Result<Option<JobMarker>, SharedStoreError> {
+        let bytes = match self.store.get(&self.object(JOB_MARKER)).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| self.failed("reading", JOB_MARKER, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed("reading", JOB_MARKER, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| SharedStoreError::Unreadable {
+                object: JOB_MARKER.to_string(),
+                location: self.shown.clone(),
+                message: e.to_string(),
+            })
     }
 
     /// Removes every object of the staging area; returns how many.

@@ -566,6 +566,7 @@ pub async fn execute(
                         .map_err(|e| PrsError::io(&settings.output, e))?,
                 ),
             };
+            use crate::cluster::submit::EarlierRecords;
             let ran = crate::cluster::submit::run_on_cluster(
                 target,
                 &plan.spec,
@@ -574,6 +575,13 @@ pub async fn execute(
                 task_ctx,
                 &state,
                 runtime.skips.clone(),
+                // A resume takes over what the cluster job of a run whose driver crashed
+                // finished after the crash (see `cluster::submit::EarlierRecords`).
+                match resume.mode {
+                    ResumeMode::Fresh => EarlierRecords::Discard,
+                    ResumeMode::Resume => EarlierRecords::Adopt { failed: true },
+                    ResumeMode::RerunFailed => EarlierRecords::Adopt { failed: false },
+                },
                 |done| ledger_sink.commit(done),
             )
             .await;

@@ -1252,3 +1252,152 @@ fn a_job_exceeding_error_threshold_on_two_executors_stops_promptly() {
     );
     assert!(ran < total, "{ran} run() calls for {total} mini-batches");
 }
+
+/// The ids of the records in the shared store's `records` folder.
+fn record_ids(records: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(records)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".json").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ids of the mini-batches in a job's ledger (`logs/ledger/records.jsonl`).
+fn ledger_ids(out: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(out.join("logs/ledger/records.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+            entry["record"]["mini_batch_id"]
+                .as_str()
+                .or_else(|| entry["record"]["id"].as_str())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The driver is SIGKILLed mid-job: its cluster job runs on and its executors keep
+/// committing records the driver never saw. `--resume` stops that job, adopts those records
+/// (committed through the ledger, not run again: one run() call each) and runs the rest:
+/// the output equals a local run's, and the report counts the adopted ones as skipped.
+#[test]
+fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
+    let (scheduler, address) = start_scheduler();
+    let executors = registered_executors(&address, 2);
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 1000);
+    let calls = dir.path().join("calls.txt");
+    std::fs::write(
+        dir.path().join("slow.py"),
+        counting_script(&calls, "time.sleep(0.5)\n    return mini_batch"),
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 2KB",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    std::fs::remove_file(&calls).unwrap();
+
+    let target = format!("compute_target=df://{address}");
+    let cluster = ["run", &job, "-q", "--output", "cluster", "--set", &target];
+    let (mut driver, driver_err) = start_driver(dir.path(), &cluster);
+    let out = dir.path().join("cluster");
+    let records = out.join(".parallel_run/staging/shared/records");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while record_ids(&records).len() < 3 {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "the cluster job commits: {}",
+            std::fs::read_to_string(&driver_err).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let committed = ledger_ids(&out);
+    // The job runs on without its driver: more records come (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let orphaned = loop {
+        let orphaned: BTreeSet<String> = record_ids(&records)
+            .difference(&committed)
+            .cloned()
+            .collect();
+        if orphaned.len() >= 3 {
+            break orphaned;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster job ran on after its driver was killed: {orphaned:?}, scheduler: {:?}",
+            scheduler.seen
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let mut resume = cluster.to_vec();
+    resume.push("--resume");
+    let (code, stderr) = run_bounded(dir.path(), &resume, limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("adopted"), "{stderr}");
+
+    let file = "parallel_run_step.txt";
+    let sorted = |out: &str| {
+        let mut lines = lines(&dir.path().join(out).join(file));
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted("cluster").len(), 1000);
+    assert_eq!(
+        sorted("cluster"),
+        sorted("local"),
+        "no row lost, none twice"
+    );
+    let report = processed(&out);
+    let mut ids: Vec<String> = report.iter().map(|r| r["mini_batch_id"].clone()).collect();
+    ids.sort();
+    let mut local_ids: Vec<String> = processed(&dir.path().join("local"))
+        .into_iter()
+        .map(|r| r["mini_batch_id"].clone())
+        .collect();
+    local_ids.sort();
+    assert_eq!(ids, local_ids, "one record per mini-batch");
+
+    // The records the crashed driver never committed were adopted: run() once each.
+    let calls = run_calls(&calls);
+    for id in &orphaned {
+        let row = report
+            .iter()
+            .find(|r| &r["mini_batch_id"] == id)
+            .unwrap_or_else(|| panic!("mini batch {id} reported"));
+        let first = first_row(&row["rows"]);
+        assert_eq!(calls.get(&first), Some(&1), "mini batch {id}: {calls:?}");
+    }
+    let summary = summary(&out);
+    assert_eq!(summary["resumed"], true, "{summary}");
+    let skipped = summary["mini_batches_skipped"].as_u64().unwrap();
+    assert!(
+        skipped as usize >= committed.len() + orphaned.len(),
+        "ledger {} + adopted {} skipped: {summary}",
+        committed.len(),
+        orphaned.len()
+    );
+    // The shared staging area was removed after the commit.
+    assert!(!records.exists());
+    drop(executors);
+}
