@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use crate::batch::{Lineage, MiniBatchId};
 use crate::cluster::client::{ClusterJob, JobEnd};
 use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
+use crate::config::StorageOptions;
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
     manifest_batch, manifest_schema, ManifestEntry, RowLocators, MANIFEST_LIMIT_BYTES,
@@ -50,7 +51,8 @@ impl RuntimeProvider for DriverOnly {
 }
 
 /// Runs the job of `spec` over `inputs` on the cluster at `target` (`df://HOST:PORT`), the
-/// executors committing through the shared staging area at `shared`: counts and reports go
+/// executors committing through the shared staging area at `shared` (which the driver opens
+/// with the job's `storage_options`, secrets included; the executors get none): counts and reports go
 /// to `state` as on a local run (while the job runs: the driver follows the records the
 /// executors commit, so progress moves and thresholds are checked over the whole job), and
 /// `commit` receives every finished mini-batch (results read from its part, and record).
@@ -61,6 +63,7 @@ pub async fn run_on_cluster(
     target: &str,
     spec: &Arc<OperatorSpec>,
     shared: SharedLocation,
+    storage_options: &StorageOptions,
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     task_ctx: Arc<TaskContext>,
     state: &Arc<JobState>,
@@ -99,7 +102,7 @@ pub async fn run_on_cluster(
              executors): remove it, or run locally (compute_target: local)",
         ));
     }
-    let staging = SharedStaging::open(&shared, "(driver)")?;
+    let staging = SharedStaging::open_for_driver(&shared, storage_options)?;
     // An earlier run's cluster job whose driver crashed runs on: stopped before anything else
     // (what it finished stays in the staging area).
     stop_earlier_job(&staging, earlier).await;

@@ -194,6 +194,24 @@ impl SharedStaging {
     /// Opens the staging area at `location` (`executor` names this process in errors). A
     /// folder is created when missing.
     pub fn open(location: &SharedLocation, executor: &str) -> Result<Self, SharedStoreError> {
+        Self::open_with(location, executor, None)
+    }
+
+    /// Opens the staging area at `location` in the driver, whose `options` are the job's
+    /// `storage_options` with their secrets (a location carries none: each executor takes
+    /// them from its own environment, the driver may have them in the job).
+    pub fn open_for_driver(
+        location: &SharedLocation,
+        options: &StorageOptions,
+    ) -> Result<Self, SharedStoreError> {
+        Self::open_with(location, "(driver)", Some(options))
+    }
+
+    fn open_with(
+        location: &SharedLocation,
+        executor: &str,
+        full: Option<&StorageOptions>,
+    ) -> Result<Self, SharedStoreError> {
         let shown = location.shown();
         let not_writable = |message: String| SharedStoreError::NotWritable {
             location: shown.clone(),
@@ -215,7 +233,10 @@ impl SharedStaging {
             SharedLocation::Url { url, options } => {
                 let parsed = crate::storage::ObjectLocation::parse("output", url)
                     .map_err(|e| not_writable(e.to_string()))?;
-                let options = StorageOptions::from_entries(options.clone());
+                let options = match full {
+                    Some(full) => full.clone(),
+                    None => StorageOptions::from_entries(options.clone()),
+                };
                 let store = crate::storage::build_store(&parsed, &options)
                     .map_err(|e| not_writable(e.to_string()))?;
                 let prefix = parsed

@@ -567,10 +567,12 @@ pub async fn execute(
                 ),
             };
             use crate::cluster::submit::EarlierRecords;
+            let no_options = crate::config::StorageOptions::default();
             let ran = crate::cluster::submit::run_on_cluster(
                 target,
                 &plan.spec,
                 shared,
+                storage.map_or(&no_options, |s| s.options()),
                 inputs,
                 task_ctx,
                 &state,

@@ -308,20 +308,28 @@ impl Drop for Process {
 
 /// `parallel-run executor` with one process on free ports, heartbeat 1 s.
 fn start_executor(scheduler_address: &str) -> Process {
+    start_executor_with(scheduler_address, &[])
+}
+
+/// [`start_executor`] with extra environment variables.
+fn start_executor_with(scheduler_address: &str, envs: &[(&str, &str)]) -> Process {
     let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
-    Process::start(&[
-        "executor",
-        "--scheduler",
-        scheduler_address,
-        "--processes",
-        "1",
-        "--port",
-        &port,
-        "--grpc-port",
-        &grpc_port,
-        "--heartbeat",
-        "1",
-    ])
+    Process::start_with(
+        &[
+            "executor",
+            "--scheduler",
+            scheduler_address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ],
+        envs,
+    )
 }
 
 fn free_port() -> u16 {
@@ -874,9 +882,14 @@ fn start_scheduler() -> (Process, String) {
 
 /// `n` executors of the scheduler at `address`, each waited for until registered.
 fn registered_executors(address: &str, n: usize) -> Vec<Process> {
+    registered_executors_with(address, n, &[])
+}
+
+/// [`registered_executors`] with extra environment variables.
+fn registered_executors_with(address: &str, n: usize, envs: &[(&str, &str)]) -> Vec<Process> {
     (0..n)
         .map(|_| {
-            let mut executor = start_executor(address);
+            let mut executor = start_executor_with(address, envs);
             assert!(
                 executor.wait_for("registration succeed", Duration::from_secs(60)),
                 "{:?}",
@@ -1400,4 +1413,74 @@ fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
     // The shared staging area was removed after the commit.
     assert!(!records.exists());
     drop(executors);
+}
+
+/// A cluster job writing to object storage (an S3-protocol server on 127.0.0.1): the
+/// executors commit into the output's staging prefix in the bucket, taking the credentials
+/// from their own environment (secrets never travel in the plan); the final object equals a
+/// local run's output and the shared staging prefix is removed.
+#[test]
+fn a_cluster_job_writes_its_output_to_object_storage() {
+    use crate::object_store::store::{shared, unique};
+    let store = shared(crate::servers::Kind::S3);
+    let (_scheduler, address) = start_scheduler();
+    let env = store.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executors = registered_executors_with(&address, 2, &envs);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("cluster-out");
+    let data = dir.path().join("data/t.csv");
+    write_csv(&data, 0, 500);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 2KB",
+        &format!(
+            "inputs:\n  - {{name: t, path: \"{}\", format: csv}}\noutput: \"{}\"\n{}",
+            data.display(),
+            store.url(&format!("{prefix}/")),
+            store.storage_options(&format!(
+                "local_dir: {}",
+                dir.path().join("mirror").display()
+            ))
+        ),
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--set", &target], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let file = "parallel_run_step.txt";
+    let object = store
+        .get(&format!("{prefix}/{file}"))
+        .unwrap_or_else(|| panic!("{prefix}/{file} written: {:?}", store.list(&prefix)));
+    let mut cluster: Vec<String> = String::from_utf8(object)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    cluster.sort();
+    let mut local = lines(&dir.path().join("local").join(file));
+    local.sort();
+    assert_eq!(cluster.len(), 500);
+    assert_eq!(cluster, local, "no row lost, none twice");
+    let staging = store.list(&format!("{prefix}/.parallel_run/staging/shared"));
+    assert!(
+        staging.is_empty(),
+        "the shared staging prefix is removed: {staging:?}"
+    );
+    // Run by the executors: their records name the node.
+    let node = format!(":{}/process", executors[0].child.id());
+    let other = format!(":{}/process", executors[1].child.id());
+    let report = processed(&dir.path().join("mirror"));
+    assert!(!report.is_empty());
+    for row in &report {
+        assert!(
+            row["process"].contains(&node) || row["process"].contains(&other),
+            "{row:?}"
+        );
+    }
 }
