@@ -31,7 +31,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
     manifest_batch, manifest_schema, ManifestEntry, RowLocators, MANIFEST_LIMIT_BYTES,
 };
-use crate::exec::shared::{JobMarker, SharedLocation, SharedRecord, SharedStaging};
+use crate::exec::shared::{JobMarker, SharedLocation, SharedRecord, SharedStaging, SHARED_STAGING};
 use crate::exec::{
     dispatch, CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorRuntime, OperatorSpec,
     ParallelRunExec, ResumeSkips, RuntimeProvider,
@@ -382,12 +382,9 @@ async fn adopt(
                 },
             },
         };
-        match why {
-            Some(why) => {
-                discarded.push(format!("mini batch {id}: {why}"));
-                keep.push(entry);
-            }
-            None => {}
+        if let Some(why) = why {
+            discarded.push(format!("mini batch {id}: {why}"));
+            keep.push(entry);
         }
     }
     // The ledger's mini-batches (committed by the earlier driver) left the cut: their records
@@ -474,7 +471,7 @@ async fn stop_earlier_job(staging: &SharedStaging, earlier: EarlierRecords) {
         }
         let kept = match earlier {
             EarlierRecords::Adopt { .. } => "what it finished is adopted by this resumed run",
-            EarlierRecords::Discard => "what it finished is discarded by this new run",
+            EarlierRecords::Discard => "what it finished is discarded by this run",
         };
         eprintln!(
             "parallel-run: cluster job {} of an earlier run of this output is still running \
@@ -496,6 +493,41 @@ async fn stop_earlier_job(staging: &SharedStaging, earlier: EarlierRecords) {
          write are refused by this run",
         marker.job_id, marker.scheduler, marker.driver
     );
+}
+
+/// A local resume of an output that a cluster job committed into (its driver crashed):
+/// stops that job if it still runs and removes what it left in the shared staging area. A
+/// local run does not adopt those records: their mini-batches run again (a resume on the
+/// cluster adopts them). Nothing is done when the output has no shared staging area;
+/// failures are warnings.
+pub async fn discard_earlier_cluster_job(
+    shared: &SharedLocation,
+    storage_options: &StorageOptions,
+) {
+    if let SharedLocation::Folder(path) = shared {
+        if !path.join(SHARED_STAGING).exists() {
+            return;
+        }
+    }
+    let staging = match SharedStaging::open_for_driver(shared, storage_options) {
+        Ok(staging) => staging,
+        Err(e) => {
+            eprintln!("parallel-run: warning: {e}");
+            return;
+        }
+    };
+    stop_earlier_job(&staging, EarlierRecords::Discard).await;
+    let records = staging.record_names().await.map(|r| r.len()).unwrap_or(0);
+    match staging.clear().await {
+        Ok(_) if records > 0 => eprintln!(
+            "parallel-run: warning: {records} mini-batch(es) that an earlier run's cluster job \
+             finished after its driver stopped were discarded from {}: a local run does not \
+             adopt them, they run again (resume with the cluster's compute_target to keep them)",
+            staging.shown()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("parallel-run: warning: {e}"),
+    }
 }
 
 /// This process as the driver of a cluster job: `HOST:PID`.
@@ -669,4 +701,236 @@ fn deal(
         manifest_schema(),
         None,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{ItemKind, MiniBatch, MiniBatchRecord, MiniBatchStatus, PartitionKeyValue};
+    use crate::exec::NoopObserver;
+    use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+    use std::sync::Mutex;
+
+    fn rows(seq: u64) -> RecordBatch {
+        let start = (seq * 3) as i64;
+        RecordBatch::try_from_iter(vec![(
+            "id",
+            Arc::new(Int64Array::from_iter_values(start..start + 3)) as ArrayRef,
+        )])
+        .unwrap()
+    }
+
+    fn lineage(seq: u64) -> Lineage {
+        Lineage {
+            input: Arc::from("t"),
+            rows: seq * 3..seq * 3 + 3,
+        }
+    }
+
+    /// Mini-batch `seq` of the cut (fingerprint `seq`).
+    fn entry(seq: u64) -> ManifestEntry {
+        let mini_batch = MiniBatch {
+            id: MiniBatchId::new(0, seq),
+            kind: ItemKind::Rows,
+            data: rows(seq),
+            lineage: lineage(seq),
+            partition_key_value: PartitionKeyValue::default(),
+        };
+        ManifestEntry::new(mini_batch, seq, seq)
+    }
+
+    /// Mini-batch `seq` as an executor finished it, with `fingerprint`.
+    fn finished(seq: u64, fingerprint: u64, succeeded: bool) -> CompletedMiniBatch {
+        let id = MiniBatchId::new(0, seq);
+        CompletedMiniBatch {
+            id,
+            index: seq,
+            lineage: lineage(seq),
+            result: succeeded.then(|| rows(seq)),
+            returned: if succeeded { 3 } else { 0 },
+            record: MiniBatchRecord {
+                id,
+                index: seq,
+                lineage: lineage(seq),
+                partition_key_value: PartitionKeyValue::default(),
+                tries: 1,
+                process: "host:7/process000".into(),
+                start_time: std::time::SystemTime::UNIX_EPOCH,
+                total_items: 3,
+                succeeded_items: if succeeded { 3 } else { 0 },
+                failed_items: if succeeded { 0 } else { 3 },
+                elapsed_seconds: 0.1,
+                run_seconds: 0.1,
+                status: if succeeded {
+                    MiniBatchStatus::Succeeded
+                } else {
+                    MiniBatchStatus::RunException
+                },
+                error_message: String::new(),
+                traceback: None,
+                earlier_errors: Vec::new(),
+                bisection_calls: 0,
+                isolated: Vec::new(),
+            },
+            fingerprint,
+            source: None,
+            failed_input: None,
+        }
+    }
+
+    fn state() -> Arc<JobState> {
+        let config = crate::config::ParallelRunConfig::new(
+            "rust:echo",
+            0,
+            crate::config::OutputAction::AppendRow,
+        );
+        let settings = crate::exec::RunSettings::from_config(&config, false).unwrap();
+        JobState::new(settings, Arc::new(NoopObserver))
+    }
+
+    fn ids(entries: &[ManifestEntry]) -> Vec<String> {
+        entries
+            .iter()
+            .map(|e| e.mini_batch.id.to_string())
+            .collect()
+    }
+
+    /// An earlier job's records: 0-0 matches the cut, 0-1 was made of another slice, 0-2
+    /// failed, 0-3 is not in the cut; 0-4 has none.
+    async fn earlier_records(dir: &std::path::Path) -> SharedStaging {
+        let staging =
+            SharedStaging::open(&SharedLocation::Folder(dir.to_path_buf()), "host:7").unwrap();
+        for done in [
+            finished(0, 0, true),
+            finished(1, 99, true),
+            finished(2, 2, false),
+            finished(3, 3, true),
+        ] {
+            staging
+                .commit(&done, "host:7", "TID old0001/1.0/0.0")
+                .await
+                .unwrap();
+        }
+        staging
+    }
+
+    #[tokio::test]
+    async fn a_resume_adopts_only_the_records_that_match_its_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = earlier_records(dir.path()).await;
+        let cut = || vec![entry(0), entry(1), entry(2), entry(4)];
+        for (failed, adopted, left) in [
+            (true, vec!["0-0", "0-2"], vec!["0-1", "0-4"]),
+            // --rerun-failed: a failed record runs again.
+            (false, vec!["0-0"], vec!["0-1", "0-2", "0-4"]),
+        ] {
+            let state = state();
+            let committed = Mutex::new(Vec::new());
+            let commit = |done: &CompletedMiniBatch| {
+                committed.lock().unwrap().push(done.clone());
+                Ok(())
+            };
+            let kept = adopt(&staging, cut(), failed, None, &state, &commit)
+                .await
+                .unwrap();
+            assert_eq!(ids(&kept), left, "failed: {failed}");
+            let committed = committed.into_inner().unwrap();
+            let committed_ids: Vec<String> = committed.iter().map(|d| d.id.to_string()).collect();
+            assert_eq!(committed_ids, adopted, "failed: {failed}");
+            // Committed with the part's rows, counted as skipped (not run, no tries).
+            assert_eq!(committed[0].result.as_ref(), Some(&rows(0)));
+            let counts = state.counts();
+            assert_eq!(counts.mini_batches_skipped, adopted.len() as u64);
+            assert_eq!(counts.mini_batches_processed, adopted.len() as u64);
+            assert_eq!(counts.tries, 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_follower_refuses_a_record_of_another_job_or_another_slice() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = earlier_records(dir.path()).await;
+        let expected = |seqs: &[u64], fingerprint: fn(u64) -> u64| {
+            seqs.iter()
+                .map(|&seq| {
+                    let expected = Expected {
+                        index: seq,
+                        fingerprint: fingerprint(seq),
+                        lineage: lineage(seq),
+                    };
+                    (MiniBatchId::new(0, seq), expected)
+                })
+                .collect::<HashMap<_, _>>()
+        };
+        let follower = |staging, expected, others| Follower {
+            staging,
+            scheduler: "h:1".into(),
+            expected,
+            seen: HashSet::new(),
+            job_id: "new0002".into(),
+            others,
+        };
+        let location = SharedLocation::Folder(dir.path().to_path_buf());
+        let open = || SharedStaging::open(&location, "(driver)").unwrap();
+        let commit = |_: &CompletedMiniBatch| Ok(());
+
+        // Records of another cluster job: refused, unless this run adopts them.
+        let mut strict = follower(open(), expected(&[0], |s| s), false);
+        let e = strict
+            .poll(&state(), &commit)
+            .await
+            .unwrap_err()
+            .to_string();
+        for part in ["mini batch 0-0", "old0001", "new0002", "--resume"] {
+            assert!(e.contains(part), "{part}: {e}");
+        }
+        let state = state();
+        let mut adopting = follower(open(), expected(&[0, 2], |s| s), true);
+        adopting.poll(&state, &commit).await.unwrap();
+        let mut seen: Vec<String> = adopting.seen.iter().map(|id| id.to_string()).collect();
+        seen.sort();
+        // 0-1 and 0-3 are not this run's mini-batches: ignored, never committed.
+        assert_eq!(seen, ["0-0", "0-1", "0-2", "0-3"]);
+        assert_eq!(state.counts().mini_batches_processed, 2);
+
+        // A record made of another slice than this run's mini-batch: refused.
+        let mut changed = follower(open(), expected(&[1], |s| s), true);
+        let e = changed
+            .poll(&super::tests::state(), &commit)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("mini batch 0-1") && e.contains("fingerprint"),
+            "{e}"
+        );
+        drop(staging);
+    }
+
+    #[tokio::test]
+    async fn a_local_resume_discards_what_an_earlier_cluster_job_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = SharedLocation::Folder(dir.path().to_path_buf());
+        let none = StorageOptions::default();
+        // No staging area: nothing is created.
+        discard_earlier_cluster_job(&location, &none).await;
+        assert!(!dir.path().join(SHARED_STAGING).exists());
+
+        let staging = earlier_records(dir.path()).await;
+        // Its scheduler is gone: a warning, and the records are removed all the same.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let marker = JobMarker {
+            scheduler: format!("127.0.0.1:{port}"),
+            job_id: "old0001".into(),
+            driver: "h:1".into(),
+        };
+        staging.write_marker(&marker).await.unwrap();
+        discard_earlier_cluster_job(&location, &none).await;
+        assert!(staging.recorded().await.unwrap().is_empty());
+        assert_eq!(staging.read_marker().await.unwrap(), None);
+    }
 }

@@ -612,6 +612,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_job_marker_round_trips_and_a_record_names_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = SharedLocation::Folder(dir.path().to_path_buf());
+        let staging = SharedStaging::open(&location, "host:1").unwrap();
+        assert_eq!(staging.read_marker().await.unwrap(), None);
+        let marker = JobMarker {
+            scheduler: "h:50050".into(),
+            job_id: "abc1234".into(),
+            driver: "h:9".into(),
+        };
+        staging.write_marker(&marker).await.unwrap();
+        assert_eq!(staging.read_marker().await.unwrap(), Some(marker));
+        // The marker is not a record; clearing removes it.
+        assert!(staging.recorded().await.unwrap().is_empty());
+        staging.clear().await.unwrap();
+        assert_eq!(staging.read_marker().await.unwrap(), None);
+
+        staging
+            .commit(&done(1, "A"), "host:1", "TID abc1234/1.0/3.0")
+            .await
+            .unwrap();
+        let record = staging.read_record("0-1.json").await.unwrap();
+        assert_eq!(record.job(), Some("abc1234"));
+        for task in ["partition 0 of 42", "TID /1.0/0.0", "TID abc"] {
+            let record = SharedRecord {
+                task: task.into(),
+                ..record.clone()
+            };
+            assert_eq!(record.job(), None, "{task}");
+        }
+    }
+
+    #[tokio::test]
     async fn an_unwritable_folder_names_the_path_and_the_executor() {
         let dir = tempfile::tempdir().unwrap();
         // A file where the output folder should be.
