@@ -117,6 +117,10 @@ pub async fn run_on_cluster(
     // What is left of an earlier run is not this run's: the driver's ledger holds what was
     // committed (or adopted) of it, the rest runs again.
     staging.clear().await?;
+    if state.abort_reason().is_some() {
+        // An adopted failure crossed a threshold: nothing more runs.
+        return Err(state.abort_error());
+    }
     if cut.is_empty() {
         // Everything was committed before (or adopted): nothing to submit.
         return Ok(());
