@@ -1296,22 +1296,97 @@ fn ledger_ids(out: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// Where a crash-and-resume test writes: a folder, or a prefix on an S3-protocol server.
+enum Output {
+    Folder,
+    S3(crate::object_store::store::Store, String),
+}
+
+impl Output {
+    /// The job's `output:` (and `storage_options:`) lines; its local folder is `out`.
+    fn job_lines(&self, out: &Path) -> String {
+        match self {
+            Output::Folder => format!("output: \"{}\"\n", out.display()),
+            Output::S3(store, prefix) => format!(
+                "output: \"{}\"\n{}",
+                store.url(&format!("{prefix}/")),
+                store.storage_options(&format!("local_dir: {}", out.display()))
+            ),
+        }
+    }
+
+    /// The ids of the records in the shared staging area.
+    fn record_ids(&self, out: &Path) -> BTreeSet<String> {
+        let records = ".parallel_run/staging/shared/records";
+        match self {
+            Output::Folder => record_ids(&out.join(records)),
+            Output::S3(store, prefix) => store
+                .list(&format!("{prefix}/{records}"))
+                .into_iter()
+                .filter_map(|key| {
+                    let name = key.rsplit('/').next()?;
+                    name.strip_suffix(".json").map(str::to_string)
+                })
+                .collect(),
+        }
+    }
+
+    /// The objects left in the shared staging area.
+    fn staging_left(&self, out: &Path) -> Vec<String> {
+        let staging = ".parallel_run/staging/shared";
+        match self {
+            Output::Folder => std::fs::read_dir(out.join(staging))
+                .map(|e| {
+                    e.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Output::S3(store, prefix) => store.list(&format!("{prefix}/{staging}")),
+        }
+    }
+
+    /// The lines of the final file.
+    fn final_lines(&self, out: &Path, file: &str) -> Vec<String> {
+        match self {
+            Output::Folder => lines(&out.join(file)),
+            Output::S3(store, prefix) => {
+                let object = store
+                    .get(&format!("{prefix}/{file}"))
+                    .unwrap_or_else(|| panic!("{prefix}/{file}: {:?}", store.list(prefix)));
+                String::from_utf8(object)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            }
+        }
+    }
+}
+
 /// The driver is SIGKILLed mid-job: its cluster job runs on and its executors keep
 /// committing records the driver never saw. `--resume` stops that job, adopts those records
 /// (committed through the ledger, not run again: one run() call each) and runs the rest:
 /// the output equals a local run's, and the report counts the adopted ones as skipped.
-#[test]
-fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
+fn crash_and_resume(output: Output) {
     let (scheduler, address) = start_scheduler();
-    let executors = registered_executors(&address, 2);
+    let env = match &output {
+        Output::Folder => Vec::new(),
+        Output::S3(store, _) => store.env(),
+    };
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executors = registered_executors_with(&address, 2, &envs);
     let dir = tempfile::tempdir().unwrap();
-    write_csv(&dir.path().join("data/t.csv"), 0, 1000);
+    let data = dir.path().join("data/t.csv");
+    write_csv(&data, 0, 1000);
     let calls = dir.path().join("calls.txt");
     std::fs::write(
         dir.path().join("slow.py"),
         counting_script(&calls, "time.sleep(0.5)\n    return mini_batch"),
     )
     .unwrap();
+    // The driver's local folder (the output, or an object-storage output's mirror).
+    let out = dir.path().join("cluster");
     let job = write_job(
         dir.path(),
         &format!(
@@ -1320,7 +1395,11 @@ fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
              mini_batch_size: 2KB",
             python()
         ),
-        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+        &format!(
+            "inputs:\n  - {{name: t, path: \"{}\", format: csv}}\n{}",
+            data.display(),
+            output.job_lines(&out)
+        ),
     );
     let job = job.to_str().unwrap().to_string();
     let limit = Duration::from_secs(180);
@@ -1329,12 +1408,10 @@ fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
     std::fs::remove_file(&calls).unwrap();
 
     let target = format!("compute_target=df://{address}");
-    let cluster = ["run", &job, "-q", "--output", "cluster", "--set", &target];
+    let cluster = ["run", &job, "-q", "--set", &target];
     let (mut driver, driver_err) = start_driver(dir.path(), &cluster);
-    let out = dir.path().join("cluster");
-    let records = out.join(".parallel_run/staging/shared/records");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while record_ids(&records).len() < 3 {
+    while output.record_ids(&out).len() < 3 {
         assert!(
             Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
             "the cluster job commits: {}",
@@ -1348,7 +1425,8 @@ fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
     // The job runs on without its driver: more records come (bounded wait).
     let deadline = Instant::now() + Duration::from_secs(60);
     let orphaned = loop {
-        let orphaned: BTreeSet<String> = record_ids(&records)
+        let orphaned: BTreeSet<String> = output
+            .record_ids(&out)
             .difference(&committed)
             .cloned()
             .collect();
@@ -1370,17 +1448,12 @@ fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
     assert!(stderr.contains("adopted"), "{stderr}");
 
     let file = "parallel_run_step.txt";
-    let sorted = |out: &str| {
-        let mut lines = lines(&dir.path().join(out).join(file));
-        lines.sort();
-        lines
-    };
-    assert_eq!(sorted("cluster").len(), 1000);
-    assert_eq!(
-        sorted("cluster"),
-        sorted("local"),
-        "no row lost, none twice"
-    );
+    let mut cluster_lines = output.final_lines(&out, file);
+    cluster_lines.sort();
+    let mut local_lines = lines(&dir.path().join("local").join(file));
+    local_lines.sort();
+    assert_eq!(cluster_lines.len(), 1000);
+    assert_eq!(cluster_lines, local_lines, "no row lost, none twice");
     let report = processed(&out);
     let mut ids: Vec<String> = report.iter().map(|r| r["mini_batch_id"].clone()).collect();
     ids.sort();
@@ -1411,8 +1484,22 @@ fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
         orphaned.len()
     );
     // The shared staging area was removed after the commit.
-    assert!(!records.exists());
+    let left = output.staging_left(&out);
+    assert!(left.is_empty(), "{left:?}");
     drop(executors);
+}
+
+#[test]
+fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
+    crash_and_resume(Output::Folder);
+}
+
+/// The same with the output on an S3-protocol server: the records and parts are objects.
+#[test]
+fn a_resume_adopts_what_a_crashed_driver_left_on_object_storage() {
+    use crate::object_store::store::{shared, unique};
+    let store = shared(crate::servers::Kind::S3);
+    crash_and_resume(Output::S3(store, unique("cluster-crash")));
 }
 
 /// A cluster job writing to object storage (an S3-protocol server on 127.0.0.1): the
