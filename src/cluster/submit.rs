@@ -52,10 +52,12 @@ impl RuntimeProvider for DriverOnly {
 
 /// Runs the job of `spec` over `inputs` on the cluster at `target` (`df://HOST:PORT`), the
 /// executors committing through the shared staging area at `shared` (which the driver opens
-/// with the job's `storage_options`, secrets included; the executors get none): counts and reports go
-/// to `state` as on a local run (while the job runs: the driver follows the records the
-/// executors commit, so progress moves and thresholds are checked over the whole job), and
-/// `commit` receives every finished mini-batch (results read from its part, and record).
+/// with the job's `storage_options`, secrets included; the executors get none): counts and
+/// reports go to `state` as on a local run (while the job runs: the driver follows the
+/// records the executors commit, so progress moves and thresholds are checked over the whole
+/// job), and `commit` receives every finished mini-batch (results read from its part, and
+/// record). `earlier` says what becomes of the records an earlier run's cluster job left
+/// (its driver crashed): a resume adopts the ones that match this run's cut.
 /// Returns when every outcome was committed; an error (the Ballista job failed, a
 /// mini-batch without a record, a commit failed) is returned as it is.
 #[allow(clippy::too_many_arguments)]
@@ -332,9 +334,9 @@ async fn completed(
 /// commit (the driver crashed, the job ran on): each record in the staging area of a
 /// mini-batch of `cut`, made of exactly its input slice, is committed through `commit` (the
 /// driver's staged sink and ledger, as the follower does) and counted as skipped; the
-/// mini-batch leaves the cut. A record that does not match, cannot be read, or (unless
-/// `failed`) failed is left out with a warning and its mini-batch runs. Returns the rest of
-/// the cut.
+/// mini-batch leaves the cut. A record that does not match or cannot be read is left out
+/// with a warning, a failed one (unless `failed`) silently, and its mini-batch runs. Returns
+/// the rest of the cut.
 async fn adopt(
     staging: &SharedStaging,
     cut: Vec<ManifestEntry>,
