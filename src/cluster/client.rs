@@ -82,18 +82,7 @@ impl ClusterJob {
         let ballista: BallistaConfig = session_config.ballista_config();
         let max_message_size = ballista.grpc_client_max_message_size();
         let failed = |what: &str, why: String| scheduler_error(host_port, what, why);
-        let endpoint = create_grpc_client_endpoint(
-            format!("http://{host_port}"),
-            Some(&GrpcClientConfig::from(&ballista)),
-        )
-        .map_err(|e| failed("connecting to", e.to_string()))?;
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|e| failed("connecting to", e.to_string()))?;
-        let mut client = SchedulerGrpcClient::new(channel)
-            .max_encoding_message_size(max_message_size)
-            .max_decoding_message_size(max_message_size);
+        let mut client = connect(host_port, &ballista).await?;
         let settings = session_config
             .options()
             .entries()
@@ -153,6 +142,39 @@ impl ClusterJob {
         }
         tracing::debug!(job = %job.job_id, scheduler = %host_port, "cluster job submitted");
         Ok(job)
+    }
+
+    /// The job `job_id` that another driver submitted to the scheduler at `host_port` (a
+    /// driver that crashed: its job runs on), to ask whether it still runs and cancel it.
+    /// Dropped unended, it is cancelled as a submitted one is.
+    pub async fn attach(host_port: &str, job_id: &str) -> Result<ClusterJob> {
+        let ballista = BallistaConfig::default();
+        let client = connect(host_port, &ballista).await?;
+        Ok(ClusterJob {
+            client,
+            host_port: host_port.to_string(),
+            job_id: job_id.to_string(),
+            flight_proxy: None,
+            max_message_size: ballista.grpc_client_max_message_size(),
+            io_retries: u8::try_from(ballista.io_retries_times()).unwrap_or(u8::MAX),
+            io_retry_wait_ms: ballista.io_retry_wait_time_ms() as u64,
+            ended: false,
+        })
+    }
+
+    /// Whether the job is still queued or running on the scheduler. A job it does not know
+    /// (it restarted, or forgot the finished job) has ended: the driver that submitted it had
+    /// its id, so it was queued by then. Marks an ended job as such, so dropping it cancels
+    /// nothing.
+    pub async fn still_runs(&mut self) -> Result<bool> {
+        let runs = matches!(
+            self.status().await?,
+            Some(job_status::Status::Queued(_) | job_status::Status::Running(_))
+        );
+        if !runs {
+            self.ended = true;
+        }
+        Ok(runs)
     }
 
     /// The scheduler's id of the job.
@@ -368,6 +390,27 @@ impl Drop for ClusterJob {
             let _ = client.cancel_job(CancelJobParams { job_id }).await;
         });
     }
+}
+
+/// A gRPC client of the scheduler at `host_port`.
+async fn connect(
+    host_port: &str,
+    ballista: &BallistaConfig,
+) -> Result<SchedulerGrpcClient<Channel>> {
+    let max_message_size = ballista.grpc_client_max_message_size();
+    let failed = |why: String| scheduler_error(host_port, "connecting to", why);
+    let endpoint = create_grpc_client_endpoint(
+        format!("http://{host_port}"),
+        Some(&GrpcClientConfig::from(ballista)),
+    )
+    .map_err(|e| failed(e.to_string()))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(SchedulerGrpcClient::new(channel)
+        .max_encoding_message_size(max_message_size)
+        .max_decoding_message_size(max_message_size))
 }
 
 /// An error talking to the scheduler at `host_port`: `what` happened, `why`.

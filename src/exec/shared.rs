@@ -8,6 +8,7 @@
 //! records/<id>.json                    the commit: created if absent, names the part
 //! manifest/<n>.arrow                   the driver's manifest segments, when too big for the plan
 //! executors/<executor>.json            written when an executor's task starts (write check)
+//! job.json                             the driver's: the scheduler and id of the cluster job
 //! ```
 //! A record is created with `PutMode::Create` after its part is complete, so the first try
 //! to finish wins; a later try (a zombie of an executor declared lost) that loses the create
@@ -15,6 +16,11 @@
 //! mini-batches that have one. The driver follows `records/` during the job and reads
 //! exactly the part each record names, so a mini-batch reaches the output once whatever ran
 //! twice.
+//!
+//! The staging area outlives a driver that crashes (its cluster job runs on, its records
+//! stay): `job.json` tells the next run which cluster job wrote there, so that it can stop
+//! that job if it still runs, and a `--resume` adopts the records it left (see
+//! `cluster::submit`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -135,6 +141,32 @@ pub struct SharedRecord {
     pub task: String,
 }
 
+impl SharedRecord {
+    /// The id of the cluster job whose task wrote the record (Ballista's task identity is
+    /// `TID <job>/<stage>.<attempt>/<task>.<attempt>`); `None` when `task` is not one.
+    pub fn job(&self) -> Option<&str> {
+        let rest = self.task.strip_prefix("TID ")?;
+        let (job, _) = rest.split_once('/')?;
+        (!job.is_empty()).then_some(job)
+    }
+}
+
+/// The driver's note of the cluster job committing into a staging area (`job.json`),
+/// written when the job is submitted: a later run of the output reads it to stop that job
+/// if it still runs (its driver crashed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMarker {
+    /// The scheduler's `HOST:PORT`.
+    pub scheduler: String,
+    /// The cluster job's id on that scheduler.
+    pub job_id: String,
+    /// The driver process (`HOST:PID`).
+    pub driver: String,
+}
+
+/// The driver's job marker, relative to the staging area.
+const JOB_MARKER: &str = "job.json";
+
 /// How a try's commit ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Commit {
@@ -163,6 +195,24 @@ impl SharedStaging {
     /// Opens the staging area at `location` (`executor` names this process in errors). A
     /// folder is created when missing.
     pub fn open(location: &SharedLocation, executor: &str) -> Result<Self, SharedStoreError> {
+        Self::open_with(location, executor, None)
+    }
+
+    /// Opens the staging area at `location` in the driver, whose `options` are the job's
+    /// `storage_options` with their secrets (a location carries none: each executor takes
+    /// them from its own environment, the driver may have them in the job).
+    pub fn open_for_driver(
+        location: &SharedLocation,
+        options: &StorageOptions,
+    ) -> Result<Self, SharedStoreError> {
+        Self::open_with(location, "(driver)", Some(options))
+    }
+
+    fn open_with(
+        location: &SharedLocation,
+        executor: &str,
+        full: Option<&StorageOptions>,
+    ) -> Result<Self, SharedStoreError> {
         let shown = location.shown();
         let not_writable = |message: String| SharedStoreError::NotWritable {
             location: shown.clone(),
@@ -184,7 +234,10 @@ impl SharedStaging {
             SharedLocation::Url { url, options } => {
                 let parsed = crate::storage::ObjectLocation::parse("output", url)
                     .map_err(|e| not_writable(e.to_string()))?;
-                let options = StorageOptions::from_entries(options.clone());
+                let options = match full {
+                    Some(full) => full.clone(),
+                    None => StorageOptions::from_entries(options.clone()),
+                };
                 let store = crate::storage::build_store(&parsed, &options)
                     .map_err(|e| not_writable(e.to_string()))?;
                 let prefix = parsed
@@ -403,6 +456,36 @@ impl SharedStaging {
         self.read_bytes(&format!("manifest/{name}")).await
     }
 
+    /// Notes the cluster job that commits here (replacing an earlier note).
+    pub async fn write_marker(&self, marker: &JobMarker) -> Result<(), SharedStoreError> {
+        let body = serde_json::to_vec(marker)
+            .map_err(|e| self.failed("encoding the job marker for", JOB_MARKER, e))?;
+        self.store
+            .put(&self.object(JOB_MARKER), PutPayload::from(body))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed("writing", JOB_MARKER, e))
+    }
+
+    /// The cluster job an earlier driver noted here, if any.
+    pub async fn read_marker(&self) -> Result<Option<JobMarker>, SharedStoreError> {
+        let bytes = match self.store.get(&self.object(JOB_MARKER)).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| self.failed("reading", JOB_MARKER, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.failed("reading", JOB_MARKER, e)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| SharedStoreError::Unreadable {
+                object: JOB_MARKER.to_string(),
+                location: self.shown.clone(),
+                message: e.to_string(),
+            })
+    }
+
     /// Removes every object of the staging area; returns how many.
     pub async fn clear(&self) -> Result<usize, SharedStoreError> {
         let listed: Vec<_> = self
@@ -550,6 +633,39 @@ mod tests {
 
         assert!(a.clear().await.unwrap() >= 3);
         assert!(a.recorded().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_job_marker_round_trips_and_a_record_names_its_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = SharedLocation::Folder(dir.path().to_path_buf());
+        let staging = SharedStaging::open(&location, "host:1").unwrap();
+        assert_eq!(staging.read_marker().await.unwrap(), None);
+        let marker = JobMarker {
+            scheduler: "h:50050".into(),
+            job_id: "abc1234".into(),
+            driver: "h:9".into(),
+        };
+        staging.write_marker(&marker).await.unwrap();
+        assert_eq!(staging.read_marker().await.unwrap(), Some(marker));
+        // The marker is not a record; clearing removes it.
+        assert!(staging.recorded().await.unwrap().is_empty());
+        staging.clear().await.unwrap();
+        assert_eq!(staging.read_marker().await.unwrap(), None);
+
+        staging
+            .commit(&done(1, "A"), "host:1", "TID abc1234/1.0/3.0")
+            .await
+            .unwrap();
+        let record = staging.read_record("0-1.json").await.unwrap();
+        assert_eq!(record.job(), Some("abc1234"));
+        for task in ["partition 0 of 42", "TID /1.0/0.0", "TID abc"] {
+            let record = SharedRecord {
+                task: task.into(),
+                ..record.clone()
+            };
+            assert_eq!(record.job(), None, "{task}");
+        }
     }
 
     #[tokio::test]

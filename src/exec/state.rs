@@ -348,6 +348,16 @@ impl JobState {
         self.mini_batch_finished(record);
     }
 
+    /// A mini-batch cut (and counted) by this run that an earlier run finished without
+    /// committing it (a cluster job whose driver crashed; see `cluster::submit`): counted as
+    /// skipped and processed with its recorded status, reported, not run.
+    pub fn mini_batch_adopted(&self, record: &MiniBatchRecord) {
+        if let Some(mut c) = self.open_counts() {
+            c.mini_batches_skipped += 1;
+        }
+        self.mini_batch_finished(record);
+    }
+
     /// A resumed run left `rows` input rows of skipped mini-batches unread.
     pub fn rows_not_read(&self, rows: u64) {
         if let Some(mut c) = self.open_counts() {

@@ -526,8 +526,18 @@ pub async fn execute(
         storage.start_read_ahead();
     }
     let mut run = JobRun::begin(settings, reports, state.clone(), progress);
+    let no_options = crate::config::StorageOptions::default();
     let exec = match cluster_target(&settings.config.compute_target) {
         None => {
+            if resuming {
+                // A cluster job of an earlier run whose driver crashed: stopped, and what it
+                // left is not adopted by a local run (see `discard_earlier_cluster_job`).
+                crate::cluster::submit::discard_earlier_cluster_job(
+                    &shared_location(settings, storage)?,
+                    storage.map_or(&no_options, |s| s.options()),
+                )
+                .await;
+            }
             let exec = ParallelRunExec::new(inputs, plan.spec.clone(), runtime, state.clone());
             // The operator commits each succeeded mini-batch to the sink and emits no rows:
             // draining its partitions runs the job.
@@ -557,23 +567,23 @@ pub async fn execute(
                 .into_iter()
                 .zip(plan.spec.inputs().iter().cloned())
                 .collect();
-            // Executors commit into the output's staging area: a folder every node sees
-            // under the same path, or the output's bucket.
-            let shared = match storage.and_then(|s| s.remote_output().map(|r| (s, r))) {
-                Some((storage, remote)) => SharedLocation::url(remote.url(), storage.options()),
-                None => SharedLocation::Folder(
-                    std::path::absolute(&settings.output)
-                        .map_err(|e| PrsError::io(&settings.output, e))?,
-                ),
-            };
+            use crate::cluster::submit::EarlierRecords;
             let ran = crate::cluster::submit::run_on_cluster(
                 target,
                 &plan.spec,
-                shared,
+                shared_location(settings, storage)?,
+                storage.map_or(&no_options, |s| s.options()),
                 inputs,
                 task_ctx,
                 &state,
                 runtime.skips.clone(),
+                // A resume takes over what the cluster job of a run whose driver crashed
+                // finished after the crash (see `cluster::submit::EarlierRecords`).
+                match resume.mode {
+                    ResumeMode::Fresh => EarlierRecords::Discard,
+                    ResumeMode::Resume => EarlierRecords::Adopt { failed: true },
+                    ResumeMode::RerunFailed => EarlierRecords::Adopt { failed: false },
+                },
                 |done| ledger_sink.commit(done),
             )
             .await;
@@ -707,6 +717,23 @@ pub async fn execute(
         );
     }
     Ok(summary)
+}
+
+/// Where the executors of a cluster job commit: the output's staging area, in a folder every
+/// node sees under the same path, or in the output's bucket.
+fn shared_location(
+    settings: &JobSettings,
+    storage: Option<&Arc<StorageContext>>,
+) -> Result<SharedLocation> {
+    Ok(
+        match storage.and_then(|s| s.remote_output().map(|r| (s, r))) {
+            Some((storage, remote)) => SharedLocation::url(remote.url(), storage.options()),
+            None => SharedLocation::Folder(
+                std::path::absolute(&settings.output)
+                    .map_err(|e| PrsError::io(&settings.output, e))?,
+            ),
+        },
+    )
 }
 
 static HANDLE_CTRL_C: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

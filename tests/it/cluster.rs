@@ -308,11 +308,11 @@ impl Drop for Process {
 
 /// `parallel-run executor` with one process on free ports, heartbeat 1 s.
 fn start_executor(scheduler_address: &str) -> Process {
-    start_executor_with(scheduler_address, &[])
+    start_executor_with(scheduler_address, &[], &[])
 }
 
-/// [`start_executor`] with more flags.
-fn start_executor_with(scheduler_address: &str, extra: &[&str]) -> Process {
+/// [`start_executor`] with more flags and environment variables.
+fn start_executor_with(scheduler_address: &str, extra: &[&str], envs: &[(&str, &str)]) -> Process {
     let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
     let mut args = vec![
         "executor",
@@ -328,7 +328,7 @@ fn start_executor_with(scheduler_address: &str, extra: &[&str]) -> Process {
         "1",
     ];
     args.extend_from_slice(extra);
-    Process::start(&args)
+    Process::start_with(&args, envs)
 }
 
 fn free_port() -> u16 {
@@ -924,9 +924,14 @@ fn start_scheduler() -> (Process, String) {
 
 /// `n` executors of the scheduler at `address`, each waited for until registered.
 fn registered_executors(address: &str, n: usize) -> Vec<Process> {
+    registered_executors_with(address, n, &[])
+}
+
+/// [`registered_executors`] with extra environment variables.
+fn registered_executors_with(address: &str, n: usize, envs: &[(&str, &str)]) -> Vec<Process> {
     (0..n)
         .map(|_| {
-            let mut executor = start_executor(address);
+            let mut executor = start_executor_with(address, &[], envs);
             assert!(
                 executor.wait_for("registration succeed", Duration::from_secs(60)),
                 "{:?}",
@@ -1340,6 +1345,36 @@ fn timed_events(path: &Path, what: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
+/// The ids of the records in the shared store's `records` folder.
+fn record_ids(records: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(records)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().into_string().ok()?;
+                    name.strip_suffix(".json").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The ids of the mini-batches in a job's ledger (`logs/ledger/records.jsonl`).
+fn ledger_ids(out: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(out.join("logs/ledger/records.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+            entry["record"]["mini_batch_id"]
+                .as_str()
+                .or_else(|| entry["record"]["id"].as_str())
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// Polls (at most `limit`) until `done`.
 fn eventually(limit: Duration, done: impl Fn() -> bool) -> bool {
     let deadline = Instant::now() + limit;
@@ -1357,7 +1392,7 @@ fn an_executor_initialises_a_job_s_worker_once_and_stops_it_when_the_job_ends() 
     let (_scheduler, address) = start_scheduler();
     // One worker slot, and an idle timeout longer than the test: only the job's end, which
     // the executor learns from the scheduler, stops the worker.
-    let mut executor = start_executor_with(&address, &["--worker-idle-timeout", "600"]);
+    let mut executor = start_executor_with(&address, &["--worker-idle-timeout", "600"], &[]);
     assert!(
         executor.wait_for("registration succeed", Duration::from_secs(60)),
         "{:?}",
@@ -1446,7 +1481,7 @@ fn an_executor_stops_a_running_job_s_idle_workers_after_the_idle_timeout() {
     let (_scheduler, address) = start_scheduler();
     let executors: Vec<Process> = (0..2)
         .map(|_| {
-            let mut executor = start_executor_with(&address, &["--worker-idle-timeout", "2"]);
+            let mut executor = start_executor_with(&address, &["--worker-idle-timeout", "2"], &[]);
             assert!(
                 executor.wait_for("registration succeed", Duration::from_secs(60)),
                 "{:?}",
@@ -1558,4 +1593,280 @@ fn an_executor_stops_a_running_job_s_idle_workers_after_the_idle_timeout() {
         python_workers(&out)
     );
     drop(executors);
+}
+
+/// Where a crash-and-resume test writes: a folder, or a prefix on an S3-protocol server.
+enum Output {
+    Folder,
+    S3(crate::object_store::store::Store, String),
+}
+
+impl Output {
+    /// The job's `output:` (and `storage_options:`) lines; its local folder is `out`.
+    fn job_lines(&self, out: &Path) -> String {
+        match self {
+            Output::Folder => format!("output: \"{}\"\n", out.display()),
+            Output::S3(store, prefix) => format!(
+                "output: \"{}\"\n{}",
+                store.url(&format!("{prefix}/")),
+                store.storage_options(&format!("local_dir: {}", out.display()))
+            ),
+        }
+    }
+
+    /// The ids of the records in the shared staging area.
+    fn record_ids(&self, out: &Path) -> BTreeSet<String> {
+        let records = ".parallel_run/staging/shared/records";
+        match self {
+            Output::Folder => record_ids(&out.join(records)),
+            Output::S3(store, prefix) => store
+                .list(&format!("{prefix}/{records}"))
+                .into_iter()
+                .filter_map(|key| {
+                    let name = key.rsplit('/').next()?;
+                    name.strip_suffix(".json").map(str::to_string)
+                })
+                .collect(),
+        }
+    }
+
+    /// The objects left in the shared staging area.
+    fn staging_left(&self, out: &Path) -> Vec<String> {
+        let staging = ".parallel_run/staging/shared";
+        match self {
+            Output::Folder => std::fs::read_dir(out.join(staging))
+                .map(|e| {
+                    e.flatten()
+                        .map(|e| e.path().display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            Output::S3(store, prefix) => store.list(&format!("{prefix}/{staging}")),
+        }
+    }
+
+    /// The lines of the final file.
+    fn final_lines(&self, out: &Path, file: &str) -> Vec<String> {
+        match self {
+            Output::Folder => lines(&out.join(file)),
+            Output::S3(store, prefix) => {
+                let object = store
+                    .get(&format!("{prefix}/{file}"))
+                    .unwrap_or_else(|| panic!("{prefix}/{file}: {:?}", store.list(prefix)));
+                String::from_utf8(object)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_string)
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The driver is SIGKILLed mid-job: its cluster job runs on and its executors keep
+/// committing records the driver never saw. `--resume` stops that job, adopts those records
+/// (committed through the ledger, not run again: one run() call each) and runs the rest:
+/// the output equals a local run's, and the report counts the adopted ones as skipped.
+fn crash_and_resume(output: Output) {
+    let (scheduler, address) = start_scheduler();
+    let env = match &output {
+        Output::Folder => Vec::new(),
+        Output::S3(store, _) => store.env(),
+    };
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executors = registered_executors_with(&address, 2, &envs);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data/t.csv");
+    write_csv(&data, 0, 1000);
+    let calls = dir.path().join("calls.txt");
+    std::fs::write(
+        dir.path().join("slow.py"),
+        counting_script(&calls, "time.sleep(0.5)\n    return mini_batch"),
+    )
+    .unwrap();
+    // The driver's local folder (the output, or an object-storage output's mirror).
+    let out = dir.path().join("cluster");
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 2KB",
+            python()
+        ),
+        &format!(
+            "inputs:\n  - {{name: t, path: \"{}\", format: csv}}\n{}",
+            data.display(),
+            output.job_lines(&out)
+        ),
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    std::fs::remove_file(&calls).unwrap();
+
+    let target = format!("compute_target=df://{address}");
+    let cluster = ["run", &job, "-q", "--set", &target];
+    let (mut driver, driver_err) = start_driver(dir.path(), &cluster);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while output.record_ids(&out).len() < 3 {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "the cluster job commits: {}",
+            std::fs::read_to_string(&driver_err).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    driver.kill().unwrap();
+    driver.wait().unwrap();
+    let committed = ledger_ids(&out);
+    // The job runs on without its driver: more records come (bounded wait).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let orphaned = loop {
+        let orphaned: BTreeSet<String> = output
+            .record_ids(&out)
+            .difference(&committed)
+            .cloned()
+            .collect();
+        if orphaned.len() >= 3 {
+            break orphaned;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cluster job ran on after its driver was killed: {orphaned:?}, scheduler: {:?}",
+            scheduler.seen
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    let mut resume = cluster.to_vec();
+    resume.push("--resume");
+    let (code, stderr) = run_bounded(dir.path(), &resume, limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("adopted"), "{stderr}");
+
+    let file = "parallel_run_step.txt";
+    let mut cluster_lines = output.final_lines(&out, file);
+    cluster_lines.sort();
+    let mut local_lines = lines(&dir.path().join("local").join(file));
+    local_lines.sort();
+    assert_eq!(cluster_lines.len(), 1000);
+    assert_eq!(cluster_lines, local_lines, "no row lost, none twice");
+    let report = processed(&out);
+    let mut ids: Vec<String> = report.iter().map(|r| r["mini_batch_id"].clone()).collect();
+    ids.sort();
+    let mut local_ids: Vec<String> = processed(&dir.path().join("local"))
+        .into_iter()
+        .map(|r| r["mini_batch_id"].clone())
+        .collect();
+    local_ids.sort();
+    assert_eq!(ids, local_ids, "one record per mini-batch");
+
+    // The records the crashed driver never committed were adopted: run() once each.
+    let calls = run_calls(&calls);
+    for id in &orphaned {
+        let row = report
+            .iter()
+            .find(|r| &r["mini_batch_id"] == id)
+            .unwrap_or_else(|| panic!("mini batch {id} reported"));
+        let first = first_row(&row["rows"]);
+        assert_eq!(calls.get(&first), Some(&1), "mini batch {id}: {calls:?}");
+    }
+    let summary = summary(&out);
+    assert_eq!(summary["resumed"], true, "{summary}");
+    let skipped = summary["mini_batches_skipped"].as_u64().unwrap();
+    assert!(
+        skipped as usize >= committed.len() + orphaned.len(),
+        "ledger {} + adopted {} skipped: {summary}",
+        committed.len(),
+        orphaned.len()
+    );
+    // The shared staging area was removed after the commit.
+    let left = output.staging_left(&out);
+    assert!(left.is_empty(), "{left:?}");
+    drop(executors);
+}
+
+#[test]
+fn a_resume_adopts_what_the_cluster_job_of_a_crashed_driver_finished() {
+    crash_and_resume(Output::Folder);
+}
+
+/// The same with the output on an S3-protocol server: the records and parts are objects.
+#[test]
+fn a_resume_adopts_what_a_crashed_driver_left_on_object_storage() {
+    use crate::object_store::store::{shared, unique};
+    let store = shared(crate::servers::Kind::S3);
+    crash_and_resume(Output::S3(store, unique("cluster-crash")));
+}
+
+/// A cluster job writing to object storage (an S3-protocol server on 127.0.0.1): the
+/// executors commit into the output's staging prefix in the bucket, taking the credentials
+/// from their own environment (secrets never travel in the plan); the final object equals a
+/// local run's output and the shared staging prefix is removed.
+#[test]
+fn a_cluster_job_writes_its_output_to_object_storage() {
+    use crate::object_store::store::{shared, unique};
+    let store = shared(crate::servers::Kind::S3);
+    let (_scheduler, address) = start_scheduler();
+    let env = store.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executors = registered_executors_with(&address, 2, &envs);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("cluster-out");
+    let data = dir.path().join("data/t.csv");
+    write_csv(&data, 0, 500);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 2KB",
+        &format!(
+            "inputs:\n  - {{name: t, path: \"{}\", format: csv}}\noutput: \"{}\"\n{}",
+            data.display(),
+            store.url(&format!("{prefix}/")),
+            store.storage_options(&format!(
+                "local_dir: {}",
+                dir.path().join("mirror").display()
+            ))
+        ),
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--set", &target], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let file = "parallel_run_step.txt";
+    let object = store
+        .get(&format!("{prefix}/{file}"))
+        .unwrap_or_else(|| panic!("{prefix}/{file} written: {:?}", store.list(&prefix)));
+    let mut cluster: Vec<String> = String::from_utf8(object)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    cluster.sort();
+    let mut local = lines(&dir.path().join("local").join(file));
+    local.sort();
+    assert_eq!(cluster.len(), 500);
+    assert_eq!(cluster, local, "no row lost, none twice");
+    let staging = store.list(&format!("{prefix}/.parallel_run/staging/shared"));
+    assert!(
+        staging.is_empty(),
+        "the shared staging prefix is removed: {staging:?}"
+    );
+    // Run by the executors: their records name the node.
+    let node = format!(":{}/process", executors[0].child.id());
+    let other = format!(":{}/process", executors[1].child.id());
+    let report = processed(&dir.path().join("mirror"));
+    assert!(!report.is_empty());
+    for row in &report {
+        assert!(
+            row["process"].contains(&node) || row["process"].contains(&other),
+            "{row:?}"
+        );
+    }
 }

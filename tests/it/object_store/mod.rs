@@ -19,7 +19,8 @@
 //! - [`resume`]: jobs killed and resumed, on the same machine or a fresh one.
 
 mod jobs;
-mod store;
+/// Also used by the cluster tests (an output on object storage).
+pub(crate) mod store;
 
 mod checks;
 mod faults;
