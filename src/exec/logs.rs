@@ -16,8 +16,9 @@
 //!
 //! The executor's folder is `$TMPDIR/parallel-run-executor-logs/<host>-<pid>/<run>/`: one
 //! per run of the driver (the spec's [`OperatorSpec::run`]), so two runs of one job on a
-//! long-lived executor do not mix their lines. It is left on the executor (small; removed
-//! with the machine's temporary files).
+//! long-lived executor do not mix their lines. It stays while the executor runs (a worker
+//! may outlive a task); the first cluster task of a later executor process on the host
+//! removes the folders of the executors that no longer run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,11 +53,34 @@ impl ExecutorLogs {
         spec.shared()?;
         let run = spec.run()?;
         let node = node_folder(&super::node_name());
-        let dir = std::env::temp_dir()
-            .join("parallel-run-executor-logs")
-            .join(&node)
-            .join(node_folder(run));
+        let root = std::env::temp_dir().join("parallel-run-executor-logs");
+        static TIDIED: std::sync::Once = std::sync::Once::new();
+        TIDIED.call_once(|| remove_dead_executors(&root, &node));
+        let dir = root.join(&node).join(node_folder(run));
         Some(ExecutorLogs { dir, node })
+    }
+}
+
+/// Removes the folders in `root` of this host's executors that no longer run (`<host>-<pid>`
+/// with no process `pid`): their logs were copied into their outputs. Best effort.
+fn remove_dead_executors(root: &Path, node: &str) {
+    let Some((host, _)) = node.rsplit_once('-') else {
+        return;
+    };
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(host)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .filter(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::debug!("removing {}: {e}", entry.path().display());
+            }
+        }
     }
 }
 
@@ -211,6 +235,26 @@ mod tests {
         assert_eq!(node_folder("a/b\\c d"), "a-b-c-d");
         assert_eq!(node_folder(".."), "node..");
         assert_eq!(node_folder(""), "node");
+    }
+
+    #[test]
+    fn the_folders_of_executors_gone_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let me = format!("host-{}", std::process::id());
+        // No process has a pid this large (pid_max is at most 2^22).
+        for name in [me.as_str(), "host-99999999", "other-99999999", "host-x"] {
+            std::fs::create_dir_all(root.path().join(name).join("run1")).unwrap();
+        }
+        remove_dead_executors(root.path(), &me);
+        let mut left: Vec<String> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            vec![me.clone(), "host-x".into(), "other-99999999".into()]
+        );
     }
 
     #[test]

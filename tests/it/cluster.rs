@@ -1252,3 +1252,128 @@ fn a_job_exceeding_error_threshold_on_two_executors_stops_promptly() {
     );
     assert!(ran < total, "{ran} run() calls for {total} mini-batches");
 }
+
+/// `node` (`HOST:PID` in processed_mini-batches.csv) as its folder in the output's logs.
+fn node_folder(node: &str) -> String {
+    node.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The text of every file in `folder` (none when it does not exist), concatenated.
+fn texts_in(folder: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    text
+}
+
+#[test]
+fn a_python_jobs_worker_logs_reach_the_output_under_each_executor() {
+    let (scheduler, address) = start_scheduler();
+    let executors = registered_executors(&address, 2);
+    let pids: BTreeSet<u32> = executors.iter().map(|e| e.child.id()).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 600);
+    // Every run() prints a marker naming its mini-batch's first id, and logs one through
+    // EntryScript().logger; the import prints too.
+    std::fs::write(
+        dir.path().join("marker.py"),
+        "import time\nfrom azureml_user.parallel_run import EntryScript\n\n\
+         print('imported on', EntryScript().node_id)\n\n\
+         def run(mini_batch):\n    time.sleep(0.05)\n    first = mini_batch.iloc[0, 0]\n    \
+         print('MARKER', first, flush=True)\n    \
+         EntryScript().logger.info('LOGGED %s', first)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: marker.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    let out = dir.path().join("out");
+
+    // processed_mini-batches.csv names the executor of every mini-batch (HOST:PID/agent).
+    let rows = processed(&out);
+    assert!(rows.len() > 10, "{rows:?}");
+    let node_of = |row: &BTreeMap<String, String>| {
+        let (node, agent) = row["process"].rsplit_once('/').unwrap();
+        assert!(agent.starts_with("process"), "{row:?}");
+        node.to_string()
+    };
+    let nodes: BTreeSet<String> = rows.iter().map(node_of).collect();
+    for node in &nodes {
+        let pid: u32 = node.rsplit_once(':').unwrap().1.parse().unwrap();
+        assert!(
+            pids.contains(&pid),
+            "{node} is one of the executors {pids:?}"
+        );
+    }
+    // job_summary.json counts the executors that ran them.
+    let summary = summary(&out);
+    assert_eq!(summary["executors"], nodes.len() as u64, "{summary}");
+
+    // Both executors' workers logged into the output, each under its own node folder (no
+    // node000), and every mini-batch's marker is in the logs of the executor that ran it.
+    let user = out.join("logs/user");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    for pid in &pids {
+        let folder = node_folder(&format!("{hostname}:{pid}"));
+        let stdout = texts_in(&user.join("stdout").join(&folder));
+        assert!(
+            stdout.contains(&format!("imported on {folder}")),
+            "{folder}: {stdout:?}\nlogs: {:?}",
+            std::fs::read_dir(user.join("stdout"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+    }
+    assert!(!user.join("stdout/node000").exists());
+    for row in &rows {
+        let folder = node_folder(&node_of(row));
+        let first = first_row(&row["rows"]);
+        let stdout = texts_in(&user.join("stdout").join(&folder));
+        assert!(
+            stdout.contains(&format!("MARKER {first}\n")),
+            "{folder} ran {first}: {stdout}"
+        );
+        let logged = texts_in(&user.join("entry_script_log").join(&folder));
+        assert!(
+            logged.contains(&format!("LOGGED {first}")),
+            "{folder}: {logged}"
+        );
+    }
+    // The shared staging area was cleared; the logs stay.
+    assert!(!out.join(".parallel_run/staging/shared/records").exists());
+    drop(executors);
+}
