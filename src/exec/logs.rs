@@ -8,7 +8,7 @@
 //! One mechanism for every output: a shared folder and an object-storage URL get their logs
 //! the same way, and nothing is written twice. A file is copied whole when it changed since
 //! its last copy (worker logs only grow, so a copy replaces the previous one with a longer
-//! one): every [`COPY_EVERY`] while a task of the run is running on the executor, and when a
+//! one): every [`copy_every`] (10 s) while a task of the run is running on the executor, and when a
 //! task's partition ends (after its workers stopped, so their last lines are in). A file of
 //! more than [`PERIODIC_LIMIT`] bytes is copied only at a partition's end (a large log is
 //! not uploaded again every few seconds). What an executor killed with SIGKILL had written
@@ -30,8 +30,30 @@ use datafusion::common::runtime::SpawnedTask;
 use crate::exec::shared::{SharedStaging, SharedStoreError};
 use crate::exec::OperatorSpec;
 
-/// How often a running executor copies its workers' logs into the output.
+/// How often a running executor copies its workers' logs into the output, by default.
 pub const COPY_EVERY: Duration = Duration::from_secs(10);
+
+/// The executor's environment variable that sets the copy period in seconds (at least 1).
+pub const COPY_SECONDS_VARIABLE: &str = "PARALLEL_RUN_LOG_COPY_SECONDS";
+
+/// How often this executor copies: [`COPY_SECONDS_VARIABLE`] when set to a whole number of
+/// seconds of at least 1, else [`COPY_EVERY`] (an unusable value is warned about).
+pub fn copy_every() -> Duration {
+    let Ok(value) = std::env::var(COPY_SECONDS_VARIABLE) else {
+        return COPY_EVERY;
+    };
+    match value.trim().parse::<u64>() {
+        Ok(seconds) if seconds >= 1 => Duration::from_secs(seconds),
+        _ => {
+            tracing::warn!(
+                "{COPY_SECONDS_VARIABLE}={value:?} is not a whole number of seconds of at \
+                 least 1: the worker logs are copied every {} s",
+                COPY_EVERY.as_secs()
+            );
+            COPY_EVERY
+        }
+    }
+}
 
 /// Files larger than this are copied only when a partition ends, not every period.
 pub const PERIODIC_LIMIT: u64 = 64 << 20;
@@ -170,6 +192,17 @@ impl LogShipper {
         Ok(n)
     }
 
+    /// [`LogShipper::copy`], a failure logged (the job goes on: its results are not in the
+    /// logs).
+    pub async fn copy_logged(&self, at_end: bool) {
+        if let Err(e) = self.copy(at_end).await {
+            tracing::warn!(
+                "copying the worker logs in {} into the output: {e}",
+                self.local.display()
+            );
+        }
+    }
+
     /// Copies every `period` until the returned task is dropped (a failed copy is logged and
     /// tried again at the next period).
     pub fn every(self: &Arc<Self>, period: Duration) -> SpawnedTask<()> {
@@ -184,11 +217,39 @@ impl LogShipper {
                 let Some(shipper) = shipper.upgrade() else {
                     return;
                 };
-                if let Err(e) = shipper.copy(false).await {
-                    tracing::warn!("copying the worker logs into the output: {e}");
-                }
+                shipper.copy_logged(false).await;
             }
         })
+    }
+}
+
+/// The copy at a partition's end: [`FinalCopy::run`] awaits it when the partition ended
+/// (before its task is reported done); dropped without running (the task was cancelled, or
+/// failed and its stream was dropped), it copies in the background.
+pub struct FinalCopy(Option<Arc<LogShipper>>);
+
+impl FinalCopy {
+    /// The final copy of `shipper`'s folder (`None`: nothing to copy).
+    pub fn new(shipper: Option<Arc<LogShipper>>) -> Self {
+        FinalCopy(shipper)
+    }
+
+    /// Copies now.
+    pub async fn run(mut self) {
+        if let Some(shipper) = self.0.take() {
+            shipper.copy_logged(true).await;
+        }
+    }
+}
+
+impl Drop for FinalCopy {
+    fn drop(&mut self) {
+        let Some(shipper) = self.0.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { shipper.copy_logged(true).await });
+        }
     }
 }
 
@@ -344,6 +405,30 @@ mod tests {
         let copy = std::fs::read(out.join("logs/user/stdout/h-2/process001.stdout.txt")).unwrap();
         assert_eq!(copy.len(), text.len());
         assert!(copy == text.as_bytes(), "the same bytes");
+    }
+
+    #[tokio::test]
+    async fn a_final_copy_dropped_before_it_ran_copies_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let local = dir.path().join("executor");
+        let staging =
+            Arc::new(SharedStaging::open(&SharedLocation::Folder(out.clone()), "h:4").unwrap());
+        let shipper = LogShipper::of(local.clone(), staging);
+        append(&local.join("user/stderr/h-4/p.txt"), "Traceback\n");
+        // Awaited: copied when it returns.
+        FinalCopy::new(Some(shipper.clone())).run().await;
+        let copy = out.join("logs/user/stderr/h-4/p.txt");
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), "Traceback\n");
+        // A cancelled task drops it: the copy still happens.
+        append(&local.join("user/stderr/h-4/p.txt"), "cancelled\n");
+        drop(FinalCopy::new(Some(shipper)));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::read_to_string(&copy).unwrap() != "Traceback\ncancelled\n" {
+            assert!(std::time::Instant::now() < deadline, "never copied");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(FinalCopy::new(None));
     }
 
     #[tokio::test]

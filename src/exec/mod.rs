@@ -416,7 +416,7 @@ impl ParallelRunExec {
                 let logs = match (&shared, logs::ExecutorLogs::of(&self.spec)) {
                     (Some(shared), Some(logs)) => {
                         let shipper = logs::LogShipper::of(logs.dir, shared.clone());
-                        let copying = shipper.every(logs::COPY_EVERY);
+                        let copying = shipper.every(logs::copy_every());
                         Some((shipper, copying))
                     }
                     _ => None,
@@ -690,15 +690,11 @@ impl ExecutionPlan for ParallelRunExec {
         });
         // A cluster task's partition ends with a copy of its workers' logs (they stopped
         // when the partition's queue ran dry), before the scheduler hears the task ended.
+        // A task cancelled or failed drops the stream first: the copy then runs in the
+        // background.
+        let last_copy = logs::FinalCopy::new(shipper);
         let last_copy = futures::stream::once(async move {
-            if let Some(shipper) = shipper {
-                if let Err(e) = shipper.copy(true).await {
-                    tracing::warn!(
-                        "copying the worker logs in {} into the output: {e}",
-                        shipper.local().display()
-                    );
-                }
-            }
+            last_copy.run().await;
             None
         })
         .filter_map(futures::future::ready);

@@ -308,20 +308,28 @@ impl Drop for Process {
 
 /// `parallel-run executor` with one process on free ports, heartbeat 1 s.
 fn start_executor(scheduler_address: &str) -> Process {
+    start_executor_with(scheduler_address, &[])
+}
+
+/// [`start_executor`] with extra environment variables.
+fn start_executor_with(scheduler_address: &str, envs: &[(&str, &str)]) -> Process {
     let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
-    Process::start(&[
-        "executor",
-        "--scheduler",
-        scheduler_address,
-        "--processes",
-        "1",
-        "--port",
-        &port,
-        "--grpc-port",
-        &grpc_port,
-        "--heartbeat",
-        "1",
-    ])
+    Process::start_with(
+        &[
+            "executor",
+            "--scheduler",
+            scheduler_address,
+            "--processes",
+            "1",
+            "--port",
+            &port,
+            "--grpc-port",
+            &grpc_port,
+            "--heartbeat",
+            "1",
+        ],
+        envs,
+    )
 }
 
 fn free_port() -> u16 {
@@ -1376,4 +1384,113 @@ fn a_python_jobs_worker_logs_reach_the_output_under_each_executor() {
     // The shared staging area was cleared; the logs stay.
     assert!(!out.join(".parallel_run/staging/shared/records").exists());
     drop(executors);
+}
+
+#[test]
+fn the_logs_an_executor_copied_before_its_sigkill_stay_in_the_output() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &address,
+        "--executor-timeout",
+        "3",
+        "--expire-interval",
+        "1",
+        "--no-executors-grace",
+        "20",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "{:?}",
+        scheduler.seen
+    );
+    // The executors copy their workers' logs every second.
+    let envs = [("PARALLEL_RUN_LOG_COPY_SECONDS", "1")];
+    let mut a = start_executor_with(&address, &envs);
+    let mut b = start_executor_with(&address, &envs);
+    for executor in [&mut a, &mut b] {
+        assert!(
+            executor.wait_for("registration succeed", Duration::from_secs(60)),
+            "{:?}",
+            executor.seen
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 2000);
+    std::fs::write(
+        dir.path().join("slow.py"),
+        "import time\n\ndef run(mini_batch):\n    time.sleep(0.3)\n    \
+         print('MARKER', mini_batch.iloc[0, 0], flush=True)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB\nrun_max_try: 3",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let job = job.to_str().unwrap().to_string();
+    let target = format!("compute_target=df://{address}");
+    let driver_dir = dir.path().to_path_buf();
+    let driver = std::thread::spawn(move || {
+        run_bounded(
+            &driver_dir,
+            &["run", &job, "-q", "--output", "out", "--set", &target],
+            Duration::from_secs(180),
+        )
+    });
+    // Once a periodic copy of B's worker output reached the output, B is killed.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let b_folder = node_folder(&format!("{hostname}:{}", b.child.id()));
+    let b_stdout = dir
+        .path()
+        .join("out/logs/user/stdout")
+        .join(&b_folder)
+        .join("process000.stdout.txt");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let copied = loop {
+        let text = std::fs::read_to_string(&b_stdout).unwrap_or_default();
+        if text.contains("MARKER") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no copy of B's logs: {:?}",
+            b.seen
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let records = dir.path().join("out/.parallel_run/staging/shared/records");
+    let b_committed = recorded_by(&records, b.child.id());
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let (code, stderr) = driver.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    // B was killed mid-task (its partition holds every other mini-batch): the copy it left
+    // came from a periodic pass, not from the end of its task.
+    let total = processed(&dir.path().join("out")).len();
+    assert!(b_committed < total / 2, "{b_committed} of {total}");
+
+    // What B copied before it was killed is still there (at least that, whole lines).
+    let kept = std::fs::read_to_string(&b_stdout).unwrap();
+    assert!(kept.starts_with(&copied) && kept.ends_with('\n'), "{kept}");
+    // A ran the rest: its logs are there too, and every mini-batch is in the output once.
+    let out = dir.path().join("out");
+    let a_folder = node_folder(&format!("{hostname}:{}", a.child.id()));
+    assert!(texts_in(&out.join("logs/user/stdout").join(&a_folder)).contains("MARKER"));
+    assert_eq!(lines(&out.join("parallel_run_step.txt")).len(), 2000);
+    let nodes: BTreeSet<String> = processed(&out)
+        .into_iter()
+        .map(|r| r["process"].rsplit_once('/').unwrap().0.to_string())
+        .collect();
+    assert_eq!(summary(&out)["executors"], nodes.len() as u64);
+    drop(a);
 }
