@@ -1494,3 +1494,96 @@ fn the_logs_an_executor_copied_before_its_sigkill_stay_in_the_output() {
     assert_eq!(summary(&out)["executors"], nodes.len() as u64);
     drop(a);
 }
+
+#[test]
+fn a_cluster_jobs_worker_logs_reach_an_output_in_a_bucket() {
+    use crate::object_store::store::{shared, unique};
+    let store = shared(crate::servers::Kind::S3);
+    let (scheduler, address) = start_scheduler();
+    // Secrets never travel in the plan: the executors take them from their environment.
+    let env = store.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executors: Vec<Process> = (0..2)
+        .map(|_| {
+            let mut executor = start_executor_with(&address, &envs);
+            assert!(
+                executor.wait_for("registration succeed", Duration::from_secs(60)),
+                "{:?}",
+                executor.seen
+            );
+            executor
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 300);
+    std::fs::write(
+        dir.path().join("marker.py"),
+        "def run(mini_batch):\n    print('MARKER', mini_batch.iloc[0, 0], flush=True)\n    \
+         return mini_batch\n",
+    )
+    .unwrap();
+    let prefix = unique("cluster-logs");
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: marker.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB",
+            python()
+        ),
+        &format!(
+            "inputs:\n  - {{name: t, path: data/t.csv, format: csv}}\noutput: \"{}\"\n",
+            store.url(&format!("{prefix}/out")),
+        ),
+    );
+    // The driver too takes the store's settings from its environment.
+    let target = format!("compute_target=df://{address}");
+    let (mut driver, stderr) = start_driver_with(
+        dir.path(),
+        &["run", job.to_str().unwrap(), "-q", "--set", &target],
+        &envs,
+    );
+    let code = wait_exit(&mut driver, Duration::from_secs(180));
+    let stderr = std::fs::read_to_string(stderr).unwrap_or_default();
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+
+    // Each executor's stdout is in the bucket under its node folder, with the markers of
+    // the mini-batches it ran; the records name the executors and the summary counts them.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let text = |key: &str| String::from_utf8(store.get(key).unwrap_or_default()).unwrap();
+    let mut markers = 0;
+    for executor in &executors {
+        let folder = node_folder(&format!("{hostname}:{}", executor.child.id()));
+        let stdout = text(&format!(
+            "{prefix}/out/logs/user/stdout/{folder}/process000.stdout.txt"
+        ));
+        markers += stdout.matches("MARKER ").count();
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&text(&format!("{prefix}/out/logs/job_summary.json"))).unwrap();
+    let total = summary["mini_batches_succeeded"].as_u64().unwrap();
+    assert!(total > 3, "{summary}");
+    assert_eq!(
+        markers as u64, total,
+        "every run() printed once, in the bucket"
+    );
+    let processed = text(&format!(
+        "{prefix}/out/logs/sys/job_report/processed_mini-batches.csv"
+    ));
+    let nodes: BTreeSet<&str> = processed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(5)?.rsplit_once('/').map(|(n, _)| n))
+        .collect();
+    assert_eq!(summary["executors"], nodes.len() as u64, "{processed}");
+    assert!(
+        store
+            .list(&format!("{prefix}/out/logs/user/stdout"))
+            .iter()
+            .all(|key| !key.contains("node000")),
+        "no node000 folder"
+    );
+}

@@ -19,7 +19,7 @@
 //! - [`resume`]: jobs killed and resumed, on the same machine or a fresh one.
 
 mod jobs;
-mod store;
+pub(crate) mod store;
 
 mod checks;
 mod faults;
