@@ -21,13 +21,15 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::physical_plan::AsExecutionPlan;
 use datafusion_proto::protobuf::PhysicalPlanNode;
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::cluster::client::{ClusterJob, JobEnd};
 use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
-    manifest_batch, manifest_schema, ManifestEntry, RowLocators, MANIFEST_LIMIT_BYTES,
+    manifest_batch, manifest_schema, manifest_segments, stored_batch, ManifestEntry, RowLocators,
+    StoredRun, StoredSegment, INLINE_MANIFEST_BYTES, SEGMENT_ENTRIES,
 };
 use crate::exec::shared::{SharedLocation, SharedStaging};
 use crate::exec::{
@@ -105,7 +107,7 @@ pub async fn run_on_cluster(
     let cut = cut_mini_batches(inputs, task_ctx, state, skips).await?;
     let expected: Vec<String> = cut.iter().map(|e| e.mini_batch.id.to_string()).collect();
     let partitions = spec.settings().workers.max(1);
-    let manifest = deal(cut, partitions, target)?;
+    let manifest = deal(cut, partitions, &staging).await?;
     let codec = Arc::new(PrsPhysicalCodec::new(Arc::new(DriverOnly)));
     let plan: Arc<dyn ExecutionPlan> = Arc::new(ParallelRunExec::deferred(
         ExecMode::Manifest,
@@ -280,44 +282,87 @@ async fn cut_mini_batches(
     Ok(cut)
 }
 
-/// The manifest leaf: mini-batch `i` (in dispatch order) in partition `i % partitions`.
-fn deal(
+/// The manifest leaf: the mini-batches in dispatch order, dealt in contiguous runs of (almost)
+/// equal length, one per partition, so that each task reads its rows in one forward pass
+/// over its part of the files (round-robin dealing would have every task decode nearly every
+/// page of the input, then skip most of its rows). A manifest bigger than
+/// [`INLINE_MANIFEST_BYTES`] is written to the shared staging area in segments, and each
+/// partition's row in the plan names its run of mini-batches there.
+async fn deal(
     cut: Vec<ManifestEntry>,
     partitions: usize,
-    target: &str,
+    staging: &SharedStaging,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let mut dealt: Vec<Vec<ManifestEntry>> = vec![Vec::new(); partitions];
-    for (i, entry) in cut.into_iter().enumerate() {
-        dealt[i % partitions].push(entry);
-    }
+    let partitions = partitions.max(1);
+    let total = cut.len();
+    let bounds: Vec<usize> = (0..=partitions).map(|p| p * total / partitions).collect();
     let mut batches = Vec::with_capacity(partitions);
     let mut bytes = 0usize;
-    for part in &dealt {
+    for run in bounds.windows(2) {
+        let part = &cut[run[0]..run[1]];
         if part.is_empty() {
             batches.push(Vec::new());
             continue;
         }
         let batch = manifest_batch(part)?;
         bytes += batch.get_array_memory_size();
+        if bytes > manifest_limit(INLINE_LIMIT_VAR, INLINE_MANIFEST_BYTES) {
+            break;
+        }
         batches.push(vec![batch]);
     }
-    if bytes > MANIFEST_LIMIT_BYTES {
-        return Err(PrsError::config(
-            "compute_target",
-            target,
-            format!(
-                "the job's mini-batches add up to {} MiB, more than the {} MiB a cluster plan \
-                 carries (local Parquet tables and file datasets travel as row ranges and \
-                 paths, other tables with their rows). Read the input from Parquet files, \
-                 run it locally, or split it into several jobs",
-                bytes / (1024 * 1024),
-                MANIFEST_LIMIT_BYTES / (1024 * 1024)
-            ),
-        ));
+    if bytes > manifest_limit(INLINE_LIMIT_VAR, INLINE_MANIFEST_BYTES) {
+        drop(batches);
+        let segments =
+            manifest_segments(&cut, manifest_limit(SEGMENT_ENTRIES_VAR, SEGMENT_ENTRIES))?;
+        drop(cut);
+        let described: Vec<StoredSegment> = segments.iter().map(|(s, _)| s.clone()).collect();
+        let writes = segments.into_iter().map(|(segment, bytes)| async move {
+            staging.write_manifest_segment(&segment.name, bytes).await
+        });
+        let written: Vec<_> = futures::stream::iter(writes)
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for result in written {
+            result?;
+        }
+        tracing::info!(
+            mini_batches = total,
+            segments = described.len(),
+            "the manifest is too big for the plan: written to {} in segments",
+            staging.shown()
+        );
+        batches = bounds
+            .windows(2)
+            .map(|run| {
+                let entries = run[0] as u64..run[1] as u64;
+                if entries.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let segments = described
+                    .iter()
+                    .filter(|s| s.first < entries.end && entries.start < s.first + s.count)
+                    .cloned()
+                    .collect();
+                Ok(vec![stored_batch(&[StoredRun { entries, segments }])?])
+            })
+            .collect::<Result<_>>()?;
     }
     Ok(MemorySourceConfig::try_new_exec(
         &batches,
         manifest_schema(),
         None,
     )?)
+}
+
+/// Tests make small manifests go to the store, in small segments, with these variables.
+const INLINE_LIMIT_VAR: &str = "PARALLEL_RUN_TEST_INLINE_MANIFEST_BYTES";
+const SEGMENT_ENTRIES_VAR: &str = "PARALLEL_RUN_TEST_MANIFEST_SEGMENT_ENTRIES";
+
+fn manifest_limit(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }

@@ -10,10 +10,14 @@
 //! listing rows (paths: each executor reads the files itself); a local Parquet table's
 //! mini-batch is its row range and the files holding it ([`RowsInFiles`]: the executor reads
 //! exactly those rows, checks the files are the ones the driver listed and the slice's
-//! fingerprint); any other table's mini-batch carries its rows (bounded by the plan size
-//! limit, see [`MANIFEST_LIMIT_BYTES`]).
+//! fingerprint); any other table's mini-batch carries its rows. A manifest bigger than
+//! [`INLINE_MANIFEST_BYTES`] does not travel in the plan: the driver writes it to the shared
+//! staging area in segments ([`manifest_segments`], at most [`SEGMENT_ENTRIES`] mini-batches
+//! or [`SEGMENT_BYTES`] of rows each), and each partition's one row in the plan is a
+//! [`StoredRun`] naming its mini-batches' ordinals and the segments holding them; the task
+//! reads one segment at a time.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Cursor;
 use std::sync::Arc;
 
@@ -38,11 +42,106 @@ use crate::exec::recut::local_scan;
 use crate::exec::shared::SharedStaging;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
-use crate::input::{read_rows, RowLocator, RowsInFiles};
+use crate::input::{RowLocator, RowsInFiles, RowsReader};
 
-/// The largest manifest a plan carries: Ballista's gRPC messages are limited to 16 MiB, and
-/// the plan has more than the manifest in it.
-pub const MANIFEST_LIMIT_BYTES: usize = 12 * 1024 * 1024;
+/// The largest manifest a plan carries (Ballista's gRPC messages are limited to 16 MiB, and
+/// every task's plan is sent to its executor): a bigger one goes to the shared store in
+/// segments, and the plan carries only where each partition's mini-batches are.
+pub const INLINE_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The most mini-batches a manifest segment holds.
+pub const SEGMENT_ENTRIES: usize = 4096;
+
+/// The most bytes of rows a manifest segment holds (mini-batches of tables that travel with
+/// their rows): an executor holds one segment at a time.
+pub const SEGMENT_BYTES: usize = 64 * 1024 * 1024;
+
+/// A run of a manifest stored in segments: the mini-batches `entries` (ordinals in the
+/// job's dispatch order) and the segments holding them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredRun {
+    /// Ordinals of the run's mini-batches in the whole manifest.
+    pub entries: std::ops::Range<u64>,
+    /// The segments holding them, in order.
+    pub segments: Vec<StoredSegment>,
+}
+
+/// One segment of a stored manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSegment {
+    /// Its object name in the shared staging area's `manifest/`.
+    pub name: String,
+    /// The ordinal of its first mini-batch.
+    pub first: u64,
+    /// Its mini-batches.
+    pub count: u64,
+}
+
+/// A row of a manifest: a mini-batch, or a run of them in the shared store.
+#[derive(Debug)]
+pub enum ManifestRow {
+    /// A mini-batch.
+    Entry(ManifestEntry),
+    /// Mini-batches in the shared store.
+    Stored(StoredRun),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredDescriptor {
+    stored: StoredRun,
+}
+
+/// The manifest segments of `cut` (whole, in order): bytes of each, with its segment
+/// description, cut at `max_entries` mini-batches (normally [`SEGMENT_ENTRIES`]) or
+/// [`SEGMENT_BYTES`] of rows.
+pub fn manifest_segments(
+    cut: &[ManifestEntry],
+    max_entries: usize,
+) -> Result<Vec<(StoredSegment, Vec<u8>)>> {
+    let max_entries = max_entries.max(1);
+    let mut segments = Vec::new();
+    let mut first = 0usize;
+    let mut bytes = 0usize;
+    for (i, entry) in cut.iter().enumerate() {
+        bytes += entry.mini_batch.data.get_array_memory_size();
+        let end = i + 1;
+        if end - first >= max_entries || bytes >= SEGMENT_BYTES || end == cut.len() {
+            let batch = manifest_batch(&cut[first..end])?;
+            let segment = StoredSegment {
+                name: format!("{:08}.arrow", segments.len()),
+                first: first as u64,
+                count: (end - first) as u64,
+            };
+            segments.push((segment, ipc_bytes(&batch)?));
+            first = end;
+            bytes = 0;
+        }
+    }
+    Ok(segments)
+}
+
+/// The manifest rows of stored runs (one row each).
+pub fn stored_batch(runs: &[StoredRun]) -> Result<RecordBatch> {
+    let mut descriptors = Vec::with_capacity(runs.len());
+    for run in runs {
+        let descriptor = StoredDescriptor {
+            stored: run.clone(),
+        };
+        descriptors.push(
+            serde_json::to_string(&descriptor)
+                .map_err(|e| manifest_error("(stored run)", e.to_string()))?,
+        );
+    }
+    let n = runs.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(vec![""; n])),
+        Arc::new(UInt64Array::from(vec![0u64; n])),
+        Arc::new(UInt64Array::from(vec![0u64; n])),
+        Arc::new(StringArray::from(descriptors)),
+        Arc::new(BinaryArray::from_iter_values(std::iter::repeat_n(b"", n))),
+    ];
+    Ok(RecordBatch::try_new(manifest_schema(), columns)?)
+}
 
 /// What a manifest row says of its mini-batch besides its data.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -187,8 +286,22 @@ pub fn manifest_batch(mini_batches: &[ManifestEntry]) -> Result<RecordBatch> {
 }
 
 /// The mini-batches of a manifest batch, with their dispatch index and fingerprint (those
-/// an executor reads itself still without their rows).
+/// an executor reads itself still without their rows); a stored run is an error here.
 pub fn read_manifest(batch: &RecordBatch) -> Result<Vec<ManifestEntry>> {
+    read_manifest_rows(batch)?
+        .into_iter()
+        .map(|row| match row {
+            ManifestRow::Entry(entry) => Ok(entry),
+            ManifestRow::Stored(_) => Err(manifest_error(
+                "(stored run)",
+                "a manifest segment names another segment".into(),
+            )),
+        })
+        .collect()
+}
+
+/// The rows of a manifest batch: mini-batches and runs in the shared store.
+pub fn read_manifest_rows(batch: &RecordBatch) -> Result<Vec<ManifestRow>> {
     let ids = string_column(batch, "mini_batch")?;
     let indexes = u64_column(batch, "index")?;
     let fingerprints = u64_column(batch, "fingerprint")?;
@@ -197,11 +310,17 @@ pub fn read_manifest(batch: &RecordBatch) -> Result<Vec<ManifestEntry>> {
     let mut out = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let id = ids.value(row);
+        if id.is_empty() {
+            let stored: StoredDescriptor = serde_json::from_str(descriptors.value(row))
+                .map_err(|e| manifest_error("(stored run)", format!("bad descriptor: {e}")))?;
+            out.push(ManifestRow::Stored(stored.stored));
+            continue;
+        }
         let descriptor: Descriptor = serde_json::from_str(descriptors.value(row))
             .map_err(|e| manifest_error(id, format!("bad descriptor: {e}")))?;
         let data = batch_from_ipc(items.value(row))
             .map_err(|e| manifest_error(id, format!("bad items: {e}")))?;
-        out.push(ManifestEntry {
+        out.push(ManifestRow::Entry(ManifestEntry {
             mini_batch: MiniBatch {
                 id: descriptor.id,
                 kind: descriptor.kind,
@@ -212,7 +331,7 @@ pub fn read_manifest(batch: &RecordBatch) -> Result<Vec<ManifestEntry>> {
             index: indexes.value(row),
             fingerprint: fingerprints.value(row),
             read: descriptor.read,
-        });
+        }));
     }
     Ok(out)
 }
@@ -309,7 +428,16 @@ pub async fn dispatch_manifest(
         }
         None => HashSet::new(),
     };
-    let queued = queue_manifest(&manifest, &context, &state, &queue, &reservation, &recorded);
+    let staging = shared.as_ref().map(|(staging, _)| staging.as_ref());
+    let queued = queue_manifest(
+        &manifest,
+        &context,
+        &state,
+        &queue,
+        &reservation,
+        &recorded,
+        staging,
+    );
     match queued.await {
         Ok(true) => state.scheduling_finished(),
         Ok(false) => {}
@@ -328,70 +456,174 @@ async fn queue_manifest(
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
     recorded: &HashSet<String>,
+    staging: Option<&SharedStaging>,
 ) -> Result<bool> {
+    // The task's mini-batches first (the manifest in the plan is small: descriptors, or rows
+    // bounded by the plan's size), so each input's rows are read in one forward pass.
+    let mut entries = Vec::new();
+    let mut stored = Vec::new();
     for partition in 0..manifest.output_partitioning().partition_count() {
         let mut stream = manifest.execute(partition, context.clone())?;
         while let Some(batch) = stream.next().await {
-            for entry in read_manifest(&batch?)? {
-                if recorded.contains(&entry.mini_batch.id.to_string()) {
-                    // Committed by an earlier try: not run again.
-                    continue;
+            for row in read_manifest_rows(&batch?)? {
+                match row {
+                    // Committed by an earlier try: not run (nor read) again.
+                    ManifestRow::Entry(entry) => {
+                        if !recorded.contains(&entry.mini_batch.id.to_string()) {
+                            entries.push(entry);
+                        }
+                    }
+                    ManifestRow::Stored(run) => stored.push(run),
                 }
-                let (mini_batch, index, fingerprint) = match entry.read {
-                    Some(read) => (
-                        read_mini_batch(entry.mini_batch, read, entry.fingerprint).await?,
-                        entry.index,
-                        entry.fingerprint,
+            }
+        }
+    }
+    if !queue_entries(entries, state, queue, reservation).await? {
+        return Ok(false);
+    }
+    for run in stored {
+        let Some(staging) = staging else {
+            return Err(manifest_error(
+                "(stored run)",
+                "the manifest is in a shared staging area this task was not given".into(),
+            ));
+        };
+        // One segment at a time: an executor holds at most one.
+        for segment in &run.segments {
+            let bytes = staging.read_manifest_segment(&segment.name).await?;
+            let batch = batch_from_ipc(&bytes).map_err(|e| {
+                manifest_error(
+                    &format!("(segment {})", segment.name),
+                    format!("unreadable manifest segment: {e}"),
+                )
+            })?;
+            let all = read_manifest(&batch)?;
+            if all.len() as u64 != segment.count {
+                return Err(manifest_error(
+                    &format!("(segment {})", segment.name),
+                    format!(
+                        "the manifest segment holds {} mini-batches, the plan says {}: the \
+                         shared staging area was changed during the job",
+                        all.len(),
+                        segment.count
                     ),
-                    None => (entry.mini_batch, entry.index, entry.fingerprint),
-                };
-                let held = reservation.new_empty();
-                held.try_grow(mini_batch.memory_size())?;
-                state.mini_batch_scheduled(mini_batch.items());
-                let dispatched = Dispatched::new(mini_batch, index, fingerprint, held);
-                let sent = tokio::select! {
-                    _ = state.cancellation().cancelled() => return Ok(false),
-                    sent = queue.send(dispatched) => sent,
-                };
-                if sent.is_err() {
-                    return Ok(false);
-                }
+                ));
+            }
+            let entries: Vec<ManifestEntry> = all
+                .into_iter()
+                .enumerate()
+                .filter(|(i, entry)| {
+                    run.entries.contains(&(segment.first + *i as u64))
+                        && !recorded.contains(&entry.mini_batch.id.to_string())
+                })
+                .map(|(_, entry)| entry)
+                .collect();
+            if !queue_entries(entries, state, queue, reservation).await? {
+                return Ok(false);
             }
         }
     }
     Ok(true)
 }
 
-/// `mini_batch` with its rows read from the files `read` names (off the async threads), checked
-/// against the `fingerprint` the driver computed when it cut them.
-async fn read_mini_batch(
-    mut mini_batch: MiniBatch,
-    read: RowsInFiles,
-    fingerprint: u64,
-) -> Result<MiniBatch> {
-    let id = mini_batch.id.to_string();
-    let schema = mini_batch.data.schema();
-    let data = tokio::task::spawn_blocking(move || read_rows(&read, &schema))
+/// Queues `entries` (reading their rows where they have none) for this task's workers;
+/// `false` when the job stopped.
+async fn queue_entries(
+    entries: Vec<ManifestEntry>,
+    state: &Arc<JobState>,
+    queue: &mpsc::Sender<Dispatched>,
+    reservation: &MemoryReservation,
+) -> Result<bool> {
+    let mut readers = RowReaders::of(&entries);
+    for entry in entries {
+        let (mini_batch, index, fingerprint) = match entry.read {
+            Some(read) => (
+                readers
+                    .read(entry.mini_batch, read, entry.fingerprint)
+                    .await?,
+                entry.index,
+                entry.fingerprint,
+            ),
+            None => (entry.mini_batch, entry.index, entry.fingerprint),
+        };
+        let held = reservation.new_empty();
+        held.try_grow(mini_batch.memory_size())?;
+        state.mini_batch_scheduled(mini_batch.items());
+        let dispatched = Dispatched::new(mini_batch, index, fingerprint, held);
+        let sent = tokio::select! {
+            _ = state.cancellation().cancelled() => return Ok(false),
+            sent = queue.send(dispatched) => sent,
+        };
+        if sent.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// One [`RowsReader`] per input of a task's mini-batches.
+struct RowReaders {
+    readers: HashMap<String, RowsReader>,
+}
+
+impl RowReaders {
+    fn of(entries: &[ManifestEntry]) -> Self {
+        let mut reads: HashMap<String, (SchemaRef, Vec<RowsInFiles>)> = HashMap::new();
+        for entry in entries {
+            if let Some(read) = &entry.read {
+                reads
+                    .entry(entry.mini_batch.lineage.input.to_string())
+                    .or_insert_with(|| (entry.mini_batch.data.schema(), Vec::new()))
+                    .1
+                    .push(read.clone());
+            }
+        }
+        let readers = reads
+            .into_iter()
+            .map(|(input, (schema, reads))| (input, RowsReader::new(schema, &reads)))
+            .collect();
+        RowReaders { readers }
+    }
+
+    /// `mini_batch` with its rows read from the files `read` names (off the async threads),
+    /// checked against the `fingerprint` the driver computed when it cut them.
+    async fn read(
+        &mut self,
+        mut mini_batch: MiniBatch,
+        read: RowsInFiles,
+        fingerprint: u64,
+    ) -> Result<MiniBatch> {
+        let id = mini_batch.id.to_string();
+        let input = mini_batch.lineage.input.to_string();
+        let mut reader = match self.readers.remove(&input) {
+            Some(reader) => reader,
+            None => RowsReader::new(mini_batch.data.schema(), std::slice::from_ref(&read)),
+        };
+        let (reader, data) = tokio::task::spawn_blocking(move || {
+            let data = reader.read(&read);
+            (reader, data)
+        })
         .await
-        .map_err(|e| manifest_error(&id, format!("reading its rows stopped: {e}")))?
-        .map_err(|e| PrsError::Input {
-            input: mini_batch.lineage.input.to_string(),
+        .map_err(|e| manifest_error(&id, format!("reading its rows stopped: {e}")))?;
+        self.readers.insert(input.clone(), reader);
+        mini_batch.data = data.map_err(|e| PrsError::Input {
+            input: input.clone(),
             location: format!("mini batch {id} on this executor"),
             message: e.to_string(),
         })?;
-    mini_batch.data = data;
-    if slice_fingerprint(&mini_batch) != fingerprint {
-        return Err(PrsError::Input {
-            input: mini_batch.lineage.input.to_string(),
-            location: format!("mini batch {id} on this executor"),
-            message: format!(
-                "rows {}..{} read here are not the ones the driver cut: the input files differ \
-                 between the nodes or changed during the job",
-                mini_batch.lineage.rows.start, mini_batch.lineage.rows.end
-            ),
-        });
+        if slice_fingerprint(&mini_batch) != fingerprint {
+            return Err(PrsError::Input {
+                input,
+                location: format!("mini batch {id} on this executor"),
+                message: format!(
+                    "rows {}..{} read here are not the ones the driver cut: the input files \
+                     differ between the nodes or changed during the job",
+                    mini_batch.lineage.rows.start, mini_batch.lineage.rows.end
+                ),
+            });
+        }
+        Ok(mini_batch)
     }
-    Ok(mini_batch)
 }
 
 /// An Arrow IPC stream of one batch.
@@ -470,6 +702,40 @@ mod tests {
             },
             partition_key_value: PartitionKeyValue::default(),
         }
+    }
+
+    #[test]
+    fn a_manifest_in_segments_keeps_every_mini_batch_in_order() {
+        let cut: Vec<ManifestEntry> = (0..10)
+            .map(|seq| ManifestEntry::new(mini_batch(seq), seq, seq * 7))
+            .collect();
+        let segments = manifest_segments(&cut, 3).unwrap();
+        let described: Vec<(u64, u64)> = segments.iter().map(|(s, _)| (s.first, s.count)).collect();
+        assert_eq!(described, vec![(0, 3), (3, 3), (6, 3), (9, 1)]);
+        let mut back = Vec::new();
+        for (segment, bytes) in &segments {
+            let entries = read_manifest(&batch_from_ipc(bytes).unwrap()).unwrap();
+            assert_eq!(entries.len() as u64, segment.count);
+            back.extend(
+                entries
+                    .into_iter()
+                    .map(|e| (e.mini_batch.id, e.fingerprint)),
+            );
+        }
+        let expected: Vec<_> = cut
+            .iter()
+            .map(|e| (e.mini_batch.id, e.fingerprint))
+            .collect();
+        assert_eq!(back, expected);
+
+        // A stored run travels as one manifest row, and is told apart from mini-batches.
+        let run = StoredRun {
+            entries: 4..8,
+            segments: segments[1..3].iter().map(|(s, _)| s.clone()).collect(),
+        };
+        let rows = read_manifest_rows(&stored_batch(std::slice::from_ref(&run)).unwrap()).unwrap();
+        assert!(matches!(&rows[..], [ManifestRow::Stored(r)] if *r == run));
+        assert!(read_manifest(&stored_batch(&[run]).unwrap()).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! ```text
 //! parts/<id>.<executor>.<task>.arrow   results of one try (Arrow IPC file), unique per try
 //! records/<id>.json                    the commit: created if absent, names the part
+//! manifest/<n>.arrow                   the driver's manifest segments, when too big for the plan
 //! executors/<executor>.json            written when an executor's task starts (write check)
 //! ```
 //! The same store copies an executor's worker logs straight into the output's log folder
@@ -451,6 +452,29 @@ impl SharedStaging {
                 Err(e)
             }
         }
+    }
+
+    /// Writes segment `name` of a job's manifest (`manifest/<name>`): the driver puts a
+    /// manifest too big for the plan here.
+    pub async fn write_manifest_segment(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), SharedStoreError> {
+        let object = format!("manifest/{name}");
+        self.store
+            .put(&self.object(&object), PutPayload::from(bytes))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed("writing", &object, e))
+    }
+
+    /// The bytes of manifest segment `name`.
+    pub async fn read_manifest_segment(
+        &self,
+        name: &str,
+    ) -> Result<bytes::Bytes, SharedStoreError> {
+        self.read_bytes(&format!("manifest/{name}")).await
     }
 
     /// Removes every object of the staging area; returns how many.

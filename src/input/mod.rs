@@ -30,7 +30,7 @@ pub use formats::{listing_options, usual_extension};
 pub use local_files::FileListing;
 pub use local_parquet::{
     read_rows, FileRows, LocalParquetExec, LocalParquetFactory, LocalParquetTable, RowLocator,
-    RowsInFiles,
+    RowsInFiles, RowsReader,
 };
 pub use path_columns::{PathColumnsInput, PathColumnsTable};
 

@@ -342,9 +342,20 @@ fn free_port() -> u16 {
 
 /// `parallel-run ARGS` in `dir`, killed after `limit`: (exit code, stderr).
 fn run_bounded(dir: &Path, args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    run_bounded_with(dir, args, &[], limit)
+}
+
+/// [`run_bounded`] with environment variables `vars` set for the driver.
+fn run_bounded_with(
+    dir: &Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<i32>, String) {
     let err_path = dir.join("driver.stderr");
     let mut child = Command::new(env!("CARGO_BIN_EXE_parallel-run"))
         .args(args)
+        .envs(vars.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -486,6 +497,38 @@ fn a_job_runs_on_scheduler_and_executor_processes() {
         summary(&dir.path().join("pq-cluster"))["mini_batches_succeeded"],
         summary(&dir.path().join("pq-local"))["mini_batches_succeeded"]
     );
+
+    // A manifest too big for the plan goes to the shared staging area in segments (made
+    // small here: every manifest is "too big", 3 mini-batches a segment, so the two tasks'
+    // runs start and end inside segments): the same rows.
+    let vars = [
+        ("PARALLEL_RUN_TEST_INLINE_MANIFEST_BYTES", "1"),
+        ("PARALLEL_RUN_TEST_MANIFEST_SEGMENT_ENTRIES", "3"),
+        ("RUST_LOG", "parallel_run=info"),
+    ];
+    let (code, stderr) = run_bounded_with(
+        dir.path(),
+        &["run", job, "-q", "--output", "pq-stored", "--set", &target],
+        &vars,
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    assert!(stderr.contains("in segments"), "{stderr}");
+    assert_eq!(sorted("pq-stored"), sorted("pq-local"));
+    let stored = summary(&dir.path().join("pq-stored"));
+    assert_eq!(
+        stored["mini_batches_succeeded"],
+        summary(&dir.path().join("pq-local"))["mini_batches_succeeded"]
+    );
+    assert!(
+        stored["mini_batches_succeeded"].as_u64().unwrap() > 6,
+        "{stored}"
+    );
+    // The segments went with the rest of the staging area.
+    assert!(!dir
+        .path()
+        .join("pq-stored/.parallel_run/staging/shared/manifest")
+        .exists());
 }
 
 #[test]
