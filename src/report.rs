@@ -550,6 +550,11 @@ pub struct JobSummary {
     pub partial_output: Option<PathBuf>,
     /// The log folder.
     pub logs: PathBuf,
+    /// A cluster job: how many executors ran the mini-batches this run committed (distinct
+    /// executors named by the records, a replacement of a lost executor counted too; absent
+    /// for a local run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executors: Option<u64>,
 }
 
 impl JobSummary {
@@ -614,6 +619,7 @@ impl JobSummary {
             error_threshold,
             partial_output: None,
             logs: PathBuf::new(),
+            executors: None,
         }
     }
 }

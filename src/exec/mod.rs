@@ -9,6 +9,7 @@ pub mod bisect;
 pub mod dispatch;
 pub mod keyed;
 pub mod logical;
+pub mod logs;
 pub mod manifest;
 pub mod planner;
 pub(crate) mod recut;
@@ -235,6 +236,9 @@ struct Execution {
     queue: dispatch::SharedQueue,
     /// Where a cluster task commits its mini-batches (manifest mode with a shared store).
     shared: Option<Arc<shared::SharedStaging>>,
+    /// Copies a cluster task's worker logs into the output (with the shared store), and
+    /// the task copying them every period while the execution lives.
+    logs: Option<(Arc<logs::LogShipper>, SpawnedTask<()>)>,
     _dispatcher: SpawnedTask<()>,
     claimed: Mutex<usize>,
 }
@@ -384,13 +388,18 @@ impl ParallelRunExec {
         &self.inputs
     }
 
-    /// Runs partition `partition` and returns its succeeded mini-batches with their ids, and
-    /// the shared staging area a cluster task commits them to.
+    /// Runs partition `partition` and returns its succeeded mini-batches with their ids, the
+    /// shared staging area a cluster task commits them to, and what copies its workers' logs.
+    #[allow(clippy::type_complexity)]
     fn mini_batches(
         &self,
         partition: usize,
         context: Arc<TaskContext>,
-    ) -> Result<(MiniBatchStream, Option<Arc<shared::SharedStaging>>)> {
+    ) -> Result<(
+        MiniBatchStream,
+        Option<Arc<shared::SharedStaging>>,
+        Option<Arc<logs::LogShipper>>,
+    )> {
         let partitions = self.partitions();
         if partition >= partitions {
             return Err(PrsError::from_datafusion(internal_datafusion_err!(
@@ -400,6 +409,7 @@ impl ParallelRunExec {
         let runtime = self.runtime.get(&self.spec)?;
         let execution = self.claim_execution(&context, runtime)?;
         let shared = execution.shared.clone();
+        let shipper = execution.logs.as_ref().map(|(shipper, _)| shipper.clone());
         let (tx, rx) = mpsc::channel(2);
         let task = SpawnedTask::spawn(stream::run_partition(
             partition,
@@ -415,7 +425,7 @@ impl ParallelRunExec {
             (rx, guard),
             |(mut rx, guard)| async move { rx.recv().await.map(|item| (item, (rx, guard))) },
         ));
-        Ok((stream, shared))
+        Ok((stream, shared, shipper))
     }
 
     fn claim_execution(
@@ -434,6 +444,15 @@ impl ParallelRunExec {
                     (ExecMode::Manifest, Some(location)) => Some(Arc::new(
                         shared::SharedStaging::open(location, &node_name())?,
                     )),
+                    _ => None,
+                };
+                // Its workers log on this executor: copied into the output's logs.
+                let logs = match (&shared, logs::ExecutorLogs::of(&self.spec)) {
+                    (Some(shared), Some(logs)) => {
+                        let shipper = logs::LogShipper::of(logs.dir, shared.clone());
+                        let copying = shipper.every(logs::copy_every());
+                        Some((shipper, copying))
+                    }
                     _ => None,
                 };
                 let dispatcher = match (self.mode, self.inputs.first()) {
@@ -457,6 +476,7 @@ impl ParallelRunExec {
                 let e = Arc::new(Execution {
                     queue: Arc::new(tokio::sync::Mutex::new(rx)),
                     shared,
+                    logs,
                     _dispatcher: dispatcher,
                     claimed: Mutex::new(0),
                 });
@@ -630,7 +650,7 @@ impl ExecutionPlan for ParallelRunExec {
         let task = context
             .task_id()
             .unwrap_or_else(|| format!("partition {partition} of {}", std::process::id()));
-        let (stream, shared) = self
+        let (stream, shared, shipper) = self
             .mini_batches(partition, context)
             .map_err(PrsError::into_datafusion)?;
         let target = schema.clone();
@@ -702,12 +722,25 @@ impl ExecutionPlan for ParallelRunExec {
                 }
             }
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+        // A cluster task's partition ends with a copy of its workers' logs (they stopped
+        // when the partition's queue ran dry), before the scheduler hears the task ended.
+        // A task cancelled or failed drops the stream first: the copy then runs in the
+        // background.
+        let last_copy = logs::FinalCopy::new(shipper);
+        let last_copy = futures::stream::once(async move {
+            last_copy.run().await;
+            None
+        })
+        .filter_map(futures::future::ready);
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            batches.chain(last_copy),
+        )))
     }
 }
 
 /// This process as a node of a cluster: `HOST:PID` (an executor is one process).
-fn node_name() -> String {
+pub(crate) fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())

@@ -10,6 +10,9 @@
 //! executors/<executor>.json            written when an executor's task starts (write check)
 //! job.json                             the driver's: the scheduler and id of the cluster job
 //! ```
+//! The same store copies an executor's worker logs straight into the output's log folder
+//! (`<output>/logs/user/...`, outside the staging area: clearing the staging area leaves
+//! them), see [`crate::exec::logs`].
 //! A record is created with `PutMode::Create` after its part is complete, so the first try
 //! to finish wins; a later try (a zombie of an executor declared lost) that loses the create
 //! deletes its own part. A re-executed task lists `records/` first and does not run the
@@ -179,9 +182,15 @@ pub enum Commit {
 /// The shared staging area of one job, opened in the process that uses it.
 pub struct SharedStaging {
     store: Arc<dyn ObjectStore>,
+    /// The staging area in `store`.
     prefix: ObjectPath,
+    /// The output (folder or URL prefix) in `store`.
+    output: ObjectPath,
     shown: String,
 }
+
+/// Files larger than this are copied to the output in parts (bounded memory).
+const UPLOAD_PART: usize = 8 << 20;
 
 impl std::fmt::Debug for SharedStaging {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,11 +232,13 @@ impl SharedStaging {
             SharedLocation::Folder(path) => {
                 let folder = path.join(SHARED_STAGING);
                 std::fs::create_dir_all(&folder).map_err(|e| not_writable(e.to_string()))?;
-                let store = LocalFileSystem::new_with_prefix(&folder)
+                // Rooted at the output: the worker logs go beside the staging area.
+                let store = LocalFileSystem::new_with_prefix(path)
                     .map_err(|e| not_writable(e.to_string()))?;
                 Ok(SharedStaging {
                     store: Arc::new(store),
-                    prefix: ObjectPath::default(),
+                    prefix: ObjectPath::from(SHARED_STAGING),
+                    output: ObjectPath::default(),
                     shown,
                 })
             }
@@ -248,6 +259,7 @@ impl SharedStaging {
                 Ok(SharedStaging {
                     store,
                     prefix,
+                    output: parsed.prefix.clone(),
                     shown,
                 })
             }
@@ -431,6 +443,68 @@ impl SharedStaging {
             location: self.shown.clone(),
             message,
         })
+    }
+
+    /// Copies the first `len` bytes of the local file `local` to `relative` below the output
+    /// (`logs/user/stdout/<node>/...`), replacing the copy there. The copy appears whole (a
+    /// put, or a multipart upload completed at the end for a file of more than
+    /// [`UPLOAD_PART`] bytes, read in parts).
+    pub async fn copy_to_output(
+        &self,
+        local: &std::path::Path,
+        len: u64,
+        relative: &str,
+    ) -> Result<(), SharedStoreError> {
+        use tokio::io::AsyncReadExt;
+        let object: ObjectPath = self
+            .output
+            .parts()
+            .chain(ObjectPath::from(relative).parts())
+            .collect();
+        let shown = format!("{} (the output's {relative})", local.display());
+        let failed = |e: &dyn std::fmt::Display| SharedStoreError::Object {
+            operation: "copying".to_string(),
+            object: shown.clone(),
+            location: self.shown.clone(),
+            message: e.to_string(),
+        };
+        let file = tokio::fs::File::open(local).await.map_err(|e| failed(&e))?;
+        let mut file = file.take(len);
+        if len <= UPLOAD_PART as u64 {
+            let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(UPLOAD_PART));
+            file.read_to_end(&mut bytes).await.map_err(|e| failed(&e))?;
+            self.store
+                .put(&object, PutPayload::from(bytes))
+                .await
+                .map_err(|e| failed(&e))?;
+            return Ok(());
+        }
+        let upload = self
+            .store
+            .put_multipart(&object)
+            .await
+            .map_err(|e| failed(&e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, UPLOAD_PART);
+        let copied = async {
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let n = file.read(&mut buffer).await.map_err(|e| failed(&e))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                writer.wait_for_capacity(2).await.map_err(|e| failed(&e))?;
+                writer.write(&buffer[..n]);
+            }
+        }
+        .await;
+        match copied {
+            Ok(()) => writer.finish().await.map(|_| ()).map_err(|e| failed(&e)),
+            Err(e) => {
+                // Leave nothing half-uploaded behind (best effort).
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
     }
 
     /// Writes segment `name` of a job's manifest (`manifest/<name>`): the driver puts a

@@ -42,6 +42,9 @@ pub struct OperatorSpec {
     call: u64,
     /// A cluster job's shared staging area (where executors commit; `None` elsewhere).
     shared: Option<SharedLocation>,
+    /// A cluster run's identity (unique per run of the driver): executors keep each run's
+    /// worker logs apart by it (`None` elsewhere).
+    run: Option<String>,
     /// Derived from `job` and `inputs` (not encoded).
     settings: RunSettings,
 }
@@ -58,6 +61,8 @@ struct Wire {
     call: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     shared: Option<SharedLocation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<String>,
 }
 
 impl OperatorSpec {
@@ -78,6 +83,7 @@ impl OperatorSpec {
             output_schema,
             call: 0,
             shared: None,
+            run: None,
             settings,
         })
     }
@@ -94,6 +100,18 @@ impl OperatorSpec {
     pub fn with_shared(mut self, location: SharedLocation) -> Self {
         self.shared = Some(location);
         self
+    }
+
+    /// The same spec as the run `run` of a cluster job (see [`OperatorSpec::run`]).
+    pub fn with_run(mut self, run: impl Into<String>) -> Self {
+        self.run = Some(run.into());
+        self
+    }
+
+    /// A cluster run's identity, unique per run of the driver: an executor writes the worker
+    /// logs of each run into a folder of its own (see [`crate::exec::logs`]).
+    pub fn run(&self) -> Option<&str> {
+        self.run.as_deref()
     }
 
     /// Where a cluster job's executors commit, when they do.
@@ -145,6 +163,7 @@ impl OperatorSpec {
             output_schema,
             call: self.call,
             shared: self.shared.clone(),
+            run: self.run.clone(),
         };
         serde_json::to_vec(&wire).map_err(|e| wire_error(format!("encoding failed: {e}")))
     }
@@ -174,11 +193,11 @@ impl OperatorSpec {
             Some(bytes) => Some(schema_from_bytes(&bytes)?),
             None => None,
         };
-        let spec = OperatorSpec::new(wire.job, wire.inputs, output_schema)?.with_call(wire.call);
-        Ok(match wire.shared {
-            Some(location) => spec.with_shared(location),
-            None => spec,
-        })
+        let mut spec =
+            OperatorSpec::new(wire.job, wire.inputs, output_schema)?.with_call(wire.call);
+        spec.shared = wire.shared;
+        spec.run = wire.run;
+        Ok(spec)
     }
 }
 
@@ -262,14 +281,17 @@ mod tests {
     #[test]
     fn the_shared_staging_location_travels_with_the_spec() {
         let location = SharedLocation::Folder(std::path::PathBuf::from("/shared/out"));
-        let shared = spec().with_shared(location.clone());
+        let shared = spec().with_shared(location.clone()).with_run("run1-ab");
         let back = OperatorSpec::decode(&shared.encode().unwrap()).unwrap();
         assert_eq!(back.shared(), Some(&location));
+        assert_eq!(back.run(), Some("run1-ab"), "and the run's identity");
         assert_eq!(back, shared);
         // A spec without one encodes without the field (bytes of earlier builds decode).
         let plain = spec().encode().unwrap();
         assert!(!String::from_utf8_lossy(&plain).contains("\"shared\""));
+        assert!(!String::from_utf8_lossy(&plain).contains("\"run\""));
         assert_eq!(OperatorSpec::decode(&plain).unwrap().shared(), None);
+        assert_eq!(OperatorSpec::decode(&plain).unwrap().run(), None);
     }
 
     #[test]

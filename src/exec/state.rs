@@ -167,6 +167,8 @@ pub struct JobState {
     worker_nanos: AtomicU64,
     /// Time spent on the ledger's behalf (input-slice fingerprints), in nanoseconds.
     ledger_nanos: AtomicU64,
+    /// The executors whose records a cluster job's driver committed (by name).
+    executors: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl std::fmt::Debug for JobState {
@@ -192,7 +194,14 @@ impl JobState {
             init_failures_per_node: Mutex::new(BTreeMap::new()),
             worker_nanos: AtomicU64::new(0),
             ledger_nanos: AtomicU64::new(0),
+            executors: Mutex::new(Default::default()),
         })
+    }
+
+    /// The executors that ran the mini-batches a cluster job's driver committed (their
+    /// records' `process` names them), in name order; empty for a local run.
+    pub fn executors(&self) -> Vec<String> {
+        lock(&self.executors).iter().cloned().collect()
     }
 
     /// Adds time spent for the ledger (fingerprinting an input slice).
@@ -399,6 +408,10 @@ impl JobState {
         if let Some(mut c) = self.open_counts() {
             c.tries += u64::from(record.tries);
         }
+        // `process` is `<executor>/<agent>` (`host:4242/process000`).
+        if let Some((executor, _)) = record.process.rsplit_once('/') {
+            lock(&self.executors).insert(executor.to_string());
+        }
         self.add_worker_time(Duration::try_from_secs_f64(record.run_seconds).unwrap_or_default());
         self.mini_batch_finished(record);
     }
@@ -601,6 +614,26 @@ mod tests {
         state.scheduling_finished();
         assert_eq!(state.counts(), closed);
         assert!(!state.counts().mini_batches_total_exact());
+    }
+
+    #[test]
+    fn a_cluster_jobs_records_name_the_executors_that_ran_them() {
+        let state = JobState::new(settings(), Arc::new(NoopObserver));
+        for (id, process) in [
+            (0, "node-a:11/process000"),
+            (1, "node-b:12/process000"),
+            (2, "node-a:11/process001"),
+        ] {
+            state.mini_batch_scheduled(10);
+            let mut r = record(id, 10, true);
+            r.process = process.into();
+            state.mini_batch_finished_elsewhere(&r);
+        }
+        assert_eq!(state.executors(), vec!["node-a:11", "node-b:12"]);
+        // A local run's records name the worker only.
+        let local = JobState::new(settings(), Arc::new(NoopObserver));
+        local.mini_batch_finished(&record(0, 10, true));
+        assert!(local.executors().is_empty());
     }
 
     #[test]

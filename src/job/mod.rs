@@ -446,6 +446,7 @@ pub async fn execute(
     for warning in &resumed.warnings {
         eprintln!("parallel-run: warning: {warning}");
     }
+    let ledger_run = writer.run();
     // An object-storage output: records and parts also go to the bucket as they commit.
     let replica = match storage.filter(|s| s.remote_output().is_some()) {
         Some(storage) => {
@@ -568,9 +569,16 @@ pub async fn execute(
                 .zip(plan.spec.inputs().iter().cloned())
                 .collect();
             use crate::cluster::submit::EarlierRecords;
+            // Executors keep each run's worker logs apart by its identity.
+            let spec = Arc::new(
+                plan.spec
+                    .as_ref()
+                    .clone()
+                    .with_run(run_identity(ledger_run)),
+            );
             let ran = crate::cluster::submit::run_on_cluster(
                 target,
-                &plan.spec,
+                &spec,
                 shared_location(settings, storage)?,
                 storage.map_or(&no_options, |s| s.options()),
                 inputs,
@@ -598,6 +606,9 @@ pub async fn execute(
     drop(interrupt);
     // Closes the counts: the console, the progress file and the report all state these.
     let mut summary = run.summarize();
+    if cluster_target(&settings.config.compute_target).is_some() {
+        summary.executors = Some(state.executors().len() as u64);
+    }
     summary.resumed = resuming;
     summary.mini_batches_rerun = resumed.rerun;
     if let Err(e) = ledger_sink.close() {
@@ -734,6 +745,16 @@ fn shared_location(
             ),
         },
     )
+}
+
+/// The identity of a cluster run (see [`crate::exec::OperatorSpec::run`]): the ledger's run
+/// number and the time, unique per run of this output (an `--overwrite` run starts the
+/// ledger's numbering again).
+fn run_identity(ledger_run: u32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("run{ledger_run}-{nanos:x}")
 }
 
 static HANDLE_CTRL_C: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -126,7 +126,15 @@ impl JobRuntimes {
 
     fn factory(&self, spec: &OperatorSpec) -> Result<WorkerFactoryRef> {
         let tabular = spec.inputs().iter().any(|i| i.kind == ItemKind::Rows);
-        worker_factory(spec.job(), tabular, &self.registry)
+        let mut env = worker_env(spec.job(), tabular);
+        if let Some(logs) = crate::exec::logs::ExecutorLogs::of(spec) {
+            // A cluster run's workers log into this executor's own folder, named after it;
+            // the operator copies that folder into the output's logs.
+            env.log_dir = logs.dir;
+            env.node = Some(logs.node);
+        }
+        let job = spec.job();
+        factory_with_env(&job.config, env, job.mini_batch_format, &self.registry)
     }
 }
 
@@ -191,6 +199,7 @@ pub fn worker_env(settings: &JobSettings, tabular_inputs: bool) -> WorkerEnv {
     WorkerEnv {
         output_dir: settings.output.clone(),
         log_dir: settings.log_dir.clone(),
+        node: None,
         work_dir: settings.output.join(WORK_DIR_NAME).join("work"),
         logging_level: config.logging_level,
         arguments: settings.arguments.clone(),

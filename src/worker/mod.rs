@@ -101,8 +101,13 @@ impl WorkerSlot {
 pub struct WorkerEnv {
     /// The job's output folder (`EntryScript().output_dir`, `AZUREML_BI_OUTPUT_PATH`).
     pub output_dir: PathBuf,
-    /// The job's log folder (`<output>/logs`).
+    /// The job's log folder (`<output>/logs`; a cluster executor's own folder, whose files
+    /// it copies into the output's, see `crate::exec::logs`).
     pub log_dir: PathBuf,
+    /// The node's folder in the log layout (`user/stdout/<node>/...`) and
+    /// `EntryScript().node_id`: `None` names it after the slot's node index (`node000`); a
+    /// cluster executor names it after itself.
+    pub node: Option<String>,
     /// Parent folder of the per-worker working directories.
     pub work_dir: PathBuf,
     /// Python logging level.

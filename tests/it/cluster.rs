@@ -1870,3 +1870,330 @@ fn a_cluster_job_writes_its_output_to_object_storage() {
         );
     }
 }
+
+/// `node` (`HOST:PID` in processed_mini-batches.csv) as its folder in the output's logs.
+fn node_folder(node: &str) -> String {
+    node.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+/// The text of every file in `folder` (none when it does not exist), concatenated.
+fn texts_in(folder: &Path) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(folder).into_iter().flatten().flatten() {
+        text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+    }
+    text
+}
+
+#[test]
+fn a_python_jobs_worker_logs_reach_the_output_under_each_executor() {
+    let (scheduler, address) = start_scheduler();
+    let executors = registered_executors(&address, 2);
+    let pids: BTreeSet<u32> = executors.iter().map(|e| e.child.id()).collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 600);
+    // Every run() prints a marker naming its mini-batch's first id, and logs one through
+    // EntryScript().logger; the import prints too.
+    std::fs::write(
+        dir.path().join("marker.py"),
+        "import time\nfrom azureml_user.parallel_run import EntryScript\n\n\
+         print('imported on', EntryScript().node_id)\n\n\
+         def run(mini_batch):\n    time.sleep(0.05)\n    first = mini_batch.iloc[0, 0]\n    \
+         print('MARKER', first, flush=True)\n    \
+         EntryScript().logger.info('LOGGED %s', first)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: marker.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    let out = dir.path().join("out");
+
+    // processed_mini-batches.csv names the executor of every mini-batch (HOST:PID/agent).
+    let rows = processed(&out);
+    assert!(rows.len() > 10, "{rows:?}");
+    let node_of = |row: &BTreeMap<String, String>| {
+        let (node, agent) = row["process"].rsplit_once('/').unwrap();
+        assert!(agent.starts_with("process"), "{row:?}");
+        node.to_string()
+    };
+    let nodes: BTreeSet<String> = rows.iter().map(node_of).collect();
+    for node in &nodes {
+        let pid: u32 = node.rsplit_once(':').unwrap().1.parse().unwrap();
+        assert!(
+            pids.contains(&pid),
+            "{node} is one of the executors {pids:?}"
+        );
+    }
+    // job_summary.json counts the executors that ran them.
+    let summary = summary(&out);
+    assert_eq!(summary["executors"], nodes.len() as u64, "{summary}");
+
+    // Both executors' workers logged into the output, each under its own node folder (no
+    // node000), and every mini-batch's marker is in the logs of the executor that ran it.
+    let user = out.join("logs/user");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    for pid in &pids {
+        let folder = node_folder(&format!("{hostname}:{pid}"));
+        let stdout = texts_in(&user.join("stdout").join(&folder));
+        assert!(
+            stdout.contains(&format!("imported on {folder}")),
+            "{folder}: {stdout:?}\nlogs: {:?}",
+            std::fs::read_dir(user.join("stdout"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+        );
+    }
+    assert!(!user.join("stdout/node000").exists());
+    for row in &rows {
+        let folder = node_folder(&node_of(row));
+        let first = first_row(&row["rows"]);
+        let stdout = texts_in(&user.join("stdout").join(&folder));
+        assert!(
+            stdout.contains(&format!("MARKER {first}\n")),
+            "{folder} ran {first}: {stdout}"
+        );
+        let logged = texts_in(&user.join("entry_script_log").join(&folder));
+        assert!(
+            logged.contains(&format!("LOGGED {first}")),
+            "{folder}: {logged}"
+        );
+    }
+    // The shared staging area was cleared; the logs stay.
+    assert!(!out.join(".parallel_run/staging/shared/records").exists());
+    drop(executors);
+}
+
+#[test]
+fn the_logs_an_executor_copied_before_its_sigkill_stay_in_the_output() {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &address,
+        "--executor-timeout",
+        "3",
+        "--expire-interval",
+        "1",
+        "--no-executors-grace",
+        "20",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "{:?}",
+        scheduler.seen
+    );
+    // The executors copy their workers' logs every second.
+    let envs = [("PARALLEL_RUN_LOG_COPY_SECONDS", "1")];
+    let mut a = start_executor_with(&address, &[], &envs);
+    let mut b = start_executor_with(&address, &[], &envs);
+    for executor in [&mut a, &mut b] {
+        assert!(
+            executor.wait_for("registration succeed", Duration::from_secs(60)),
+            "{:?}",
+            executor.seen
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 2000);
+    std::fs::write(
+        dir.path().join("slow.py"),
+        "import time\n\ndef run(mini_batch):\n    time.sleep(0.3)\n    \
+         print('MARKER', mini_batch.iloc[0, 0], flush=True)\n    return mini_batch\n",
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB\nrun_max_try: 3",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: data/t.csv, format: csv}\n",
+    );
+    let job = job.to_str().unwrap().to_string();
+    let target = format!("compute_target=df://{address}");
+    let driver_dir = dir.path().to_path_buf();
+    let driver = std::thread::spawn(move || {
+        run_bounded(
+            &driver_dir,
+            &["run", &job, "-q", "--output", "out", "--set", &target],
+            Duration::from_secs(180),
+        )
+    });
+    // Once a periodic copy of B's worker output reached the output, B is killed.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let b_folder = node_folder(&format!("{hostname}:{}", b.child.id()));
+    let b_stdout = dir
+        .path()
+        .join("out/logs/user/stdout")
+        .join(&b_folder)
+        .join("process000.stdout.txt");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let copied = loop {
+        let text = std::fs::read_to_string(&b_stdout).unwrap_or_default();
+        if text.contains("MARKER") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no copy of B's logs: {:?}",
+            b.seen
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let records = dir.path().join("out/.parallel_run/staging/shared/records");
+    let b_committed = recorded_by(&records, b.child.id());
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+    let (code, stderr) = driver.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    // B was killed mid-task (its partition holds every other mini-batch): the copy it left
+    // came from a periodic pass, not from the end of its task.
+    let total = processed(&dir.path().join("out")).len();
+    assert!(b_committed < total / 2, "{b_committed} of {total}");
+
+    // What B copied before it was killed is still there (at least that, whole lines).
+    let kept = std::fs::read_to_string(&b_stdout).unwrap();
+    assert!(kept.starts_with(&copied) && kept.ends_with('\n'), "{kept}");
+    // A ran the rest: its logs are there too, and every mini-batch is in the output once.
+    let out = dir.path().join("out");
+    let a_folder = node_folder(&format!("{hostname}:{}", a.child.id()));
+    assert!(texts_in(&out.join("logs/user/stdout").join(&a_folder)).contains("MARKER"));
+    assert_eq!(lines(&out.join("parallel_run_step.txt")).len(), 2000);
+    let nodes: BTreeSet<String> = processed(&out)
+        .into_iter()
+        .map(|r| r["process"].rsplit_once('/').unwrap().0.to_string())
+        .collect();
+    assert_eq!(summary(&out)["executors"], nodes.len() as u64);
+    drop(a);
+}
+
+#[test]
+fn a_cluster_jobs_worker_logs_reach_an_output_in_a_bucket() {
+    use crate::object_store::store::{shared, unique};
+    let store = shared(crate::servers::Kind::S3);
+    let (scheduler, address) = start_scheduler();
+    // Secrets never travel in the plan: the executors take them from their environment.
+    let env = store.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executors: Vec<Process> = (0..2)
+        .map(|_| {
+            let mut executor = start_executor_with(&address, &[], &envs);
+            assert!(
+                executor.wait_for("registration succeed", Duration::from_secs(60)),
+                "{:?}",
+                executor.seen
+            );
+            executor
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/t.csv"), 0, 300);
+    std::fs::write(
+        dir.path().join("marker.py"),
+        "def run(mini_batch):\n    print('MARKER', mini_batch.iloc[0, 0], flush=True)\n    \
+         return mini_batch\n",
+    )
+    .unwrap();
+    let prefix = unique("cluster-logs");
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: marker.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             mini_batch_size: 1KB",
+            python()
+        ),
+        &format!(
+            "inputs:\n  - {{name: t, path: data/t.csv, format: csv}}\noutput: \"{}\"\n",
+            store.url(&format!("{prefix}/out")),
+        ),
+    );
+    // The driver too takes the store's settings from its environment.
+    let target = format!("compute_target=df://{address}");
+    let (mut driver, stderr) = start_driver_with(
+        dir.path(),
+        &["run", job.to_str().unwrap(), "-q", "--set", &target],
+        &envs,
+    );
+    let code = wait_exit(&mut driver, Duration::from_secs(180));
+    let stderr = std::fs::read_to_string(stderr).unwrap_or_default();
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+
+    // Each executor's stdout is in the bucket under its node folder, with the markers of
+    // the mini-batches it ran; the records name the executors and the summary counts them.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let text = |key: &str| String::from_utf8(store.get(key).unwrap_or_default()).unwrap();
+    let mut markers = 0;
+    for executor in &executors {
+        let folder = node_folder(&format!("{hostname}:{}", executor.child.id()));
+        let stdout = text(&format!(
+            "{prefix}/out/logs/user/stdout/{folder}/process000.stdout.txt"
+        ));
+        markers += stdout.matches("MARKER ").count();
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&text(&format!("{prefix}/out/logs/job_summary.json"))).unwrap();
+    let total = summary["mini_batches_succeeded"].as_u64().unwrap();
+    assert!(total > 3, "{summary}");
+    assert_eq!(
+        markers as u64, total,
+        "every run() printed once, in the bucket"
+    );
+    let processed = text(&format!(
+        "{prefix}/out/logs/sys/job_report/processed_mini-batches.csv"
+    ));
+    let nodes: BTreeSet<&str> = processed
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split(',').nth(5)?.rsplit_once('/').map(|(n, _)| n))
+        .collect();
+    assert_eq!(summary["executors"], nodes.len() as u64, "{processed}");
+    assert!(
+        store
+            .list(&format!("{prefix}/out/logs/user/stdout"))
+            .iter()
+            .all(|key| !key.contains("node000")),
+        "no node000 folder"
+    );
+}

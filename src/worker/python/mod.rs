@@ -107,7 +107,7 @@ mod worker;
 pub(crate) mod tests;
 
 pub use env::{cache_dir, resolve_interpreter};
-pub use process::{node_name, user_log_paths, UserLogPaths};
+pub use process::{node_name, user_log_paths, user_log_paths_in, UserLogPaths};
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -302,7 +302,7 @@ impl PythonWorkerFactory {
             "output_dir": env.output_dir,
             "working_dir": working_dir,
             "agent_name": slot.agent_name,
-            "node": node_name(slot.node),
+            "node": node_folder(env, slot),
             "entry_script_log": logs.entry_script_log,
             "logging_level": logging_level_name(env.logging_level),
             "mini_batch_format": self.spec.mini_batch_format.as_str(),
@@ -331,7 +331,7 @@ impl PythonWorkerFactory {
         }
         let working_dir = env.work_dir.join(&slot.agent_name);
         std::fs::create_dir_all(&working_dir)?;
-        let logs = user_log_paths(&env.log_dir, slot);
+        let logs = user_log_paths_in(&env.log_dir, &node_folder(env, slot), &slot.agent_name);
         let stdout = open_append(&logs.stdout)?;
         let stderr = open_append(&logs.stderr)?;
         let stderr_start = stderr.metadata().map(|m| m.len()).unwrap_or(0);
@@ -467,6 +467,12 @@ impl WorkerFactory for PythonWorkerFactory {
             .unwrap_or_default();
         format!("python:{name}")
     }
+}
+
+/// The node folder of the worker in `slot` in the log layout: the environment's
+/// ([`WorkerEnv::node`], a cluster executor's name) or the slot's node index (`node000`).
+fn node_folder(env: &WorkerEnv, slot: &WorkerSlot) -> String {
+    env.node.clone().unwrap_or_else(|| node_name(slot.node))
 }
 
 fn logging_level_name(level: crate::config::LoggingLevel) -> &'static str {

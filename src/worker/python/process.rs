@@ -31,23 +31,27 @@ pub fn node_name(node: usize) -> String {
     format!("node{node:03}")
 }
 
-/// The log files of the worker in `slot` under the job's `log_dir`.
+/// The log files of the worker in `slot` under the job's `log_dir` (its node folder named
+/// after the slot's node index, see [`node_name`]).
 pub fn user_log_paths(log_dir: &Path, slot: &WorkerSlot) -> UserLogPaths {
+    user_log_paths_in(log_dir, &node_name(slot.node), &slot.agent_name)
+}
+
+/// The log files of worker `agent` in node folder `node` under the job's `log_dir`.
+pub fn user_log_paths_in(log_dir: &Path, node: &str, agent: &str) -> UserLogPaths {
     let user = log_dir.join("user");
-    let node = node_name(slot.node);
-    let agent = &slot.agent_name;
     UserLogPaths {
         stdout: user
             .join("stdout")
-            .join(&node)
+            .join(node)
             .join(format!("{agent}.stdout.txt")),
         stderr: user
             .join("stderr")
-            .join(&node)
+            .join(node)
             .join(format!("{agent}.stderr.txt")),
         entry_script_log: user
             .join("entry_script_log")
-            .join(&node)
+            .join(node)
             .join(format!("{agent}.log.txt")),
     }
 }

@@ -50,6 +50,7 @@ impl Job {
             env: WorkerEnv {
                 output_dir: out.clone(),
                 log_dir: out.join("logs"),
+                node: None,
                 work_dir: dir.path().join("work"),
                 logging_level: LoggingLevel::Info,
                 arguments: Vec::new(),
@@ -688,6 +689,37 @@ def run(mini_batch):
         "{stderr}"
     );
     assert!(!stderr.contains("not at INFO"));
+}
+
+#[tokio::test]
+async fn a_named_node_gets_the_log_folders_and_the_entry_scripts_node_id() {
+    let mut job = Job::new(
+        r#"
+from azureml_user.parallel_run import EntryScript
+
+def run(mini_batch):
+    print("node_id", EntryScript().node_id)
+    EntryScript().logger.info("logged on %s", EntryScript().node_id)
+    return list(mini_batch["id"])
+"#,
+    );
+    job.spec.env.node = Some("host-4242".into());
+    let factory = job.factory();
+    let mut w = ready(&factory, 1).await;
+    run_ok(&mut w, &named("a")).await;
+    w.shutdown().await.unwrap();
+    let logs = user_log_paths_in(&job.spec.env.log_dir, "host-4242", "process001");
+    assert!(logs
+        .stdout
+        .ends_with("user/stdout/host-4242/process001.stdout.txt"));
+    let stdout = std::fs::read_to_string(&logs.stdout).unwrap();
+    assert!(stdout.contains("node_id host-4242"), "{stdout}");
+    let log = std::fs::read_to_string(&logs.entry_script_log).unwrap();
+    assert!(log.contains("logged on host-4242"), "{log}");
+    assert!(
+        !job.spec.env.log_dir.join("user/stdout/node000").exists(),
+        "no node000 folder"
+    );
 }
 
 #[tokio::test]
