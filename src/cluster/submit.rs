@@ -82,12 +82,11 @@ pub async fn run_on_cluster(
         }
     }
     if !spec.settings().partition_keys.is_empty() {
-        return Err(PrsError::config(
-            "compute_target",
-            target,
-            "partition_keys jobs do not run on a cluster yet: run them locally \
-             (compute_target: local)",
-        ));
+        // One mini-batch per key: the plan groups the rows (see `cluster::keyed`).
+        return super::keyed::run_keyed_on_cluster(
+            target, spec, shared, inputs, task_ctx, state, skips, commit,
+        )
+        .await;
     }
     if spec.job().dead_letter_rows {
         return Err(PrsError::config(
