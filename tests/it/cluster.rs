@@ -1252,3 +1252,5 @@ fn a_job_exceeding_error_threshold_on_two_executors_stops_promptly() {
     );
     assert!(ran < total, "{ran} run() calls for {total} mini-batches");
 }
+
+mod keyed;
