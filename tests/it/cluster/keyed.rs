@@ -249,3 +249,76 @@ fn a_keyed_job_survives_an_executor_killed_mid_job() {
     );
     drop(a);
 }
+
+#[test]
+fn an_interrupted_keyed_cluster_job_resumes_without_running_its_committed_keys_again() {
+    let (scheduler, address) = start_scheduler();
+    let _executors = registered_executors(&address, 2);
+    let dir = tempfile::tempdir().unwrap();
+    keyed_input(dir.path());
+    let calls = dir.path().join("calls.txt");
+    std::fs::write(
+        dir.path().join("slow.py"),
+        counting_script(&calls, "return mini_batch"),
+    )
+    .unwrap();
+    let job = write_job(
+        dir.path(),
+        &format!(
+            "entry_script: slow.py\nenvironment: {{python: {}}}\nerror_threshold: 0\n\
+             output_action: append_row\nnode_count: 2\nprocess_count_per_node: 1\n\
+             partition_keys: [store]",
+            python()
+        ),
+        "inputs:\n  - {name: t, path: pq/, format: parquet}\n",
+    );
+    let job = job.to_str().unwrap();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    std::fs::remove_file(&calls).unwrap();
+
+    // Interrupted (Ctrl+C) once a few keys are committed.
+    let target = format!("compute_target=df://{address}");
+    let args = ["run", job, "-q", "--output", "cluster", "--set", &target];
+    let (mut driver, stderr) = start_driver(dir.path(), &args);
+    let records = dir
+        .path()
+        .join("cluster/.parallel_run/staging/shared/records");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(&records).map_or(0, |d| d.count()) < 4 {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "keys are committed: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The driver commits what the executors recorded within half a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe {
+        libc::kill(driver.id() as i32, libc::SIGINT);
+    }
+    let code = wait_exit(&mut driver, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(130), "{text}");
+    let first_calls = run_calls(&calls).len();
+    assert!(first_calls < 20, "interrupted before the end: {first_calls}");
+    std::fs::remove_file(&calls).unwrap();
+
+    let mut resumed_args = args.to_vec();
+    resumed_args.push("--resume");
+    let (code, stderr) = run_bounded(dir.path(), &resumed_args, limit);
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    let (local, cluster) = (dir.path().join("local"), dir.path().join("cluster"));
+    assert_eq!(sorted_output(&cluster), sorted_output(&local));
+    assert_eq!(keyed_records(&cluster), keyed_records(&local));
+    let report = summary(&cluster);
+    let skipped = report["mini_batches_skipped"].as_u64().unwrap();
+    assert!(skipped >= 4, "{report}");
+    // The keys the interrupted run committed were not run again.
+    let calls = run_calls(&calls);
+    assert_eq!(calls.len() as u64, 20 - skipped, "{calls:?}");
+    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    assert_eq!(report["mini_batches_total"], 20);
+}
