@@ -322,3 +322,133 @@ fn an_interrupted_keyed_cluster_job_resumes_without_running_its_committed_keys_a
     assert!(calls.values().all(|n| *n == 1), "{calls:?}");
     assert_eq!(report["mini_batches_total"], 20);
 }
+
+#[tokio::test]
+async fn the_keyed_plan_round_trips_and_ballista_cuts_it_at_the_hash_repartition() {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::physical_plan::displayable;
+    use parallel_run::exec::keyed_shared::{
+        chunk_leaf, keyed_input_plan, ChunkRows, KeyedReadExec, RowChunk,
+    };
+
+    let mut config = ParallelRunConfig::new("rust:echo", -1, OutputAction::AppendRow);
+    config.node_count = 2;
+    config.process_count_per_node = Some(1);
+    config.partition_keys = vec!["store".to_string()];
+    let job = JobSettings::new(config, "/jobs/out");
+    let input = InputInfo::new("t", ItemKind::Rows).with_source(InputSpec::path(
+        "t",
+        "/data/pq",
+        InputFormat::Parquet,
+    ));
+    let spec = Arc::new(OperatorSpec::new(job, vec![input], None).unwrap());
+    let rows = RecordBatch::try_from_iter(vec![
+        (
+            "id",
+            Arc::new(Int64Array::from_iter_values(0..40)) as ArrayRef,
+        ),
+        (
+            "store",
+            Arc::new(StringArray::from_iter_values(
+                (0..40).map(|i| format!("k{}", i % 5)),
+            )) as ArrayRef,
+        ),
+    ])
+    .unwrap();
+    let chunks = vec![
+        RowChunk {
+            first_row: 0,
+            rows: ChunkRows::Carried(rows.slice(0, 20)),
+        },
+        RowChunk {
+            first_row: 20,
+            rows: ChunkRows::Carried(rows.slice(20, 20)),
+        },
+    ];
+    let leaf = chunk_leaf(&chunks, 2).unwrap();
+    let child = keyed_input_plan(leaf, "t", rows.schema(), &["store".to_string()], 2).unwrap();
+    let op = ParallelRunExec::deferred(
+        ExecMode::Keyed,
+        vec![child],
+        spec,
+        Arc::new(JobRuntimes::new(registry())),
+    )
+    .unwrap();
+    // Through the codec (as the driver sends it and the scheduler decodes it).
+    let plan = round_trip(Arc::new(op));
+    let text = displayable(plan.as_ref()).indent(false).to_string();
+    for part in [
+        "ParallelRunExec[keyed]",
+        "SortExec",
+        "preserve_partitioning=[true]",
+        "RepartitionExec: partitioning=Hash([store@1], 2)",
+        "KeyedReadExec: input=t",
+        "DataSourceExec",
+    ] {
+        assert!(text.contains(part), "{part}:\n{text}");
+    }
+    assert_eq!(plan.properties().partitioning.partition_count(), 2);
+
+    // Ballista's planner cuts a stage at the hash repartition: the first reads and numbers
+    // the chunks and writes the shuffle, the second sorts what it reads and runs the keys.
+    let mut planner = ballista_scheduler::planner::DefaultDistributedPlanner::new();
+    use ballista_scheduler::planner::DistributedPlanner;
+    let stages = planner
+        .plan_query_stages(
+            &"keyed-test".to_string().into(),
+            plan,
+            &datafusion::config::ConfigOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(stages.len(), 2, "{stages:?}");
+    let shown = |p: &Arc<dyn ExecutionPlan>| displayable(p.as_ref()).indent(false).to_string();
+    let first: Arc<dyn ExecutionPlan> = stages[0].clone();
+    let second: Arc<dyn ExecutionPlan> = stages[1].clone();
+    let (first_text, second_text) = (shown(&first), shown(&second));
+    assert!(
+        first_text.contains("KeyedReadExec") && !first_text.contains("ParallelRunExec"),
+        "{first_text}"
+    );
+    assert!(
+        second_text.contains("ParallelRunExec[keyed]")
+            && second_text.contains("SortExec")
+            && second_text.contains("UnresolvedShuffleExec")
+            && !second_text.contains("KeyedReadExec"),
+        "{second_text}"
+    );
+
+    // A task of the first stage reads only its chunks, numbered as in the input.
+    let restricted =
+        ballista_scheduler::state::task_builder::restrict_plan_to_partitions(first, &[1])
+            .unwrap();
+    let mut read = None;
+    restricted
+        .apply(|node| {
+            if node.downcast_ref::<KeyedReadExec>().is_some() {
+                read = Some(node.clone());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .unwrap();
+    let read = read.expect("the stage reads the chunks");
+    assert_eq!(read.properties().partitioning.partition_count(), 1);
+    let ctx = SessionContext::new().task_ctx();
+    let batches: Vec<RecordBatch> = read
+        .execute(0, ctx)
+        .unwrap()
+        .map(|b| b.unwrap())
+        .collect()
+        .await;
+    let numbers: Vec<u64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(2)
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(numbers, (20..40).collect::<Vec<u64>>());
+}
