@@ -204,11 +204,13 @@ pub fn chunk_leaf(chunks: &[RowChunk], partitions: usize) -> Result<Arc<dyn Exec
             batches.push(vec![chunk_batch(&part)?]);
         }
     }
-    Ok(datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-        &batches,
-        chunk_schema(),
-        None,
-    )?)
+    Ok(
+        datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &batches,
+            chunk_schema(),
+            None,
+        )?,
+    )
 }
 
 fn chunk_batch(chunks: &[&RowChunk]) -> Result<RecordBatch> {

@@ -358,8 +358,8 @@ impl SharedStaging {
         &self,
         skips: &BTreeMap<String, u64>,
     ) -> Result<(), SharedStoreError> {
-        let body = serde_json::to_vec(skips)
-            .map_err(|e| self.failed("encoding", RESUME_SKIPS, e))?;
+        let body =
+            serde_json::to_vec(skips).map_err(|e| self.failed("encoding", RESUME_SKIPS, e))?;
         self.store
             .put(&self.object(RESUME_SKIPS), PutPayload::from(body))
             .await

@@ -303,7 +303,10 @@ fn an_interrupted_keyed_cluster_job_resumes_without_running_its_committed_keys_a
     let text = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert_eq!(code, Some(130), "{text}");
     let first_calls = run_calls(&calls).len();
-    assert!(first_calls < 20, "interrupted before the end: {first_calls}");
+    assert!(
+        first_calls < 20,
+        "interrupted before the end: {first_calls}"
+    );
     std::fs::remove_file(&calls).unwrap();
 
     let mut resumed_args = args.to_vec();
@@ -419,8 +422,7 @@ async fn the_keyed_plan_round_trips_and_ballista_cuts_it_at_the_hash_repartition
 
     // A task of the first stage reads only its chunks, numbered as in the input.
     let restricted =
-        ballista_scheduler::state::task_builder::restrict_plan_to_partitions(first, &[1])
-            .unwrap();
+        ballista_scheduler::state::task_builder::restrict_plan_to_partitions(first, &[1]).unwrap();
     let mut read = None;
     restricted
         .apply(|node| {
