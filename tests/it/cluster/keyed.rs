@@ -220,7 +220,18 @@ fn a_keyed_job_survives_an_executor_killed_mid_job() {
     let _ = b.child.kill();
     let _ = b.child.wait();
     let (code, stderr) = driver.join().unwrap();
-    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    if code != Some(0) {
+        // What the scheduler and the surviving executor said, for the failure message.
+        scheduler.wait_for("\u{0}", Duration::from_secs(1));
+        a.wait_for("\u{0}", Duration::from_secs(1));
+    }
+    assert_eq!(
+        code,
+        Some(0),
+        "{stderr}\nscheduler: {:#?}\nexecutor A: {:#?}",
+        scheduler.seen,
+        a.seen
+    );
 
     let (local, cluster) = (dir.path().join("local"), dir.path().join("cluster"));
     assert_eq!(
