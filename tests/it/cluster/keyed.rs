@@ -139,6 +139,43 @@ fn a_keyed_job_on_two_executors_cuts_the_mini_batches_of_a_local_run() {
     ] {
         assert_eq!(cluster[field], local[field], "{field}");
     }
+
+    // A CSV input travels with its rows (numbered by the driver): the same mini-batches too.
+    write_csv(&dir.path().join("csv/a.csv"), 0, 120);
+    write_csv(&dir.path().join("csv/b.csv"), 120, 80);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\npartition_keys: [key]",
+        "inputs:\n  - {name: t, path: csv/, format: csv}\n",
+    );
+    let job = job.to_str().unwrap();
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", job, "-q", "--output", "csv-local"],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "run",
+            job,
+            "-q",
+            "--output",
+            "csv-cluster",
+            "--set",
+            &target,
+        ],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    let (local, cluster) = (dir.path().join("csv-local"), dir.path().join("csv-cluster"));
+    assert_eq!(sorted_output(&cluster).len(), 200);
+    assert_eq!(sorted_output(&cluster), sorted_output(&local));
+    let records = keyed_records(&cluster);
+    assert_eq!(records.len(), 7, "{records:?}");
+    assert_eq!(records, keyed_records(&local));
 }
 
 #[test]
@@ -331,10 +368,44 @@ fn an_interrupted_keyed_cluster_job_resumes_without_running_its_committed_keys_a
     let skipped = report["mini_batches_skipped"].as_u64().unwrap();
     assert!(skipped >= 4, "{report}");
     // The keys the interrupted run committed were not run again.
-    let calls = run_calls(&calls);
-    assert_eq!(calls.len() as u64, 20 - skipped, "{calls:?}");
-    assert!(calls.values().all(|n| *n == 1), "{calls:?}");
+    let calls_now = run_calls(&calls);
+    assert_eq!(calls_now.len() as u64, 20 - skipped, "{calls_now:?}");
+    assert!(calls_now.values().all(|n| *n == 1), "{calls_now:?}");
     assert_eq!(report["mini_batches_total"], 20);
+
+    // A local run interrupted, then resumed on the cluster: the executors find the keys the
+    // local run committed with the same slices (fingerprints), and skip them.
+    std::fs::remove_file(&calls).unwrap();
+    let local_args = ["run", job, "-q", "--output", "mixed"];
+    let (mut driver, stderr) = start_driver(dir.path(), &local_args);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while run_calls(&calls).len() < 4 {
+        assert!(
+            Instant::now() < deadline && driver.try_wait().unwrap().is_none(),
+            "keys are run: {}",
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe {
+        libc::kill(driver.id() as i32, libc::SIGINT);
+    }
+    let code = wait_exit(&mut driver, Duration::from_secs(60));
+    let text = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert_eq!(code, Some(130), "{text}");
+    std::fs::remove_file(&calls).unwrap();
+    let mixed_args = [
+        "run", job, "-q", "--output", "mixed", "--set", &target, "--resume",
+    ];
+    let (code, stderr) = run_bounded(dir.path(), &mixed_args, limit);
+    assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
+    let mixed = dir.path().join("mixed");
+    assert_eq!(sorted_output(&mixed), sorted_output(&local));
+    assert_eq!(keyed_records(&mixed), keyed_records(&local));
+    let skipped = summary(&mixed)["mini_batches_skipped"].as_u64().unwrap();
+    assert!(skipped >= 1, "{}", summary(&mixed));
+    let calls_now = run_calls(&calls);
+    assert_eq!(calls_now.len() as u64, 20 - skipped, "{calls_now:?}");
 }
 
 #[tokio::test]
