@@ -104,6 +104,8 @@ pub async fn run_keyed_on_cluster(
         )?);
         rows.push(cut.rows);
     }
+    // The keys are not known before the end, the rows are: the bar shows items.
+    state.expect_items(rows.iter().sum());
 
     let staging = SharedStaging::open(&shared, "(driver)")?;
     // Records of an earlier run of this output are not this run's: the driver's ledger holds
@@ -185,15 +187,14 @@ pub async fn run_keyed_on_cluster(
             return Ok(());
         }
     }
-    if let Some(missing) = follower.tally.incomplete(spec.inputs()) {
+    if let Some(problem) = follower
+        .tally
+        .incomplete(spec.inputs(), follower.staging.shown())
+    {
         return Err(PrsError::Cluster {
             scheduler: host_port.to_string(),
             message: format!(
-                "cluster job {job_id} succeeded, but {missing} in the records of the shared \
-                 staging area {} ({} mini-batches recorded). An executor could not write \
-                 there, the staging area was changed during the job, or the input changed; \
-                 run the job again with --resume",
-                follower.staging.shown(),
+                "cluster job {job_id} succeeded, but {problem} ({} mini-batches recorded)",
                 follower.seen.len()
             ),
         });
@@ -224,8 +225,9 @@ impl Tally {
         }
     }
 
-    /// What is missing (an input whose rows are not all recorded), if anything.
-    fn incomplete(&self, inputs: &[InputInfo]) -> Option<String> {
+    /// What is wrong (an input whose rows are not all recorded, or more than all), if
+    /// anything; `staging` is the shared staging area as users see it.
+    fn incomplete(&self, inputs: &[InputInfo], staging: &str) -> Option<String> {
         self.expected
             .iter()
             .zip(&self.recorded)
@@ -233,7 +235,20 @@ impl Tally {
             .find(|(_, (expected, recorded))| expected != recorded)
             .map(|(i, (expected, recorded))| {
                 let name = inputs.get(i).map_or("?", |info| info.name.as_str());
-                format!("{recorded} of the {expected} rows of input {name:?} are")
+                if recorded > expected {
+                    format!(
+                        "{recorded} rows of input {name:?} are recorded or skipped where it \
+                         has {expected}: keys the run this one resumes committed are gone \
+                         from the input. Restore the input, or run with --restart"
+                    )
+                } else {
+                    format!(
+                        "only {recorded} of the {expected} rows of input {name:?} have a \
+                         record in the shared staging area {staging}: an executor could not \
+                         write there, the staging area was changed during the job, or the \
+                         input changed. Run the job again with --resume"
+                    )
+                }
             })
     }
 }
@@ -292,5 +307,59 @@ impl KeyedFollower {
             self.seen.insert(id.to_string());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{ItemKind, Lineage, MiniBatchId, MiniBatchRecord, MiniBatchStatus};
+
+    fn record(input: u32, rows: u64) -> MiniBatchRecord {
+        MiniBatchRecord {
+            id: MiniBatchId::new(input, 7),
+            index: 0,
+            lineage: Lineage {
+                input: Arc::from("t"),
+                rows: 0..rows,
+            },
+            partition_key_value: Default::default(),
+            tries: 1,
+            process: "p".into(),
+            start_time: std::time::SystemTime::UNIX_EPOCH,
+            total_items: rows,
+            succeeded_items: rows,
+            failed_items: 0,
+            elapsed_seconds: 0.0,
+            run_seconds: 0.0,
+            status: MiniBatchStatus::Succeeded,
+            error_message: String::new(),
+            traceback: None,
+            earlier_errors: Vec::new(),
+            bisection_calls: 0,
+            isolated: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_job_is_complete_when_the_records_hold_every_row_of_every_input() {
+        let inputs = vec![
+            InputInfo::new("a", ItemKind::Rows),
+            InputInfo::new("b", ItemKind::Rows),
+        ];
+        let mut tally = Tally::new(vec![10, 5]);
+        tally.add(&record(0, 4));
+        tally.add(&record(1, 5));
+        let missing = tally.incomplete(&inputs, "/out/staging").unwrap();
+        for part in ["only 4 of the 10 rows", "\"a\"", "/out/staging", "--resume"] {
+            assert!(missing.contains(part), "{part}: {missing}");
+        }
+        tally.add(&record(0, 6));
+        assert_eq!(tally.incomplete(&inputs, "/out/staging"), None);
+        tally.add(&record(1, 1));
+        let gone = tally.incomplete(&inputs, "/out/staging").unwrap();
+        for part in ["6 rows of input \"b\"", "has 5", "--restart"] {
+            assert!(gone.contains(part), "{part}: {gone}");
+        }
     }
 }
