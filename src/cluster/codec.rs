@@ -6,7 +6,9 @@
 //! value, versioned). A process of another parallel-run version refuses to decode them,
 //! naming both versions (see [`super::gate`]); the operator's children (the manifest leaf) are encoded by
 //! DataFusion's own converter. Everything that is not ours (shuffle writers and readers...)
-//! goes to Ballista's codec. Decoding is pure: the scheduler decodes every stage plan, and
+//! goes to Ballista's codec. The first stage of a `partition_keys` job has our other node,
+//! [`KeyedReadExec`]: the same magic and version, the byte `0x80` where the mode goes, then
+//! its own bytes (input name and rows schema). Decoding is pure: the scheduler decodes every stage plan, and
 //! its host may have no Python and none of the job's files; the runtime (worker factory) is
 //! built at the operator's first `execute()`, by the [`RuntimeProvider`] of the process.
 

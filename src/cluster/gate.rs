@@ -8,8 +8,8 @@
 //!   scheduler refuses a driver's plan of another version at submission, and an executor
 //!   would refuse a task's plan the same way.
 //!
-//! [`VersionGate`] also gives back executor vcores Ballista 55 loses (see
-//! [`VersionGate::refund_lost_vcores`]).
+//! [`VersionGate`] also gives back the executor vcores Ballista 55 loses when an executor
+//! loss rolls a running stage back (see `VersionGate::refund_lost_vcores`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
