@@ -222,6 +222,79 @@ mod tests {
         }
     }
 
+    /// A running job of one stage over a 2-partition table, ready to bind tasks.
+    async fn running_job(id: &str) -> Arc<HashMap<JobId, JobInfoCache>> {
+        use ballista_core::extension::SessionConfigExt;
+        use ballista_scheduler::planner::DefaultDistributedPlanner;
+        use ballista_scheduler::state::execution_graph::{ExecutionGraph, StaticExecutionGraph};
+        use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch};
+        use datafusion::datasource::memory::MemorySourceConfig;
+        use datafusion::prelude::SessionConfig;
+
+        let batch = RecordBatch::try_from_iter(vec![(
+            "x",
+            Arc::new(Int64Array::from_iter_values(0..4)) as ArrayRef,
+        )])
+        .unwrap();
+        let plan = MemorySourceConfig::try_new_exec(
+            &[vec![batch.slice(0, 2)], vec![batch.slice(2, 2)]],
+            batch.schema(),
+            None,
+        )
+        .unwrap();
+        let job: JobId = id.to_string().into();
+        let mut graph = StaticExecutionGraph::new(
+            "localhost:50050",
+            &job,
+            "",
+            "session",
+            plan,
+            0,
+            Arc::new(SessionConfig::new_with_ballista()),
+            &mut DefaultDistributedPlanner::new(),
+            None,
+        )
+        .unwrap();
+        graph.revive();
+        Arc::new(HashMap::from([(job, JobInfoCache::new(Box::new(graph)))]))
+    }
+
+    #[tokio::test]
+    async fn vcores_of_tasks_no_running_job_counts_are_given_back() {
+        let gate = VersionGate::new(Arc::new(InMemoryClusterState::default()), "0.1.0");
+        let id = executor_id("0.1.0", "a");
+        let spec = ExecutorData {
+            executor_id: id.clone(),
+            total_vcores: 1,
+            available_vcores: 1,
+        };
+        gate.register_executor(metadata(&id), spec).await.unwrap();
+        let first = running_job("first").await;
+        let bound = gate
+            .bind_schedulable_tasks(TaskDistributionPolicy::Bias, first.clone(), None)
+            .await
+            .unwrap();
+        assert_eq!(bound.len(), 1);
+        // Its one vcore is taken by a task the job counts as running: nothing more binds.
+        let bound = gate
+            .bind_schedulable_tasks(TaskDistributionPolicy::Bias, first, None)
+            .await
+            .unwrap();
+        assert!(bound.is_empty());
+        // That job is gone (as when its stage was rolled back, or it ended) and its task's
+        // status gave nothing back: the vcore is given back, the next job's task binds.
+        let bound = gate
+            .bind_schedulable_tasks(
+                TaskDistributionPolicy::Bias,
+                running_job("next").await,
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(bound.len(), 1, "{bound:?}");
+        assert_eq!(bound[0].0, id);
+    }
+
     #[test]
     fn executor_ids_carry_the_version() {
         let id = executor_id("0.1.0-rc.1", "7f3c0a4e-1b2c-4d5e-8f90-123456789abc");
