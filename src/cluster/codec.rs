@@ -6,7 +6,9 @@
 //! value, versioned). A process of another parallel-run version refuses to decode them,
 //! naming both versions (see [`super::gate`]); the operator's children (the manifest leaf) are encoded by
 //! DataFusion's own converter. Everything that is not ours (shuffle writers and readers...)
-//! goes to Ballista's codec. Decoding is pure: the scheduler decodes every stage plan, and
+//! goes to Ballista's codec. The first stage of a `partition_keys` job has our other node,
+//! [`KeyedReadExec`]: the same magic and version, the byte `0x80` where the mode goes, then
+//! its own bytes (input name and rows schema). Decoding is pure: the scheduler decodes every stage plan, and
 //! its host may have no Python and none of the job's files; the runtime (worker factory) is
 //! built at the operator's first `execute()`, by the [`RuntimeProvider`] of the process.
 
@@ -21,6 +23,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 
 use crate::cluster::advertised_version;
 use crate::error::PrsError;
+use crate::exec::keyed_shared::KeyedReadExec;
 use crate::exec::{ExecMode, OperatorSpec, ParallelRunExec, RuntimeProvider};
 
 /// The first bytes of an encoded `ParallelRunExec`. Ballista's own nodes are protobuf
@@ -78,13 +81,18 @@ fn mode_byte(mode: ExecMode) -> u8 {
     match mode {
         ExecMode::Local => 0,
         ExecMode::Manifest => 1,
+        ExecMode::Keyed => 2,
     }
 }
+
+/// The "mode" byte of a [`KeyedReadExec`] (the first stage of a `partition_keys` job).
+const KEYED_READ: u8 = 0x80;
 
 fn mode_of(byte: u8) -> Result<ExecMode> {
     match byte {
         0 => Ok(ExecMode::Local),
         1 => Ok(ExecMode::Manifest),
+        2 => Ok(ExecMode::Keyed),
         other => Err(DataFusionError::Plan(format!(
             "ParallelRunExec: unknown operator mode {other}: run the same parallel-run version \
              on the driver, the scheduler and every executor"
@@ -107,6 +115,18 @@ impl PhysicalExtensionCodec for PrsPhysicalCodec {
         let (mode, spec) = body.split_first().ok_or_else(|| {
             DataFusionError::Plan("ParallelRunExec: the encoded operator is empty".into())
         })?;
+        if *mode == KEYED_READ {
+            let leaf = match inputs {
+                [leaf] => leaf.clone(),
+                _ => {
+                    return Err(DataFusionError::Plan(
+                        "KeyedReadExec: expected one input (its row chunks)".into(),
+                    ))
+                }
+            };
+            let exec = KeyedReadExec::decode(spec, leaf).map_err(PrsError::into_datafusion)?;
+            return Ok(Arc::new(exec));
+        }
         let spec = OperatorSpec::decode(spec).map_err(PrsError::into_datafusion)?;
         let exec = ParallelRunExec::deferred(
             mode_of(*mode)?,
@@ -124,10 +144,15 @@ impl PhysicalExtensionCodec for PrsPhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        let Some(exec) = node.downcast_ref::<ParallelRunExec>() else {
+        let (mode, body) = if let Some(exec) = node.downcast_ref::<ParallelRunExec>() {
+            let spec = exec.spec().encode().map_err(PrsError::into_datafusion)?;
+            (mode_byte(exec.mode()), spec)
+        } else if let Some(read) = node.downcast_ref::<KeyedReadExec>() {
+            let body = read.encode().map_err(PrsError::into_datafusion)?;
+            (KEYED_READ, body)
+        } else {
             return self.inner.try_encode(node, buf, proto_converter);
         };
-        let spec = exec.spec().encode().map_err(PrsError::into_datafusion)?;
         let version = self.version.as_bytes();
         let length = u8::try_from(version.len()).map_err(|_| {
             DataFusionError::Plan(format!(
@@ -138,8 +163,8 @@ impl PhysicalExtensionCodec for PrsPhysicalCodec {
         buf.extend_from_slice(PRS_MAGIC);
         buf.push(length);
         buf.extend_from_slice(version);
-        buf.push(mode_byte(exec.mode()));
-        buf.extend_from_slice(&spec);
+        buf.push(mode);
+        buf.extend_from_slice(&body);
         Ok(())
     }
 }

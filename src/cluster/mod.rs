@@ -13,6 +13,7 @@ pub mod client;
 pub mod codec;
 pub mod engine;
 pub mod gate;
+pub mod keyed;
 pub mod server;
 pub mod submit;
 

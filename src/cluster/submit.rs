@@ -91,12 +91,20 @@ pub async fn run_on_cluster(
         }
     }
     if !spec.settings().partition_keys.is_empty() {
-        return Err(PrsError::config(
-            "compute_target",
+        // One mini-batch per key: the plan groups the rows (see `cluster::keyed`).
+        return super::keyed::run_keyed_on_cluster(
             target,
-            "partition_keys jobs do not run on a cluster yet: run them locally \
-             (compute_target: local)",
-        ));
+            spec,
+            shared,
+            storage_options,
+            inputs,
+            task_ctx,
+            state,
+            skips,
+            earlier,
+            commit,
+        )
+        .await;
     }
     if spec.job().dead_letter_rows {
         return Err(PrsError::config(
@@ -460,7 +468,7 @@ const EARLIER_JOB_CHECK: Duration = Duration::from_secs(10);
 /// this run uses. What it finished stays there, for `earlier` to adopt or discard. Failing
 /// to ask is a warning: this run's follower refuses any record that is not its own job's or
 /// does not match its cut.
-async fn stop_earlier_job(staging: &SharedStaging, earlier: EarlierRecords) {
+pub(super) async fn stop_earlier_job(staging: &SharedStaging, earlier: EarlierRecords) {
     let marker = match staging.read_marker().await {
         Ok(Some(marker)) => marker,
         Ok(None) => return,
@@ -539,7 +547,7 @@ pub async fn discard_earlier_cluster_job(
 }
 
 /// This process as the driver of a cluster job: `HOST:PID`.
-fn driver_name() -> String {
+pub(super) fn driver_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())

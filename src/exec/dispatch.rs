@@ -155,6 +155,12 @@ impl ResumeSkips {
         ids
     }
 
+    /// Marks mini-batch `id` as skipped: a keyed cluster job, whose executors find the
+    /// mini-batch again (and check its slice) where the driver cannot see it.
+    pub fn mark_skipped(&self, id: MiniBatchId) {
+        crate::lock(&self.skipped).insert(id);
+    }
+
     /// True when mini-batch `id` was found again with the same slice and skipped.
     pub fn was_skipped(&self, id: &MiniBatchId) -> bool {
         crate::lock(&self.skipped).contains(id)

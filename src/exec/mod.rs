@@ -8,6 +8,7 @@
 pub mod bisect;
 pub mod dispatch;
 pub mod keyed;
+pub mod keyed_shared;
 pub mod logical;
 pub mod logs;
 pub mod manifest;
@@ -133,6 +134,11 @@ pub enum ExecMode {
     /// runs the mini-batches of child partition `i`, the task's partitions sharing one queue)
     /// and emits one envelope row per finished mini-batch.
     Manifest,
+    /// One task of a multi-node `partition_keys` job: one child per input, each sorted on
+    /// its keys within each of its hash partitions ([`keyed_shared`]); the operator is
+    /// partition-preserving over them, cuts one mini-batch per key from each partition and
+    /// commits like [`ExecMode::Manifest`].
+    Keyed,
 }
 
 /// Builds the runtime of an operator decoded from bytes, in the process that runs it (a
@@ -276,7 +282,7 @@ impl ParallelRunExec {
         provider: Arc<dyn RuntimeProvider>,
     ) -> Result<Self> {
         let expected = match mode {
-            ExecMode::Local => spec.inputs().len(),
+            ExecMode::Local | ExecMode::Keyed => spec.inputs().len(),
             ExecMode::Manifest => 1,
         };
         if inputs.len() != expected {
@@ -315,6 +321,16 @@ impl ParallelRunExec {
                 let inputs = inputs
                     .into_iter()
                     .map(|m| (m, InputInfo::new("manifest", ItemKind::Rows)))
+                    .collect();
+                (manifest::envelope_schema(), inputs, partitions)
+            }
+            ExecMode::Keyed => {
+                let partitions = inputs
+                    .first()
+                    .map_or(0, |m| m.properties().partitioning.partition_count());
+                let inputs = inputs
+                    .into_iter()
+                    .zip(spec.inputs().iter().cloned())
                     .collect();
                 (manifest::envelope_schema(), inputs, partitions)
             }
@@ -441,7 +457,7 @@ impl ParallelRunExec {
                 // A cluster task commits through the shared store (opened, and checked
                 // writable, when its first partition starts).
                 let shared = match (self.mode, self.spec.shared()) {
-                    (ExecMode::Manifest, Some(location)) => Some(Arc::new(
+                    (ExecMode::Manifest | ExecMode::Keyed, Some(location)) => Some(Arc::new(
                         shared::SharedStaging::open(location, &node_name())?,
                     )),
                     _ => None,
@@ -465,6 +481,13 @@ impl ParallelRunExec {
                             tx,
                         ))
                     }
+                    (ExecMode::Keyed, _) => SpawnedTask::spawn(keyed_shared::dispatch_keyed(
+                        self.inputs.clone(),
+                        context.clone(),
+                        self.state.clone(),
+                        shared.clone().map(|s| (s, node_name())),
+                        tx,
+                    )),
                     _ => SpawnedTask::spawn(dispatch::dispatch(
                         self.inputs.clone(),
                         context.clone(),
@@ -509,10 +532,10 @@ impl DisplayAs for ParallelRunExec {
             writeln!(f, "workers={}", s.workers)?;
             return writeln!(f, "inputs=[{}]", names.join(", "));
         }
-        if self.mode == ExecMode::Manifest {
-            write!(f, "ParallelRunExec[manifest]: ")?;
-        } else {
-            write!(f, "ParallelRunExec: ")?;
+        match self.mode {
+            ExecMode::Manifest => write!(f, "ParallelRunExec[manifest]: ")?,
+            ExecMode::Keyed => write!(f, "ParallelRunExec[keyed]: ")?,
+            ExecMode::Local => write!(f, "ParallelRunExec: ")?,
         }
         write!(
             f,
@@ -660,7 +683,7 @@ impl ExecutionPlan for ParallelRunExec {
         let failed_rows = self.runtime().and_then(|r| r.failed_rows.clone());
         let (mode, state) = (self.mode, self.state.clone());
         // A cluster task's records name the node (host and executor process) of the worker.
-        let node = (mode == ExecMode::Manifest).then(node_name);
+        let node = (mode != ExecMode::Local).then(node_name);
         let batches = stream.filter_map(move |item| {
             let target = target.clone();
             let output_rows = output_rows.clone();
@@ -682,7 +705,7 @@ impl ExecutionPlan for ParallelRunExec {
                 match item {
                     Err(e) => Some(Err(e.into_datafusion())),
                     // An executor's task: the outcome goes back to the driver, which commits.
-                    Ok(mut done) if mode == ExecMode::Manifest => {
+                    Ok(mut done) if mode != ExecMode::Local => {
                         let node = node.unwrap_or_else(node_name);
                         done.record.process = format!("{node}/{}", done.record.process);
                         if let Some(shared) = &shared {

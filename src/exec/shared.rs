@@ -9,6 +9,7 @@
 //! manifest/<n>.arrow                   the driver's manifest segments, when too big for the plan
 //! executors/<executor>.json            written when an executor's task starts (write check)
 //! job.json                             the driver's: the scheduler and id of the cluster job
+//! resume/skips.json                    a resumed keyed job: ids (and fingerprints) not run
 //! ```
 //! The same store copies an executor's worker logs straight into the output's log folder
 //! (`<output>/logs/user/...`, outside the staging area: clearing the staging area leaves
@@ -41,6 +42,10 @@ use serde::{Deserialize, Serialize};
 use crate::batch::MiniBatchRecord;
 use crate::config::StorageOptions;
 use crate::exec::stream::CompletedMiniBatch;
+
+/// The object listing what a resumed keyed job skips (see
+/// [`SharedStaging::write_resume_skips`]).
+const RESUME_SKIPS: &str = "resume/skips.json";
 
 /// Where the shared staging area is, relative to the output.
 pub const SHARED_STAGING: &str = ".parallel_run/staging/shared";
@@ -410,6 +415,40 @@ impl SharedStaging {
                 e,
             )),
         }
+    }
+
+    /// Writes what a resumed keyed job skips (mini-batch id text -> slice fingerprint, from
+    /// the driver's ledger), for its executors: they find those mini-batches again when
+    /// they cut their partitions, check their slices and do not run them.
+    pub async fn write_resume_skips(
+        &self,
+        skips: &BTreeMap<String, u64>,
+    ) -> Result<(), SharedStoreError> {
+        let body =
+            serde_json::to_vec(skips).map_err(|e| self.failed("encoding", RESUME_SKIPS, e))?;
+        self.store
+            .put(&self.object(RESUME_SKIPS), PutPayload::from(body))
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failed("writing", RESUME_SKIPS, e))
+    }
+
+    /// What a resumed keyed job skips ([`SharedStaging::write_resume_skips`]); empty when
+    /// the driver wrote nothing (not a resumed job).
+    pub async fn resume_skips(&self) -> Result<BTreeMap<String, u64>, SharedStoreError> {
+        let bytes = match self.store.get(&self.object(RESUME_SKIPS)).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map_err(|e| self.failed("reading", RESUME_SKIPS, e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(BTreeMap::new()),
+            Err(e) => return Err(self.failed("reading", RESUME_SKIPS, e)),
+        };
+        serde_json::from_slice(&bytes).map_err(|e| SharedStoreError::Unreadable {
+            object: RESUME_SKIPS.to_string(),
+            location: self.shown.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// The bytes of `object` (relative to the staging area).

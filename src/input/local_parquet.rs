@@ -98,6 +98,11 @@ pub struct RowLocator {
 }
 
 impl RowLocator {
+    /// The input's rows (all files, from their footers).
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+
     /// The files holding the input's rows `rows`.
     pub fn locate(&self, rows: Range<u64>) -> RowsInFiles {
         let mut files = Vec::new();

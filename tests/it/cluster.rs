@@ -2197,3 +2197,5 @@ fn a_cluster_jobs_worker_logs_reach_an_output_in_a_bucket() {
         "no node000 folder"
     );
 }
+
+mod keyed;
