@@ -181,13 +181,22 @@ fn strings(batch: &RecordBatch, column: &str) -> Vec<String> {
 }
 
 /// True once `pid` has gone (or is a zombie waiting for a parent that is not us).
+/// Whether process `pid` has exited: no longer there, or a zombie whose threads are all gone
+/// (a process that exits from a thread is a zombie while its other threads still end, and
+/// waitpid() does not report it before they did).
 fn gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(false),
+        Ok(stat) => {
+            let zombie = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                .unwrap_or(false);
+            zombie
+                && std::fs::read_dir(format!("/proc/{pid}/task"))
+                    .map(|threads| threads.count() <= 1)
+                    .unwrap_or(true)
+        }
     }
 }
 
