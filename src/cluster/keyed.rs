@@ -16,40 +16,20 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ballista_core::extension::SessionConfigExt;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::prelude::SessionConfig;
-use datafusion_proto::physical_plan::AsExecutionPlan;
-use datafusion_proto::protobuf::PhysicalPlanNode;
 
-use crate::cluster::client::{ClusterJob, JobEnd};
-use crate::cluster::submit::{driver_name, stop_earlier_job, EarlierRecords};
-use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
+use crate::cluster::client::JobEnd;
+use crate::cluster::scheduler_host_port;
+use crate::cluster::submit::{driver_name, stop_earlier_job, submit_plan, EarlierRecords};
 use crate::config::StorageOptions;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed_shared::{chunk_leaf, cut_rows, keyed_input_plan, CARRIED_LIMIT_BYTES};
 use crate::exec::shared::{JobMarker, SharedLocation, SharedStaging};
-use crate::exec::{
-    CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorRuntime, OperatorSpec,
-    ParallelRunExec, ResumeSkips, RuntimeProvider,
-};
+use crate::exec::{CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorSpec, ResumeSkips};
 
 /// How often the driver lists the records committed in the shared store.
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
-
-/// The driver ships the operator but never runs it.
-struct DriverOnly;
-
-impl RuntimeProvider for DriverOnly {
-    fn runtime(&self, _spec: &OperatorSpec) -> Result<OperatorRuntime> {
-        Err(PrsError::config(
-            "compute_target",
-            "(driver)",
-            "the driver does not run mini-batches of a cluster job",
-        ))
-    }
-}
 
 /// Runs the `partition_keys` job of `spec` over `inputs` on the cluster at `target`, as
 /// [`super::submit::run_on_cluster`] does for other jobs (same arguments, same outcome).
@@ -133,25 +113,7 @@ pub async fn run_keyed_on_cluster(
     }
 
     let spec = Arc::new(spec.as_ref().clone().with_shared(shared));
-    let codec = Arc::new(PrsPhysicalCodec::new(Arc::new(DriverOnly)));
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(ParallelRunExec::deferred(
-        ExecMode::Keyed,
-        children,
-        spec.clone(),
-        Arc::new(DriverOnly),
-    )?);
-    let session_config = SessionConfig::new_with_ballista()
-        .with_ballista_physical_extension_codec(codec.clone())
-        .with_ballista_job_name(&format!("parallel-run {}", spec.job().output.display()));
-    let encoded = PhysicalPlanNode::try_from_physical_plan(plan, codec.as_ref())
-        .and_then(|node| {
-            let mut bytes = Vec::new();
-            node.try_encode(&mut bytes)?;
-            Ok(bytes)
-        })
-        .map_err(PrsError::from_datafusion)?;
-    let session_id = format!("parallel-run-{}", std::process::id());
-    let mut job = ClusterJob::submit(host_port, encoded, &session_config, session_id).await?;
+    let mut job = submit_plan(host_port, &spec, ExecMode::Keyed, children).await?;
     let job_id = job.id().to_string();
     // A later run of this output stops this job if this driver crashes.
     let marker = JobMarker {

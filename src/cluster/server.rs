@@ -15,7 +15,7 @@ use ballista_core::serde::protobuf::{job_status, GetJobStatusParams};
 use ballista_core::utils::create_grpc_client_endpoint;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use ballista_scheduler::cluster::BallistaCluster;
-use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::config::{SchedulerConfig, TaskDistributionPolicy};
 use ballista_scheduler::scheduler_process::start_server;
 use datafusion::common::runtime::SpawnedTask;
 
@@ -139,6 +139,10 @@ pub async fn run_scheduler(
         expire_dead_executor_interval_seconds: options.expire_interval_seconds,
         no_executors_grace_period_seconds: options.no_executors_grace_seconds,
         override_physical_codec: Some(Arc::new(PrsPhysicalCodec::new(runtimes))),
+        // One task per executor in turn: a job's partitions spread over the executors
+        // (with at most process_count_per_node partitions per task, see
+        // `submit::submit_plan`) instead of the first executor with free slots taking them.
+        task_distribution: TaskDistributionPolicy::RoundRobin,
         ..SchedulerConfig::default()
     };
     let ballista = BallistaCluster::new_from_config(&config)

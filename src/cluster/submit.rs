@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ballista_core::config::BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK;
 use ballista_core::extension::SessionConfigExt;
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::TaskContext;
@@ -150,27 +151,9 @@ pub async fn run_on_cluster(
         .collect();
     let partitions = spec.settings().workers.max(1);
     let manifest = deal(cut, partitions, &staging).await?;
-    let codec = Arc::new(PrsPhysicalCodec::new(Arc::new(DriverOnly)));
-    let plan: Arc<dyn ExecutionPlan> = Arc::new(ParallelRunExec::deferred(
-        ExecMode::Manifest,
-        vec![manifest],
-        spec.clone(),
-        Arc::new(DriverOnly),
-    )?);
-    let session_config = SessionConfig::new_with_ballista()
-        .with_ballista_physical_extension_codec(codec.clone())
-        .with_ballista_job_name(&format!("parallel-run {}", spec.job().output.display()));
-    let encoded = PhysicalPlanNode::try_from_physical_plan(plan, codec.as_ref())
-        .and_then(|node| {
-            let mut bytes = Vec::new();
-            node.try_encode(&mut bytes)?;
-            Ok(bytes)
-        })
-        .map_err(PrsError::from_datafusion)?;
-    let session_id = format!("parallel-run-{}", std::process::id());
     // Our own submit loop: it knows the job id, so Ctrl+C, an error, an exceeded threshold or
     // the driver dropping the job cancels it on the scheduler (see `ClusterJob`).
-    let mut job = ClusterJob::submit(host_port, encoded, &session_config, session_id).await?;
+    let mut job = submit_plan(host_port, &spec, ExecMode::Manifest, vec![manifest]).await?;
     let job_id = job.id().to_string();
     // A later run of this output stops this job if this driver crashes (see
     // `stop_earlier_job`).
@@ -461,6 +444,43 @@ fn shown_few(items: &[String]) -> String {
 
 /// How long the driver tries to reach the scheduler of an earlier run's cluster job.
 const EARLIER_JOB_CHECK: Duration = Duration::from_secs(10);
+
+/// Submits the operator of `spec` in `mode` over `children` to the scheduler at `host_port`
+/// as a Ballista job, with our own submit loop (see [`ClusterJob`]).
+///
+/// A task takes at most `process_count_per_node` of the plan's partitions (Ballista's
+/// `max_partitions_per_task`; otherwise one executor with free slots takes as many as it
+/// has), and our scheduler deals tasks round-robin over the executors.
+pub(super) async fn submit_plan(
+    host_port: &str,
+    spec: &Arc<OperatorSpec>,
+    mode: ExecMode,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+) -> Result<ClusterJob> {
+    let codec = Arc::new(PrsPhysicalCodec::new(Arc::new(DriverOnly)));
+    let plan: Arc<dyn ExecutionPlan> = Arc::new(ParallelRunExec::deferred(
+        mode,
+        children,
+        spec.clone(),
+        Arc::new(DriverOnly),
+    )?);
+    let session_config = SessionConfig::new_with_ballista()
+        .with_ballista_physical_extension_codec(codec.clone())
+        .with_ballista_job_name(&format!("parallel-run {}", spec.job().output.display()))
+        .set_usize(
+            BALLISTA_SCHEDULER_MAX_PARTITIONS_PER_TASK,
+            spec.settings().processes_per_node.max(1),
+        );
+    let encoded = PhysicalPlanNode::try_from_physical_plan(plan, codec.as_ref())
+        .and_then(|node| {
+            let mut bytes = Vec::new();
+            node.try_encode(&mut bytes)?;
+            Ok(bytes)
+        })
+        .map_err(PrsError::from_datafusion)?;
+    let session_id = format!("parallel-run-{}", std::process::id());
+    ClusterJob::submit(host_port, encoded, &session_config, session_id).await
+}
 
 /// Stops the cluster job an earlier run of this output submitted, if it is still running:
 /// its driver crashed (a driver that ends in any other way cancels its job), so nothing

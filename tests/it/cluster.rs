@@ -311,22 +311,22 @@ fn start_executor(scheduler_address: &str) -> Process {
     start_executor_with(scheduler_address, &[], &[])
 }
 
-/// [`start_executor`] with more flags and environment variables.
+/// [`start_executor`] with more flags (`--processes` among them replaces its 1) and
+/// environment variables.
 fn start_executor_with(scheduler_address: &str, extra: &[&str], envs: &[(&str, &str)]) -> Process {
     let (port, grpc_port) = (free_port().to_string(), free_port().to_string());
-    let mut args = vec![
-        "executor",
-        "--scheduler",
-        scheduler_address,
-        "--processes",
-        "1",
+    let mut args = vec!["executor", "--scheduler", scheduler_address];
+    if !extra.contains(&"--processes") {
+        args.extend(["--processes", "1"]);
+    }
+    args.extend([
         "--port",
         &port,
         "--grpc-port",
         &grpc_port,
         "--heartbeat",
         "1",
-    ];
+    ]);
     args.extend_from_slice(extra);
     Process::start_with(&args, envs)
 }
@@ -1179,6 +1179,58 @@ fn processes_of_another_parallel_run_version_refuse_each_other() {
         "{text}"
     );
     assert!(!dir.path().join("out/parallel_run_step.txt").exists());
+}
+
+#[test]
+fn a_job_s_partitions_spread_over_executors_with_more_slots_than_it_needs() {
+    // Two executors of 4 slots each, a job of 2 x 1 partitions: without a cap on partitions
+    // per task and round-robin dealing, the first executor takes both.
+    let (_scheduler, address) = start_scheduler();
+    let executors: Vec<Process> = (0..2)
+        .map(|_| {
+            let mut executor = start_executor_with(&address, &["--processes", "4"], &[]);
+            assert!(
+                executor.wait_for("registration succeed", Duration::from_secs(60)),
+                "{:?}",
+                executor.seen
+            );
+            executor
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let job = echo_job(dir.path(), 2, "mini_batch_size: 100");
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "run",
+            job.to_str().unwrap(),
+            "-q",
+            "--output",
+            "out",
+            "--set",
+            &target,
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows = processed(&dir.path().join("out"));
+    assert!(rows.len() >= 2, "{rows:?}");
+    let nodes: BTreeSet<&str> = rows
+        .iter()
+        .map(|row| row["process"].rsplit_once('/').map_or("", |(node, _)| node))
+        .collect();
+    let pids: BTreeSet<String> = executors
+        .iter()
+        .map(|e| format!(":{}", e.child.id()))
+        .collect();
+    assert_eq!(nodes.len(), 2, "both executors run a task: {nodes:?}");
+    for node in &nodes {
+        assert!(
+            pids.iter().any(|pid| node.ends_with(pid.as_str())),
+            "{node} {pids:?}"
+        );
+    }
 }
 
 #[test]
