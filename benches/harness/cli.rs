@@ -11,8 +11,8 @@ use clap::Parser;
     about = "parallel-run's benchmark harness: reference workloads against the multiprocessing \
              baselines, wall time and peak process-tree memory; writes BENCHMARKS.md",
     after_help = "Workloads: score-20k, score-2M, files-20k, rust-score-2M, s3-score-2M, \
-                  keyed-2M, resume-2M, cluster-score-2M, the memory check \
-                  score-<rows-large> (alias: memory), keyed-<rows-large> and \
+                  keyed-2M, resume-2M, cluster-score-2M, cluster-noop-2M, cluster-tasks-2M, \
+                  the memory check score-<rows-large> (alias: memory), keyed-<rows-large> and \
                   cluster-score-<rows-large>."
 )]
 pub struct Args {

@@ -180,6 +180,55 @@ pub fn cluster_noop_workload(ctx: &Ctx, cluster: &Cluster, data: &DataSet) -> Re
     })
 }
 
+/// Partitions per executor of the `cluster-tasks` workload's many-task side.
+const TASKS_PER_EXECUTOR: u32 = 200;
+
+/// `cluster-tasks-<rows>`: what a Ballista task costs, scheduler included: rust:echo over
+/// `data` in 640KB mini-batches (about 400 for 2M rows) on `cluster`, once as
+/// `2 x TASKS_PER_EXECUTOR` partitions (the executors have one slot each, so every task takes
+/// one partition: about 400 tasks) and once as 2 partitions (2 tasks). The same mini-batches,
+/// reads and commits on both sides: the difference is the tasks.
+pub fn cluster_tasks_workload(ctx: &Ctx, cluster: &Cluster, data: &DataSet) -> Result<Workload> {
+    let name = format!("cluster-tasks-{}", count_label(data.items));
+    let (job, out) = echo_job(ctx, &name, dir_arg(&data.dir), "640KB")?;
+    let few_out = ctx.data.join("out").join(format!("{name}-2-tasks"));
+    let target = format!("compute_target=df://{}", cluster.address);
+    let side = |label: &str, out: &Path, per_node: u32| {
+        let mut side = engine_side(ctx, label, &job, out, data.items);
+        side.cmd.args([
+            "--output",
+            &out.to_string_lossy(),
+            "--set",
+            &target,
+            "--set",
+            &format!("node_count={EXECUTORS}"),
+            "--set",
+            &format!("process_count_per_node={per_node}"),
+        ]);
+        side
+    };
+    let tasks = EXECUTORS * TASKS_PER_EXECUTOR;
+    Ok(Workload {
+        what: format!(
+            "the no-op rust:echo over {} rows in 640KB mini-batches on a loopback cluster of \
+             {EXECUTORS} executors x 1 slot: {tasks} partitions (one task each) vs \
+             {EXECUTORS} partitions (the cost of a Ballista task: (a - b) / {})",
+            data.items,
+            tasks - EXECUTORS
+        ),
+        items: data.items,
+        unit: "rows",
+        init_secs: 0.0,
+        a: side(&format!("cluster, {tasks} tasks"), &out, TASKS_PER_EXECUTOR),
+        b: Some(side(&format!("cluster, {EXECUTORS} tasks"), &few_out, 1)),
+        name,
+        setup_note: Some(format!(
+            "the cluster (started once, untimed, before the runs): {}",
+            cluster.by_hand.join("; ")
+        )),
+    })
+}
+
 /// The two sides of a cluster workload: `job` on `cluster` (2 executors x 1 process) into
 /// `out`, and the same job run locally into `local_out`.
 fn both_sides(

@@ -38,7 +38,9 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::cli::Args;
-use crate::cluster::{cluster_noop_workload, cluster_setup, cluster_workload};
+use crate::cluster::{
+    cluster_noop_workload, cluster_setup, cluster_tasks_workload, cluster_workload,
+};
 use crate::error::{HarnessError, Result};
 use crate::report::{import_walls, machine, median, Report};
 use crate::s3::{s3_setup, s3_workload};
@@ -132,6 +134,7 @@ fn run(args: Args) -> Result<bool> {
     let cluster_main = format!("cluster-{SCORE_MAIN}");
     let cluster_large = format!("cluster-{large_name}");
     let cluster_noop = format!("cluster-noop-{}", count_label(ROWS_MAIN));
+    let cluster_tasks = format!("cluster-tasks-{}", count_label(ROWS_MAIN));
     let keyed_large_name = format!("keyed-{}", count_label(args.rows_large));
     let all = [
         SCORE_SMALL,
@@ -146,6 +149,7 @@ fn run(args: Args) -> Result<bool> {
         cluster_main.as_str(),
         cluster_large.as_str(),
         cluster_noop.as_str(),
+        cluster_tasks.as_str(),
     ];
     for name in &args.only {
         if !all.contains(&name.as_str()) && name != MEMORY_ALIAS {
@@ -277,7 +281,8 @@ fn run(args: Args) -> Result<bool> {
         );
     }
 
-    if wanted(&cluster_main) || run_cluster_large || wanted(&cluster_noop) {
+    if wanted(&cluster_main) || run_cluster_large || wanted(&cluster_noop) || wanted(&cluster_tasks)
+    {
         match cluster_setup(&ctx) {
             Ok(cluster) => {
                 if wanted(&cluster_main) {
@@ -291,6 +296,13 @@ fn run(args: Args) -> Result<bool> {
                     add(
                         cluster_noop_workload(&ctx, &cluster, &main),
                         &cluster_noop,
+                        &mut outcomes,
+                    );
+                }
+                if wanted(&cluster_tasks) {
+                    add(
+                        cluster_tasks_workload(&ctx, &cluster, &main),
+                        &cluster_tasks,
                         &mut outcomes,
                     );
                 }
@@ -308,6 +320,8 @@ fn run(args: Args) -> Result<bool> {
                     &cluster_main
                 } else if wanted(&cluster_noop) {
                     &cluster_noop
+                } else if wanted(&cluster_tasks) {
+                    &cluster_tasks
                 } else {
                     &cluster_large
                 };
