@@ -257,6 +257,10 @@ pub fn manifest_batch(mini_batches: &[ManifestEntry]) -> Result<RecordBatch> {
     let mut fingerprints = Vec::with_capacity(mini_batches.len());
     let mut descriptors = Vec::with_capacity(mini_batches.len());
     let mut items = Vec::with_capacity(mini_batches.len());
+    // A mini-batch an executor reads itself carries no rows, only its schema: written once
+    // per batch, and as no bytes in the rows after it with the same schema (a few hundred
+    // bytes less per mini-batch; see `read_manifest_rows`).
+    let mut located_schema: Option<SchemaRef> = None;
     for entry in mini_batches {
         let mb = &entry.mini_batch;
         ids.push(mb.id.to_string());
@@ -273,7 +277,14 @@ pub fn manifest_batch(mini_batches: &[ManifestEntry]) -> Result<RecordBatch> {
             serde_json::to_string(&descriptor)
                 .map_err(|e| manifest_error(&mb.id.to_string(), e.to_string()))?,
         );
-        items.push(ipc_bytes(&mb.data)?);
+        if entry.read.is_some() && located_schema.as_ref() == Some(mb.data.schema_ref()) {
+            items.push(Vec::new());
+        } else {
+            if entry.read.is_some() {
+                located_schema = Some(mb.data.schema());
+            }
+            items.push(ipc_bytes(&mb.data)?);
+        }
     }
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(ids)),
@@ -308,6 +319,9 @@ pub fn read_manifest_rows(batch: &RecordBatch) -> Result<Vec<ManifestRow>> {
     let descriptors = string_column(batch, "descriptor")?;
     let items = binary_column(batch, "items")?;
     let mut out = Vec::with_capacity(batch.num_rows());
+    // The schema of the last mini-batch read by the executor: the rows after it with the
+    // same schema have no items (see `manifest_batch`).
+    let mut located_schema: Option<SchemaRef> = None;
     for row in 0..batch.num_rows() {
         let id = ids.value(row);
         if id.is_empty() {
@@ -318,8 +332,24 @@ pub fn read_manifest_rows(batch: &RecordBatch) -> Result<Vec<ManifestRow>> {
         }
         let descriptor: Descriptor = serde_json::from_str(descriptors.value(row))
             .map_err(|e| manifest_error(id, format!("bad descriptor: {e}")))?;
-        let data = batch_from_ipc(items.value(row))
-            .map_err(|e| manifest_error(id, format!("bad items: {e}")))?;
+        let bytes = items.value(row);
+        let data = match (&descriptor.read, &located_schema) {
+            (Some(_), Some(schema)) if bytes.is_empty() => RecordBatch::new_empty(schema.clone()),
+            (_, None) if bytes.is_empty() => {
+                return Err(manifest_error(
+                    id,
+                    "no items and no earlier row with the schema (a manifest batch was split \
+                     between two rows of one schema)"
+                        .into(),
+                ))
+            }
+            _ => {
+                batch_from_ipc(bytes).map_err(|e| manifest_error(id, format!("bad items: {e}")))?
+            }
+        };
+        if descriptor.read.is_some() {
+            located_schema = Some(data.schema());
+        }
         out.push(ManifestRow::Entry(ManifestEntry {
             mini_batch: MiniBatch {
                 id: descriptor.id,
@@ -736,6 +766,45 @@ mod tests {
         let rows = read_manifest_rows(&stored_batch(std::slice::from_ref(&run)).unwrap()).unwrap();
         assert!(matches!(&rows[..], [ManifestRow::Stored(r)] if *r == run));
         assert!(read_manifest(&stored_batch(&[run]).unwrap()).is_err());
+    }
+
+    #[test]
+    fn mini_batches_read_by_the_executor_carry_their_schema_once_per_batch() {
+        let located = |seq: u64| {
+            ManifestEntry::new(mini_batch(seq), seq, seq).read_from(RowsInFiles {
+                rows: seq * 3..seq * 3 + 3,
+                files: vec![crate::input::FileRows {
+                    path: "/data/t.parquet".into(),
+                    first_row: 0,
+                    rows: 30,
+                    bytes: 100,
+                    modified_ns: 1,
+                }],
+            })
+        };
+        // Located, carried (its rows travel), located again.
+        let cut = vec![
+            located(0),
+            ManifestEntry::new(mini_batch(1), 1, 1),
+            located(2),
+        ];
+        let batch = manifest_batch(&cut).unwrap();
+        let items = binary_column(&batch, "items").unwrap();
+        assert!(!items.value(0).is_empty() && !items.value(1).is_empty());
+        assert!(items.value(2).is_empty(), "the schema is not repeated");
+        let back = read_manifest(&batch).unwrap();
+        for (a, b) in cut.iter().zip(&back) {
+            assert_eq!(a.mini_batch.data, b.mini_batch.data);
+            assert_eq!(a.read, b.read);
+        }
+        assert_eq!(back[2].mini_batch.data.num_rows(), 0);
+        assert_eq!(
+            back[2].mini_batch.data.schema(),
+            mini_batch(2).data.schema()
+        );
+        // A batch split after its first located row: refused, not guessed.
+        let e = read_manifest(&batch.slice(2, 1)).unwrap_err().to_string();
+        assert!(e.contains("0-2") && e.contains("schema"), "{e}");
     }
 
     #[test]
