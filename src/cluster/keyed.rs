@@ -14,22 +14,19 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::cluster::client::JobEnd;
 use crate::cluster::scheduler_host_port;
-use crate::cluster::submit::{driver_name, stop_earlier_job, submit_plan, EarlierRecords};
+use crate::cluster::submit::{
+    driver_name, follow_job, stop_earlier_job, submit_plan, EarlierRecords, Follow,
+};
 use crate::config::StorageOptions;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed_shared::{chunk_leaf, cut_rows, keyed_input_plan, CARRIED_LIMIT_BYTES};
 use crate::exec::shared::{JobMarker, SharedLocation, SharedStaging};
 use crate::exec::{CompletedMiniBatch, ExecMode, InputInfo, JobState, OperatorSpec, ResumeSkips};
-
-/// How often the driver lists the records committed in the shared store.
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// Runs the `partition_keys` job of `spec` over `inputs` on the cluster at `target`, as
 /// [`super::submit::run_on_cluster`] does for other jobs (same arguments, same outcome).
@@ -129,39 +126,9 @@ pub async fn run_keyed_on_cluster(
         seen: HashSet::new(),
         tally,
     };
-    let ended = {
-        let wait = job.wait(state.cancellation());
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                ended = &mut wait => break ended,
-                _ = tokio::time::sleep(FOLLOW_EVERY) => {
-                    follower.poll(state, &commit).await?;
-                }
-            }
-        }
-    };
-    let end = match ended {
-        Ok(end) => end,
-        Err(e) => {
-            if let Err(late) = follower.poll(state, &commit).await {
-                tracing::warn!("reading the last records of the failed job: {late}");
-            }
-            return Err(e);
-        }
-    };
-    follower.poll(state, &commit).await?;
-    match end {
-        JobEnd::Succeeded(_) => {}
-        JobEnd::Cancelled { confirmed } => {
-            if !confirmed {
-                eprintln!(
-                    "parallel-run: warning: the scheduler at {host_port} did not confirm that \
-                     cluster job {job_id} was cancelled; its tasks may still run"
-                );
-            }
-            return Ok(());
-        }
+    if !follow_job(&mut job, &mut follower, state, &commit, host_port).await? {
+        // Cancelled: the job state holds why.
+        return Ok(());
     }
     if let Some(problem) = follower
         .tally
@@ -237,7 +204,7 @@ struct KeyedFollower {
     tally: Tally,
 }
 
-impl KeyedFollower {
+impl Follow for KeyedFollower {
     /// Commits the records that appeared since the last poll (with their parts' results).
     /// A key's mini-batch is counted as cut when its record arrives (the totals grow as the
     /// job runs), and numbered in the order the driver commits them.

@@ -173,44 +173,10 @@ pub async fn run_on_cluster(
         job_id: job_id.clone(),
         others: matches!(earlier, EarlierRecords::Adopt { .. }),
     };
-    let ended = {
-        let wait = job.wait(state.cancellation());
-        tokio::pin!(wait);
-        loop {
-            tokio::select! {
-                ended = &mut wait => break ended,
-                _ = tokio::time::sleep(FOLLOW_EVERY) => {
-                    // A threshold crossed here aborts the state: the wait cancels the job.
-                    follower.poll(state, &commit).await?;
-                }
-            }
-        }
-    };
     // Whatever ended the job, what was committed until now is this run's (a resume skips it).
-    let end = match ended {
-        Ok(end) => end,
-        Err(e) => {
-            if let Err(late) = follower.poll(state, &commit).await {
-                tracing::warn!("reading the last records of the failed job: {late}");
-            }
-            return Err(e);
-        }
-    };
-    follower.poll(state, &commit).await?;
-    match end {
-        // The results are in the shared store: nothing is fetched from the executors (an
-        // executor lost after its task succeeded would make that fetch fail).
-        JobEnd::Succeeded(_) => {}
-        JobEnd::Cancelled { confirmed } => {
-            if !confirmed {
-                eprintln!(
-                    "parallel-run: warning: the scheduler at {host_port} did not confirm that \
-                     cluster job {job_id} was cancelled; its tasks may still run"
-                );
-            }
-            // The job state holds why (Ctrl+C, a threshold...).
-            return Ok(());
-        }
+    if !follow_job(&mut job, &mut follower, state, &commit, host_port).await? {
+        // Cancelled: the job state holds why (Ctrl+C, a threshold...).
+        return Ok(());
     }
     let mut missing: Vec<&MiniBatchId> = follower
         .expected
@@ -445,6 +411,68 @@ fn shown_few(items: &[String]) -> String {
 /// How long the driver tries to reach the scheduler of an earlier run's cluster job.
 const EARLIER_JOB_CHECK: Duration = Duration::from_secs(10);
 
+/// What follows the records the executors of a job commit: polled every [`FOLLOW_EVERY`]
+/// while the job runs (see [`follow_job`]).
+pub(super) trait Follow {
+    /// Commits the records that appeared since the last poll, through `commit`.
+    async fn poll(
+        &mut self,
+        state: &Arc<JobState>,
+        commit: &impl Fn(&CompletedMiniBatch) -> Result<()>,
+    ) -> Result<()>;
+}
+
+/// Waits for `job` to end while `follower` commits what its executors record, then commits
+/// the last records. `Ok(true)` when the job succeeded, `Ok(false)` when it was cancelled
+/// (by the job state's cancellation: Ctrl+C, an exceeded threshold; the state says why); a
+/// failed job is an error, after what it recorded was committed.
+pub(super) async fn follow_job(
+    job: &mut ClusterJob,
+    follower: &mut impl Follow,
+    state: &Arc<JobState>,
+    commit: &impl Fn(&CompletedMiniBatch) -> Result<()>,
+    host_port: &str,
+) -> Result<bool> {
+    let ended = {
+        let wait = job.wait(state.cancellation());
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                ended = &mut wait => break ended,
+                _ = tokio::time::sleep(FOLLOW_EVERY) => {
+                    // A threshold crossed here aborts the state: the wait cancels the job.
+                    follower.poll(state, commit).await?;
+                }
+            }
+        }
+    };
+    let end = match ended {
+        Ok(end) => end,
+        Err(e) => {
+            if let Err(late) = follower.poll(state, commit).await {
+                tracing::warn!("reading the last records of the failed job: {late}");
+            }
+            return Err(e);
+        }
+    };
+    follower.poll(state, commit).await?;
+    match end {
+        // The results are in the shared store: nothing is fetched from the executors (an
+        // executor lost after its task succeeded would make that fetch fail).
+        JobEnd::Succeeded(_) => Ok(true),
+        JobEnd::Cancelled { confirmed } => {
+            if !confirmed {
+                eprintln!(
+                    "parallel-run: warning: the scheduler at {host_port} did not confirm that \
+                     cluster job {} was cancelled; its tasks may still run",
+                    job.id()
+                );
+            }
+            Ok(false)
+        }
+    }
+}
+
 /// Submits the operator of `spec` in `mode` over `children` to the scheduler at `host_port`
 /// as a Ballista job, with our own submit loop (see [`ClusterJob`]).
 ///
@@ -577,7 +605,7 @@ pub(super) fn driver_name() -> String {
 }
 
 /// How often the driver lists the records committed in the shared store.
-const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+pub(super) const FOLLOW_EVERY: Duration = Duration::from_millis(500);
 
 /// The driver following a cluster job through the records its executors commit.
 struct Follower {
@@ -596,7 +624,7 @@ struct Follower {
     others: bool,
 }
 
-impl Follower {
+impl Follow for Follower {
     /// Commits the records that appeared since the last poll (with their parts' results).
     /// A record that is not of a mini-batch the job runs is ignored; one that does not match
     /// its mini-batch, or (unless `others`) was written by another cluster job, is an error:
