@@ -701,23 +701,7 @@ async fn a_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
 
 #[test]
 fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
-    let scheduler_address = format!("127.0.0.1:{}", free_port());
-    let mut scheduler = Process::start(&[
-        "scheduler",
-        "--bind",
-        &scheduler_address,
-        "--executor-timeout",
-        "3",
-        "--expire-interval",
-        "1",
-        "--no-executors-grace",
-        "20",
-    ]);
-    assert!(
-        scheduler.wait_for("listening on", Duration::from_secs(60)),
-        "{:?}",
-        scheduler.seen
-    );
+    let (scheduler, scheduler_address) = start_scheduler_losing_executors_fast();
     let start_executor = || start_executor(&scheduler_address);
     let mut a = start_executor();
     let mut b = start_executor();
@@ -768,17 +752,7 @@ fn an_executor_killed_mid_job_is_replaced_and_the_output_stays_exactly_once() {
     let records = dir
         .path()
         .join("cluster/.parallel_run/staging/shared/records");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while recorded_by(&records, b_pid) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "executor B committed no mini-batch: {:?}",
-            b.seen
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = b.child.kill();
-    let _ = b.child.wait();
+    kill_after_records(&mut b, &records, 2);
     let (code, stderr) = driver.join().unwrap();
     assert_eq!(code, Some(0), "{stderr}\nscheduler: {:?}", scheduler.seen);
 
@@ -913,6 +887,46 @@ fn start_scheduler() -> (Process, String) {
         "10",
         "--expire-interval",
         "1",
+    ]);
+    assert!(
+        scheduler.wait_for("listening on", Duration::from_secs(60)),
+        "the scheduler starts: {:?}",
+        scheduler.seen
+    );
+    (scheduler, address)
+}
+
+/// Waits (at most 120 s) until `executor` has committed `n` records to the shared store's
+/// `records` folder, then kills it with SIGKILL.
+fn kill_after_records(executor: &mut Process, records: &Path, n: usize) {
+    let pid = executor.child.id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while recorded_by(records, pid) < n {
+        assert!(
+            Instant::now() < deadline,
+            "executor {pid} committed fewer than {n} mini-batches: {:?}",
+            executor.seen
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = executor.child.kill();
+    let _ = executor.child.wait();
+}
+
+/// A scheduler that declares an executor lost 3 s after its last heartbeat (checked every
+/// second), and keeps jobs 20 s without any executor: (process, address).
+fn start_scheduler_losing_executors_fast() -> (Process, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut scheduler = Process::start(&[
+        "scheduler",
+        "--bind",
+        &address,
+        "--executor-timeout",
+        "3",
+        "--expire-interval",
+        "1",
+        "--no-executors-grace",
+        "20",
     ]);
     assert!(
         scheduler.wait_for("listening on", Duration::from_secs(60)),
@@ -2050,23 +2064,7 @@ fn a_python_jobs_worker_logs_reach_the_output_under_each_executor() {
 
 #[test]
 fn the_logs_an_executor_copied_before_its_sigkill_stay_in_the_output() {
-    let address = format!("127.0.0.1:{}", free_port());
-    let mut scheduler = Process::start(&[
-        "scheduler",
-        "--bind",
-        &address,
-        "--executor-timeout",
-        "3",
-        "--expire-interval",
-        "1",
-        "--no-executors-grace",
-        "20",
-    ]);
-    assert!(
-        scheduler.wait_for("listening on", Duration::from_secs(60)),
-        "{:?}",
-        scheduler.seen
-    );
+    let (scheduler, address) = start_scheduler_losing_executors_fast();
     // The executors copy their workers' logs every second.
     let envs = [("PARALLEL_RUN_LOG_COPY_SECONDS", "1")];
     let mut a = start_executor_with(&address, &[], &envs);

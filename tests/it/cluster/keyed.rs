@@ -180,23 +180,7 @@ fn a_keyed_job_on_two_executors_cuts_the_mini_batches_of_a_local_run() {
 
 #[test]
 fn a_keyed_job_survives_an_executor_killed_mid_job() {
-    let scheduler_address = format!("127.0.0.1:{}", free_port());
-    let mut scheduler = Process::start(&[
-        "scheduler",
-        "--bind",
-        &scheduler_address,
-        "--executor-timeout",
-        "3",
-        "--expire-interval",
-        "1",
-        "--no-executors-grace",
-        "20",
-    ]);
-    assert!(
-        scheduler.wait_for("listening on", Duration::from_secs(60)),
-        "{:?}",
-        scheduler.seen
-    );
+    let (mut scheduler, scheduler_address) = start_scheduler_losing_executors_fast();
     let mut a = start_executor(&scheduler_address);
     let mut b = start_executor(&scheduler_address);
     for executor in [&mut a, &mut b] {
@@ -245,17 +229,7 @@ fn a_keyed_job_survives_an_executor_killed_mid_job() {
     let records = dir
         .path()
         .join("cluster/.parallel_run/staging/shared/records");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while recorded_by(&records, b_pid) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "executor B committed no mini-batch: {:?}",
-            b.seen
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = b.child.kill();
-    let _ = b.child.wait();
+    kill_after_records(&mut b, &records, 2);
     let (code, stderr) = driver.join().unwrap();
     if code != Some(0) {
         // What the scheduler and the surviving executor said, for the failure message.
