@@ -209,6 +209,17 @@ impl Dispatched {
 #[derive(Debug)]
 pub struct EngineMemoryPool(pub Arc<dyn MemoryPool>);
 
+impl EngineMemoryPool {
+    /// The pool the engine's readers reserve in for a task of `context`: the session's
+    /// [`EngineMemoryPool`], else the task's own pool.
+    pub fn of(context: &TaskContext) -> Arc<dyn MemoryPool> {
+        match context.session_config().get_extension::<EngineMemoryPool>() {
+            Some(engine) => engine.0.clone(),
+            None => context.memory_pool().clone(),
+        }
+    }
+}
+
 /// The receiving end of the queue, shared by all partitions.
 pub type SharedQueue = Arc<Mutex<mpsc::Receiver<Dispatched>>>;
 
@@ -223,10 +234,7 @@ pub async fn dispatch(
     skips: Option<Arc<ResumeSkips>>,
     queue: mpsc::Sender<Dispatched>,
 ) {
-    let pool = match context.session_config().get_extension::<EngineMemoryPool>() {
-        Some(engine) => engine.0.clone(),
-        None => context.memory_pool().clone(),
-    };
+    let pool = EngineMemoryPool::of(&context);
     let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(&pool);
     let cut = Cut {
         index: AtomicU64::new(0),

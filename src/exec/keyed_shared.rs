@@ -572,10 +572,7 @@ pub async fn dispatch_keyed(
     shared: Option<(Arc<SharedStaging>, String)>,
     queue: mpsc::Sender<Dispatched>,
 ) {
-    let pool = match context.session_config().get_extension::<EngineMemoryPool>() {
-        Some(engine) => engine.0.clone(),
-        None => context.memory_pool().clone(),
-    };
+    let pool = EngineMemoryPool::of(&context);
     let reservation = MemoryConsumer::new("ParallelRunExec[keyed]").register(&pool);
     let known = match &shared {
         Some((staging, executor)) => {
