@@ -172,6 +172,9 @@ pub async fn run_on_cluster(
         seen: HashSet::new(),
         job_id: job_id.clone(),
         others: matches!(earlier, EarlierRecords::Adopt { .. }),
+        // As many parts in memory as the job has workers (a local run holds as many
+        // mini-batches), up to 16 requests in flight.
+        reads_at_once: spec.settings().workers.clamp(1, 16),
     };
     // Whatever ended the job, what was committed until now is this run's (a resume skips it).
     if !follow_job(&mut job, &mut follower, state, &commit, host_port).await? {
@@ -222,7 +225,7 @@ pub enum EarlierRecords {
 }
 
 /// What the driver cut as one mini-batch, to check a record against.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Expected {
     index: u64,
     fingerprint: u64,
@@ -622,10 +625,14 @@ struct Follower {
     /// late) are committed when they match the cut (a resumed run adopts them anyway);
     /// otherwise they are refused.
     others: bool,
+    /// Records (and their parts) read at once: the store's latency is paid once per batch
+    /// of them, not per mini-batch; at most this many parts are in memory.
+    reads_at_once: usize,
 }
 
 impl Follow for Follower {
-    /// Commits the records that appeared since the last poll (with their parts' results).
+    /// Commits the records that appeared since the last poll (with their parts' results), in
+    /// the order of their names, reading up to `reads_at_once` of them at a time.
     /// A record that is not of a mini-batch the job runs is ignored; one that does not match
     /// its mini-batch, or (unless `others`) was written by another cluster job, is an error:
     /// another run commits into this output.
@@ -636,6 +643,7 @@ impl Follow for Follower {
     ) -> Result<()> {
         let mut names = self.staging.record_names().await?;
         names.sort();
+        let mut new = Vec::new();
         for name in names {
             let Some(id) = name
                 .strip_suffix(".json")
@@ -656,34 +664,44 @@ impl Follow for Follower {
                 );
                 continue;
             };
-            let shared = self.staging.read_record(&name).await?;
-            let other = shared.job().filter(|job| *job != self.job_id);
-            let why = match other {
-                Some(job) if !self.others => Some(format!(
-                    "it was written by cluster job {job}, not by this run's job {}",
-                    self.job_id
-                )),
-                _ => mismatch(&shared, &id, expected),
-            };
-            if let Some(why) = why {
-                return Err(PrsError::Cluster {
-                    scheduler: self.scheduler.clone(),
-                    message: format!(
-                        "the record of mini batch {id} in the shared staging area {} is not \
-                         this run's: {why}. Another run commits into this output (a cluster \
-                         job whose driver stopped?): make sure it is stopped, then run the job \
-                         again with --resume",
-                        self.staging.shown()
-                    ),
-                });
-            }
-            if let Some(job) = other {
-                eprintln!(
-                    "parallel-run: mini batch {id} was finished by cluster job {job} of the \
-                     earlier run (stopped late); its record matches this run's and is kept"
-                );
-            }
-            let done = completed(&self.staging, shared, expected.index).await?;
+            new.push((name, id, expected.clone()));
+        }
+        let (staging, scheduler, job_id, others) =
+            (&self.staging, &self.scheduler, &self.job_id, self.others);
+        let mut reads = futures::stream::iter(new)
+            .map(|(name, id, expected)| async move {
+                let shared = staging.read_record(&name).await?;
+                let other = shared.job().filter(|job| job != job_id);
+                let why = match other {
+                    Some(job) if !others => Some(format!(
+                        "it was written by cluster job {job}, not by this run's job {job_id}"
+                    )),
+                    _ => mismatch(&shared, &id, &expected),
+                };
+                if let Some(why) = why {
+                    return Err(PrsError::Cluster {
+                        scheduler: scheduler.clone(),
+                        message: format!(
+                            "the record of mini batch {id} in the shared staging area {} is \
+                             not this run's: {why}. Another run commits into this output (a \
+                             cluster job whose driver stopped?): make sure it is stopped, then \
+                             run the job again with --resume",
+                            staging.shown()
+                        ),
+                    });
+                }
+                if let Some(job) = other {
+                    eprintln!(
+                        "parallel-run: mini batch {id} was finished by cluster job {job} of \
+                         the earlier run (stopped late); its record matches this run's and is \
+                         kept"
+                    );
+                }
+                Ok((id, completed(staging, shared, expected.index).await?))
+            })
+            .buffered(self.reads_at_once.max(1));
+        while let Some(read) = reads.next().await {
+            let (id, done) = read?;
             state.mini_batch_finished_elsewhere(&done.record);
             commit(&done)?;
             self.seen.insert(id);
@@ -976,6 +994,7 @@ mod tests {
             seen: HashSet::new(),
             job_id: "new0002".into(),
             others,
+            reads_at_once: 3,
         };
         let location = SharedLocation::Folder(dir.path().to_path_buf());
         let open = || SharedStaging::open(&location, "(driver)").unwrap();
