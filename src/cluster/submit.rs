@@ -720,7 +720,7 @@ async fn cut_mini_batches(
     state: &Arc<JobState>,
     skips: Option<Arc<ResumeSkips>>,
 ) -> Result<Vec<ManifestEntry>> {
-    let locators = RowLocators::of(&inputs);
+    let mut locators = RowLocators::of(&inputs);
     let (tx, mut rx) = mpsc::channel(64);
     let dispatcher = tokio::spawn(dispatch::dispatch(
         inputs,

@@ -180,8 +180,20 @@ impl ManifestEntry {
     }
 
     /// The same mini-batch read by the executor from `read`: its rows stay behind.
-    pub fn read_from(mut self, read: RowsInFiles) -> Self {
-        self.mini_batch.data = RecordBatch::new_empty(self.mini_batch.data.schema());
+    pub fn read_from(self, read: RowsInFiles) -> Self {
+        let empty = RecordBatch::new_empty(self.mini_batch.data.schema());
+        self.read_from_with(read, &empty)
+    }
+
+    /// [`ManifestEntry::read_from`] with `empty`, an empty batch of the mini-batch's schema,
+    /// in place of its rows: a cut shares one (an empty batch of its own would cost about a
+    /// hundred bytes per column for every mini-batch).
+    pub fn read_from_with(mut self, read: RowsInFiles, empty: &RecordBatch) -> Self {
+        self.mini_batch.data = if empty.schema_ref() == self.mini_batch.data.schema_ref() {
+            empty.clone()
+        } else {
+            RecordBatch::new_empty(self.mini_batch.data.schema())
+        };
         self.read = Some(read);
         self
     }
@@ -214,8 +226,8 @@ pub fn envelope_schema() -> SchemaRef {
 }
 
 /// Where the rows of each input are, for the inputs an executor reads itself (local Parquet
-/// tables read as they are).
-pub struct RowLocators(Vec<Option<RowLocator>>);
+/// tables read as they are), with the empty batch their entries share.
+pub struct RowLocators(Vec<Option<(RowLocator, Option<RecordBatch>)>>);
 
 impl RowLocators {
     /// The locators of `inputs` (by ordinal).
@@ -224,7 +236,7 @@ impl RowLocators {
             inputs
                 .iter()
                 .map(|(plan, info)| match info.kind {
-                    ItemKind::Rows => local_scan(plan).map(|scan| scan.locator()),
+                    ItemKind::Rows => local_scan(plan).map(|scan| (scan.locator(), None)),
                     ItemKind::Files => None,
                 })
                 .collect(),
@@ -232,19 +244,23 @@ impl RowLocators {
     }
 
     /// The manifest entry of `dispatched`: without its rows when its input has a locator.
-    pub fn entry(&self, dispatched: Dispatched) -> ManifestEntry {
-        let locator = self
+    pub fn entry(&mut self, dispatched: Dispatched) -> ManifestEntry {
+        let located = self
             .0
-            .get(dispatched.mini_batch.id.input as usize)
-            .and_then(Option::as_ref);
+            .get_mut(dispatched.mini_batch.id.input as usize)
+            .and_then(Option::as_mut);
         let rows = dispatched.mini_batch.lineage.rows.clone();
         let entry = ManifestEntry::new(
             dispatched.mini_batch,
             dispatched.index,
             dispatched.fingerprint,
         );
-        match locator {
-            Some(locator) => entry.read_from(locator.locate(rows)),
+        match located {
+            Some((locator, empty)) => {
+                let empty = empty
+                    .get_or_insert_with(|| RecordBatch::new_empty(entry.mini_batch.data.schema()));
+                entry.read_from_with(locator.locate(rows), empty)
+            }
             None => entry,
         }
     }
@@ -319,9 +335,9 @@ pub fn read_manifest_rows(batch: &RecordBatch) -> Result<Vec<ManifestRow>> {
     let descriptors = string_column(batch, "descriptor")?;
     let items = binary_column(batch, "items")?;
     let mut out = Vec::with_capacity(batch.num_rows());
-    // The schema of the last mini-batch read by the executor: the rows after it with the
-    // same schema have no items (see `manifest_batch`).
-    let mut located_schema: Option<SchemaRef> = None;
+    // The (empty) batch of the last mini-batch read by the executor: the rows after it with
+    // the same schema have no items (see `manifest_batch`), and share it.
+    let mut located_schema: Option<RecordBatch> = None;
     for row in 0..batch.num_rows() {
         let id = ids.value(row);
         if id.is_empty() {
@@ -334,7 +350,7 @@ pub fn read_manifest_rows(batch: &RecordBatch) -> Result<Vec<ManifestRow>> {
             .map_err(|e| manifest_error(id, format!("bad descriptor: {e}")))?;
         let bytes = items.value(row);
         let data = match (&descriptor.read, &located_schema) {
-            (Some(_), Some(schema)) if bytes.is_empty() => RecordBatch::new_empty(schema.clone()),
+            (Some(_), Some(empty)) if bytes.is_empty() => empty.clone(),
             (_, None) if bytes.is_empty() => {
                 return Err(manifest_error(
                     id,
@@ -347,8 +363,8 @@ pub fn read_manifest_rows(batch: &RecordBatch) -> Result<Vec<ManifestRow>> {
                 batch_from_ipc(bytes).map_err(|e| manifest_error(id, format!("bad items: {e}")))?
             }
         };
-        if descriptor.read.is_some() {
-            located_schema = Some(data.schema());
+        if descriptor.read.is_some() && data.num_rows() == 0 {
+            located_schema = Some(data.clone());
         }
         out.push(ManifestRow::Entry(ManifestEntry {
             mini_batch: MiniBatch {
