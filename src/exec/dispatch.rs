@@ -19,7 +19,7 @@ use crate::batch::{
 use crate::config::InputSpec;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed;
-use crate::exec::recut::{self, Recut, Step};
+use crate::exec::recut::{self, FooterCut, Step};
 use crate::exec::state::JobState;
 
 /// What the operator knows of each of its inputs.
@@ -234,6 +234,37 @@ pub async fn dispatch(
     skips: Option<Arc<ResumeSkips>>,
     queue: mpsc::Sender<Dispatched>,
 ) {
+    dispatch_with(inputs, context, state, skips, queue, Rows::Read).await
+}
+
+/// As [`dispatch`], but the mini-batches of local Parquet inputs are queued without their
+/// rows (cut from the footers, nothing read: a cluster driver's cut, whose executors read
+/// the rows); other inputs are read as by [`dispatch`].
+pub async fn cut_descriptors(
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    context: Arc<TaskContext>,
+    state: Arc<JobState>,
+    skips: Option<Arc<ResumeSkips>>,
+    queue: mpsc::Sender<Dispatched>,
+) {
+    dispatch_with(inputs, context, state, skips, queue, Rows::Leave).await
+}
+
+/// Whether the rows of local Parquet inputs are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    Read,
+    Leave,
+}
+
+async fn dispatch_with(
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    context: Arc<TaskContext>,
+    state: Arc<JobState>,
+    skips: Option<Arc<ResumeSkips>>,
+    queue: mpsc::Sender<Dispatched>,
+    rows: Rows,
+) {
     let pool = EngineMemoryPool::of(&context);
     let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(&pool);
     let cut = Cut {
@@ -241,7 +272,7 @@ pub async fn dispatch(
         skipped: AtomicU64::new(0),
         skips,
     };
-    let result = dispatch_all(&inputs, &context, &state, &queue, &reservation, &cut).await;
+    let result = dispatch_all(&inputs, &context, &state, &queue, &reservation, &cut, rows).await;
     match result {
         Ok(true) => state.scheduling_finished(),
         // Stopped before the end (the job was cancelled, or nobody reads the queue): the
@@ -262,10 +293,41 @@ async fn dispatch_all(
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
     cut: &Cut,
+    rows: Rows,
 ) -> Result<bool> {
     let settings = state.settings().clone();
+    let batch_size = context.session_config().batch_size();
     for (ordinal, (plan, info)) in inputs.iter().enumerate() {
         let name: Arc<str> = Arc::from(info.name.as_str());
+        // A local Parquet input (not keyed): cut at boundaries from its footers.
+        if settings.partition_keys.is_empty() && info.kind == ItemKind::Rows {
+            let source = recut::source_identity(plan, batch_size);
+            let footer = FooterCut::prepare(
+                plan,
+                &info.name,
+                ordinal as u32,
+                settings.mini_batch_bytes,
+                cut.skips.as_deref(),
+                batch_size,
+            )?;
+            if let Some((plan, footer)) = footer {
+                let to = Sink {
+                    cut,
+                    state,
+                    queue,
+                    reservation,
+                    source,
+                };
+                let more = match rows {
+                    Rows::Read => dispatch_footer(&plan, footer, context, &info.name, &to).await?,
+                    Rows::Leave => dispatch_descriptors(footer, &to).await?,
+                };
+                if !more {
+                    return Ok(false);
+                }
+                continue;
+            }
+        }
         // partition_keys: the input sorted on its keys (see [`crate::exec::keyed`]) and cut
         // into one mini-batch per key tuple; otherwise cut by size (or files) as it comes.
         let (plan, mut chunker) = if !settings.partition_keys.is_empty() {
@@ -297,38 +359,13 @@ async fn dispatch_all(
             };
             (plan.clone(), chunker)
         };
-        // A local Parquet input: its source identity goes with each mini-batch to the
-        // ledger, and a resumed run skips without reading when the identity is unchanged.
-        let batch_size = context.session_config().batch_size();
-        let source = match &chunker {
-            Chunker::Bytes(_) => recut::source_identity(&plan, batch_size),
-            _ => None,
-        };
         let to = Sink {
             cut,
             state,
             queue,
             reservation,
-            source,
+            source: None,
         };
-        if let (Chunker::Bytes(bytes), Some(identity), Some(skips)) =
-            (&mut chunker, source, cut.skips.as_ref())
-        {
-            let recut = Recut::prepare(
-                &plan,
-                &info.name,
-                ordinal as u32,
-                skips,
-                identity,
-                batch_size,
-            )?;
-            if let Some((plan, recut)) = recut {
-                if !dispatch_recut(&plan, recut, bytes, context, &info.name, &to).await? {
-                    return Ok(false);
-                }
-                continue;
-            }
-        }
         for partition in 0..plan.output_partitioning().partition_count() {
             let mut stream = plan.execute(partition, context.clone())?;
             loop {
@@ -339,14 +376,14 @@ async fn dispatch_all(
                 let Some(batch) = next else { break };
                 let batch = batch.map_err(|e| input_error(&info.name, e))?;
                 for mb in chunker.push(batch)? {
-                    if !enqueue(mb, &to).await? {
+                    if !enqueue(mb, None, &to).await? {
                         return Ok(false);
                     }
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
-            if !enqueue(mb, &to).await? {
+            if !enqueue(mb, None, &to).await? {
                 return Ok(false);
             }
         }
@@ -369,17 +406,16 @@ async fn dispatch_all(
     Ok(true)
 }
 
-/// Reads `plan` (a local Parquet scan leaving out what `recut` skips) and cuts it with
-/// `chunker`, counting the skipped mini-batches without reading them (see [`recut`]).
-async fn dispatch_recut(
+/// Reads `plan` (a local Parquet scan, leaving out what a resume skips) and cuts it at the
+/// boundaries of `footer`, counting the skipped mini-batches without reading them.
+async fn dispatch_footer(
     plan: &Arc<dyn ExecutionPlan>,
-    mut recut: Recut,
-    chunker: &mut ByteChunker,
+    mut footer: FooterCut,
     context: &Arc<TaskContext>,
     input: &str,
     to: &Sink<'_>,
 ) -> Result<bool> {
-    to.state.rows_not_read(recut.rows_not_read);
+    to.state.rows_not_read(footer.rows_not_read);
     let mut steps = Vec::new();
     for partition in 0..plan.output_partitioning().partition_count() {
         let mut stream = plan.execute(partition, context.clone())?;
@@ -390,22 +426,34 @@ async fn dispatch_recut(
             };
             let Some(batch) = next else { break };
             let batch = batch.map_err(|e| input_error(input, e))?;
-            recut.feed(&batch, chunker, &mut steps)?;
+            footer.feed(&batch, &mut steps)?;
             if !take_steps(&mut steps, to).await? {
                 return Ok(false);
             }
         }
     }
-    recut.finish(chunker, &mut steps)?;
-    steps.extend(chunker.finish()?.map(Step::Cut));
+    footer.finish(&mut steps)?;
     take_steps(&mut steps, to).await
+}
+
+/// Queues the mini-batches of `footer` without their rows (nothing is read), counting the
+/// skipped ones.
+async fn dispatch_descriptors(mut footer: FooterCut, to: &Sink<'_>) -> Result<bool> {
+    let mut steps = Vec::with_capacity(1);
+    for seq in 0..footer.len() {
+        steps.push(footer.descriptor(seq));
+        if !take_steps(&mut steps, to).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Queues the mini-batches of `steps` and counts the skipped ones (emptying `steps`).
 async fn take_steps(steps: &mut Vec<Step>, to: &Sink<'_>) -> Result<bool> {
     for step in steps.drain(..) {
         let more = match step {
-            Step::Cut(mb) => enqueue(mb, to).await?,
+            Step::Cut(mb, fingerprint) => enqueue(mb, Some(fingerprint), to).await?,
             Step::Skipped(id, skipped) => {
                 let Some(skips) = to.cut.skips.as_ref() else {
                     continue;
@@ -462,8 +510,11 @@ fn resume_refused(mini_batch: &str, why: String) -> PrsError {
     )
 }
 
-/// Queues one mini-batch; `Ok(false)` when nobody listens any more or the job is cancelled.
-async fn enqueue(mini_batch: MiniBatch, to: &Sink<'_>) -> Result<bool> {
+/// Queues one mini-batch, with its `fingerprint` if it was cut from the footers (then it
+/// holds no rows when they are left to an executor: its items are its row range), else its
+/// fingerprint is [`slice_fingerprint`]; `Ok(false)` when nobody listens any more or the job
+/// is cancelled.
+async fn enqueue(mini_batch: MiniBatch, fingerprint: Option<u64>, to: &Sink<'_>) -> Result<bool> {
     let Sink {
         cut,
         state,
@@ -471,9 +522,19 @@ async fn enqueue(mini_batch: MiniBatch, to: &Sink<'_>) -> Result<bool> {
         reservation,
         source,
     } = *to;
-    let t = std::time::Instant::now();
-    let fingerprint = slice_fingerprint(&mini_batch);
-    state.add_ledger_time(t.elapsed());
+    let items = match fingerprint {
+        Some(_) => mini_batch.lineage.rows.end - mini_batch.lineage.rows.start,
+        None => mini_batch.items(),
+    };
+    let fingerprint = match fingerprint {
+        Some(fingerprint) => fingerprint,
+        None => {
+            let t = std::time::Instant::now();
+            let fingerprint = slice_fingerprint(&mini_batch);
+            state.add_ledger_time(t.elapsed());
+            fingerprint
+        }
+    };
     let skip = cut
         .skips
         .as_ref()
@@ -507,7 +568,7 @@ async fn enqueue(mini_batch: MiniBatch, to: &Sink<'_>) -> Result<bool> {
             "the memory pool refused {bytes} bytes for the mini-batch: {e}. Lower mini_batch_size or raise the memory limit"
         ),
     })?;
-    state.mini_batch_scheduled(mini_batch.items());
+    state.mini_batch_scheduled(items);
     let dispatched = Dispatched {
         mini_batch,
         index: cut.index.fetch_add(1, Ordering::Relaxed),
