@@ -340,12 +340,12 @@ impl FooterCut {
             format!("mini batch {id}"),
             format!(
                 "input {:?} is not cut as it was when mini-batch {id} (rows {}..{}; {now}) was \
-                 committed: its files changed (path, size, modification time or rows), or the \
-                 columns read, mini_batch_size, or the job was started by a version of \
-                 parallel-run that cut Parquet inputs by the decoded size of their rows (they \
-                 are now cut from the files' footers; see CHANGELOG.md). The committed results \
-                 no longer match the input: run with --restart to start over, restore the \
-                 input or the setting, or add --force to keep the committed results anyway",
+                 committed: its files changed since (path, size, modification time or rows), \
+                 or the job was started by a version of parallel-run that cut Parquet inputs \
+                 by the decoded size of their rows (they are now cut from the files' footers; \
+                 see CHANGELOG.md). The committed results no longer match the input: run with \
+                 --restart to start over, restore the input, or add --force to keep the \
+                 committed results anyway",
                 self.input.as_ref(),
                 then.start,
                 then.end
