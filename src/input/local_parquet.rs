@@ -1315,6 +1315,61 @@ mod tests {
         assert!(with_options.contains("DataSourceExec"), "{with_options}");
     }
 
+    fn file(rows: &[u64], bytes: &[(&str, u64)]) -> ParquetFile {
+        ParquetFile {
+            path: PathBuf::from("f"),
+            rows: rows.iter().sum(),
+            bytes: 0,
+            modified_ns: 0,
+            groups: rows
+                .iter()
+                .map(|&rows| RowGroupSize {
+                    rows,
+                    column_bytes: bytes
+                        .iter()
+                        .map(|(n, b)| (n.to_string(), b * rows))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_footer_cut_sizes_rows_by_their_row_group_s_uncompressed_bytes() {
+        let schema = |names: &[&str]| {
+            Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Int64, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // 10 + 30 bytes a row in the first file, 40 + 0 in the second: 100 rows of 40
+        // bytes a mini-batch, across row groups and files.
+        let files = [
+            file(&[150, 0, 120], &[("a", 10), ("b", 30)]),
+            file(&[230], &[("a", 40)]),
+        ];
+        let cut = footer_cut(&files, &schema(&["a", "b"]), 4000);
+        assert_eq!(cut, [0..100, 100..200, 200..300, 300..400, 400..500]);
+        // Only column a read: 10 bytes a row in the first file (2700 bytes), then 40.
+        let cut = footer_cut(&files, &schema(&["a"]), 4000);
+        assert_eq!(cut, [0..303, 303..403, 403..500]);
+        // A column no file has weighs nothing; a row bigger than the target is one
+        // mini-batch.
+        let cut = footer_cut(&files, &schema(&["a", "b", "c"]), 1);
+        assert_eq!(cut.len(), 500);
+        assert!(cut.iter().all(|r| r.end == r.start + 1));
+        // Uneven sizes: contiguous, complete, each at least the target but the last.
+        let files = [file(&[7, 13, 1], &[("a", 33)]), file(&[50], &[("a", 3)])];
+        let cut = footer_cut(&files, &schema(&["a"]), 100);
+        assert_eq!(cut.first().map(|r| r.start), Some(0));
+        assert_eq!(cut.last().map(|r| r.end), Some(71));
+        assert!(cut.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(cut[..3], [0..4, 4..8, 8..12]);
+        assert!(footer_cut(&[], &schema(&["a"]), 100).is_empty());
+    }
+
     #[tokio::test]
     async fn errors_name_the_file() {
         let d = tempfile::tempdir().unwrap();
