@@ -82,8 +82,8 @@ pub struct SkippedMiniBatch {
 /// The mini-batches a resumed run skips (from the job's ledger). The dispatcher still cuts
 /// the input as before, so ids and boundaries are the same; each mini-batch found here is
 /// checked against its fingerprint (unless `check_slices` is off: `--force`) and counted
-/// without running. A local Parquet input whose source identity is unchanged is not read
-/// where it is skipped (see the `exec::recut` module).
+/// without running. A local Parquet input is cut from its footers and not read where it is
+/// skipped (see the `exec::recut` module).
 ///
 /// Without the check (a forced resume) a mini-batch whose slice changed runs again, and the
 /// committed results of mini-batches the new cut does not have are left out of the output
