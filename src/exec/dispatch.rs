@@ -689,4 +689,101 @@ mod tests {
         assert!(counts.mini_batches_total >= 2, "{counts:?}");
         assert!(!counts.scheduling_done, "{counts:?}");
     }
+
+    /// Runs `dispatch_with` over `inputs` to the end: what it queued (id, rows, fingerprint,
+    /// rows held) and the job state.
+    async fn cut_all(
+        inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+        task_ctx: Arc<TaskContext>,
+        rows: Rows,
+    ) -> (
+        Vec<(String, std::ops::Range<u64>, u64, usize)>,
+        Arc<JobState>,
+    ) {
+        let mut s = settings();
+        s.mini_batch_bytes = 4096;
+        let state = JobState::new(s, Arc::new(NoopObserver));
+        let (tx, mut rx) = mpsc::channel::<Dispatched>(4);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(d) = rx.recv().await {
+                let mb = &d.mini_batch;
+                out.push((
+                    mb.id.to_string(),
+                    mb.lineage.rows.clone(),
+                    d.fingerprint,
+                    mb.data.num_rows(),
+                ));
+            }
+            out
+        });
+        dispatch_with(inputs, task_ctx, state.clone(), None, tx, rows).await;
+        (reader.await.unwrap(), state)
+    }
+
+    #[tokio::test]
+    async fn a_cluster_driver_cuts_a_parquet_input_as_a_local_run_without_reading_it() {
+        use parquet::arrow::ArrowWriter;
+        let d = tempfile::tempdir().unwrap();
+        for (name, from, n) in [("a", 0i64, 1000i64), ("b", 1000, 2000)] {
+            let batch = RecordBatch::try_from_iter(vec![(
+                "id",
+                Arc::new(Int64Array::from_iter_values(from..from + n)) as ArrayRef,
+            )])
+            .unwrap();
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_max_row_group_row_count(Some(300))
+                .build();
+            let file = std::fs::File::create(d.path().join(format!("{name}.parquet"))).unwrap();
+            let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        }
+        let ctx = datafusion::prelude::SessionContext::new();
+        let folder = format!("{}/", d.path().display());
+        let table = crate::input::LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
+            .await
+            .unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let plan = ctx
+            .sql("SELECT id FROM t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let inputs = vec![(plan, InputInfo::new("t", ItemKind::Rows).ordered())];
+        let (local, state) = cut_all(inputs.clone(), ctx.task_ctx(), Rows::Read).await;
+        assert!(state.counts().scheduling_done);
+        assert!(local.len() > 4, "{local:?}");
+        assert!(local
+            .iter()
+            .all(|(_, r, _, n)| (r.end - r.start) as usize == *n));
+        // Every data page of b.parquet overwritten, its footer kept: reading it fails...
+        let path = d.path().join("b.parquet");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        bytes[4..n - 8 - footer].fill(0x5a);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, failed) = cut_all(inputs.clone(), ctx.task_ctx(), Rows::Read).await;
+        assert!(failed.abort_reason().is_some(), "reading b.parquet fails");
+        // ... the cluster driver's cut reads no rows: the same mini-batches, ids and
+        // fingerprints, all the items counted.
+        let (cluster, state) = cut_all(inputs, ctx.task_ctx(), Rows::Leave).await;
+        assert!(state.abort_reason().is_none());
+        let strip = |v: &[(String, std::ops::Range<u64>, u64, usize)]| {
+            v.iter()
+                .map(|(id, r, f, _)| (id.clone(), r.clone(), *f))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&cluster), strip(&local));
+        assert!(cluster.iter().all(|(_, _, _, n)| *n == 0), "no rows held");
+        let counts = state.counts();
+        assert!(counts.scheduling_done);
+        assert_eq!(
+            (counts.mini_batches_total, counts.items_total),
+            (local.len() as u64, 3000)
+        );
+    }
 }
