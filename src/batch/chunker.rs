@@ -153,9 +153,8 @@ impl ByteChunker {
         self.push_rows(&batch, 0..rows)
     }
 
-    /// Adds rows `range` of `batch`, sized as the whole batch's rows are (so that a resumed
-    /// job that skips the rows before `range.start` cuts the rest as a full run does);
-    /// returns the mini-batches they complete.
+    /// Adds rows `range` of `batch`, sized as the whole batch's rows are; returns the
+    /// mini-batches they complete.
     pub fn push_rows(
         &mut self,
         batch: &RecordBatch,
@@ -192,22 +191,6 @@ impl ByteChunker {
             return Ok(None);
         }
         self.emit().map(Some)
-    }
-
-    /// Where the next mini-batch starts (row within the input, sequence number), when no
-    /// rows are pending: the chunker is at a mini-batch boundary.
-    pub fn boundary(&self) -> Option<(u64, u64)> {
-        (self.pending_rows == 0).then_some((self.start_row, self.next_seq))
-    }
-
-    /// Continues at row `row` with mini-batch number `seq`, as if the mini-batches before
-    /// them had been cut (a resumed job that does not read what it skips). Only at a
-    /// boundary ([`ByteChunker::boundary`]); pending rows are kept otherwise.
-    pub fn skip_to(&mut self, row: u64, seq: u64) {
-        if self.pending_rows == 0 {
-            self.start_row = row;
-            self.next_seq = seq;
-        }
     }
 
     fn emit(&mut self) -> Result<MiniBatch> {

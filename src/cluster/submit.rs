@@ -712,8 +712,8 @@ impl Follow for Follower {
 
 /// Cuts the inputs with the local dispatcher (ids, indexes, fingerprints and resume skips as
 /// on a local run), keeping the mini-batches instead of running them. A mini-batch of a local
-/// Parquet input keeps only where its rows are (the executor reads them); others keep their
-/// rows.
+/// Parquet input is cut from the footers without reading any rows and keeps only where its
+/// rows are (the executor reads them); others keep their rows.
 async fn cut_mini_batches(
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     task_ctx: Arc<TaskContext>,
@@ -722,7 +722,7 @@ async fn cut_mini_batches(
 ) -> Result<Vec<ManifestEntry>> {
     let mut locators = RowLocators::of(&inputs);
     let (tx, mut rx) = mpsc::channel(64);
-    let dispatcher = tokio::spawn(dispatch::dispatch(
+    let dispatcher = tokio::spawn(dispatch::cut_descriptors(
         inputs,
         task_ctx,
         state.clone(),

@@ -19,7 +19,7 @@ use crate::batch::{
 use crate::config::InputSpec;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed;
-use crate::exec::recut::{self, Recut, Step};
+use crate::exec::recut::{self, FooterCut, Step};
 use crate::exec::state::JobState;
 
 /// What the operator knows of each of its inputs.
@@ -82,8 +82,8 @@ pub struct SkippedMiniBatch {
 /// The mini-batches a resumed run skips (from the job's ledger). The dispatcher still cuts
 /// the input as before, so ids and boundaries are the same; each mini-batch found here is
 /// checked against its fingerprint (unless `check_slices` is off: `--force`) and counted
-/// without running. A local Parquet input whose source identity is unchanged is not read
-/// where it is skipped (see the `exec::recut` module).
+/// without running. A local Parquet input is cut from its footers and not read where it is
+/// skipped (see the `exec::recut` module).
 ///
 /// Without the check (a forced resume) a mini-batch whose slice changed runs again, and the
 /// committed results of mini-batches the new cut does not have are left out of the output
@@ -234,6 +234,37 @@ pub async fn dispatch(
     skips: Option<Arc<ResumeSkips>>,
     queue: mpsc::Sender<Dispatched>,
 ) {
+    dispatch_with(inputs, context, state, skips, queue, Rows::Read).await
+}
+
+/// As [`dispatch`], but the mini-batches of local Parquet inputs are queued without their
+/// rows (cut from the footers, nothing read: a cluster driver's cut, whose executors read
+/// the rows); other inputs are read as by [`dispatch`].
+pub async fn cut_descriptors(
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    context: Arc<TaskContext>,
+    state: Arc<JobState>,
+    skips: Option<Arc<ResumeSkips>>,
+    queue: mpsc::Sender<Dispatched>,
+) {
+    dispatch_with(inputs, context, state, skips, queue, Rows::Leave).await
+}
+
+/// Whether the rows of local Parquet inputs are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    Read,
+    Leave,
+}
+
+async fn dispatch_with(
+    inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+    context: Arc<TaskContext>,
+    state: Arc<JobState>,
+    skips: Option<Arc<ResumeSkips>>,
+    queue: mpsc::Sender<Dispatched>,
+    rows: Rows,
+) {
     let pool = EngineMemoryPool::of(&context);
     let reservation = MemoryConsumer::new("ParallelRunExec[queue]").register(&pool);
     let cut = Cut {
@@ -241,7 +272,7 @@ pub async fn dispatch(
         skipped: AtomicU64::new(0),
         skips,
     };
-    let result = dispatch_all(&inputs, &context, &state, &queue, &reservation, &cut).await;
+    let result = dispatch_all(&inputs, &context, &state, &queue, &reservation, &cut, rows).await;
     match result {
         Ok(true) => state.scheduling_finished(),
         // Stopped before the end (the job was cancelled, or nobody reads the queue): the
@@ -262,10 +293,41 @@ async fn dispatch_all(
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
     cut: &Cut,
+    rows: Rows,
 ) -> Result<bool> {
     let settings = state.settings().clone();
+    let batch_size = context.session_config().batch_size();
     for (ordinal, (plan, info)) in inputs.iter().enumerate() {
         let name: Arc<str> = Arc::from(info.name.as_str());
+        // A local Parquet input (not keyed): cut at boundaries from its footers.
+        if settings.partition_keys.is_empty() && info.kind == ItemKind::Rows {
+            let source = recut::source_identity(plan, batch_size);
+            let footer = FooterCut::prepare(
+                plan,
+                &info.name,
+                ordinal as u32,
+                settings.mini_batch_bytes,
+                cut.skips.as_deref(),
+                batch_size,
+            )?;
+            if let Some((plan, footer)) = footer {
+                let to = Sink {
+                    cut,
+                    state,
+                    queue,
+                    reservation,
+                    source,
+                };
+                let more = match rows {
+                    Rows::Read => dispatch_footer(&plan, footer, context, &info.name, &to).await?,
+                    Rows::Leave => dispatch_descriptors(footer, &to).await?,
+                };
+                if !more {
+                    return Ok(false);
+                }
+                continue;
+            }
+        }
         // partition_keys: the input sorted on its keys (see [`crate::exec::keyed`]) and cut
         // into one mini-batch per key tuple; otherwise cut by size (or files) as it comes.
         let (plan, mut chunker) = if !settings.partition_keys.is_empty() {
@@ -297,38 +359,13 @@ async fn dispatch_all(
             };
             (plan.clone(), chunker)
         };
-        // A local Parquet input: its source identity goes with each mini-batch to the
-        // ledger, and a resumed run skips without reading when the identity is unchanged.
-        let batch_size = context.session_config().batch_size();
-        let source = match &chunker {
-            Chunker::Bytes(_) => recut::source_identity(&plan, batch_size),
-            _ => None,
-        };
         let to = Sink {
             cut,
             state,
             queue,
             reservation,
-            source,
+            source: None,
         };
-        if let (Chunker::Bytes(bytes), Some(identity), Some(skips)) =
-            (&mut chunker, source, cut.skips.as_ref())
-        {
-            let recut = Recut::prepare(
-                &plan,
-                &info.name,
-                ordinal as u32,
-                skips,
-                identity,
-                batch_size,
-            )?;
-            if let Some((plan, recut)) = recut {
-                if !dispatch_recut(&plan, recut, bytes, context, &info.name, &to).await? {
-                    return Ok(false);
-                }
-                continue;
-            }
-        }
         for partition in 0..plan.output_partitioning().partition_count() {
             let mut stream = plan.execute(partition, context.clone())?;
             loop {
@@ -339,14 +376,14 @@ async fn dispatch_all(
                 let Some(batch) = next else { break };
                 let batch = batch.map_err(|e| input_error(&info.name, e))?;
                 for mb in chunker.push(batch)? {
-                    if !enqueue(mb, &to).await? {
+                    if !enqueue(mb, None, &to).await? {
                         return Ok(false);
                     }
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
-            if !enqueue(mb, &to).await? {
+            if !enqueue(mb, None, &to).await? {
                 return Ok(false);
             }
         }
@@ -369,17 +406,16 @@ async fn dispatch_all(
     Ok(true)
 }
 
-/// Reads `plan` (a local Parquet scan leaving out what `recut` skips) and cuts it with
-/// `chunker`, counting the skipped mini-batches without reading them (see [`recut`]).
-async fn dispatch_recut(
+/// Reads `plan` (a local Parquet scan, leaving out what a resume skips) and cuts it at the
+/// boundaries of `footer`, counting the skipped mini-batches without reading them.
+async fn dispatch_footer(
     plan: &Arc<dyn ExecutionPlan>,
-    mut recut: Recut,
-    chunker: &mut ByteChunker,
+    mut footer: FooterCut,
     context: &Arc<TaskContext>,
     input: &str,
     to: &Sink<'_>,
 ) -> Result<bool> {
-    to.state.rows_not_read(recut.rows_not_read);
+    to.state.rows_not_read(footer.rows_not_read);
     let mut steps = Vec::new();
     for partition in 0..plan.output_partitioning().partition_count() {
         let mut stream = plan.execute(partition, context.clone())?;
@@ -390,22 +426,34 @@ async fn dispatch_recut(
             };
             let Some(batch) = next else { break };
             let batch = batch.map_err(|e| input_error(input, e))?;
-            recut.feed(&batch, chunker, &mut steps)?;
+            footer.feed(&batch, &mut steps)?;
             if !take_steps(&mut steps, to).await? {
                 return Ok(false);
             }
         }
     }
-    recut.finish(chunker, &mut steps)?;
-    steps.extend(chunker.finish()?.map(Step::Cut));
+    footer.finish(&mut steps)?;
     take_steps(&mut steps, to).await
+}
+
+/// Queues the mini-batches of `footer` without their rows (nothing is read), counting the
+/// skipped ones.
+async fn dispatch_descriptors(mut footer: FooterCut, to: &Sink<'_>) -> Result<bool> {
+    let mut steps = Vec::with_capacity(1);
+    for seq in 0..footer.len() {
+        steps.push(footer.descriptor(seq));
+        if !take_steps(&mut steps, to).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Queues the mini-batches of `steps` and counts the skipped ones (emptying `steps`).
 async fn take_steps(steps: &mut Vec<Step>, to: &Sink<'_>) -> Result<bool> {
     for step in steps.drain(..) {
         let more = match step {
-            Step::Cut(mb) => enqueue(mb, to).await?,
+            Step::Cut(mb, fingerprint) => enqueue(mb, Some(fingerprint), to).await?,
             Step::Skipped(id, skipped) => {
                 let Some(skips) = to.cut.skips.as_ref() else {
                     continue;
@@ -462,8 +510,11 @@ fn resume_refused(mini_batch: &str, why: String) -> PrsError {
     )
 }
 
-/// Queues one mini-batch; `Ok(false)` when nobody listens any more or the job is cancelled.
-async fn enqueue(mini_batch: MiniBatch, to: &Sink<'_>) -> Result<bool> {
+/// Queues one mini-batch, with its `fingerprint` if it was cut from the footers (then it
+/// holds no rows when they are left to an executor: its items are its row range), else its
+/// fingerprint is [`slice_fingerprint`]; `Ok(false)` when nobody listens any more or the job
+/// is cancelled.
+async fn enqueue(mini_batch: MiniBatch, fingerprint: Option<u64>, to: &Sink<'_>) -> Result<bool> {
     let Sink {
         cut,
         state,
@@ -471,9 +522,19 @@ async fn enqueue(mini_batch: MiniBatch, to: &Sink<'_>) -> Result<bool> {
         reservation,
         source,
     } = *to;
-    let t = std::time::Instant::now();
-    let fingerprint = slice_fingerprint(&mini_batch);
-    state.add_ledger_time(t.elapsed());
+    let items = match fingerprint {
+        Some(_) => mini_batch.lineage.rows.end - mini_batch.lineage.rows.start,
+        None => mini_batch.items(),
+    };
+    let fingerprint = match fingerprint {
+        Some(fingerprint) => fingerprint,
+        None => {
+            let t = std::time::Instant::now();
+            let fingerprint = slice_fingerprint(&mini_batch);
+            state.add_ledger_time(t.elapsed());
+            fingerprint
+        }
+    };
     let skip = cut
         .skips
         .as_ref()
@@ -507,7 +568,7 @@ async fn enqueue(mini_batch: MiniBatch, to: &Sink<'_>) -> Result<bool> {
             "the memory pool refused {bytes} bytes for the mini-batch: {e}. Lower mini_batch_size or raise the memory limit"
         ),
     })?;
-    state.mini_batch_scheduled(mini_batch.items());
+    state.mini_batch_scheduled(items);
     let dispatched = Dispatched {
         mini_batch,
         index: cut.index.fetch_add(1, Ordering::Relaxed),
@@ -627,5 +688,102 @@ mod tests {
         let counts = state.counts();
         assert!(counts.mini_batches_total >= 2, "{counts:?}");
         assert!(!counts.scheduling_done, "{counts:?}");
+    }
+
+    /// Runs `dispatch_with` over `inputs` to the end: what it queued (id, rows, fingerprint,
+    /// rows held) and the job state.
+    async fn cut_all(
+        inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
+        task_ctx: Arc<TaskContext>,
+        rows: Rows,
+    ) -> (
+        Vec<(String, std::ops::Range<u64>, u64, usize)>,
+        Arc<JobState>,
+    ) {
+        let mut s = settings();
+        s.mini_batch_bytes = 4096;
+        let state = JobState::new(s, Arc::new(NoopObserver));
+        let (tx, mut rx) = mpsc::channel::<Dispatched>(4);
+        let reader = tokio::spawn(async move {
+            let mut out = Vec::new();
+            while let Some(d) = rx.recv().await {
+                let mb = &d.mini_batch;
+                out.push((
+                    mb.id.to_string(),
+                    mb.lineage.rows.clone(),
+                    d.fingerprint,
+                    mb.data.num_rows(),
+                ));
+            }
+            out
+        });
+        dispatch_with(inputs, task_ctx, state.clone(), None, tx, rows).await;
+        (reader.await.unwrap(), state)
+    }
+
+    #[tokio::test]
+    async fn a_cluster_driver_cuts_a_parquet_input_as_a_local_run_without_reading_it() {
+        use parquet::arrow::ArrowWriter;
+        let d = tempfile::tempdir().unwrap();
+        for (name, from, n) in [("a", 0i64, 1000i64), ("b", 1000, 2000)] {
+            let batch = RecordBatch::try_from_iter(vec![(
+                "id",
+                Arc::new(Int64Array::from_iter_values(from..from + n)) as ArrayRef,
+            )])
+            .unwrap();
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_max_row_group_row_count(Some(300))
+                .build();
+            let file = std::fs::File::create(d.path().join(format!("{name}.parquet"))).unwrap();
+            let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+            w.write(&batch).unwrap();
+            w.close().unwrap();
+        }
+        let ctx = datafusion::prelude::SessionContext::new();
+        let folder = format!("{}/", d.path().display());
+        let table = crate::input::LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
+            .await
+            .unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let plan = ctx
+            .sql("SELECT id FROM t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let inputs = vec![(plan, InputInfo::new("t", ItemKind::Rows).ordered())];
+        let (local, state) = cut_all(inputs.clone(), ctx.task_ctx(), Rows::Read).await;
+        assert!(state.counts().scheduling_done);
+        assert!(local.len() > 4, "{local:?}");
+        assert!(local
+            .iter()
+            .all(|(_, r, _, n)| (r.end - r.start) as usize == *n));
+        // Every data page of b.parquet overwritten, its footer kept: reading it fails...
+        let path = d.path().join("b.parquet");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        bytes[4..n - 8 - footer].fill(0x5a);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, failed) = cut_all(inputs.clone(), ctx.task_ctx(), Rows::Read).await;
+        assert!(failed.abort_reason().is_some(), "reading b.parquet fails");
+        // ... the cluster driver's cut reads no rows: the same mini-batches, ids and
+        // fingerprints, all the items counted.
+        let (cluster, state) = cut_all(inputs, ctx.task_ctx(), Rows::Leave).await;
+        assert!(state.abort_reason().is_none());
+        let strip = |v: &[(String, std::ops::Range<u64>, u64, usize)]| {
+            v.iter()
+                .map(|(id, r, f, _)| (id.clone(), r.clone(), *f))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&cluster), strip(&local));
+        assert!(cluster.iter().all(|(_, _, _, n)| *n == 0), "no rows held");
+        let counts = state.counts();
+        assert!(counts.scheduling_done);
+        assert_eq!(
+            (counts.mini_batches_total, counts.items_total),
+            (local.len() as u64, 3000)
+        );
     }
 }

@@ -8,9 +8,10 @@
 //! [`crate::exec::ExecMode::Manifest`] is partition-preserving over it, so a task that runs
 //! partitions 1 and 3 sees exactly their mini-batches. A file dataset's mini-batch is its
 //! listing rows (paths: each executor reads the files itself); a local Parquet table's
-//! mini-batch is its row range and the files holding it ([`RowsInFiles`]: the executor reads
-//! exactly those rows, checks the files are the ones the driver listed and the slice's
-//! fingerprint); any other table's mini-batch carries its rows. A manifest bigger than
+//! mini-batch is its row range and the files holding it ([`RowsInFiles`], cut from the
+//! footers: the driver reads no rows; the executor reads exactly those rows, checks the files
+//! are the ones the driver listed and the slice's fingerprint); any other table's mini-batch
+//! carries its rows. A manifest bigger than
 //! [`INLINE_MANIFEST_BYTES`] does not travel in the plan: the driver writes it to the shared
 //! staging area in segments ([`manifest_segments`], at most [`SEGMENT_ENTRIES`] mini-batches
 //! or [`SEGMENT_BYTES`] of rows each), and each partition's one row in the plan is a
@@ -31,10 +32,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::batch::{
-    slice_fingerprint, ItemKind, Lineage, MiniBatch, MiniBatchId, MiniBatchRecord,
-    PartitionKeyValue,
-};
+use crate::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, MiniBatchRecord, PartitionKeyValue};
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::InputInfo;
 use crate::exec::dispatch::{Dispatched, EngineMemoryPool};
@@ -42,7 +40,7 @@ use crate::exec::recut::local_scan;
 use crate::exec::shared::SharedStaging;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
-use crate::input::{RowLocator, RowsInFiles, RowsReader};
+use crate::input::{footer_fingerprint, RowLocator, RowsInFiles, RowsReader};
 
 /// The largest manifest a plan carries (Ballista's gRPC messages are limited to 16 MiB, and
 /// every task's plan is sent to its executor): a bigger one goes to the shared store in
@@ -638,6 +636,7 @@ impl RowReaders {
     ) -> Result<MiniBatch> {
         let id = mini_batch.id.to_string();
         let input = mini_batch.lineage.input.to_string();
+        let read_copy = read.clone();
         let mut reader = match self.readers.remove(&input) {
             Some(reader) => reader,
             None => RowsReader::new(mini_batch.data.schema(), std::slice::from_ref(&read)),
@@ -654,14 +653,19 @@ impl RowReaders {
             location: format!("mini batch {id} on this executor"),
             message: e.to_string(),
         })?;
-        if slice_fingerprint(&mini_batch) != fingerprint {
+        // The files are the ones the driver listed (the reader checked their sizes and
+        // modification times): the slice is the one the driver cut when its fingerprint,
+        // made of the same descriptor, is the one the driver computed.
+        let rows = mini_batch.lineage.rows.clone();
+        let here = footer_fingerprint(mini_batch.id, &read_copy, mini_batch.data.schema_ref());
+        if here != fingerprint || mini_batch.items() != rows.end - rows.start {
             return Err(PrsError::Input {
                 input,
                 location: format!("mini batch {id} on this executor"),
                 message: format!(
                     "rows {}..{} read here are not the ones the driver cut: the input files \
                      differ between the nodes or changed during the job",
-                    mini_batch.lineage.rows.start, mini_batch.lineage.rows.end
+                    rows.start, rows.end
                 ),
             });
         }

@@ -1,26 +1,26 @@
-//! Resuming without reading again what is skipped.
+//! Local Parquet inputs cut from their footers.
 //!
-//! A resumed job skips the mini-batches its ledger holds. In general it cuts the input again to
-//! find them (reading every row, checking each skipped slice's fingerprint). For a local
-//! Parquet input whose source is unchanged since those mini-batches were cut (the same files
-//! with the same sizes, modification times and rows, the same columns and batch size: the
-//! source identity recorded with each mini-batch), the dispatcher takes their row ranges from
-//! the ledger instead:
+//! The mini-batches of a local Parquet input (a [`LocalParquetExec`] under column-only
+//! projections) are cut before anything is read: their row ranges come from the files'
+//! footers ([`LocalParquetExec::footer_cut`]), their fingerprints from the files' identities
+//! ([`footer_fingerprint`]). A local run reads the rows and slices the record batches at
+//! those boundaries ([`FooterCut::feed`]); a cluster driver reads nothing and sends the
+//! executors where each mini-batch's rows are ([`FooterCut::descriptor`]). Both cut the same
+//! mini-batches with the same ids and fingerprints, whatever the batch size, workers or
+//! nodes.
 //!
-//! - the scan leaves out the reader batches lying wholly inside a run of skipped mini-batches
-//!   ([`LocalParquetExec::without_rows`]), so their pages are not read or decoded;
-//! - the chunker drops the skipped rows of the batches it still gets, counts the run's
-//!   mini-batches as skipped, and continues cutting at the run's end with the next sequence
-//!   number, exactly where a full run would: a record batch is sized as a whole, whatever
-//!   part of it is cut ([`ByteChunker::push_rows`]).
-//!
-//! Every run must start at a mini-batch boundary of the re-cut; if one does not (something
-//! the identity does not cover changed), the resume is refused as a changed slice is.
+//! A resumed job knows, before reading, which of its mini-batches the ledger holds with the
+//! same fingerprint: the scan leaves out the reader batches lying wholly inside runs of
+//! them ([`LocalParquetExec::without_rows`]), so their pages are not read or decoded, and the
+//! rows of theirs it still gets are dropped. A ledger mini-batch whose fingerprint differs
+//! (the files changed, or the job was started by a version that cut Parquet inputs by their
+//! decoded size) refuses the resume before anything runs, unless it is forced.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::Arc;
 
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::coop::CooperativeExec;
@@ -28,35 +28,36 @@ use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceC
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::batch::{ByteChunker, MiniBatch, MiniBatchId};
+use crate::batch::{compact_concat, ItemKind, Lineage, MiniBatch, MiniBatchId};
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::{ResumeSkips, SkippedMiniBatch};
-use crate::input::LocalParquetExec;
+use crate::input::{footer_fingerprint, LocalParquetExec, RowLocator};
 
-/// One step of a re-cut input.
+/// One step of a footer-cut input.
 pub(crate) enum Step {
-    /// A mini-batch to run.
-    Cut(MiniBatch),
-    /// A mini-batch an earlier run finished, not read.
+    /// A mini-batch to run, with its fingerprint.
+    Cut(MiniBatch, u64),
+    /// A mini-batch an earlier run finished (not read).
     Skipped(MiniBatchId, Box<SkippedMiniBatch>),
 }
 
-/// Consecutive skipped mini-batches: their rows, and the mini-batches in order.
-struct SkipRun {
-    rows: Range<u64>,
-    mini_batches: Vec<(MiniBatchId, SkippedMiniBatch)>,
-}
-
-/// The re-cut of one input: where the skipped runs are, what the scan leaves out, and how far
-/// the input has been read.
-pub(crate) struct Recut {
-    input: String,
-    runs: VecDeque<SkipRun>,
+/// The cut of one local Parquet input: its mini-batches' row ranges, which of them an
+/// earlier run finished, and how far the scan has been read.
+pub(crate) struct FooterCut {
+    input: Arc<str>,
+    ordinal: u32,
+    schema: SchemaRef,
+    locator: RowLocator,
+    bounds: Vec<Range<u64>>,
+    /// The skipped mini-batches, by sequence number.
+    skipped: HashMap<u64, SkippedMiniBatch>,
+    /// Rows the scan leaves out (inside skipped mini-batches), in order.
     omitted: VecDeque<Range<u64>>,
-    /// The row (of the whole input) the next batch from the scan starts at.
+    /// The row the next batch from the scan starts at.
     pos: u64,
-    /// Rows before this one are skipped (inside the run being passed).
-    discard_until: u64,
+    /// The mini-batch being filled.
+    next: usize,
+    pending: Vec<RecordBatch>,
     /// Rows the scan does not read.
     pub rows_not_read: u64,
 }
@@ -111,179 +112,243 @@ pub(crate) fn source_identity(plan: &Arc<dyn ExecutionPlan>, batch_size: usize) 
     local_scan(plan).map(|scan| scan.source_identity(batch_size))
 }
 
-impl Recut {
-    /// The re-cut of input number `ordinal` (named `input`), read by `plan` whose source has
-    /// `identity`, and the plan that leaves out what it skips; `None` when the input must be
-    /// read whole (a forced resume, nothing skipped, or a skipped mini-batch cut from another
-    /// source or without a recorded identity).
+impl FooterCut {
+    /// The cut of input number `ordinal` (named `input`) read by `plan`, in mini-batches of
+    /// about `target_bytes`, and the plan that leaves out what a resume skips (`skips`,
+    /// reader batches of `batch_size` rows); `None` when `plan` is not a local Parquet scan.
+    /// A mini-batch of the ledger whose slice is not the one cut now refuses the resume,
+    /// unless slices are not checked (`--force`: it runs again).
     pub(crate) fn prepare(
         plan: &Arc<dyn ExecutionPlan>,
         input: &str,
         ordinal: u32,
-        skips: &ResumeSkips,
-        identity: u64,
+        target_bytes: u64,
+        skips: Option<&ResumeSkips>,
         batch_size: usize,
-    ) -> Result<Option<(Arc<dyn ExecutionPlan>, Recut)>> {
+    ) -> Result<Option<(Arc<dyn ExecutionPlan>, FooterCut)>> {
         let Some(scan) = local_scan(plan) else {
             return Ok(None);
         };
-        if !skips.check_slices() {
-            return Ok(None);
-        }
-        let mut skipped: Vec<(MiniBatchId, SkippedMiniBatch)> = skips
-            .ids()
-            .into_iter()
-            .filter(|id| id.input == ordinal && !id.is_derived())
-            .filter_map(|id| skips.get(&id).map(|s| (id, s)))
-            .collect();
-        if skipped.is_empty() || skipped.iter().any(|(_, s)| s.source != Some(identity)) {
-            return Ok(None);
-        }
-        skipped.sort_by_key(|(id, _)| id.seq);
-        let mut runs: Vec<SkipRun> = Vec::new();
-        for (id, s) in skipped {
-            let rows = s.record.lineage.rows.clone();
-            if rows.is_empty() {
-                return Ok(None);
+        let bounds = scan.footer_cut(target_bytes);
+        let mut cut = FooterCut {
+            input: Arc::from(input),
+            ordinal,
+            schema: plan.schema(),
+            locator: scan.locator(),
+            bounds,
+            skipped: HashMap::new(),
+            omitted: VecDeque::new(),
+            pos: 0,
+            next: 0,
+            pending: Vec::new(),
+            rows_not_read: 0,
+        };
+        let Some(skips) = skips else {
+            return Ok(Some((plan.clone(), cut)));
+        };
+        for id in skips.ids() {
+            if id.input != ordinal || id.is_derived() {
+                continue;
             }
+            let Some(skipped) = skips.get(&id) else {
+                continue;
+            };
+            let now = cut.bounds.get(id.seq as usize).cloned();
+            let same = now
+                .as_ref()
+                .is_some_and(|_| cut.fingerprint(id.seq as usize) == skipped.fingerprint);
+            if same {
+                cut.skipped.insert(id.seq, skipped);
+            } else if skips.check_slices() {
+                return Err(cut.changed(id, &skipped, now));
+            }
+        }
+        let mut runs: Vec<Range<u64>> = Vec::new();
+        let mut seqs: Vec<u64> = cut.skipped.keys().copied().collect();
+        seqs.sort_unstable();
+        for seq in seqs {
+            let rows = cut.bounds[seq as usize].clone();
             match runs.last_mut() {
-                Some(run)
-                    if run.mini_batches.last().map(|(last, _)| last.seq + 1) == Some(id.seq) =>
-                {
-                    if run.rows.end != rows.start {
-                        // Consecutive mini-batches whose rows are not: the ledger does not
-                        // describe one cut; read the input whole (and check every slice).
-                        return Ok(None);
-                    }
-                    run.rows.end = rows.end;
-                    run.mini_batches.push((id, s));
-                }
-                _ => runs.push(SkipRun {
-                    rows,
-                    mini_batches: vec![(id, s)],
-                }),
+                Some(run) if run.end == rows.start => run.end = rows.end,
+                _ => runs.push(rows),
             }
         }
-        let ranges: Vec<Range<u64>> = runs.iter().map(|r| r.rows.clone()).collect();
-        let (scan, omitted) = scan.without_rows(&ranges, batch_size);
+        if runs.is_empty() {
+            return Ok(Some((plan.clone(), cut)));
+        }
+        let (scan, omitted) = scan.without_rows(&runs, batch_size);
         let plan = with_scan(plan, scan).map_err(|e| PrsError::Input {
             input: input.to_string(),
             location: "resume".into(),
             message: e.to_string(),
         })?;
-        Ok(Some((
-            plan,
-            Recut {
-                input: input.to_string(),
-                rows_not_read: omitted.iter().map(|o| o.end - o.start).sum(),
-                runs: runs.into(),
-                omitted: omitted.into(),
-                pos: 0,
-                discard_until: 0,
-            },
-        )))
+        cut.rows_not_read = omitted.iter().map(|o| o.end - o.start).sum();
+        cut.omitted = omitted.into();
+        Ok(Some((plan, cut)))
     }
 
-    /// Cuts the next batch of the scan with `chunker`, passing the skipped runs it reaches.
-    pub(crate) fn feed(
-        &mut self,
-        batch: &RecordBatch,
-        chunker: &mut ByteChunker,
-        out: &mut Vec<Step>,
-    ) -> Result<()> {
-        self.advance(chunker, out)?;
+    /// The number of mini-batches.
+    pub(crate) fn len(&self) -> usize {
+        self.bounds.len()
+    }
+
+    /// The fingerprint of mini-batch `seq` ([`footer_fingerprint`]).
+    fn fingerprint(&self, seq: usize) -> u64 {
+        let rows = self.bounds.get(seq).cloned().unwrap_or(0..0);
+        let id = MiniBatchId::new(self.ordinal, seq as u64);
+        footer_fingerprint(id, &self.locator.locate(rows), &self.schema)
+    }
+
+    /// Mini-batch `seq` as a descriptor (its rows not read: an executor reads them), or its
+    /// skip.
+    pub(crate) fn descriptor(&mut self, seq: usize) -> Step {
+        if let Some(skipped) = self.skipped.remove(&(seq as u64)) {
+            return Step::Skipped(
+                MiniBatchId::new(self.ordinal, seq as u64),
+                Box::new(skipped),
+            );
+        }
+        let data = RecordBatch::new_empty(self.schema.clone());
+        let fingerprint = self.fingerprint(seq);
+        Step::Cut(self.mini_batch(seq, data), fingerprint)
+    }
+
+    fn mini_batch(&self, seq: usize, data: RecordBatch) -> MiniBatch {
+        MiniBatch {
+            id: MiniBatchId::new(self.ordinal, seq as u64),
+            kind: ItemKind::Rows,
+            data,
+            lineage: Lineage {
+                input: self.input.clone(),
+                rows: self.bounds.get(seq).cloned().unwrap_or(0..0),
+            },
+            partition_key_value: Default::default(),
+        }
+    }
+
+    /// Cuts the next batch of the scan at the boundaries, passing the skipped mini-batches
+    /// it reaches.
+    pub(crate) fn feed(&mut self, batch: &RecordBatch, out: &mut Vec<Step>) -> Result<()> {
+        self.advance(out)?;
         let start = self.pos;
         let end = start + batch.num_rows() as u64;
         self.pos = end;
         let mut cur = start;
-        loop {
-            self.enter_runs(cur, chunker, out)?;
-            if cur >= end {
-                return Ok(());
-            }
-            if self.discard_until > cur {
-                cur = self.discard_until.min(end);
-                continue;
-            }
-            let upto = match self.runs.front() {
-                Some(run) if run.rows.start < cur => return Err(self.misaligned(run)),
-                Some(run) => run.rows.start.min(end),
-                None => end,
+        while cur < end {
+            let Some(bound) = self.bounds.get(self.next).cloned() else {
+                return Err(self.shape_error(format!(
+                    "it has more rows than its footers say ({})",
+                    self.bounds.last().map_or(0, |b| b.end)
+                )));
             };
-            let range = (cur - start) as usize..(upto - start) as usize;
-            out.extend(chunker.push_rows(batch, range)?.into_iter().map(Step::Cut));
+            let upto = bound.end.min(end);
+            if !self.skipped.contains_key(&(self.next as u64)) {
+                let from = (cur - start) as usize;
+                self.pending.push(batch.slice(from, (upto - cur) as usize));
+            }
             cur = upto;
-        }
-    }
-
-    /// The end of the scan: passes the runs it ends with. Refuses when a run was not found.
-    pub(crate) fn finish(&mut self, chunker: &mut ByteChunker, out: &mut Vec<Step>) -> Result<()> {
-        self.advance(chunker, out)?;
-        match self.runs.front() {
-            Some(run) => Err(self.misaligned(run)),
-            None => Ok(()),
-        }
-    }
-
-    /// Passes the runs starting at the current position and the omitted rows that follow.
-    fn advance(&mut self, chunker: &mut ByteChunker, out: &mut Vec<Step>) -> Result<()> {
-        loop {
-            self.enter_runs(self.pos, chunker, out)?;
-            match self.omitted.front() {
-                Some(o) if o.start == self.pos => {
-                    self.pos = o.end;
-                    self.omitted.pop_front();
-                }
-                _ => return Ok(()),
+            if cur == bound.end {
+                self.close(out)?;
             }
-        }
-    }
-
-    /// Passes the runs starting at row `at`: the chunker must be at a boundary there.
-    fn enter_runs(
-        &mut self,
-        at: u64,
-        chunker: &mut ByteChunker,
-        out: &mut Vec<Step>,
-    ) -> Result<()> {
-        while let Some(run) = self.runs.front() {
-            if run.rows.start != at || self.discard_until > at {
-                return Ok(());
-            }
-            let first = run.mini_batches.first().map(|(id, _)| id.seq);
-            if chunker.boundary() != Some((at, first.unwrap_or(0))) {
-                return Err(self.misaligned(run));
-            }
-            let Some(run) = self.runs.pop_front() else {
-                return Ok(());
-            };
-            let next_seq = run.mini_batches.last().map_or(0, |(id, _)| id.seq + 1);
-            chunker.skip_to(run.rows.end, next_seq);
-            self.discard_until = run.rows.end;
-            out.extend(
-                run.mini_batches
-                    .into_iter()
-                    .map(|(id, s)| Step::Skipped(id, Box::new(s))),
-            );
         }
         Ok(())
     }
 
-    fn misaligned(&self, run: &SkipRun) -> PrsError {
-        let id = run
-            .mini_batches
-            .first()
-            .map_or_else(String::new, |(id, _)| id.to_string());
+    /// The end of the scan: passes the skipped mini-batches it ends with; refuses when
+    /// rows the footers promise did not come.
+    pub(crate) fn finish(&mut self, out: &mut Vec<Step>) -> Result<()> {
+        self.advance(out)?;
+        if self.next < self.bounds.len() {
+            return Err(self.shape_error(format!(
+                "it ended at row {}, before the {} rows its footers say",
+                self.pos,
+                self.bounds.last().map_or(0, |b| b.end)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Passes the rows the scan leaves out at the current position, and the mini-batches
+    /// they end.
+    fn advance(&mut self, out: &mut Vec<Step>) -> Result<()> {
+        while let Some(o) = self
+            .omitted
+            .front()
+            .filter(|o| o.start == self.pos)
+            .cloned()
+        {
+            self.omitted.pop_front();
+            self.pos = o.end;
+            while self.bounds.get(self.next).is_some_and(|b| b.end <= o.end) {
+                if !self.skipped.contains_key(&(self.next as u64)) || !self.pending.is_empty() {
+                    return Err(self.shape_error(format!(
+                        "rows {}..{} were left out, but mini batch {}-{} is not skipped",
+                        o.start, o.end, self.ordinal, self.next
+                    )));
+                }
+                self.close(out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the mini-batch being filled.
+    fn close(&mut self, out: &mut Vec<Step>) -> Result<()> {
+        let seq = self.next;
+        self.next += 1;
+        if let Some(skipped) = self.skipped.remove(&(seq as u64)) {
+            self.pending.clear();
+            out.push(Step::Skipped(
+                MiniBatchId::new(self.ordinal, seq as u64),
+                Box::new(skipped),
+            ));
+            return Ok(());
+        }
+        let data = compact_concat(&self.schema, &self.pending)?;
+        self.pending.clear();
+        let fingerprint = self.fingerprint(seq);
+        out.push(Step::Cut(self.mini_batch(seq, data), fingerprint));
+        Ok(())
+    }
+
+    fn shape_error(&self, what: String) -> PrsError {
+        PrsError::Input {
+            input: self.input.to_string(),
+            location: "scan".into(),
+            message: format!(
+                "{what}: a file changed while the job ran; inputs must not change while a \
+                 job runs"
+            ),
+        }
+    }
+
+    /// The refusal of a resume whose mini-batch `id` (committed as `skipped`) is not the
+    /// slice cut now (`now`: its rows now, if it still exists).
+    fn changed(
+        &self,
+        id: MiniBatchId,
+        skipped: &SkippedMiniBatch,
+        now: Option<Range<u64>>,
+    ) -> PrsError {
+        let then = &skipped.record.lineage.rows;
+        let now = match now {
+            Some(rows) => format!("rows {}..{} now", rows.start, rows.end),
+            None => format!("the input now has only {} mini-batches", self.bounds.len()),
+        };
         PrsError::config(
             "--resume",
             format!("mini batch {id}"),
             format!(
-                "input {:?} is not cut as it was when mini-batch {id} (rows {}..{}) was \
-                 committed, although its files are the same: a setting that changes the cut \
-                 differs. The committed results no longer match the input: restore the \
-                 setting, run with --restart to start over, or add --force to keep the \
+                "input {:?} is not cut as it was when mini-batch {id} (rows {}..{}; {now}) was \
+                 committed: its files changed since (path, size, modification time or rows), \
+                 or the job was started by a version of parallel-run that cut Parquet inputs \
+                 by the decoded size of their rows (they are now cut from the files' footers; \
+                 see CHANGELOG.md). The committed results no longer match the input: run with \
+                 --restart to start over, restore the input, or add --force to keep the \
                  committed results anyway",
-                self.input, run.rows.start, run.rows.end
+                self.input.as_ref(),
+                then.start,
+                then.end
             ),
         )
     }
@@ -292,15 +357,20 @@ impl Recut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{Lineage, MiniBatchRecord, MiniBatchStatus};
-    use arrow::array::{ArrayRef, Int64Array, StringArray};
+    use crate::batch::{MiniBatchRecord, MiniBatchStatus};
+    use crate::input::LocalParquetTable;
+    use arrow::array::{Array, ArrayRef, Int64Array, StringArray};
+    use datafusion::physical_plan::ExecutionPlanProperties;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+    use futures::StreamExt;
+    use parquet::arrow::ArrowWriter;
+    use parquet::file::properties::WriterProperties;
     use std::time::SystemTime;
 
-    /// Rows `from..to` as one batch: an id and a text column of varying width, so mini-batch
-    /// boundaries depend on how batches are sized.
-    fn batch(from: u64, to: u64) -> RecordBatch {
-        let ids = Int64Array::from_iter_values(from as i64..to as i64);
-        let text = StringArray::from_iter_values((from..to).map(|i| "x".repeat((i % 7) as usize)));
+    /// Rows `from..to`: an id and a text of varying width.
+    fn batch(from: i64, to: i64) -> RecordBatch {
+        let ids = Int64Array::from_iter_values(from..to);
+        let text = StringArray::from_iter_values((from..to).map(|i| "x".repeat((i % 37) as usize)));
         RecordBatch::try_from_iter(vec![
             ("id", Arc::new(ids) as ArrayRef),
             ("t", Arc::new(text) as ArrayRef),
@@ -308,49 +378,134 @@ mod tests {
         .unwrap()
     }
 
-    /// Reader batches of 100 rows over two "files" of 450 and 300 rows.
-    fn reader_batches() -> Vec<Range<u64>> {
-        let mut out = Vec::new();
-        for (start, rows) in [(0u64, 450u64), (450, 300)] {
-            let mut at = 0;
-            while at < rows {
-                let end = (at + 100).min(rows);
-                out.push(start + at..start + end);
-                at = end;
+    fn write(path: &std::path::Path, batch: &RecordBatch, group_rows: usize) {
+        let props = WriterProperties::builder()
+            .set_max_row_group_row_count(Some(group_rows))
+            .set_data_page_row_count_limit(100)
+            .set_dictionary_enabled(false)
+            .build();
+        let file = std::fs::File::create(path).unwrap();
+        let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+    }
+
+    /// Three files of 1000, 700 and 1300 rows in groups of 300, 250 and 1000 rows.
+    fn files() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        write(&d.path().join("a.parquet"), &batch(0, 1000), 300);
+        write(&d.path().join("b.parquet"), &batch(1000, 1700), 250);
+        write(&d.path().join("c.parquet"), &batch(1700, 3000), 1000);
+        d
+    }
+
+    async fn plan(
+        dir: &std::path::Path,
+        batch_size: usize,
+    ) -> (SessionContext, Arc<dyn ExecutionPlan>) {
+        let config = SessionConfig::new().with_batch_size(batch_size);
+        let ctx = SessionContext::new_with_config(config);
+        let folder = format!("{}/", dir.display());
+        let table = LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
+            .await
+            .unwrap();
+        ctx.register_table("t", Arc::new(table)).unwrap();
+        let plan = ctx
+            .sql("SELECT id, t FROM t")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        (ctx, plan)
+    }
+
+    /// What a step says: id, rows, fingerprint, skipped.
+    type Seen = (String, Range<u64>, u64, bool);
+
+    /// Cuts `plan` at 8 KB reading its rows, with `skips`: the steps, checking every cut
+    /// mini-batch holds exactly its rows.
+    async fn cut(
+        ctx: &SessionContext,
+        plan: &Arc<dyn ExecutionPlan>,
+        skips: Option<&ResumeSkips>,
+    ) -> Result<(Vec<Seen>, u64)> {
+        let batch_size = ctx.state().config().batch_size();
+        let (plan, mut footer) =
+            FooterCut::prepare(plan, "rows", 0, 8 * 1024, skips, batch_size)?.unwrap();
+        let mut steps = Vec::new();
+        for p in 0..plan.output_partitioning().partition_count() {
+            let mut stream = plan.execute(p, ctx.task_ctx()).unwrap();
+            while let Some(b) = stream.next().await {
+                let b = b.map_err(|e| PrsError::Input {
+                    input: "rows".into(),
+                    location: "scan".into(),
+                    message: e.to_string(),
+                })?;
+                footer.feed(&b, &mut steps)?;
             }
         }
-        out
+        footer.finish(&mut steps)?;
+        Ok((seen(steps, true), footer.rows_not_read))
     }
 
-    fn chunker() -> ByteChunker {
-        ByteChunker::new(0, Arc::from("rows"), batch(0, 1).schema(), 700)
+    fn seen(steps: Vec<Step>, with_rows: bool) -> Vec<Seen> {
+        steps
+            .into_iter()
+            .map(|s| match s {
+                Step::Cut(mb, fingerprint) => {
+                    let rows = mb.lineage.rows.clone();
+                    if with_rows {
+                        let ids = mb
+                            .data
+                            .column(0)
+                            .as_any()
+                            .downcast_ref::<Int64Array>()
+                            .unwrap();
+                        let expected: Vec<i64> = (rows.start as i64..rows.end as i64).collect();
+                        assert_eq!(ids.values().to_vec(), expected, "{}", mb.id);
+                    } else {
+                        assert_eq!(mb.data.num_rows(), 0);
+                    }
+                    (mb.id.to_string(), rows, fingerprint, false)
+                }
+                Step::Skipped(id, s) => {
+                    (id.to_string(), s.record.lineage.rows, s.fingerprint, true)
+                }
+            })
+            .collect()
     }
 
-    fn full_cut() -> Vec<MiniBatch> {
-        let mut c = chunker();
-        let mut out = Vec::new();
-        for b in reader_batches() {
-            out.extend(c.push(batch(b.start, b.end)).unwrap());
-        }
-        out.extend(c.finish().unwrap());
-        out
+    fn descriptors(
+        plan: &Arc<dyn ExecutionPlan>,
+        skips: Option<&ResumeSkips>,
+    ) -> Result<Vec<Seen>> {
+        let (_, mut footer) = FooterCut::prepare(plan, "rows", 0, 8 * 1024, skips, 64)?.unwrap();
+        let steps = (0..footer.len())
+            .map(|seq| footer.descriptor(seq))
+            .collect();
+        Ok(seen(steps, false))
     }
 
-    fn skipped(mb: &MiniBatch) -> SkippedMiniBatch {
-        SkippedMiniBatch {
-            record: MiniBatchRecord {
-                id: mb.id,
-                index: mb.id.seq,
+    fn skips(full: &[Seen], seqs: &[usize], fingerprint: impl Fn(u64) -> u64) -> ResumeSkips {
+        let mut skips = ResumeSkips::default();
+        skips.set_check_slices(true);
+        for &seq in seqs {
+            let (id, rows, f, _) = &full[seq];
+            let id: MiniBatchId = id.parse().unwrap();
+            let record = MiniBatchRecord {
+                id,
+                index: id.seq,
                 lineage: Lineage {
                     input: Arc::from("rows"),
-                    rows: mb.lineage.rows.clone(),
+                    rows: rows.clone(),
                 },
                 partition_key_value: Default::default(),
                 tries: 1,
                 process: "process000".into(),
                 start_time: SystemTime::now(),
-                total_items: mb.items(),
-                succeeded_items: mb.items(),
+                total_items: rows.end - rows.start,
+                succeeded_items: rows.end - rows.start,
                 failed_items: 0,
                 elapsed_seconds: 0.0,
                 run_seconds: 0.0,
@@ -360,101 +515,138 @@ mod tests {
                 earlier_errors: Vec::new(),
                 bisection_calls: 0,
                 isolated: Vec::new(),
-            },
-            fingerprint: 0,
-            source: Some(1),
+            };
+            let skipped = SkippedMiniBatch {
+                record,
+                fingerprint: fingerprint(*f),
+                source: None,
+            };
+            skips.insert(id, skipped);
         }
+        skips
     }
 
-    /// Re-cuts with the mini-batches `skip` (sequence numbers) taken from the ledger: the
-    /// reader batches wholly inside their runs do not come.
-    fn recut(full: &[MiniBatch], skip: &[u64]) -> Result<Vec<(String, Range<u64>, bool)>> {
-        let mut runs: Vec<SkipRun> = Vec::new();
-        for mb in full.iter().filter(|mb| skip.contains(&mb.id.seq)) {
-            match runs.last_mut() {
-                Some(run) if run.rows.end == mb.lineage.rows.start => {
-                    run.rows.end = mb.lineage.rows.end;
-                    run.mini_batches.push((mb.id, skipped(mb)));
-                }
-                _ => runs.push(SkipRun {
-                    rows: mb.lineage.rows.clone(),
-                    mini_batches: vec![(mb.id, skipped(mb))],
-                }),
-            }
+    #[tokio::test]
+    async fn the_cut_comes_from_the_footers_whatever_the_batch_size() {
+        let d = files();
+        let (ctx, p) = plan(d.path(), 128).await;
+        let (full, not_read) = cut(&ctx, &p, None).await.unwrap();
+        assert_eq!(not_read, 0);
+        assert!(full.len() > 8, "{} mini-batches", full.len());
+        // Contiguous, complete, in order; at least one spans two files.
+        let mut next = 0;
+        for (seq, (id, rows, _, _)) in full.iter().enumerate() {
+            assert_eq!(id, &format!("0-{seq}"));
+            assert_eq!(rows.start, next);
+            next = rows.end;
         }
-        let inside = |b: &Range<u64>| {
-            runs.iter()
-                .any(|r| r.rows.start <= b.start && b.end <= r.rows.end)
-        };
-        let omitted: Vec<Range<u64>> = reader_batches().into_iter().filter(|b| inside(b)).collect();
-        let read: Vec<Range<u64>> = reader_batches()
-            .into_iter()
-            .filter(|b| !inside(b))
-            .collect();
-        let mut state = Recut {
-            input: "rows".into(),
-            runs: runs.into(),
-            omitted: omitted.into(),
-            pos: 0,
-            discard_until: 0,
-            rows_not_read: 0,
-        };
-        let mut c = chunker();
-        let mut steps = Vec::new();
-        for b in read {
-            state.feed(&batch(b.start, b.end), &mut c, &mut steps)?;
+        assert_eq!(next, 3000);
+        assert!(full
+            .iter()
+            .any(|(_, r, _, _)| r.start < 1000 && r.end > 1000));
+        // Another batch size: the same mini-batches, ids and fingerprints.
+        for batch_size in [1, 7, 1000, 8192] {
+            let (ctx, p) = plan(d.path(), batch_size).await;
+            assert_eq!(
+                cut(&ctx, &p, None).await.unwrap().0,
+                full,
+                "batch size {batch_size}"
+            );
         }
-        state.finish(&mut c, &mut steps)?;
-        steps.extend(c.finish()?.map(Step::Cut));
-        Ok(steps
-            .into_iter()
-            .map(|s| match s {
-                Step::Cut(mb) => (mb.id.to_string(), mb.lineage.rows, false),
-                Step::Skipped(id, s) => (id.to_string(), s.record.lineage.rows, true),
-            })
-            .collect())
+        // The cluster driver's cut (no rows read): the same.
+        assert_eq!(descriptors(&p, None).unwrap(), full);
     }
 
-    #[test]
-    fn a_recut_gives_the_full_cut_with_the_skipped_ones_not_read() {
-        let full = full_cut();
-        let n = full.len() as u64;
-        assert!(n > 12, "{n} mini-batches");
-        let expected = |skip: &[u64]| -> Vec<(String, Range<u64>, bool)> {
-            full.iter()
-                .map(|mb| {
-                    (
-                        mb.id.to_string(),
-                        mb.lineage.rows.clone(),
-                        skip.contains(&mb.id.seq),
-                    )
-                })
-                .collect()
-        };
-        let cases: Vec<Vec<u64>> = vec![
-            vec![],
+    #[tokio::test]
+    async fn a_resume_skips_without_reading_and_cuts_the_rest_as_a_full_run() {
+        let d = files();
+        let (ctx, p) = plan(d.path(), 50).await;
+        let (full, _) = cut(&ctx, &p, None).await.unwrap();
+        let n = full.len();
+        let cases: Vec<Vec<usize>> = vec![
             (0..n).collect(),
-            (0..5).collect(),
-            (n - 4..n).collect(),
-            vec![0, 2, 3, 4, 9, 10],
-            (1..n - 1).collect(),
+            (0..3).collect(),
+            (n - 3..n).collect(),
+            vec![0, 2, 3, 4, n - 2],
             (0..n).filter(|i| i % 3 != 1).collect(),
         ];
-        for skip in cases {
-            let got = recut(&full, &skip).unwrap();
-            assert_eq!(got, expected(&skip), "skipping {skip:?}");
+        for seqs in cases {
+            let skips = skips(&full, &seqs, |f| f);
+            let expected: Vec<Seen> = full
+                .iter()
+                .enumerate()
+                .map(|(i, (id, r, f, _))| (id.clone(), r.clone(), *f, seqs.contains(&i)))
+                .collect();
+            let (got, not_read) = cut(&ctx, &p, Some(&skips)).await.unwrap();
+            assert_eq!(got, expected, "skipping {seqs:?}");
+            if seqs.len() == n {
+                assert_eq!(not_read, 3000, "nothing read when everything is skipped");
+            }
+            assert_eq!(descriptors(&p, Some(&skips)).unwrap(), expected);
         }
     }
 
-    #[test]
-    fn a_run_the_recut_does_not_reach_is_refused() {
-        let mut full = full_cut();
-        // The ledger says mini-batch 3 started a row later than this cut does.
-        full[3].lineage.rows.start += 1;
-        let err = recut(&full, &[3, 4]).unwrap_err().to_string();
+    #[tokio::test]
+    async fn a_ledger_of_another_cut_is_refused_before_anything_is_read() {
+        let d = files();
+        let (ctx, p) = plan(d.path(), 50).await;
+        let (full, _) = cut(&ctx, &p, None).await.unwrap();
+        // Fingerprints of the rows' values (an earlier version's ledger): refused, saying
+        // what to do.
+        let old = skips(&full, &[0, 1, 2], |f| f ^ 1);
+        let err = match FooterCut::prepare(&p, "rows", 0, 8 * 1024, Some(&old), 50) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("a ledger of another cut was accepted"),
+        };
         assert!(
-            err.contains("not cut as it was") && err.contains("--restart"),
+            err.contains("mini batch 0-0") && err.contains("--restart") && err.contains("footers"),
             "{err}"
         );
+        // Forced: nothing skipped, everything cut again.
+        let mut forced = skips(&full, &[0, 1, 2], |f| f ^ 1);
+        forced.set_check_slices(false);
+        let (got, _) = cut(&ctx, &p, Some(&forced)).await.unwrap();
+        assert_eq!(got, full);
+        // A file touched since: its mini-batches' fingerprints differ.
+        let (_, p2) = {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(d.path().join("c.parquet"))
+                .unwrap();
+            f.set_modified(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+                .unwrap();
+            plan(d.path(), 50).await
+        };
+        let (again, _) = cut(&ctx, &p2, None).await.unwrap();
+        assert_eq!(again.len(), full.len());
+        let last = full.len() - 1;
+        assert_ne!(again[last].2, full[last].2);
+        assert_eq!(again[0].2, full[0].2, "a.parquet is the same");
+        let stale = skips(&full, &[last], |f| f);
+        assert!(FooterCut::prepare(&p2, "rows", 0, 8 * 1024, Some(&stale), 50).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_descriptor_cut_reads_no_rows() {
+        let d = files();
+        let (ctx, p) = plan(d.path(), 64).await;
+        let (full, _) = cut(&ctx, &p, None).await.unwrap();
+        // Every data page of b.parquet overwritten (its footer kept): reading it fails, the
+        // cut from the footers does not notice.
+        let path = d.path().join("b.parquet");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        let footer = u32::from_le_bytes(bytes[n - 8..n - 4].try_into().unwrap()) as usize;
+        for b in &mut bytes[4..n - 8 - footer] {
+            *b = 0xa5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            cut(&ctx, &p, None).await.is_err() || {
+                // The reader may fail as a panic-free error inside the stream.
+                false
+            }
+        );
+        assert_eq!(descriptors(&p, None).unwrap(), full);
     }
 }

@@ -35,7 +35,7 @@ pub struct CompletedMiniBatch {
     /// What identifies its input slice ([`crate::batch::slice_fingerprint`]).
     pub fingerprint: u64,
     /// What identified the input's source when it was cut (a local Parquet scan's files and
-    /// batching), so a resumed run can skip its rows without reading them.
+    /// batching), recorded in the ledger for diagnosis: a resume relies on the fingerprint.
     pub source: Option<u64>,
     /// The input items that failed (all of a failed mini-batch's, or those bisection
     /// isolated, or all of one whose run() returned fewer results than items: which ones it

@@ -42,6 +42,8 @@ use parquet::arrow::arrow_reader::{
 use parquet::arrow::ProjectionMask;
 use sha2::{Digest, Sha256};
 
+use crate::batch::MiniBatchId;
+
 /// The Parquet files of a local input and their merged schema.
 #[derive(Debug)]
 pub struct LocalParquetTable {
@@ -63,6 +65,19 @@ pub struct ParquetFile {
     pub bytes: u64,
     /// Its modification time, in nanoseconds since the epoch (0 when unknown).
     pub modified_ns: u64,
+    /// Its row groups, in order (footer).
+    pub groups: Vec<RowGroupSize>,
+}
+
+/// One row group of a [`ParquetFile`], from the footer: what the mini-batch boundaries are
+/// estimated from ([`LocalParquetExec::footer_cut`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RowGroupSize {
+    /// Its rows.
+    pub rows: u64,
+    /// The uncompressed bytes of each top-level column's chunks (the leaves of a nested
+    /// column summed), by column name.
+    pub column_bytes: Vec<(String, u64)>,
 }
 
 /// Rows `rows` of a local Parquet input and the files holding them: what a cluster executor
@@ -95,9 +110,27 @@ pub struct FileRows {
 #[derive(Debug, Clone)]
 pub struct RowLocator {
     files: Arc<Vec<ParquetFile>>,
+    /// The input row each file's first row is.
+    starts: Arc<Vec<u64>>,
 }
 
 impl RowLocator {
+    fn new(files: Arc<Vec<ParquetFile>>) -> Self {
+        let mut at = 0u64;
+        let starts = files
+            .iter()
+            .map(|f| {
+                let start = at;
+                at += f.rows;
+                start
+            })
+            .collect();
+        RowLocator {
+            files,
+            starts: Arc::new(starts),
+        }
+    }
+
     /// The input's rows (all files, from their footers).
     pub fn rows(&self) -> u64 {
         self.files.iter().map(|f| f.rows).sum()
@@ -105,11 +138,18 @@ impl RowLocator {
 
     /// The files holding the input's rows `rows`.
     pub fn locate(&self, rows: Range<u64>) -> RowsInFiles {
+        // The first file ending after rows.start.
+        let first = self
+            .starts
+            .partition_point(|&start| start <= rows.start)
+            .saturating_sub(1);
         let mut files = Vec::new();
-        let mut first_row = 0u64;
-        for file in self.files.iter() {
+        for (file, &first_row) in self.files.iter().zip(self.starts.iter()).skip(first) {
+            if first_row >= rows.end {
+                break;
+            }
             let end = first_row + file.rows;
-            if first_row < rows.end && rows.start < end {
+            if rows.start < end {
                 files.push(FileRows {
                     path: file.path.clone(),
                     first_row,
@@ -118,10 +158,116 @@ impl RowLocator {
                     modified_ns: file.modified_ns,
                 });
             }
-            first_row = end;
         }
         RowsInFiles { rows, files }
     }
+}
+
+/// The row ranges of the mini-batches of `files` (read with the columns of `schema`) of
+/// about `target_bytes` each, from the footers alone.
+///
+/// Each row group's rows are taken to be of equal size: the uncompressed size of the group's
+/// chunks of the columns read (the footer's figure, for a column the file lacks 0) divided
+/// by its rows. The rows are walked in input order (files in path order, their groups in
+/// order) as [`crate::batch::ByteChunker`] walks record batches: a mini-batch ends as soon
+/// as its estimated bytes reach `target_bytes` (at least one row each; a mini-batch may span
+/// row groups and files), the last one is what is left. Integer arithmetic only, so the
+/// boundaries depend on the files and the columns read alone: not on the batch size, the
+/// workers or the nodes.
+pub fn footer_cut(files: &[ParquetFile], schema: &Schema, target_bytes: u64) -> Vec<Range<u64>> {
+    let target = u128::from(target_bytes.max(1));
+    let mut out = Vec::new();
+    let mut start = 0u64;
+    let mut pos = 0u64;
+    let mut pending: u128 = 0;
+    for file in files {
+        let group_rows: u64 = file.groups.iter().map(|g| g.rows).sum();
+        // A footer whose groups do not add up to its rows: one group of all the rows.
+        let whole;
+        let groups: &[RowGroupSize] = if group_rows == file.rows {
+            &file.groups
+        } else {
+            whole = [RowGroupSize {
+                rows: file.rows,
+                column_bytes: file
+                    .groups
+                    .iter()
+                    .flat_map(|g| g.column_bytes.iter().cloned())
+                    .collect(),
+            }];
+            &whole
+        };
+        for group in groups {
+            let rows = u128::from(group.rows);
+            if rows == 0 {
+                continue;
+            }
+            let bytes: u64 = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    group
+                        .column_bytes
+                        .iter()
+                        .filter(|(name, _)| name == f.name())
+                        .map(|(_, b)| *b)
+                        .sum::<u64>()
+                })
+                .sum();
+            let bytes = u128::from(bytes.max(1));
+            let mut offset: u128 = 0;
+            while offset < rows {
+                let room = target.saturating_sub(pending);
+                // The rows that fill the room (at least one), at bytes/rows each.
+                let take = (room * rows).div_ceil(bytes).clamp(1, rows - offset);
+                pending += (take * bytes + rows / 2) / rows;
+                offset += take;
+                pos += take as u64;
+                if pending >= target {
+                    out.push(start..pos);
+                    start = pos;
+                    pending = 0;
+                }
+            }
+        }
+    }
+    if pos > start {
+        out.push(start..pos);
+    }
+    out
+}
+
+/// The fingerprint of mini-batch `id` of a local Parquet input cut from the footers: its id,
+/// row range and item count, the identity of the files it spans (`read`: path, first row,
+/// rows, size and modification time) and the columns read (`schema`). Needs no data, so the
+/// driver of a cluster job and a local run compute the same one; it never equals a
+/// fingerprint of the rows' values ([`crate::batch::slice_fingerprint`]), which the
+/// mini-batches of earlier versions have.
+pub fn footer_fingerprint(id: MiniBatchId, read: &RowsInFiles, schema: &Schema) -> u64 {
+    let mut hash = Sha256::new();
+    hash.update(b"parquet-footer-cut/1");
+    hash.update(id.to_string().as_bytes());
+    hash.update(read.rows.start.to_le_bytes());
+    hash.update(read.rows.end.to_le_bytes());
+    hash.update(read.rows.end.saturating_sub(read.rows.start).to_le_bytes());
+    for field in schema.fields() {
+        hash.update(field.name().as_bytes());
+        hash.update([0x1f]);
+        hash.update(field.data_type().to_string().as_bytes());
+        hash.update([0x1e]);
+    }
+    for file in &read.files {
+        hash.update(file.path.to_string_lossy().as_bytes());
+        hash.update([0x1f]);
+        hash.update(file.first_row.to_le_bytes());
+        hash.update(file.rows.to_le_bytes());
+        hash.update(file.bytes.to_le_bytes());
+        hash.update(file.modified_ns.to_le_bytes());
+    }
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// Reads exactly the rows `what` describes, as one batch of `schema` (the columns the input
@@ -454,6 +600,7 @@ fn merged_schema(paths: &[PathBuf]) -> DFResult<(SchemaRef, Vec<ParquetFile>)> {
             rows: builder.metadata().file_metadata().num_rows().max(0) as u64,
             bytes: meta.len(),
             modified_ns: modified_ns(&meta),
+            groups: group_sizes(builder.metadata()),
         });
         let schema = builder.schema().as_ref().clone();
         schemas.push(Schema::new(schema.fields().clone()));
@@ -477,6 +624,29 @@ fn merged_schema(paths: &[PathBuf]) -> DFResult<(SchemaRef, Vec<ParquetFile>)> {
         })
         .collect();
     Ok((Arc::new(Schema::new(fields)), files))
+}
+
+/// Each row group's rows and uncompressed column sizes, from a file's footer.
+fn group_sizes(meta: &parquet::file::metadata::ParquetMetaData) -> Vec<RowGroupSize> {
+    let schema = meta.file_metadata().schema_descr();
+    meta.row_groups()
+        .iter()
+        .map(|group| {
+            let mut column_bytes: Vec<(String, u64)> = Vec::new();
+            for (i, chunk) in group.columns().iter().enumerate() {
+                let name = schema.get_column_root(i).name();
+                let bytes = chunk.uncompressed_size().max(0) as u64;
+                match column_bytes.iter_mut().find(|(n, _)| n == name) {
+                    Some((_, b)) => *b += bytes,
+                    None => column_bytes.push((name.to_string(), bytes)),
+                }
+            }
+            RowGroupSize {
+                rows: group.num_rows().max(0) as u64,
+                column_bytes,
+            }
+        })
+        .collect()
 }
 
 fn open(path: &PathBuf) -> DFResult<ParquetRecordBatchReaderBuilder<File>> {
@@ -578,11 +748,15 @@ impl LocalParquetExec {
         u64::from_le_bytes(first)
     }
 
+    /// The row ranges of this scan's mini-batches of about `target_bytes` each, cut from the
+    /// footers without reading any data (see [`footer_cut`]).
+    pub fn footer_cut(&self, target_bytes: u64) -> Vec<Range<u64>> {
+        footer_cut(&self.files, &self.schema(), target_bytes)
+    }
+
     /// Where the rows of this scan's input are, by file.
     pub fn locator(&self) -> RowLocator {
-        RowLocator {
-            files: self.files.clone(),
-        }
+        RowLocator::new(self.files.clone())
     }
 
     /// This scan without the reader batches (of `batch_size` rows, counted from each file's
@@ -1139,6 +1313,61 @@ mod tests {
         ))
         .await;
         assert!(with_options.contains("DataSourceExec"), "{with_options}");
+    }
+
+    fn file(rows: &[u64], bytes: &[(&str, u64)]) -> ParquetFile {
+        ParquetFile {
+            path: PathBuf::from("f"),
+            rows: rows.iter().sum(),
+            bytes: 0,
+            modified_ns: 0,
+            groups: rows
+                .iter()
+                .map(|&rows| RowGroupSize {
+                    rows,
+                    column_bytes: bytes
+                        .iter()
+                        .map(|(n, b)| (n.to_string(), b * rows))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_footer_cut_sizes_rows_by_their_row_group_s_uncompressed_bytes() {
+        let schema = |names: &[&str]| {
+            Schema::new(
+                names
+                    .iter()
+                    .map(|n| Field::new(*n, DataType::Int64, true))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        // 10 + 30 bytes a row in the first file, 40 + 0 in the second: 100 rows of 40
+        // bytes a mini-batch, across row groups and files.
+        let files = [
+            file(&[150, 0, 120], &[("a", 10), ("b", 30)]),
+            file(&[230], &[("a", 40)]),
+        ];
+        let cut = footer_cut(&files, &schema(&["a", "b"]), 4000);
+        assert_eq!(cut, [0..100, 100..200, 200..300, 300..400, 400..500]);
+        // Only column a read: 10 bytes a row in the first file (2700 bytes), then 40.
+        let cut = footer_cut(&files, &schema(&["a"]), 4000);
+        assert_eq!(cut, [0..303, 303..403, 403..500]);
+        // A column no file has weighs nothing; a row bigger than the target is one
+        // mini-batch.
+        let cut = footer_cut(&files, &schema(&["a", "b", "c"]), 1);
+        assert_eq!(cut.len(), 500);
+        assert!(cut.iter().all(|r| r.end == r.start + 1));
+        // Uneven sizes: contiguous, complete, each at least the target but the last.
+        let files = [file(&[7, 13, 1], &[("a", 33)]), file(&[50], &[("a", 3)])];
+        let cut = footer_cut(&files, &schema(&["a"]), 100);
+        assert_eq!(cut.first().map(|r| r.start), Some(0));
+        assert_eq!(cut.last().map(|r| r.end), Some(71));
+        assert!(cut.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!(cut[..3], [0..4, 4..8, 8..12]);
+        assert!(footer_cut(&[], &schema(&["a"]), 100).is_empty());
     }
 
     #[tokio::test]

@@ -29,8 +29,8 @@ pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
 pub use formats::{listing_options, usual_extension};
 pub use local_files::FileListing;
 pub use local_parquet::{
-    read_rows, FileRows, LocalParquetExec, LocalParquetFactory, LocalParquetTable, RowLocator,
-    RowsInFiles, RowsReader,
+    footer_cut, footer_fingerprint, read_rows, FileRows, LocalParquetExec, LocalParquetFactory,
+    LocalParquetTable, ParquetFile, RowGroupSize, RowLocator, RowsInFiles, RowsReader,
 };
 pub use path_columns::{PathColumnsInput, PathColumnsTable};
 

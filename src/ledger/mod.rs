@@ -133,8 +133,7 @@ pub struct LedgerEntry {
     /// The run (1-based, see `runs.jsonl`) that wrote it.
     pub run: u32,
     /// The identity of its input's source when it was cut (hex; a local Parquet input's
-    /// files and batching): a resumed run whose input has the same identity skips the
-    /// mini-batch's rows without reading them.
+    /// files and batching), for diagnosis: a resume checks the slice's fingerprint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
 }

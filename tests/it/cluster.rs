@@ -496,6 +496,26 @@ fn a_job_runs_on_scheduler_and_executor_processes() {
         summary(&dir.path().join("pq-cluster"))["mini_batches_succeeded"],
         summary(&dir.path().join("pq-local"))["mini_batches_succeeded"]
     );
+    // Cut from the footers: the same mini-batches (ids, rows and slice fingerprints in the
+    // ledger) on the cluster and locally, whatever the workers.
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &[
+            "run",
+            job,
+            "-q",
+            "--output",
+            "pq-local3",
+            "--set",
+            "process_count_per_node=3",
+        ],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let cut = |out: &str| ledger_slices(&dir.path().join(out));
+    assert!(cut("pq-local").len() > 6, "{:?}", cut("pq-local"));
+    assert_eq!(cut("pq-cluster"), cut("pq-local"));
+    assert_eq!(cut("pq-local3"), cut("pq-local"));
 
     // A manifest too big for the plan goes to the shared staging area in segments (made
     // small here: every manifest is "too big", 3 mini-batches a segment, so the two tasks'
@@ -1437,6 +1457,22 @@ fn ledger_ids(out: &Path) -> BTreeSet<String> {
                 .as_str()
                 .or_else(|| entry["record"]["id"].as_str())
                 .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Each mini-batch of a job's ledger: its id, rows and slice fingerprint, in id order.
+fn ledger_slices(out: &Path) -> BTreeSet<(String, String, String)> {
+    std::fs::read_to_string(out.join("logs/ledger/records.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                entry["record"]["id"].to_string(),
+                entry["record"]["lineage"]["rows"].to_string(),
+                entry["slice"].to_string(),
+            )
         })
         .collect()
 }
