@@ -18,10 +18,9 @@ use std::sync::Arc;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::ExecutionPlan;
 
+use crate::cluster::follow::{follow_job, Follow};
 use crate::cluster::scheduler_host_port;
-use crate::cluster::submit::{
-    driver_name, follow_job, stop_earlier_job, submit_plan, EarlierRecords, Follow,
-};
+use crate::cluster::submit::{driver_name, stop_earlier_job, submit_plan, EarlierRecords};
 use crate::config::StorageOptions;
 use crate::error::{PrsError, Result};
 use crate::exec::keyed_shared::{chunk_leaf, cut_rows, keyed_input_plan, CARRIED_LIMIT_BYTES};

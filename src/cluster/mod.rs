@@ -12,6 +12,7 @@
 pub mod client;
 pub mod codec;
 pub mod engine;
+mod follow;
 pub mod gate;
 pub mod keyed;
 pub mod server;
