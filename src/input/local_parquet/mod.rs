@@ -622,6 +622,18 @@ mod tests {
         w.close().unwrap();
     }
 
+    /// The table of `dir` after writing ids 0..1000 (row groups of 300) to `a.parquet` and
+    /// 1000..1500 (row groups of 200) to `b.parquet`.
+    pub(super) async fn two_file_table(dir: &std::path::Path) -> LocalParquetTable {
+        write(&dir.join("a.parquet"), &ids(0, 1000), 300);
+        write(&dir.join("b.parquet"), &ids(1000, 500), 200);
+        let ctx = SessionContext::new();
+        let folder = format!("{}/", dir.display());
+        LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
+            .await
+            .unwrap()
+    }
+
     pub(super) fn ids(from: i64, n: i64) -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
@@ -741,13 +753,7 @@ mod tests {
     #[tokio::test]
     async fn without_rows_reads_the_same_batches_but_the_omitted_ones() {
         let d = tempfile::tempdir().unwrap();
-        write(&d.path().join("a.parquet"), &ids(0, 1000), 300);
-        write(&d.path().join("b.parquet"), &ids(1000, 500), 200);
-        let ctx = SessionContext::new();
-        let folder = format!("{}/", d.path().display());
-        let table = LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
-            .await
-            .unwrap();
+        let table = two_file_table(d.path()).await;
         let batch_size = 128;
         let config = datafusion::prelude::SessionConfig::new().with_batch_size(batch_size);
         let task = Arc::new(TaskContext::default().with_session_config(config));

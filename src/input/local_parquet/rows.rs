@@ -413,22 +413,15 @@ pub(super) fn modified_ns(meta: &std::fs::Metadata) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{ids, write};
+    use super::super::tests::{ids, two_file_table, write};
     use super::*;
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field};
-    use datafusion::prelude::SessionContext;
 
     #[tokio::test]
     async fn a_rows_reader_reads_a_task_s_ranges_in_one_pass_and_out_of_order() {
         let d = tempfile::tempdir().unwrap();
-        write(&d.path().join("a.parquet"), &ids(0, 1000), 300);
-        write(&d.path().join("b.parquet"), &ids(1000, 500), 200);
-        let ctx = SessionContext::new();
-        let folder = format!("{}/", d.path().display());
-        let table = LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
-            .await
-            .unwrap();
+        let table = two_file_table(d.path()).await;
         let scan = LocalParquetExec::new(
             "t".into(),
             table.files.clone(),
@@ -470,13 +463,7 @@ mod tests {
     #[tokio::test]
     async fn read_rows_reads_a_row_range_across_files_and_refuses_a_changed_file() {
         let d = tempfile::tempdir().unwrap();
-        write(&d.path().join("a.parquet"), &ids(0, 1000), 300);
-        write(&d.path().join("b.parquet"), &ids(1000, 500), 200);
-        let ctx = SessionContext::new();
-        let folder = format!("{}/", d.path().display());
-        let table = LocalParquetTable::try_new(&ctx.state(), &folder, ".parquet")
-            .await
-            .unwrap();
+        let table = two_file_table(d.path()).await;
         let scan = LocalParquetExec::new(
             "t".into(),
             table.files.clone(),
