@@ -32,7 +32,7 @@ use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
 use crate::config::StorageOptions;
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
-    manifest_batch, manifest_schema, manifest_segments, stored_batch, ManifestEntry, RowLocators,
+    manifest_batch, manifest_schema, manifest_segments, stored_batch, ManifestEntries, ManifestEntry,
     StoredRun, StoredSegment, INLINE_MANIFEST_BYTES, SEGMENT_ENTRIES,
 };
 use crate::exec::shared::{JobMarker, SharedLocation, SharedStaging, SHARED_STAGING};
@@ -120,7 +120,12 @@ pub async fn run_on_cluster(
     // An earlier run's cluster job whose driver crashed runs on: stopped before anything else
     // (what it finished stays in the staging area).
     stop_earlier_job(&staging, earlier).await;
-    let spec = Arc::new(spec.as_ref().clone().with_shared(shared));
+    let spec = Arc::new(
+        spec.as_ref()
+            .clone()
+            .with_shared(shared)
+            .with_input_storage(storage_options),
+    );
     let cut = cut_mini_batches(inputs, task_ctx, state, skips.clone()).await?;
     let cut = match earlier {
         EarlierRecords::Adopt { failed } => {
@@ -479,16 +484,17 @@ pub(super) fn driver_name() -> String {
 }
 
 /// Cuts the inputs with the local dispatcher (ids, indexes, fingerprints and resume skips as
-/// on a local run), keeping the mini-batches instead of running them. A mini-batch of a local
-/// Parquet input is cut from the footers without reading any rows and keeps only where its
-/// rows are (the executor reads them); others keep their rows.
+/// on a local run), keeping the mini-batches instead of running them. A mini-batch of a
+/// file-backed table input (local Parquet cut from its footers; CSV and JSON cut by source
+/// bytes; Parquet on object storage from its footers) is cut without decoding any rows and
+/// keeps only where its rows are (the executor reads them); others keep their rows.
 async fn cut_mini_batches(
     inputs: Vec<(Arc<dyn ExecutionPlan>, InputInfo)>,
     task_ctx: Arc<TaskContext>,
     state: &Arc<JobState>,
     skips: Option<Arc<ResumeSkips>>,
 ) -> Result<Vec<ManifestEntry>> {
-    let mut locators = RowLocators::of(&inputs);
+    let mut entries = ManifestEntries::of(&inputs);
     let (tx, mut rx) = mpsc::channel(64);
     let dispatcher = tokio::spawn(dispatch::cut_descriptors(
         inputs,
@@ -499,7 +505,7 @@ async fn cut_mini_batches(
     ));
     let mut cut = Vec::new();
     while let Some(dispatched) = rx.recv().await {
-        cut.push(locators.entry(dispatched));
+        cut.push(entries.entry(dispatched));
     }
     dispatcher.await.map_err(|e| PrsError::Output {
         path: "(cutting the inputs)".into(),

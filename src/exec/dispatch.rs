@@ -12,6 +12,7 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex};
 
+use crate::input::ReadFrom;
 use crate::batch::{
     slice_fingerprint, ByteChunker, FileChunker, ItemKind, KeyChunker, MiniBatch, MiniBatchId,
     MiniBatchRecord,
@@ -179,6 +180,8 @@ pub struct Dispatched {
     /// Its input's source identity, for the ledger (see
     /// [`crate::exec::CompletedMiniBatch::source`]).
     pub source: Option<u64>,
+    /// Where its rows are, when they were not read (a cluster driver's cut).
+    pub read: Option<ReadFrom>,
     /// Memory held while the mini-batch is queued or running; released on drop.
     _reservation: MemoryReservation,
 }
@@ -197,6 +200,7 @@ impl Dispatched {
             index,
             fingerprint,
             source: None,
+            read: None,
             _reservation: reservation,
         }
     }
@@ -304,12 +308,15 @@ async fn dispatch_all(
             let source = recut::source_identity(plan, batch_size);
             let footer = FooterCut::prepare(
                 plan,
+                context,
+                info.source.is_some(),
                 &info.name,
                 ordinal as u32,
                 settings.mini_batch_bytes,
                 cut.skips.as_deref(),
                 batch_size,
-            )?;
+            )
+            .await?;
             if let Some((plan, footer)) = footer {
                 let to = Sink {
                     cut,
@@ -376,14 +383,14 @@ async fn dispatch_all(
                 let Some(batch) = next else { break };
                 let batch = batch.map_err(|e| input_error(&info.name, e))?;
                 for mb in chunker.push(batch)? {
-                    if !enqueue(mb, None, &to).await? {
+                    if !enqueue(mb, None, None, &to).await? {
                         return Ok(false);
                     }
                 }
             }
         }
         if let Some(mb) = chunker.finish()? {
-            if !enqueue(mb, None, &to).await? {
+            if !enqueue(mb, None, None, &to).await? {
                 return Ok(false);
             }
         }
@@ -453,7 +460,7 @@ async fn dispatch_descriptors(mut footer: FooterCut, to: &Sink<'_>) -> Result<bo
 async fn take_steps(steps: &mut Vec<Step>, to: &Sink<'_>) -> Result<bool> {
     for step in steps.drain(..) {
         let more = match step {
-            Step::Cut(mb, fingerprint) => enqueue(mb, Some(fingerprint), to).await?,
+            Step::Cut(mb, fingerprint, read) => enqueue(mb, Some(fingerprint), read, to).await?,
             Step::Skipped(id, skipped) => {
                 let Some(skips) = to.cut.skips.as_ref() else {
                     continue;
@@ -514,7 +521,12 @@ fn resume_refused(mini_batch: &str, why: String) -> PrsError {
 /// holds no rows when they are left to an executor: its items are its row range), else its
 /// fingerprint is [`slice_fingerprint`]; `Ok(false)` when nobody listens any more or the job
 /// is cancelled.
-async fn enqueue(mini_batch: MiniBatch, fingerprint: Option<u64>, to: &Sink<'_>) -> Result<bool> {
+async fn enqueue(
+    mini_batch: MiniBatch,
+    fingerprint: Option<u64>,
+    read: Option<ReadFrom>,
+    to: &Sink<'_>,
+) -> Result<bool> {
     let Sink {
         cut,
         state,
@@ -574,6 +586,7 @@ async fn enqueue(mini_batch: MiniBatch, fingerprint: Option<u64>, to: &Sink<'_>)
         index: cut.index.fetch_add(1, Ordering::Relaxed),
         fingerprint,
         source,
+        read,
         _reservation: mb_reservation,
     };
     tokio::select! {

@@ -36,11 +36,14 @@ use crate::batch::{ItemKind, Lineage, MiniBatch, MiniBatchId, MiniBatchRecord, P
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::InputInfo;
 use crate::exec::dispatch::{Dispatched, EngineMemoryPool};
-use crate::exec::recut::local_scan;
 use crate::exec::shared::SharedStaging;
+use crate::exec::spec::OperatorSpec;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
-use crate::input::{footer_fingerprint, RowLocator, RowsInFiles, RowsReader};
+use crate::input::{
+    footer_fingerprint, parts_fingerprint, read_parts, PartsInFiles, ReadFrom, RowsInFiles,
+    RowsReader,
+};
 
 /// The largest manifest a plan carries (Ballista's gRPC messages are limited to 16 MiB, and
 /// every task's plan is sent to its executor): a bigger one goes to the shared store in
@@ -150,7 +153,7 @@ struct Descriptor {
     partition_key_value: PartitionKeyValue,
     /// Where the executor reads the rows (the items then hold none, only the schema).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    read: Option<RowsInFiles>,
+    read: Option<ReadFrom>,
 }
 
 /// One mini-batch of a manifest.
@@ -162,8 +165,8 @@ pub struct ManifestEntry {
     pub index: u64,
     /// Its slice's fingerprint.
     pub fingerprint: u64,
-    /// Where an executor reads its rows, for a local Parquet input.
-    pub read: Option<RowsInFiles>,
+    /// Where an executor reads its rows, for an input cut as descriptors.
+    pub read: Option<ReadFrom>,
 }
 
 impl ManifestEntry {
@@ -178,7 +181,7 @@ impl ManifestEntry {
     }
 
     /// The same mini-batch read by the executor from `read`: its rows stay behind.
-    pub fn read_from(self, read: RowsInFiles) -> Self {
+    pub fn read_from(self, read: ReadFrom) -> Self {
         let empty = RecordBatch::new_empty(self.mini_batch.data.schema());
         self.read_from_with(read, &empty)
     }
@@ -186,7 +189,7 @@ impl ManifestEntry {
     /// [`ManifestEntry::read_from`] with `empty`, an empty batch of the mini-batch's schema,
     /// in place of its rows: a cut shares one (an empty batch of its own would cost about a
     /// hundred bytes per column for every mini-batch).
-    pub fn read_from_with(mut self, read: RowsInFiles, empty: &RecordBatch) -> Self {
+    pub fn read_from_with(mut self, read: ReadFrom, empty: &RecordBatch) -> Self {
         self.mini_batch.data = if empty.schema_ref() == self.mini_batch.data.schema_ref() {
             empty.clone()
         } else {
@@ -223,43 +226,34 @@ pub fn envelope_schema() -> SchemaRef {
     ]))
 }
 
-/// Where the rows of each input are, for the inputs an executor reads itself (local Parquet
-/// tables read as they are), with the empty batch their entries share.
-pub struct RowLocators(Vec<Option<(RowLocator, Option<RecordBatch>)>>);
+/// Makes the manifest entries of a driver's cut: a mini-batch whose rows an executor reads
+/// itself ([`Dispatched::read`]) travels without them, with an empty batch of its schema that
+/// the entries of its input share.
+pub struct ManifestEntries(Vec<Option<RecordBatch>>);
 
-impl RowLocators {
-    /// The locators of `inputs` (by ordinal).
+impl ManifestEntries {
+    /// The entries of a cut of `inputs` (by ordinal).
     pub fn of(inputs: &[(Arc<dyn ExecutionPlan>, InputInfo)]) -> Self {
-        RowLocators(
-            inputs
-                .iter()
-                .map(|(plan, info)| match info.kind {
-                    ItemKind::Rows => local_scan(plan).map(|scan| (scan.locator(), None)),
-                    ItemKind::Files => None,
-                })
-                .collect(),
-        )
+        ManifestEntries(vec![None; inputs.len()])
     }
 
-    /// The manifest entry of `dispatched`: without its rows when its input has a locator.
+    /// The manifest entry of `dispatched`.
     pub fn entry(&mut self, dispatched: Dispatched) -> ManifestEntry {
-        let located = self
-            .0
-            .get_mut(dispatched.mini_batch.id.input as usize)
-            .and_then(Option::as_mut);
-        let rows = dispatched.mini_batch.lineage.rows.clone();
+        let read = dispatched.read.clone();
+        let ordinal = dispatched.mini_batch.id.input as usize;
         let entry = ManifestEntry::new(
             dispatched.mini_batch,
             dispatched.index,
             dispatched.fingerprint,
         );
-        match located {
-            Some((locator, empty)) => {
+        match (read, self.0.get_mut(ordinal)) {
+            (Some(read), Some(empty)) => {
                 let empty = empty
                     .get_or_insert_with(|| RecordBatch::new_empty(entry.mini_batch.data.schema()));
-                entry.read_from_with(locator.locate(rows), empty)
+                entry.read_from_with(read, empty)
             }
-            None => entry,
+            (Some(read), None) => entry.read_from(read),
+            (None, _) => entry,
         }
     }
 }
@@ -446,6 +440,7 @@ pub fn read_envelopes(batch: &RecordBatch) -> Result<Vec<CompletedMiniBatch>> {
 /// try of this task, e.g. on an executor since lost) and does not run those mini-batches.
 pub async fn dispatch_manifest(
     manifest: Arc<dyn ExecutionPlan>,
+    spec: Arc<OperatorSpec>,
     context: Arc<TaskContext>,
     state: Arc<JobState>,
     shared: Option<(Arc<SharedStaging>, String)>,
@@ -470,8 +465,10 @@ pub async fn dispatch_manifest(
         None => HashSet::new(),
     };
     let staging = shared.as_ref().map(|(staging, _)| staging.as_ref());
+    let mut scans = ScanReaders::new(spec);
     let queued = queue_manifest(
         &manifest,
+        &mut scans,
         &context,
         &state,
         &queue,
@@ -490,8 +487,10 @@ pub async fn dispatch_manifest(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn queue_manifest(
     manifest: &Arc<dyn ExecutionPlan>,
+    scans: &mut ScanReaders,
     context: &Arc<TaskContext>,
     state: &Arc<JobState>,
     queue: &mpsc::Sender<Dispatched>,
@@ -519,7 +518,7 @@ async fn queue_manifest(
             }
         }
     }
-    if !queue_entries(entries, state, queue, reservation).await? {
+    if !queue_entries(entries, scans, state, queue, reservation).await? {
         return Ok(false);
     }
     for run in stored {
@@ -559,7 +558,7 @@ async fn queue_manifest(
                 })
                 .map(|(_, entry)| entry)
                 .collect();
-            if !queue_entries(entries, state, queue, reservation).await? {
+            if !queue_entries(entries, scans, state, queue, reservation).await? {
                 return Ok(false);
             }
         }
@@ -571,6 +570,7 @@ async fn queue_manifest(
 /// `false` when the job stopped.
 async fn queue_entries(
     entries: Vec<ManifestEntry>,
+    scans: &mut ScanReaders,
     state: &Arc<JobState>,
     queue: &mpsc::Sender<Dispatched>,
     reservation: &MemoryReservation,
@@ -578,10 +578,15 @@ async fn queue_entries(
     let mut readers = RowReaders::of(&entries);
     for entry in entries {
         let (mini_batch, index, fingerprint) = match entry.read {
-            Some(read) => (
+            Some(ReadFrom::Rows(read)) => (
                 readers
                     .read(entry.mini_batch, read, entry.fingerprint)
                     .await?,
+                entry.index,
+                entry.fingerprint,
+            ),
+            Some(ReadFrom::Parts(parts)) => (
+                scans.read(entry.mini_batch, parts, entry.fingerprint).await?,
                 entry.index,
                 entry.fingerprint,
             ),
@@ -611,7 +616,7 @@ impl RowReaders {
     fn of(entries: &[ManifestEntry]) -> Self {
         let mut reads: HashMap<String, (SchemaRef, Vec<RowsInFiles>)> = HashMap::new();
         for entry in entries {
-            if let Some(read) = &entry.read {
+            if let Some(ReadFrom::Rows(read)) = &entry.read {
                 reads
                     .entry(entry.mini_batch.lineage.input.to_string())
                     .or_insert_with(|| (entry.mini_batch.data.schema(), Vec::new()))
@@ -671,6 +676,117 @@ impl RowReaders {
         }
         Ok(mini_batch)
     }
+}
+
+/// The readers of the inputs an executor reads as parts of files ([`ReadFrom::Parts`]):
+/// each input's plan, made once per task from its declarative source with the job's storage
+/// options, exactly as the driver made it; restricted to each mini-batch's parts.
+struct ScanReaders {
+    spec: Arc<OperatorSpec>,
+    plans: HashMap<String, (datafusion::prelude::SessionContext, Arc<dyn ExecutionPlan>)>,
+}
+
+impl ScanReaders {
+    fn new(spec: Arc<OperatorSpec>) -> Self {
+        ScanReaders {
+            spec,
+            plans: HashMap::new(),
+        }
+    }
+
+    /// `mini_batch` with its rows read from `parts`, checked against the `fingerprint` the
+    /// driver computed when it cut them.
+    async fn read(
+        &mut self,
+        mut mini_batch: MiniBatch,
+        parts: PartsInFiles,
+        fingerprint: u64,
+    ) -> Result<MiniBatch> {
+        let id = mini_batch.id.to_string();
+        let input = mini_batch.lineage.input.to_string();
+        let here_error = |message: String| PrsError::Input {
+            input: input.clone(),
+            location: format!("mini batch {id} on this executor"),
+            message,
+        };
+        let (ctx, plan) = self.plan(&input).await?;
+        let schema = mini_batch.data.schema();
+        if plan.schema().fields() != schema.fields() {
+            return Err(here_error(format!(
+                "the input's columns here ({}) are not the driver's ({}): the input files \
+                 differ between the nodes",
+                field_list(&plan.schema()),
+                field_list(&schema)
+            )));
+        }
+        let here = parts_fingerprint(mini_batch.id, &parts, &schema);
+        if here != fingerprint {
+            return Err(here_error(
+                "its descriptor does not match the fingerprint the driver cut: the manifest \
+                 was changed during the job"
+                    .into(),
+            ));
+        }
+        mini_batch.data = read_parts(&plan, &parts, &schema, ctx.task_ctx())
+            .await
+            .map_err(|e| here_error(e.to_string()))?;
+        Ok(mini_batch)
+    }
+
+    /// The plan of `input`, made on the first call.
+    async fn plan(
+        &mut self,
+        input: &str,
+    ) -> Result<(datafusion::prelude::SessionContext, Arc<dyn ExecutionPlan>)> {
+        if let Some(made) = self.plans.get(input) {
+            return Ok(made.clone());
+        }
+        let source = self
+            .spec
+            .inputs()
+            .iter()
+            .find(|i| i.name == input)
+            .and_then(|i| i.source.clone())
+            .ok_or_else(|| PrsError::Input {
+                input: input.to_string(),
+                location: "this executor".into(),
+                message: "the plan names no file-backed input of this name: the driver and \
+                          this executor run different parallel-run versions"
+                    .into(),
+            })?;
+        let ctx = crate::input::job_session();
+        // (Its read-ahead is never started: only the parts are read, with ranged requests.)
+        let storage = crate::storage::StorageContext::new(self.spec.input_storage(), None);
+        let prepared = crate::input::register_inputs_with(&ctx, &[source], &storage).await?;
+        let logical = prepared.first().map(|p| p.plan.clone()).ok_or_else(|| {
+            PrsError::Input {
+                input: input.to_string(),
+                location: "this executor".into(),
+                message: "the input registers no table here".into(),
+            }
+        })?;
+        let plan = ctx
+            .state()
+            .create_physical_plan(&logical)
+            .await
+            .map_err(|e| PrsError::Input {
+                input: input.to_string(),
+                location: "this executor".into(),
+                message: format!("its plan cannot be made here: {e}"),
+            })?;
+        self.plans
+            .insert(input.to_string(), (ctx.clone(), plan.clone()));
+        Ok((ctx, plan))
+    }
+}
+
+fn field_list(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An Arrow IPC stream of one batch.
@@ -788,7 +904,7 @@ mod tests {
     #[test]
     fn mini_batches_read_by_the_executor_carry_their_schema_once_per_batch() {
         let located = |seq: u64| {
-            ManifestEntry::new(mini_batch(seq), seq, seq).read_from(RowsInFiles {
+            ManifestEntry::new(mini_batch(seq), seq, seq).read_from(ReadFrom::Rows(RowsInFiles {
                 rows: seq * 3..seq * 3 + 3,
                 files: vec![crate::input::FileRows {
                     path: "/data/t.parquet".into(),
@@ -797,7 +913,7 @@ mod tests {
                     bytes: 100,
                     modified_ns: 1,
                 }],
-            })
+            }))
         };
         // Located, carried (its rows travel), located again.
         let cut = vec![

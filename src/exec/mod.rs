@@ -475,6 +475,7 @@ impl ParallelRunExec {
                     (ExecMode::Manifest, Some((manifest, _))) => {
                         SpawnedTask::spawn(manifest::dispatch_manifest(
                             manifest.clone(),
+                            self.spec.clone(),
                             context.clone(),
                             self.state.clone(),
                             shared.clone().map(|s| (s, node_name())),

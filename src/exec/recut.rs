@@ -1,4 +1,6 @@
-//! Local Parquet inputs cut from their footers.
+//! File-backed table inputs cut before they are read: local Parquet from its footers, and
+//! DataFusion file scans (CSV and JSON by source bytes, Parquet through a store from its
+//! footers: [`crate::input::FileScan`]).
 //!
 //! The mini-batches of a local Parquet input (a [`LocalParquetExec`] under column-only
 //! projections) are cut before anything is read: their row ranges come from the files'
@@ -22,6 +24,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use datafusion::execution::TaskContext;
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
@@ -31,12 +34,16 @@ use datafusion::physical_plan::ExecutionPlan;
 use crate::batch::{compact_concat, ItemKind, Lineage, MiniBatch, MiniBatchId};
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::{ResumeSkips, SkippedMiniBatch};
-use crate::input::{footer_fingerprint, LocalParquetExec, RowLocator};
+use crate::input::{
+    footer_fingerprint, parts_fingerprint, FileScan, LocalParquetExec, ReadFrom, RowLocator,
+    ScanCut,
+};
 
 /// One step of a footer-cut input.
 pub(crate) enum Step {
-    /// A mini-batch to run, with its fingerprint.
-    Cut(MiniBatch, u64),
+    /// A mini-batch to run, with its fingerprint and, when its rows were not read, where they
+    /// are.
+    Cut(MiniBatch, u64, Option<ReadFrom>),
     /// A mini-batch an earlier run finished (not read).
     Skipped(MiniBatchId, Box<SkippedMiniBatch>),
 }
@@ -47,7 +54,7 @@ pub(crate) struct FooterCut {
     input: Arc<str>,
     ordinal: u32,
     schema: SchemaRef,
-    locator: RowLocator,
+    locate: Locate,
     bounds: Vec<Range<u64>>,
     /// The skipped mini-batches, by sequence number.
     skipped: HashMap<u64, SkippedMiniBatch>,
@@ -60,6 +67,14 @@ pub(crate) struct FooterCut {
     pending: Vec<RecordBatch>,
     /// Rows the scan does not read.
     pub rows_not_read: u64,
+}
+
+/// Where the rows of a cut input's mini-batches are.
+enum Locate {
+    /// A local Parquet input, cut from its footers.
+    Footer(RowLocator),
+    /// A DataFusion file scan (CSV and JSON byte ranges, Parquet through a store).
+    Parts(ScanCut),
 }
 
 /// The local Parquet scan an input's plan reads, when the plan is that scan under
@@ -115,26 +130,46 @@ pub(crate) fn source_identity(plan: &Arc<dyn ExecutionPlan>, batch_size: usize) 
 impl FooterCut {
     /// The cut of input number `ordinal` (named `input`) read by `plan`, in mini-batches of
     /// about `target_bytes`, and the plan that leaves out what a resume skips (`skips`,
-    /// reader batches of `batch_size` rows); `None` when `plan` is not a local Parquet scan.
-    /// A mini-batch of the ledger whose slice is not the one cut now refuses the resume,
+    /// reader batches of `batch_size` rows); `None` when `plan` is neither a local Parquet
+    /// scan nor, for a `declared` input (a path in the job), a file scan (its files are read
+    /// from `context`'s stores to cut them). A mini-batch of the ledger whose slice is not the one cut now refuses the resume,
     /// unless slices are not checked (`--force`: it runs again).
-    pub(crate) fn prepare(
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn prepare(
         plan: &Arc<dyn ExecutionPlan>,
+        context: &TaskContext,
+        declared: bool,
         input: &str,
         ordinal: u32,
         target_bytes: u64,
         skips: Option<&ResumeSkips>,
         batch_size: usize,
     ) -> Result<Option<(Arc<dyn ExecutionPlan>, FooterCut)>> {
-        let Some(scan) = local_scan(plan) else {
-            return Ok(None);
+        let local = local_scan(plan);
+        // A file scan is cut as descriptors when the input is declared (a path, not a
+        // query): an executor rebuilds its plan from that declaration.
+        let scan = FileScan::of(plan).filter(|_| declared);
+        let (locate, bounds) = match (local, scan) {
+            (Some(scan), _) => (Locate::Footer(scan.locator()), scan.footer_cut(target_bytes)),
+            (None, Some(scan)) => {
+                let cut = scan
+                    .cut(context, &plan.schema(), target_bytes)
+                    .await
+                    .map_err(|e| PrsError::Input {
+                        input: input.to_string(),
+                        location: "cutting into mini-batches".into(),
+                        message: e.to_string(),
+                    })?;
+                let bounds = cut.bounds();
+                (Locate::Parts(cut), bounds)
+            }
+            (None, None) => return Ok(None),
         };
-        let bounds = scan.footer_cut(target_bytes);
         let mut cut = FooterCut {
             input: Arc::from(input),
             ordinal,
             schema: plan.schema(),
-            locator: scan.locator(),
+            locate,
             bounds,
             skipped: HashMap::new(),
             omitted: VecDeque::new(),
@@ -173,9 +208,11 @@ impl FooterCut {
                 _ => runs.push(rows),
             }
         }
-        if runs.is_empty() {
+        // A file scan's skipped rows are read and dropped; a local Parquet scan leaves them
+        // out.
+        let Some(scan) = local.filter(|_| !runs.is_empty()) else {
             return Ok(Some((plan.clone(), cut)));
-        }
+        };
         let (scan, omitted) = scan.without_rows(&runs, batch_size);
         let plan = with_scan(plan, scan).map_err(|e| PrsError::Input {
             input: input.to_string(),
@@ -192,11 +229,28 @@ impl FooterCut {
         self.bounds.len()
     }
 
-    /// The fingerprint of mini-batch `seq` ([`footer_fingerprint`]).
+    /// The fingerprint of mini-batch `seq` ([`footer_fingerprint`], [`parts_fingerprint`]).
     fn fingerprint(&self, seq: usize) -> u64 {
-        let rows = self.bounds.get(seq).cloned().unwrap_or(0..0);
         let id = MiniBatchId::new(self.ordinal, seq as u64);
-        footer_fingerprint(id, &self.locator.locate(rows), &self.schema)
+        match self.read_from(seq) {
+            ReadFrom::Rows(rows) => footer_fingerprint(id, &rows, &self.schema),
+            ReadFrom::Parts(parts) => parts_fingerprint(id, &parts, &self.schema),
+        }
+    }
+
+    /// Where the rows of mini-batch `seq` are.
+    fn read_from(&self, seq: usize) -> ReadFrom {
+        let rows = self.bounds.get(seq).cloned().unwrap_or(0..0);
+        match &self.locate {
+            Locate::Footer(locator) => ReadFrom::Rows(locator.locate(rows)),
+            Locate::Parts(cut) => ReadFrom::Parts(cut.parts(seq).unwrap_or(
+                crate::input::PartsInFiles {
+                    rows,
+                    store: String::new(),
+                    parts: Vec::new(),
+                },
+            )),
+        }
     }
 
     /// Mini-batch `seq` as a descriptor (its rows not read: an executor reads them), or its
@@ -209,8 +263,13 @@ impl FooterCut {
             );
         }
         let data = RecordBatch::new_empty(self.schema.clone());
-        let fingerprint = self.fingerprint(seq);
-        Step::Cut(self.mini_batch(seq, data), fingerprint)
+        let read = self.read_from(seq);
+        let id = MiniBatchId::new(self.ordinal, seq as u64);
+        let fingerprint = match &read {
+            ReadFrom::Rows(rows) => footer_fingerprint(id, rows, &self.schema),
+            ReadFrom::Parts(parts) => parts_fingerprint(id, parts, &self.schema),
+        };
+        Step::Cut(self.mini_batch(seq, data), fingerprint, Some(read))
     }
 
     fn mini_batch(&self, seq: usize, data: RecordBatch) -> MiniBatch {
@@ -237,7 +296,7 @@ impl FooterCut {
         while cur < end {
             let Some(bound) = self.bounds.get(self.next).cloned() else {
                 return Err(self.shape_error(format!(
-                    "it has more rows than its footers say ({})",
+                    "it has more rows than when it was cut into mini-batches ({})",
                     self.bounds.last().map_or(0, |b| b.end)
                 )));
             };
@@ -255,12 +314,12 @@ impl FooterCut {
     }
 
     /// The end of the scan: passes the skipped mini-batches it ends with; refuses when
-    /// rows the footers promise did not come.
+    /// rows the cut promised did not come.
     pub(crate) fn finish(&mut self, out: &mut Vec<Step>) -> Result<()> {
         self.advance(out)?;
         if self.next < self.bounds.len() {
             return Err(self.shape_error(format!(
-                "it ended at row {}, before the {} rows its footers say",
+                "it ended at row {}, before the {} rows it had when it was cut into mini-batches",
                 self.pos,
                 self.bounds.last().map_or(0, |b| b.end)
             )));
@@ -307,7 +366,7 @@ impl FooterCut {
         let data = compact_concat(&self.schema, &self.pending)?;
         self.pending.clear();
         let fingerprint = self.fingerprint(seq);
-        out.push(Step::Cut(self.mini_batch(seq, data), fingerprint));
+        out.push(Step::Cut(self.mini_batch(seq, data), fingerprint, None));
         Ok(())
     }
 
@@ -341,9 +400,9 @@ impl FooterCut {
             format!(
                 "input {:?} is not cut as it was when mini-batch {id} (rows {}..{}; {now}) was \
                  committed: its files changed since (path, size, modification time or rows), \
-                 or the job was started by a version of parallel-run that cut Parquet inputs \
-                 by the decoded size of their rows (they are now cut from the files' footers; \
-                 see CHANGELOG.md). The committed results no longer match the input: run with \
+                 or the job was started by a version of parallel-run that cut Parquet, CSV \
+                 and JSON inputs by the decoded size of their rows (they are now cut from \
+                 the files' footers and source bytes; see CHANGELOG.md). The committed results no longer match the input: run with \
                  --restart to start over, restore the input, or add --force to keep the \
                  committed results anyway",
                 self.input.as_ref(),
@@ -432,7 +491,9 @@ mod tests {
     ) -> Result<(Vec<Seen>, u64)> {
         let batch_size = ctx.state().config().batch_size();
         let (plan, mut footer) =
-            FooterCut::prepare(plan, "rows", 0, 8 * 1024, skips, batch_size)?.unwrap();
+            FooterCut::prepare(plan, &ctx.task_ctx(), true, "rows", 0, 8 * 1024, skips, batch_size)
+                .await?
+                .unwrap();
         let mut steps = Vec::new();
         for p in 0..plan.output_partitioning().partition_count() {
             let mut stream = plan.execute(p, ctx.task_ctx()).unwrap();
@@ -453,7 +514,7 @@ mod tests {
         steps
             .into_iter()
             .map(|s| match s {
-                Step::Cut(mb, fingerprint) => {
+                Step::Cut(mb, fingerprint, _) => {
                     let rows = mb.lineage.rows.clone();
                     if with_rows {
                         let ids = mb
@@ -476,11 +537,15 @@ mod tests {
             .collect()
     }
 
-    fn descriptors(
+    async fn descriptors(
         plan: &Arc<dyn ExecutionPlan>,
         skips: Option<&ResumeSkips>,
     ) -> Result<Vec<Seen>> {
-        let (_, mut footer) = FooterCut::prepare(plan, "rows", 0, 8 * 1024, skips, 64)?.unwrap();
+        let ctx = SessionContext::new();
+        let (_, mut footer) =
+            FooterCut::prepare(plan, &ctx.task_ctx(), true, "rows", 0, 8 * 1024, skips, 64)
+                .await?
+                .unwrap();
         let steps = (0..footer.len())
             .map(|seq| footer.descriptor(seq))
             .collect();
@@ -554,7 +619,7 @@ mod tests {
             );
         }
         // The cluster driver's cut (no rows read): the same.
-        assert_eq!(descriptors(&p, None).unwrap(), full);
+        assert_eq!(descriptors(&p, None).await.unwrap(), full);
     }
 
     #[tokio::test]
@@ -582,7 +647,7 @@ mod tests {
             if seqs.len() == n {
                 assert_eq!(not_read, 3000, "nothing read when everything is skipped");
             }
-            assert_eq!(descriptors(&p, Some(&skips)).unwrap(), expected);
+            assert_eq!(descriptors(&p, Some(&skips)).await.unwrap(), expected);
         }
     }
 
@@ -594,7 +659,9 @@ mod tests {
         // Fingerprints of the rows' values (an earlier version's ledger): refused, saying
         // what to do.
         let old = skips(&full, &[0, 1, 2], |f| f ^ 1);
-        let err = match FooterCut::prepare(&p, "rows", 0, 8 * 1024, Some(&old), 50) {
+        let task = ctx.task_ctx();
+        let prepared = FooterCut::prepare(&p, &task, true, "rows", 0, 8 * 1024, Some(&old), 50);
+        let err = match prepared.await {
             Err(e) => e.to_string(),
             Ok(_) => panic!("a ledger of another cut was accepted"),
         };
@@ -623,7 +690,9 @@ mod tests {
         assert_ne!(again[last].2, full[last].2);
         assert_eq!(again[0].2, full[0].2, "a.parquet is the same");
         let stale = skips(&full, &[last], |f| f);
-        assert!(FooterCut::prepare(&p2, "rows", 0, 8 * 1024, Some(&stale), 50).is_err());
+        let prepared =
+            FooterCut::prepare(&p2, &task, true, "rows", 0, 8 * 1024, Some(&stale), 50);
+        assert!(prepared.await.is_err());
     }
 
     #[tokio::test]
@@ -647,6 +716,6 @@ mod tests {
                 false
             }
         );
-        assert_eq!(descriptors(&p, None).unwrap(), full);
+        assert_eq!(descriptors(&p, None).await.unwrap(), full);
     }
 }

@@ -12,6 +12,7 @@
 //! worker factory and the observer are the receiving side's (`OperatorRuntime`), built from the
 //! spec (a Rust entry script is looked up by name in that side's registry).
 
+use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::io::Cursor;
 
@@ -21,7 +22,7 @@ use arrow::ipc::writer::StreamWriter;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::ItemKind;
-use crate::config::JobSettings;
+use crate::config::{JobSettings, StorageOptions};
 use crate::error::{PrsError, Result};
 use crate::exec::shared::SharedLocation;
 use crate::exec::{InputInfo, RunSettings};
@@ -45,6 +46,9 @@ pub struct OperatorSpec {
     /// A cluster run's identity (unique per run of the driver): executors keep each run's
     /// worker logs apart by it (`None` elsewhere).
     run: Option<String>,
+    /// The job's storage options without their secrets: how a cluster executor opens the
+    /// inputs on object storage it reads by descriptor (secrets come from its environment).
+    input_storage: BTreeMap<String, String>,
     /// Derived from `job` and `inputs` (not encoded).
     settings: RunSettings,
 }
@@ -63,6 +67,8 @@ struct Wire {
     shared: Option<SharedLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     run: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    input_storage: BTreeMap<String, String>,
 }
 
 impl OperatorSpec {
@@ -84,6 +90,7 @@ impl OperatorSpec {
             call: 0,
             shared: None,
             run: None,
+            input_storage: BTreeMap::new(),
             settings,
         })
     }
@@ -100,6 +107,19 @@ impl OperatorSpec {
     pub fn with_shared(mut self, location: SharedLocation) -> Self {
         self.shared = Some(location);
         self
+    }
+
+    /// The same spec whose executors open the inputs with `options` (their secrets are not
+    /// kept: each executor takes them from its own environment).
+    pub fn with_input_storage(mut self, options: &StorageOptions) -> Self {
+        self.input_storage = options.without_secrets();
+        self
+    }
+
+    /// The storage options an executor opens the inputs with (see
+    /// [`OperatorSpec::with_input_storage`]).
+    pub fn input_storage(&self) -> StorageOptions {
+        StorageOptions::from_entries(self.input_storage.clone())
     }
 
     /// The same spec as the run `run` of a cluster job (see [`OperatorSpec::run`]).
@@ -164,6 +184,7 @@ impl OperatorSpec {
             call: self.call,
             shared: self.shared.clone(),
             run: self.run.clone(),
+            input_storage: self.input_storage.clone(),
         };
         serde_json::to_vec(&wire).map_err(|e| wire_error(format!("encoding failed: {e}")))
     }
@@ -197,6 +218,7 @@ impl OperatorSpec {
             OperatorSpec::new(wire.job, wire.inputs, output_schema)?.with_call(wire.call);
         spec.shared = wire.shared;
         spec.run = wire.run;
+        spec.input_storage = wire.input_storage;
         Ok(spec)
     }
 }

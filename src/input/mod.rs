@@ -16,6 +16,7 @@
 //! Which inputs are processed: every input that no `sql:` input reads from. (An input used by
 //! a query is a table for that query, not a job input of its own.)
 
+pub mod file_scan;
 pub mod files;
 pub mod formats;
 pub mod local_files;
@@ -25,6 +26,7 @@ pub mod remote;
 pub mod remote_files;
 
 pub use crate::session::{default_memory_limit, job_session, job_session_with};
+pub use file_scan::{parts_fingerprint, read_parts, FilePart, FileScan, PartRange, PartsInFiles, ScanCut};
 pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
 pub use formats::{listing_options, usual_extension};
 pub use local_files::FileListing;
@@ -61,6 +63,17 @@ use crate::config::{CsvHeader, CsvOptions, InputFormat, InputSource, InputSpec, 
 use crate::error::{PrsError, Result};
 use crate::exec::InputInfo;
 use crate::storage::{is_object_url, StorageContext, StorageOptions};
+
+/// Where a cluster executor reads a mini-batch's rows itself (its descriptor), instead of
+/// receiving them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadFrom {
+    /// Rows of a local Parquet input ([`LocalParquetTable`]).
+    Rows(RowsInFiles),
+    /// Parts of the files of a DataFusion file scan ([`FileScan`]).
+    Parts(PartsInFiles),
+}
 
 /// An input ready to be processed: its logical plan and what the operator needs to know.
 #[derive(Debug, Clone)]

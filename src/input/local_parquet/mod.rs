@@ -227,7 +227,7 @@ fn merged_schema(paths: &[PathBuf]) -> DFResult<(SchemaRef, Vec<ParquetFile>)> {
 }
 
 /// Each row group's rows and uncompressed column sizes, from a file's footer.
-fn group_sizes(meta: &parquet::file::metadata::ParquetMetaData) -> Vec<RowGroupSize> {
+pub(crate) fn group_sizes(meta: &parquet::file::metadata::ParquetMetaData) -> Vec<RowGroupSize> {
     let schema = meta.file_metadata().schema_descr();
     meta.row_groups()
         .iter()

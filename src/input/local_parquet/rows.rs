@@ -40,7 +40,7 @@ pub struct RowLocator {
 }
 
 impl RowLocator {
-    pub(super) fn new(files: Arc<Vec<ParquetFile>>) -> Self {
+    pub(crate) fn new(files: Arc<Vec<ParquetFile>>) -> Self {
         let mut at = 0u64;
         let starts = files
             .iter()
