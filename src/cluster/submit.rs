@@ -32,8 +32,8 @@ use crate::cluster::{scheduler_host_port, PrsPhysicalCodec};
 use crate::config::StorageOptions;
 use crate::error::{PrsError, Result};
 use crate::exec::manifest::{
-    manifest_batch, manifest_schema, manifest_segments, stored_batch, ManifestEntries, ManifestEntry,
-    StoredRun, StoredSegment, INLINE_MANIFEST_BYTES, SEGMENT_ENTRIES,
+    manifest_batch, manifest_schema, manifest_segments, stored_batch, ManifestEntries,
+    ManifestEntry, StoredRun, StoredSegment, INLINE_MANIFEST_BYTES, SEGMENT_ENTRIES,
 };
 use crate::exec::shared::{JobMarker, SharedLocation, SharedStaging, SHARED_STAGING};
 use crate::exec::{

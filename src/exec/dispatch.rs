@@ -12,7 +12,6 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::input::ReadFrom;
 use crate::batch::{
     slice_fingerprint, ByteChunker, FileChunker, ItemKind, KeyChunker, MiniBatch, MiniBatchId,
     MiniBatchRecord,
@@ -22,6 +21,7 @@ use crate::error::{PrsError, Result};
 use crate::exec::keyed;
 use crate::exec::recut::{self, FooterCut, Step};
 use crate::exec::state::JobState;
+use crate::input::ReadFrom;
 
 /// What the operator knows of each of its inputs.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -586,7 +586,9 @@ async fn queue_entries(
                 entry.fingerprint,
             ),
             Some(ReadFrom::Parts(parts)) => (
-                scans.read(entry.mini_batch, parts, entry.fingerprint).await?,
+                scans
+                    .read(entry.mini_batch, parts, entry.fingerprint)
+                    .await?,
                 entry.index,
                 entry.fingerprint,
             ),
@@ -758,13 +760,14 @@ impl ScanReaders {
         // (Its read-ahead is never started: only the parts are read, with ranged requests.)
         let storage = crate::storage::StorageContext::new(self.spec.input_storage(), None);
         let prepared = crate::input::register_inputs_with(&ctx, &[source], &storage).await?;
-        let logical = prepared.first().map(|p| p.plan.clone()).ok_or_else(|| {
-            PrsError::Input {
+        let logical = prepared
+            .first()
+            .map(|p| p.plan.clone())
+            .ok_or_else(|| PrsError::Input {
                 input: input.to_string(),
                 location: "this executor".into(),
                 message: "the input registers no table here".into(),
-            }
-        })?;
+            })?;
         let plan = ctx
             .state()
             .create_physical_plan(&logical)

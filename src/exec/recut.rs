@@ -150,7 +150,10 @@ impl FooterCut {
         // query): an executor rebuilds its plan from that declaration.
         let scan = FileScan::of(plan).filter(|_| declared);
         let (locate, bounds) = match (local, scan) {
-            (Some(scan), _) => (Locate::Footer(scan.locator()), scan.footer_cut(target_bytes)),
+            (Some(scan), _) => (
+                Locate::Footer(scan.locator()),
+                scan.footer_cut(target_bytes),
+            ),
             (None, Some(scan)) => {
                 let cut = scan
                     .cut(context, &plan.schema(), target_bytes)
@@ -243,13 +246,13 @@ impl FooterCut {
         let rows = self.bounds.get(seq).cloned().unwrap_or(0..0);
         match &self.locate {
             Locate::Footer(locator) => ReadFrom::Rows(locator.locate(rows)),
-            Locate::Parts(cut) => ReadFrom::Parts(cut.parts(seq).unwrap_or(
-                crate::input::PartsInFiles {
+            Locate::Parts(cut) => {
+                ReadFrom::Parts(cut.parts(seq).unwrap_or(crate::input::PartsInFiles {
                     rows,
                     store: String::new(),
                     parts: Vec::new(),
-                },
-            )),
+                }))
+            }
         }
     }
 
@@ -490,10 +493,18 @@ mod tests {
         skips: Option<&ResumeSkips>,
     ) -> Result<(Vec<Seen>, u64)> {
         let batch_size = ctx.state().config().batch_size();
-        let (plan, mut footer) =
-            FooterCut::prepare(plan, &ctx.task_ctx(), true, "rows", 0, 8 * 1024, skips, batch_size)
-                .await?
-                .unwrap();
+        let (plan, mut footer) = FooterCut::prepare(
+            plan,
+            &ctx.task_ctx(),
+            true,
+            "rows",
+            0,
+            8 * 1024,
+            skips,
+            batch_size,
+        )
+        .await?
+        .unwrap();
         let mut steps = Vec::new();
         for p in 0..plan.output_partitioning().partition_count() {
             let mut stream = plan.execute(p, ctx.task_ctx()).unwrap();
@@ -690,8 +701,7 @@ mod tests {
         assert_ne!(again[last].2, full[last].2);
         assert_eq!(again[0].2, full[0].2, "a.parquet is the same");
         let stale = skips(&full, &[last], |f| f);
-        let prepared =
-            FooterCut::prepare(&p2, &task, true, "rows", 0, 8 * 1024, Some(&stale), 50);
+        let prepared = FooterCut::prepare(&p2, &task, true, "rows", 0, 8 * 1024, Some(&stale), 50);
         assert!(prepared.await.is_err());
     }
 
@@ -717,5 +727,70 @@ mod tests {
             }
         );
         assert_eq!(descriptors(&p, None).await.unwrap(), full);
+    }
+
+    #[tokio::test]
+    async fn a_declared_csv_input_is_cut_as_byte_ranges_the_same_read_or_not() {
+        use crate::config::{InputFormat, InputSpec};
+        use crate::input::{parts_fingerprint, register_inputs};
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("id,text\n");
+        for i in 0..100 {
+            text.push_str(&format!("{i},\"row {i}\nof text\"\n"));
+        }
+        std::fs::write(dir.path().join("a.csv"), text).unwrap();
+        let ctx = crate::input::job_session();
+        let spec = InputSpec::path("t", format!("{}/", dir.path().display()), InputFormat::Csv);
+        let prepared = register_inputs(&ctx, &[spec]).await.unwrap();
+        let plan = ctx
+            .state()
+            .create_physical_plan(&prepared[0].plan)
+            .await
+            .unwrap();
+        let task = ctx.task_ctx();
+        // A query's plan (not declared) keeps the stream cut.
+        let query = FooterCut::prepare(&plan, &task, false, "t", 0, 200, None, 64).await;
+        assert!(query.unwrap().is_none());
+        let (read, mut cut) = FooterCut::prepare(&plan, &task, true, "t", 0, 200, None, 64)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(cut.len() > 5, "{}", cut.len());
+        // As descriptors: no rows, where they are, and a fingerprint of that.
+        let mut described = Vec::new();
+        for seq in 0..cut.len() {
+            match cut.descriptor(seq) {
+                Step::Cut(mb, fingerprint, Some(ReadFrom::Parts(parts))) => {
+                    assert_eq!(mb.data.num_rows(), 0);
+                    assert_eq!(mb.lineage.rows, parts.rows);
+                    assert_eq!(
+                        fingerprint,
+                        parts_fingerprint(mb.id, &parts, &plan.schema())
+                    );
+                    described.push((mb.id, mb.lineage.rows, fingerprint));
+                }
+                _ => panic!("mini-batch {seq} is not a descriptor"),
+            }
+        }
+        // Read locally: the same mini-batches, holding their rows.
+        let mut steps = Vec::new();
+        let mut stream = read.execute(0, task.clone()).unwrap();
+        while let Some(batch) = stream.next().await {
+            cut.feed(&batch.unwrap(), &mut steps).unwrap();
+        }
+        cut.finish(&mut steps).unwrap();
+        let mut local = Vec::new();
+        for step in steps {
+            match step {
+                Step::Cut(mb, fingerprint, None) => {
+                    let rows = mb.lineage.rows.clone();
+                    assert_eq!(mb.data.num_rows() as u64, rows.end - rows.start);
+                    local.push((mb.id, rows, fingerprint));
+                }
+                _ => panic!("not a cut mini-batch"),
+            }
+        }
+        assert_eq!(local, described);
+        assert_eq!(local.last().map(|l| l.1.end), Some(100));
     }
 }

@@ -43,14 +43,54 @@ use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use datafusion::datasource::physical_plan::parquet::metadata::DFParquetMetadata;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use sha2::{Digest, Sha256};
 
 use crate::batch::MiniBatchId;
-use crate::input::local_parquet::{group_sizes, ParquetFile, RowLocator};
 use crate::input::footer_cut;
+use crate::input::local_parquet::{group_sizes, ParquetFile, RowLocator};
+use crate::storage::read_ahead::NotAhead;
+
+/// The options of a read that cuts an input: straight to the store, past the read-ahead (see
+/// [`NotAhead`]).
+fn cutting_read(range: Option<GetRange>) -> GetOptions {
+    let mut options = GetOptions {
+        range,
+        ..Default::default()
+    };
+    options.extensions.insert(NotAhead);
+    options
+}
+
+/// The footer of the Parquet object `meta`, read from its tail (64 KiB first, then as much as
+/// it says it needs).
+async fn parquet_footer(store: &dyn ObjectStore, meta: &ObjectMeta) -> DFResult<ParquetMetaData> {
+    let mut suffix = (64 * 1024u64).min(meta.size);
+    loop {
+        let start = meta.size - suffix;
+        let bytes = store
+            .get_opts(
+                &meta.location,
+                cutting_read(Some(GetRange::Bounded(start..meta.size))),
+            )
+            .await?
+            .bytes()
+            .await?;
+        let mut reader = ParquetMetaDataReader::new();
+        match reader.try_parse_sized(&bytes, meta.size) {
+            Ok(()) => return Ok(reader.finish()?),
+            Err(ParquetError::NeedMoreData(needed))
+                if (needed as u64) > suffix && (needed as u64) <= meta.size =>
+            {
+                suffix = needed as u64;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
 
 /// The rows of one mini-batch of a [`FileScan`] input and the file parts holding them: what a
 /// cluster executor reads ([`read_parts`]) instead of receiving the rows.
@@ -73,6 +113,11 @@ pub struct FilePart {
     pub size: u64,
     /// Its modification time then, in nanoseconds since the epoch.
     pub modified_ns: u64,
+    /// Its entity tag then, on object storage (the identity of its content there: an object
+    /// uploaded again with the same bytes keeps it, while its modification time changes);
+    /// `None` for a local file, which is known by its size and modification time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub e_tag: Option<String>,
     /// The mini-batch's records (rows) in it.
     pub rows: u64,
     /// Where they are.
@@ -171,7 +216,11 @@ impl FileScan {
             .iter()
             .map(|f| f.object_meta.clone())
             .collect();
-        if config.file_groups[0].files().iter().any(|f| f.range.is_some()) {
+        if config.file_groups[0]
+            .files()
+            .iter()
+            .any(|f| f.range.is_some())
+        {
             return None;
         }
         Some(FileScan {
@@ -190,6 +239,7 @@ impl FileScan {
         target_bytes: u64,
     ) -> DFResult<ScanCut> {
         let store = context.runtime_env().object_store(&self.store)?;
+        let local = self.store.as_str().starts_with("file://");
         let files: Vec<ScanFile> = self
             .files
             .iter()
@@ -197,6 +247,7 @@ impl FileScan {
                 location: meta.location.to_string(),
                 size: meta.size,
                 modified_ns: meta.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64,
+                e_tag: meta.e_tag.clone().filter(|_| !local),
                 rows: 0,
             })
             .collect();
@@ -207,12 +258,18 @@ impl FileScan {
             batches: Vec::new(),
         };
         match self.syntax {
-            Syntax::Parquet => self.cut_parquet(&store, schema, target_bytes, &mut cut).await?,
+            Syntax::Parquet => {
+                self.cut_parquet(&store, schema, target_bytes, &mut cut)
+                    .await?
+            }
             syntax => {
                 let mut cutter = Cutter::new(target_bytes);
                 for (i, meta) in self.files.iter().enumerate() {
                     let mut lines = Lines::new(syntax);
-                    let mut stream = store.get(&meta.location).await?.into_stream();
+                    let mut stream = store
+                        .get_opts(&meta.location, cutting_read(None))
+                        .await?
+                        .into_stream();
                     let mut at = 0u64;
                     while let Some(chunk) = stream.next().await {
                         let chunk = chunk?;
@@ -244,15 +301,12 @@ impl FileScan {
     ) -> DFResult<()> {
         let mut footers = Vec::with_capacity(self.files.len());
         for (meta, file) in self.files.iter().zip(cut.files.iter_mut()) {
-            let parquet = DFParquetMetadata::new(store.as_ref(), meta)
-                .fetch_metadata()
-                .await
-                .map_err(|e| {
-                    DataFusionError::Execution(format!(
-                        "{} is not a readable Parquet file: {e}",
-                        meta.location
-                    ))
-                })?;
+            let parquet = parquet_footer(store.as_ref(), meta).await.map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "{} is not a readable Parquet file: {e}",
+                    meta.location
+                ))
+            })?;
             file.rows = parquet.file_metadata().num_rows().max(0) as u64;
             footers.push(ParquetFile {
                 path: meta.location.to_string().into(),
@@ -280,8 +334,9 @@ impl FileScan {
                 .iter()
                 .map(|f| {
                     // The last file starting there (empty files before it hold none).
-                    let file =
-                        starts.partition_point(|&s| s <= f.first_row).saturating_sub(1) as u32;
+                    let file = starts
+                        .partition_point(|&s| s <= f.first_row)
+                        .saturating_sub(1) as u32;
                     let start = rows.start.max(f.first_row) - f.first_row;
                     let end = rows.end.min(f.first_row + f.rows) - f.first_row;
                     RawPart {
@@ -303,6 +358,7 @@ struct ScanFile {
     location: String,
     size: u64,
     modified_ns: u64,
+    e_tag: Option<String>,
     /// Its records.
     rows: u64,
 }
@@ -353,6 +409,7 @@ impl ScanCut {
                     location: file.location.clone(),
                     size: file.size,
                     modified_ns: file.modified_ns,
+                    e_tag: file.e_tag.clone(),
                     rows: p.rows,
                     range: if self.is_parquet() {
                         PartRange::Rows {
@@ -484,7 +541,8 @@ impl Lines {
                 match memchr::memchr2(csv.quote, terminator, &chunk[i + 1..]) {
                     Some(k) => {
                         if k > 0 {
-                            self.blank = self.blank && chunk[i + 1..i + 1 + k].iter().all(|&c| c == b'\r');
+                            self.blank =
+                                self.blank && chunk[i + 1..i + 1 + k].iter().all(|&c| c == b'\r');
                         }
                         i += k + 1;
                     }
@@ -564,10 +622,8 @@ impl Cutter {
         self.bytes += end - start;
         if self.bytes >= self.target {
             self.close_part(file, part_start, end);
-            self.out.push((
-                self.batch_start..self.row,
-                std::mem::take(&mut self.parts),
-            ));
+            self.out
+                .push((self.batch_start..self.row, std::mem::take(&mut self.parts)));
             self.batch_start = self.row;
             self.bytes = 0;
         }
@@ -623,7 +679,13 @@ pub fn parts_fingerprint(id: MiniBatchId, parts: &PartsInFiles, schema: &Schema)
         hash.update(part.location.as_bytes());
         hash.update([0x1f]);
         hash.update(part.size.to_le_bytes());
-        hash.update(part.modified_ns.to_le_bytes());
+        match &part.e_tag {
+            Some(tag) => {
+                hash.update(b"e");
+                hash.update(tag.as_bytes());
+            }
+            None => hash.update(part.modified_ns.to_le_bytes()),
+        }
         hash.update(part.rows.to_le_bytes());
         match &part.range {
             PartRange::Bytes(bytes) => {
@@ -678,7 +740,7 @@ fn partitioned_file(part: &FilePart) -> PartitionedFile {
         location: object_store::path::Path::from(part.location.as_str()),
         last_modified: Utc.timestamp_nanos(part.modified_ns as i64),
         size: part.size,
-        e_tag: None,
+        e_tag: part.e_tag.clone(),
         version: None,
     };
     let file = PartitionedFile::new_from_meta(meta);
@@ -711,16 +773,31 @@ pub async fn read_parts(
 ) -> DFResult<RecordBatch> {
     let url = ObjectStoreUrl::parse(&parts.store)?;
     let store = context.runtime_env().object_store(&url)?;
+    let local = parts.store.starts_with("file://");
     for part in &parts.parts {
         let path = object_store::path::Path::from(part.location.as_str());
         let meta = store.head(&path).await?;
         let modified = meta.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
-        if meta.size != part.size || modified != part.modified_ns {
+        const SECOND: u64 = 1_000_000_000;
+        let same = meta.size == part.size
+            && match &part.e_tag {
+                Some(tag) => meta.e_tag.as_ref() == Some(tag),
+                None if local => modified == part.modified_ns,
+                // A listing gives milliseconds, a HEAD (an HTTP date) whole seconds.
+                None => modified / SECOND == part.modified_ns / SECOND,
+            };
+        if !same {
             return Err(DataFusionError::Execution(format!(
-                "{} changed after the job was cut (size {} and modified {} ns, listed as {} \
-                 and {} ns): inputs must not change while a job runs, and must be the same \
-                 on every node",
-                part.location, meta.size, modified, part.size, part.modified_ns
+                "{} changed after the job was cut (size {}, modified {} ns, entity tag {:?}; \
+                 listed with {}, {} ns, {:?}): inputs must not change while a job runs, and \
+                 must be the same on every node",
+                part.location,
+                meta.size,
+                modified,
+                meta.e_tag,
+                part.size,
+                part.modified_ns,
+                part.e_tag
             )));
         }
     }
@@ -763,9 +840,16 @@ mod tests {
 
     /// Cuts `plan` at `target` bytes and checks every mini-batch read by its descriptor is
     /// the slice of the whole scan at the cut's rows; returns the cut.
-    async fn check_cut(ctx: &SessionContext, plan: &Arc<dyn ExecutionPlan>, target: u64) -> ScanCut {
+    async fn check_cut(
+        ctx: &SessionContext,
+        plan: &Arc<dyn ExecutionPlan>,
+        target: u64,
+    ) -> ScanCut {
         let scan = FileScan::of(plan).expect("a file scan");
-        let cut = scan.cut(&ctx.task_ctx(), &plan.schema(), target).await.unwrap();
+        let cut = scan
+            .cut(&ctx.task_ctx(), &plan.schema(), target)
+            .await
+            .unwrap();
         // A DataSourceExec hands its files out once: the whole scan from a fresh copy.
         let fresh = restricted(plan, &whole(&cut)).unwrap();
         let all = collect(fresh, ctx.task_ctx()).await.unwrap();
@@ -775,7 +859,10 @@ mod tests {
         for (seq, rows) in bounds.iter().enumerate() {
             let parts = cut.parts(seq).unwrap();
             assert_eq!(parts.rows, *rows);
-            assert_eq!(parts.parts.iter().map(|p| p.rows).sum::<u64>(), rows.end - rows.start);
+            assert_eq!(
+                parts.parts.iter().map(|p| p.rows).sum::<u64>(),
+                rows.end - rows.start
+            );
             let got = read_parts(plan, &parts, &plan.schema(), ctx.task_ctx())
                 .await
                 .unwrap();
@@ -797,9 +884,13 @@ mod tests {
                     location: f.location.clone(),
                     size: f.size,
                     modified_ns: f.modified_ns,
+                    e_tag: f.e_tag.clone(),
                     rows: f.rows,
                     range: if cut.parquet {
-                        PartRange::Rows { rows: 0..f.rows, of: f.rows }
+                        PartRange::Rows {
+                            rows: 0..f.rows,
+                            of: f.rows,
+                        }
                     } else {
                         PartRange::Bytes(0..f.size)
                     },
@@ -860,7 +951,10 @@ mod tests {
         use arrow::datatypes::{DataType, Field};
         let dir = tempfile::tempdir().unwrap();
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
-        for (name, ids, group) in [("a.parquet", 0..1000i64, 300), ("b.parquet", 1000..1500, 200)] {
+        for (name, ids, group) in [
+            ("a.parquet", 0..1000i64, 300),
+            ("b.parquet", 1000..1500, 200),
+        ] {
             let file = std::fs::File::create(dir.path().join(name)).unwrap();
             let props = parquet::file::properties::WriterProperties::builder()
                 .set_max_row_group_row_count(Some(group))
@@ -891,7 +985,59 @@ mod tests {
             assert!(cut.parts(0).is_some());
         }
         let cut = check_cut(&ctx, &plan, 5000).await;
-        assert!(cut.bounds().iter().any(|b| b.start < 1000 && b.end > 1000), "{:?}", cut.bounds());
+        assert!(
+            cut.bounds().iter().any(|b| b.start < 1000 && b.end > 1000),
+            "{:?}",
+            cut.bounds()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_after_the_cut_is_refused_when_its_part_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.csv");
+        std::fs::write(&path, "id\n1\n2\n3\n").unwrap();
+        let ctx = crate::input::job_session();
+        let spec = InputSpec::path("t", format!("{}/", dir.path().display()), InputFormat::Csv);
+        let plan = plan_of(&ctx, spec).await;
+        let cut = FileScan::of(&plan)
+            .unwrap()
+            .cut(&ctx.task_ctx(), &plan.schema(), 1)
+            .await
+            .unwrap();
+        assert_eq!(cut.len(), 3);
+        std::fs::write(&path, "id\n1\n2\n3\n4\n").unwrap();
+        let err = read_parts(
+            &plan,
+            &cut.parts(1).unwrap(),
+            &plan.schema(),
+            ctx.task_ctx(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("a.csv changed after the job was cut"), "{err}");
+    }
+
+    #[test]
+    fn a_query_or_a_compressed_file_is_not_a_file_scan_to_cut() {
+        // (The plans of `sql:` inputs are not offered; compressed text is refused here.)
+        let schema = Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+            "a",
+            arrow::datatypes::DataType::Utf8,
+            true,
+        )]));
+        let source = Arc::new(CsvSource::new(schema.clone()));
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+            .with_file_groups(vec![FileGroup::new(vec![PartitionedFile::new(
+                "a.csv.gz", 10,
+            )])])
+            .with_file_compression_type(FileCompressionType::GZIP)
+            .build();
+        let plan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+        assert!(FileScan::of(&plan).is_none());
+        let empty = datafusion::physical_plan::empty::EmptyExec::new(schema);
+        assert!(FileScan::of(&(Arc::new(empty) as Arc<dyn ExecutionPlan>)).is_none());
     }
 
     #[test]
@@ -903,6 +1049,7 @@ mod tests {
                 location: "d/a.csv".into(),
                 size: 10,
                 modified_ns: 5,
+                e_tag: None,
                 rows: 2,
                 range: PartRange::Bytes(3..10),
             }],
@@ -913,7 +1060,19 @@ mod tests {
         let mut touched = parts.clone();
         touched.parts[0].modified_ns = 6;
         assert_ne!(parts_fingerprint(id, &touched, &schema), base);
-        assert_ne!(parts_fingerprint(MiniBatchId::new(0, 1), &parts, &schema), base);
+        assert_ne!(
+            parts_fingerprint(MiniBatchId::new(0, 1), &parts, &schema),
+            base
+        );
         assert_eq!(parts_fingerprint(id, &parts.clone(), &schema), base);
+        // On object storage the entity tag is the identity: the same bytes uploaded again
+        // (a new modification time) are the same input.
+        let mut tagged = parts.clone();
+        tagged.parts[0].e_tag = Some("abc".into());
+        let tagged_base = parts_fingerprint(id, &tagged, &schema);
+        tagged.parts[0].modified_ns = 99;
+        assert_eq!(parts_fingerprint(id, &tagged, &schema), tagged_base);
+        tagged.parts[0].e_tag = Some("abd".into());
+        assert_ne!(parts_fingerprint(id, &tagged, &schema), tagged_base);
     }
 }

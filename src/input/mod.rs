@@ -26,7 +26,9 @@ pub mod remote;
 pub mod remote_files;
 
 pub use crate::session::{default_memory_limit, job_session, job_session_with};
-pub use file_scan::{parts_fingerprint, read_parts, FilePart, FileScan, PartRange, PartsInFiles, ScanCut};
+pub use file_scan::{
+    parts_fingerprint, read_parts, FilePart, FileScan, PartRange, PartsInFiles, ScanCut,
+};
 pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
 pub use formats::{listing_options, usual_extension};
 pub use local_files::FileListing;

@@ -63,6 +63,13 @@ struct State {
     stats: ReadAheadStats,
 }
 
+/// Marks a request (in `GetOptions::extensions`) that goes to the store as it is, neither
+/// served by the read-ahead nor changing its plan: the reads that cut an input into
+/// mini-batches before DataFusion reads it (a footer, the text scanned for record ends), which
+/// would otherwise come far ahead of the scan and use up the download budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotAhead;
+
 /// Counters, for tests and reports.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadAheadStats {
@@ -315,6 +322,7 @@ impl ReadAhead {
         options: &GetOptions,
     ) -> Option<object_store::Result<GetResult>> {
         let plain = !options.head
+            && options.extensions.get::<NotAhead>().is_none()
             && options.if_match.is_none()
             && options.if_none_match.is_none()
             && options.if_modified_since.is_none()

@@ -647,20 +647,42 @@ async fn a_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
     let dir = tempfile::tempdir().unwrap();
     write_csv(&dir.path().join("data/a.csv"), 0, 700);
     write_csv(&dir.path().join("data/b.csv"), 700, 500);
-    let job = write_job(
+    cluster_matches_local(
         dir.path(),
+        "inputs:\n  - {name: t, path: data/, format: csv}\n",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_json_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
+    let dir = tempfile::tempdir().unwrap();
+    write_json(&dir.path().join("data/a.json"), 0, 700);
+    write_json(&dir.path().join("data/b.json"), 700, 500);
+    cluster_matches_local(
+        dir.path(),
+        "inputs:\n  - {name: t, path: data/, format: json}\n",
+    )
+    .await;
+}
+
+/// Runs the echo job over `inputs` (1,200 rows in `dir`) locally and on an in-process cluster
+/// of 2 executors: the same mini-batches (ids and rows), records, counts and rows.
+async fn cluster_matches_local(dir: &Path, inputs: &str) {
+    let job = write_job(
+        dir,
         "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
          node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 4KB",
-        "inputs:\n  - {name: t, path: data/, format: csv}\n",
+        inputs,
     );
-    let local_out = dir.path().join("local");
+    let local_out = dir.join("local");
     let local = run_spec(&job, &[format!("output={}", local_out.display())]).await;
     assert!(local.succeeded(), "{local:?}");
 
     let address = tokio::time::timeout(Duration::from_secs(60), in_process_cluster(2))
         .await
         .expect("the cluster starts");
-    let cluster_out = dir.path().join("cluster");
+    let cluster_out = dir.join("cluster");
     let cluster = tokio::time::timeout(
         Duration::from_secs(180),
         run_spec(
@@ -693,7 +715,7 @@ async fn a_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
         lines.sort();
         lines
     };
-    assert_eq!(txt_ids(&cluster_out.join(file)).len(), 1200);
+    assert_eq!(lines(&cluster_out.join(file)).len(), 1200);
     assert_eq!(
         sorted(&cluster_out.join(file)),
         sorted(&local_out.join(file)),
@@ -1969,6 +1991,99 @@ fn a_cluster_job_writes_its_output_to_object_storage() {
         assert!(
             row["process"].contains(&node) || row["process"].contains(&other),
             "{row:?}"
+        );
+    }
+}
+
+#[test]
+fn a_cluster_job_reads_parquet_and_csv_on_object_storage_by_descriptor() {
+    use crate::object_store::store::{shared, unique};
+    let store = shared(crate::servers::Kind::S3);
+    let (_scheduler, address) = start_scheduler();
+    let env = store.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let _executors = registered_executors_with(&address, 2, &envs);
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("cluster-in");
+    let upload = dir.path().join("upload");
+    write_parquet(&upload.join("p/a.parquet"), 0, 600, 250);
+    write_parquet(&upload.join("p/b.parquet"), 600, 400, 150);
+    write_csv(&upload.join("c/t.csv"), 1000, 500);
+    store.upload_dir(&upload, &prefix);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 4KB",
+        &format!(
+            "inputs:\n  - {{name: p, path: \"{}\", format: parquet}}\n  \
+             - {{name: c, path: \"{}\", format: csv}}\n{}",
+            store.url(&format!("{prefix}/p/")),
+            store.url(&format!("{prefix}/c/t.csv")),
+            store.storage_options("")
+        ),
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", &job, "-q", "--output", "cluster", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+
+    let file = "parallel_run_step.txt";
+    let sorted = |path: &Path| {
+        let mut lines = lines(path);
+        lines.sort();
+        lines
+    };
+    let cluster = sorted(&dir.path().join("cluster").join(file));
+    assert_eq!(cluster.len(), 1500);
+    assert_eq!(cluster, sorted(&dir.path().join("local").join(file)));
+    // The same mini-batches of both inputs (ids and rows), run by the executors.
+    let ids = |out: &Path| {
+        let mut ids: Vec<(String, String, String)> = processed(out)
+            .into_iter()
+            .map(|r| {
+                (
+                    r["mini_batch_id"].clone(),
+                    r["rows"].clone(),
+                    r["process"].clone(),
+                )
+            })
+            .collect();
+        ids.sort();
+        ids
+    };
+    let local = ids(&dir.path().join("local"));
+    let on_cluster = ids(&dir.path().join("cluster"));
+    let without_process = |ids: &[(String, String, String)]| -> Vec<(String, String)> {
+        ids.iter().map(|(i, r, _)| (i.clone(), r.clone())).collect()
+    };
+    assert_eq!(without_process(&on_cluster), without_process(&local));
+    assert!(
+        local.iter().any(|(id, _, _)| id.starts_with("0-")),
+        "{local:?}"
+    );
+    assert!(
+        local.iter().any(|(id, _, _)| id.starts_with("1-")),
+        "{local:?}"
+    );
+    // A mini-batch spans the two Parquet files' boundary (row 600), as the footers cut it.
+    assert!(
+        local.iter().any(|(id, rows, _)| id.starts_with("0-") && {
+            let (a, b) = rows.split_once("..").unwrap();
+            a.parse::<u64>().unwrap() < 600 && b.parse::<u64>().unwrap() > 600
+        }),
+        "{local:?}"
+    );
+    for (_, _, process) in &on_cluster {
+        assert!(
+            !process.starts_with("process"),
+            "run by an executor: {process}"
         );
     }
 }

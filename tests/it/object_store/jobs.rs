@@ -104,13 +104,16 @@ pub fn slow_tabular_job(store: &Store, dir: &Path, output: &str, options: &str) 
     for i in 0..16 {
         write_parquet(&data.join(format!("p{i:02}.parquet")), i * 50, 50, 50);
     }
-    store.upload_dir(&data, "in");
+    // Under a prefix of its own: tests running beside it upload the same files, which would
+    // be new objects (a new modification time) under a shared one.
+    let prefix = format!("{}/in", super::store::unique("tabular"));
+    store.upload_dir(&data, &prefix);
     echo_job(
         dir,
         "mini_batch_size: 1KB",
         &format!(
             "inputs:\n  - {{name: rows, path: \"{}\", format: parquet}}\noutput: \"{output}\"\narguments: [--sleep-ms, \"120\"]\n{}",
-            store.url("in/"),
+            store.url(&format!("{prefix}/")),
             store.storage_options(options)
         ),
     )
