@@ -1,4 +1,5 @@
-//! Micro-benchmarks: mini-batch cutting throughput, the engine's per-mini-batch overhead with
+//! Micro-benchmarks: mini-batch cutting throughput (of decoded batches, and of CSV text by
+//! its record ends, beside DataFusion decoding the same CSV), the engine's per-mini-batch overhead with
 //! a no-op in-process Rust runner and with a no-op Python runner, and the Arrow IPC round trip
 //! to a Python worker. `cargo bench --bench engine` (about two minutes).
 //!
@@ -67,6 +68,68 @@ fn chunking(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+}
+
+/// A CSV file of about 64 MB in `dir` (an id, a float, a quoted text with a comma): what the
+/// text cut reads.
+fn csv_file(dir: &std::path::Path) -> u64 {
+    use std::io::Write;
+    let path = dir.join("t.csv");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("bench csv"));
+    writeln!(out, "id,f0,text").expect("bench csv");
+    for i in 0..1_000_000u64 {
+        writeln!(
+            out,
+            "{i},{},\"some words, of text for row {i}\"",
+            i as f64 * 0.37
+        )
+        .expect("bench csv");
+    }
+    out.flush().expect("bench csv");
+    std::fs::metadata(&path).expect("bench csv").len()
+}
+
+fn text_cut(c: &mut Criterion) {
+    use datafusion::physical_plan::ExecutionPlan;
+    use parallel_run::config::{InputFormat, InputSpec};
+    let dir = tempfile::tempdir().expect("bench dir");
+    let bytes = csv_file(dir.path());
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ctx = parallel_run::input::job_session();
+    let spec = InputSpec::path("t", format!("{}/", dir.path().display()), InputFormat::Csv);
+    let plan: Arc<dyn ExecutionPlan> = runtime.block_on(async {
+        let prepared = parallel_run::input::register_inputs(&ctx, &[spec])
+            .await
+            .expect("register");
+        ctx.state()
+            .create_physical_plan(&prepared[0].plan)
+            .await
+            .expect("plan")
+    });
+    let mut group = c.benchmark_group("csv_64MB");
+    group.sample_size(10);
+    group.throughput(Throughput::Bytes(bytes));
+    group.bench_function("cut_by_record_ends_1MB", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let scan = parallel_run::input::FileScan::of(&plan).expect("a file scan");
+                scan.cut(&ctx.task_ctx(), &plan.schema(), 1 << 20)
+                    .await
+                    .expect("cut")
+                    .len()
+            })
+        })
+    });
+    group.bench_function("decode_with_datafusion", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let df = ctx.table("t").await.expect("table");
+                let batches = df.collect().await.expect("decode");
+                batches.iter().map(|b| b.num_rows()).sum::<usize>()
+            })
+        })
+    });
     group.finish();
 }
 
@@ -284,6 +347,7 @@ fn python_ipc_round_trip(c: &mut Criterion) {
 criterion_group!(
     benches,
     chunking,
+    text_cut,
     engine_overhead,
     python_overhead,
     python_ipc_round_trip

@@ -155,6 +155,7 @@ impl FooterCut {
                 scan.footer_cut(target_bytes),
             ),
             (None, Some(scan)) => {
+                let started = std::time::Instant::now();
                 let cut = scan
                     .cut(context, &plan.schema(), target_bytes)
                     .await
@@ -164,6 +165,13 @@ impl FooterCut {
                         message: e.to_string(),
                     })?;
                 let bounds = cut.bounds();
+                tracing::info!(
+                    "input {input:?}: cut into {} mini-batches from {} files ({} bytes) in {} ms",
+                    bounds.len(),
+                    cut.files(),
+                    cut.bytes(),
+                    started.elapsed().as_millis()
+                );
                 (Locate::Parts(cut), bounds)
             }
             (None, None) => return Ok(None),
@@ -377,10 +385,20 @@ impl FooterCut {
         PrsError::Input {
             input: self.input.to_string(),
             location: "scan".into(),
-            message: format!(
-                "{what}: a file changed while the job ran; inputs must not change while a \
-                 job runs"
-            ),
+            message: match self.locate {
+                Locate::Footer(_) => format!(
+                    "{what}: a file changed while the job ran; inputs must not change while a \
+                     job runs"
+                ),
+                Locate::Parts(_) => format!(
+                    "{what}: a file changed while the job ran, or its text holds records the \
+                     cut does not see as DataFusion reads them (the cut counts one record per \
+                     non-blank line of JSON, and CSV records by their line ends outside \
+                     quotes: e.g. two JSON objects on one line, or a line ending in \\r alone, \
+                     are not). Inputs must not change while a job runs; fix the file, or read \
+                     the input through a sql: input (cut as it is read)"
+                ),
+            },
         }
     }
 

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
@@ -42,8 +43,11 @@ use datafusion::execution::TaskContext;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
-use futures::StreamExt;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{
+    GetOptions, GetRange, GetResult, GetResultPayload, ObjectMeta, ObjectStore, ObjectStoreExt,
+};
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
@@ -89,6 +93,41 @@ async fn parquet_footer(store: &dyn ObjectStore, meta: &ObjectMeta) -> DFResult<
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// The bytes of a GET, in chunks: a local file in large reads on a blocking thread (the
+/// store's own stream reads 8 KiB at a time, one blocking task each), a remote body as it
+/// comes.
+fn text_chunks(result: GetResult) -> BoxStream<'static, DFResult<Bytes>> {
+    const READ: usize = 4 * 1024 * 1024;
+    match result.payload {
+        GetResultPayload::File(file, _) => futures::stream::unfold(Some(file), |file| async move {
+            let mut file = file?;
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; READ];
+                let mut filled = 0;
+                while filled < READ {
+                    match std::io::Read::read(&mut file, &mut buf[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(filled);
+                Ok((file, buf))
+            })
+            .await;
+            match read {
+                Ok(Ok((_, buf))) if buf.is_empty() => None,
+                Ok(Ok((file, buf))) => Some((Ok(Bytes::from(buf)), Some(file))),
+                Ok(Err(e)) => Some((Err(DataFusionError::IoError(e)), None)),
+                Err(e) => Some((Err(DataFusionError::External(Box::new(e))), None)),
+            }
+        })
+        .boxed(),
+        GetResultPayload::Stream(stream) => stream.map_err(DataFusionError::from).boxed(),
     }
 }
 
@@ -266,12 +305,10 @@ impl FileScan {
                 let mut cutter = Cutter::new(target_bytes);
                 for (i, meta) in self.files.iter().enumerate() {
                     let mut lines = Lines::new(syntax);
-                    let mut stream = store
-                        .get_opts(&meta.location, cutting_read(None))
-                        .await?
-                        .into_stream();
+                    let mut chunks =
+                        text_chunks(store.get_opts(&meta.location, cutting_read(None)).await?);
                     let mut at = 0u64;
-                    while let Some(chunk) = stream.next().await {
+                    while let Some(chunk) = chunks.next().await {
                         let chunk = chunk?;
                         lines.feed(&chunk, at, |start, end| cutter.record(i as u32, start, end));
                         at += chunk.len() as u64;
@@ -391,6 +428,16 @@ impl ScanCut {
     /// The number of mini-batches.
     pub fn len(&self) -> usize {
         self.batches.len()
+    }
+
+    /// The number of files.
+    pub fn files(&self) -> usize {
+        self.files.len()
+    }
+
+    /// The files' bytes.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum()
     }
 
     /// Whether there are none.
