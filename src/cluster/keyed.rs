@@ -53,6 +53,12 @@ pub async fn run_keyed_on_cluster(
     }
     let keys = spec.settings().partition_keys.clone();
     let partitions = spec.settings().workers.max(1);
+    let spec = Arc::new(
+        spec.as_ref()
+            .clone()
+            .with_shared(shared.clone())
+            .with_input_storage(storage_options),
+    );
     // The plan: one sorted, hash-partitioned child per input.
     let mut children = Vec::with_capacity(inputs.len());
     let mut rows = Vec::with_capacity(inputs.len());
@@ -66,9 +72,10 @@ pub async fn run_keyed_on_cluster(
                 target,
                 format!(
                     "the inputs of this partition_keys job that travel with their rows add \
-                     up to more than the {} MiB a cluster plan carries (only local Parquet \
-                     files are read by the executors themselves): give them as local \
-                     Parquet files, or run the job locally (compute_target: local)",
+                     up to more than the {} MiB a cluster plan carries (only inputs declared \
+                     as Parquet, CSV or JSON files are read by the executors themselves): \
+                     declare them as files (not a sql: input, no path columns), or run the \
+                     job locally (compute_target: local)",
                     CARRIED_LIMIT_BYTES / (1024 * 1024)
                 ),
             ));
@@ -78,6 +85,7 @@ pub async fn run_keyed_on_cluster(
             leaf,
             &info.name,
             plan.schema(),
+            spec.scan_source(&info.name),
             &keys,
             partitions,
         )?);
@@ -108,7 +116,6 @@ pub async fn run_keyed_on_cluster(
         staging.write_resume_skips(&listed).await?;
     }
 
-    let spec = Arc::new(spec.as_ref().clone().with_shared(shared));
     let mut job = submit_plan(host_port, &spec, ExecMode::Keyed, children).await?;
     let job_id = job.id().to_string();
     // A later run of this output stops this job if this driver crashes.

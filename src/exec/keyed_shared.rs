@@ -60,10 +60,12 @@ use crate::exec::manifest::{batch_from_ipc, ipc_bytes};
 use crate::exec::recut::local_scan;
 use crate::exec::shared::SharedStaging;
 use crate::exec::state::JobState;
-use crate::input::{RowsInFiles, RowsReader};
+use crate::input::{
+    FileScan, PartsInFiles, PartsReader, ReadFrom, RowsInFiles, RowsReader, ScanSource,
+};
 
-/// The most bytes of rows a keyed job's inputs carry in the plan (the inputs other than
-/// local Parquet files travel with their rows): Ballista's gRPC messages are limited to
+/// The most bytes of rows a keyed job's inputs carry in the plan (the inputs not read by the
+/// executors as row ranges or file parts travel with their rows): Ballista's gRPC messages are limited to
 /// 16 MiB, and the plan has more than these rows in it. (An unkeyed job's manifest has no
 /// such cap: it goes to the shared staging area in segments.)
 pub const CARRIED_LIMIT_BYTES: usize = 12 * 1024 * 1024;
@@ -88,6 +90,9 @@ pub struct RowChunk {
 pub enum ChunkRows {
     /// In local Parquet files every node sees.
     Read(RowsInFiles),
+    /// In parts of the files of a declared input (CSV and JSON byte ranges, Parquet on
+    /// object storage).
+    Parts(PartsInFiles),
     /// Here (the rows themselves).
     Carried(RecordBatch),
 }
@@ -113,7 +118,9 @@ pub fn chunk_schema() -> SchemaRef {
 }
 
 /// Cuts input `info` (read through `plan`) into row chunks: a local Parquet input from its
-/// footers (nothing is read), any other input by reading it here in order.
+/// footers (nothing is read), a declared CSV, JSON or Parquet-through-a-store input into file
+/// parts (its text scanned for record ends, or its footers), any other input by reading it
+/// here in order.
 pub async fn cut_rows(
     plan: &Arc<dyn ExecutionPlan>,
     info: &InputInfo,
@@ -129,6 +136,32 @@ pub async fn cut_rows(
                 rows: ChunkRows::Read(locator.locate(start..(start + CHUNK_ROWS).min(rows))),
             })
             .collect();
+        return Ok(CutInput {
+            chunks,
+            rows,
+            carried_bytes: 0,
+        });
+    }
+    if let Some(scan) = FileScan::of(plan).filter(|_| info.source.is_some()) {
+        let cut = scan
+            .cut(context, &plan.schema(), CHUNK_BYTES as u64)
+            .await
+            .map_err(|e| PrsError::Input {
+                input: info.name.clone(),
+                location: "cutting the input for the cluster".into(),
+                message: e.to_string(),
+            })?;
+        let chunks: Vec<RowChunk> = (0..cut.len())
+            .filter_map(|seq| cut.parts(seq))
+            .map(|parts| RowChunk {
+                first_row: parts.rows.start,
+                rows: ChunkRows::Parts(parts),
+            })
+            .collect();
+        let rows = chunks.last().map_or(0, |c| match &c.rows {
+            ChunkRows::Parts(parts) => parts.rows.end,
+            _ => 0,
+        });
         return Ok(CutInput {
             chunks,
             rows,
@@ -152,10 +185,11 @@ pub async fn cut_rows(
                 "compute_target",
                 &info.name,
                 format!(
-                    "input {:?} of this partition_keys job travels with its rows (only local \
-                     Parquet files are read by the executors themselves), and it is larger \
-                     than the {} MiB a cluster plan carries: give it as local Parquet files, \
-                     or run the job locally (compute_target: local)",
+                    "input {:?} of this partition_keys job travels with its rows (only inputs \
+                     declared as Parquet, CSV or JSON files are read by the executors \
+                     themselves), and it is larger than the {} MiB a cluster plan carries: \
+                     declare it as files (not a sql: input, no path columns), or run the job \
+                     locally (compute_target: local)",
                     info.name,
                     CARRIED_LIMIT_BYTES / (1024 * 1024)
                 ),
@@ -227,9 +261,11 @@ fn chunk_batch(chunks: &[&RowChunk]) -> Result<RecordBatch> {
         first.push(chunk.first_row);
         match &chunk.rows {
             ChunkRows::Read(read) => {
-                reads.push(Some(serde_json::to_string(read).map_err(|e| {
-                    chunk_error(format!("a chunk cannot be encoded: {e}"))
-                })?));
+                reads.push(Some(chunk_json(&ReadFrom::Rows(read.clone()))?));
+                rows.push(None);
+            }
+            ChunkRows::Parts(parts) => {
+                reads.push(Some(chunk_json(&ReadFrom::Parts(parts.clone()))?));
                 rows.push(None);
             }
             ChunkRows::Carried(batch) => {
@@ -246,6 +282,10 @@ fn chunk_batch(chunks: &[&RowChunk]) -> Result<RecordBatch> {
         )),
     ];
     Ok(RecordBatch::try_new(chunk_schema(), columns)?)
+}
+
+fn chunk_json(read: &ReadFrom) -> Result<String> {
+    serde_json::to_string(read).map_err(|e| chunk_error(format!("a chunk cannot be encoded: {e}")))
 }
 
 fn read_chunks(batch: &RecordBatch) -> Result<Vec<RowChunk>> {
@@ -269,10 +309,12 @@ fn read_chunks(batch: &RecordBatch) -> Result<Vec<RowChunk>> {
     let mut out = Vec::with_capacity(batch.num_rows());
     for i in 0..batch.num_rows() {
         let chunk_rows = if reads.is_valid(i) {
-            ChunkRows::Read(
-                serde_json::from_str(reads.value(i))
-                    .map_err(|e| chunk_error(format!("bad chunk: {e}")))?,
-            )
+            match serde_json::from_str(reads.value(i))
+                .map_err(|e| chunk_error(format!("bad chunk: {e}")))?
+            {
+                ReadFrom::Rows(read) => ChunkRows::Read(read),
+                ReadFrom::Parts(parts) => ChunkRows::Parts(parts),
+            }
         } else {
             ChunkRows::Carried(batch_from_ipc(rows.value(i))?)
         };
@@ -300,11 +342,13 @@ pub fn keyed_input_plan(
     leaf: Arc<dyn ExecutionPlan>,
     input: &str,
     schema: SchemaRef,
+    source: Option<ScanSource>,
     keys: &[String],
     partitions: usize,
 ) -> Result<Arc<dyn ExecutionPlan>> {
     check_keys(input, &schema, keys)?;
-    let read: Arc<dyn ExecutionPlan> = Arc::new(KeyedReadExec::new(leaf, input, schema));
+    let read: Arc<dyn ExecutionPlan> =
+        Arc::new(KeyedReadExec::new(leaf, input, schema).with_source(source));
     let numbered = read.schema();
     let column = |name: &str| -> Result<Arc<dyn PhysicalExpr>> {
         Ok(Arc::new(Column::new_with_schema(name, &numbered)?))
@@ -334,6 +378,8 @@ pub struct KeyedReadExec {
     input: String,
     /// The input's rows as the job reads them (the chunks' rows).
     rows_schema: SchemaRef,
+    /// How to open the input for chunks of file parts.
+    source: Option<ScanSource>,
     properties: Arc<PlanProperties>,
 }
 
@@ -366,18 +412,29 @@ impl KeyedReadExec {
             leaf,
             input: input.to_string(),
             rows_schema,
+            source: None,
             properties,
         }
     }
 
-    /// Its bytes for the cluster codec: the input's name and rows schema (the leaf travels
-    /// as the node's child).
+    /// The same node, opening the input from `source` for chunks of file parts.
+    pub fn with_source(mut self, source: Option<ScanSource>) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Its bytes for the cluster codec: the input's name, its source (JSON) and rows schema
+    /// (the leaf travels as the node's child).
     pub fn encode(&self) -> Result<Vec<u8>> {
-        let name = self.input.as_bytes();
-        let length = u32::try_from(name.len())
-            .map_err(|_| chunk_error(format!("input name {:?} is too long", self.input)))?;
-        let mut out = length.to_le_bytes().to_vec();
-        out.extend_from_slice(name);
+        let mut out = Vec::new();
+        let source = serde_json::to_vec(&self.source)
+            .map_err(|e| chunk_error(format!("the input's source cannot be encoded: {e}")))?;
+        for field in [self.input.as_bytes(), &source] {
+            let length = u32::try_from(field.len())
+                .map_err(|_| chunk_error(format!("input {:?} is too long", self.input)))?;
+            out.extend_from_slice(&length.to_le_bytes());
+            out.extend_from_slice(field);
+        }
         out.extend_from_slice(&ipc_bytes(&RecordBatch::new_empty(
             self.rows_schema.clone(),
         ))?);
@@ -387,14 +444,20 @@ impl KeyedReadExec {
     /// The node of [`KeyedReadExec::encode`]'s bytes over `leaf`.
     pub fn decode(bytes: &[u8], leaf: Arc<dyn ExecutionPlan>) -> Result<Self> {
         let short = || chunk_error("the encoded KeyedReadExec is cut short".into());
-        let (length, rest) = bytes.split_at_checked(4).ok_or_else(short)?;
-        let length: [u8; 4] = length.try_into().map_err(|_| short())?;
-        let (name, schema) = rest
-            .split_at_checked(u32::from_le_bytes(length) as usize)
-            .ok_or_else(short)?;
-        let name = std::str::from_utf8(name).map_err(|_| short())?;
-        let schema = batch_from_ipc(schema)?.schema();
-        Ok(KeyedReadExec::new(leaf, name, schema))
+        let field = |bytes: &'_ [u8]| -> Result<(Vec<u8>, usize)> {
+            let (length, rest) = bytes.split_at_checked(4).ok_or_else(short)?;
+            let length: [u8; 4] = length.try_into().map_err(|_| short())?;
+            let length = u32::from_le_bytes(length) as usize;
+            let value = rest.get(..length).ok_or_else(short)?;
+            Ok((value.to_vec(), 4 + length))
+        };
+        let (name, used) = field(bytes)?;
+        let (source, more) = field(&bytes[used..])?;
+        let name = String::from_utf8(name).map_err(|_| short())?;
+        let source: Option<ScanSource> = serde_json::from_slice(&source)
+            .map_err(|e| chunk_error(format!("the input's source cannot be decoded: {e}")))?;
+        let schema = batch_from_ipc(&bytes[used + more..])?.schema();
+        Ok(KeyedReadExec::new(leaf, &name, schema).with_source(source))
     }
 }
 
@@ -438,11 +501,10 @@ impl ExecutionPlan for KeyedReadExec {
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         match children.pop() {
             // Ballista restricts the leaf to a task's partitions: the count follows.
-            Some(leaf) if children.is_empty() => Ok(Arc::new(KeyedReadExec::new(
-                leaf,
-                &self.input,
-                self.rows_schema.clone(),
-            ))),
+            Some(leaf) if children.is_empty() => Ok(Arc::new(
+                KeyedReadExec::new(leaf, &self.input, self.rows_schema.clone())
+                    .with_source(self.source.clone()),
+            )),
             _ => datafusion::common::internal_err!("KeyedReadExec takes one child"),
         }
     }
@@ -458,6 +520,7 @@ impl ExecutionPlan for KeyedReadExec {
             leaf: Some(leaf),
             chunks: VecDeque::new(),
             reader: None,
+            parts: self.source.clone().map(PartsReader::new),
             rows_schema: self.rows_schema.clone(),
             schema: schema.clone(),
             input: self.input.clone(),
@@ -484,6 +547,8 @@ struct ReadState {
     leaf: Option<SendableRecordBatchStream>,
     chunks: VecDeque<RowChunk>,
     reader: Option<RowsReader>,
+    /// The reader of chunks of file parts.
+    parts: Option<PartsReader>,
     rows_schema: SchemaRef,
     schema: SchemaRef,
     input: String,
@@ -503,7 +568,7 @@ impl ReadState {
                 .iter()
                 .filter_map(|c| match &c.rows {
                     ChunkRows::Read(read) => Some(read.clone()),
-                    ChunkRows::Carried(_) => None,
+                    ChunkRows::Parts(_) | ChunkRows::Carried(_) => None,
                 })
                 .collect();
             self.reader = Some(RowsReader::new(self.rows_schema.clone(), &reads));
@@ -513,6 +578,31 @@ impl ReadState {
         };
         let rows = match chunk.rows {
             ChunkRows::Carried(batch) => batch,
+            ChunkRows::Parts(parts) => {
+                let at = || format!("rows from {} on this executor", chunk.first_row);
+                let Some(reader) = self.parts.as_mut() else {
+                    return Err(PrsError::Input {
+                        input: self.input.clone(),
+                        location: at(),
+                        message: "the plan does not say how to open the input: the driver and \
+                                  this executor run different parallel-run versions"
+                            .into(),
+                    }
+                    .into_datafusion());
+                };
+                reader
+                    .read(&parts, &self.rows_schema)
+                    .await
+                    .map_err(|e| match e {
+                        PrsError::Input { input, message, .. } => PrsError::Input {
+                            input,
+                            location: at(),
+                            message,
+                        },
+                        e => e,
+                    })
+                    .map_err(PrsError::into_datafusion)?
+            }
             ChunkRows::Read(read) => {
                 let mut reader = self
                     .reader
@@ -751,5 +841,67 @@ mod tests {
             }
         }
         assert_eq!(numbered, vec![(10, 0), (11, 1), (12, 2), (13, 3), (14, 4)]);
+    }
+
+    #[tokio::test]
+    async fn a_declared_csv_input_is_cut_into_file_parts_read_back_through_the_codec() {
+        use crate::config::{InputFormat, InputSpec};
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = String::from("id,word\n");
+        for i in 0..3000 {
+            text.push_str(&format!("{i},\"w{i}, quoted\"\n"));
+        }
+        std::fs::write(dir.path().join("a.csv"), &text).unwrap();
+        std::fs::write(dir.path().join("b.csv"), "id,word\n3000,last\n").unwrap();
+        let ctx = crate::input::job_session();
+        let spec = InputSpec::path("t", format!("{}/", dir.path().display()), InputFormat::Csv);
+        let prepared = crate::input::register_inputs(&ctx, std::slice::from_ref(&spec))
+            .await
+            .unwrap();
+        let plan = ctx
+            .state()
+            .create_physical_plan(&prepared[0].plan)
+            .await
+            .unwrap();
+        let info = prepared[0].info.clone();
+        assert!(info.source.is_some());
+        let cut = cut_rows(&plan, &info, &ctx.task_ctx()).await.unwrap();
+        assert_eq!((cut.rows, cut.carried_bytes), (3001, 0));
+        assert!(cut
+            .chunks
+            .iter()
+            .all(|c| matches!(c.rows, ChunkRows::Parts(_))));
+        // A query's plan (no declaration) still travels with its rows.
+        let mut query = info.clone();
+        query.source = None;
+        let carried = cut_rows(&plan, &query, &ctx.task_ctx()).await.unwrap();
+        assert!(carried.carried_bytes > 0);
+
+        let source = ScanSource {
+            input: spec,
+            storage: Default::default(),
+        };
+        let leaf = chunk_leaf(&cut.chunks, 2).unwrap();
+        let read = KeyedReadExec::new(leaf.clone(), "t", plan.schema()).with_source(Some(source));
+        let back = KeyedReadExec::decode(&read.encode().unwrap(), leaf).unwrap();
+        assert_eq!(back.source, read.source);
+        let mut numbered = Vec::new();
+        for p in 0..back.properties().partitioning.partition_count() {
+            let batches: Vec<RecordBatch> = back
+                .execute(p, ctx.task_ctx())
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect()
+                .await;
+            for b in batches {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let rows = b.column(2).as_any().downcast_ref::<UInt64Array>().unwrap();
+                for i in 0..b.num_rows() {
+                    numbered.push((ids.value(i), rows.value(i)));
+                }
+            }
+        }
+        let expected: Vec<(i64, u64)> = (0..3001).map(|i| (i as i64, i as u64)).collect();
+        assert_eq!(numbered, expected);
     }
 }

@@ -41,7 +41,7 @@ use crate::exec::spec::OperatorSpec;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
 use crate::input::{
-    footer_fingerprint, parts_fingerprint, read_parts, PartsInFiles, ReadFrom, RowsInFiles,
+    footer_fingerprint, parts_fingerprint, PartsInFiles, PartsReader, ReadFrom, RowsInFiles,
     RowsReader,
 };
 
@@ -680,19 +680,18 @@ impl RowReaders {
     }
 }
 
-/// The readers of the inputs an executor reads as parts of files ([`ReadFrom::Parts`]):
-/// each input's plan, made once per task from its declarative source with the job's storage
-/// options, exactly as the driver made it; restricted to each mini-batch's parts.
+/// The readers of the inputs an executor reads as parts of files ([`ReadFrom::Parts`]), one
+/// per input, made from the spec's declarations and storage options.
 struct ScanReaders {
     spec: Arc<OperatorSpec>,
-    plans: HashMap<String, (datafusion::prelude::SessionContext, Arc<dyn ExecutionPlan>)>,
+    readers: HashMap<String, PartsReader>,
 }
 
 impl ScanReaders {
     fn new(spec: Arc<OperatorSpec>) -> Self {
         ScanReaders {
             spec,
-            plans: HashMap::new(),
+            readers: HashMap::new(),
         }
     }
 
@@ -711,85 +710,33 @@ impl ScanReaders {
             location: format!("mini batch {id} on this executor"),
             message,
         };
-        let (ctx, plan) = self.plan(&input).await?;
         let schema = mini_batch.data.schema();
-        if plan.schema().fields() != schema.fields() {
-            return Err(here_error(format!(
-                "the input's columns here ({}) are not the driver's ({}): the input files \
-                 differ between the nodes",
-                field_list(&plan.schema()),
-                field_list(&schema)
-            )));
-        }
-        let here = parts_fingerprint(mini_batch.id, &parts, &schema);
-        if here != fingerprint {
+        if parts_fingerprint(mini_batch.id, &parts, &schema) != fingerprint {
             return Err(here_error(
                 "its descriptor does not match the fingerprint the driver cut: the manifest \
                  was changed during the job"
                     .into(),
             ));
         }
-        mini_batch.data = read_parts(&plan, &parts, &schema, ctx.task_ctx())
-            .await
-            .map_err(|e| here_error(e.to_string()))?;
+        let reader = match self.readers.entry(input.clone()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let source = self.spec.scan_source(&input).ok_or_else(|| {
+                    here_error(
+                        "the plan names no file-backed input of this name: the driver and \
+                         this executor run different parallel-run versions"
+                            .into(),
+                    )
+                })?;
+                e.insert(PartsReader::new(source))
+            }
+        };
+        mini_batch.data = reader.read(&parts, &schema).await.map_err(|e| match e {
+            PrsError::Input { message, .. } => here_error(message),
+            e => e,
+        })?;
         Ok(mini_batch)
     }
-
-    /// The plan of `input`, made on the first call.
-    async fn plan(
-        &mut self,
-        input: &str,
-    ) -> Result<(datafusion::prelude::SessionContext, Arc<dyn ExecutionPlan>)> {
-        if let Some(made) = self.plans.get(input) {
-            return Ok(made.clone());
-        }
-        let source = self
-            .spec
-            .inputs()
-            .iter()
-            .find(|i| i.name == input)
-            .and_then(|i| i.source.clone())
-            .ok_or_else(|| PrsError::Input {
-                input: input.to_string(),
-                location: "this executor".into(),
-                message: "the plan names no file-backed input of this name: the driver and \
-                          this executor run different parallel-run versions"
-                    .into(),
-            })?;
-        let ctx = crate::input::job_session();
-        // (Its read-ahead is never started: only the parts are read, with ranged requests.)
-        let storage = crate::storage::StorageContext::new(self.spec.input_storage(), None);
-        let prepared = crate::input::register_inputs_with(&ctx, &[source], &storage).await?;
-        let logical = prepared
-            .first()
-            .map(|p| p.plan.clone())
-            .ok_or_else(|| PrsError::Input {
-                input: input.to_string(),
-                location: "this executor".into(),
-                message: "the input registers no table here".into(),
-            })?;
-        let plan = ctx
-            .state()
-            .create_physical_plan(&logical)
-            .await
-            .map_err(|e| PrsError::Input {
-                input: input.to_string(),
-                location: "this executor".into(),
-                message: format!("its plan cannot be made here: {e}"),
-            })?;
-        self.plans
-            .insert(input.to_string(), (ctx.clone(), plan.clone()));
-        Ok((ctx, plan))
-    }
-}
-
-fn field_list(schema: &Schema) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// An Arrow IPC stream of one batch.

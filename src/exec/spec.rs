@@ -26,6 +26,7 @@ use crate::config::{JobSettings, StorageOptions};
 use crate::error::{PrsError, Result};
 use crate::exec::shared::SharedLocation;
 use crate::exec::{InputInfo, RunSettings};
+use crate::input::ScanSource;
 
 /// The name of the wire format, checked on decoding.
 const FORMAT: &str = "parallel-run/operator-spec";
@@ -120,6 +121,22 @@ impl OperatorSpec {
     /// [`OperatorSpec::with_input_storage`]).
     pub fn input_storage(&self) -> StorageOptions {
         StorageOptions::from_entries(self.input_storage.clone())
+    }
+
+    /// How an executor opens input `name` to read its parts (see
+    /// [`crate::input::PartsReader`]): its declaration and the storage options without
+    /// secrets; `None` when the input has no declaration.
+    pub fn scan_source(&self, name: &str) -> Option<ScanSource> {
+        let input = self
+            .inputs
+            .iter()
+            .find(|i| i.name == name)?
+            .source
+            .clone()?;
+        Some(ScanSource {
+            input,
+            storage: self.input_storage.clone(),
+        })
     }
 
     /// The same spec as the run `run` of a cluster job (see [`OperatorSpec::run`]).

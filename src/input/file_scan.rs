@@ -22,6 +22,7 @@
 //! driver listed. The fingerprint of a mini-batch ([`parts_fingerprint`]) is made of its id,
 //! rows, the columns read and the identity of the file parts: no data.
 
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -54,9 +55,13 @@ use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 use sha2::{Digest, Sha256};
 
 use crate::batch::MiniBatchId;
+use crate::config::{InputSpec, StorageOptions};
+use crate::error::{PrsError, Result};
 use crate::input::footer_cut;
-use crate::input::local_parquet::{group_sizes, ParquetFile, RowLocator};
+use crate::input::local_parquet::{group_sizes, hash_columns, ParquetFile, RowLocator};
 use crate::storage::read_ahead::NotAhead;
+use crate::storage::StorageContext;
+use datafusion::prelude::SessionContext;
 
 /// The options of a read that cuts an input: straight to the store, past the read-ahead (see
 /// [`NotAhead`]).
@@ -714,12 +719,7 @@ pub fn parts_fingerprint(id: MiniBatchId, parts: &PartsInFiles, schema: &Schema)
     hash.update(id.to_string().as_bytes());
     hash.update(parts.rows.start.to_le_bytes());
     hash.update(parts.rows.end.to_le_bytes());
-    for field in schema.fields() {
-        hash.update(field.name().as_bytes());
-        hash.update([0x1f]);
-        hash.update(field.data_type().to_string().as_bytes());
-        hash.update([0x1e]);
-    }
+    hash_columns(&mut hash, schema);
     hash.update(parts.store.as_bytes());
     for part in &parts.parts {
         hash.update([0x1d]);
@@ -807,6 +807,95 @@ fn partitioned_file(part: &FilePart) -> PartitionedFile {
             file.with_extension(ParquetRowSelection::new(RowSelection::from(selectors)))
         }
     }
+}
+
+/// How an executor opens a declared input to read its parts: the input's declaration (path or
+/// URL, format, CSV options) and the job's storage options without their secrets (each
+/// executor takes those from its own environment).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanSource {
+    /// The input as the job declares it.
+    pub input: InputSpec,
+    /// `storage_options` without secret values.
+    pub storage: BTreeMap<String, String>,
+}
+
+/// Reads the parts of one input on an executor ([`read_parts`]): the input's plan is made once,
+/// from its declaration, exactly as the driver made it.
+pub struct PartsReader {
+    source: ScanSource,
+    made: Option<(SessionContext, Arc<dyn ExecutionPlan>)>,
+}
+
+impl PartsReader {
+    /// A reader of the input `source` declares (nothing is opened yet).
+    pub fn new(source: ScanSource) -> Self {
+        PartsReader { source, made: None }
+    }
+
+    /// The rows of `parts`, as one batch of `schema` (the columns the driver cut); the input's
+    /// columns here must be the same.
+    pub async fn read(&mut self, parts: &PartsInFiles, schema: &SchemaRef) -> Result<RecordBatch> {
+        let (ctx, plan) = self.plan().await?;
+        if plan.schema().fields() != schema.fields() {
+            return Err(self.error(format!(
+                "the input's columns here ({}) are not the driver's ({}): the input files \
+                 differ between the nodes",
+                describe(&plan.schema()),
+                describe(schema)
+            )));
+        }
+        read_parts(&plan, parts, schema, ctx.task_ctx())
+            .await
+            .map_err(|e| self.error(e.to_string()))
+    }
+
+    fn error(&self, message: String) -> PrsError {
+        PrsError::Input {
+            input: self.source.input.name.clone(),
+            location: "this executor".into(),
+            message,
+        }
+    }
+
+    async fn plan(&mut self) -> Result<(SessionContext, Arc<dyn ExecutionPlan>)> {
+        if let Some(made) = &self.made {
+            return Ok(made.clone());
+        }
+        let ctx = crate::input::job_session();
+        // Its read-ahead is never started: only the parts are read, with ranged requests.
+        let storage = StorageContext::new(
+            StorageOptions::from_entries(self.source.storage.clone()),
+            None,
+        );
+        let prepared = crate::input::register_inputs_with(
+            &ctx,
+            std::slice::from_ref(&self.source.input),
+            &storage,
+        )
+        .await?;
+        let logical = prepared
+            .first()
+            .map(|p| p.plan.clone())
+            .ok_or_else(|| self.error("the input registers no table here".into()))?;
+        let plan = ctx
+            .state()
+            .create_physical_plan(&logical)
+            .await
+            .map_err(|e| self.error(format!("its plan cannot be made here: {e}")))?;
+        self.made = Some((ctx.clone(), plan.clone()));
+        Ok((ctx, plan))
+    }
+}
+
+/// `id Int64, text Utf8`.
+fn describe(schema: &Schema) -> String {
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{} {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Reads the rows of `parts` with `plan` (the input's plan) as one batch of `schema`,

@@ -27,7 +27,8 @@ pub mod remote_files;
 
 pub use crate::session::{default_memory_limit, job_session, job_session_with};
 pub use file_scan::{
-    parts_fingerprint, read_parts, FilePart, FileScan, PartRange, PartsInFiles, ScanCut,
+    parts_fingerprint, read_parts, FilePart, FileScan, PartRange, PartsInFiles, PartsReader,
+    ScanCut, ScanSource,
 };
 pub use files::{files_schema, FileEntry, FileListingTable, FileSource};
 pub use formats::{listing_options, usual_extension};

@@ -1925,18 +1925,30 @@ fn a_resume_adopts_what_a_crashed_driver_left_on_object_storage() {
     crash_and_resume(Output::S3(store, unique("cluster-crash")));
 }
 
+/// The shared S3-protocol server, a scheduler and 2 registered executors whose environment
+/// holds the server's credentials (secrets never travel in the plan).
+fn s3_cluster() -> (
+    crate::object_store::store::Store,
+    Process,
+    String,
+    Vec<Process>,
+) {
+    let store = crate::object_store::store::shared(crate::servers::Kind::S3);
+    let (scheduler, address) = start_scheduler();
+    let env = store.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let executors = registered_executors_with(&address, 2, &envs);
+    (store, scheduler, address, executors)
+}
+
 /// A cluster job writing to object storage (an S3-protocol server on 127.0.0.1): the
 /// executors commit into the output's staging prefix in the bucket, taking the credentials
 /// from their own environment (secrets never travel in the plan); the final object equals a
 /// local run's output and the shared staging prefix is removed.
 #[test]
 fn a_cluster_job_writes_its_output_to_object_storage() {
-    use crate::object_store::store::{shared, unique};
-    let store = shared(crate::servers::Kind::S3);
-    let (_scheduler, address) = start_scheduler();
-    let env = store.env();
-    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let executors = registered_executors_with(&address, 2, &envs);
+    use crate::object_store::store::unique;
+    let (store, _scheduler, address, executors) = s3_cluster();
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("cluster-out");
     let data = dir.path().join("data/t.csv");
@@ -1997,12 +2009,8 @@ fn a_cluster_job_writes_its_output_to_object_storage() {
 
 #[test]
 fn a_cluster_job_reads_parquet_and_csv_on_object_storage_by_descriptor() {
-    use crate::object_store::store::{shared, unique};
-    let store = shared(crate::servers::Kind::S3);
-    let (_scheduler, address) = start_scheduler();
-    let env = store.env();
-    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let _executors = registered_executors_with(&address, 2, &envs);
+    use crate::object_store::store::unique;
+    let (store, _scheduler, address, _executors) = s3_cluster();
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("cluster-in");
     let upload = dir.path().join("upload");

@@ -45,6 +45,7 @@ use sha2::{Digest, Sha256};
 use crate::batch::MiniBatchId;
 
 mod rows;
+pub(crate) use rows::hash_columns;
 use rows::modified_ns;
 pub use rows::{
     footer_cut, footer_fingerprint, read_rows, FileRows, RowLocator, RowsInFiles, RowsReader,

@@ -175,12 +175,7 @@ pub fn footer_fingerprint(id: MiniBatchId, read: &RowsInFiles, schema: &Schema) 
     hash.update(read.rows.start.to_le_bytes());
     hash.update(read.rows.end.to_le_bytes());
     hash.update(read.rows.end.saturating_sub(read.rows.start).to_le_bytes());
-    for field in schema.fields() {
-        hash.update(field.name().as_bytes());
-        hash.update([0x1f]);
-        hash.update(field.data_type().to_string().as_bytes());
-        hash.update([0x1e]);
-    }
+    hash_columns(&mut hash, schema);
     for file in &read.files {
         hash.update(file.path.to_string_lossy().as_bytes());
         hash.update([0x1f]);
@@ -193,6 +188,16 @@ pub fn footer_fingerprint(id: MiniBatchId, read: &RowsInFiles, schema: &Schema) 
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     u64::from_le_bytes(first)
+}
+
+/// Adds the columns read (names and types) to a slice fingerprint's `hash`.
+pub(crate) fn hash_columns(hash: &mut Sha256, schema: &Schema) {
+    for field in schema.fields() {
+        hash.update(field.name().as_bytes());
+        hash.update([0x1f]);
+        hash.update(field.data_type().to_string().as_bytes());
+        hash.update([0x1e]);
+    }
 }
 
 /// Reads exactly the rows `what` describes, as one batch of `schema` (the columns the input

@@ -140,7 +140,8 @@ fn a_keyed_job_on_two_executors_cuts_the_mini_batches_of_a_local_run() {
         assert_eq!(cluster[field], local[field], "{field}");
     }
 
-    // A CSV input travels with its rows (numbered by the driver): the same mini-batches too.
+    // A CSV input travels as file parts (byte ranges the executors read): the same
+    // mini-batches too.
     write_csv(&dir.path().join("csv/a.csv"), 0, 120);
     write_csv(&dir.path().join("csv/b.csv"), 120, 80);
     let job = write_job(
@@ -425,7 +426,8 @@ async fn the_keyed_plan_round_trips_and_ballista_cuts_it_at_the_hash_repartition
         },
     ];
     let leaf = chunk_leaf(&chunks, 2).unwrap();
-    let child = keyed_input_plan(leaf, "t", rows.schema(), &["store".to_string()], 2).unwrap();
+    let child =
+        keyed_input_plan(leaf, "t", rows.schema(), None, &["store".to_string()], 2).unwrap();
     let op = ParallelRunExec::deferred(
         ExecMode::Keyed,
         vec![child],
