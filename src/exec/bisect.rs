@@ -242,7 +242,7 @@ impl Bisection {
                 self.good.push((id, rows, ret));
                 continue;
             }
-            let columns = describe_columns(&batch.schema());
+            let columns = crate::input::file_scan::describe_columns(&batch.schema());
             match super::conform(batch, &reference, &id.to_string()) {
                 Ok(batch) => {
                     ret.result = Some(batch);
@@ -254,7 +254,7 @@ impl Bisection {
                             "run() returned ({columns}) for these items but ({}) for the rest \
                              of the mini batch, and the results cannot be put together ({e}); \
                              return the same columns and types whatever the rows",
-                            describe_columns(&reference)
+                            crate::input::file_scan::describe_columns(&reference)
                         ),
                     };
                     self.isolate(id, rows, &error, None);
@@ -262,16 +262,6 @@ impl Bisection {
             }
         }
     }
-}
-
-/// `id Int64, name Utf8`.
-fn describe_columns(schema: &SchemaRef) -> String {
-    schema
-        .fields()
-        .iter()
-        .map(|f| format!("{} {}", f.name(), f.data_type()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl Found {

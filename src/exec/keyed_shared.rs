@@ -801,6 +801,33 @@ mod tests {
     use super::*;
     use arrow::array::Int64Array;
 
+    /// (id, row number) of every row `read` gives, partition after partition (the id is the
+    /// first column, the row number the last).
+    async fn numbered(read: &KeyedReadExec, ctx: Arc<TaskContext>) -> Vec<(i64, u64)> {
+        let mut numbered = Vec::new();
+        for p in 0..read.properties().partitioning.partition_count() {
+            let batches: Vec<RecordBatch> = read
+                .execute(p, ctx.clone())
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect()
+                .await;
+            for b in batches {
+                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let last = b.num_columns() - 1;
+                let rows = b
+                    .column(last)
+                    .as_any()
+                    .downcast_ref::<UInt64Array>()
+                    .unwrap();
+                for i in 0..b.num_rows() {
+                    numbered.push((ids.value(i), rows.value(i)));
+                }
+            }
+        }
+        numbered
+    }
+
     #[tokio::test]
     async fn carried_chunks_are_numbered_in_input_order_and_survive_the_codec() {
         let rows = RecordBatch::try_from_iter(vec![(
@@ -824,22 +851,7 @@ mod tests {
         assert_eq!(back.input, "t");
         assert_eq!(back.schema(), read.schema());
         let ctx = datafusion::prelude::SessionContext::new().task_ctx();
-        let mut numbered = Vec::new();
-        for p in 0..back.properties().partitioning.partition_count() {
-            let batches: Vec<RecordBatch> = back
-                .execute(p, ctx.clone())
-                .unwrap()
-                .map(|b| b.unwrap())
-                .collect()
-                .await;
-            for b in batches {
-                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-                let rows = b.column(1).as_any().downcast_ref::<UInt64Array>().unwrap();
-                for i in 0..b.num_rows() {
-                    numbered.push((ids.value(i), rows.value(i)));
-                }
-            }
-        }
+        let numbered = numbered(&back, ctx).await;
         assert_eq!(numbered, vec![(10, 0), (11, 1), (12, 2), (13, 3), (14, 4)]);
     }
 
@@ -885,22 +897,7 @@ mod tests {
         let read = KeyedReadExec::new(leaf.clone(), "t", plan.schema()).with_source(Some(source));
         let back = KeyedReadExec::decode(&read.encode().unwrap(), leaf).unwrap();
         assert_eq!(back.source, read.source);
-        let mut numbered = Vec::new();
-        for p in 0..back.properties().partitioning.partition_count() {
-            let batches: Vec<RecordBatch> = back
-                .execute(p, ctx.task_ctx())
-                .unwrap()
-                .map(|b| b.unwrap())
-                .collect()
-                .await;
-            for b in batches {
-                let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-                let rows = b.column(2).as_any().downcast_ref::<UInt64Array>().unwrap();
-                for i in 0..b.num_rows() {
-                    numbered.push((ids.value(i), rows.value(i)));
-                }
-            }
-        }
+        let numbered = numbered(&back, ctx.task_ctx()).await;
         let expected: Vec<(i64, u64)> = (0..3001).map(|i| (i as i64, i as u64)).collect();
         assert_eq!(numbered, expected);
     }

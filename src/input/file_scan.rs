@@ -52,13 +52,15 @@ use object_store::{
 use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use parquet::errors::ParquetError;
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::batch::MiniBatchId;
 use crate::config::{InputSpec, StorageOptions};
 use crate::error::{PrsError, Result};
 use crate::input::footer_cut;
-use crate::input::local_parquet::{group_sizes, hash_columns, ParquetFile, RowLocator};
+use crate::input::local_parquet::{
+    descriptor_digest, descriptor_hash, group_sizes, ParquetFile, RowLocator,
+};
 use crate::storage::read_ahead::NotAhead;
 use crate::storage::StorageContext;
 use datafusion::prelude::SessionContext;
@@ -714,12 +716,7 @@ impl Cutter {
 /// fingerprint of the rows' values ([`crate::batch::slice_fingerprint`]), which the
 /// mini-batches of earlier versions have.
 pub fn parts_fingerprint(id: MiniBatchId, parts: &PartsInFiles, schema: &Schema) -> u64 {
-    let mut hash = Sha256::new();
-    hash.update(b"file-scan-cut/1");
-    hash.update(id.to_string().as_bytes());
-    hash.update(parts.rows.start.to_le_bytes());
-    hash.update(parts.rows.end.to_le_bytes());
-    hash_columns(&mut hash, schema);
+    let mut hash = descriptor_hash(b"file-scan-cut/1", id, &parts.rows, schema);
     hash.update(parts.store.as_bytes());
     for part in &parts.parts {
         hash.update([0x1d]);
@@ -748,10 +745,7 @@ pub fn parts_fingerprint(id: MiniBatchId, parts: &PartsInFiles, schema: &Schema)
             }
         }
     }
-    let digest = hash.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
+    descriptor_digest(hash)
 }
 
 /// `plan` (an input's plan, see [`FileScan::of`]) reading only the file parts of `parts`.
@@ -841,8 +835,8 @@ impl PartsReader {
             return Err(self.error(format!(
                 "the input's columns here ({}) are not the driver's ({}): the input files \
                  differ between the nodes",
-                describe(&plan.schema()),
-                describe(schema)
+                describe_columns(&plan.schema()),
+                describe_columns(schema)
             )));
         }
         read_parts(&plan, parts, schema, ctx.task_ctx())
@@ -889,7 +883,7 @@ impl PartsReader {
 }
 
 /// `id Int64, text Utf8`.
-fn describe(schema: &Schema) -> String {
+pub(crate) fn describe_columns(schema: &Schema) -> String {
     schema
         .fields()
         .iter()

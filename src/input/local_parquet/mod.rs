@@ -45,8 +45,8 @@ use sha2::{Digest, Sha256};
 use crate::batch::MiniBatchId;
 
 mod rows;
-pub(crate) use rows::hash_columns;
 use rows::modified_ns;
+pub(crate) use rows::{descriptor_digest, descriptor_hash};
 pub use rows::{
     footer_cut, footer_fingerprint, read_rows, FileRows, RowLocator, RowsInFiles, RowsReader,
 };

@@ -169,13 +169,7 @@ pub fn footer_cut(files: &[ParquetFile], schema: &Schema, target_bytes: u64) -> 
 /// fingerprint of the rows' values ([`crate::batch::slice_fingerprint`]), which the
 /// mini-batches of earlier versions have.
 pub fn footer_fingerprint(id: MiniBatchId, read: &RowsInFiles, schema: &Schema) -> u64 {
-    let mut hash = Sha256::new();
-    hash.update(b"parquet-footer-cut/1");
-    hash.update(id.to_string().as_bytes());
-    hash.update(read.rows.start.to_le_bytes());
-    hash.update(read.rows.end.to_le_bytes());
-    hash.update(read.rows.end.saturating_sub(read.rows.start).to_le_bytes());
-    hash_columns(&mut hash, schema);
+    let mut hash = descriptor_hash(b"parquet-footer-cut/1", id, &read.rows, schema);
     for file in &read.files {
         hash.update(file.path.to_string_lossy().as_bytes());
         hash.update([0x1f]);
@@ -184,20 +178,39 @@ pub fn footer_fingerprint(id: MiniBatchId, read: &RowsInFiles, schema: &Schema) 
         hash.update(file.bytes.to_le_bytes());
         hash.update(file.modified_ns.to_le_bytes());
     }
-    let digest = hash.finalize();
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&digest[..8]);
-    u64::from_le_bytes(first)
+    descriptor_digest(hash)
 }
 
-/// Adds the columns read (names and types) to a slice fingerprint's `hash`.
-pub(crate) fn hash_columns(hash: &mut Sha256, schema: &Schema) {
+/// The start of the fingerprint of a mini-batch cut as a descriptor (no data): the cut's
+/// `tag` (its kind and version), the id, the row range and count, and the columns read
+/// (names and types). The caller adds the descriptor's files, then [`descriptor_digest`].
+pub(crate) fn descriptor_hash(
+    tag: &[u8],
+    id: MiniBatchId,
+    rows: &Range<u64>,
+    schema: &Schema,
+) -> Sha256 {
+    let mut hash = Sha256::new();
+    hash.update(tag);
+    hash.update(id.to_string().as_bytes());
+    hash.update(rows.start.to_le_bytes());
+    hash.update(rows.end.to_le_bytes());
+    hash.update(rows.end.saturating_sub(rows.start).to_le_bytes());
     for field in schema.fields() {
         hash.update(field.name().as_bytes());
         hash.update([0x1f]);
         hash.update(field.data_type().to_string().as_bytes());
         hash.update([0x1e]);
     }
+    hash
+}
+
+/// The fingerprint a [`descriptor_hash`] ends in.
+pub(crate) fn descriptor_digest(hash: Sha256) -> u64 {
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }
 
 /// Reads exactly the rows `what` describes, as one batch of `schema` (the columns the input
