@@ -184,6 +184,9 @@ pub struct Dispatched {
     pub read: Option<ReadFrom>,
     /// Memory held while the mini-batch is queued or running; released on drop.
     _reservation: MemoryReservation,
+    /// Files downloaded for it (a cluster executor's copies of a file dataset's objects),
+    /// removed on drop.
+    _files: Option<tempfile::TempDir>,
 }
 
 impl Dispatched {
@@ -202,7 +205,14 @@ impl Dispatched {
             source: None,
             read: None,
             _reservation: reservation,
+            _files: None,
         }
+    }
+
+    /// The same mini-batch, holding `files` (its downloaded copies) until it is done.
+    pub fn with_files(mut self, files: Option<tempfile::TempDir>) -> Self {
+        self._files = files;
+        self
     }
 }
 
@@ -588,6 +598,7 @@ async fn enqueue(
         source,
         read,
         _reservation: mb_reservation,
+        _files: None,
     };
     tokio::select! {
         _ = state.cancellation().cancelled() => Ok(false),

@@ -52,7 +52,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::batch::{slice_fingerprint, KeyChunker, MiniBatch};
+use crate::batch::{slice_fingerprint, ItemKind, KeyChunker, MiniBatch};
 use crate::error::{PrsError, Result};
 use crate::exec::dispatch::{Dispatched, EngineMemoryPool, InputInfo};
 use crate::exec::keyed::{check_keys, ROW_ID};
@@ -60,6 +60,7 @@ use crate::exec::manifest::{batch_from_ipc, ipc_bytes};
 use crate::exec::recut::local_scan;
 use crate::exec::shared::SharedStaging;
 use crate::exec::state::JobState;
+use crate::input::remote_files::ExecutorFiles;
 use crate::input::{
     FileScan, PartsInFiles, PartsReader, ReadFrom, RowsInFiles, RowsReader, ScanSource,
 };
@@ -660,6 +661,7 @@ pub async fn dispatch_keyed(
     context: Arc<TaskContext>,
     state: Arc<JobState>,
     shared: Option<(Arc<SharedStaging>, String)>,
+    files: ExecutorFiles,
     queue: mpsc::Sender<Dispatched>,
 ) {
     let pool = EngineMemoryPool::of(&context);
@@ -689,6 +691,7 @@ pub async fn dispatch_keyed(
         reservation: &reservation,
         recorded: &known.0,
         skips: &known.1,
+        files: &files,
     };
     match cut_keys(&inputs, &context, &to).await {
         Ok(true) => state.scheduling_finished(),
@@ -710,6 +713,8 @@ struct Queue<'a> {
     recorded: &'a HashSet<String>,
     /// Ids a resumed job committed before, with their slices' fingerprints.
     skips: &'a BTreeMap<String, u64>,
+    /// The downloader of a file dataset's objects (listed by URL on object storage).
+    files: &'a ExecutorFiles,
 }
 
 async fn cut_keys(
@@ -761,7 +766,7 @@ async fn cut_keys(
 
 /// Queues one key's mini-batch unless it is recorded or skipped; `Ok(false)` when nobody
 /// listens any more or the job is cancelled.
-async fn enqueue(mini_batch: MiniBatch, index: &mut u64, to: &Queue<'_>) -> Result<bool> {
+async fn enqueue(mut mini_batch: MiniBatch, index: &mut u64, to: &Queue<'_>) -> Result<bool> {
     let id = mini_batch.id.to_string();
     // Committed by an earlier try of this task: not run again.
     if to.recorded.contains(&id) {
@@ -785,10 +790,19 @@ async fn enqueue(mini_batch: MiniBatch, index: &mut u64, to: &Queue<'_>) -> Resu
         // Committed by the run this one resumes (the driver counted it).
         return Ok(true);
     }
+    // A file dataset on object storage: its objects, listed by URL, downloaded here.
+    let mut files = None;
+    if mini_batch.kind == ItemKind::Files {
+        let input = mini_batch.lineage.input.to_string();
+        if let Some((rows, dir)) = to.files.localize(&input, &mini_batch.data).await? {
+            mini_batch.data = rows;
+            files = Some(dir);
+        }
+    }
     let held = to.reservation.new_empty();
     held.try_grow(mini_batch.memory_size())?;
     to.state.mini_batch_scheduled(mini_batch.items());
-    let dispatched = Dispatched::new(mini_batch, *index, fingerprint, held);
+    let dispatched = Dispatched::new(mini_batch, *index, fingerprint, held).with_files(files);
     *index += 1;
     tokio::select! {
         _ = to.state.cancellation().cancelled() => Ok(false),

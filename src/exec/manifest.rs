@@ -10,7 +10,9 @@
 //! listing rows (paths: each executor reads the files itself); a local Parquet table's
 //! mini-batch is its row range and the files holding it ([`RowsInFiles`], cut from the
 //! footers: the driver reads no rows; the executor reads exactly those rows, checks the files
-//! are the ones the driver listed and the slice's fingerprint); any other table's mini-batch
+//! are the ones the driver listed and the slice's fingerprint); a declared CSV, JSON or
+//! object-storage Parquet table's mini-batch is its file parts ([`PartsInFiles`]: byte or row
+//! ranges, read by a [`PartsReader`] over the input's own scan); any other table's mini-batch
 //! carries its rows. A manifest bigger than
 //! [`INLINE_MANIFEST_BYTES`] does not travel in the plan: the driver writes it to the shared
 //! staging area in segments ([`manifest_segments`], at most [`SEGMENT_ENTRIES`] mini-batches
@@ -40,6 +42,7 @@ use crate::exec::shared::SharedStaging;
 use crate::exec::spec::OperatorSpec;
 use crate::exec::state::JobState;
 use crate::exec::stream::CompletedMiniBatch;
+use crate::input::remote_files::ExecutorFiles;
 use crate::input::{
     footer_fingerprint, parts_fingerprint, PartsInFiles, PartsReader, ReadFrom, RowsInFiles,
     RowsReader,
@@ -238,8 +241,8 @@ impl ManifestEntries {
     }
 
     /// The manifest entry of `dispatched`.
-    pub fn entry(&mut self, dispatched: Dispatched) -> ManifestEntry {
-        let read = dispatched.read.clone();
+    pub fn entry(&mut self, mut dispatched: Dispatched) -> ManifestEntry {
+        let read = dispatched.read.take();
         let ordinal = dispatched.mini_batch.id.input as usize;
         let entry = ManifestEntry::new(
             dispatched.mini_batch,
@@ -577,7 +580,7 @@ async fn queue_entries(
 ) -> Result<bool> {
     let mut readers = RowReaders::of(&entries);
     for entry in entries {
-        let (mini_batch, index, fingerprint) = match entry.read {
+        let (mut mini_batch, index, fingerprint) = match entry.read {
             Some(ReadFrom::Rows(read)) => (
                 readers
                     .read(entry.mini_batch, read, entry.fingerprint)
@@ -594,10 +597,19 @@ async fn queue_entries(
             ),
             None => (entry.mini_batch, entry.index, entry.fingerprint),
         };
+        // A file dataset on object storage: its objects, listed by URL, downloaded here.
+        let mut files = None;
+        if mini_batch.kind == ItemKind::Files {
+            let input = mini_batch.lineage.input.to_string();
+            if let Some((rows, dir)) = scans.files().localize(&input, &mini_batch.data).await? {
+                mini_batch.data = rows;
+                files = Some(dir);
+            }
+        }
         let held = reservation.new_empty();
         held.try_grow(mini_batch.memory_size())?;
         state.mini_batch_scheduled(mini_batch.items());
-        let dispatched = Dispatched::new(mini_batch, index, fingerprint, held);
+        let dispatched = Dispatched::new(mini_batch, index, fingerprint, held).with_files(files);
         let sent = tokio::select! {
             _ = state.cancellation().cancelled() => return Ok(false),
             sent = queue.send(dispatched) => sent,
@@ -685,6 +697,7 @@ impl RowReaders {
 struct ScanReaders {
     spec: Arc<OperatorSpec>,
     readers: HashMap<String, PartsReader>,
+    files: Option<ExecutorFiles>,
 }
 
 impl ScanReaders {
@@ -692,7 +705,15 @@ impl ScanReaders {
         ScanReaders {
             spec,
             readers: HashMap::new(),
+            files: None,
         }
+    }
+
+    /// The downloader of file datasets' objects (made on first use).
+    fn files(&mut self) -> &ExecutorFiles {
+        let spec = &self.spec;
+        self.files
+            .get_or_insert_with(|| ExecutorFiles::new(spec.input_storage()))
     }
 
     /// `mini_batch` with its rows read from `parts`, checked against the `fingerprint` the

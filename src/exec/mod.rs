@@ -487,6 +487,7 @@ impl ParallelRunExec {
                         context.clone(),
                         self.state.clone(),
                         shared.clone().map(|s| (s, node_name())),
+                        crate::input::remote_files::ExecutorFiles::new(self.spec.input_storage()),
                         tx,
                     )),
                     _ => SpawnedTask::spawn(dispatch::dispatch(

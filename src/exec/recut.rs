@@ -132,8 +132,9 @@ impl FooterCut {
     /// about `target_bytes`, and the plan that leaves out what a resume skips (`skips`,
     /// reader batches of `batch_size` rows); `None` when `plan` is neither a local Parquet
     /// scan nor, for a `declared` input (a path in the job), a file scan (its files are read
-    /// from `context`'s stores to cut them). A mini-batch of the ledger whose slice is not the one cut now refuses the resume,
-    /// unless slices are not checked (`--force`: it runs again).
+    /// from `context`'s stores to cut them). A mini-batch of the ledger whose slice is not
+    /// the one cut now refuses the resume, unless slices are not checked (`--force`: it
+    /// runs again).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn prepare(
         plan: &Arc<dyn ExecutionPlan>,

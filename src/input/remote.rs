@@ -201,8 +201,11 @@ async fn register_files(
         cache_options.concurrency,
         storage.options().clone(),
     )
-    .map_err(input_error)?;
-    storage.add_cache(name, cache);
+    .map_err(input_error)?
+    .by_url(storage.files_by_url());
+    if !storage.files_by_url() {
+        storage.add_cache(name, cache);
+    }
     ctx.register_table(name, Arc::new(FileListingTable::new(dataset)))?;
     Ok(())
 }

@@ -42,6 +42,8 @@ pub struct RemoteFiles {
     prefetch: usize,
     concurrency: usize,
     options: StorageOptions,
+    /// Rows name the objects by URL, nothing is downloaded (a cluster driver's listing).
+    by_url: bool,
 }
 
 impl fmt::Debug for RemoteFiles {
@@ -85,7 +87,30 @@ impl RemoteFiles {
             prefetch: prefetch.max(1),
             concurrency: concurrency.max(1),
             options,
+            by_url: false,
         })
+    }
+
+    /// The same dataset listed with its objects' URLs in `path` and nothing downloaded, when
+    /// `by_url` (a cluster driver: each executor downloads the files of its mini-batches).
+    pub fn by_url(mut self, by_url: bool) -> Self {
+        self.by_url = by_url;
+        self
+    }
+
+    /// Entries naming the objects by URL, in listing order, nothing downloaded.
+    fn urls(self: Arc<Self>) -> BoxStream<'static, Result<Vec<FileEntry>>> {
+        let this = self.clone();
+        self.listing()
+            .map_ok(move |meta| FileEntry {
+                path: this.location.url_of(&meta.location),
+                size: meta.size,
+                modified: Some(meta.last_modified.timestamp_millis()),
+                keys: Vec::new(),
+            })
+            .try_chunks(LISTING_BATCH)
+            .map_err(|e| e.1)
+            .boxed()
     }
 
     /// The download cache.
@@ -284,6 +309,84 @@ impl Emitter {
     }
 }
 
+/// Downloads, on a cluster executor, the files of a file-dataset mini-batch the driver listed
+/// by URL ([`RemoteFiles::by_url`]): each mini-batch's files go into a folder of their own,
+/// removed when its guard (the [`tempfile::TempDir`] returned) is dropped, i.e. when the
+/// mini-batch is done. The job's storage options (without secrets: each executor takes them
+/// from its environment) open the stores.
+pub struct ExecutorFiles {
+    storage: crate::storage::StorageContext,
+    parent: std::path::PathBuf,
+}
+
+impl ExecutorFiles {
+    /// Downloads with `options`, into folders below the system's temporary folder.
+    pub fn new(options: StorageOptions) -> Self {
+        ExecutorFiles {
+            storage: crate::storage::StorageContext::new(options, None),
+            parent: std::env::temp_dir().join("parallel-run-executor-files"),
+        }
+    }
+
+    /// `data` (a file dataset's rows, of input `input`) with the object URLs of its `path`
+    /// column replaced by local copies, and the folder holding them; `None` when it names no
+    /// object URL (a shared folder's files are read where they are).
+    pub async fn localize(
+        &self,
+        input: &str,
+        data: &arrow::array::RecordBatch,
+    ) -> Result<Option<(arrow::array::RecordBatch, tempfile::TempDir)>> {
+        use arrow::array::{Array, StringArray};
+        let Some((index, _)) = data.schema().column_with_name("path") else {
+            return Ok(None);
+        };
+        let Some(paths) = data.column(index).as_any().downcast_ref::<StringArray>() else {
+            return Ok(None);
+        };
+        let is_url = |i: usize| paths.is_valid(i) && crate::config::is_object_url(paths.value(i));
+        if !(0..paths.len()).any(is_url) {
+            return Ok(None);
+        }
+        std::fs::create_dir_all(&self.parent).map_err(|e| PrsError::io(&self.parent, e))?;
+        let dir = tempfile::Builder::new()
+            .prefix("mini-batch-")
+            .tempdir_in(&self.parent)
+            .map_err(|e| PrsError::io(&self.parent, e))?;
+        let mut local = Vec::with_capacity(paths.len());
+        for i in 0..paths.len() {
+            if !is_url(i) {
+                local.push(paths.is_valid(i).then(|| paths.value(i).to_string()));
+                continue;
+            }
+            let url = paths.value(i);
+            let location = ObjectLocation::parse(&format!("inputs.{input}.path"), url)?;
+            let store = self.storage.store(&location)?;
+            // Numbered, so two objects of one name stay apart.
+            let name = location.prefix.filename().unwrap_or("file");
+            let target = local_path(dir.path(), &format!("{i:05}/{name}"));
+            download_object(
+                &store,
+                &location,
+                &location.prefix,
+                &target,
+                self.storage.options(),
+            )
+            .await?;
+            local.push(Some(target.to_string_lossy().into_owned()));
+        }
+        let mut columns = data.columns().to_vec();
+        columns[index] = Arc::new(StringArray::from(local));
+        let rows = arrow::array::RecordBatch::try_new(data.schema(), columns).map_err(|e| {
+            PrsError::Input {
+                input: input.to_string(),
+                location: "this executor".into(),
+                message: format!("the downloaded files' rows cannot be made: {e}"),
+            }
+        })?;
+        Ok(Some((rows, dir)))
+    }
+}
+
 impl FileSource for RemoteFiles {
     fn location(&self) -> String {
         self.location.text.clone()
@@ -299,6 +402,9 @@ impl FileSource for RemoteFiles {
 
     /// Object storage lists `size` and `modified` with the keys: they are always filled.
     fn entries(self: Arc<Self>, _metadata: bool) -> BoxStream<'static, Result<Vec<FileEntry>>> {
+        if self.by_url {
+            return self.urls();
+        }
         self.stream().boxed()
     }
 }

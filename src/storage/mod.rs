@@ -327,6 +327,9 @@ pub struct StorageContext {
     remote_output: Option<RemoteOutput>,
     /// Files per mini-batch (sizes the default prefetch).
     files_per_batch: u64,
+    /// File datasets on object storage are listed with their objects' URLs and not
+    /// downloaded here (a cluster driver's: each executor downloads its mini-batches' files).
+    files_by_url: bool,
     stores: Mutex<BTreeMap<String, Arc<NamedStore>>>,
     /// DataFusion registry key -> our store label (to catch two stores sharing a key).
     registered: Mutex<BTreeMap<String, String>>,
@@ -344,6 +347,7 @@ impl StorageContext {
             local_output,
             remote_output: None,
             files_per_batch: crate::config::DEFAULT_MINI_BATCH_FILES,
+            files_by_url: false,
             stores: Mutex::new(BTreeMap::new()),
             registered: Mutex::new(BTreeMap::new()),
             caches: Mutex::new(BTreeMap::new()),
@@ -355,6 +359,10 @@ impl StorageContext {
     /// local mirror is then the job's output folder) with `spec`'s storage options.
     pub fn for_job(spec: &JobSpec, output: &Path) -> Result<Self> {
         let mut context = StorageContext::new(spec.storage_options.clone(), None);
+        context.files_by_url = matches!(
+            spec.config.compute_target,
+            crate::config::ComputeTarget::Cluster(_)
+        );
         context.files_per_batch = spec
             .config
             .mini_batch_files()
@@ -377,6 +385,12 @@ impl StorageContext {
         let context = Arc::new(StorageContext::for_job(spec, output)?);
         context.check_output().await?;
         Ok(context)
+    }
+
+    /// Whether file datasets on object storage are listed by URL, not downloaded (see
+    /// [`crate::input::remote_files::RemoteFiles`]).
+    pub fn files_by_url(&self) -> bool {
+        self.files_by_url
     }
 
     /// The options.

@@ -2096,6 +2096,80 @@ fn a_cluster_job_reads_parquet_and_csv_on_object_storage_by_descriptor() {
     }
 }
 
+/// A file dataset on object storage on a cluster: the driver lists the objects by URL and
+/// downloads nothing; each executor downloads its mini-batches' files into a folder of its
+/// own (under its temporary folder), gives run() the local copies, and removes them when the
+/// mini-batch is done. Same rows and mini-batches as a local run.
+#[test]
+fn a_file_dataset_on_object_storage_is_downloaded_by_the_executors_not_the_driver() {
+    use crate::object_store::jobs::text_files;
+    use crate::object_store::store::unique;
+    let store = crate::object_store::store::shared(crate::servers::Kind::S3);
+    let (_scheduler, address) = start_scheduler();
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("executor-tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut envs = store.env();
+    envs.push(("TMPDIR".into(), tmp.display().to_string()));
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let _executors = registered_executors_with(&address, 2, &envs);
+    let prefix = unique("cluster-files");
+    let files = dir.path().join("files");
+    text_files(&files, 24);
+    store.upload_dir(&files, &prefix);
+    let job = write_job(
+        dir.path(),
+        "entry_script: rust:echo\nerror_threshold: 0\noutput_action: append_row\n\
+         node_count: 2\nprocess_count_per_node: 1\nmini_batch_size: 3",
+        &format!(
+            "inputs:\n  - {{name: docs, path: \"{}\", format: files}}\n\
+             arguments: [--read-files]\n{}",
+            store.url(&format!("{prefix}/")),
+            store.storage_options("")
+        ),
+    );
+    let job = job.to_str().unwrap().to_string();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(
+        dir.path(),
+        &["run", &job, "-q", "--output", "cluster", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let sorted = |out: &str| {
+        let mut lines = lines(&dir.path().join(out).join("parallel_run_step.txt"));
+        lines.sort();
+        lines
+    };
+    let cluster = sorted("cluster");
+    assert_eq!(cluster.len(), 24);
+    assert_eq!(cluster, sorted("local"), "the same files' contents");
+    let ids = |out: &str| {
+        let mut ids: Vec<(String, String)> = processed(&dir.path().join(out))
+            .into_iter()
+            .map(|r| (r["mini_batch_id"].clone(), r["rows"].clone()))
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(ids("cluster"), ids("local"));
+    // Nothing downloaded by the driver; the executors' copies are gone.
+    let cache = dir.path().join("cluster/.parallel_run/cache");
+    let cached = std::fs::read_dir(&cache).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(cached, 0, "the driver downloaded into {}", cache.display());
+    let copies = tmp.join("parallel-run-executor-files");
+    assert!(
+        copies.exists(),
+        "the executors downloaded into {}",
+        copies.display()
+    );
+    let left: Vec<_> = std::fs::read_dir(&copies).unwrap().collect();
+    assert!(left.is_empty(), "mini-batch folders left: {left:?}");
+}
+
 /// `node` (`HOST:PID` in processed_mini-batches.csv) as its folder in the output's logs.
 fn node_folder(node: &str) -> String {
     node.chars()

@@ -18,7 +18,7 @@
 //! - [`lease`]: one run at a time on an output in a bucket (the lease object);
 //! - [`resume`]: jobs killed and resumed, on the same machine or a fresh one.
 
-mod jobs;
+pub mod jobs;
 /// Also used by the cluster tests (an output on object storage).
 pub(crate) mod store;
 
