@@ -387,8 +387,8 @@ impl StorageContext {
         Ok(context)
     }
 
-    /// Whether file datasets on object storage are listed by URL, not downloaded (see
-    /// [`crate::input::remote_files::RemoteFiles`]).
+    /// Whether file datasets on object storage are listed by URL, not downloaded (a cluster
+    /// driver's: its executors download the files).
     pub fn files_by_url(&self) -> bool {
         self.files_by_url
     }
