@@ -74,7 +74,7 @@ pub async fn run_keyed_on_cluster(
                     "the inputs of this partition_keys job that travel with their rows add \
                      up to more than the {} MiB a cluster plan carries (only inputs declared \
                      as Parquet, CSV or JSON files are read by the executors themselves): \
-                     declare them as files (not a sql: input, no path columns), or run the \
+                     declare them as files (not a sql: input), or run the \
                      job locally (compute_target: local)",
                     CARRIED_LIMIT_BYTES / (1024 * 1024)
                 ),

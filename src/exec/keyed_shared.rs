@@ -189,7 +189,7 @@ pub async fn cut_rows(
                     "input {:?} of this partition_keys job travels with its rows (only inputs \
                      declared as Parquet, CSV or JSON files are read by the executors \
                      themselves), and it is larger than the {} MiB a cluster plan carries: \
-                     declare it as files (not a sql: input, no path columns), or run the job \
+                     declare it as files (not a sql: input), or run the job \
                      locally (compute_target: local)",
                     info.name,
                     CARRIED_LIMIT_BYTES / (1024 * 1024)

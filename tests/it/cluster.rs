@@ -666,6 +666,20 @@ async fn a_json_job_on_an_in_process_cluster_gives_the_rows_of_a_local_run() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_with_columns_from_the_paths_on_an_in_process_cluster_gives_the_rows_of_a_local_run()
+{
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("data/s1/a.csv"), 0, 700);
+    write_csv(&dir.path().join("data/s2/b.csv"), 700, 500);
+    cluster_matches_local(
+        dir.path(),
+        "inputs:\n  - {name: t, path: data/, format: csv, path_column: Path, \
+         partition_format: \"{store}/*.csv\"}\n",
+    )
+    .await;
+}
+
 /// Runs the echo job over `inputs` (1,200 rows in `dir`) locally and on an in-process cluster
 /// of 2 executors: the same mini-batches (ids and rows), records, counts and rows.
 async fn cluster_matches_local(dir: &Path, inputs: &str) {

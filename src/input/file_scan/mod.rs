@@ -184,7 +184,7 @@ pub struct FileScan {
 }
 
 /// The scan `plan` reads, when `plan` is one ordered file group of CSV, newline-delimited
-/// JSON or Parquet (uncompressed text, no limit, no partition columns) under row-wise
+/// JSON or Parquet (uncompressed text, no limit) under row-wise
 /// projections and cooperative-scheduling wrappers.
 fn scan_config(plan: &Arc<dyn ExecutionPlan>) -> Option<&FileScanConfig> {
     if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
@@ -201,10 +201,9 @@ impl FileScan {
     /// The scan of `plan` (see [`scan_config`]), or `None` when it is not one this module cuts.
     pub fn of(plan: &Arc<dyn ExecutionPlan>) -> Option<FileScan> {
         let config = scan_config(plan)?;
-        if config.file_groups.len() != 1
-            || config.limit.is_some()
-            || !config.table_partition_cols().is_empty()
-        {
+        // (Columns from the files' paths are the files' partition values: the parts take
+        // them from the executor's own listing, see `restricted`.)
+        if config.file_groups.len() != 1 || config.limit.is_some() {
             return None;
         }
         let source = config.file_source();
@@ -600,6 +599,43 @@ mod tests {
         let all = check_cut(&ctx, &plan, 1 << 20).await;
         assert_eq!(all.len(), 1);
         assert_eq!(all.parts(0).unwrap().parts.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn columns_from_the_paths_come_with_each_part() {
+        let dir = tempfile::tempdir().unwrap();
+        for (store, rows) in [("s1", 0..40), ("s2", 40..100)] {
+            let folder = dir.path().join(store);
+            std::fs::create_dir_all(&folder).unwrap();
+            let mut text = String::from("id,text\n");
+            for i in rows {
+                text.push_str(&format!("{i},\"row {i}\"\n"));
+            }
+            std::fs::write(folder.join("a.csv"), text).unwrap();
+        }
+        let ctx = crate::input::job_session();
+        let mut spec = InputSpec::path("t", format!("{}/", dir.path().display()), InputFormat::Csv);
+        spec.path_column = Some("Path".into());
+        spec.partition_format = Some("{store}/*.csv".into());
+        let plan = plan_of(&ctx, spec).await;
+        assert!(plan.schema().field_with_name("store").is_ok());
+        for target in [1, 100, 1 << 20] {
+            let cut = check_cut(&ctx, &plan, target).await;
+            assert_eq!(cut.bounds().last().map(|b| b.end), Some(100));
+        }
+        // The last mini-batch of a 100-byte cut holds rows of s2 only, with its path values.
+        let cut = check_cut(&ctx, &plan, 100).await;
+        let last = cut.parts(cut.len() - 1).unwrap();
+        let rows = read_parts(&plan, &last, &plan.schema(), ctx.task_ctx())
+            .await
+            .unwrap();
+        let store = rows
+            .column_by_name("store")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .map(|a| a.value(0).to_string());
+        assert_eq!(store.as_deref(), Some("s2"));
     }
 
     #[tokio::test]

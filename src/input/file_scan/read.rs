@@ -1,6 +1,8 @@
 //! Reading a descriptor's file parts on an executor: the input's plan restricted to the
 //! parts, opened from the input's declaration.
 
+use std::collections::HashMap;
+
 use super::*;
 
 /// `plan` (an input's plan, see [`FileScan::of`]) reading only the file parts of `parts`.
@@ -8,8 +10,6 @@ pub fn restricted(
     plan: &Arc<dyn ExecutionPlan>,
     parts: &PartsInFiles,
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let files: Vec<PartitionedFile> = parts.parts.iter().map(partitioned_file).collect();
-    let group = FileGroup::new(files);
     let replaced = plan.clone().transform_down(|node| {
         let Some(source) = node.downcast_ref::<DataSourceExec>() else {
             return Ok(Transformed::no(node));
@@ -17,8 +17,35 @@ pub fn restricted(
         let Some(config) = source.data_source().downcast_ref::<FileScanConfig>() else {
             return Ok(Transformed::no(node));
         };
+        // Columns from the files' paths (`path_column`, `partition_format`): each part gets
+        // its file's values from the plan's own listing.
+        let listed: HashMap<&str, &PartitionedFile> = if config.table_partition_cols().is_empty() {
+            HashMap::new()
+        } else {
+            config
+                .file_groups
+                .iter()
+                .flat_map(|g| g.files())
+                .map(|f| (f.object_meta.location.as_ref(), f))
+                .collect()
+        };
+        let mut files = Vec::with_capacity(parts.parts.len());
+        for part in &parts.parts {
+            let mut file = partitioned_file(part);
+            if !listed.is_empty() {
+                let Some(found) = listed.get(part.location.as_str()) else {
+                    return Err(DataFusionError::Execution(format!(
+                        "{} is not among the input's files here: the input differs between \
+                         the nodes or changed during the job",
+                        part.location
+                    )));
+                };
+                file = file.with_partition_values(found.partition_values.clone());
+            }
+            files.push(file);
+        }
         let config = FileScanConfigBuilder::from(config.clone())
-            .with_file_groups(vec![group.clone()])
+            .with_file_groups(vec![FileGroup::new(files)])
             .build();
         let exec: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
         Ok(Transformed::yes(exec))
@@ -163,13 +190,21 @@ pub async fn read_parts(
         let path = object_store::path::Path::from(part.location.as_str());
         let meta = store.head(&path).await?;
         let modified = meta.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+        // Times compare at the precision the listing had: a local listing may keep
+        // milliseconds; on object storage a listing gives milliseconds and a HEAD (an HTTP
+        // date) whole seconds.
         const SECOND: u64 = 1_000_000_000;
+        const MILLI: u64 = 1_000_000;
+        let unit = match part.modified_ns {
+            _ if !local => SECOND,
+            listed if listed % SECOND == 0 => SECOND,
+            listed if listed % MILLI == 0 => MILLI,
+            _ => 1,
+        };
         let same = meta.size == part.size
             && match &part.e_tag {
                 Some(tag) => meta.e_tag.as_ref() == Some(tag),
-                None if local => modified == part.modified_ns,
-                // A listing gives milliseconds, a HEAD (an HTTP date) whole seconds.
-                None => modified / SECOND == part.modified_ns / SECOND,
+                None => modified / unit == part.modified_ns / unit,
             };
         if !same {
             return Err(DataFusionError::Execution(format!(
