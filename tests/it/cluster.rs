@@ -723,28 +723,15 @@ async fn cluster_matches_local(dir: &Path, inputs: &str) {
             local.output_rows
         )
     );
-    let file = "parallel_run_step.txt";
-    let sorted = |path: &Path| {
-        let mut lines = lines(path);
-        lines.sort();
-        lines
-    };
-    assert_eq!(lines(&cluster_out.join(file)).len(), 1200);
+    let cluster_lines = sorted_output_lines(&cluster_out);
+    assert_eq!(cluster_lines.len(), 1200);
     assert_eq!(
-        sorted(&cluster_out.join(file)),
-        sorted(&local_out.join(file)),
+        cluster_lines,
+        sorted_output_lines(&local_out),
         "the same rows"
     );
     // The same mini-batches (ids and rows), one record each.
-    let ids = |out: &Path| {
-        let mut ids: Vec<(String, String)> = processed(out)
-            .into_iter()
-            .map(|r| (r["mini_batch_id"].clone(), r["rows"].clone()))
-            .collect();
-        ids.sort();
-        ids
-    };
-    assert_eq!(ids(&cluster_out), ids(&local_out));
+    assert_eq!(mini_batch_rows(&cluster_out), mini_batch_rows(&local_out));
     // Run by the cluster's executors: their records name the node.
     let node = format!(":{}/process", std::process::id());
     for row in processed(&cluster_out) {
@@ -1939,6 +1926,39 @@ fn a_resume_adopts_what_a_crashed_driver_left_on_object_storage() {
     crash_and_resume(Output::S3(store, unique("cluster-crash")));
 }
 
+/// Runs `job` (in `dir`) locally into `dir/local`, then on the cluster at `address` into
+/// `dir/cluster`; both must succeed.
+fn run_local_and_on_cluster(dir: &Path, job: &Path, address: &str) {
+    let job = job.to_str().unwrap();
+    let limit = Duration::from_secs(180);
+    let (code, stderr) = run_bounded(dir, &["run", job, "-q", "--output", "local"], limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    let target = format!("compute_target=df://{address}");
+    let (code, stderr) = run_bounded(
+        dir,
+        &["run", job, "-q", "--output", "cluster", "--set", &target],
+        limit,
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// The lines of `out`'s parallel_run_step.txt, sorted.
+fn sorted_output_lines(out: &Path) -> Vec<String> {
+    let mut lines = lines(&out.join("parallel_run_step.txt"));
+    lines.sort();
+    lines
+}
+
+/// `(mini_batch_id, rows)` of every mini-batch in `out`'s report, sorted.
+fn mini_batch_rows(out: &Path) -> Vec<(String, String)> {
+    let mut ids: Vec<(String, String)> = processed(out)
+        .into_iter()
+        .map(|r| (r["mini_batch_id"].clone(), r["rows"].clone()))
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The shared S3-protocol server, a scheduler and 2 registered executors whose environment
 /// holds the server's credentials (secrets never travel in the plan).
 fn s3_cluster() -> (
@@ -2044,27 +2064,11 @@ fn a_cluster_job_reads_parquet_and_csv_on_object_storage_by_descriptor() {
             store.storage_options("")
         ),
     );
-    let job = job.to_str().unwrap().to_string();
-    let limit = Duration::from_secs(180);
-    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
-    assert_eq!(code, Some(0), "{stderr}");
-    let target = format!("compute_target=df://{address}");
-    let (code, stderr) = run_bounded(
-        dir.path(),
-        &["run", &job, "-q", "--output", "cluster", "--set", &target],
-        limit,
-    );
-    assert_eq!(code, Some(0), "{stderr}");
+    run_local_and_on_cluster(dir.path(), &job, &address);
 
-    let file = "parallel_run_step.txt";
-    let sorted = |path: &Path| {
-        let mut lines = lines(path);
-        lines.sort();
-        lines
-    };
-    let cluster = sorted(&dir.path().join("cluster").join(file));
+    let cluster = sorted_output_lines(&dir.path().join("cluster"));
     assert_eq!(cluster.len(), 1500);
-    assert_eq!(cluster, sorted(&dir.path().join("local").join(file)));
+    assert_eq!(cluster, sorted_output_lines(&dir.path().join("local")));
     // The same mini-batches of both inputs (ids and rows), run by the executors.
     let ids = |out: &Path| {
         let mut ids: Vec<(String, String, String)> = processed(out)
@@ -2142,34 +2146,18 @@ fn a_file_dataset_on_object_storage_is_downloaded_by_the_executors_not_the_drive
             store.storage_options("")
         ),
     );
-    let job = job.to_str().unwrap().to_string();
-    let limit = Duration::from_secs(180);
-    let (code, stderr) = run_bounded(dir.path(), &["run", &job, "-q", "--output", "local"], limit);
-    assert_eq!(code, Some(0), "{stderr}");
-    let target = format!("compute_target=df://{address}");
-    let (code, stderr) = run_bounded(
-        dir.path(),
-        &["run", &job, "-q", "--output", "cluster", "--set", &target],
-        limit,
-    );
-    assert_eq!(code, Some(0), "{stderr}");
-    let sorted = |out: &str| {
-        let mut lines = lines(&dir.path().join(out).join("parallel_run_step.txt"));
-        lines.sort();
-        lines
-    };
-    let cluster = sorted("cluster");
+    run_local_and_on_cluster(dir.path(), &job, &address);
+    let cluster = sorted_output_lines(&dir.path().join("cluster"));
     assert_eq!(cluster.len(), 24);
-    assert_eq!(cluster, sorted("local"), "the same files' contents");
-    let ids = |out: &str| {
-        let mut ids: Vec<(String, String)> = processed(&dir.path().join(out))
-            .into_iter()
-            .map(|r| (r["mini_batch_id"].clone(), r["rows"].clone()))
-            .collect();
-        ids.sort();
-        ids
-    };
-    assert_eq!(ids("cluster"), ids("local"));
+    assert_eq!(
+        cluster,
+        sorted_output_lines(&dir.path().join("local")),
+        "the same files' contents"
+    );
+    assert_eq!(
+        mini_batch_rows(&dir.path().join("cluster")),
+        mini_batch_rows(&dir.path().join("local"))
+    );
     // Nothing downloaded by the driver; the executors' copies are gone.
     let cache = dir.path().join("cluster/.parallel_run/cache");
     let cached = std::fs::read_dir(&cache).map(|r| r.count()).unwrap_or(0);
