@@ -69,7 +69,7 @@ mod read;
 mod text;
 
 pub(crate) use read::describe_columns;
-pub use read::{read_parts, restricted, PartsReader, ScanSource};
+pub use read::{read_parts, restricted, PartsReader, PathValues, ScanSource};
 use text::{text_chunks, Cutter, Lines};
 
 /// The options of a read that cuts an input: straight to the store, past the read-ahead (see
@@ -525,7 +525,7 @@ mod tests {
             .await
             .unwrap();
         // A DataSourceExec hands its files out once: the whole scan from a fresh copy.
-        let fresh = restricted(plan, &whole(&cut)).unwrap();
+        let fresh = restricted(plan, &whole(&cut), &PathValues::of(plan)).unwrap();
         let all = collect(fresh, ctx.task_ctx()).await.unwrap();
         let all = arrow::compute::concat_batches(&plan.schema(), &all).unwrap();
         let bounds = cut.bounds();

@@ -1,15 +1,66 @@
 //! Reading a descriptor's file parts on an executor: the input's plan restricted to the
 //! parts, opened from the input's declaration.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+use datafusion::common::ScalarValue;
 
 use super::*;
 
-/// `plan` (an input's plan, see [`FileScan::of`]) reading only the file parts of `parts`.
+/// The columns an input's plan takes from its files' paths (`path_column`,
+/// `partition_format`: the files' partition values), by file location, as the plan's own
+/// listing gives them; none for a plan without such columns.
+#[derive(Debug, Default)]
+pub struct PathValues(Option<HashMap<String, Vec<ScalarValue>>>);
+
+impl PathValues {
+    /// The values of `plan`'s files (see [`FileScan::of`]).
+    pub fn of(plan: &Arc<dyn ExecutionPlan>) -> Self {
+        let Some(config) = scan_config(plan).filter(|c| !c.table_partition_cols().is_empty())
+        else {
+            return PathValues(None);
+        };
+        let values = config
+            .file_groups
+            .iter()
+            .flat_map(|g| g.files())
+            .map(|f| {
+                (
+                    f.object_meta.location.to_string(),
+                    f.partition_values.clone(),
+                )
+            })
+            .collect();
+        PathValues(Some(values))
+    }
+
+    /// `file` (the file part at `location`) with its path values.
+    fn apply(&self, location: &str, file: PartitionedFile) -> DFResult<PartitionedFile> {
+        let Some(values) = &self.0 else {
+            return Ok(file);
+        };
+        let found = values.get(location).ok_or_else(|| {
+            DataFusionError::Execution(format!(
+                "{location} is not among the input's files here: the input differs between \
+                 the nodes or changed during the job"
+            ))
+        })?;
+        Ok(file.with_partition_values(found.clone()))
+    }
+}
+
+/// `plan` (an input's plan, see [`FileScan::of`]) reading only the file parts of `parts`,
+/// each with its columns from `paths` (the plan's [`PathValues`]).
 pub fn restricted(
     plan: &Arc<dyn ExecutionPlan>,
     parts: &PartsInFiles,
+    paths: &PathValues,
 ) -> DFResult<Arc<dyn ExecutionPlan>> {
+    let files = parts
+        .parts
+        .iter()
+        .map(|part| paths.apply(&part.location, partitioned_file(part)))
+        .collect::<DFResult<Vec<_>>>()?;
     let replaced = plan.clone().transform_down(|node| {
         let Some(source) = node.downcast_ref::<DataSourceExec>() else {
             return Ok(Transformed::no(node));
@@ -17,35 +68,8 @@ pub fn restricted(
         let Some(config) = source.data_source().downcast_ref::<FileScanConfig>() else {
             return Ok(Transformed::no(node));
         };
-        // Columns from the files' paths (`path_column`, `partition_format`): each part gets
-        // its file's values from the plan's own listing.
-        let listed: HashMap<&str, &PartitionedFile> = if config.table_partition_cols().is_empty() {
-            HashMap::new()
-        } else {
-            config
-                .file_groups
-                .iter()
-                .flat_map(|g| g.files())
-                .map(|f| (f.object_meta.location.as_ref(), f))
-                .collect()
-        };
-        let mut files = Vec::with_capacity(parts.parts.len());
-        for part in &parts.parts {
-            let mut file = partitioned_file(part);
-            if !listed.is_empty() {
-                let Some(found) = listed.get(part.location.as_str()) else {
-                    return Err(DataFusionError::Execution(format!(
-                        "{} is not among the input's files here: the input differs between \
-                         the nodes or changed during the job",
-                        part.location
-                    )));
-                };
-                file = file.with_partition_values(found.partition_values.clone());
-            }
-            files.push(file);
-        }
         let config = FileScanConfigBuilder::from(config.clone())
-            .with_file_groups(vec![FileGroup::new(files)])
+            .with_file_groups(vec![FileGroup::new(files.clone())])
             .build();
         let exec: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
         Ok(Transformed::yes(exec))
@@ -100,7 +124,16 @@ pub struct ScanSource {
 /// from its declaration, exactly as the driver made it.
 pub struct PartsReader {
     source: ScanSource,
-    made: Option<(SessionContext, Arc<dyn ExecutionPlan>)>,
+    made: Option<Made>,
+}
+
+/// What a [`PartsReader`] makes once: the input's plan, its session, its files' path values
+/// and the files already checked against the driver's listing.
+struct Made {
+    ctx: SessionContext,
+    plan: Arc<dyn ExecutionPlan>,
+    paths: PathValues,
+    checked: HashSet<String>,
 }
 
 impl PartsReader {
@@ -112,18 +145,34 @@ impl PartsReader {
     /// The rows of `parts`, as one batch of `schema` (the columns the driver cut); the input's
     /// columns here must be the same.
     pub async fn read(&mut self, parts: &PartsInFiles, schema: &SchemaRef) -> Result<RecordBatch> {
-        let (ctx, plan) = self.plan().await?;
-        if plan.schema().fields() != schema.fields() {
-            return Err(self.error(format!(
+        let made = match self.made.take() {
+            Some(made) => made,
+            None => self.make().await?,
+        };
+        let made = self.made.insert(made);
+        let error = |message: String| PrsError::Input {
+            input: self.source.input.name.clone(),
+            location: "this executor".into(),
+            message,
+        };
+        if made.plan.schema().fields() != schema.fields() {
+            return Err(error(format!(
                 "the input's columns here ({}) are not the driver's ({}): the input files \
                  differ between the nodes",
-                describe_columns(&plan.schema()),
+                describe_columns(&made.plan.schema()),
                 describe_columns(schema)
             )));
         }
-        read_parts(&plan, parts, schema, ctx.task_ctx())
-            .await
-            .map_err(|e| self.error(e.to_string()))
+        read_parts_with(
+            &made.plan,
+            parts,
+            schema,
+            made.ctx.task_ctx(),
+            &made.paths,
+            &mut made.checked,
+        )
+        .await
+        .map_err(|e| error(e.to_string()))
     }
 
     fn error(&self, message: String) -> PrsError {
@@ -134,10 +183,7 @@ impl PartsReader {
         }
     }
 
-    async fn plan(&mut self) -> Result<(SessionContext, Arc<dyn ExecutionPlan>)> {
-        if let Some(made) = &self.made {
-            return Ok(made.clone());
-        }
+    async fn make(&self) -> Result<Made> {
         let ctx = crate::input::job_session();
         // Its read-ahead is never started: only the parts are read, with ranged requests.
         let storage = StorageContext::new(
@@ -159,9 +205,46 @@ impl PartsReader {
             .create_physical_plan(&logical)
             .await
             .map_err(|e| self.error(format!("its plan cannot be made here: {e}")))?;
-        self.made = Some((ctx.clone(), plan.clone()));
-        Ok((ctx, plan))
+        Ok(Made {
+            paths: PathValues::of(&plan),
+            ctx,
+            plan,
+            checked: HashSet::new(),
+        })
     }
+}
+
+/// Checks that `part`'s file is the one the driver listed: the same size, and the same
+/// entity tag or modification time (at the precision the listing had).
+async fn check_file(store: &dyn ObjectStore, part: &FilePart, local: bool) -> DFResult<()> {
+    let path = object_store::path::Path::from(part.location.as_str());
+    let meta = store.head(&path).await?;
+    let modified = meta.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
+    // Times compare at the precision the listing had: a local listing may keep
+    // milliseconds; on object storage a listing gives milliseconds and a HEAD (an HTTP
+    // date) whole seconds.
+    const SECOND: u64 = 1_000_000_000;
+    const MILLI: u64 = 1_000_000;
+    let unit = match part.modified_ns {
+        _ if !local => SECOND,
+        listed if listed % SECOND == 0 => SECOND,
+        listed if listed % MILLI == 0 => MILLI,
+        _ => 1,
+    };
+    let same = meta.size == part.size
+        && match &part.e_tag {
+            Some(tag) => meta.e_tag.as_ref() == Some(tag),
+            None => modified / unit == part.modified_ns / unit,
+        };
+    if same {
+        return Ok(());
+    }
+    Err(DataFusionError::Execution(format!(
+        "{} changed after the job was cut (size {}, modified {} ns, entity tag {:?}; listed \
+         with {}, {} ns, {:?}): inputs must not change while a job runs, and must be the same \
+         on every node",
+        part.location, meta.size, modified, meta.e_tag, part.size, part.modified_ns, part.e_tag
+    )))
 }
 
 /// `id Int64, text Utf8`.
@@ -175,53 +258,39 @@ pub(crate) fn describe_columns(schema: &Schema) -> String {
 }
 
 /// Reads the rows of `parts` with `plan` (the input's plan) as one batch of `schema`,
-/// after checking each file is the one the driver listed (size and modification time, one
-/// HEAD each); the rows read must be the descriptor's count.
+/// after checking each file is the one the driver listed (size and modification time or
+/// entity tag, one HEAD each); the rows read must be the descriptor's count.
 pub async fn read_parts(
     plan: &Arc<dyn ExecutionPlan>,
     parts: &PartsInFiles,
     schema: &SchemaRef,
     context: Arc<TaskContext>,
 ) -> DFResult<RecordBatch> {
+    let paths = PathValues::of(plan);
+    read_parts_with(plan, parts, schema, context, &paths, &mut HashSet::new()).await
+}
+
+/// [`read_parts`] with `plan`'s [`PathValues`] made once, and `checked`: the files already
+/// checked (not asked again; each file checked is added).
+async fn read_parts_with(
+    plan: &Arc<dyn ExecutionPlan>,
+    parts: &PartsInFiles,
+    schema: &SchemaRef,
+    context: Arc<TaskContext>,
+    paths: &PathValues,
+    checked: &mut HashSet<String>,
+) -> DFResult<RecordBatch> {
     let url = ObjectStoreUrl::parse(&parts.store)?;
     let store = context.runtime_env().object_store(&url)?;
     let local = parts.store.starts_with("file://");
     for part in &parts.parts {
-        let path = object_store::path::Path::from(part.location.as_str());
-        let meta = store.head(&path).await?;
-        let modified = meta.last_modified.timestamp_nanos_opt().unwrap_or(0).max(0) as u64;
-        // Times compare at the precision the listing had: a local listing may keep
-        // milliseconds; on object storage a listing gives milliseconds and a HEAD (an HTTP
-        // date) whole seconds.
-        const SECOND: u64 = 1_000_000_000;
-        const MILLI: u64 = 1_000_000;
-        let unit = match part.modified_ns {
-            _ if !local => SECOND,
-            listed if listed % SECOND == 0 => SECOND,
-            listed if listed % MILLI == 0 => MILLI,
-            _ => 1,
-        };
-        let same = meta.size == part.size
-            && match &part.e_tag {
-                Some(tag) => meta.e_tag.as_ref() == Some(tag),
-                None => modified / unit == part.modified_ns / unit,
-            };
-        if !same {
-            return Err(DataFusionError::Execution(format!(
-                "{} changed after the job was cut (size {}, modified {} ns, entity tag {:?}; \
-                 listed with {}, {} ns, {:?}): inputs must not change while a job runs, and \
-                 must be the same on every node",
-                part.location,
-                meta.size,
-                modified,
-                meta.e_tag,
-                part.size,
-                part.modified_ns,
-                part.e_tag
-            )));
+        if checked.contains(&part.location) {
+            continue;
         }
+        check_file(store.as_ref(), part, local).await?;
+        checked.insert(part.location.clone());
     }
-    let restricted = restricted(plan, parts)?;
+    let restricted = restricted(plan, parts, paths)?;
     let mut batches = Vec::new();
     for partition in 0..restricted.properties().partitioning.partition_count() {
         let mut stream = restricted.execute(partition, context.clone())?;

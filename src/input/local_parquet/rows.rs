@@ -436,17 +436,22 @@ mod tests {
     use arrow::array::Int64Array;
     use arrow::datatypes::{DataType, Field};
 
-    #[tokio::test]
-    async fn a_rows_reader_reads_a_task_s_ranges_in_one_pass_and_out_of_order() {
-        let d = tempfile::tempdir().unwrap();
-        let table = two_file_table(d.path()).await;
-        let scan = LocalParquetExec::new(
+    /// The row locator of `table`'s scan.
+    fn locator_of(table: &LocalParquetTable) -> RowLocator {
+        LocalParquetExec::new(
             "t".into(),
             table.files.clone(),
             table.schema.clone(),
             table.rows,
-        );
-        let locator = scan.locator();
+        )
+        .locator()
+    }
+
+    #[tokio::test]
+    async fn a_rows_reader_reads_a_task_s_ranges_in_one_pass_and_out_of_order() {
+        let d = tempfile::tempdir().unwrap();
+        let table = two_file_table(d.path()).await;
+        let locator = locator_of(&table);
         let ids_of = |batch: &RecordBatch| -> Vec<i64> {
             let id = batch
                 .column(0)
@@ -482,13 +487,7 @@ mod tests {
     async fn read_rows_reads_a_row_range_across_files_and_refuses_a_changed_file() {
         let d = tempfile::tempdir().unwrap();
         let table = two_file_table(d.path()).await;
-        let scan = LocalParquetExec::new(
-            "t".into(),
-            table.files.clone(),
-            table.schema.clone(),
-            table.rows,
-        );
-        let locator = scan.locator();
+        let locator = locator_of(&table);
         for rows in [0..10, 250..950, 990..1210, 1499..1500, 0..1500] {
             let what = locator.locate(rows.clone());
             let batch = read_rows(&what, &table.schema).unwrap();
